@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what pec-milter's build and tests need on Debian 12 (run as root).
+# Idempotent: packages already present are skipped by apt.
+set -euo pipefail
+pkgs=(
+  build-essential pkg-config libssl-dev ca-certificates openssl
+  libxml2-utils python3
+)
+if [ "$(id -u)" -ne 0 ]; then
+  echo "integration/deps.sh: not root; skipping apt (need: ${pkgs[*]})" >&2
+  exit 0
+fi
+# Never let a package start a daemon (there is no init here, and the tests
+# start their own servers on loopback).
+if [ ! -x /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}"
+fi

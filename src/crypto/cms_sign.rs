@@ -1,0 +1,236 @@
+//! Detached CMS `SignedData` assembly from DER types.
+//!
+//! The structure is built with the `cms`/`x509-cert` types; the key (see
+//! [`SigningKey`]) is only asked to sign the DER of the signed attributes,
+//! which is what a PKCS#11 token does with `CKM_SHA256_RSA_PKCS`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
+use cms::content_info::{CmsVersion, ContentInfo};
+use cms::signed_data::{
+    CertificateSet, EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos,
+};
+use der::asn1::{Any, OctetString, SetOfVec, UtcTime};
+use der::oid::ObjectIdentifier;
+use der::{DateTime, Decode, Encode};
+use x509_cert::Certificate;
+use x509_cert::attr::Attribute;
+use x509_cert::spki::AlgorithmIdentifierOwned;
+use x509_cert::time::Time;
+
+use super::{CryptoError, DigestAlg, KeyKind, SigningKey, try_digest};
+
+/// id-data (RFC 5652).
+pub const OID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+/// id-signedData (RFC 5652).
+pub const OID_SIGNED_DATA: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
+/// id-contentType signed attribute.
+pub const OID_CONTENT_TYPE: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
+/// id-messageDigest signed attribute.
+pub const OID_MESSAGE_DIGEST: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
+/// id-signingTime signed attribute.
+pub const OID_SIGNING_TIME: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.5");
+/// smimeCapabilities signed attribute (RFC 8551).
+pub const OID_SMIME_CAPABILITIES: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.15");
+/// SHA-1.
+pub const OID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
+/// SHA-256.
+pub const OID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+/// rsaEncryption (the CMS signatureAlgorithm for PKCS#1 v1.5 signatures).
+pub const OID_RSA_ENCRYPTION: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+/// ecdsa-with-SHA1.
+pub const OID_ECDSA_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.1");
+/// ecdsa-with-SHA256.
+pub const OID_ECDSA_SHA256: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+/// aes256-CBC.
+pub const OID_AES256_CBC: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.42");
+/// aes128-CBC.
+pub const OID_AES128_CBC: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.2");
+/// des-ede3-cbc.
+pub const OID_DES_EDE3_CBC: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.3.7");
+
+/// Seconds since the epoch of 2050-01-01T00:00:00Z: from there on a CMS
+/// signingTime is a GeneralizedTime (RFC 5652, 11.3).
+const UTC_TIME_END: u64 = 2_524_608_000;
+
+fn attribute(oid: ObjectIdentifier, value: Any) -> Result<Attribute, CryptoError> {
+    Ok(Attribute {
+        oid,
+        values: SetOfVec::try_from(vec![value])?,
+    })
+}
+
+/// The signingTime value: UTCTime for 1950..2049, GeneralizedTime after.
+fn signing_time_value(t: SystemTime) -> Result<Time, CryptoError> {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| CryptoError::InvalidInput("signing time before 1970".into()))?
+        .as_secs();
+    let dt = DateTime::from_unix_duration(Duration::from_secs(secs))?;
+    if secs < UTC_TIME_END {
+        Ok(Time::UtcTime(UtcTime::from_date_time(dt)?))
+    } else {
+        Ok(Time::GeneralTime(der::asn1::GeneralizedTime::from_date_time(dt)))
+    }
+}
+
+/// The smimeCapabilities value: a short SEQUENCE OF SMIMECapability.
+fn smime_capabilities() -> Result<Any, CryptoError> {
+    let caps: Vec<AlgorithmIdentifierOwned> = [OID_AES256_CBC, OID_AES128_CBC, OID_DES_EDE3_CBC]
+        .into_iter()
+        .map(|oid| AlgorithmIdentifierOwned {
+            oid,
+            parameters: None,
+        })
+        .collect();
+    Ok(Any::encode_from(&caps)?)
+}
+
+/// Parse a certificate, refusing one that would not re-encode byte for byte
+/// (its signature would break inside the CMS).
+fn parse_cert(der_bytes: &[u8]) -> Result<Certificate, CryptoError> {
+    let cert = Certificate::from_der(der_bytes)?;
+    if cert.to_der()? != der_bytes {
+        return Err(CryptoError::InvalidKey(
+            "certificate is not in canonical DER and cannot be embedded unchanged".into(),
+        ));
+    }
+    Ok(cert)
+}
+
+/// The DER of the signed attributes (a `SET OF Attribute`, tag 0x31), as
+/// signed by the key. Exposed for tests and for other signers.
+pub fn signed_attributes(
+    alg: DigestAlg,
+    content_digest: &[u8],
+    signing_time: SystemTime,
+) -> Result<SetOfVec<Attribute>, CryptoError> {
+    if content_digest.len() != alg.output_len() {
+        return Err(CryptoError::InvalidInput(format!(
+            "content digest is {} bytes, {} needs {}",
+            content_digest.len(),
+            alg.name(),
+            alg.output_len()
+        )));
+    }
+    let attrs = vec![
+        attribute(OID_CONTENT_TYPE, Any::encode_from(&OID_DATA)?)?,
+        attribute(
+            OID_SIGNING_TIME,
+            Any::encode_from(&signing_time_value(signing_time)?)?,
+        )?,
+        attribute(
+            OID_MESSAGE_DIGEST,
+            Any::encode_from(&OctetString::new(content_digest)?)?,
+        )?,
+        attribute(OID_SMIME_CAPABILITIES, smime_capabilities()?)?,
+    ];
+    // SetOfVec::try_from sorts the elements into DER order.
+    Ok(SetOfVec::try_from(attrs)?)
+}
+
+/// Build a DER-encoded CMS `ContentInfo(SignedData)`, detached (no
+/// eContent), over content whose digest is `content_digest` (computed by the
+/// caller with [`super::digest`]/[`super::ContentHasher`] over the canonical
+/// CRLF MIME bytes).
+///
+/// Signed attributes: contentType (id-data), signingTime, messageDigest,
+/// smimeCapabilities. The signer is identified by issuer and serial number;
+/// the certificates are the signer certificate and the key's chain.
+pub fn sign_detached(
+    key: &dyn SigningKey,
+    alg: DigestAlg,
+    content_digest: &[u8],
+    signing_time: SystemTime,
+) -> Result<Vec<u8>, CryptoError> {
+    let signed_attrs = signed_attributes(alg, content_digest, signing_time)?;
+    let to_sign = signed_attrs.to_der()?;
+
+    let signer_cert = parse_cert(key.certificate_der())?;
+    let mut certs = vec![CertificateChoices::Certificate(signer_cert.clone())];
+    let mut seen: Vec<&[u8]> = vec![key.certificate_der()];
+    for c in key.chain_der() {
+        // A chain repeating the signer (or itself) would make the SET invalid.
+        if seen.contains(&c.as_slice()) {
+            continue;
+        }
+        seen.push(c);
+        certs.push(CertificateChoices::Certificate(parse_cert(c)?));
+    }
+
+    let signature = key.sign(alg, &to_sign)?;
+    if signature.is_empty() {
+        return Err(CryptoError::Sign("the key returned an empty signature".into()));
+    }
+
+    let digest_algorithm = AlgorithmIdentifierOwned {
+        oid: alg.oid(),
+        parameters: None,
+    };
+    let signature_algorithm = match key.key_kind() {
+        KeyKind::Rsa => AlgorithmIdentifierOwned {
+            oid: OID_RSA_ENCRYPTION,
+            parameters: Some(Any::null()),
+        },
+        KeyKind::Ec => AlgorithmIdentifierOwned {
+            oid: match alg {
+                DigestAlg::Sha1 => OID_ECDSA_SHA1,
+                DigestAlg::Sha256 => OID_ECDSA_SHA256,
+            },
+            parameters: None,
+        },
+    };
+
+    let signer_info = SignerInfo {
+        version: CmsVersion::V1,
+        sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
+            issuer: signer_cert.tbs_certificate.issuer.clone(),
+            serial_number: signer_cert.tbs_certificate.serial_number.clone(),
+        }),
+        digest_alg: digest_algorithm.clone(),
+        signed_attrs: Some(signed_attrs),
+        signature_algorithm,
+        signature: OctetString::new(signature)?,
+        unsigned_attrs: None,
+    };
+
+    let signed_data = SignedData {
+        version: CmsVersion::V1,
+        digest_algorithms: SetOfVec::try_from(vec![digest_algorithm])?,
+        encap_content_info: EncapsulatedContentInfo {
+            econtent_type: OID_DATA,
+            econtent: None,
+        },
+        certificates: Some(CertificateSet(SetOfVec::try_from(certs)?)),
+        crls: None,
+        signer_infos: SignerInfos(SetOfVec::try_from(vec![signer_info])?),
+    };
+
+    let content_info = ContentInfo {
+        content_type: OID_SIGNED_DATA,
+        content: Any::encode_from(&signed_data)?,
+    };
+    Ok(content_info.to_der()?)
+}
+
+/// Convenience: digest `content` with `alg`, then [`sign_detached`].
+pub fn sign_content(
+    key: &dyn SigningKey,
+    alg: DigestAlg,
+    content: &[u8],
+    signing_time: SystemTime,
+) -> Result<Vec<u8>, CryptoError> {
+    let d = try_digest(alg, content)?;
+    sign_detached(key, alg, &d, signing_time)
+}

@@ -1,0 +1,688 @@
+//! Verification of detached CMS/PKCS#7 signatures (S/MIME `multipart/signed`).
+//!
+//! Two independent checks, both with OpenSSL:
+//! - integrity: the signature over the signed attributes holds and the
+//!   messageDigest matches the content (`CMS_verify` without chain checks);
+//! - chain: the signer certificate chains to a [`TrustStore`] anchor at the
+//!   requested time, with purpose "any" (as `openssl cms -verify -purpose any`),
+//!   then a full `CMS_verify` with the store confirms both.
+//!
+//! The `cms` crate reads the SignerInfo (digest algorithm, signingTime, signer
+//! identifier) and the raw certificates, so the signer certificate's DER is
+//! exactly the bytes in the message (what the providers' index hashes).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cms::content_info::ContentInfo;
+use cms::signed_data::{SignerIdentifier, SignerInfo, SignerInfos};
+use der::asn1::Any;
+use der::{Decode, Encode, Reader, SliceReader, Tag, TagNumber, Tagged};
+use openssl::cms::{CMSOptions, CmsContentInfo};
+use openssl::error::ErrorStack;
+use openssl::hash::MessageDigest;
+use openssl::stack::Stack;
+use openssl::x509::store::{X509Store, X509StoreBuilder};
+use openssl::x509::verify::X509VerifyParam;
+use openssl::x509::{X509, X509NameRef, X509PurposeId, X509Ref, X509StoreContext};
+use serde::Serialize;
+use x509_cert::time::Time;
+
+use super::CryptoError;
+use super::DigestAlg;
+use super::cms_sign::{OID_SIGNED_DATA, OID_SIGNING_TIME};
+
+/// X509_V_ERR_CERT_NOT_YET_VALID.
+const X509_V_ERR_CERT_NOT_YET_VALID: i32 = 9;
+/// X509_V_ERR_CERT_HAS_EXPIRED.
+const X509_V_ERR_CERT_HAS_EXPIRED: i32 = 10;
+
+/// When the certificate chain is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyAt {
+    /// At the current time.
+    Now,
+    /// At the signingTime signed attribute (the current time when absent).
+    SigningTime,
+    /// At the given time.
+    At(SystemTime),
+}
+
+/// Trust anchors (root CA certificates) for chain checks.
+#[derive(Clone, Default)]
+pub struct TrustStore {
+    certs: Vec<X509>,
+}
+
+impl fmt::Debug for TrustStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustStore")
+            .field("certificates", &self.certs.len())
+            .finish()
+    }
+}
+
+/// Parse every certificate in `bytes` (PEM with one or more certificates, or
+/// a single DER certificate).
+fn parse_cert_bytes(bytes: &[u8]) -> Result<Vec<X509>, CryptoError> {
+    let pem = X509::stack_from_pem(bytes);
+    match pem {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        _ => match X509::from_der(bytes) {
+            Ok(c) => Ok(vec![c]),
+            Err(_) => match pem {
+                Err(e) => Err(e.into()),
+                Ok(_) => Err(CryptoError::InvalidInput(
+                    "no certificate found (PEM or DER expected)".into(),
+                )),
+            },
+        },
+    }
+}
+
+fn read_certs_file(path: &Path) -> Result<Vec<X509>, CryptoError> {
+    let bytes = std::fs::read(path).map_err(|source| CryptoError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_cert_bytes(&bytes).map_err(|e| CryptoError::Load {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+impl TrustStore {
+    /// An empty store (nothing verifies against it).
+    pub fn empty() -> Self {
+        TrustStore::default()
+    }
+
+    /// The system's trust anchors: `$SSL_CERT_FILE`, or the distribution
+    /// bundle (Debian's `/etc/ssl/certs/ca-certificates.crt` and the usual
+    /// others), or else every `*.pem`/`*.crt` in `$SSL_CERT_DIR` or
+    /// `/etc/ssl/certs`.
+    pub fn system() -> Result<Self, CryptoError> {
+        let mut files: Vec<PathBuf> = Vec::new();
+        if let Some(f) = std::env::var_os("SSL_CERT_FILE") {
+            files.push(PathBuf::from(f));
+        }
+        files.extend(
+            [
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/pki/tls/certs/ca-bundle.crt",
+                "/etc/ssl/ca-bundle.pem",
+                "/etc/ssl/cert.pem",
+            ]
+            .iter()
+            .map(PathBuf::from),
+        );
+        for f in &files {
+            if f.is_file() {
+                let certs = read_certs_file(f)?;
+                return Ok(TrustStore { certs });
+            }
+        }
+        let dir = std::env::var_os("SSL_CERT_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs"));
+        let entries = std::fs::read_dir(&dir).map_err(|source| CryptoError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut certs = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let wanted = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.eq_ignore_ascii_case("pem") || e.eq_ignore_ascii_case("crt"));
+            if wanted && path.is_file() {
+                // Skip unreadable or odd files rather than failing the whole store.
+                match read_certs_file(&path) {
+                    Ok(mut c) => certs.append(&mut c),
+                    Err(e) => tracing::debug!(error = %e, "skipping trust file"),
+                }
+            }
+        }
+        if certs.is_empty() {
+            return Err(CryptoError::Load {
+                path: dir,
+                reason: "no trusted certificates found".into(),
+            });
+        }
+        Ok(TrustStore { certs })
+    }
+
+    /// Trust anchors from PEM (or DER) files; each file may hold several
+    /// certificates.
+    pub fn from_pem_files(paths: &[PathBuf]) -> Result<Self, CryptoError> {
+        let mut certs = Vec::new();
+        for p in paths {
+            certs.append(&mut read_certs_file(p)?);
+        }
+        Ok(TrustStore { certs })
+    }
+
+    /// Trust anchors from PEM (or DER) bytes; each may hold several certificates.
+    pub fn from_pem_bytes(pems: &[&[u8]]) -> Result<Self, CryptoError> {
+        let mut certs = Vec::new();
+        for p in pems {
+            certs.append(&mut parse_cert_bytes(p)?);
+        }
+        Ok(TrustStore { certs })
+    }
+
+    /// Add one certificate.
+    pub fn add(&mut self, cert: X509) {
+        self.certs.push(cert);
+    }
+
+    /// Add every certificate of the stores' union.
+    pub fn extend(&mut self, other: &TrustStore) {
+        self.certs.extend(other.certs.iter().cloned());
+    }
+
+    /// The trust anchors.
+    pub fn certificates(&self) -> &[X509] {
+        &self.certs
+    }
+
+    /// Number of trust anchors.
+    pub fn len(&self) -> usize {
+        self.certs.len()
+    }
+
+    /// Whether there are no trust anchors.
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+
+    /// An OpenSSL store with purpose "any" and, if given, a fixed
+    /// verification time. No security level is set, so SHA-1 and RSA-1024
+    /// certificates of old PEC messages still verify.
+    fn x509_store(&self, time: Option<i64>) -> Result<X509Store, ErrorStack> {
+        let mut b = X509StoreBuilder::new()?;
+        for c in &self.certs {
+            b.add_cert(c.clone())?;
+        }
+        let mut param = X509VerifyParam::new()?;
+        param.set_purpose(X509PurposeId::ANY)?;
+        if let Some(t) = time {
+            // time_t is i64 on every platform this runs on; saturate elsewhere.
+            param.set_time(t.try_into().unwrap_or_default());
+        }
+        b.set_param(&param)?;
+        Ok(b.build())
+    }
+}
+
+/// Outcome of a signature check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureStatus {
+    /// Integrity and chain both hold.
+    Valid,
+    /// Something failed; see the reason.
+    Invalid,
+    /// There is no signature at all (set by callers; never by [`verify_detached`]).
+    Missing,
+}
+
+/// What [`verify_detached`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignatureReport {
+    /// Valid / invalid (missing is the caller's).
+    pub status: SignatureStatus,
+    /// Plain words when not valid.
+    pub reason: Option<String>,
+    /// The signature over the content holds (independent of the chain).
+    pub integrity_ok: bool,
+    /// The signer certificate chains to a trust anchor at the requested time.
+    pub chain_ok: bool,
+    /// "sha1"/"sha256" (or the OpenSSL short name / OID) from the SignerInfo.
+    pub digest: Option<String>,
+    /// Uppercase hex SHA-1 of the signer certificate DER.
+    pub signer_sha1: Option<String>,
+    /// Subject, one line, in certificate order, e.g.
+    /// "CN=Posta Certificata ARUBA PEC, O=ARUBA PEC S.p.A., C=IT".
+    pub signer_subject: Option<String>,
+    /// Issuer, same format.
+    pub signer_issuer: Option<String>,
+    /// First rfc822Name of the subjectAltName.
+    pub signer_email: Option<String>,
+    /// The signingTime signed attribute (RFC 3339 in JSON).
+    #[serde(serialize_with = "serialize_time")]
+    pub signing_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// DER of the signer certificate, as found in the signature.
+    #[serde(skip)]
+    pub signer_der: Option<Vec<u8>>,
+}
+
+impl SignatureReport {
+    /// A report for a message without a signature.
+    pub fn missing() -> Self {
+        let mut r = Self::invalid("no S/MIME signature");
+        r.status = SignatureStatus::Missing;
+        r
+    }
+
+    fn invalid(reason: &str) -> Self {
+        SignatureReport {
+            status: SignatureStatus::Invalid,
+            reason: Some(reason.to_string()),
+            integrity_ok: false,
+            chain_ok: false,
+            digest: None,
+            signer_sha1: None,
+            signer_subject: None,
+            signer_issuer: None,
+            signer_email: None,
+            signing_time: None,
+            signer_der: None,
+        }
+    }
+
+    /// Whether the status is [`SignatureStatus::Valid`].
+    pub fn is_valid(&self) -> bool {
+        self.status == SignatureStatus::Valid
+    }
+}
+
+fn serialize_time<S: serde::Serializer>(
+    t: &Option<chrono::DateTime<chrono::Utc>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_some(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Uppercase hex, no separators.
+pub fn hex_upper(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+/// Escape an attribute value in the RFC 4514 way.
+fn escape_dn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One-line name, attributes in certificate order ("CN=x, O=y, C=IT" for a
+/// certificate that lists CN first), as `openssl x509 -subject` shows them.
+pub fn name_to_string(name: &X509NameRef) -> String {
+    let mut parts = Vec::new();
+    for entry in name.entries() {
+        let obj = entry.object();
+        let key = obj
+            .nid()
+            .short_name()
+            .map(str::to_string)
+            .unwrap_or_else(|_| obj.to_string());
+        let value = entry
+            .data()
+            .to_string()
+            .unwrap_or_else(|_| format!("#{}", hex_upper(entry.data().as_slice())));
+        parts.push(format!("{key}={}", escape_dn_value(&value)));
+    }
+    parts.join(", ")
+}
+
+/// First rfc822Name in the subjectAltName.
+fn first_email(cert: &X509Ref) -> Option<String> {
+    cert.subject_alt_names()?
+        .iter()
+        .find_map(|g| g.email().map(str::to_string))
+}
+
+/// What the `cms` crate reads from the structure.
+struct Parsed {
+    signer: SignerInfo,
+    /// Raw DER of each certificate in `certificates`, in message order.
+    certs: Vec<Vec<u8>>,
+}
+
+fn parse_signed_data(p7s: &[u8]) -> der::Result<Parsed> {
+    let ci = ContentInfo::from_der(p7s)?;
+    if ci.content_type != OID_SIGNED_DATA {
+        return Err(Tag::Sequence.value_error());
+    }
+    if ci.content.tag() != Tag::Sequence {
+        return Err(ci.content.tag().value_error());
+    }
+    let mut r = SliceReader::new(ci.content.value())?;
+    let _version = Any::decode(&mut r)?;
+    let _digest_algorithms = Any::decode(&mut r)?;
+    let _encap_content_info = Any::decode(&mut r)?;
+    let mut certs = Vec::new();
+    let tag0 = Tag::ContextSpecific {
+        constructed: true,
+        number: TagNumber::N0,
+    };
+    let tag1 = Tag::ContextSpecific {
+        constructed: true,
+        number: TagNumber::N1,
+    };
+    if r.peek_tag()? == tag0 {
+        let set = Any::decode(&mut r)?;
+        let mut cr = SliceReader::new(set.value())?;
+        while !cr.is_finished() {
+            certs.push(Any::decode(&mut cr)?.to_der()?);
+        }
+    }
+    if r.peek_tag()? == tag1 {
+        let _crls = Any::decode(&mut r)?;
+    }
+    let signer_infos = SignerInfos::decode(&mut r)?;
+    let signer = signer_infos
+        .0
+        .iter()
+        .next()
+        .cloned()
+        .ok_or_else(|| Tag::Set.value_error())?;
+    Ok(Parsed { signer, certs })
+}
+
+/// Strip leading zero bytes of an INTEGER's content.
+fn strip_zeros(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|&&x| x == 0).count();
+    &b[n.min(b.len().saturating_sub(1))..]
+}
+
+/// (serial INTEGER content, issuer Name DER) read directly from a certificate.
+fn tbs_serial_issuer(cert_der: &[u8]) -> der::Result<(Vec<u8>, Vec<u8>)> {
+    let cert = Any::from_der(cert_der)?;
+    let mut r = SliceReader::new(cert.value())?;
+    let tbs = Any::decode(&mut r)?;
+    let mut t = SliceReader::new(tbs.value())?;
+    if t.peek_tag()?
+        == (Tag::ContextSpecific {
+            constructed: true,
+            number: TagNumber::N0,
+        })
+    {
+        let _version = Any::decode(&mut t)?;
+    }
+    let serial = Any::decode(&mut t)?;
+    let _sigalg = Any::decode(&mut t)?;
+    let issuer = Any::decode(&mut t)?;
+    Ok((serial.value().to_vec(), issuer.to_der()?))
+}
+
+/// Whether `cert_der`/`cert` is the certificate named by `sid`.
+fn matches_sid(sid: &SignerIdentifier, cert_der: &[u8], cert: &X509) -> bool {
+    match sid {
+        SignerIdentifier::IssuerAndSerialNumber(ias) => {
+            let Ok((serial, issuer)) = tbs_serial_issuer(cert_der) else {
+                return false;
+            };
+            if strip_zeros(&serial) != strip_zeros(ias.serial_number.as_bytes()) {
+                return false;
+            }
+            let Ok(sid_issuer) = ias.issuer.to_der() else {
+                return false;
+            };
+            if sid_issuer == issuer {
+                return true;
+            }
+            // Same name in different string types: let OpenSSL compare canonically.
+            openssl::x509::X509Name::from_der(&sid_issuer)
+                .ok()
+                .and_then(|n| cert.issuer_name().try_cmp(&n).ok())
+                .is_some_and(|o| o.is_eq())
+        }
+        SignerIdentifier::SubjectKeyIdentifier(ski) => cert
+            .subject_key_id()
+            .is_some_and(|k| k.as_slice() == ski.0.as_bytes()),
+    }
+}
+
+fn digest_name(oid: &der::oid::ObjectIdentifier) -> String {
+    if let Some(alg) = DigestAlg::from_oid(oid) {
+        return alg.name().to_string();
+    }
+    match oid.to_string().as_str() {
+        "1.2.840.113549.2.5" => "md5".into(),
+        "2.16.840.1.101.3.4.2.2" => "sha384".into(),
+        "2.16.840.1.101.3.4.2.3" => "sha512".into(),
+        "2.16.840.1.101.3.4.2.4" => "sha224".into(),
+        other => other.to_string(),
+    }
+}
+
+fn signing_time_of(si: &SignerInfo) -> Option<chrono::DateTime<chrono::Utc>> {
+    let attrs = si.signed_attrs.as_ref()?;
+    let attr = attrs.iter().find(|a| a.oid == OID_SIGNING_TIME)?;
+    let value = attr.values.iter().next()?;
+    let time = Time::from_der(&value.to_der().ok()?).ok()?;
+    let secs = i64::try_from(time.to_unix_duration().as_secs()).ok()?;
+    chrono::DateTime::from_timestamp(secs, 0)
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+    }
+}
+
+/// Plain words for an OpenSSL integrity failure.
+fn integrity_reason(e: &ErrorStack) -> String {
+    let text = e.to_string().to_ascii_lowercase();
+    if text.contains("digest failure") {
+        "content digest mismatch (message altered)".into()
+    } else if text.contains("verification failure") || text.contains("bad signature") {
+        "signature does not verify (signed attributes altered or wrong key)".into()
+    } else if text.contains("signer certificate not found") {
+        "signer certificate not found in the signature".into()
+    } else if text.contains("unsupported") || text.contains("unknown digest") {
+        format!("unsupported algorithm in signature: {e}")
+    } else {
+        format!("signature verification failed: {e}")
+    }
+}
+
+/// Plain words for a chain failure found by `X509StoreContext`.
+fn chain_reason(code: i32, message: &str, depth: u32, at_note: &str) -> String {
+    let who = if depth == 0 {
+        String::new()
+    } else {
+        format!(" (CA certificate at depth {depth})")
+    };
+    let base = match code {
+        X509_V_ERR_CERT_HAS_EXPIRED => format!("certificate expired at verification time{who}"),
+        X509_V_ERR_CERT_NOT_YET_VALID => {
+            format!("certificate not yet valid at verification time{who}")
+        }
+        _ => format!("certificate chain: {message}{who}"),
+    };
+    format!("{base}{at_note}")
+}
+
+/// Verify a detached CMS/PKCS#7 signature (`p7s_der`, already
+/// base64-decoded) over `content` (the canonical CRLF bytes of the signed
+/// MIME entity). Never panics; garbage gives [`SignatureStatus::Invalid`]
+/// with a reason.
+pub fn verify_detached(
+    p7s_der: &[u8],
+    content: &[u8],
+    trust: &TrustStore,
+    at: VerifyAt,
+) -> SignatureReport {
+    const MALFORMED: &str = "malformed PKCS#7/CMS structure";
+    let Ok(mut cms) = CmsContentInfo::from_der(p7s_der) else {
+        return SignatureReport::invalid(MALFORMED);
+    };
+
+    // Read the SignerInfo with the `cms` crate; for BER input, from OpenSSL's
+    // DER re-encoding.
+    let parsed = match parse_signed_data(p7s_der) {
+        Ok(p) => Some(p),
+        Err(_) => cms
+            .to_der()
+            .ok()
+            .and_then(|der| parse_signed_data(&der).ok()),
+    };
+
+    let mut report = SignatureReport::invalid(MALFORMED);
+    let mut signer: Option<X509> = None;
+    let mut untrusted: Vec<X509> = Vec::new();
+    if let Some(p) = &parsed {
+        report.digest = Some(digest_name(&p.signer.digest_alg.oid));
+        report.signing_time = signing_time_of(&p.signer);
+        for der in &p.certs {
+            let Ok(cert) = X509::from_der(der) else {
+                continue;
+            };
+            if signer.is_none() && matches_sid(&p.signer.sid, der, &cert) {
+                report.signer_sha1 = openssl::hash::hash(MessageDigest::sha1(), der)
+                    .ok()
+                    .map(|d| hex_upper(&d));
+                report.signer_subject = Some(name_to_string(cert.subject_name()));
+                report.signer_issuer = Some(name_to_string(cert.issuer_name()));
+                report.signer_email = first_email(&cert);
+                report.signer_der = Some(der.clone());
+                signer = Some(cert.clone());
+            }
+            untrusted.push(cert);
+        }
+    }
+
+    // 1. Integrity, independent of any chain.
+    let integrity = cms.verify(
+        None,
+        None,
+        Some(content),
+        None,
+        CMSOptions::DETACHED | CMSOptions::BINARY | CMSOptions::NO_SIGNER_CERT_VERIFY,
+    );
+    let mut reasons: Vec<String> = Vec::new();
+    match integrity {
+        Ok(()) => report.integrity_ok = true,
+        Err(e) => reasons.push(integrity_reason(&e)),
+    }
+
+    // 2. Chain at the requested time.
+    let (time, at_note) = match at {
+        VerifyAt::Now => (None, ""),
+        VerifyAt::At(t) => (Some(unix_secs(t)), ""),
+        VerifyAt::SigningTime => match report.signing_time {
+            Some(t) => (Some(t.timestamp()), ""),
+            None => (None, " (no signingTime attribute; verified at the current time)"),
+        },
+    };
+    let store = match trust.x509_store(time) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            reasons.push(format!("certificate chain: cannot build trust store: {e}"));
+            None
+        }
+    };
+    if let Some(store) = &store {
+        match &signer {
+            None => {
+                if parsed.is_some() {
+                    reasons.push("signer certificate not found in the signature".into());
+                } else if report.integrity_ok {
+                    reasons.push("signature structure not readable for chain check".into());
+                }
+            }
+            Some(cert) => match check_chain(store, cert, &untrusted, at_note) {
+                Ok(()) => report.chain_ok = true,
+                Err(reason) => reasons.push(reason),
+            },
+        }
+        // 3. Both held: confirm with OpenSSL's own full verification.
+        if report.integrity_ok && report.chain_ok {
+            if let Err(e) = cms.verify(
+                None,
+                Some(store),
+                Some(content),
+                None,
+                CMSOptions::DETACHED | CMSOptions::BINARY,
+            ) {
+                report.chain_ok = false;
+                reasons.push(format!("signature verification with chain failed: {e}"));
+            }
+        }
+    }
+
+    if report.integrity_ok && report.chain_ok {
+        report.status = SignatureStatus::Valid;
+        report.reason = None;
+    } else {
+        report.status = SignatureStatus::Invalid;
+        reasons.dedup();
+        report.reason = Some(if reasons.is_empty() {
+            MALFORMED.to_string()
+        } else {
+            reasons.join("; ")
+        });
+    }
+    report
+}
+
+fn check_chain(
+    store: &X509Store,
+    cert: &X509,
+    untrusted: &[X509],
+    at_note: &str,
+) -> Result<(), String> {
+    let run = || -> Result<Result<(), String>, ErrorStack> {
+        let mut chain = Stack::new()?;
+        for c in untrusted {
+            chain.push(c.clone())?;
+        }
+        let mut ctx = X509StoreContext::new()?;
+        ctx.init(store, cert, &chain, |ctx| {
+            if ctx.verify_cert()? {
+                Ok(Ok(()))
+            } else {
+                let err = ctx.error();
+                Ok(Err(chain_reason(
+                    err.as_raw(),
+                    err.error_string(),
+                    ctx.error_depth(),
+                    at_note,
+                )))
+            }
+        })
+    };
+    match run() {
+        Ok(r) => r,
+        Err(e) => Err(format!("certificate chain: {e}")),
+    }
+}
+
+/// The verification error for a bad `p7s`, for callers that want a
+/// `Result` rather than a report.
+pub fn require_valid(report: &SignatureReport) -> Result<(), CryptoError> {
+    if report.is_valid() {
+        Ok(())
+    } else {
+        Err(CryptoError::InvalidInput(
+            report
+                .reason
+                .clone()
+                .unwrap_or_else(|| "invalid signature".into()),
+        ))
+    }
+}

@@ -1,0 +1,266 @@
+//! What `pec-milter inspect` and `pec-milter verify` report about a message.
+
+use serde::Serialize;
+
+use crate::crypto::verify::{SignatureReport, SignatureStatus, TrustStore, VerifyAt, verify_detached};
+use crate::pec::daticert::{DatiCert, Destinatario};
+use crate::pec::reader::{self, PecMessage, ReadError};
+
+/// The signature facts of a message.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignatureView {
+    pub status: SignatureStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub signer_sha1: Option<String>,
+    pub signer_subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signer_email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_time: Option<String>,
+    pub integrity_ok: bool,
+    pub chain_ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub micalg: Option<String>,
+}
+
+/// daticert.xml as `inspect --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatiCertView {
+    pub tipo: String,
+    pub errore: String,
+    pub mittente: String,
+    pub destinatari: Vec<Destinatario>,
+    pub risposte: String,
+    pub oggetto: Option<String>,
+    pub gestore_emittente: String,
+    pub data: DataView,
+    pub identificativo: String,
+    pub msgid: Option<String>,
+    pub ricevuta: Option<String>,
+    pub consegna: Option<String>,
+    pub ricezione: Vec<String>,
+    pub errore_esteso: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DataView {
+    pub giorno: String,
+    pub ora: String,
+    pub zona: String,
+}
+
+impl From<&DatiCert> for DatiCertView {
+    fn from(d: &DatiCert) -> Self {
+        DatiCertView {
+            tipo: d.tipo.to_string(),
+            errore: d.errore.to_string(),
+            mittente: d.mittente.clone(),
+            destinatari: d.destinatari.clone(),
+            risposte: d.risposte.clone(),
+            oggetto: d.oggetto.clone(),
+            gestore_emittente: d.gestore_emittente.clone(),
+            data: DataView {
+                giorno: d.data.format("%d/%m/%Y").to_string(),
+                ora: d.data.format("%H:%M:%S").to_string(),
+                zona: d.data.format("%z").to_string(),
+            },
+            identificativo: d.identificativo.clone(),
+            msgid: d.msgid.clone(),
+            ricevuta: d.ricevuta.map(|r| r.to_string()),
+            consegna: d.consegna.clone(),
+            ricezione: d.ricezione.clone(),
+            errore_esteso: d.errore_esteso.clone(),
+        }
+    }
+}
+
+/// Everything `inspect` says about one message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    pub kind: String,
+    pub subject: Option<String>,
+    pub from: Option<String>,
+    pub message_id: Option<String>,
+    pub riferimento_message_id: Option<String>,
+    pub tipo_ricevuta: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verifica_sicurezza: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mittente: Option<String>,
+    pub signature: SignatureView,
+    pub daticert: Option<DatiCertView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daticert_error: Option<String>,
+    pub postacert: Option<PostacertView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PostacertView {
+    pub bytes: usize,
+    pub subject: Option<String>,
+    pub message_id: Option<String>,
+}
+
+/// Verify the signature of a read message.
+pub fn check_signature(msg: &PecMessage, trust: &TrustStore, at: VerifyAt) -> SignatureView {
+    let Some(signed) = &msg.signed else {
+        return missing("not an S/MIME signed message (no multipart/signed)", None);
+    };
+    let Some(p7s) = &signed.p7s else {
+        let why = signed
+            .problem
+            .clone()
+            .unwrap_or_else(|| "no signature part".into());
+        return missing(&why, Some(signed));
+    };
+    let r: SignatureReport = verify_detached(p7s, &signed.content, trust, at);
+    SignatureView {
+        status: r.status,
+        reason: r.reason,
+        signer_sha1: r.signer_sha1,
+        signer_subject: r.signer_subject,
+        signer_email: r.signer_email,
+        digest: r.digest,
+        signing_time: r.signing_time.map(|t| t.to_rfc3339()),
+        integrity_ok: r.integrity_ok,
+        chain_ok: r.chain_ok,
+        protocol: Some(signed.protocol.clone()),
+        micalg: signed.micalg.clone(),
+    }
+}
+
+fn missing(why: &str, signed: Option<&reader::SignedParts>) -> SignatureView {
+    SignatureView {
+        status: SignatureStatus::Missing,
+        reason: Some(why.to_string()),
+        signer_sha1: None,
+        signer_subject: None,
+        signer_email: None,
+        digest: None,
+        signing_time: None,
+        integrity_ok: false,
+        chain_ok: false,
+        protocol: signed.map(|s| s.protocol.clone()),
+        micalg: signed.and_then(|s| s.micalg.clone()),
+    }
+}
+
+/// Read, classify and verify one message.
+pub fn inspect(raw: &[u8], trust: &TrustStore, at: VerifyAt) -> Result<Inspection, ReadError> {
+    let msg = reader::read(raw)?;
+    let signature = check_signature(&msg, trust, at);
+    let (daticert, daticert_error) = match &msg.daticert {
+        Some(Ok(d)) => (Some(DatiCertView::from(d)), None),
+        Some(Err(e)) => (None, Some(e.clone())),
+        None => (None, None),
+    };
+    let postacert = msg.postacert.as_ref().map(|p| {
+        let inner = reader::read(p).ok();
+        PostacertView {
+            bytes: p.len(),
+            subject: inner.as_ref().and_then(|m| m.subject.clone()),
+            message_id: inner.and_then(|m| m.message_id),
+        }
+    });
+    Ok(Inspection {
+        file: None,
+        kind: msg.kind.wire().to_string(),
+        subject: msg.subject.clone(),
+        from: msg.from.clone(),
+        message_id: msg.message_id.clone(),
+        riferimento_message_id: msg.riferimento_message_id.clone(),
+        tipo_ricevuta: msg.tipo_ricevuta.map(|t| t.to_string()),
+        verifica_sicurezza: msg.verifica_sicurezza.clone(),
+        mittente: msg.mittente.clone(),
+        signature,
+        daticert,
+        daticert_error,
+        postacert,
+    })
+}
+
+impl Inspection {
+    /// A human-readable summary.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        if let Some(f) = &self.file {
+            s.push_str(&format!("file:        {f}\n"));
+        }
+        s.push_str(&format!("kind:        {}\n", self.kind));
+        s.push_str(&format!(
+            "subject:     {}\n",
+            self.subject.as_deref().unwrap_or("-")
+        ));
+        let sig = &self.signature;
+        s.push_str(&format!("signature:   {}", status_word(sig.status)));
+        if let Some(r) = &sig.reason {
+            s.push_str(&format!(" ({r})"));
+        }
+        s.push('\n');
+        if let Some(x) = &sig.signer_subject {
+            s.push_str(&format!("  signer:    {x}\n"));
+        }
+        if let Some(x) = &sig.signer_sha1 {
+            s.push_str(&format!("  sha1:      {x}\n"));
+        }
+        if let Some(x) = &sig.digest {
+            s.push_str(&format!("  digest:    {x}\n"));
+        }
+        if let Some(x) = &sig.signing_time {
+            s.push_str(&format!("  signed at: {x}\n"));
+        }
+        if let Some(d) = &self.daticert {
+            s.push_str(&format!("daticert:    tipo={} errore={}\n", d.tipo, d.errore));
+            s.push_str(&format!("  mittente:  {}\n", d.mittente));
+            for x in &d.destinatari {
+                s.push_str(&format!("  destinatario: {} ({})\n", x.address, x.tipo));
+            }
+            s.push_str(&format!("  gestore:   {}\n", d.gestore_emittente));
+            s.push_str(&format!(
+                "  data:      {} {} {}\n",
+                d.data.giorno, d.data.ora, d.data.zona
+            ));
+            s.push_str(&format!("  identificativo: {}\n", d.identificativo));
+            if let Some(m) = &d.msgid {
+                s.push_str(&format!("  msgid:     {m}\n"));
+            }
+            if let Some(r) = &d.ricevuta {
+                s.push_str(&format!("  ricevuta:  {r}\n"));
+            }
+            if let Some(c) = &d.consegna {
+                s.push_str(&format!("  consegna:  {c}\n"));
+            }
+            for r in &d.ricezione {
+                s.push_str(&format!("  ricezione: {r}\n"));
+            }
+            if let Some(e) = &d.errore_esteso {
+                s.push_str(&format!("  errore-esteso: {e}\n"));
+            }
+        } else if let Some(e) = &self.daticert_error {
+            s.push_str(&format!("daticert:    unreadable ({e})\n"));
+        }
+        if let Some(p) = &self.postacert {
+            s.push_str(&format!(
+                "postacert:   {} bytes, subject {}\n",
+                p.bytes,
+                p.subject.as_deref().unwrap_or("-")
+            ));
+        }
+        s
+    }
+}
+
+fn status_word(s: SignatureStatus) -> &'static str {
+    match s {
+        SignatureStatus::Valid => "valid",
+        SignatureStatus::Invalid => "invalid",
+        SignatureStatus::Missing => "missing",
+    }
+}

@@ -1,0 +1,156 @@
+//! The `pec-milter` command line.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
+use pec_milter::inspect::{self, Inspection};
+
+#[derive(Parser)]
+#[command(name = "pec-milter", version, about = "PEC (Posta Elettronica Certificata) milter and tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum At {
+    /// Check the certificate chain as of now.
+    Now,
+    /// Check it as of the signing time in the signature (default: a
+    /// receipt stays valid after its certificate expires).
+    SigningTime,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print what a message is: kind, subject, signature, daticert.xml.
+    Inspect {
+        /// Print one JSON object per file.
+        #[arg(long)]
+        json: bool,
+        /// Trust anchors (PEM); default: the system store /etc/ssl/certs.
+        #[arg(long, value_name = "PEM")]
+        trust: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "signing-time")]
+        at: At,
+        /// Message files, or - for standard input.
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+    /// Exit 0 only when the S/MIME signature and its chain hold.
+    Verify {
+        /// Trust anchors (PEM); default: the system store /etc/ssl/certs.
+        #[arg(long, value_name = "PEM")]
+        trust: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "signing-time")]
+        at: At,
+        /// A message file, or - for standard input.
+        file: String,
+    },
+}
+
+fn read_input(file: &str) -> Result<Vec<u8>> {
+    if file == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
+        Ok(buf)
+    } else {
+        std::fs::read(file).with_context(|| format!("reading {file}"))
+    }
+}
+
+fn trust_store(trust: &[PathBuf]) -> Result<TrustStore> {
+    if trust.is_empty() {
+        TrustStore::system().context("loading the system trust store")
+    } else {
+        TrustStore::from_pem_files(trust).context("loading --trust certificates")
+    }
+}
+
+fn verify_at(at: At) -> VerifyAt {
+    match at {
+        At::Now => VerifyAt::Now,
+        At::SigningTime => VerifyAt::SigningTime,
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pec-milter: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Inspect {
+            json,
+            trust,
+            at,
+            files,
+        } => {
+            let store = trust_store(&trust)?;
+            let mut code = ExitCode::SUCCESS;
+            for f in files {
+                let raw = read_input(&f)?;
+                match inspect::inspect(&raw, &store, verify_at(at)) {
+                    Ok(mut i) => {
+                        i.file = Some(f.clone());
+                        print_inspection(&i, json)?;
+                    }
+                    Err(e) => {
+                        eprintln!("pec-milter: {f}: {e}");
+                        code = ExitCode::from(1);
+                    }
+                }
+            }
+            Ok(code)
+        }
+        Command::Verify { trust, at, file } => {
+            let store = trust_store(&trust)?;
+            let raw = read_input(&file)?;
+            let msg = match pec_milter::pec::reader::read(&raw) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("{file}: not verified: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let sig = inspect::check_signature(&msg, &store, verify_at(at));
+            if sig.status == SignatureStatus::Valid {
+                println!(
+                    "{file}: signature valid; signer {} (SHA-1 {})",
+                    sig.signer_subject.as_deref().unwrap_or("?"),
+                    sig.signer_sha1.as_deref().unwrap_or("?")
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "{file}: not verified: {}",
+                    sig.reason.as_deref().unwrap_or("signature invalid")
+                );
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
+
+fn print_inspection(i: &Inspection, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(i)?);
+    } else {
+        print!("{}", i.to_text());
+    }
+    Ok(())
+}

@@ -1,0 +1,771 @@
+//! Builders for every message a provider emits (PEC-RULES §2): the busta di
+//! trasporto, the busta di anomalia, and every ricevuta / avviso.
+//!
+//! Pure functions: the time, the identifiers and the key come in as
+//! arguments, so every output is reproducible byte for byte. The signed
+//! part is canonical CRLF and 7-bit except for the original message inside
+//! `postacert.eml`, which is carried unchanged (declared `8bit` or `binary`
+//! when it is not 7-bit, see README "Design choices").
+
+use chrono::{DateTime, Utc};
+
+use crate::crypto::{self, CryptoError, DigestAlg, SigningKey};
+use crate::pec::breve;
+use crate::pec::daticert::{DatiCert, Destinatario, rome_time};
+use crate::pec::kind::{Errore, Tipo, TipoDestinatario, TipoRicevuta};
+use crate::pec::mime::{self, base64_lines, canonicalize_crlf, header_fields, split_header_body};
+
+/// Errors while building a message.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("signing failed: {0}")]
+    Sign(#[from] CryptoError),
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+/// Who we are: the provider (gestore) that emits and signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    /// `gestore-emittente` in daticert.xml, e.g. `ACME PEC S.p.A.`.
+    pub name: String,
+    /// The provider's mail domain: the service address is
+    /// `posta-certificata@<domain>`.
+    pub domain: String,
+}
+
+impl Provider {
+    pub fn service_address(&self) -> String {
+        format!("posta-certificata@{}", self.domain)
+    }
+}
+
+/// The facts of one PEC transaction, shared by the envelope and every
+/// receipt about it (PEC-RULES §1.6, §3.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// The PEC msgid, without angle brackets.
+    pub identificativo: String,
+    /// Original sender (SMTP reverse path = `From:` address).
+    pub mittente: String,
+    /// Every `To:` and `Cc:` recipient with its type.
+    pub destinatari: Vec<Destinatario>,
+    /// The original `Reply-To:`, or the sender when there was none.
+    pub risposte: String,
+    /// The original subject, decoded.
+    pub oggetto: String,
+    /// The client's Message-ID, with angle brackets.
+    pub msgid: Option<String>,
+    /// The delivery receipt type asked for.
+    pub ricevuta: TipoRicevuta,
+}
+
+/// How to sign.
+#[derive(Clone, Copy)]
+pub struct Signer<'a> {
+    pub key: &'a dyn SigningKey,
+    pub digest: DigestAlg,
+}
+
+/// The time and identity of the message being built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emission {
+    /// Event time: `Date:`, daticert `data`, the text, the signing time.
+    pub time: DateTime<Utc>,
+    /// Message-ID of this message, without angle brackets. For a busta di
+    /// trasporto it is the `identificativo`.
+    pub message_id: String,
+}
+
+/// A built message: its header fields (each complete with its CRLF) and its
+/// body. `to_bytes` gives the whole message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltMessage {
+    pub headers: Vec<String>,
+    pub body: Vec<u8>,
+}
+
+impl BuiltMessage {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let hlen: usize = self.headers.iter().map(String::len).sum();
+        let mut out = Vec::with_capacity(hlen + 2 + self.body.len());
+        for h in &self.headers {
+            out.extend_from_slice(h.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// Receipts and notices (everything but the two envelopes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ricevuta<'a> {
+    /// Ricevuta di accettazione (§2.4), to the sender.
+    Accettazione,
+    /// Avviso di non accettazione for a formal exception (§2.5).
+    NonAccettazione { reason: String },
+    /// Avviso di non accettazione per virus (§2.5).
+    NonAccettazioneVirus { virus: String },
+    /// Ricevuta di presa in carico (§2.6), to the sending provider's
+    /// `mailReceipt`, covering `ricezione` recipients.
+    PresaInCarico {
+        mail_receipt: String,
+        ricezione: Vec<String>,
+    },
+    /// Ricevuta di avvenuta consegna (§2.7) for `consegna`. `original` is
+    /// the original message as carried in the envelope's `postacert.eml`;
+    /// `tipo` is the variant for this recipient (see [`receipt_variant`]).
+    AvvenutaConsegna {
+        consegna: String,
+        tipo: TipoRicevuta,
+        original: &'a [u8],
+    },
+    /// Avviso di mancata consegna (§2.8).
+    ErroreConsegna {
+        consegna: String,
+        errore: Errore,
+        errore_esteso: String,
+    },
+    /// Avviso di mancata consegna per virus (§2.11).
+    ErroreConsegnaVirus { consegna: String, virus: String },
+    /// Preavviso (12 h, `finale = false`) or avviso (24 h, `finale = true`)
+    /// di mancata consegna per superamento dei tempi massimi (§2.9).
+    PreavvisoErroreConsegna { consegna: String, finale: bool },
+    /// Avviso di rilevazione virus (§2.10), to the sending provider.
+    RilevazioneVirus {
+        mail_receipt: String,
+        consegna: String,
+        virus: String,
+    },
+}
+
+impl Ricevuta<'_> {
+    pub fn tipo(&self) -> Tipo {
+        match self {
+            Ricevuta::Accettazione => Tipo::Accettazione,
+            Ricevuta::NonAccettazione { .. } | Ricevuta::NonAccettazioneVirus { .. } => {
+                Tipo::NonAccettazione
+            }
+            Ricevuta::PresaInCarico { .. } => Tipo::PresaInCarico,
+            Ricevuta::AvvenutaConsegna { .. } => Tipo::AvvenutaConsegna,
+            Ricevuta::ErroreConsegna { .. } | Ricevuta::ErroreConsegnaVirus { .. } => {
+                Tipo::ErroreConsegna
+            }
+            Ricevuta::PreavvisoErroreConsegna { .. } => Tipo::PreavvisoErroreConsegna,
+            Ricevuta::RilevazioneVirus { .. } => Tipo::RilevazioneVirus,
+        }
+    }
+
+    /// The subject prefix (PEC-RULES §2.1).
+    pub fn subject_prefix(&self) -> &'static str {
+        match self {
+            Ricevuta::Accettazione => "ACCETTAZIONE: ",
+            Ricevuta::NonAccettazione { .. } => "AVVISO DI NON ACCETTAZIONE: ",
+            Ricevuta::NonAccettazioneVirus { .. } => "AVVISO DI NON ACCETTAZIONE PER VIRUS: ",
+            Ricevuta::PresaInCarico { .. } => "PRESA IN CARICO: ",
+            Ricevuta::AvvenutaConsegna { .. } => "CONSEGNA: ",
+            Ricevuta::ErroreConsegna { .. } => "AVVISO DI MANCATA CONSEGNA: ",
+            Ricevuta::ErroreConsegnaVirus { .. } => "AVVISO DI MANCATA CONSEGNA PER VIRUS: ",
+            Ricevuta::PreavvisoErroreConsegna { .. } => {
+                "AVVISO DI MANCATA CONSEGNA PER SUP. TEMPO MASSIMO: "
+            }
+            Ricevuta::RilevazioneVirus { .. } => "PROBLEMA DI SICUREZZA: ",
+        }
+    }
+
+    fn errore(&self) -> Errore {
+        match self {
+            Ricevuta::NonAccettazione { .. } => Errore::Altro,
+            Ricevuta::NonAccettazioneVirus { .. }
+            | Ricevuta::ErroreConsegnaVirus { .. }
+            | Ricevuta::RilevazioneVirus { .. } => Errore::Virus,
+            Ricevuta::ErroreConsegna { errore, .. } => *errore,
+            Ricevuta::PreavvisoErroreConsegna { .. } => Errore::Altro,
+            _ => Errore::Nessuno,
+        }
+    }
+
+    fn virus_flag(&self) -> bool {
+        matches!(
+            self,
+            Ricevuta::NonAccettazioneVirus { .. } | Ricevuta::ErroreConsegnaVirus { .. }
+        )
+    }
+}
+
+/// The delivery receipt variant for one recipient (PEC-RULES §2.7): Cc
+/// recipients always get `sintetica`; primary (or undecidable) ones get
+/// what the sender asked for.
+pub fn receipt_variant(asked: TipoRicevuta, primary: bool) -> TipoRicevuta {
+    if primary {
+        asked
+    } else {
+        TipoRicevuta::Sintetica
+    }
+}
+
+fn daticert(
+    provider: &Provider,
+    tx: &Transaction,
+    tipo: Tipo,
+    errore: Errore,
+    time: DateTime<Utc>,
+) -> DatiCert {
+    DatiCert {
+        tipo,
+        errore,
+        mittente: tx.mittente.clone(),
+        destinatari: tx.destinatari.clone(),
+        risposte: tx.risposte.clone(),
+        oggetto: Some(tx.oggetto.clone()),
+        gestore_emittente: provider.name.clone(),
+        data: rome_time(time),
+        identificativo: tx.identificativo.clone(),
+        msgid: tx.msgid.clone(),
+        ricevuta: None,
+        consegna: None,
+        ricezione: Vec::new(),
+        errore_esteso: None,
+    }
+}
+
+fn date_header(time: DateTime<Utc>) -> String {
+    format!("Date: {}\r\n", rome_time(time).to_rfc2822())
+}
+
+fn when(time: DateTime<Utc>) -> String {
+    let t = rome_time(time);
+    format!(
+        "Il giorno {} alle ore {} ({})",
+        t.format("%d/%m/%Y"),
+        t.format("%H:%M:%S"),
+        t.format("%z")
+    )
+}
+
+fn kind_label(t: TipoDestinatario) -> &'static str {
+    match t {
+        TipoDestinatario::Certificato => "posta certificata",
+        TipoDestinatario::Esterno => "posta ordinaria",
+    }
+}
+
+fn recipient_lines(tx: &Transaction) -> String {
+    let mut s = String::new();
+    for d in &tx.destinatari {
+        s.push_str(&format!("{} (\"{}\")\n", d.address, kind_label(d.tipo)));
+    }
+    s
+}
+
+/// The readable text of a receipt (Italian, as real providers write it).
+fn receipt_text(r: &Ricevuta<'_>, tx: &Transaction, time: DateTime<Utc>) -> String {
+    let w = when(time);
+    let ogg = &tx.oggetto;
+    let m = &tx.mittente;
+    let id = &tx.identificativo;
+    match r {
+        Ricevuta::Accettazione => format!(
+            "Ricevuta di accettazione\n\n{w} il messaggio\n\"{ogg}\" proveniente da \"{m}\"\ned indirizzato a:\n{}è stato accettato dal sistema ed inoltrato.\nIdentificativo messaggio: {id}\n\nL'allegato daticert.xml contiene informazioni di servizio sulla trasmissione.\n",
+            recipient_lines(tx)
+        ),
+        Ricevuta::NonAccettazione { reason } => format!(
+            "Avviso di non accettazione\n\n{w} nel messaggio\n\"{ogg}\" proveniente da \"{m}\"\ned indirizzato a:\n{}è stato rilevato un problema che ne impedisce l'accettazione\na causa di {reason}.\nIl messaggio non è stato accettato.\nIdentificativo messaggio: {id}\n",
+            recipient_lines(tx)
+        ),
+        Ricevuta::NonAccettazioneVirus { virus } => format!(
+            "Avviso di non accettazione per virus\n\n{w} nel messaggio\n\"{ogg}\" proveniente da \"{m}\"\ned indirizzato a:\n{}è stato rilevato un problema di sicurezza ({virus}).\nIl messaggio non è stato accettato.\nIdentificativo messaggio: {id}\n",
+            recipient_lines(tx)
+        ),
+        Ricevuta::PresaInCarico { ricezione, .. } => format!(
+            "Ricevuta di presa in carico\n\n{w} il messaggio\n\"{ogg}\" proveniente da \"{m}\"\ned indirizzato a:\n{}è stato accettato dal sistema.\nIdentificativo messaggio: {id}\n",
+            ricezione.iter().map(|r| format!("{r}\n")).collect::<String>()
+        ),
+        Ricevuta::AvvenutaConsegna { consegna, tipo, .. } => {
+            let note = match tipo {
+                TipoRicevuta::Completa => {
+                    "Il messaggio originale è incluso in allegato (postacert.eml).\n"
+                }
+                TipoRicevuta::Breve => {
+                    "Il messaggio originale è incluso in allegato (postacert.eml), con gli allegati sostituiti dalla loro impronta (SHA-1).\n"
+                }
+                TipoRicevuta::Sintetica => "",
+            };
+            format!(
+                "Ricevuta di avvenuta consegna\n\n{w} il messaggio\n\"{ogg}\" proveniente da \"{m}\"\ned indirizzato a \"{consegna}\"\nè stato correttamente consegnato al destinatario.\nIdentificativo messaggio: {id}\n{note}"
+            )
+        }
+        Ricevuta::ErroreConsegna {
+            consegna,
+            errore_esteso,
+            ..
+        } => format!(
+            "Avviso di mancata consegna\n\n{w} nel messaggio\n\"{ogg}\" proveniente da \"{m}\"\ne destinato all'utente \"{consegna}\"\nè stato rilevato il seguente errore: {errore_esteso}\nIl messaggio è stato rifiutato dal sistema.\nIdentificativo messaggio: {id}\n"
+        ),
+        Ricevuta::ErroreConsegnaVirus { consegna, virus } => format!(
+            "Avviso di mancata consegna per virus\n\n{w} nel messaggio\n\"{ogg}\" proveniente da \"{m}\"\ne destinato all'utente \"{consegna}\"\nè stato rilevato un problema di sicurezza ({virus}).\nIl messaggio non è stato consegnato.\nIdentificativo messaggio: {id}\n"
+        ),
+        Ricevuta::PreavvisoErroreConsegna { consegna, finale } => {
+            if *finale {
+                format!(
+                    "Avviso di mancata consegna per superamento dei tempi massimi\n\n{w} il messaggio\n\"{ogg}\" proveniente da \"{m}\"\ned indirizzato a \"{consegna}\"\nnon è stato consegnato nelle 24 ore successive al suo invio.\nLa transazione è considerata conclusa con esito negativo.\nIdentificativo messaggio: {id}\n"
+                )
+            } else {
+                format!(
+                    "Preavviso di mancata consegna\n\n{w} il messaggio\n\"{ogg}\" proveniente da \"{m}\"\ned indirizzato a \"{consegna}\"\nnon è stato consegnato nelle prime 12 ore successive al suo invio.\nIl sistema invierà un ulteriore avviso se nelle successive 12 ore\nnon riceverà conferma della consegna.\nIdentificativo messaggio: {id}\n"
+                )
+            }
+        }
+        Ricevuta::RilevazioneVirus {
+            consegna, virus, ..
+        } => format!(
+            "Avviso di rilevazione virus\n\n{w} nel messaggio\n\"{ogg}\" proveniente da \"{m}\"\ne destinato all'utente \"{consegna}\"\nè stato rilevato un problema di sicurezza ({virus}).\nIl messaggio non è stato inoltrato e la trasmissione non può essere completata.\nIdentificativo messaggio: {id}\n"
+        ),
+    }
+}
+
+/// A text/plain part: ISO-8859-1 when the text fits, else UTF-8;
+/// quoted-printable.
+fn text_part(text: &str) -> Vec<u8> {
+    let (charset, bytes) = match mime::to_latin1(text) {
+        Some(b) => ("iso-8859-1", b),
+        None => ("utf-8", text.as_bytes().to_vec()),
+    };
+    let mut out = format!(
+        "Content-Type: text/plain; charset=\"{charset}\"\r\nContent-Disposition: inline\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    )
+    .into_bytes();
+    out.extend_from_slice(mime::quoted_printable(&bytes).as_bytes());
+    out
+}
+
+fn daticert_part(d: &DatiCert) -> Vec<u8> {
+    let mut out = b"Content-Type: application/xml; name=\"daticert.xml\"\r\nContent-Disposition: inline; filename=\"daticert.xml\"\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+    let b64 = base64_lines(d.to_xml().as_bytes());
+    out.extend_from_slice(b64.trim_end_matches("\r\n").as_bytes());
+    out
+}
+
+/// How a message can be carried as-is in a MIME part.
+fn transfer_encoding(data: &[u8]) -> &'static str {
+    let mut eight = false;
+    let mut col = 0usize;
+    for &b in data {
+        match b {
+            0 => return "binary",
+            b'\n' => col = 0,
+            _ => {
+                col += 1;
+                if col > 998 {
+                    return "binary";
+                }
+                if b >= 0x80 {
+                    eight = true;
+                }
+            }
+        }
+    }
+    if eight { "8bit" } else { "7bit" }
+}
+
+fn rank(cte: &str) -> u8 {
+    match cte {
+        "binary" => 2,
+        "8bit" => 1,
+        _ => 0,
+    }
+}
+
+fn message_part(eml: &[u8]) -> (Vec<u8>, &'static str) {
+    let cte = transfer_encoding(eml);
+    let mut out = format!(
+        "Content-Type: message/rfc822; name=\"postacert.eml\"\r\nContent-Disposition: inline; filename=\"postacert.eml\"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
+    )
+    .into_bytes();
+    let body = eml.strip_suffix(b"\r\n").unwrap_or(eml);
+    out.extend_from_slice(body);
+    (out, cte)
+}
+
+/// A boundary that does not occur in any of the parts.
+fn boundary(seed: &str, level: u8, parts: &[&[u8]]) -> String {
+    let mut n: u32 = 0;
+    loop {
+        let h = crypto::digest(
+            DigestAlg::Sha1,
+            format!("{seed}/{level}/{n}").as_bytes(),
+        );
+        let hex: String = h.iter().take(12).map(|b| format!("{b:02X}")).collect();
+        let b = format!("----=_PEC_{level}_{hex}");
+        let needle = format!("--{b}");
+        if !parts
+            .iter()
+            .any(|p| p.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            return b;
+        }
+        n += 1;
+    }
+}
+
+/// The multipart/mixed entity that gets signed.
+fn mixed_entity(seed: &str, parts: &[Vec<u8>], cte: &'static str) -> Vec<u8> {
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let b = boundary(seed, 2, &refs);
+    let mut out = format!("Content-Type: multipart/mixed; boundary=\"{b}\"\r\n").into_bytes();
+    if cte != "7bit" {
+        out.extend_from_slice(format!("Content-Transfer-Encoding: {cte}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\nThis is a multi-part message in MIME format.\r\n");
+    for p in parts {
+        out.extend_from_slice(format!("\r\n--{b}\r\n").as_bytes());
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
+    out
+}
+
+/// Wrap a signed entity into multipart/signed: returns the Content-Type
+/// header field and the body.
+fn sign_entity(
+    seed: &str,
+    entity: &[u8],
+    signer: Signer<'_>,
+    time: DateTime<Utc>,
+) -> Result<(String, Vec<u8>), BuildError> {
+    let p7s = crypto::cms_sign::sign_content(signer.key, signer.digest, entity, time.into())?;
+    let b = boundary(seed, 1, &[entity]);
+    let ct = format!(
+        "Content-Type: multipart/signed; protocol=\"application/x-pkcs7-signature\";\r\n micalg=\"{}\"; boundary=\"{b}\"\r\n",
+        signer.digest.micalg()
+    );
+    let sig = base64_lines(&p7s);
+    let mut body = Vec::with_capacity(entity.len() + sig.len() + 400);
+    body.extend_from_slice(b"This is an S/MIME signed message\r\n\r\n");
+    body.extend_from_slice(format!("--{b}\r\n").as_bytes());
+    body.extend_from_slice(entity);
+    body.extend_from_slice(format!("\r\n--{b}\r\nContent-Type: application/x-pkcs7-signature; name=\"smime.p7s\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n").as_bytes());
+    body.extend_from_slice(sig.as_bytes());
+    body.extend_from_slice(format!("--{b}--\r\n").as_bytes());
+    Ok((ct, body))
+}
+
+fn check_header_value(what: &str, v: &str) -> Result<(), BuildError> {
+    if v.contains(['\r', '\n', '\0']) {
+        return Err(BuildError::Input(format!("{what} contains a line break")));
+    }
+    Ok(())
+}
+
+fn angle(id: &str) -> String {
+    let t = id.trim();
+    if t.starts_with('<') && t.ends_with('>') {
+        t.to_string()
+    } else {
+        format!("<{t}>")
+    }
+}
+
+/// Build and sign a receipt or notice about `tx`.
+pub fn build_ricevuta(
+    provider: &Provider,
+    tx: &Transaction,
+    ricevuta: &Ricevuta<'_>,
+    emission: &Emission,
+    signer: Signer<'_>,
+) -> Result<BuiltMessage, BuildError> {
+    check_header_value("message id", &emission.message_id)?;
+    check_header_value("sender", &tx.mittente)?;
+    let time = emission.time;
+    let mut d = daticert(provider, tx, ricevuta.tipo(), ricevuta.errore(), time);
+    let to = match ricevuta {
+        Ricevuta::PresaInCarico { mail_receipt, .. }
+        | Ricevuta::RilevazioneVirus { mail_receipt, .. } => mail_receipt.clone(),
+        _ => tx.mittente.clone(),
+    };
+    check_header_value("recipient", &to)?;
+    let mut postacert: Option<Vec<u8>> = None;
+    match ricevuta {
+        Ricevuta::AvvenutaConsegna {
+            consegna,
+            tipo,
+            original,
+        } => {
+            d.ricevuta = Some(*tipo);
+            d.consegna = Some(consegna.clone());
+            postacert = match tipo {
+                TipoRicevuta::Completa => Some(canonicalize_crlf(original).into_owned()),
+                TipoRicevuta::Breve => Some(breve::hash_attachments(&canonicalize_crlf(original))),
+                TipoRicevuta::Sintetica => None,
+            };
+        }
+        Ricevuta::ErroreConsegna {
+            consegna,
+            errore_esteso,
+            ..
+        } => {
+            d.consegna = Some(consegna.clone());
+            d.errore_esteso = Some(errore_esteso.clone());
+        }
+        Ricevuta::ErroreConsegnaVirus { consegna, virus }
+        | Ricevuta::RilevazioneVirus {
+            consegna, virus, ..
+        } => {
+            d.consegna = Some(consegna.clone());
+            d.errore_esteso = Some(virus.clone());
+        }
+        Ricevuta::PreavvisoErroreConsegna { consegna, .. } => {
+            d.consegna = Some(consegna.clone());
+        }
+        Ricevuta::PresaInCarico { ricezione, .. } => {
+            d.ricezione = ricezione.clone();
+        }
+        Ricevuta::NonAccettazione { reason } => d.errore_esteso = Some(reason.clone()),
+        Ricevuta::NonAccettazioneVirus { virus } => d.errore_esteso = Some(virus.clone()),
+        Ricevuta::Accettazione => {}
+    }
+
+    let text = receipt_text(ricevuta, tx, time);
+    let mut parts = vec![text_part(&text), daticert_part(&d)];
+    let mut cte = "7bit";
+    if let Some(eml) = &postacert {
+        let (p, c) = message_part(eml);
+        cte = c;
+        parts.push(p);
+    }
+    let seed = format!("{}/{}", emission.message_id, ricevuta.tipo());
+    let entity = mixed_entity(&seed, &parts, cte);
+    let (ct, body) = sign_entity(&seed, &entity, signer, time)?;
+
+    let mut headers = Vec::new();
+    headers.push(format!("X-Ricevuta: {}\r\n", ricevuta.tipo()));
+    if ricevuta.virus_flag() {
+        headers.push("X-VerificaSicurezza: errore\r\n".to_string());
+    }
+    if let Ricevuta::RilevazioneVirus { .. } = ricevuta {
+        headers.push(format!("X-Mittente: {}\r\n", tx.mittente));
+    }
+    headers.push(date_header(time));
+    headers.push(mime::unstructured_header(
+        "Subject",
+        &format!("{}{}", ricevuta.subject_prefix(), tx.oggetto),
+    ));
+    headers.push(format!("From: {}\r\n", provider.service_address()));
+    headers.push(format!("To: {to}\r\n"));
+    headers.push(format!("Message-ID: {}\r\n", angle(&emission.message_id)));
+    if let Some(m) = &tx.msgid {
+        check_header_value("msgid", m)?;
+        headers.push(format!("X-Riferimento-Message-ID: {}\r\n", angle(m)));
+    }
+    headers.push("MIME-Version: 1.0\r\n".to_string());
+    headers.push(ct);
+    Ok(BuiltMessage { headers, body })
+}
+
+/// The original with the Message-ID handling of PEC-RULES §1.6: its
+/// `Message-ID:` becomes the PEC msgid and the client's value moves to
+/// `X-Riferimento-Message-ID:`; everything else byte for byte (CRLF).
+pub fn rewrite_original(original: &[u8], identificativo: &str) -> Vec<u8> {
+    let canon = canonicalize_crlf(original);
+    let (head, body) = split_header_body(&canon);
+    let mut out = Vec::with_capacity(canon.len() + 200);
+    let new_id = format!("Message-ID: {}\r\n", angle(identificativo));
+    let mut done = false;
+    for f in header_fields(head) {
+        if f.is("Message-ID") && !done {
+            out.extend_from_slice(new_id.as_bytes());
+            out.extend_from_slice(format!("X-Riferimento-Message-ID:{}\r\n", as_str(f.value)).as_bytes());
+            done = true;
+        } else if f.is("Message-ID") {
+            // a second Message-ID field is dropped: one identity per message
+        } else {
+            out.extend_from_slice(f.raw);
+        }
+    }
+    if !done {
+        out.extend_from_slice(new_id.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+fn as_str(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+/// The original Message-ID of a message, with angle brackets.
+pub fn original_msgid(original: &[u8]) -> Option<String> {
+    let (head, _) = split_header_body(original);
+    mime::header_value(&header_fields(head), "Message-ID")
+        .filter(|v| !v.is_empty())
+        .map(|v| angle(&v))
+}
+
+/// Header fields an envelope keeps from the original (PEC-RULES §1.5).
+fn inherited<'a>(original: &'a [u8], keep_message_id: bool) -> (Vec<&'a [u8]>, bool) {
+    let (head, _) = split_header_body(original);
+    let mut has_reply_to = false;
+    let mut out = Vec::new();
+    for f in header_fields(head) {
+        let keep = f.is("Received")
+            || f.is("Return-Path")
+            || f.is("To")
+            || f.is("Cc")
+            || (keep_message_id && f.is("Message-ID"));
+        if f.is("Reply-To") {
+            has_reply_to = true;
+            out.push(f.raw);
+        } else if keep {
+            out.push(f.raw);
+        }
+    }
+    (out, has_reply_to)
+}
+
+fn raw_fields_to_strings(fields: Vec<&[u8]>) -> Vec<String> {
+    fields
+        .into_iter()
+        .map(|r| {
+            let mut s = String::from_utf8_lossy(r).into_owned();
+            if !s.ends_with("\r\n") {
+                s.push_str("\r\n");
+            }
+            s
+        })
+        .collect()
+}
+
+/// Build and sign the busta di trasporto (PEC-RULES §2.2) around
+/// `original`, the message as the holder submitted it. `tx.msgid` should
+/// be [`original_msgid`] of it.
+pub fn build_busta_trasporto(
+    provider: &Provider,
+    tx: &Transaction,
+    original: &[u8],
+    time: DateTime<Utc>,
+    signer: Signer<'_>,
+) -> Result<BuiltMessage, BuildError> {
+    check_header_value("identificativo", &tx.identificativo)?;
+    check_header_value("sender", &tx.mittente)?;
+    let canon = canonicalize_crlf(original);
+    let eml = rewrite_original(&canon, &tx.identificativo);
+    let mut d = daticert(provider, tx, Tipo::PostaCertificata, Errore::Nessuno, time);
+    d.ricevuta = Some(tx.ricevuta);
+    let text = format!(
+        "Messaggio di posta certificata\n\n{} il messaggio\n\"{}\" è stato inviato da \"{}\"\nindirizzato a:\n{}Il messaggio originale è incluso in allegato.\nIdentificativo messaggio: {}\n",
+        when(time),
+        tx.oggetto,
+        tx.mittente,
+        tx.destinatari
+            .iter()
+            .map(|d| format!("{}\n", d.address))
+            .collect::<String>(),
+        tx.identificativo
+    );
+    let (msg_part, cte) = message_part(&eml);
+    let parts = vec![text_part(&text), msg_part, daticert_part(&d)];
+    let entity = mixed_entity(&tx.identificativo, &parts, cte);
+    let (ct, body) = sign_entity(&tx.identificativo, &entity, signer, time)?;
+
+    let (keep, has_reply_to) = inherited(&canon, false);
+    let mut headers = raw_fields_to_strings(keep);
+    headers.push("X-Trasporto: posta-certificata\r\n".to_string());
+    headers.push(date_header(time));
+    headers.push(mime::unstructured_header(
+        "Subject",
+        &format!("POSTA CERTIFICATA: {}", tx.oggetto),
+    ));
+    headers.push(from_per_conto_di(&tx.mittente, provider));
+    if !has_reply_to {
+        headers.push(format!("Reply-To: {}\r\n", tx.mittente));
+    }
+    headers.push(format!("Message-ID: {}\r\n", angle(&tx.identificativo)));
+    if let Some(m) = &tx.msgid {
+        check_header_value("msgid", m)?;
+        headers.push(format!("X-Riferimento-Message-ID: {}\r\n", angle(m)));
+    }
+    headers.push(format!("X-TipoRicevuta: {}\r\n", tx.ricevuta));
+    headers.push("MIME-Version: 1.0\r\n".to_string());
+    headers.push(ct);
+    Ok(BuiltMessage { headers, body })
+}
+
+fn from_per_conto_di(sender: &str, provider: &Provider) -> String {
+    let display = format!("Per conto di: {sender}");
+    if display.is_ascii() {
+        format!(
+            "From: {} <{}>\r\n",
+            mime::quote_display_name(&display),
+            provider.service_address()
+        )
+    } else {
+        let enc = mime::unstructured_header("X", &display);
+        let word = enc.trim_start_matches("X: ").trim_end().replace("\r\n", "");
+        format!("From: {word}\r\n <{}>\r\n", provider.service_address())
+    }
+}
+
+/// Facts about a received message that is wrapped in a busta di anomalia.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anomalia {
+    /// The original sender (`From:` address of what arrived).
+    pub mittente: String,
+    /// The original subject, decoded.
+    pub oggetto: String,
+    /// A short description of the error, e.g. "firma non valida".
+    pub errore: String,
+}
+
+/// Build and sign the busta di anomalia (PEC-RULES §2.3) around
+/// `received`. No daticert.xml; the received message is attached whole as
+/// `postacert.eml`.
+pub fn build_busta_anomalia(
+    provider: &Provider,
+    anomalia: &Anomalia,
+    received: &[u8],
+    emission: &Emission,
+    signer: Signer<'_>,
+) -> Result<BuiltMessage, BuildError> {
+    check_header_value("sender", &anomalia.mittente)?;
+    let time = emission.time;
+    let canon = canonicalize_crlf(received);
+    let text = format!(
+        "Anomalia nel messaggio\n\n{} è stato ricevuto\nil messaggio \"{}\" proveniente da \"{}\".\nI dati non sono stati certificati per il seguente errore:\n{}\nIl messaggio originale è incluso in allegato.\n",
+        when(time),
+        anomalia.oggetto,
+        anomalia.mittente,
+        anomalia.errore
+    );
+    let (msg_part, cte) = message_part(&canon);
+    let parts = vec![text_part(&text), msg_part];
+    let seed = format!("{}/anomalia", emission.message_id);
+    let entity = mixed_entity(&seed, &parts, cte);
+    let (ct, body) = sign_entity(&seed, &entity, signer, time)?;
+
+    let (keep, has_reply_to) = inherited(&canon, true);
+    let had_message_id = original_msgid(&canon).is_some();
+    let mut headers = raw_fields_to_strings(keep);
+    headers.push("X-Trasporto: errore\r\n".to_string());
+    headers.push(date_header(time));
+    headers.push(mime::unstructured_header(
+        "Subject",
+        &format!("ANOMALIA MESSAGGIO: {}", anomalia.oggetto),
+    ));
+    headers.push(from_per_conto_di(&anomalia.mittente, provider));
+    if !has_reply_to {
+        headers.push(format!("Reply-To: {}\r\n", anomalia.mittente));
+    }
+    if !had_message_id {
+        headers.push(format!("Message-ID: {}\r\n", angle(&emission.message_id)));
+    }
+    headers.push("MIME-Version: 1.0\r\n".to_string());
+    headers.push(ct);
+    Ok(BuiltMessage { headers, body })
+}
+
+/// The whole-message transfer encoding rank, for callers that embed.
+pub fn needs_8bit(data: &[u8]) -> bool {
+    rank(transfer_encoding(data)) > 0
+}

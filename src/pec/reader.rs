@@ -1,0 +1,284 @@
+//! Read any message: classify it (PEC-RULES §2.12), find the signed part
+//! and the signature of a `multipart/signed`, and extract `daticert.xml`
+//! and `postacert.eml`. Never panics; what cannot be read is reported.
+
+use std::borrow::Cow;
+
+use crate::pec::daticert::DatiCert;
+use crate::pec::kind::{MessageKind, TipoRicevuta};
+use crate::pec::mime::{
+    self, ContentType, HeaderField, base64_decode, canonicalize_crlf, header_fields, header_value,
+    split_header_body, split_multipart,
+};
+
+/// Nesting deeper than this is not searched (hostile input).
+const MAX_DEPTH: usize = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReadError {
+    #[error("empty input")]
+    Empty,
+    #[error("not a mail message: no header fields")]
+    NoHeaders,
+}
+
+/// The detached signature of a `multipart/signed` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedParts {
+    /// The first part, canonical CRLF: exactly the bytes that were signed.
+    pub content: Vec<u8>,
+    /// The DER of the signature part, when there is one and it decodes.
+    pub p7s: Option<Vec<u8>>,
+    /// The `protocol` parameter (`application/pkcs7-signature` or
+    /// `application/x-pkcs7-signature`).
+    pub protocol: String,
+    pub micalg: Option<String>,
+    /// Why the signature is missing or unreadable.
+    pub problem: Option<String>,
+}
+
+/// What a message is and what it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PecMessage {
+    pub kind: MessageKind,
+    /// Decoded `Subject:`.
+    pub subject: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub message_id: Option<String>,
+    pub riferimento_message_id: Option<String>,
+    /// `X-TipoRicevuta` (any case), when present and known.
+    pub tipo_ricevuta: Option<TipoRicevuta>,
+    pub verifica_sicurezza: Option<String>,
+    pub mittente: Option<String>,
+    /// Present when the top-level type is `multipart/signed`.
+    pub signed: Option<SignedParts>,
+    /// The certification data, or why it could not be read.
+    pub daticert: Option<Result<DatiCert, String>>,
+    /// The raw `postacert.eml` (decoded from its transfer encoding).
+    pub postacert: Option<Vec<u8>>,
+}
+
+/// Read a message (CRLF or LF line ends).
+pub fn read(raw: &[u8]) -> Result<PecMessage, ReadError> {
+    if raw.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ReadError::Empty);
+    }
+    let canon = canonicalize_crlf(raw);
+    let (head, body) = split_header_body(&canon);
+    let fields = header_fields(head);
+    if fields.is_empty() {
+        return Err(ReadError::NoHeaders);
+    }
+    let get = |n: &str| header_value(&fields, n);
+    let kind = MessageKind::classify(get("X-Trasporto").as_deref(), get("X-Ricevuta").as_deref());
+    let subject = get("Subject").map(|s| mime::decode_words(&s));
+    let ct = ContentType::parse(&get("Content-Type").unwrap_or_default());
+
+    let signed = if ct.mime == "multipart/signed" {
+        Some(signed_parts(&ct, body))
+    } else {
+        None
+    };
+    let mut found = Found::default();
+    match &signed {
+        Some(s) => walk_entity(&s.content, 0, &mut found),
+        None => walk_body(&fields, body, 0, &mut found),
+    }
+    let daticert = found
+        .daticert
+        .map(|x| DatiCert::from_xml(&x).map_err(|e| e.to_string()));
+    Ok(PecMessage {
+        kind,
+        subject,
+        from: get("From"),
+        to: get("To"),
+        message_id: get("Message-ID"),
+        riferimento_message_id: get("X-Riferimento-Message-ID"),
+        tipo_ricevuta: get("X-TipoRicevuta").and_then(|v| v.parse().ok()),
+        verifica_sicurezza: get("X-VerificaSicurezza"),
+        mittente: get("X-Mittente"),
+        signed,
+        daticert,
+        postacert: found.postacert,
+    })
+}
+
+fn signed_parts(ct: &ContentType, body: &[u8]) -> SignedParts {
+    let protocol = ct.param("protocol").unwrap_or_default().to_ascii_lowercase();
+    let micalg = ct.param("micalg").map(str::to_ascii_lowercase);
+    let mut out = SignedParts {
+        content: Vec::new(),
+        p7s: None,
+        protocol,
+        micalg,
+        problem: None,
+    };
+    let Some(boundary) = ct.param("boundary") else {
+        out.problem = Some("multipart/signed without a boundary".into());
+        return out;
+    };
+    let Some(mp) = split_multipart(body, boundary) else {
+        out.problem = Some("multipart/signed: boundary not found".into());
+        return out;
+    };
+    let Some(first) = mp.parts.first() else {
+        out.problem = Some("multipart/signed without parts".into());
+        return out;
+    };
+    out.content = first.to_vec();
+    let Some(sig) = mp.parts.get(1) else {
+        out.problem = Some("multipart/signed without a signature part".into());
+        return out;
+    };
+    let (shead, sbody) = split_header_body(sig);
+    let sfields = header_fields(shead);
+    let sct = ContentType::parse(&header_value(&sfields, "Content-Type").unwrap_or_default());
+    if !matches!(
+        sct.mime.as_str(),
+        "application/pkcs7-signature" | "application/x-pkcs7-signature"
+    ) {
+        out.problem = Some(format!("unexpected signature part type {:?}", sct.mime));
+        return out;
+    }
+    let cte = header_value(&sfields, "Content-Transfer-Encoding")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let der = if cte == "base64" {
+        base64_decode(sbody)
+    } else {
+        Some(sbody.to_vec())
+    };
+    match der {
+        Some(d) if !d.is_empty() => out.p7s = Some(d),
+        Some(_) => out.problem = Some("the signature part is empty".into()),
+        None => {
+            // present but undecodable: a broken signature, not a missing one
+            out.problem = Some("the signature part is not valid base64".into());
+            out.p7s = Some(sbody.to_vec());
+        }
+    }
+    out
+}
+
+#[derive(Default)]
+struct Found {
+    daticert: Option<Vec<u8>>,
+    postacert: Option<Vec<u8>>,
+}
+
+fn walk_entity(entity: &[u8], depth: usize, found: &mut Found) {
+    let (head, body) = split_header_body(entity);
+    let fields = header_fields(head);
+    walk_body(&fields, body, depth, found);
+}
+
+fn walk_body(fields: &[HeaderField<'_>], body: &[u8], depth: usize, found: &mut Found) {
+    if depth > MAX_DEPTH || (found.daticert.is_some() && found.postacert.is_some()) {
+        return;
+    }
+    let ct = ContentType::parse(&header_value(fields, "Content-Type").unwrap_or_default());
+    let cd = ContentType::parse(&header_value(fields, "Content-Disposition").unwrap_or_default());
+    let name = cd
+        .param("filename")
+        .or(ct.param("name"))
+        .map(str::to_ascii_lowercase);
+    if ct.is_multipart() {
+        if let Some(b) = ct.param("boundary") {
+            if let Some(mp) = split_multipart(body, b) {
+                for p in mp.parts {
+                    walk_entity(p, depth + 1, found);
+                }
+            }
+        }
+        return;
+    }
+    // Only the top-level structure counts: daticert.xml inside the
+    // attached original is the original's business.
+    if ct.mime == "message/rfc822" {
+        if found.postacert.is_none()
+            && (name.as_deref() == Some("postacert.eml") || name.is_none())
+        {
+            found.postacert = Some(decode(fields, body).into_owned());
+        }
+        return;
+    }
+    if found.daticert.is_none()
+        && (name.as_deref() == Some("daticert.xml")
+            || (name.is_none() && (ct.mime == "application/xml" || ct.mime == "text/xml")))
+    {
+        found.daticert = Some(decode(fields, body).into_owned());
+    }
+}
+
+/// Undo the Content-Transfer-Encoding of a leaf body.
+fn decode<'a>(fields: &[HeaderField<'_>], body: &'a [u8]) -> Cow<'a, [u8]> {
+    let cte = header_value(fields, "Content-Transfer-Encoding")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match cte.as_str() {
+        "base64" => base64_decode(body).map_or(Cow::Borrowed(body), Cow::Owned),
+        "quoted-printable" => Cow::Owned(qp_decode(body)),
+        _ => Cow::Borrowed(body),
+    }
+}
+
+/// Quoted-printable decoding (lenient: bad escapes are kept literally).
+pub fn qp_decode(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        let b = data[i];
+        if b == b'=' {
+            if data[i + 1..].starts_with(b"\r\n") {
+                i += 3;
+                continue;
+            }
+            if data[i + 1..].starts_with(b"\n") {
+                i += 2;
+                continue;
+            }
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (
+                data.get(i + 1).and_then(|&c| hex(c)),
+                data.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_an_error_or_a_plain_message() {
+        assert_eq!(read(b""), Err(ReadError::Empty));
+        assert_eq!(read(b"\x00\x01\x02 no colon"), Err(ReadError::NoHeaders));
+        let m = read(b"Subject: hi\r\n\r\nbody").expect("plain");
+        assert_eq!(m.kind, MessageKind::None);
+        assert_eq!(m.subject.as_deref(), Some("hi"));
+        assert!(m.signed.is_none() && m.daticert.is_none());
+    }
+
+    #[test]
+    fn signed_without_signature_is_reported() {
+        let m = read(b"X-Ricevuta: accettazione\r\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--\r\n").expect("msg");
+        let s = m.signed.expect("signed");
+        assert_eq!(s.content, b"Content-Type: text/plain\r\n\r\nx");
+        assert!(s.p7s.is_none());
+        assert!(s.problem.is_some());
+    }
+
+    #[test]
+    fn qp() {
+        assert_eq!(qp_decode(b"a=3Db=\r\nc=E8=zz"), b"a=bc\xe8=zz");
+    }
+}

@@ -1,0 +1,175 @@
+//! Shared helpers for the integration tests: a test PKI made at test time,
+//! facts for a transaction, and the independent checkers (openssl, xmllint,
+//! Python's email package).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use chrono::{DateTime, TimeZone, Utc};
+use pec_milter::crypto::pem::PemKey;
+use pec_milter::crypto::pki::Pki;
+use pec_milter::crypto::verify::TrustStore;
+use pec_milter::pec::build::{Provider, Transaction};
+use pec_milter::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub struct TestPki {
+    pub pki: Pki,
+    pub key: PemKey,
+    pub trust: TrustStore,
+    pub ca_file: tempfile::NamedTempFile,
+}
+
+/// One test CA and provider certificate per test binary (RSA-2048 key
+/// generation is slow in debug builds).
+pub fn pki() -> &'static TestPki {
+    static P: OnceLock<TestPki> = OnceLock::new();
+    P.get_or_init(|| {
+        let pki = Pki::generate("ACME PEC S.p.A.", "pec.acme.test", 365).expect("pki");
+        let key = pki.signing_key().expect("key");
+        let trust = TrustStore::from_pem_bytes(&[&pki.ca_cert_pem]).expect("trust");
+        let ca_file = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(ca_file.path(), &pki.ca_cert_pem).expect("write ca");
+        TestPki {
+            pki,
+            key,
+            trust,
+            ca_file,
+        }
+    })
+}
+
+pub fn provider() -> Provider {
+    Provider {
+        name: "ACME PEC S.p.A.".into(),
+        domain: "pec.acme.test".into(),
+    }
+}
+
+pub fn when() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 25, 9, 30, 15)
+        .single()
+        .expect("time")
+}
+
+pub fn transaction(subject: &str, to: &[(&str, TipoDestinatario)]) -> Transaction {
+    Transaction {
+        identificativo: "opec.20261125093015.1234.1@pec.acme.test".into(),
+        mittente: "mario.rossi@pec.acme.test".into(),
+        destinatari: to
+            .iter()
+            .map(|(a, t)| Destinatario {
+                address: a.to_string(),
+                tipo: *t,
+            })
+            .collect(),
+        risposte: "mario.rossi@pec.acme.test".into(),
+        oggetto: subject.into(),
+        msgid: Some("<abc.123@client.example>".into()),
+        ricevuta: TipoRicevuta::Completa,
+    }
+}
+
+pub fn original(subject_header: &str, to_header: &str) -> Vec<u8> {
+    format!(
+        "Received: from client (client [192.0.2.1])\r\n\tby mx.pec.acme.test; Wed, 25 Nov 2026 10:30:14 +0100\r\nFrom: Mario Rossi <mario.rossi@pec.acme.test>\r\nTo: {to_header}\r\nSubject: {subject_header}\r\nMessage-ID: <abc.123@client.example>\r\nDate: Wed, 25 Nov 2026 10:30:00 +0100\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XYZ\"\r\n\r\n--XYZ\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nBuongiorno, in allegato il documento.\r\n--XYZ\r\nContent-Type: application/pdf; name=\"documento.pdf\"\r\nContent-Disposition: attachment; filename=\"documento.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJcOkw7zDtsOfCjIgMCBvYmoKPDwvTGVuZ3RoIDMgMCBSPj4Kc3RyZWFtCg==\r\n--XYZ--\r\n"
+    )
+    .into_bytes()
+}
+
+fn write_tmp(data: &[u8]) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(f.path(), data).expect("write");
+    f
+}
+
+fn tool(name: &str) -> Command {
+    let c = Command::new(name);
+    if which(name).is_none() {
+        panic!("{name} is not installed: run integration/deps.sh (CI installs it)");
+    }
+    c
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+    })
+}
+
+/// `openssl cms -verify` on a whole S/MIME message, with our test CA.
+pub fn openssl_verify(message: &[u8], ca_pem: &Path) -> Result<(), String> {
+    let f = write_tmp(message);
+    let out = tool("openssl")
+        .args(["cms", "-verify", "-purpose", "any", "-CAfile"])
+        .arg(ca_pem)
+        .arg("-in")
+        .arg(f.path())
+        .args(["-out", "/dev/null"])
+        .output()
+        .expect("run openssl");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `xmllint --dtdvalid` of a daticert.xml against the DTD of the rules.
+pub fn xmllint_valid(xml: &[u8]) -> Result<(), String> {
+    let f = write_tmp(xml);
+    let out = tool("xmllint")
+        .args(["--noout", "--dtdvalid"])
+        .arg(fixtures().join("daticert/daticert.dtd"))
+        .arg(f.path())
+        .output()
+        .expect("run xmllint");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// What Python's standard email package sees: JSON with the content
+/// types of the tree and whether postacert.eml is a message/rfc822 whose
+/// payload parses as a message.
+pub fn python_email(message: &[u8]) -> serde_json::Value {
+    let f = write_tmp(message);
+    let script = r#"
+import email, email.policy, json, sys
+m = email.message_from_bytes(open(sys.argv[1], 'rb').read(), policy=email.policy.default)
+types = [p.get_content_type() for p in m.walk()]
+post = None
+dati = None
+for p in m.walk():
+    fn = p.get_filename()
+    if fn == 'postacert.eml':
+        inner = p.get_payload(0) if p.is_multipart() else None
+        post = {'type': p.get_content_type(), 'inner_subject': str(inner['Subject']) if inner is not None else None,
+                'inner_message_id': str(inner['Message-ID']) if inner is not None else None}
+    if fn == 'daticert.xml':
+        dati = p.get_content_type()
+print(json.dumps({'types': types, 'top': m.get_content_type(), 'subject': str(m['Subject']),
+                  'postacert': post, 'daticert': dati, 'defects': len(m.defects)}))
+"#;
+    let out = tool("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(f.path())
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python email failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json from python")
+}
