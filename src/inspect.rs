@@ -2,7 +2,9 @@
 
 use serde::Serialize;
 
-use crate::crypto::verify::{SignatureReport, SignatureStatus, TrustStore, VerifyAt, verify_detached};
+use crate::crypto::verify::{
+    SignatureReport, SignatureStatus, TrustStore, VerifyAt, verify_detached,
+};
 use crate::pec::daticert::{DatiCert, Destinatario};
 use crate::pec::reader::{self, PecMessage, ReadError};
 
@@ -217,7 +219,10 @@ impl Inspection {
             s.push_str(&format!("  signed at: {x}\n"));
         }
         if let Some(d) = &self.daticert {
-            s.push_str(&format!("daticert:    tipo={} errore={}\n", d.tipo, d.errore));
+            s.push_str(&format!(
+                "daticert:    tipo={} errore={}\n",
+                d.tipo, d.errore
+            ));
             s.push_str(&format!("  mittente:  {}\n", d.mittente));
             for x in &d.destinatari {
                 s.push_str(&format!("  destinatario: {} ({})\n", x.address, x.tipo));

@@ -11,7 +11,11 @@ use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
 use pec_milter::inspect::{self, Inspection};
 
 #[derive(Parser)]
-#[command(name = "pec-milter", version, about = "PEC (Posta Elettronica Certificata) milter and tools")]
+#[command(
+    name = "pec-milter",
+    version,
+    about = "PEC (Posta Elettronica Certificata) milter and tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -46,16 +46,19 @@ fn check(msg: &BuiltMessage, e: &Expect) {
     // 7-bit safe signed content (no postacert with 8-bit here)
     assert!(bytes.iter().all(|b| *b < 0x80), "{}: 8-bit bytes", e.kind);
     assert!(
-        bytes
-            .split(|b| *b == b'\n')
-            .all(|l| l.len() <= 998),
+        bytes.split(|b| *b == b'\n').all(|l| l.len() <= 998),
         "{}: over-long line",
         e.kind
     );
     // our reader
     let insp = inspect(&bytes, &pki().trust, VerifyAt::SigningTime).expect("inspect");
     assert_eq!(insp.kind, e.kind);
-    assert_eq!(insp.signature.status, SignatureStatus::Valid, "{:?}", insp.signature);
+    assert_eq!(
+        insp.signature.status,
+        SignatureStatus::Valid,
+        "{:?}",
+        insp.signature
+    );
     assert!(
         insp.subject.as_deref().unwrap_or("").starts_with(e.prefix),
         "{}: subject {:?}",
@@ -78,7 +81,11 @@ fn check(msg: &BuiltMessage, e: &Expect) {
             let raw = raw_daticert(&bytes);
             xmllint_valid(&raw).expect("carried daticert valid");
         }
-        None => assert!(msg_read.daticert.is_none(), "{}: unexpected daticert", e.kind),
+        None => assert!(
+            msg_read.daticert.is_none(),
+            "{}: unexpected daticert",
+            e.kind
+        ),
     }
     // c) Python's email package
     let py = python_email(&bytes);
@@ -87,7 +94,11 @@ fn check(msg: &BuiltMessage, e: &Expect) {
         assert_eq!(py["postacert"]["type"], "message/rfc822", "{py}");
         assert!(py["postacert"]["inner_subject"].is_string(), "{py}");
     } else {
-        assert!(py["postacert"].is_null(), "{}: unexpected postacert {py}", e.kind);
+        assert!(
+            py["postacert"].is_null(),
+            "{}: unexpected postacert {py}",
+            e.kind
+        );
         assert!(msg_read.postacert.is_none());
     }
     if e.tipo.is_some() {
@@ -116,12 +127,16 @@ fn tx() -> pec_milter::pec::build::Transaction {
 
 #[test]
 fn busta_trasporto() {
-    let orig = original("Fattura n. 42", "anna.bianchi@pec.other.test, luca@example.org");
+    let orig = original(
+        "Fattura n. 42",
+        "anna.bianchi@pec.other.test, luca@example.org",
+    );
     let mut t = tx();
     t.msgid = original_msgid(&orig);
     assert_eq!(t.msgid.as_deref(), Some("<abc.123@client.example>"));
     for digest in [DigestAlg::Sha256, DigestAlg::Sha1] {
-        let m = build_busta_trasporto(&provider(), &t, &orig, when(), signer(digest)).expect("build");
+        let m =
+            build_busta_trasporto(&provider(), &t, &orig, when(), signer(digest)).expect("build");
         check(
             &m,
             &Expect {
@@ -141,7 +156,11 @@ fn busta_trasporto() {
         assert!(text.contains("\r\nReply-To: mario.rossi@pec.acme.test\r\n"));
         assert!(text.contains(&format!("micalg=\"{}\"", digest.micalg())));
         // inherited header fields, unchanged
-        assert!(text.starts_with("Received: from client (client [192.0.2.1])\r\n\tby mx.pec.acme.test;"));
+        assert!(
+            text.starts_with(
+                "Received: from client (client [192.0.2.1])\r\n\tby mx.pec.acme.test;"
+            )
+        );
         assert!(text.contains("\r\nTo: anna.bianchi@pec.other.test, luca@example.org\r\n"));
 
         // postacert.eml is the original byte for byte but for the Message-ID
@@ -151,13 +170,19 @@ fn busta_trasporto() {
             "Message-ID: <abc.123@client.example>\r\n",
             "Message-ID: <opec.20261125093015.1234.1@pec.acme.test>\r\nX-Riferimento-Message-ID: <abc.123@client.example>\r\n",
         );
-        assert_eq!(String::from_utf8_lossy(&post), expected.trim_end_matches("\r\n"));
+        assert_eq!(
+            String::from_utf8_lossy(&post),
+            expected.trim_end_matches("\r\n")
+        );
         let d = r.daticert.expect("d").expect("d");
         assert_eq!(d.ricevuta, Some(TipoRicevuta::Completa));
         assert_eq!(d.msgid.as_deref(), Some("<abc.123@client.example>"));
         assert_eq!(d.identificativo, "opec.20261125093015.1234.1@pec.acme.test");
         assert_eq!(d.destinatari, t.destinatari);
-        assert_eq!(d.data.format("%d/%m/%Y %H:%M:%S %z").to_string(), "25/11/2026 10:30:15 +0100");
+        assert_eq!(
+            d.data.format("%d/%m/%Y %H:%M:%S %z").to_string(),
+            "25/11/2026 10:30:15 +0100"
+        );
     }
 }
 
@@ -166,8 +191,12 @@ fn busta_trasporto_lf_original_and_8bit_body() {
     // an LF-stored original with 8-bit text: carried unchanged (CRLF) and
     // declared 8bit; the signature still holds for openssl and for us.
     let orig = "From: a@pec.acme.test\nTo: b@pec.other.test\nSubject: caff\u{e8}\nMessage-ID: <x@y>\n\nPerch\u{e9} no.\n".as_bytes();
-    let t = transaction("caffè", &[("b@pec.other.test", TipoDestinatario::Certificato)]);
-    let m = build_busta_trasporto(&provider(), &t, orig, when(), signer(DigestAlg::Sha256)).expect("build");
+    let t = transaction(
+        "caffè",
+        &[("b@pec.other.test", TipoDestinatario::Certificato)],
+    );
+    let m = build_busta_trasporto(&provider(), &t, orig, when(), signer(DigestAlg::Sha256))
+        .expect("build");
     let bytes = m.to_bytes();
     openssl_verify(&bytes, pki().ca_file.path()).expect("openssl verifies");
     let i = inspect(&bytes, &pki().trust, VerifyAt::SigningTime).expect("inspect");
@@ -186,7 +215,14 @@ fn busta_anomalia() {
         oggetto: "ciao".into(),
         errore: "messaggio di posta ordinaria".into(),
     };
-    let m = build_busta_anomalia(&provider(), &a, received, &emission("anom.1@pec.acme.test"), signer(DigestAlg::Sha256)).expect("build");
+    let m = build_busta_anomalia(
+        &provider(),
+        &a,
+        received,
+        &emission("anom.1@pec.acme.test"),
+        signer(DigestAlg::Sha256),
+    )
+    .expect("build");
     check(
         &m,
         &Expect {
@@ -201,14 +237,28 @@ fn busta_anomalia() {
     // Message-ID kept from what arrived (PEC-RULES §2.3)
     assert!(text.contains("\r\nMessage-ID: <plain.1@example.org>\r\n"));
     assert!(text.contains("\r\nX-Trasporto: errore\r\n"));
-    assert_eq!(text.matches("Message-ID:").count(), 2, "outer + inside postacert");
+    assert_eq!(
+        text.matches("Message-ID:").count(),
+        2,
+        "outer + inside postacert"
+    );
 }
 
 fn ricevuta_case(r: Ricevuta<'_>, e: Expect) -> BuiltMessage {
-    let m = build_ricevuta(&provider(), &tx(), &r, &emission("ric.1@pec.acme.test"), signer(DigestAlg::Sha256)).expect("build");
+    let m = build_ricevuta(
+        &provider(),
+        &tx(),
+        &r,
+        &emission("ric.1@pec.acme.test"),
+        signer(DigestAlg::Sha256),
+    )
+    .expect("build");
     check(&m, &e);
     let i = inspect(&m.to_bytes(), &pki().trust, VerifyAt::SigningTime).expect("inspect");
-    assert_eq!(i.riferimento_message_id.as_deref(), Some("<abc.123@client.example>"));
+    assert_eq!(
+        i.riferimento_message_id.as_deref(),
+        Some("<abc.123@client.example>")
+    );
     m
 }
 
@@ -216,9 +266,19 @@ fn ricevuta_case(r: Ricevuta<'_>, e: Expect) -> BuiltMessage {
 fn accettazione_lists_every_recipient() {
     let m = ricevuta_case(
         Ricevuta::Accettazione,
-        Expect { kind: "accettazione", prefix: "ACCETTAZIONE: Fattura n. 42", tipo: Some(Tipo::Accettazione), errore: Errore::Nessuno, postacert: false },
+        Expect {
+            kind: "accettazione",
+            prefix: "ACCETTAZIONE: Fattura n. 42",
+            tipo: Some(Tipo::Accettazione),
+            errore: Errore::Nessuno,
+            postacert: false,
+        },
     );
-    let d = read(&m.to_bytes()).expect("r").daticert.expect("d").expect("d");
+    let d = read(&m.to_bytes())
+        .expect("r")
+        .daticert
+        .expect("d")
+        .expect("d");
     assert_eq!(d.destinatari, tx().destinatari);
     assert_eq!(d.ricevuta, None);
     assert_eq!(d.consegna, None);
@@ -230,13 +290,29 @@ fn accettazione_lists_every_recipient() {
 #[test]
 fn non_accettazione_formal_and_virus() {
     let m = ricevuta_case(
-        Ricevuta::NonAccettazione { reason: "destinatario in Bcc".into() },
-        Expect { kind: "non-accettazione", prefix: "AVVISO DI NON ACCETTAZIONE: Fattura", tipo: Some(Tipo::NonAccettazione), errore: Errore::Altro, postacert: false },
+        Ricevuta::NonAccettazione {
+            reason: "destinatario in Bcc".into(),
+        },
+        Expect {
+            kind: "non-accettazione",
+            prefix: "AVVISO DI NON ACCETTAZIONE: Fattura",
+            tipo: Some(Tipo::NonAccettazione),
+            errore: Errore::Altro,
+            postacert: false,
+        },
     );
     assert!(!String::from_utf8_lossy(&m.to_bytes()).contains("X-VerificaSicurezza"));
     let m = ricevuta_case(
-        Ricevuta::NonAccettazioneVirus { virus: "Eicar-Test-Signature".into() },
-        Expect { kind: "non-accettazione", prefix: "AVVISO DI NON ACCETTAZIONE PER VIRUS: Fattura", tipo: Some(Tipo::NonAccettazione), errore: Errore::Virus, postacert: false },
+        Ricevuta::NonAccettazioneVirus {
+            virus: "Eicar-Test-Signature".into(),
+        },
+        Expect {
+            kind: "non-accettazione",
+            prefix: "AVVISO DI NON ACCETTAZIONE PER VIRUS: Fattura",
+            tipo: Some(Tipo::NonAccettazione),
+            errore: Errore::Virus,
+            postacert: false,
+        },
     );
     let i = inspect(&m.to_bytes(), &pki().trust, VerifyAt::SigningTime).expect("i");
     assert_eq!(i.verifica_sicurezza.as_deref(), Some("errore"));
@@ -249,7 +325,13 @@ fn presa_in_carico_goes_to_the_sending_provider() {
             mail_receipt: "ricevute@pec.other.test".into(),
             ricezione: vec!["anna.bianchi@pec.other.test".into()],
         },
-        Expect { kind: "presa-in-carico", prefix: "PRESA IN CARICO: Fattura", tipo: Some(Tipo::PresaInCarico), errore: Errore::Nessuno, postacert: false },
+        Expect {
+            kind: "presa-in-carico",
+            prefix: "PRESA IN CARICO: Fattura",
+            tipo: Some(Tipo::PresaInCarico),
+            errore: Errore::Nessuno,
+            postacert: false,
+        },
     );
     let bytes = m.to_bytes();
     assert!(String::from_utf8_lossy(&bytes).contains("\r\nTo: ricevute@pec.other.test\r\n"));
@@ -260,21 +342,40 @@ fn presa_in_carico_goes_to_the_sending_provider() {
 #[test]
 fn avvenuta_consegna_completa_breve_sintetica() {
     let orig = original("Fattura n. 42", "anna.bianchi@pec.other.test");
-    let post = pec_milter::pec::build::rewrite_original(&orig, "opec.20261125093015.1234.1@pec.acme.test");
-    for (tipo, has_post) in [(TipoRicevuta::Completa, true), (TipoRicevuta::Breve, true), (TipoRicevuta::Sintetica, false)] {
+    let post =
+        pec_milter::pec::build::rewrite_original(&orig, "opec.20261125093015.1234.1@pec.acme.test");
+    for (tipo, has_post) in [
+        (TipoRicevuta::Completa, true),
+        (TipoRicevuta::Breve, true),
+        (TipoRicevuta::Sintetica, false),
+    ] {
         let m = ricevuta_case(
-            Ricevuta::AvvenutaConsegna { consegna: "anna.bianchi@pec.other.test".into(), tipo, original: &post },
-            Expect { kind: "avvenuta-consegna", prefix: "CONSEGNA: Fattura", tipo: Some(Tipo::AvvenutaConsegna), errore: Errore::Nessuno, postacert: has_post },
+            Ricevuta::AvvenutaConsegna {
+                consegna: "anna.bianchi@pec.other.test".into(),
+                tipo,
+                original: &post,
+            },
+            Expect {
+                kind: "avvenuta-consegna",
+                prefix: "CONSEGNA: Fattura",
+                tipo: Some(Tipo::AvvenutaConsegna),
+                errore: Errore::Nessuno,
+                postacert: has_post,
+            },
         );
         let r = read(&m.to_bytes()).expect("r");
         let d = r.daticert.clone().expect("d").expect("d");
         assert_eq!(d.ricevuta, Some(tipo));
         assert_eq!(d.consegna.as_deref(), Some("anna.bianchi@pec.other.test"));
         match tipo {
-            TipoRicevuta::Completa => assert_eq!(r.postacert.as_deref(), Some(post.strip_suffix(b"\r\n").unwrap_or(&post))),
+            TipoRicevuta::Completa => assert_eq!(
+                r.postacert.as_deref(),
+                Some(post.strip_suffix(b"\r\n").unwrap_or(&post))
+            ),
             TipoRicevuta::Breve => {
                 let p = String::from_utf8_lossy(r.postacert.as_deref().expect("post")).into_owned();
-                let b64 = "JVBERi0xLjQKJcOkw7zDtsOfCjIgMCBvYmoKPDwvTGVuZ3RoIDMgMCBSPj4Kc3RyZWFtCg==";
+                let b64 =
+                    "JVBERi0xLjQKJcOkw7zDtsOfCjIgMCBvYmoKPDwvTGVuZ3RoIDMgMCBSPj4Kc3RyZWFtCg==";
                 assert!(!p.contains(b64));
                 assert!(p.contains("documento.pdf.hash"));
                 assert!(p.contains(&pec_milter::pec::breve::part_hash(b64.as_bytes())));
@@ -288,15 +389,41 @@ fn avvenuta_consegna_completa_breve_sintetica() {
 #[test]
 fn errore_consegna_variants() {
     let m = ricevuta_case(
-        Ricevuta::ErroreConsegna { consegna: "nessuno@pec.other.test".into(), errore: Errore::NoDest, errore_esteso: "5.1.1 - utente sconosciuto".into() },
-        Expect { kind: "errore-consegna", prefix: "AVVISO DI MANCATA CONSEGNA: Fattura", tipo: Some(Tipo::ErroreConsegna), errore: Errore::NoDest, postacert: false },
+        Ricevuta::ErroreConsegna {
+            consegna: "nessuno@pec.other.test".into(),
+            errore: Errore::NoDest,
+            errore_esteso: "5.1.1 - utente sconosciuto".into(),
+        },
+        Expect {
+            kind: "errore-consegna",
+            prefix: "AVVISO DI MANCATA CONSEGNA: Fattura",
+            tipo: Some(Tipo::ErroreConsegna),
+            errore: Errore::NoDest,
+            postacert: false,
+        },
     );
-    let d = read(&m.to_bytes()).expect("r").daticert.expect("d").expect("d");
-    assert_eq!(d.errore_esteso.as_deref(), Some("5.1.1 - utente sconosciuto"));
+    let d = read(&m.to_bytes())
+        .expect("r")
+        .daticert
+        .expect("d")
+        .expect("d");
+    assert_eq!(
+        d.errore_esteso.as_deref(),
+        Some("5.1.1 - utente sconosciuto")
+    );
     assert_eq!(d.consegna.as_deref(), Some("nessuno@pec.other.test"));
     ricevuta_case(
-        Ricevuta::ErroreConsegnaVirus { consegna: "anna.bianchi@pec.other.test".into(), virus: "Eicar".into() },
-        Expect { kind: "errore-consegna", prefix: "AVVISO DI MANCATA CONSEGNA PER VIRUS: Fattura", tipo: Some(Tipo::ErroreConsegna), errore: Errore::Virus, postacert: false },
+        Ricevuta::ErroreConsegnaVirus {
+            consegna: "anna.bianchi@pec.other.test".into(),
+            virus: "Eicar".into(),
+        },
+        Expect {
+            kind: "errore-consegna",
+            prefix: "AVVISO DI MANCATA CONSEGNA PER VIRUS: Fattura",
+            tipo: Some(Tipo::ErroreConsegna),
+            errore: Errore::Virus,
+            postacert: false,
+        },
     );
 }
 
@@ -304,8 +431,17 @@ fn errore_consegna_variants() {
 fn preavviso_12h_and_24h() {
     for finale in [false, true] {
         ricevuta_case(
-            Ricevuta::PreavvisoErroreConsegna { consegna: "anna.bianchi@pec.other.test".into(), finale },
-            Expect { kind: "preavviso-errore-consegna", prefix: "AVVISO DI MANCATA CONSEGNA PER SUP. TEMPO MASSIMO: Fattura", tipo: Some(Tipo::PreavvisoErroreConsegna), errore: Errore::Altro, postacert: false },
+            Ricevuta::PreavvisoErroreConsegna {
+                consegna: "anna.bianchi@pec.other.test".into(),
+                finale,
+            },
+            Expect {
+                kind: "preavviso-errore-consegna",
+                prefix: "AVVISO DI MANCATA CONSEGNA PER SUP. TEMPO MASSIMO: Fattura",
+                tipo: Some(Tipo::PreavvisoErroreConsegna),
+                errore: Errore::Altro,
+                postacert: false,
+            },
         );
     }
 }
@@ -313,8 +449,18 @@ fn preavviso_12h_and_24h() {
 #[test]
 fn rilevazione_virus() {
     let m = ricevuta_case(
-        Ricevuta::RilevazioneVirus { mail_receipt: "ricevute@pec.other.test".into(), consegna: "anna.bianchi@pec.acme.test".into(), virus: "Eicar".into() },
-        Expect { kind: "rilevazione-virus", prefix: "PROBLEMA DI SICUREZZA: Fattura", tipo: Some(Tipo::RilevazioneVirus), errore: Errore::Virus, postacert: false },
+        Ricevuta::RilevazioneVirus {
+            mail_receipt: "ricevute@pec.other.test".into(),
+            consegna: "anna.bianchi@pec.acme.test".into(),
+            virus: "Eicar".into(),
+        },
+        Expect {
+            kind: "rilevazione-virus",
+            prefix: "PROBLEMA DI SICUREZZA: Fattura",
+            tipo: Some(Tipo::RilevazioneVirus),
+            errore: Errore::Virus,
+            postacert: false,
+        },
     );
     let i = inspect(&m.to_bytes(), &pki().trust, VerifyAt::SigningTime).expect("i");
     assert_eq!(i.mittente.as_deref(), Some("mario.rossi@pec.acme.test"));
@@ -325,12 +471,22 @@ fn unicode_subject_is_rfc2047_and_reads_back() {
     let subject = "Perché “così”? ☃ 𝄞 — ok";
     let mut t = tx();
     t.oggetto = subject.into();
-    let m = build_ricevuta(&provider(), &t, &Ricevuta::Accettazione, &emission("u.1@pec.acme.test"), signer(DigestAlg::Sha256)).expect("build");
+    let m = build_ricevuta(
+        &provider(),
+        &t,
+        &Ricevuta::Accettazione,
+        &emission("u.1@pec.acme.test"),
+        signer(DigestAlg::Sha256),
+    )
+    .expect("build");
     let bytes = m.to_bytes();
     assert!(bytes.iter().all(|b| *b < 0x80));
     openssl_verify(&bytes, pki().ca_file.path()).expect("verify");
     let i = inspect(&bytes, &pki().trust, VerifyAt::SigningTime).expect("i");
-    assert_eq!(i.subject.as_deref(), Some(format!("ACCETTAZIONE: {subject}").as_str()));
+    assert_eq!(
+        i.subject.as_deref(),
+        Some(format!("ACCETTAZIONE: {subject}").as_str())
+    );
     assert_eq!(i.daticert.expect("d").oggetto.as_deref(), Some(subject));
     let py = python_email(&bytes);
     assert_eq!(py["subject"], format!("ACCETTAZIONE: {subject}"));
@@ -340,7 +496,8 @@ fn unicode_subject_is_rfc2047_and_reads_back() {
 #[test]
 fn one_flipped_byte_anywhere_in_the_signed_part_fails() {
     let orig = original("Fattura n. 42", "anna.bianchi@pec.other.test");
-    let m = build_busta_trasporto(&provider(), &tx(), &orig, when(), signer(DigestAlg::Sha256)).expect("build");
+    let m = build_busta_trasporto(&provider(), &tx(), &orig, when(), signer(DigestAlg::Sha256))
+        .expect("build");
     let bytes = m.to_bytes();
     let r = read(&bytes).expect("read");
     let content = r.signed.expect("signed").content;
@@ -355,10 +512,20 @@ fn one_flipped_byte_anywhere_in_the_signed_part_fails() {
         let mut bad = bytes.clone();
         let b = bad[start + off];
         // flip to another printable character, keeping line structure
-        bad[start + off] = if b == b'\r' || b == b'\n' { b' ' } else if b == b'x' { b'y' } else { b'x' };
+        bad[start + off] = if b == b'\r' || b == b'\n' {
+            b' '
+        } else if b == b'x' {
+            b'y'
+        } else {
+            b'x'
+        };
         let i = inspect(&bad, &pki().trust, VerifyAt::SigningTime);
         if let Ok(i) = i {
-            assert_ne!(i.signature.status, SignatureStatus::Valid, "flip at {off} went unnoticed");
+            assert_ne!(
+                i.signature.status,
+                SignatureStatus::Valid,
+                "flip at {off} went unnoticed"
+            );
         }
     }
 }
@@ -367,7 +534,17 @@ fn one_flipped_byte_anywhere_in_the_signed_part_fails() {
 fn signature_from_another_ca_is_not_trusted() {
     let other = pec_milter::crypto::pki::Pki::generate("Rogue", "rogue.test", 30).expect("pki");
     let key = other.signing_key().expect("key");
-    let m = build_ricevuta(&provider(), &tx(), &Ricevuta::Accettazione, &emission("r.1@pec.acme.test"), Signer { key: &key, digest: DigestAlg::Sha256 }).expect("build");
+    let m = build_ricevuta(
+        &provider(),
+        &tx(),
+        &Ricevuta::Accettazione,
+        &emission("r.1@pec.acme.test"),
+        Signer {
+            key: &key,
+            digest: DigestAlg::Sha256,
+        },
+    )
+    .expect("build");
     let i = inspect(&m.to_bytes(), &pki().trust, VerifyAt::SigningTime).expect("i");
     assert_eq!(i.signature.status, SignatureStatus::Invalid);
     assert!(i.signature.integrity_ok && !i.signature.chain_ok);
@@ -375,6 +552,16 @@ fn signature_from_another_ca_is_not_trusted() {
 
 #[test]
 fn kinds_are_classified_from_the_built_headers() {
-    let m = build_ricevuta(&provider(), &tx(), &Ricevuta::Accettazione, &emission("k.1@pec.acme.test"), signer(DigestAlg::Sha256)).expect("build");
-    assert_eq!(read(&m.to_bytes()).expect("r").kind, MessageKind::Ricevuta(Tipo::Accettazione));
+    let m = build_ricevuta(
+        &provider(),
+        &tx(),
+        &Ricevuta::Accettazione,
+        &emission("k.1@pec.acme.test"),
+        signer(DigestAlg::Sha256),
+    )
+    .expect("build");
+    assert_eq!(
+        read(&m.to_bytes()).expect("r").kind,
+        MessageKind::Ricevuta(Tipo::Accettazione)
+    );
 }

@@ -24,17 +24,14 @@ use super::{CryptoError, DigestAlg, KeyKind, SigningKey, try_digest};
 /// id-data (RFC 5652).
 pub const OID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
 /// id-signedData (RFC 5652).
-pub const OID_SIGNED_DATA: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
+pub const OID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
 /// id-contentType signed attribute.
-pub const OID_CONTENT_TYPE: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
+pub const OID_CONTENT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
 /// id-messageDigest signed attribute.
 pub const OID_MESSAGE_DIGEST: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
 /// id-signingTime signed attribute.
-pub const OID_SIGNING_TIME: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.5");
+pub const OID_SIGNING_TIME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.5");
 /// smimeCapabilities signed attribute (RFC 8551).
 pub const OID_SMIME_CAPABILITIES: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.15");
@@ -48,17 +45,14 @@ pub const OID_RSA_ENCRYPTION: ObjectIdentifier =
 /// ecdsa-with-SHA1.
 pub const OID_ECDSA_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.1");
 /// ecdsa-with-SHA256.
-pub const OID_ECDSA_SHA256: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+pub const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 /// aes256-CBC.
 pub const OID_AES256_CBC: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.42");
 /// aes128-CBC.
-pub const OID_AES128_CBC: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.2");
+pub const OID_AES128_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.2");
 /// des-ede3-cbc.
-pub const OID_DES_EDE3_CBC: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.113549.3.7");
+pub const OID_DES_EDE3_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.3.7");
 
 /// Seconds since the epoch of 2050-01-01T00:00:00Z: from there on a CMS
 /// signingTime is a GeneralizedTime (RFC 5652, 11.3).
@@ -81,7 +75,9 @@ fn signing_time_value(t: SystemTime) -> Result<Time, CryptoError> {
     if secs < UTC_TIME_END {
         Ok(Time::UtcTime(UtcTime::from_date_time(dt)?))
     } else {
-        Ok(Time::GeneralTime(der::asn1::GeneralizedTime::from_date_time(dt)))
+        Ok(Time::GeneralTime(
+            der::asn1::GeneralizedTime::from_date_time(dt),
+        ))
     }
 }
 
@@ -171,7 +167,9 @@ pub fn sign_detached(
 
     let signature = key.sign(alg, &to_sign)?;
     if signature.is_empty() {
-        return Err(CryptoError::Sign("the key returned an empty signature".into()));
+        return Err(CryptoError::Sign(
+            "the key returned an empty signature".into(),
+        ));
     }
 
     let digest_algorithm = AlgorithmIdentifierOwned {

@@ -486,14 +486,29 @@ fn unix_secs(t: SystemTime) -> i64 {
 
 /// Plain words for an OpenSSL integrity failure.
 fn integrity_reason(e: &ErrorStack) -> String {
-    let text = e.to_string().to_ascii_lowercase();
-    if text.contains("digest failure") {
+    let errors = e.errors();
+    let reason = |needle: &str| {
+        errors
+            .iter()
+            .filter_map(|x| x.reason())
+            .any(|r| r.to_ascii_lowercase().contains(needle))
+    };
+    let function = |name: &str| errors.iter().any(|x| x.function() == Some(name));
+    if function("CMS_SignerInfo_verify_content")
+        || reason("content verify error")
+        || reason("digest failure")
+    {
+        // The messageDigest attribute does not match the content.
         "content digest mismatch (message altered)".into()
-    } else if text.contains("verification failure") || text.contains("bad signature") {
+    } else if function("CMS_SignerInfo_verify")
+        || reason("signerinfo verify error")
+        || reason("bad signature")
+        || reason("padding check failed")
+    {
         "signature does not verify (signed attributes altered or wrong key)".into()
-    } else if text.contains("signer certificate not found") {
+    } else if has("signer certificate not found") {
         "signer certificate not found in the signature".into()
-    } else if text.contains("unsupported") || text.contains("unknown digest") {
+    } else if has("unsupported") || has("unknown digest") {
         format!("unsupported algorithm in signature: {e}")
     } else {
         format!("signature verification failed: {e}")
@@ -586,7 +601,10 @@ pub fn verify_detached(
         VerifyAt::At(t) => (Some(unix_secs(t)), ""),
         VerifyAt::SigningTime => match report.signing_time {
             Some(t) => (Some(t.timestamp()), ""),
-            None => (None, " (no signingTime attribute; verified at the current time)"),
+            None => (
+                None,
+                " (no signingTime attribute; verified at the current time)",
+            ),
         },
     };
     let store = match trust.x509_store(time) {

@@ -9,7 +9,9 @@
 //! `name` and `filename` exist, `filename` wins and both are set.
 
 use crate::crypto::{DigestAlg, digest};
-use crate::pec::mime::{ContentType, header_fields, header_value, split_header_body, split_multipart};
+use crate::pec::mime::{
+    ContentType, header_fields, header_value, split_header_body, split_multipart,
+};
 
 /// Nesting beyond this is left unchanged (hostile input).
 const MAX_DEPTH: usize = 32;
@@ -118,7 +120,10 @@ mod tests {
         assert!(s.contains("\r\nhello\r\n"));
         assert!(!s.contains("QUJD"));
         assert!(s.ends_with("\r\n--B--\r\n"));
-        assert_eq!(part_hash(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            part_hash(b"abc"),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
     }
 
     #[test]

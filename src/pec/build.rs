@@ -280,7 +280,10 @@ fn receipt_text(r: &Ricevuta<'_>, tx: &Transaction, time: DateTime<Utc>) -> Stri
         ),
         Ricevuta::PresaInCarico { ricezione, .. } => format!(
             "Ricevuta di presa in carico\n\n{w} il messaggio\n\"{ogg}\" proveniente da \"{m}\"\ned indirizzato a:\n{}è stato accettato dal sistema.\nIdentificativo messaggio: {id}\n",
-            ricezione.iter().map(|r| format!("{r}\n")).collect::<String>()
+            ricezione
+                .iter()
+                .map(|r| format!("{r}\n"))
+                .collect::<String>()
         ),
         Ricevuta::AvvenutaConsegna { consegna, tipo, .. } => {
             let note = match tipo {
@@ -392,10 +395,7 @@ fn message_part(eml: &[u8]) -> (Vec<u8>, &'static str) {
 fn boundary(seed: &str, level: u8, parts: &[&[u8]]) -> String {
     let mut n: u32 = 0;
     loop {
-        let h = crypto::digest(
-            DigestAlg::Sha1,
-            format!("{seed}/{level}/{n}").as_bytes(),
-        );
+        let h = crypto::digest(DigestAlg::Sha1, format!("{seed}/{level}/{n}").as_bytes());
         let hex: String = h.iter().take(12).map(|b| format!("{b:02X}")).collect();
         let b = format!("----=_PEC_{level}_{hex}");
         let needle = format!("--{b}");
@@ -575,7 +575,9 @@ pub fn rewrite_original(original: &[u8], identificativo: &str) -> Vec<u8> {
     for f in header_fields(head) {
         if f.is("Message-ID") && !done {
             out.extend_from_slice(new_id.as_bytes());
-            out.extend_from_slice(format!("X-Riferimento-Message-ID:{}\r\n", as_str(f.value)).as_bytes());
+            out.extend_from_slice(
+                format!("X-Riferimento-Message-ID:{}\r\n", as_str(f.value)).as_bytes(),
+            );
             done = true;
         } else if f.is("Message-ID") {
             // a second Message-ID field is dropped: one identity per message

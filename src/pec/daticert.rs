@@ -363,7 +363,10 @@ fn declared_encoding(xml: &[u8]) -> Option<String> {
     let end = decl.windows(2).position(|w| w == b"?>")?;
     let decl = &decl[..end];
     let at = decl.windows(8).position(|w| w == b"encoding")?;
-    let rest = decl[at + 8..].trim_ascii_start().strip_prefix(b"=")?.trim_ascii_start();
+    let rest = decl[at + 8..]
+        .trim_ascii_start()
+        .strip_prefix(b"=")?
+        .trim_ascii_start();
     let (&quote, rest) = rest.split_first()?;
     if quote != b'"' && quote != b'\'' {
         return None;
@@ -415,12 +418,13 @@ fn check_depth(s: &[u8]) -> Result<(), DatiCertError> {
             skip_to(b">", lt + 2)
         } else {
             let end = skip_tag(s, lt + 1);
-            if let Some(end) = end {
-                if s.get(end.wrapping_sub(2)) != Some(&b'/') {
-                    depth += 1;
-                    if depth > MAX_DEPTH {
-                        return Err(too_deep());
-                    }
+            // `end` is just past `>`; `/>` closes an empty element.
+            if let Some(end) = end
+                && s.get(end.wrapping_sub(2)) != Some(&b'/')
+            {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(too_deep());
                 }
             }
             end
@@ -496,7 +500,10 @@ fn children<'a, 'i>(
         .filter(move |c| c.is_element() && c.tag_name().name() == name)
 }
 
-fn child<'a, 'i>(node: roxmltree::Node<'a, 'i>, name: &'static str) -> Option<roxmltree::Node<'a, 'i>> {
+fn child<'a, 'i>(
+    node: roxmltree::Node<'a, 'i>,
+    name: &'static str,
+) -> Option<roxmltree::Node<'a, 'i>> {
     children(node, name).next()
 }
 
@@ -569,7 +576,8 @@ fn parse_data(node: roxmltree::Node<'_, '_>) -> Result<DateTime<FixedOffset>, Da
     let ora = text_of(required_child(node, "ora")?);
 
     let offset = parse_zona(zona.trim()).ok_or_else(|| bad("zona", zona))?;
-    let [d, mo, y] = numbers(giorno.trim(), '/', [2, 2, 4]).ok_or_else(|| bad("giorno", &giorno))?;
+    let [d, mo, y] =
+        numbers(giorno.trim(), '/', [2, 2, 4]).ok_or_else(|| bad("giorno", &giorno))?;
     let date = i32::try_from(y)
         .ok()
         .and_then(|y| NaiveDate::from_ymd_opt(y, mo, d))
@@ -612,8 +620,14 @@ mod tests {
             Some("iso-8859-1")
         );
         assert_eq!(declared_encoding(b"<a/>"), None);
-        assert_eq!(decode(b"<?xml version=\"1.0\" encoding=\"latin1\"?>\xe8"), "<?xml version=\"1.0\" encoding=\"latin1\"?>è");
-        assert_eq!(decode(b"<?xml version=\"1.0\" encoding=\"windows-1252\"?>\x80"), "<?xml version=\"1.0\" encoding=\"windows-1252\"?>€");
+        assert_eq!(
+            decode(b"<?xml version=\"1.0\" encoding=\"latin1\"?>\xe8"),
+            "<?xml version=\"1.0\" encoding=\"latin1\"?>è"
+        );
+        assert_eq!(
+            decode(b"<?xml version=\"1.0\" encoding=\"windows-1252\"?>\x80"),
+            "<?xml version=\"1.0\" encoding=\"windows-1252\"?>€"
+        );
         assert_eq!(decode(b"\xEF\xBB\xBF<a/>\xff"), "<a/>\u{FFFD}");
         assert_eq!(decode(b"\xFF\xFE<\0a\0/\0>\0"), "<a/>");
         assert_eq!(decode(b"\xFE\xFF\0<\0a\0/\0>"), "<a/>");

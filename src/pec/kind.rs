@@ -200,6 +200,9 @@ mod tests {
             MessageKind::classify(Some("posta-certificata"), Some("avvenuta-consegna")),
             MessageKind::Ricevuta(Tipo::AvvenutaConsegna)
         );
-        assert_eq!(MessageKind::classify(Some("bogus"), Some("bogus")), MessageKind::None);
+        assert_eq!(
+            MessageKind::classify(Some("bogus"), Some("bogus")),
+            MessageKind::None
+        );
     }
 }

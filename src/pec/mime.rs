@@ -362,9 +362,11 @@ pub fn base64_decode(data: &[u8]) -> Option<Vec<u8>> {
         .copied()
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
-    B64.decode(&clean)
-        .ok()
-        .or_else(|| base64::engine::general_purpose::STANDARD_NO_PAD.decode(&clean).ok())
+    B64.decode(&clean).ok().or_else(|| {
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(&clean)
+            .ok()
+    })
 }
 
 /// Quoted-printable (RFC 2045 §6.7) of text bytes whose lines end in LF or
@@ -441,8 +443,8 @@ pub fn unstructured_header(name: &str, text: &str) -> String {
         .chars()
         .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
         .collect();
-    let plain = clean.chars().all(|c| (' '..='~').contains(&c) || c == '\t')
-        && !clean.contains("=?");
+    let plain =
+        clean.chars().all(|c| (' '..='~').contains(&c) || c == '\t') && !clean.contains("=?");
     if plain {
         return fold_words(name, &clean);
     }
@@ -617,7 +619,10 @@ mod tests {
         assert!(h.starts_with("Subject: =?UTF-8?B?"));
         let value = h["Subject:".len()..].replace("\r\n", "");
         assert_eq!(decode_words(value.trim()), "Perché no? ☃ 𝄞");
-        assert_eq!(unstructured_header("Subject", "plain"), "Subject: plain\r\n");
+        assert_eq!(
+            unstructured_header("Subject", "plain"),
+            "Subject: plain\r\n"
+        );
     }
 
     #[test]

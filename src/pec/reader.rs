@@ -105,7 +105,10 @@ pub fn read(raw: &[u8]) -> Result<PecMessage, ReadError> {
 }
 
 fn signed_parts(ct: &ContentType, body: &[u8]) -> SignedParts {
-    let protocol = ct.param("protocol").unwrap_or_default().to_ascii_lowercase();
+    let protocol = ct
+        .param("protocol")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let micalg = ct.param("micalg").map(str::to_ascii_lowercase);
     let mut out = SignedParts {
         content: Vec::new(),
@@ -196,8 +199,7 @@ fn walk_body(fields: &[HeaderField<'_>], body: &[u8], depth: usize, found: &mut 
     // Only the top-level structure counts: daticert.xml inside the
     // attached original is the original's business.
     if ct.mime == "message/rfc822" {
-        if found.postacert.is_none()
-            && (name.as_deref() == Some("postacert.eml") || name.is_none())
+        if found.postacert.is_none() && (name.as_deref() == Some("postacert.eml") || name.is_none())
         {
             found.postacert = Some(decode(fields, body).into_owned());
         }
