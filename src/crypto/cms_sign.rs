@@ -232,3 +232,33 @@ pub fn sign_content(
     let d = try_digest(alg, content)?;
     sign_detached(key, alg, &d, signing_time)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_attributes_are_der_sorted_set() {
+        let d = [7u8; 32];
+        let t = UNIX_EPOCH + Duration::from_secs(1_415_985_992);
+        let attrs = signed_attributes(DigestAlg::Sha256, &d, t).unwrap();
+        let der = attrs.to_der().unwrap();
+        assert_eq!(der[0], 0x31);
+        // Each element's encoding is <= the next one (DER SET OF order).
+        let encs: Vec<Vec<u8>> = attrs.iter().map(|a| a.to_der().unwrap()).collect();
+        assert_eq!(encs.len(), 4);
+        assert!(encs.windows(2).all(|w| w[0] < w[1]));
+        // Round trip through a strict decoder gives the same bytes.
+        let again = SetOfVec::<Attribute>::from_der(&der).unwrap();
+        assert_eq!(again.to_der().unwrap(), der);
+        // 2014-11-14T17:26:32Z as UTCTime.
+        assert!(der.windows(15).any(|w| w == b"\x17\x0d141114172632Z"));
+        assert!(signed_attributes(DigestAlg::Sha1, &d, t).is_err());
+    }
+
+    #[test]
+    fn times_before_1970_are_refused() {
+        let t = UNIX_EPOCH - Duration::from_secs(10);
+        assert!(signed_attributes(DigestAlg::Sha1, &[0; 20], t).is_err());
+    }
+}

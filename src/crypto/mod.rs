@@ -62,6 +62,9 @@ pub enum CryptoError {
     /// A caller handed in something unusable (wrong digest length, time out of range, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A signature did not verify (see [`verify::require_valid`]).
+    #[error("invalid signature: {0}")]
+    Verify(String),
     /// An unknown digest algorithm name.
     #[error("unknown digest algorithm {0:?} (expected sha1 or sha256)")]
     UnknownDigest(String),

@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cms::content_info::ContentInfo;
@@ -50,9 +51,13 @@ pub enum VerifyAt {
 }
 
 /// Trust anchors (root CA certificates) for chain checks.
+///
+/// The OpenSSL store for checks at the current time is built once and
+/// cached (clones share it); a store with a fixed time is built per call.
 #[derive(Clone, Default)]
 pub struct TrustStore {
     certs: Vec<X509>,
+    now_store: Arc<OnceLock<X509Store>>,
 }
 
 impl fmt::Debug for TrustStore {
@@ -120,7 +125,7 @@ impl TrustStore {
         for f in &files {
             if f.is_file() {
                 let certs = read_certs_file(f)?;
-                return Ok(TrustStore { certs });
+                return Ok(TrustStore::with_certs(certs));
             }
         }
         let dir = std::env::var_os("SSL_CERT_DIR")
@@ -151,7 +156,7 @@ impl TrustStore {
                 reason: "no trusted certificates found".into(),
             });
         }
-        Ok(TrustStore { certs })
+        Ok(TrustStore::with_certs(certs))
     }
 
     /// Trust anchors from PEM (or DER) files; each file may hold several
@@ -161,7 +166,7 @@ impl TrustStore {
         for p in paths {
             certs.append(&mut read_certs_file(p)?);
         }
-        Ok(TrustStore { certs })
+        Ok(TrustStore::with_certs(certs))
     }
 
     /// Trust anchors from PEM (or DER) bytes; each may hold several certificates.
@@ -170,17 +175,40 @@ impl TrustStore {
         for p in pems {
             certs.append(&mut parse_cert_bytes(p)?);
         }
-        Ok(TrustStore { certs })
+        Ok(TrustStore::with_certs(certs))
+    }
+
+    fn with_certs(certs: Vec<X509>) -> Self {
+        TrustStore {
+            certs,
+            now_store: Arc::default(),
+        }
     }
 
     /// Add one certificate.
     pub fn add(&mut self, cert: X509) {
         self.certs.push(cert);
+        self.now_store = Arc::default();
     }
 
-    /// Add every certificate of the stores' union.
+    /// Add every certificate of `other`.
     pub fn extend(&mut self, other: &TrustStore) {
         self.certs.extend(other.certs.iter().cloned());
+        self.now_store = Arc::default();
+    }
+
+    /// The cached store for checks at the current time.
+    fn store_now(&self) -> Result<&X509Store, ErrorStack> {
+        if let Some(s) = self.now_store.get() {
+            return Ok(s);
+        }
+        let built = self.x509_store(None)?;
+        // A concurrent caller may have won the race: either store will do.
+        let _ = self.now_store.set(built);
+        match self.now_store.get() {
+            Some(s) => Ok(s),
+            None => Err(ErrorStack::get()),
+        }
     }
 
     /// The trust anchors.
@@ -209,8 +237,11 @@ impl TrustStore {
         let mut param = X509VerifyParam::new()?;
         param.set_purpose(X509PurposeId::ANY)?;
         if let Some(t) = time {
-            // time_t is i64 on every platform this runs on; saturate elsewhere.
-            param.set_time(t.try_into().unwrap_or_default());
+            // time_t is i64 on 64-bit targets (a no-op there) but may be i32
+            // on some 32-bit ones.
+            #[allow(clippy::useless_conversion)]
+            let t = t.try_into().unwrap_or_default();
+            param.set_time(t);
         }
         b.set_param(&param)?;
         Ok(b.build())
@@ -506,9 +537,9 @@ fn integrity_reason(e: &ErrorStack) -> String {
         || reason("padding check failed")
     {
         "signature does not verify (signed attributes altered or wrong key)".into()
-    } else if has("signer certificate not found") {
+    } else if reason("signer certificate not found") {
         "signer certificate not found in the signature".into()
-    } else if has("unsupported") || has("unknown digest") {
+    } else if reason("unsupported") || reason("unknown digest") {
         format!("unsupported algorithm in signature: {e}")
     } else {
         format!("signature verification failed: {e}")
@@ -607,14 +638,22 @@ pub fn verify_detached(
             ),
         },
     };
-    let store = match trust.x509_store(time) {
+    let mut owned_store: Option<X509Store> = None;
+    let store = match time {
+        None => trust.store_now(),
+        Some(t) => match trust.x509_store(Some(t)) {
+            Ok(s) => Ok(&*owned_store.insert(s)),
+            Err(e) => Err(e),
+        },
+    };
+    let store = match store {
         Ok(s) => Some(s),
         Err(e) => {
             reasons.push(format!("certificate chain: cannot build trust store: {e}"));
             None
         }
     };
-    if let Some(store) = &store {
+    if let Some(store) = store {
         match &signer {
             None => {
                 if parsed.is_some() {
@@ -629,17 +668,18 @@ pub fn verify_detached(
             },
         }
         // 3. Both held: confirm with OpenSSL's own full verification.
-        if report.integrity_ok && report.chain_ok {
-            if let Err(e) = cms.verify(
+        if report.integrity_ok
+            && report.chain_ok
+            && let Err(e) = cms.verify(
                 None,
                 Some(store),
                 Some(content),
                 None,
                 CMSOptions::DETACHED | CMSOptions::BINARY,
-            ) {
-                report.chain_ok = false;
-                reasons.push(format!("signature verification with chain failed: {e}"));
-            }
+            )
+        {
+            report.chain_ok = false;
+            reasons.push(format!("signature verification with chain failed: {e}"));
         }
     }
 
@@ -690,17 +730,58 @@ fn check_chain(
     }
 }
 
-/// The verification error for a bad `p7s`, for callers that want a
-/// `Result` rather than a report.
+/// `Ok` for a valid report, else [`CryptoError::Verify`] with the reason,
+/// for callers that want a `Result` rather than a report.
 pub fn require_valid(report: &SignatureReport) -> Result<(), CryptoError> {
     if report.is_valid() {
         Ok(())
     } else {
-        Err(CryptoError::InvalidInput(
+        Err(CryptoError::Verify(
             report
                 .reason
                 .clone()
                 .unwrap_or_else(|| "invalid signature".into()),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_and_escaping() {
+        assert_eq!(hex_upper(&[0x00, 0xab, 0x7f]), "00AB7F");
+        assert_eq!(escape_dn_value("ACME, S.p.A."), "ACME\\, S.p.A.");
+        assert_eq!(escape_dn_value(" x "), "\\ x\\ ");
+        assert_eq!(escape_dn_value("#1"), "\\#1");
+        assert_eq!(strip_zeros(&[0, 0, 5]), &[5]);
+        assert_eq!(strip_zeros(&[0]), &[0]);
+        assert_eq!(strip_zeros(&[]), &[] as &[u8]);
+    }
+
+    #[test]
+    fn missing_report_serializes() {
+        let r = SignatureReport::missing();
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["status"], "missing");
+        assert_eq!(json["signing_time"], serde_json::Value::Null);
+        assert!(json.get("signer_der").is_none());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let trust = TrustStore::empty();
+        for bytes in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x80",
+            b"\x30\x03\x06\x01\x00",
+            b"\xff\xff\xff",
+        ] {
+            let r = verify_detached(bytes, b"x", &trust, VerifyAt::SigningTime);
+            assert_eq!(r.status, SignatureStatus::Invalid);
+            assert!(r.reason.is_some());
+        }
     }
 }

@@ -606,7 +606,7 @@ pub fn original_msgid(original: &[u8]) -> Option<String> {
 }
 
 /// Header fields an envelope keeps from the original (PEC-RULES §1.5).
-fn inherited<'a>(original: &'a [u8], keep_message_id: bool) -> (Vec<&'a [u8]>, bool) {
+fn inherited(original: &[u8], keep_message_id: bool) -> (Vec<&[u8]>, bool) {
     let (head, _) = split_header_body(original);
     let mut has_reply_to = false;
     let mut out = Vec::new();

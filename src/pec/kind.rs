@@ -107,14 +107,16 @@ wire_enum!(
 );
 
 impl Default for Errore {
+    /// The DTD default.
     fn default() -> Self {
-        Errore::Nessuno
+        Self::ALL[0]
     }
 }
 
 impl Default for TipoRicevuta {
+    /// Absent `X-TipoRicevuta` means `completa` (PEC-RULES §2.2).
     fn default() -> Self {
-        TipoRicevuta::Completa
+        Self::ALL[0]
     }
 }
 
@@ -146,12 +148,10 @@ impl MessageKind {
     /// Classify from the raw header values (PEC-RULES §2.12): `X-Ricevuta`
     /// wins over `X-Trasporto`; unknown values count as plain mail.
     pub fn classify(x_trasporto: Option<&str>, x_ricevuta: Option<&str>) -> MessageKind {
-        if let Some(r) = x_ricevuta {
-            if let Ok(t) = r.parse::<Tipo>() {
-                if t != Tipo::PostaCertificata {
-                    return MessageKind::Ricevuta(t);
-                }
-            }
+        if let Some(Ok(t)) = x_ricevuta.map(str::parse::<Tipo>)
+            && t != Tipo::PostaCertificata
+        {
+            return MessageKind::Ricevuta(t);
         }
         match x_trasporto.map(str::parse::<Trasporto>) {
             Some(Ok(Trasporto::PostaCertificata)) => MessageKind::BustaTrasporto,

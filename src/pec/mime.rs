@@ -381,16 +381,16 @@ pub fn quoted_printable(text: &[u8]) -> String {
         let len = line.len();
         for (i, &b) in line.iter().enumerate() {
             let last = i + 1 == len;
-            let enc: Option<String> = if (b == b' ' || b == b'\t') && last {
-                Some(format!("={b:02X}"))
-            } else if b == b'=' || !(32..=126).contains(&b) && b != b'\t' {
-                Some(format!("={b:02X}"))
-            } else if b == b'.' && i == 0 {
-                // keep a leading dot safe from SMTP dot-stuffing mishaps
-                Some("=2E".to_string())
-            } else {
-                None
-            };
+            let trailing_space = (b == b' ' || b == b'\t') && last;
+            let enc: Option<String> =
+                if trailing_space || b == b'=' || (!(32..=126).contains(&b) && b != b'\t') {
+                    Some(format!("={b:02X}"))
+                } else if b == b'.' && i == 0 {
+                    // keep a leading dot safe from SMTP dot-stuffing mishaps
+                    Some("=2E".to_string())
+                } else {
+                    None
+                };
             let piece_len = enc.as_ref().map_or(1, |e| e.len());
             // room for a soft break "=" unless this is the last piece
             let limit = if last { 76 } else { 75 };

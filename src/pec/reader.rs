@@ -187,11 +187,9 @@ fn walk_body(fields: &[HeaderField<'_>], body: &[u8], depth: usize, found: &mut 
         .or(ct.param("name"))
         .map(str::to_ascii_lowercase);
     if ct.is_multipart() {
-        if let Some(b) = ct.param("boundary") {
-            if let Some(mp) = split_multipart(body, b) {
-                for p in mp.parts {
-                    walk_entity(p, depth + 1, found);
-                }
+        if let Some(mp) = ct.param("boundary").and_then(|b| split_multipart(body, b)) {
+            for p in mp.parts {
+                walk_entity(p, depth + 1, found);
             }
         }
         return;
