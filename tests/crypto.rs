@@ -449,7 +449,7 @@ fn real_aruba_2014_receipt_verifies_at_signing_time() {
     let p7s = std::fs::read(fixture("aruba_accettazione.p7s")).unwrap();
     assert!(content.windows(2).any(|w| w == b"\r\n"), "CRLF lost");
     let trust =
-        TrustStore::from_pem_files(&[fixture("roots/Baltimore_CyberTrust_Root.pem")]).unwrap();
+        TrustStore::from_pem_files(&[fixture("../roots/Baltimore_CyberTrust_Root.pem")]).unwrap();
 
     let r = verify_detached(&p7s, &content, &trust, VerifyAt::SigningTime);
     assert_eq!(r.status, SignatureStatus::Valid, "{r:?}");
