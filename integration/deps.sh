@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(
   build-essential pkg-config libssl-dev ca-certificates openssl
-  libxml2-utils python3
+  libxml2-utils python3 redis-server
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "integration/deps.sh: not root; skipping apt (need: ${pkgs[*]})" >&2

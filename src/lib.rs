@@ -5,7 +5,18 @@
 //!   receipts, reading and classifying any message). No I/O, no clock.
 //! - [`crypto`]: the provider's signing key and S/MIME (CMS) signing and
 //!   verification.
+//! - [`access`]: the access point's decisions; [`milter`]: the MTA edge;
+//!   [`daemon`]: wiring the configuration to real dependencies.
+//! - [`state`], [`av`], [`submit`]: the state store (Redis or embedded),
+//!   clamd, and SMTP reinjection, each behind a trait of [`access`].
 
+pub mod access;
+pub mod av;
+pub mod config;
 pub mod crypto;
+pub mod daemon;
 pub mod inspect;
+pub mod milter;
 pub mod pec;
+pub mod state;
+pub mod submit;

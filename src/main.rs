@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use pec_milter::config::Config;
 use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
+use pec_milter::daemon;
 use pec_milter::inspect::{self, Inspection};
 
 #[derive(Parser)]
@@ -30,8 +32,26 @@ enum At {
     SigningTime,
 }
 
+const DEFAULT_CONFIG: &str = "/etc/pec-milter/pec-milter.toml";
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the milter daemon (logs to stderr; stops on SIGTERM / SIGINT).
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Create the demo provider identity (test CA + certificate) named by
+    /// the configuration's [signing] key and cert, if missing.
+    InitDemo {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and print it as understood.
+    CheckConfig {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Print what a message is: kind, subject, signature, daticert.xml.
     Inspect {
         /// Print one JSON object per file.
@@ -98,6 +118,41 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config } => {
+            init_logging();
+            let cfg = Config::load(&config)?;
+            let workers = if cfg.milter.workers == 0 {
+                std::thread::available_parallelism().map_or(2, |n| n.get())
+            } else {
+                cfg.milter.workers
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            rt.block_on(daemon::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::InitDemo { config } => {
+            init_logging();
+            let cfg = Config::load(&config)?;
+            if daemon::init_demo(&cfg)? {
+                println!(
+                    "demo identity created: {} {}",
+                    cfg.signing.key.display(),
+                    cfg.signing.cert.display()
+                );
+            } else {
+                println!("{} exists: nothing to do", cfg.signing.key.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => {
+            let cfg = Config::load(&config)?;
+            println!("{cfg:#?}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect {
             json,
             trust,
@@ -148,6 +203,16 @@ fn run() -> Result<ExitCode> {
             }
         }
     }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PEC_MILTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn print_inspection(i: &Inspection, json: bool) -> Result<()> {

@@ -1,0 +1,700 @@
+# shellcheck shell=bash
+# integration/lib.sh — the end-to-end test rig of pec-milter. Source it from a test script:
+#
+#   . "$(dirname "$0")/lib.sh"
+#   rig_begin pecst                # netns "pecst<pid>" with only lo, base dir, EXIT trap (cleanup + summary)
+#   pf_instance "$RIG_BASE/pf" MILTERS=inet:127.0.0.1:8891 && pf_up "$RIG_BASE/pf"
+#   ok "some check" cmd args...     # counts passes / failures
+#   rig_finish                      # tears everything down, prints "N passed, N failed", exits 0/1
+#
+# Debian 12, root, no systemd, no syslog (see integration/deps.sh for the packages).
+# Every daemon runs inside a network namespace that has only `lo`, so nothing can leave the
+# machine even if some component tried DNS: the namespace's /etc/resolv.conf points to
+# 127.0.0.1 (nothing listens on 53 there) and there is no route but loopback.
+# Every *_up registers its *_down with the rig's cleanup stack, run by the EXIT trap even when
+# the script fails or is interrupted. Every *_down is idempotent.
+#
+# Functions (details above each one):
+#   rig_begin PREFIX | rig_finish | rig_defer CMD... | rig_cleanup | die MSG | ns_exec CMD...
+#   netns_up NAME | netns_down NAME
+#   pf_instance DIR [KEY=VALUE...] | pf_up DIR | pf_down DIR
+#   redis_up DIR PORT | redis_down DIR
+#   clamd_up DIR PORT | clamd_down DIR | eicar_string
+#   pec_milter_up DIR CONFIG | pec_milter_down DIR
+#   write_config DIR [embedded|redis]
+#   wait_port HOST PORT [SECS] | wait_closed HOST PORT [SECS]
+#   maildir_wait MAILDIR COUNT [SECS] | maildir_count MAILDIR | maildir_files MAILDIR
+#   swaks_submit USER PASS FROM TO [SWAKS ARGS...] | swaks_plain PORT FROM TO [SWAKS ARGS...]
+#   hdr_block FILE | hdr_get FILE NAME
+#   ok NAME CMD... | fail NAME [CMD...] | pass NAME | summary
+
+RIG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# Fixed ports: every namespace has its own loopback, so the standard ports are free there.
+: "${RIG_SUBMIT_PORT:=587}"       # submission listener: SASL AUTH + smtpd_milters
+: "${RIG_REINJECT_PORT:=10025}"   # milter-free reinjection listener (pec-milter's receipts)
+: "${RIG_MILTER_PORT:=8891}"      # pec-milter
+: "${RIG_REDIS_PORT:=6379}"
+: "${RIG_CLAMD_PORT:=3310}"
+
+# Test identities. SASL login = the full address (Cyrus realm = the domain).
+MARIO=mario.rossi@pec.demo.test        MARIO_PW=mario-pw
+CITTADINO=cittadino@pec.demo.test      CITTADINO_PW=cittadino-pw
+ANNA=anna.bianchi@pec.other.test
+: "${RIG_DOMAINS:=pec.demo.test pec.other.test}"
+: "${RIG_USERS:=$MARIO $CITTADINO $ANNA}"
+: "${RIG_SASL_USERS:=$MARIO:$MARIO_PW $CITTADINO:$CITTADINO_PW}"
+
+RIG_PASSED=0 RIG_FAILED=0 RIG_FINISHED=0
+RIG_CLEANUP=()
+RIG_NETNS=${RIG_NETNS:-}
+RIG_BASE=${RIG_BASE:-}
+
+_log() { printf '# %s\n' "$*"; }
+
+# rig_elapsed START: seconds since START (a $EPOCHREALTIME value), 2 decimals.
+rig_elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
+
+# die MSG: records a failure and exits (the EXIT trap tears down and prints the summary).
+die() { printf 'FAIL - %s\n' "$*"; RIG_FAILED=$((RIG_FAILED + 1)); exit 1; }
+
+# ns_exec CMD...: run CMD inside the rig's network namespace (refuses to run without one).
+ns_exec() {
+  [ -n "$RIG_NETNS" ] || { echo "ns_exec: no network namespace (call netns_up/rig_begin first)" >&2; return 2; }
+  ip netns exec "$RIG_NETNS" "$@"
+}
+
+# ---------------------------------------------------------------- cleanup and assertions
+
+# rig_defer CMD...: push CMD on the cleanup stack (run last-in first-out by rig_cleanup).
+rig_defer() { RIG_CLEANUP+=("$(printf '%q ' "$@")"); }
+
+rig_cleanup() {
+  local i
+  for ((i = ${#RIG_CLEANUP[@]} - 1; i >= 0; i--)); do
+    eval "${RIG_CLEANUP[i]}" || true
+  done
+  RIG_CLEANUP=()
+}
+
+_rig_on_exit() {
+  local code=$1
+  trap - EXIT INT TERM HUP
+  set +e
+  if [ "$RIG_FINISHED" = 0 ]; then
+    if [ "$code" != 0 ] && [ "$RIG_FAILED" = 0 ]; then
+      printf 'FAIL - script aborted (exit %s)\n' "$code"
+      RIG_FAILED=$((RIG_FAILED + 1))
+    fi
+    rig_cleanup
+    summary
+    exit $?
+  fi
+  exit "$code"
+}
+
+# rig_begin PREFIX: base dir (RIG_BASE, under /tmp unless set), netns PREFIX<pid> (only lo),
+# EXIT/INT/TERM trap that cleans up and prints the summary. Call once per test script.
+rig_begin() {
+  local prefix=${1:-pecit}
+  [ "$(id -u)" = 0 ] || { echo "the integration rig needs root (network namespaces, postfix)" >&2; exit 1; }
+  trap '_rig_on_exit $?' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+  if [ -z "$RIG_BASE" ]; then
+    RIG_BASE=$(mktemp -d "/tmp/$prefix.XXXXXX")
+    rig_defer _rig_rm_base "$RIG_BASE"
+  fi
+  mkdir -p "$RIG_BASE"; chmod 755 "$RIG_BASE"   # virtual(8) (uid 65534) and postfix must traverse it
+  netns_up "$prefix$$" || die "cannot create network namespace $prefix$$"
+}
+
+_rig_rm_base() {
+  if [ "${KEEP:-0}" = 1 ]; then _log "KEEP=1: leaving $1"; return; fi
+  if [ "$RIG_FAILED" != 0 ]; then _rig_dump_logs "$1"; fi
+  rm -rf "$1"
+}
+
+# On failure, show the tail of every daemon log before the base dir goes away.
+_rig_dump_logs() {
+  local f
+  while IFS= read -r f; do
+    printf '# ---- %s (last 25 lines)\n' "${f#"$1"/}"
+    tail -n 25 "$f" | sed 's/^/#   /'
+  done < <(find "$1" -maxdepth 3 -type f \( -name maillog -o -name '*.log' \) 2>/dev/null | sort)
+}
+
+# rig_finish: cleanup, then the summary line; exits 0 when nothing failed, else 1.
+rig_finish() {
+  trap - EXIT INT TERM HUP
+  rig_cleanup
+  summary
+  exit $?
+}
+
+# ok NAME CMD...: passes when CMD exits 0. Output of CMD is shown only on failure.
+# Returns CMD's status. CMD runs in the current shell (functions may set globals).
+ok() {
+  local name=$1; shift
+  local out rc
+  out=$(mktemp)
+  "$@" >"$out" 2>&1; rc=$?
+  if [ "$rc" = 0 ]; then
+    printf 'ok - %s\n' "$name"; RIG_PASSED=$((RIG_PASSED + 1))
+  else
+    printf 'FAIL - %s (exit %s: %s)\n' "$name" "$rc" "$*"
+    tail -n 20 "$out" | sed 's/^/#   /'
+    RIG_FAILED=$((RIG_FAILED + 1))
+  fi
+  rm -f "$out"
+  return "$rc"
+}
+
+# fail NAME CMD...: passes when CMD exits non-zero (a negative assertion).
+# fail NAME       : with no command, records a failure (use after your own check).
+fail() {
+  local name=$1; shift
+  if [ $# = 0 ]; then
+    printf 'FAIL - %s\n' "$name"; RIG_FAILED=$((RIG_FAILED + 1)); return 1
+  fi
+  local out rc
+  out=$(mktemp)
+  "$@" >"$out" 2>&1; rc=$?
+  if [ "$rc" != 0 ]; then
+    printf 'ok - %s\n' "$name"; RIG_PASSED=$((RIG_PASSED + 1)); rm -f "$out"; return 0
+  fi
+  printf 'FAIL - %s (expected failure, got exit 0: %s)\n' "$name" "$*"
+  tail -n 20 "$out" | sed 's/^/#   /'
+  RIG_FAILED=$((RIG_FAILED + 1)); rm -f "$out"; return 1
+}
+
+# pass NAME: records a pass.
+pass() { printf 'ok - %s\n' "$1"; RIG_PASSED=$((RIG_PASSED + 1)); }
+
+# summary: prints exactly "N passed, N failed" on its own line; returns 1 if any failed.
+summary() {
+  RIG_FINISHED=1
+  printf '%s passed, %s failed\n' "$RIG_PASSED" "$RIG_FAILED"
+  [ "$RIG_FAILED" = 0 ]
+}
+
+# ---------------------------------------------------------------- network namespace
+
+# netns_up NAME: (re)creates namespace NAME with only `lo` (up), its own /etc/hosts and a
+# resolv.conf pointing to 127.0.0.1 (bind-mounted by `ip netns exec`). Removes a stale one.
+# Sets RIG_NETNS=NAME and registers netns_down.
+netns_up() {
+  local ns=$1
+  if ip netns list | awk '{print $1}' | grep -qx "$ns"; then netns_down "$ns"; fi
+  mkdir -p "/etc/netns/$ns"
+  printf '127.0.0.1\tlocalhost mx.pec.demo.test mx.pec.test\n::1\tlocalhost\n' > "/etc/netns/$ns/hosts"
+  printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' > "/etc/netns/$ns/resolv.conf"
+  ip netns add "$ns" || return 1
+  ip -n "$ns" link set lo up || return 1
+  RIG_NETNS=$ns
+  rig_defer netns_down "$ns"
+}
+
+# netns_down NAME: kills (by pid) anything still running in NAME, deletes it and /etc/netns/NAME.
+netns_down() {
+  local ns=$1 pids p
+  if ip netns list | awk '{print $1}' | grep -qx "$ns"; then
+    pids=$(ip netns pids "$ns" 2>/dev/null)
+    if [ -n "$pids" ]; then
+      _log "netns_down $ns: left-over processes: $(for p in $pids; do printf '%s(%s) ' "$p" "$(cat /proc/"$p"/comm 2>/dev/null)"; done)"
+      for p in $pids; do kill -TERM "$p" 2>/dev/null; done
+      sleep 0.5
+      for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+    fi
+    ip netns del "$ns"
+  fi
+  rm -rf "/etc/netns/$ns"
+  [ "$RIG_NETNS" = "$ns" ] && RIG_NETNS=
+  return 0
+}
+
+# ---------------------------------------------------------------- waiting
+
+# wait_port HOST PORT [SECS=10]: until a TCP connect to HOST:PORT (inside the netns) succeeds.
+wait_port() {
+  local host=$1 port=$2 secs=${3:-10} i
+  for ((i = 0; i < secs * 20; i++)); do
+    ns_exec bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "wait_port: nothing listens on $host:$port after ${secs}s" >&2
+  return 1
+}
+
+# wait_closed HOST PORT [SECS=10]: until nothing listens on HOST:PORT any more.
+wait_closed() {
+  local host=$1 port=$2 secs=${3:-10} i
+  for ((i = 0; i < secs * 20; i++)); do
+    ns_exec bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null || return 0
+    sleep 0.05
+  done
+  echo "wait_closed: $host:$port still open after ${secs}s" >&2
+  return 1
+}
+
+# _kill_pidfile FILE [SECS=10]: TERM the pid in FILE, wait, KILL if needed, remove FILE.
+_kill_pidfile() {
+  local f=$1 secs=${2:-10} pid i
+  [ -s "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < secs * 20; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    if kill -0 "$pid" 2>/dev/null; then
+      _log "pid $pid ($f) ignored SIGTERM; killing"
+      kill -KILL "$pid" 2>/dev/null
+    fi
+  fi
+  rm -f "$f"
+}
+
+# ---------------------------------------------------------------- Postfix
+
+# pf_instance DIR [KEY=VALUE...]: writes (does not start) a Postfix instance in DIR:
+#   SUBMIT=127.0.0.1:587     submission listener: SASL AUTH, smtpd_milters=$MILTERS
+#   REINJECT=127.0.0.1:10025 milter-free smtpd for pec-milter's reinjection (mynetworks only)
+#   HOST=mx.pec.demo.test    myhostname
+#   DOMAINS="pec.demo.test pec.other.test"   virtual mailbox domains, Maildirs under DIR/vmail/DOMAIN/
+#   USERS="a@dom ..."        addresses with their own Maildir DIR/vmail/DOM/LOCAL/ (others: .../catchall/)
+#   SASL_USERS="addr:pw ..." SASL accounts (Cyrus sasldb DIR/etc/sasldb2; login = full address)
+#   MILTERS=                 smtpd_milters of the submission listener, e.g. inet:127.0.0.1:8891
+#   MYNETWORKS=127.0.0.1/32  clients that may relay without AUTH (127.0.0.2.. are "outside")
+#   TRANSPORT="dom smtp:[ip]:port"   optional transport_maps line (literal next hops only)
+# Non-local domains go to default_transport = error: (nothing leaves, no DNS).
+# Start: pf_up DIR; stop: pf_down DIR. Log: DIR/maillog.
+pf_instance() {
+  local D SUBMIT REINJECT HOST DOMAINS USERS SASL_USERS MILTERS MYNETWORKS TRANSPORT kv
+  D=$(realpath -m "$1"); shift
+  SUBMIT=127.0.0.1:$RIG_SUBMIT_PORT REINJECT=127.0.0.1:$RIG_REINJECT_PORT HOST=mx.pec.demo.test
+  DOMAINS=$RIG_DOMAINS USERS=$RIG_USERS SASL_USERS=$RIG_SASL_USERS MILTERS=
+  MYNETWORKS=127.0.0.1/32 TRANSPORT=
+  for kv in "$@"; do
+    case ${kv%%=*} in
+      SUBMIT|REINJECT|HOST|DOMAINS|USERS|SASL_USERS|MILTERS|MYNETWORKS|TRANSPORT) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
+      *) echo "pf_instance: unknown key ${kv%%=*}" >&2; return 2 ;;
+    esac
+  done
+
+  mkdir -p "$D"/etc/sasl "$D"/spool "$D"/data "$D"/vmail || return 1
+  chmod 755 "$D" "$D"/etc "$D"/etc/sasl
+  chown postfix:postfix "$D"/data
+  chown 65534:65534 "$D"/vmail     # virtual(8) delivers as nobody (uid >= virtual_minimum_uid)
+
+  cat > "$D"/etc/main.cf <<EOF
+compatibility_level = 3.6
+queue_directory = $D/spool
+data_directory = $D/data
+mail_owner = postfix
+setgid_group = postdrop
+# no syslog: postlogd writes here (the prefix must be whitelisted)
+maillog_file = $D/maillog
+maillog_file_prefixes = $D
+myhostname = $HOST
+mydomain = ${DOMAINS%% *}
+myorigin = \$mydomain
+mydestination = localhost
+inet_interfaces = ${SUBMIT%:*}, ${REINJECT%:*}
+inet_protocols = ipv4
+mynetworks = $MYNETWORKS
+smtpd_banner = \$myhostname ESMTP
+# only mynetworks or SASL-authenticated clients may relay
+smtpd_relay_restrictions = permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination
+# never DNS: literal [ip]:port next hops only, foreign domains go to error:
+smtp_dns_support_level = disabled
+smtp_host_lookup = native
+lmtp_host_lookup = native
+smtpd_peername_lookup = no
+default_transport = error:5.7.1 outbound mail disabled in test instance
+relay_transport = error:5.7.1 outbound mail disabled in test instance
+transport_maps = texthash:$D/etc/transport
+biff = no
+recipient_delimiter = +
+alias_maps =
+alias_database =
+# final delivery: one Maildir per address (texthash: virtual(8) refuses regexp \$1)
+virtual_mailbox_domains = $DOMAINS
+virtual_mailbox_base = $D/vmail
+virtual_mailbox_maps = texthash:$D/etc/vmailbox
+virtual_uid_maps = static:65534
+virtual_gid_maps = static:65534
+# PEC: up to 100 MB; no 8bit->QP conversion after the milter signed the message
+message_size_limit = 104857600
+virtual_mailbox_limit = 0
+mailbox_size_limit = 0
+disable_mime_output_conversion = yes
+# milters: only on the submission listener (master.cf -o smtpd_milters=...)
+smtpd_milters =
+non_smtpd_milters =
+milter_protocol = 6
+milter_default_action = tempfail
+milter_macro_daemon_name = \$myhostname
+milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}
+milter_connect_timeout = 30s
+milter_command_timeout = 30s
+milter_content_timeout = 600s
+# SASL (Cyrus, sasldb2 in this instance; enabled per listener in master.cf)
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+cyrus_sasl_config_path = $D/etc/sasl
+smtpd_sasl_security_options = noanonymous
+smtpd_sasl_local_domain =
+smtpd_tls_security_level = none
+smtpd_tls_auth_only = no
+broken_sasl_auth_clients = yes
+EOF
+  local u dom
+  {
+    for u in $USERS; do echo "$u ${u#*@}/${u%@*}/"; done
+    for dom in $DOMAINS; do echo "@$dom $dom/catchall/"; done
+  } > "$D"/etc/vmailbox
+  printf '%s\n' "$TRANSPORT" > "$D"/etc/transport
+
+  # Cyrus SASL: smtpd (user postfix, not chrooted) reads $D/etc/sasl/smtpd.conf and the sasldb.
+  cat > "$D"/etc/sasl/smtpd.conf <<EOF
+pwcheck_method: auxprop
+auxprop_plugin: sasldb
+sasldb_path: $D/etc/sasldb2
+mech_list: PLAIN LOGIN
+EOF
+  rm -f "$D"/etc/sasldb2*
+  local up
+  for up in $SASL_USERS; do
+    u=${up%%:*}
+    printf '%s' "${up#*:}" | saslpasswd2 -f "$D"/etc/sasldb2 -p -c -u "${u#*@}" "${u%@*}" || return 1
+  done
+  [ -e "$D"/etc/sasldb2 ] && { chown postfix:postfix "$D"/etc/sasldb2*; chmod 640 "$D"/etc/sasldb2*; }
+
+  cat > "$D"/etc/master.cf <<EOF
+# service type  private unpriv chroot wakeup maxproc command
+$SUBMIT inet n - n - - smtpd
+  -o syslog_name=postfix/submission
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_milters=$MILTERS
+  -o milter_macro_daemon_name=ORIGINATING
+$REINJECT inet n - n - - smtpd
+  -o syslog_name=postfix/reinject
+  -o smtpd_sasl_auth_enable=no
+  -o smtpd_milters=
+  -o receive_override_options=no_milters
+  -o mynetworks=127.0.0.0/8
+  -o smtpd_relay_restrictions=permit_mynetworks,reject
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+  echo "${SUBMIT##*:}" > "$D"/submit.port
+  # postfix prints errors to stderr only on a tty (else to a maillog that does not exist yet)
+  if ! ns_exec script -qec "postfix -c $D/etc check" /dev/null; then
+    echo "pf_instance: postfix check failed for $D" >&2; return 1
+  fi
+}
+
+# pf_up DIR: starts the instance in the netns, waits for both listeners; registers pf_down.
+pf_up() {
+  local D sub rein
+  D=$(realpath -m "$1")
+  rig_defer pf_down "$D"
+  ns_exec script -qec "postfix -c $D/etc start" /dev/null >/dev/null || { echo "pf_up: postfix start failed ($D)" >&2; return 1; }
+  sub=$(postconf -c "$D/etc" -M | awk '$2 == "inet" && $1 ~ /:/ {print $1}')
+  for rein in $sub; do wait_port "${rein%:*}" "${rein##*:}" 10 || return 1; done
+}
+
+# pf_down DIR: stops the instance (graceful, then abort/kill) and waits for its master to exit.
+pf_down() {
+  local D=$1 pidf pid i
+  pidf=$D/spool/pid/master.pid
+  [ -s "$pidf" ] || return 0
+  pid=$(tr -d ' ' < "$pidf")
+  kill -0 "$pid" 2>/dev/null || return 0
+  ns_exec postfix -c "$D/etc" stop >/dev/null 2>&1
+  for ((i = 0; i < 200; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
+  ns_exec postfix -c "$D/etc" abort >/dev/null 2>&1
+  sleep 0.5
+  kill -KILL "$pid" 2>/dev/null
+  return 0
+}
+
+# ---------------------------------------------------------------- Redis
+
+# redis_up DIR PORT: redis-server on 127.0.0.1:PORT in the netns, no persistence; registers redis_down.
+redis_up() {
+  local D=$1 port=$2
+  mkdir -p "$D"
+  rig_defer redis_down "$D"
+  ns_exec redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$D" \
+    --daemonize yes --pidfile "$D/redis.pid" --logfile "$D/redis.log" || return 1
+  echo "$port" > "$D/redis.port"
+  wait_port 127.0.0.1 "$port" 10
+}
+
+# redis_down DIR: stops it and waits until its port is closed.
+redis_down() {
+  local D=$1
+  _kill_pidfile "$D/redis.pid" 10
+  if [ -s "$D/redis.port" ] && [ -n "$RIG_NETNS" ]; then wait_closed 127.0.0.1 "$(cat "$D/redis.port")" 5; fi
+  return 0
+}
+
+# ---------------------------------------------------------------- clamd
+
+# eicar_string: prints the 68-byte EICAR test string (no newline).
+eicar_string() { printf '%s' 'X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*'; }
+
+# clamd_up DIR PORT: clamd on 127.0.0.1:PORT in the netns with a local signature DB only
+# (EICAR as .hdb md5 and .ndb body signature: matches inside decoded MIME too; no freshclam).
+# Runs as root (no User line). Config DIR/clamd.conf (clamdscan --config-file=...). Registers clamd_down.
+clamd_up() {
+  local D=$1 port=$2
+  mkdir -p "$D/db"
+  eicar_string > "$D/eicar.com"
+  echo "$(md5sum < "$D/eicar.com" | cut -d' ' -f1):$(stat -c %s "$D/eicar.com"):PEC.Test.EICAR.HDB" > "$D/db/pectest.hdb"
+  echo "PEC.Test.EICAR.NDB:0:*:$(printf '%s' 'EICAR-STANDARD-ANTIVIRUS-TEST-FILE' | od -An -tx1 | tr -d ' \n')" > "$D/db/pectest.ndb"
+  cat > "$D/clamd.conf" <<EOF
+Foreground no
+LogFile $D/clamd.log
+LogTime yes
+PidFile $D/clamd.pid
+DatabaseDirectory $D/db
+TCPSocket $port
+TCPAddr 127.0.0.1
+StreamMaxLength 200M
+MaxScanSize 400M
+MaxFileSize 200M
+SelfCheck 0
+EOF
+  rig_defer clamd_down "$D"
+  echo "$port" > "$D/clamd.port"
+  ns_exec clamd --config-file="$D/clamd.conf" || return 1
+  wait_port 127.0.0.1 "$port" 30
+}
+
+# clamd_instream FILE [PORT]: scans FILE with a raw zINSTREAM over bash /dev/tcp (what a milter
+# does: 4-byte big-endian chunk length + data, a zero length ends); prints clamd's answer,
+# e.g. "stream: PEC.Test.EICAR.NDB.UNOFFICIAL FOUND" or "stream: OK".
+clamd_instream() {
+  local f=$1 port=${2:-$RIG_CLAMD_PORT}
+  ns_exec bash -c '
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 2
+    hex=$(printf "%08x" "$(stat -c %s "$2")")
+    { printf "zINSTREAM\0"
+      printf "\\x${hex:0:2}\\x${hex:2:2}\\x${hex:4:2}\\x${hex:6:2}"
+      cat "$2"
+      printf "\0\0\0\0"; } >&3
+    tr "\0" "\n" <&3' _ "$port" "$f"
+}
+
+# clamd_down DIR
+clamd_down() {
+  local D=$1
+  _kill_pidfile "$D/clamd.pid" 10
+  if [ -s "$D/clamd.port" ] && [ -n "$RIG_NETNS" ]; then wait_closed 127.0.0.1 "$(cat "$D/clamd.port")" 5; fi
+  return 0
+}
+
+# ---------------------------------------------------------------- pec-milter
+
+pec_milter_bin() {
+  local b=${PEC_MILTER_BIN:-target/debug/pec-milter}
+  case $b in /*) ;; */*) b=$RIG_ROOT/$b ;; *) b=$(command -v "$b" || echo "$b") ;; esac
+  printf '%s' "$b"
+}
+
+# pec_milter_up DIR CONFIG: starts `${PEC_MILTER_BIN:-target/debug/pec-milter} run --config CONFIG`
+# in the netns, in the background (stderr+stdout to DIR/pec-milter.log, pid in DIR/pec-milter.pid),
+# waits for the `[milter] listen` address of CONFIG. Registers pec_milter_down.
+pec_milter_up() {
+  local D=$1 cfg=$2 bin listen pid i
+  bin=$(pec_milter_bin)
+  [ -x "$bin" ] || { echo "pec_milter_up: $bin not found or not executable (cargo build first)" >&2; return 1; }
+  if ! "$bin" run --help >/dev/null 2>&1; then
+    echo "pec_milter_up: $bin has no \`run\` subcommand (the daemon is not built yet)" >&2; return 1
+  fi
+  mkdir -p "$D"
+  listen=$(sed -n '/^\[milter\]/,/^\[/s/^[[:space:]]*listen[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' "$cfg" | head -1)
+  listen=${listen:-inet:127.0.0.1:8891}
+  ns_exec "$bin" run --config "$cfg" >>"$D/pec-milter.log" 2>&1 &
+  pid=$!                       # `ip netns exec` execs the command: this is pec-milter's pid
+  echo "$pid" > "$D/pec-milter.pid"
+  rig_defer pec_milter_down "$D"
+  for ((i = 0; i < 300; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      wait "$pid"; echo "pec_milter_up: pec-milter exited with status $? at start; log:" >&2
+      tail -n 20 "$D/pec-milter.log" >&2; rm -f "$D/pec-milter.pid"; return 1
+    fi
+    case $listen in
+      inet:*) local hp=${listen#inet:}
+              ns_exec bash -c "exec 3<>/dev/tcp/${hp%:*}/${hp##*:}" 2>/dev/null && return 0 ;;
+      unix:*) [ -S "${listen#unix:}" ] && return 0 ;;
+      *) echo "pec_milter_up: cannot parse listen = $listen" >&2; return 1 ;;
+    esac
+    sleep 0.05
+  done
+  echo "pec_milter_up: not listening on $listen after 15s; log:" >&2; tail -n 20 "$D/pec-milter.log" >&2
+  return 1
+}
+
+# pec_milter_down DIR: SIGTERM, waits up to 15 s; returns 0 only when it exited with status 0
+# (KILLed after the timeout, returns 1). The exit status is also written to DIR/pec-milter.exit.
+pec_milter_down() {
+  local D=$1 pid i rc
+  [ -s "$D/pec-milter.pid" ] || return 0
+  pid=$(cat "$D/pec-milter.pid"); rm -f "$D/pec-milter.pid"
+  kill -TERM "$pid" 2>/dev/null
+  for ((i = 0; i < 300; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "pec_milter_down: still running 15 s after SIGTERM; killing" >&2
+    kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; echo killed > "$D/pec-milter.exit"; return 1
+  fi
+  wait "$pid" 2>/dev/null; rc=$?   # 127 when not our child (started by another shell)
+  echo "$rc" > "$D/pec-milter.exit"
+  [ "$rc" = 0 ] || [ "$rc" = 127 ]
+}
+
+# write_config DIR [embedded|redis]: writes DIR/pec-milter.toml (format of milter-conf/pec-milter.toml)
+# with every path under DIR: demo key/cert in DIR/demo (init_demo: ca.pem is expected there too),
+# state DIR/state, spool DIR/spool, quarantine DIR/quarantine; milter on 127.0.0.1:$RIG_MILTER_PORT,
+# reinjection 127.0.0.1:$RIG_REINJECT_PORT, clamd tcp:127.0.0.1:$RIG_CLAMD_PORT,
+# redis://127.0.0.1:$RIG_REDIS_PORT/0. Holders: cittadino is upr, @pec.other.test upa, others upa1.
+write_config() {
+  local D=$1 backend=${2:-embedded}
+  case $backend in embedded|redis) ;; *) echo "write_config: backend must be embedded or redis" >&2; return 2 ;; esac
+  D=$(realpath -m "$D")
+  mkdir -p "$D/demo" "$D/state" "$D/spool" "$D/quarantine"
+  cat > "$D/pec-milter.toml" <<EOF
+# written by integration/lib.sh write_config ($backend)
+[milter]
+listen = "inet:127.0.0.1:$RIG_MILTER_PORT"
+workers = 2
+
+[provider]
+name = "Demo PEC S.p.A."
+domain = "pec.demo.test"
+domains = ["pec.demo.test"]
+digest = "sha256"
+
+[signing]
+backend = "pem"
+key = "$D/demo/provider.key"
+cert = "$D/demo/provider.crt"
+init_demo = true
+
+[reinjection]
+address = "127.0.0.1:$RIG_REINJECT_PORT"
+helo = "localhost"
+timeout = "30s"
+
+[state]
+backend = "$backend"
+path = "$D/state"
+url = "redis://127.0.0.1:$RIG_REDIS_PORT/0"
+retention = "30d"
+
+[clamd]
+address = "tcp:127.0.0.1:$RIG_CLAMD_PORT"
+enabled = true
+timeout = "60s"
+
+[quarantine]
+dir = "$D/quarantine"
+
+[spool]
+dir = "$D/spool"
+memory_limit = "1MB"
+
+[limits]
+max_recipients = 500
+max_product = "100MB"
+
+[recipients]
+certified_domains = ["pec.demo.test", "pec.other.test"]
+
+[holders]
+default_class = "upa1"
+upa = ["@pec.other.test"]
+upa1 = []
+upr = ["$CITTADINO"]
+EOF
+}
+
+# ---------------------------------------------------------------- Maildirs
+
+# maildir_files MAILDIR: delivered files (new/ then cur/), oldest first, one path per line.
+maildir_files() {
+  local m=$1
+  ls -1tr "$m"/new/* "$m"/cur/* 2>/dev/null || true
+}
+
+# maildir_count MAILDIR: number of delivered files.
+maildir_count() { maildir_files "$1" | grep -c . || true; }
+
+# maildir_wait MAILDIR COUNT [SECS=20]: until MAILDIR/new has COUNT files (fails if it has more,
+# or fewer after SECS).
+maildir_wait() {
+  local m=$1 want=$2 secs=${3:-20} n i
+  for ((i = 0; i < secs * 10; i++)); do
+    n=$(find "$m/new" -maxdepth 1 -type f 2>/dev/null | wc -l)
+    [ "$n" -eq "$want" ] && return 0
+    [ "$n" -gt "$want" ] && { echo "maildir_wait: $m/new has $n files, expected $want" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "maildir_wait: $m/new has $n files after ${secs}s, expected $want" >&2
+  return 1
+}
+
+# hdr_block FILE: the top-level header block (unfolded lines kept as they are, CR stripped).
+hdr_block() { sed -e 's/\r$//' "$1" | sed '/^$/q'; }
+
+# hdr_get FILE NAME: values of header NAME in the top-level block (unfolded), one per line.
+hdr_get() {
+  hdr_block "$1" | awk -v n="$(printf '%s' "$2" | tr 'A-Z' 'a-z')" '
+    /^[ \t]/ { if (cur != "") cur = cur " " substr($0, 2); next }
+    { if (cur != "") print cur; cur = ""
+      i = index($0, ":"); if (i && tolower(substr($0, 1, i - 1)) == n) { cur = substr($0, i + 1); sub(/^[ \t]+/, "", cur) } }
+    END { if (cur != "") print cur }'
+}
+
+# ---------------------------------------------------------------- SMTP clients (swaks, in the netns)
+
+# swaks_submit USER PASS FROM TO [SWAKS ARGS...]: AUTH PLAIN on the submission port, no DNS
+# (--server is an IP literal, and it runs in the netns). swaks' exit status is returned.
+swaks_submit() {
+  local user=$1 pw=$2 from=$3 to=$4; shift 4
+  ns_exec swaks --server "127.0.0.1:$RIG_SUBMIT_PORT" --helo client.pec.demo.test \
+    --auth PLAIN --auth-user "$user" --auth-password "$pw" \
+    --from "$from" --to "$to" --timeout 60 "$@"
+}
+
+# swaks_plain PORT FROM TO [SWAKS ARGS...]: no AUTH (e.g. the reinjection port, or
+# --local-interface 127.0.0.2 to be outside mynetworks).
+swaks_plain() {
+  local port=$1 from=$2 to=$3; shift 3
+  ns_exec swaks --server "127.0.0.1:$port" --helo client.pec.demo.test \
+    --from "$from" --to "$to" --timeout 60 "$@"
+}

@@ -1,0 +1,488 @@
+//! The daemon's configuration: parsed once from TOML into typed structs.
+//! Unknown keys are errors; every error names the key and the line.
+//! See `milter-conf/pec-milter.toml` for the annotated defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::crypto::DigestAlg;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or type error; the message names the key and the line.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: invalid value for `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub milter: MilterConfig,
+    pub provider: ProviderConfig,
+    pub signing: SigningConfig,
+    pub reinjection: ReinjectionConfig,
+    pub state: StateConfig,
+    pub clamd: ClamdConfig,
+    pub quarantine: QuarantineConfig,
+    pub spool: SpoolConfig,
+    pub limits: LimitsConfig,
+    pub recipients: RecipientsConfig,
+    pub holders: HoldersConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MilterConfig {
+    /// `inet:HOST:PORT` or `unix:/PATH`.
+    pub listen: String,
+    /// Worker threads (0 = number of CPUs).
+    pub workers: usize,
+    /// Idle timeout of an MTA connection.
+    #[serde(deserialize_with = "duration")]
+    pub connection_timeout: Duration,
+}
+
+impl Default for MilterConfig {
+    fn default() -> Self {
+        MilterConfig {
+            listen: "inet:127.0.0.1:8891".into(),
+            workers: 0,
+            connection_timeout: Duration::from_secs(7210),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub domain: String,
+    pub domains: Vec<String>,
+    #[serde(deserialize_with = "digest")]
+    pub digest: DigestAlg,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            name: "Demo PEC S.p.A.".into(),
+            domain: "pec.demo.test".into(),
+            domains: vec!["pec.demo.test".into()],
+            digest: DigestAlg::Sha256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SigningBackend {
+    Pem,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    pub backend: SigningBackend,
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub chain: Option<PathBuf>,
+    /// Create a demo CA and provider certificate when the files are missing.
+    pub init_demo: bool,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig {
+            backend: SigningBackend::Pem,
+            key: "/var/lib/pec-milter/demo/provider.key".into(),
+            cert: "/var/lib/pec-milter/demo/provider.crt".into(),
+            chain: None,
+            init_demo: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReinjectionConfig {
+    pub address: String,
+    pub helo: String,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ReinjectionConfig {
+    fn default() -> Self {
+        ReinjectionConfig {
+            address: "127.0.0.1:10025".into(),
+            helo: "localhost".into(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    Embedded,
+    Redis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+    pub path: PathBuf,
+    pub url: String,
+    /// Key prefix in Redis.
+    pub prefix: String,
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: StateBackend::Embedded,
+            path: "/var/lib/pec-milter/state".into(),
+            url: "redis://127.0.0.1:6379/0".into(),
+            prefix: "pec:".into(),
+            retention: Duration::from_secs(30 * 86400),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClamdConfig {
+    pub address: String,
+    pub enabled: bool,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ClamdConfig {
+    fn default() -> Self {
+        ClamdConfig {
+            address: "tcp:127.0.0.1:3310".into(),
+            enabled: true,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuarantineConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        QuarantineConfig {
+            dir: "/var/lib/pec-milter/quarantine".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    #[serde(deserialize_with = "size")]
+    pub memory_limit: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: "/var/lib/pec-milter/spool".into(),
+            memory_limit: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_recipients: usize,
+    /// Recipients x message size, bytes.
+    #[serde(deserialize_with = "size")]
+    pub max_product: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_recipients: 500,
+            max_product: 100 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecipientsConfig {
+    pub certified_domains: Vec<String>,
+}
+
+/// Holder classes of a public-administration provider (DPR 68/2005 art. 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HolderClass {
+    Upa,
+    Upa1,
+    Upr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HoldersConfig {
+    pub default_class: HolderClass,
+    pub upa: Vec<String>,
+    pub upa1: Vec<String>,
+    pub upr: Vec<String>,
+}
+
+impl Default for HoldersConfig {
+    fn default() -> Self {
+        HoldersConfig {
+            default_class: HolderClass::Upa,
+            upa: Vec::new(),
+            upa1: Vec::new(),
+            upr: Vec::new(),
+        }
+    }
+}
+
+impl HoldersConfig {
+    /// The class of an address: a whole-address entry wins over an
+    /// `@domain` entry; otherwise the default class. Case-insensitive.
+    pub fn class_of(&self, address: &str) -> HolderClass {
+        let a = address.trim().to_ascii_lowercase();
+        let domain = a.rsplit_once('@').map(|(_, d)| format!("@{d}"));
+        let lists = [
+            (HolderClass::Upr, &self.upr),
+            (HolderClass::Upa1, &self.upa1),
+            (HolderClass::Upa, &self.upa),
+        ];
+        for (class, list) in lists {
+            if list.iter().any(|e| e.eq_ignore_ascii_case(&a)) {
+                return class;
+            }
+        }
+        if let Some(d) = domain {
+            for (class, list) in lists {
+                if list.iter().any(|e| e.eq_ignore_ascii_case(&d)) {
+                    return class;
+                }
+            }
+        }
+        self.default_class
+    }
+}
+
+impl Config {
+    /// Read and check a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and check configuration text; `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: describe_toml_error(text, &e),
+        })?;
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason: reason.to_string(),
+        };
+        if self.provider.domain.is_empty() || self.provider.domain.contains(['@', ' ']) {
+            return Err(invalid("provider.domain", "must be a mail domain"));
+        }
+        if self.provider.name.trim().is_empty() {
+            return Err(invalid("provider.name", "must not be empty"));
+        }
+        if self.provider.domains.is_empty() {
+            return Err(invalid("provider.domains", "list at least one PEC domain"));
+        }
+        if !(self.milter.listen.starts_with("inet:") || self.milter.listen.starts_with("unix:")) {
+            return Err(invalid("milter.listen", "use inet:HOST:PORT or unix:/PATH"));
+        }
+        if self.limits.max_recipients == 0 {
+            return Err(invalid("limits.max_recipients", "must be at least 1"));
+        }
+        if self.state.backend == StateBackend::Redis && !self.state.url.starts_with("redis") {
+            return Err(invalid("state.url", "must be a redis:// or rediss:// URL"));
+        }
+        Ok(())
+    }
+
+    /// Is `domain` one of our PEC domains (case-insensitive)?
+    pub fn is_our_domain(&self, domain: &str) -> bool {
+        self.provider
+            .domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+/// toml's message already names the key; make sure the line is there too.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+/// `30s`, `5m`, `12h`, `30d`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m, 12h, 30d"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?}: unknown unit (use ms, s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// `100MB`, `1MiB`, `512KB`, `2GB`, or a bare number of bytes (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 100MB"))?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit (use KB, MB, GB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    Num(u64),
+    Str(String),
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Ok(Duration::from_secs(n)),
+        NumOrStr::Str(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Ok(n),
+        NumOrStr::Str(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn digest<'de, D: Deserializer<'de>>(d: D) -> Result<DigestAlg, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|_| serde::de::Error::custom(format!("{s:?}: use \"sha256\" or \"sha1\"")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses_to_the_defaults() {
+        let text = include_str!("../milter-conf/pec-milter.toml");
+        let cfg = Config::parse(text, Path::new("pec-milter.toml")).expect("parses");
+        let mut want = Config::default();
+        want.recipients.certified_domains = vec!["pec.demo.test".into()];
+        assert_eq!(cfg, want);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_line() {
+        let e = Config::parse(
+            "[milter]\nlisten = \"inet:1:2\"\n\n[limits]\nmax_recipient = 5\n",
+            Path::new("x.toml"),
+        )
+        .expect_err("unknown key");
+        let s = e.to_string();
+        assert!(s.contains("line 5") && s.contains("max_recipient"), "{s}");
+        let e = Config::parse("[clamd]\ntimeout = \"5 parsecs\"\n", Path::new("x.toml"))
+            .expect_err("bad duration");
+        let s = e.to_string();
+        assert!(s.contains("line 2") && s.contains("parsecs"), "{s}");
+        let e = Config::parse("[provider]\ndomain = \"a@b\"\n", Path::new("x.toml"))
+            .expect_err("invalid");
+        assert!(e.to_string().contains("provider.domain"));
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43200)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("x").is_err());
+        assert_eq!(parse_size("100MB"), Ok(104857600));
+        assert_eq!(parse_size("7"), Ok(7));
+        assert!(parse_size("99999999999999GB").is_err());
+    }
+
+    #[test]
+    fn holder_classes() {
+        let h = HoldersConfig {
+            default_class: HolderClass::Upa1,
+            upa: vec!["@comune.test".into()],
+            upa1: vec![],
+            upr: vec!["Cittadino@comune.test".into()],
+        };
+        assert_eq!(h.class_of("cittadino@COMUNE.test"), HolderClass::Upr);
+        assert_eq!(h.class_of("sindaco@comune.test"), HolderClass::Upa);
+        assert_eq!(h.class_of("x@altro.test"), HolderClass::Upa1);
+    }
+}

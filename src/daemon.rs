@@ -1,0 +1,198 @@
+//! `pec-milter run`: wire the configuration to real dependencies (signing
+//! key, state store, clamd, reinjection) and serve the milter until
+//! SIGTERM / SIGINT.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::access::{AccessPoint, Injector, Scanner, StaticDirectory, Verdict};
+use crate::av::{Clamd, ClamdAddress, ScanVerdict};
+use crate::config::{Config, StateBackend};
+use crate::crypto::pem::PemKey;
+use crate::crypto::pki::Pki;
+use crate::crypto::{CryptoError, SigningKey};
+use crate::milter::{self, MilterListener};
+use crate::state::StateStore;
+use crate::state::embedded::EmbeddedStore;
+use crate::state::redis::RedisStore;
+use crate::submit::Submitter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("signing key: {0}")]
+    Key(#[from] CryptoError),
+    #[error("cannot write the demo identity in {path}: {source}")]
+    Demo {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state store: {0}")]
+    State(#[from] crate::state::StateError),
+    #[error("clamd.address {0:?} is not tcp:HOST:PORT or unix:/PATH")]
+    Clamd(String),
+    #[error("milter listener {spec}: {source}")]
+    Listen {
+        spec: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("milter: {0}")]
+    Milter(std::io::Error),
+}
+
+#[async_trait::async_trait]
+impl Scanner for Clamd {
+    async fn scan(&self, message: &[u8]) -> Result<Verdict, String> {
+        match self.scan_bytes(message).await {
+            Ok(ScanVerdict::Clean) => Ok(Verdict::Clean),
+            Ok(ScanVerdict::Infected(v)) => Ok(Verdict::Infected(v)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Injector for Submitter {
+    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), String> {
+        self.send(from, to, message)
+            .await
+            .map(|r| {
+                tracing::debug!(queue_id = r.queue_id().unwrap_or("-"), "injected");
+            })
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Create the demo identity (a test CA and a provider certificate for the
+/// configured domain) next to the configured key, unless the key exists.
+/// Returns true when it was created.
+pub fn init_demo(cfg: &Config) -> Result<bool, DaemonError> {
+    let key = &cfg.signing.key;
+    if key.exists() && cfg.signing.cert.exists() {
+        return Ok(false);
+    }
+    let pki = Pki::generate(&cfg.provider.name, &cfg.provider.domain, 3650)?;
+    let write = |p: &Path, data: &[u8], private: bool| -> Result<(), DaemonError> {
+        let err = |source| DaemonError::Demo {
+            path: p.display().to_string(),
+            source,
+        };
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        std::fs::write(p, data).map_err(err)?;
+        if private {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        }
+        Ok(())
+    };
+    write(key, &pki.key_pem, true)?;
+    write(&cfg.signing.cert, &pki.cert_pem, false)?;
+    let ca = cfg
+        .signing
+        .cert
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("ca.pem");
+    write(&ca, &pki.ca_cert_pem, false)?;
+    tracing::warn!(
+        key = %key.display(), cert = %cfg.signing.cert.display(), ca = %ca.display(),
+        "created a DEMO provider identity (test CA): never use it for real PEC traffic"
+    );
+    Ok(true)
+}
+
+/// Load the signing key named by the configuration.
+pub fn load_key(cfg: &Config) -> Result<Arc<dyn SigningKey>, DaemonError> {
+    if cfg.signing.init_demo {
+        init_demo(cfg)?;
+    }
+    let key = PemKey::from_files(
+        &cfg.signing.key,
+        &cfg.signing.cert,
+        cfg.signing.chain.as_deref(),
+    )?;
+    Ok(Arc::new(key))
+}
+
+/// Open the configured state store.
+pub fn open_state(cfg: &Config) -> Result<Arc<dyn StateStore>, DaemonError> {
+    Ok(match cfg.state.backend {
+        StateBackend::Embedded => Arc::new(EmbeddedStore::open(&cfg.state.path)?),
+        StateBackend::Redis => Arc::new(
+            RedisStore::connect(&cfg.state.url, &cfg.state.prefix)?.with_timeout(cfg.state.timeout),
+        ),
+    })
+}
+
+/// Build the access point from the configuration.
+pub fn access_point(cfg: &Config) -> Result<AccessPoint, DaemonError> {
+    let key = load_key(cfg)?;
+    let state = open_state(cfg)?;
+    let scanner: Option<Arc<dyn Scanner>> = if cfg.clamd.enabled {
+        let addr: ClamdAddress = cfg
+            .clamd
+            .address
+            .parse()
+            .map_err(|_| DaemonError::Clamd(cfg.clamd.address.clone()))?;
+        Some(Arc::new(Clamd::new(addr, cfg.clamd.timeout)))
+    } else {
+        tracing::warn!("clamd.enabled = false: submissions are NOT scanned for viruses");
+        None
+    };
+    let injector = Arc::new(Submitter::new(
+        cfg.reinjection.address.clone(),
+        cfg.reinjection.helo.clone(),
+        cfg.reinjection.timeout,
+    ));
+    let directory = Arc::new(StaticDirectory::new(&cfg.recipients.certified_domains));
+    Ok(AccessPoint::from_config(
+        cfg, key, state, scanner, injector, directory,
+    ))
+}
+
+/// Serve the milter until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let ap = Arc::new(access_point(&cfg)?);
+    let listener = MilterListener::bind(&cfg.milter.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            spec: cfg.milter.listen.clone(),
+            source,
+        })?;
+    tracing::info!(
+        listen = %listener.local_description(),
+        provider = %cfg.provider.name,
+        domains = ?cfg.provider.domains,
+        state = ?cfg.state.backend,
+        "pec-milter ready"
+    );
+    let config = indymilter::Config {
+        connection_timeout: cfg.milter.connection_timeout,
+        ..Default::default()
+    };
+    milter::serve(listener, ap, config, shutdown_signal())
+        .await
+        .map_err(DaemonError::Milter)?;
+    tracing::info!("pec-milter stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = i.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

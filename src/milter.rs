@@ -1,0 +1,464 @@
+//! The milter edge: indymilter callbacks, thin over the access point.
+//!
+//! Per message: MAIL decides whether the access point applies (an
+//! authenticated holder of one of our PEC domains; anything else is
+//! accepted untouched at MAIL), RCPT collects the forward paths, header and
+//! body rebuild the message as submitted, and end-of-message hands it to
+//! [`AccessPoint::process`] and turns the [`Outcome`] into milter actions.
+//!
+//! Sockets: TCP with `TCP_NODELAY`, or UNIX; replies are coalesced so that
+//! a batch of actions leaves in one write (see [`Batched`]).
+
+use std::ffi::CString;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use chrono::Utc;
+use indymilter::{
+    Actions, Callbacks, Context, ContextActions, EomContext, Listener, MacroStage,
+    NegotiateContext, ProtoOpts, SetErrorReply, Status,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::access::{AccessPoint, Outcome, Submission, is_inherited};
+use crate::pec::mime::{header_fields, split_header_body};
+
+/// The state of one SMTP session as the milter sees it.
+#[derive(Debug, Default)]
+pub struct Session {
+    /// The access point applies to the current message.
+    active: bool,
+    auth_user: String,
+    mail_from: String,
+    rcpts: Vec<String>,
+    /// The header block as submitted, CRLF.
+    header: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl Session {
+    fn reset(&mut self) {
+        *self = Session::default();
+    }
+}
+
+fn cstr(c: &CString) -> String {
+    String::from_utf8_lossy(c.as_bytes()).into_owned()
+}
+
+/// `<a@b>` → `a@b`.
+fn bare_path(arg: &str) -> String {
+    let t = arg.trim();
+    let t = t.strip_prefix('<').unwrap_or(t);
+    let t = t.strip_suffix('>').unwrap_or(t);
+    t.to_string()
+}
+
+/// The callbacks, each a thin wrapper over a plain function.
+pub fn callbacks(ap: Arc<AccessPoint>) -> Callbacks<Session> {
+    let ap_mail = ap.clone();
+    let ap_eom = ap;
+    Callbacks::new()
+        .on_negotiate(|cx, _, _| Box::pin(negotiate(cx)))
+        .on_mail(move |cx, args| {
+            let ap = ap_mail.clone();
+            Box::pin(async move { mail(cx, &args, &ap) })
+        })
+        .on_rcpt(|cx, args| Box::pin(async move { rcpt(cx, &args) }))
+        .on_header(|cx, name, value| Box::pin(async move { header(cx, &name, &value) }))
+        .on_body(|cx, chunk| Box::pin(async move { body(cx, chunk) }))
+        .on_eom(move |cx| {
+            let ap = ap_eom.clone();
+            Box::pin(async move { eom(cx, &ap).await })
+        })
+        .on_abort(|cx| Box::pin(async move { abort(cx) }))
+}
+
+async fn negotiate(cx: &mut NegotiateContext<Session>) -> Status {
+    cx.requested_actions |= Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::REPLACE_BODY;
+    cx.requested_opts |= ProtoOpts::LEADING_SPACE;
+    if let Ok(m) = CString::new("{auth_authen}") {
+        cx.requested_macros.insert(MacroStage::Mail, m);
+    }
+    if let Ok(m) = CString::new("i") {
+        cx.requested_macros.insert(MacroStage::Eom, m);
+    }
+    Status::Continue
+}
+
+fn mail(cx: &mut Context<Session>, args: &[CString], ap: &AccessPoint) -> Status {
+    let session = cx.data.get_or_insert_with(Session::default);
+    session.reset();
+    let auth = cx
+        .macros
+        .get(c"{auth_authen}")
+        .map(|v| String::from_utf8_lossy(v.to_bytes()).into_owned())
+        .filter(|v| !v.is_empty());
+    let from = args
+        .first()
+        .map(|a| bare_path(&cstr(a)))
+        .unwrap_or_default();
+    match auth {
+        Some(user) if ap.serves(&from) => {
+            session.active = true;
+            session.auth_user = user;
+            session.mail_from = from;
+            Status::Continue
+        }
+        _ => {
+            // Not an authenticated PEC holder: not the access point's
+            // business (the reception point handles inbound mail).
+            tracing::debug!(sender = %from, "not an authenticated holder: accepted unchanged");
+            Status::Accept
+        }
+    }
+}
+
+fn rcpt(cx: &mut Context<Session>, args: &[CString]) -> Status {
+    if let (Some(s), Some(r)) = (cx.data.as_mut(), args.first()) {
+        s.rcpts.push(bare_path(&cstr(r)));
+    }
+    Status::Continue
+}
+
+fn header(cx: &mut Context<Session>, name: &CString, value: &CString) -> Status {
+    if let Some(s) = cx.data.as_mut() {
+        // Folded values arrive with bare LF; rebuild the field with CRLF.
+        s.header.extend_from_slice(name.as_bytes());
+        s.header.push(b':');
+        let v = value.as_bytes();
+        let mut prev = 0u8;
+        for &b in v {
+            if b == b'\n' && prev != b'\r' {
+                s.header.push(b'\r');
+            }
+            s.header.push(b);
+            prev = b;
+        }
+        s.header.extend_from_slice(b"\r\n");
+    }
+    Status::Continue
+}
+
+fn body(cx: &mut Context<Session>, chunk: Bytes) -> Status {
+    if let Some(s) = cx.data.as_mut() {
+        s.body.extend_from_slice(&chunk);
+    }
+    Status::Continue
+}
+
+fn abort(cx: &mut Context<Session>) -> Status {
+    if let Some(s) = cx.data.as_mut() {
+        s.reset();
+    }
+    Status::Continue
+}
+
+async fn eom(cx: &mut EomContext<Session>, ap: &AccessPoint) -> Status {
+    let queue_id = cx
+        .macros
+        .get(c"i")
+        .map(|v| String::from_utf8_lossy(v.to_bytes()).into_owned());
+    let Some(s) = cx.data.as_mut() else {
+        return Status::Accept;
+    };
+    if !s.active {
+        return Status::Accept;
+    }
+    let mut message = std::mem::take(&mut s.header);
+    message.extend_from_slice(b"\r\n");
+    message.extend_from_slice(&s.body);
+    s.body = Vec::new();
+    let sub = Submission {
+        queue_id,
+        auth_user: std::mem::take(&mut s.auth_user),
+        mail_from: std::mem::take(&mut s.mail_from),
+        rcpts: std::mem::take(&mut s.rcpts),
+        message,
+    };
+    s.active = false;
+    let outcome = ap.process(&sub, Utc::now()).await;
+    apply(cx, &sub.message, outcome).await
+}
+
+/// Turn an outcome into milter actions and the final status.
+async fn apply(cx: &mut EomContext<Session>, original: &[u8], outcome: Outcome) -> Status {
+    match outcome {
+        Outcome::Envelope {
+            envelope,
+            envelope_inherited,
+            ..
+        } => match rewrite(
+            cx,
+            original,
+            &envelope.headers[envelope_inherited..],
+            &envelope.body,
+        )
+        .await
+        {
+            Ok(()) => Status::Accept,
+            Err(e) => {
+                tracing::error!(error = %e, "rewriting into the envelope failed");
+                tempfail(cx, "PEC envelope could not be written, try again later")
+            }
+        },
+        Outcome::Discard { .. } => Status::Discard,
+        Outcome::Reject { code, xcode, text } => {
+            let _ = cx
+                .reply
+                .set_error_reply(&code.to_string(), Some(&xcode), [text.as_str()]);
+            Status::Reject
+        }
+        Outcome::Tempfail { reason } => tempfail(
+            cx,
+            &format!("PEC service temporarily unavailable: {}", one_line(&reason)),
+        ),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(400)
+        .collect();
+    t
+}
+
+fn tempfail(cx: &mut EomContext<Session>, text: &str) -> Status {
+    let _ = cx.reply.set_error_reply("451", Some("4.3.0"), [text]);
+    Status::Tempfail
+}
+
+/// Delete the original's header fields the envelope does not inherit, add
+/// the envelope's own, replace the body.
+async fn rewrite(
+    cx: &EomContext<Session>,
+    original: &[u8],
+    new_headers: &[String],
+    body: &[u8],
+) -> Result<(), indymilter::ActionError> {
+    let (head, _) = split_header_body(original);
+    let fields = header_fields(head);
+    // (name, occurrence index) to delete, highest index first per name
+    let mut seen: Vec<(String, i32)> = Vec::new();
+    let mut deletions: Vec<(String, i32)> = Vec::new();
+    for f in &fields {
+        let lname = f.name.to_ascii_lowercase();
+        let idx = match seen.iter_mut().find(|(n, _)| *n == lname) {
+            Some((_, i)) => {
+                *i += 1;
+                *i
+            }
+            None => {
+                seen.push((lname.clone(), 1));
+                1
+            }
+        };
+        if !is_inherited(f.name) {
+            deletions.push((f.name.to_string(), idx));
+        }
+    }
+    deletions.sort_by_key(|d| std::cmp::Reverse(d.1));
+    for (name, idx) in deletions {
+        cx.actions.change_header(name, idx, None::<CString>).await?;
+    }
+    for h in new_headers {
+        let Some((name, value)) = h.split_once(':') else {
+            continue;
+        };
+        // LEADING_SPACE is negotiated: the value carries its own space.
+        let value = value.trim_end_matches("\r\n").replace("\r\n", "\n");
+        cx.actions.add_header(name.to_string(), value).await?;
+    }
+    cx.actions.replace_body(body).await?;
+    Ok(())
+}
+
+/// Where the milter listens.
+pub enum MilterListener {
+    Tcp(NoDelayListener),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+impl MilterListener {
+    /// `inet:HOST:PORT` or `unix:/PATH` (a stale socket file is replaced).
+    pub async fn bind(spec: &str) -> io::Result<MilterListener> {
+        if let Some(addr) = spec.strip_prefix("inet:") {
+            Ok(MilterListener::Tcp(NoDelayListener(
+                TcpListener::bind(addr).await?,
+            )))
+        } else if let Some(path) = spec.strip_prefix("unix:") {
+            let p = std::path::PathBuf::from(path);
+            if p.exists() {
+                std::fs::remove_file(&p)?;
+            }
+            Ok(MilterListener::Unix(UnixListener::bind(&p)?, p))
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("milter.listen {spec:?}: use inet:HOST:PORT or unix:/PATH"),
+            ))
+        }
+    }
+
+    pub fn local_description(&self) -> String {
+        match self {
+            MilterListener::Tcp(l) => {
+                l.0.local_addr()
+                    .map(|a| format!("inet:{a}"))
+                    .unwrap_or_else(|_| "inet:?".into())
+            }
+            MilterListener::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+/// A TCP listener whose connections have `TCP_NODELAY` set: libmilter's
+/// write-write-read pattern under Nagle costs ~40 ms a message.
+pub struct NoDelayListener(pub TcpListener);
+
+impl Listener for NoDelayListener {
+    type Io = Batched<tokio::net::TcpStream>;
+
+    fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<Self::Io>> {
+        self.0.poll_accept(cx).map_ok(|(s, _)| {
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+            Batched::new(s)
+        })
+    }
+}
+
+/// Serve until `shutdown` completes.
+pub async fn serve(
+    listener: MilterListener,
+    ap: Arc<AccessPoint>,
+    config: indymilter::Config,
+    shutdown: impl std::future::Future,
+) -> io::Result<()> {
+    let cbs = callbacks(ap);
+    match listener {
+        MilterListener::Tcp(l) => indymilter::run(l, cbs, config, shutdown).await,
+        MilterListener::Unix(l, path) => {
+            let r = indymilter::run(UnixBatched(l), cbs, config, shutdown).await;
+            let _ = std::fs::remove_file(path);
+            r
+        }
+    }
+}
+
+struct UnixBatched(UnixListener);
+
+impl Listener for UnixBatched {
+    type Io = Batched<tokio::net::UnixStream>;
+
+    fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<Self::Io>> {
+        self.0.poll_accept(cx).map_ok(|(s, _)| Batched::new(s))
+    }
+}
+
+/// A stream that coalesces writes: what the milter writes is buffered and
+/// sent when it next reads (the MTA's next command), on shutdown, or when
+/// the buffer passes 256 KiB. So the actions and the final reply of an
+/// end-of-message leave in one write instead of one packet each.
+pub struct Batched<S> {
+    inner: S,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+const BATCH_LIMIT: usize = 256 * 1024;
+
+impl<S> Batched<S> {
+    pub fn new(inner: S) -> Self {
+        Batched {
+            inner,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Batched<S> {
+    fn poll_drain(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        while self.pos < self.buf.len() {
+            let n = match Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.pos..]) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pos += n;
+        }
+        self.buf.clear();
+        self.pos = 0;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_drain(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Batched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.buf.len() >= BATCH_LIMIT {
+            match this.poll_drain(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    /// Deferred: the batch leaves on the next read (see the type's doc).
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_shutdown(cx),
+            other => other,
+        }
+    }
+}
+
+impl<S> Drop for Batched<S> {
+    fn drop(&mut self) {
+        if self.pos < self.buf.len() {
+            tracing::debug!(
+                bytes = self.buf.len() - self.pos,
+                "milter connection closed with unsent replies"
+            );
+        }
+    }
+}

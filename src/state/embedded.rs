@@ -1,0 +1,570 @@
+//! [`EmbeddedStore`]: the state of a single node, kept as small JSON files
+//! in a local directory. No server needed.
+//!
+//! # Layout
+//!
+//! ```text
+//! <dir>/.lock                 advisory lock (flock) shared by every process
+//! <dir>/claims/<name>         one idempotency claim per file
+//! <dir>/envelopes/<name>      one envelope record per file
+//! <dir>/*/.tmp-*              files being written (removed by purge_expired)
+//! ```
+//!
+//! `<name>` is `k-` followed by the lowercase hex of the key (claim key or
+//! PEC id) when the key is at most 100 bytes long, otherwise `s-` followed
+//! by the hex SHA-256 of the key: a safe file name for any key, never
+//! longer than 202 bytes. Every record also stores its own key, checked on
+//! reading.
+//!
+//! # Atomicity
+//!
+//! Every record is written to a temporary file in the same directory,
+//! fsynced, then moved into place (rename for replacements, hard link for
+//! claims, which fails if the name exists: first writer wins), and the
+//! directory is fsynced. Readers never see a half-written record.
+//!
+//! Every write runs under a [`tokio::sync::Mutex`] (one per store, so that
+//! at most one blocking thread waits for the lock) and an exclusive
+//! `flock` on `<dir>/.lock`, which serialises the check-and-create of
+//! `claim` across processes on the same host.
+//!
+//! # Expiry
+//!
+//! Every record carries `expires_at` (Unix seconds, `now + ttl`, with
+//! `now` rounded down); a record is expired once the current Unix second
+//! is past `expires_at`, so it lives at least `ttl` seconds. Expired
+//! records are treated as absent and deleted lazily when met;
+//! [`EmbeddedStore::purge_expired`] sweeps the whole directory. A TTL of 0
+//! is treated as 1 second.
+//!
+//! All file I/O runs on Tokio's blocking pool, never on the async workers.
+//! The directory must be on a local POSIX file system (hard links and
+//! `flock`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::{Claim, EnvelopeRecord, StateError, StateStore};
+
+const CLAIMS: &str = "claims";
+const ENVELOPES: &str = "envelopes";
+const LOCK_FILE: &str = ".lock";
+const TMP_PREFIX: &str = ".tmp-";
+/// Keys up to this many bytes are hex-encoded as they are; longer ones are
+/// hashed.
+const MAX_PLAIN_KEY: usize = 100;
+
+/// Single-node state store on the local file system. See the
+/// [module documentation](self) for the layout and guarantees.
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+    /// Serialises the writers of this store inside the process.
+    writer: Arc<Mutex<()>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    /// Open handle of `<dir>/.lock`, flocked by writers. Each store has its
+    /// own open file description, so two stores (or two processes) on the
+    /// same directory exclude each other.
+    lock_file: File,
+}
+
+/// A claim file.
+#[derive(Debug, Serialize, Deserialize)]
+struct ClaimFile {
+    key: String,
+    pec_id: String,
+    submitted_at: i64,
+    receipt_sent: bool,
+    expires_at: i64,
+}
+
+/// An envelope file (write side, borrowing the record).
+#[derive(Serialize)]
+struct EnvelopeFileRef<'a> {
+    expires_at: i64,
+    record: &'a EnvelopeRecord,
+}
+
+/// An envelope file (read side).
+#[derive(Deserialize)]
+struct EnvelopeFile {
+    expires_at: i64,
+    record: EnvelopeRecord,
+}
+
+/// Just the expiry of any record, for the sweep.
+#[derive(Deserialize)]
+struct ExpiryOnly {
+    expires_at: i64,
+}
+
+impl EmbeddedStore {
+    /// Open (creating it if needed) the store in `dir`.
+    ///
+    /// This does a little blocking file I/O (creating directories, opening
+    /// the lock file): call it at start-up, or from a blocking context.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        fs::create_dir_all(dir.join(CLAIMS))?;
+        fs::create_dir_all(dir.join(ENVELOPES))?;
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                lock_file,
+            }),
+            writer: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The directory of the store.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Delete every expired record (and any temporary file left behind by
+    /// a crash). Returns how many records were deleted. Unreadable records
+    /// are left in place (and logged).
+    pub async fn purge_expired(&self) -> Result<usize, StateError> {
+        self.write_locked(|inner| inner.purge_expired()).await
+    }
+
+    /// Run `f` on the blocking pool, without the writer locks.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StateError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StateError::Unavailable(format!("embedded store task failed: {e}")))?
+    }
+
+    /// Run `f` on the blocking pool holding both writer locks (the
+    /// in-process mutex and the cross-process flock). The mutex guard moves
+    /// into the blocking task, so it is held until `f` is done even if the
+    /// caller is cancelled.
+    async fn write_locked<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StateError> + Send + 'static,
+    {
+        let guard: OwnedMutexGuard<()> = Arc::clone(&self.writer).lock_owned().await;
+        self.blocking(move |inner| {
+            let _guard = guard;
+            let _flock = FlockGuard::lock(&inner.lock_file)?;
+            f(inner)
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for EmbeddedStore {
+    async fn claim(
+        &self,
+        key: &str,
+        pec_id: &str,
+        submitted_at: i64,
+        ttl_secs: u64,
+    ) -> Result<Claim, StateError> {
+        let rec = ClaimFile {
+            key: key.to_owned(),
+            pec_id: pec_id.to_owned(),
+            submitted_at,
+            receipt_sent: false,
+            expires_at: 0,
+        };
+        self.write_locked(move |inner| inner.claim(rec, ttl_secs))
+            .await
+    }
+
+    async fn mark_receipt_sent(&self, key: &str) -> Result<(), StateError> {
+        let key = key.to_owned();
+        self.write_locked(move |inner| inner.mark_receipt_sent(&key))
+            .await
+    }
+
+    async fn put_envelope(&self, rec: &EnvelopeRecord, ttl_secs: u64) -> Result<(), StateError> {
+        let file = EnvelopeFileRef {
+            expires_at: expires_at(now_secs(), ttl_secs),
+            record: rec,
+        };
+        let bytes = serde_json::to_vec(&file).map_err(|e| StateError::Corrupt {
+            key: rec.pec_id.clone(),
+            reason: format!("cannot serialise envelope: {e}"),
+        })?;
+        let pec_id = rec.pec_id.clone();
+        self.write_locked(move |inner| {
+            let dir = inner.dir.join(ENVELOPES);
+            write_replace(&dir, &dir.join(file_name(&pec_id)), &bytes)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_envelope(&self, pec_id: &str) -> Result<Option<EnvelopeRecord>, StateError> {
+        let id = pec_id.to_owned();
+        let found = self
+            .blocking(move |inner| inner.read_envelope(&id, now_secs()))
+            .await?;
+        match found {
+            Lookup::Live(rec) => Ok(Some(*rec)),
+            Lookup::Absent => Ok(None),
+            Lookup::Expired => {
+                // Delete it, unless a writer replaced it in the meantime.
+                let id = pec_id.to_owned();
+                self.write_locked(move |inner| {
+                    let now = now_secs();
+                    match inner.read_envelope(&id, now)? {
+                        Lookup::Expired => {
+                            remove_if_exists(&inner.envelope_path(&id))?;
+                            Ok(None)
+                        }
+                        Lookup::Live(rec) => Ok(Some(*rec)),
+                        Lookup::Absent => Ok(None),
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StateError> {
+        self.blocking(|inner| {
+            for sub in [CLAIMS, ENVELOPES] {
+                let meta = fs::metadata(inner.dir.join(sub))?;
+                if !meta.is_dir() {
+                    return Err(StateError::Unavailable(format!(
+                        "{} is not a directory",
+                        inner.dir.join(sub).display()
+                    )));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+enum Lookup<T> {
+    Live(Box<T>),
+    Expired,
+    Absent,
+}
+
+impl Inner {
+    fn claim_path(&self, key: &str) -> PathBuf {
+        self.dir.join(CLAIMS).join(file_name(key))
+    }
+
+    fn envelope_path(&self, pec_id: &str) -> PathBuf {
+        self.dir.join(ENVELOPES).join(file_name(pec_id))
+    }
+
+    /// Read a claim file; `None` if there is none.
+    fn read_claim(&self, key: &str) -> Result<Option<ClaimFile>, StateError> {
+        let path = self.claim_path(key);
+        let Some(bytes) = read_if_exists(&path)? else {
+            return Ok(None);
+        };
+        let rec: ClaimFile = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+            key: key.to_owned(),
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        if rec.key != key {
+            return Err(StateError::Corrupt {
+                key: key.to_owned(),
+                reason: format!("{} holds the claim of key {:?}", path.display(), rec.key),
+            });
+        }
+        Ok(Some(rec))
+    }
+
+    fn read_envelope(&self, pec_id: &str, now: i64) -> Result<Lookup<EnvelopeRecord>, StateError> {
+        let path = self.envelope_path(pec_id);
+        let Some(bytes) = read_if_exists(&path)? else {
+            return Ok(Lookup::Absent);
+        };
+        let file: EnvelopeFile =
+            serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                key: pec_id.to_owned(),
+                reason: format!("{}: {e}", path.display()),
+            })?;
+        if file.record.pec_id != pec_id {
+            return Err(StateError::Corrupt {
+                key: pec_id.to_owned(),
+                reason: format!(
+                    "{} holds the envelope {:?}",
+                    path.display(),
+                    file.record.pec_id
+                ),
+            });
+        }
+        if is_expired(file.expires_at, now) {
+            Ok(Lookup::Expired)
+        } else {
+            Ok(Lookup::Live(Box::new(file.record)))
+        }
+    }
+
+    /// The check-and-create; the caller holds the writer locks.
+    fn claim(&self, mut rec: ClaimFile, ttl_secs: u64) -> Result<Claim, StateError> {
+        let now = now_secs();
+        let path = self.claim_path(&rec.key);
+        match self.read_claim(&rec.key)? {
+            Some(old) if !is_expired(old.expires_at, now) => return Ok(existing(old)),
+            Some(_) => remove_if_exists(&path)?,
+            None => {}
+        }
+        rec.expires_at = expires_at(now, ttl_secs);
+        let bytes = serde_json::to_vec(&rec).map_err(|e| StateError::Corrupt {
+            key: rec.key.clone(),
+            reason: format!("cannot serialise claim: {e}"),
+        })?;
+        let dir = self.dir.join(CLAIMS);
+        match write_exclusive(&dir, &path, &bytes) {
+            Ok(()) => Ok(Claim::New),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Someone not holding the lock got there first: they win.
+                match self.read_claim(&rec.key)? {
+                    Some(old) => Ok(existing(old)),
+                    None => Err(StateError::Unavailable(format!(
+                        "claim {} appeared and vanished while claiming",
+                        path.display()
+                    ))),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The caller holds the writer locks.
+    fn mark_receipt_sent(&self, key: &str) -> Result<(), StateError> {
+        let Some(mut rec) = self.read_claim(key)? else {
+            tracing::warn!(key, "mark_receipt_sent: no claim (expired?)");
+            return Ok(());
+        };
+        if is_expired(rec.expires_at, now_secs()) {
+            tracing::warn!(key, "mark_receipt_sent: the claim has expired");
+            return Ok(());
+        }
+        if rec.receipt_sent {
+            return Ok(());
+        }
+        rec.receipt_sent = true;
+        let bytes = serde_json::to_vec(&rec).map_err(|e| StateError::Corrupt {
+            key: key.to_owned(),
+            reason: format!("cannot serialise claim: {e}"),
+        })?;
+        let dir = self.dir.join(CLAIMS);
+        write_replace(&dir, &self.claim_path(key), &bytes)?;
+        Ok(())
+    }
+
+    /// The caller holds the writer locks, so every temporary file found is
+    /// a leftover of a crash.
+    fn purge_expired(&self) -> Result<usize, StateError> {
+        let now = now_secs();
+        let mut purged = 0;
+        for sub in [CLAIMS, ENVELOPES] {
+            for entry in fs::read_dir(self.dir.join(sub))? {
+                let entry = entry?;
+                let path = entry.path();
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(TMP_PREFIX) {
+                    remove_if_exists(&path)?;
+                    continue;
+                }
+                if name.starts_with('.') || !entry.file_type()?.is_file() {
+                    continue;
+                }
+                let Some(bytes) = read_if_exists(&path)? else {
+                    continue;
+                };
+                match serde_json::from_slice::<ExpiryOnly>(&bytes) {
+                    Ok(rec) if is_expired(rec.expires_at, now) => {
+                        remove_if_exists(&path)?;
+                        purged += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "unreadable state record left in place");
+                    }
+                }
+            }
+        }
+        Ok(purged)
+    }
+}
+
+fn existing(rec: ClaimFile) -> Claim {
+    Claim::Existing {
+        pec_id: rec.pec_id,
+        submitted_at: rec.submitted_at,
+        receipt_sent: rec.receipt_sent,
+    }
+}
+
+/// Holds an exclusive `flock` until dropped.
+struct FlockGuard<'a>(&'a File);
+
+impl<'a> FlockGuard<'a> {
+    fn lock(file: &'a File) -> io::Result<Self> {
+        file.lock()?;
+        Ok(Self(file))
+    }
+}
+
+impl Drop for FlockGuard<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.unlock() {
+            tracing::warn!(error = %e, "cannot unlock the embedded state store lock");
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn expires_at(now: i64, ttl_secs: u64) -> i64 {
+    now.saturating_add(i64::try_from(ttl_secs.max(1)).unwrap_or(i64::MAX))
+}
+
+fn is_expired(expires_at: i64, now: i64) -> bool {
+    now > expires_at
+}
+
+/// A file name safe for any key; see the module documentation.
+fn file_name(key: &str) -> String {
+    if key.len() <= MAX_PLAIN_KEY {
+        format!("k-{}", hex(key.as_bytes()))
+    } else {
+        format!("s-{}", hex(&openssl::sha::sha256(key.as_bytes())))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Write `bytes` to a new temporary file in `dir`, fsynced. Returns its
+/// path; the caller moves it into place.
+fn write_temp(dir: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .subsec_nanos();
+    let tmp = dir.join(format!(
+        "{TMP_PREFIX}{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    match write_new_file(&tmp, bytes) {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn write_new_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Atomically create or replace `path` with `bytes`.
+fn write_replace(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = write_temp(dir, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir)
+}
+
+/// Atomically create `path` with `bytes`, failing with `AlreadyExists` if
+/// it exists (`link(2)` is exclusive like `O_CREAT|O_EXCL`, and the file
+/// is complete when its name appears).
+fn write_exclusive(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = write_temp(dir, bytes)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    linked?;
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_safe_for_any_key() {
+        assert_eq!(file_name(""), "k-");
+        assert_eq!(file_name("a/b"), "k-612f62");
+        let long = "x".repeat(1000);
+        let name = file_name(&long);
+        assert!(name.starts_with("s-"));
+        assert_eq!(name.len(), 2 + 64);
+        let max = "é".repeat(MAX_PLAIN_KEY / 2);
+        assert!(file_name(&max).len() <= 2 + 2 * MAX_PLAIN_KEY);
+        assert_ne!(file_name("ab"), file_name("ba"));
+    }
+
+    #[test]
+    fn expiry_keeps_records_at_least_ttl() {
+        assert_eq!(expires_at(10, 0), 11);
+        assert!(!is_expired(expires_at(10, 1), 11));
+        assert!(is_expired(expires_at(10, 1), 12));
+    }
+}

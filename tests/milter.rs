@@ -1,0 +1,525 @@
+//! The milter stages driven through indymilter-test (an in-process MTA):
+//! each test asserts the actions sent back to the MTA and what was
+//! injected. The dependencies are fakes here (scanner, injector) or the
+//! embedded state store; the real services run in integration/.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use indymilter::MacroStage;
+use indymilter_test::{EomAction, EomActions, Status, TestConnection};
+use pec_milter::access::{AccessPoint, Injector, Scanner, StaticDirectory, Verdict};
+use pec_milter::config::{HolderClass, HoldersConfig};
+use pec_milter::crypto::DigestAlg;
+use pec_milter::crypto::verify::{SignatureStatus, VerifyAt};
+use pec_milter::inspect::inspect;
+use pec_milter::milter::{self, MilterListener};
+use pec_milter::pec::build::Provider;
+use pec_milter::pec::reader::read;
+use pec_milter::state::embedded::EmbeddedStore;
+use pec_milter::state::{Claim, EnvelopeRecord, StateError, StateStore};
+
+struct FakeScanner;
+
+#[async_trait::async_trait]
+impl Scanner for FakeScanner {
+    async fn scan(&self, message: &[u8]) -> Result<Verdict, String> {
+        let needle = b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE";
+        if message.windows(needle.len()).any(|w| w == needle) {
+            Ok(Verdict::Infected("Eicar-Test-Signature".into()))
+        } else {
+            Ok(Verdict::Clean)
+        }
+    }
+}
+
+#[derive(Default)]
+struct Recorder {
+    sent: Mutex<Vec<(String, Vec<String>, Vec<u8>)>>,
+    fail: Mutex<bool>,
+}
+
+#[async_trait::async_trait]
+impl Injector for Recorder {
+    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), String> {
+        if *self.fail.lock().map_err(|e| e.to_string())? {
+            return Err("connection refused (test)".into());
+        }
+        self.sent.lock().map_err(|e| e.to_string())?.push((
+            from.to_string(),
+            to.to_vec(),
+            message.to_vec(),
+        ));
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn messages(&self) -> Vec<(String, Vec<String>, Vec<u8>)> {
+        self.sent.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// A state store that is down.
+struct DownStore;
+
+#[async_trait::async_trait]
+impl StateStore for DownStore {
+    async fn claim(&self, _: &str, _: &str, _: i64, _: u64) -> Result<Claim, StateError> {
+        Err(StateError::Unavailable("connection refused (test)".into()))
+    }
+    async fn mark_receipt_sent(&self, _: &str) -> Result<(), StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn put_envelope(&self, _: &EnvelopeRecord, _: u64) -> Result<(), StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn get_envelope(&self, _: &str) -> Result<Option<EnvelopeRecord>, StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn ping(&self) -> Result<(), StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+}
+
+struct Rig {
+    addr: String,
+    injected: Arc<Recorder>,
+    dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn rig_with(state: Option<Arc<dyn StateStore>>) -> Rig {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state: Arc<dyn StateStore> = match state {
+        Some(s) => s,
+        None => Arc::new(EmbeddedStore::open(&dir.path().join("state")).expect("state")),
+    };
+    let injected = Arc::new(Recorder::default());
+    let ap = AccessPoint {
+        provider: Provider {
+            name: "ACME PEC S.p.A.".into(),
+            domain: "pec.acme.test".into(),
+        },
+        domains: vec!["pec.acme.test".into()],
+        key: Arc::new(pki().pki.signing_key().expect("key")),
+        digest: DigestAlg::Sha256,
+        state,
+        scanner: Some(Arc::new(FakeScanner)),
+        injector: injected.clone(),
+        directory: Arc::new(StaticDirectory::new(&[
+            "pec.other.test".into(),
+            "pec.acme.test".into(),
+        ])),
+        holders: HoldersConfig {
+            default_class: HolderClass::Upa1,
+            upa: vec!["@pec.other.test".into()],
+            upa1: vec![],
+            upr: vec!["cittadino@pec.acme.test".into()],
+        },
+        max_recipients: 50,
+        max_product: 100 << 20,
+        quarantine_dir: dir.path().join("quarantine"),
+        retention_secs: 3600,
+    };
+    let listener = MilterListener::bind("inet:127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener
+        .local_description()
+        .trim_start_matches("inet:")
+        .to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(milter::serve(
+        listener,
+        Arc::new(ap),
+        Default::default(),
+        rx,
+    ));
+    Rig {
+        addr,
+        injected,
+        dir,
+        shutdown: Some(tx),
+    }
+}
+
+async fn rig() -> Rig {
+    rig_with(None).await
+}
+
+struct Msg<'a> {
+    auth: Option<&'a str>,
+    from: &'a str,
+    rcpts: &'a [&'a str],
+    headers: Vec<(&'a str, String)>,
+    body: String,
+}
+
+fn msg<'a>(from: &'a str, rcpts: &'a [&'a str]) -> Msg<'a> {
+    Msg {
+        auth: Some("holder"),
+        from,
+        rcpts,
+        headers: vec![
+            ("From", format!("Mario Rossi <{from}>")),
+            ("To", rcpts.join(", ")),
+            ("Subject", "Convocazione".into()),
+            ("Message-ID", "<m.1@client.example>".into()),
+            ("Date", "Wed, 25 Nov 2026 10:00:00 +0100".into()),
+            ("MIME-Version", "1.0".into()),
+            ("Content-Type", "text/plain; charset=utf-8".into()),
+        ],
+        body: "Buongiorno,\r\nla riunione è confermata.\r\n".into(),
+    }
+}
+
+/// Drive one message through the milter as Postfix would.
+async fn submit(rig: &Rig, m: &Msg<'_>) -> (Status, Option<EomActions>) {
+    let mut conn = TestConnection::configure()
+        .open_tcp(rig.addr.as_str())
+        .await
+        .expect("connect to milter");
+    if let Some(user) = m.auth {
+        conn.macros(MacroStage::Mail, [("{auth_authen}", user)])
+            .await
+            .expect("macros");
+    }
+    let st = conn.mail([format!("<{}>", m.from)]).await.expect("mail");
+    if st != Status::Continue {
+        let _ = conn.close().await;
+        return (st, None);
+    }
+    for r in m.rcpts {
+        assert_eq!(
+            conn.rcpt([format!("<{r}>")]).await.expect("rcpt"),
+            Status::Continue
+        );
+    }
+    // no data / eoh callbacks: negotiated away, so the MTA skips them
+    for (n, v) in &m.headers {
+        assert_eq!(
+            conn.header(*n, v.as_str()).await.expect("header"),
+            Status::Continue
+        );
+    }
+    assert_eq!(
+        conn.body(m.body.clone().into_bytes()).await.expect("body"),
+        Status::Continue
+    );
+    conn.macros(MacroStage::Eom, [("i", "4QUEUEID")])
+        .await
+        .expect("macros");
+    let (actions, status) = conn.eom().await.expect("eom");
+    let _ = conn.close().await;
+    (status, Some(actions))
+}
+
+/// Apply the milter's actions to the original as an MTA would, giving the
+/// message that leaves.
+fn apply(m: &Msg<'_>, actions: &EomActions) -> Vec<u8> {
+    let mut headers: Vec<(String, String)> = m
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), format!(" {v}")))
+        .collect();
+    let mut body: Option<Vec<u8>> = None;
+    for a in &actions.actions {
+        match a {
+            EomAction::DeleteHeader { name, index } => {
+                let name = name.to_string_lossy();
+                let pos = headers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (n, _))| n.eq_ignore_ascii_case(&name))
+                    .nth((*index as usize).saturating_sub(1))
+                    .map(|(i, _)| i);
+                if let Some(i) = pos {
+                    headers.remove(i);
+                }
+            }
+            EomAction::AddHeader { name, value } => headers.push((
+                name.to_string_lossy().into_owned(),
+                value.to_string_lossy().into_owned(),
+            )),
+            EomAction::ReplaceBody { chunk } => {
+                body.get_or_insert_with(Vec::new).extend_from_slice(chunk)
+            }
+            other => panic!("unexpected action {other:?}"),
+        }
+    }
+    let mut out = Vec::new();
+    for (n, v) in headers {
+        out.extend_from_slice(format!("{n}:{}\r\n", v.replace('\n', "\r\n")).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body.unwrap_or_else(|| m.body.clone().into_bytes()));
+    out
+}
+
+fn kind_of(bytes: &[u8]) -> String {
+    read(bytes).expect("read").kind.wire().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_submission_becomes_a_signed_envelope_and_an_acceptance_receipt() {
+    let rig = rig().await;
+    let rcpts = ["anna@pec.other.test", "luca@example.org"];
+    let m = msg("mario@pec.acme.test", &rcpts);
+    let (status, actions) = submit(&rig, &m).await;
+    assert_eq!(status, Status::Accept);
+    let actions = actions.expect("actions");
+    // header fields the envelope does not inherit are deleted...
+    for h in [
+        "From",
+        "Subject",
+        "Message-ID",
+        "Date",
+        "MIME-Version",
+        "Content-Type",
+    ] {
+        assert!(
+            actions.actions.iter().any(|a| matches!(a, EomAction::DeleteHeader { name, index: 1 } if name.to_str() == Ok(h))),
+            "{h} not deleted: {actions:?}"
+        );
+    }
+    // ...To is kept, the PEC ones are added, and the body is replaced
+    assert!(
+        !actions.actions.iter().any(
+            |a| matches!(a, EomAction::DeleteHeader { name, .. } if name.to_str() == Ok("To"))
+        )
+    );
+    assert!(actions.has_add_header("X-Trasporto", " posta-certificata"));
+    assert!(actions.has_add_header("Subject", " POSTA CERTIFICATA: Convocazione"));
+    assert!(actions.has_add_header("X-Riferimento-Message-ID", " <m.1@client.example>"));
+    assert!(
+        actions
+            .actions
+            .iter()
+            .any(|a| matches!(a, EomAction::ReplaceBody { .. }))
+    );
+
+    let out = apply(&m, &actions);
+    let i = inspect(&out, &pki().trust, VerifyAt::SigningTime).expect("inspect");
+    assert_eq!(i.kind, "posta-certificata");
+    assert_eq!(
+        i.signature.status,
+        SignatureStatus::Valid,
+        "{:?}",
+        i.signature
+    );
+    openssl_verify(&out, pki().ca_file.path()).expect("openssl verifies the envelope");
+    let r = read(&out).expect("read");
+    let post = String::from_utf8_lossy(r.postacert.as_deref().expect("postacert")).into_owned();
+    assert!(post.contains("la riunione è confermata."));
+    assert!(post.contains("X-Riferimento-Message-ID: <m.1@client.example>"));
+    let pec_id = r.daticert.expect("d").expect("d").identificativo;
+    assert!(post.contains(&format!("Message-ID: <{pec_id}>")));
+
+    // exactly one acceptance receipt, to the holder, listing both recipients
+    let sent = rig.injected.messages();
+    assert_eq!(sent.len(), 1);
+    let (from, to, receipt) = &sent[0];
+    assert_eq!(from, "posta-certificata@pec.acme.test");
+    assert_eq!(to, &vec!["mario@pec.acme.test".to_string()]);
+    let ri = inspect(receipt, &pki().trust, VerifyAt::SigningTime).expect("inspect");
+    assert_eq!(ri.kind, "accettazione");
+    assert_eq!(ri.signature.status, SignatureStatus::Valid);
+    let d = ri.daticert.expect("daticert");
+    assert_eq!(d.identificativo, pec_id);
+    let dest: Vec<(String, String)> = d
+        .destinatari
+        .iter()
+        .map(|x| (x.address.clone(), x.tipo.to_string()))
+        .collect();
+    assert_eq!(
+        dest,
+        vec![
+            ("anna@pec.other.test".to_string(), "certificato".to_string()),
+            ("luca@example.org".to_string(), "esterno".to_string())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_from_outside_the_access_point_is_accepted_untouched() {
+    let rig = rig().await;
+    let rcpts = ["anna@pec.acme.test"];
+    let mut m = msg("someone@example.org", &rcpts);
+    m.auth = None;
+    assert_eq!(submit(&rig, &m).await.0, Status::Accept);
+    // authenticated but not one of our PEC domains
+    let mut m = msg("someone@example.org", &rcpts);
+    m.auth = Some("relay-user");
+    assert_eq!(submit(&rig, &m).await.0, Status::Accept);
+    // one of our domains but not authenticated (inbound): not the access point
+    let mut m = msg("mario@pec.acme.test", &rcpts);
+    m.auth = None;
+    assert_eq!(submit(&rig, &m).await.0, Status::Accept);
+    assert!(rig.injected.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_pec_headers_from_a_holder_never_leave() {
+    let rig = rig().await;
+    let rcpts = ["anna@pec.other.test"];
+    let mut m = msg("mario@pec.acme.test", &rcpts);
+    m.headers.push(("X-Ricevuta", "accettazione".into()));
+    m.headers.push(("X-Trasporto", "errore".into()));
+    m.headers.push(("X-VerificaSicurezza", "errore".into()));
+    let (status, actions) = submit(&rig, &m).await;
+    assert_eq!(status, Status::Accept);
+    let actions = actions.expect("actions");
+    for h in ["X-Ricevuta", "X-Trasporto", "X-VerificaSicurezza"] {
+        assert!(
+            actions.actions.iter().any(
+                |a| matches!(a, EomAction::DeleteHeader { name, .. } if name.to_str() == Ok(h))
+            ),
+            "{h}"
+        );
+    }
+    assert!(!actions.has_add_header("X-Ricevuta", indymilter_test::any()));
+    let out = apply(&m, &actions);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, _) = text.split_once("\r\n\r\n").expect("header block");
+    assert!(!head.contains("X-Ricevuta"));
+    assert!(head.contains("X-Trasporto: posta-certificata"));
+    assert_eq!(kind_of(&out), "posta-certificata");
+    let post = read(&out).expect("r").postacert.expect("post");
+    assert!(!String::from_utf8_lossy(&post).contains("X-Ricevuta"));
+    assert_eq!(rig.injected.messages().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virus_gives_a_non_acceptance_notice_and_quarantine() {
+    let rig = rig().await;
+    let rcpts = ["anna@pec.other.test"];
+    let mut m = msg("mario@pec.acme.test", &rcpts);
+    m.body = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*\r\n".into();
+    let (status, actions) = submit(&rig, &m).await;
+    assert_eq!(status, Status::Discard);
+    assert!(actions.expect("actions").actions.is_empty());
+    let sent = rig.injected.messages();
+    assert_eq!(sent.len(), 1);
+    let i = inspect(&sent[0].2, &pki().trust, VerifyAt::SigningTime).expect("i");
+    assert_eq!(i.kind, "non-accettazione");
+    assert_eq!(i.verifica_sicurezza.as_deref(), Some("errore"));
+    assert_eq!(i.daticert.expect("d").errore, "virus");
+    let q: Vec<_> = std::fs::read_dir(rig.dir.path().join("quarantine"))
+        .expect("quarantine dir")
+        .collect();
+    assert_eq!(q.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upr_holder_may_write_only_to_upa() {
+    let rig = rig().await;
+    let to_upa1 = ["mario@pec.acme.test"];
+    let m = msg("cittadino@pec.acme.test", &to_upa1);
+    assert_eq!(submit(&rig, &m).await.0, Status::Discard);
+    let sent = rig.injected.messages();
+    assert_eq!(sent.len(), 1);
+    let i = inspect(&sent[0].2, &pki().trust, VerifyAt::SigningTime).expect("i");
+    assert_eq!(i.kind, "non-accettazione");
+    assert!(
+        i.daticert
+            .expect("d")
+            .errore_esteso
+            .unwrap_or_default()
+            .contains("Upr")
+    );
+    // to an Upa holder it is accepted
+    let to_upa = ["anna@pec.other.test"];
+    let m = msg("cittadino@pec.acme.test", &to_upa);
+    assert_eq!(submit(&rig, &m).await.0, Status::Accept);
+    assert_eq!(rig.injected.messages().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formal_checks_refuse_bcc_and_recipients_outside_to_cc() {
+    let rig = rig().await;
+    let rcpts = ["anna@pec.other.test", "hidden@pec.other.test"];
+    let mut m = msg("mario@pec.acme.test", &rcpts);
+    m.headers[1].1 = "anna@pec.other.test".into(); // To without the second rcpt
+    assert_eq!(submit(&rig, &m).await.0, Status::Discard);
+    let rcpts1 = ["anna@pec.other.test"];
+    let mut m = msg("mario@pec.acme.test", &rcpts1);
+    m.headers.push(("Bcc", "spy@pec.other.test".into()));
+    assert_eq!(submit(&rig, &m).await.0, Status::Discard);
+    let mut m = msg("mario@pec.acme.test", &rcpts1);
+    m.headers[0].1 = "Other <other@pec.acme.test>".into(); // From differs from MAIL FROM
+    assert_eq!(submit(&rig, &m).await.0, Status::Discard);
+    let sent = rig.injected.messages();
+    assert_eq!(sent.len(), 3);
+    for (_, _, n) in sent {
+        assert_eq!(kind_of(&n), "non-accettazione");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mta_retry_never_yields_a_second_receipt() {
+    let rig = rig().await;
+    let rcpts = ["anna@pec.other.test"];
+    let m = msg("mario@pec.acme.test", &rcpts);
+    let (s1, a1) = submit(&rig, &m).await;
+    let (s2, a2) = submit(&rig, &m).await;
+    assert_eq!((s1, s2), (Status::Accept, Status::Accept));
+    // same envelope identity both times, one receipt
+    let id = |a: &EomActions| {
+        read(&apply(&m, a))
+            .expect("r")
+            .daticert
+            .expect("d")
+            .expect("d")
+            .identificativo
+    };
+    assert_eq!(id(&a1.expect("a1")), id(&a2.expect("a2")));
+    assert_eq!(rig.injected.messages().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinjection_down_is_a_temporary_failure_then_one_receipt() {
+    let rig = rig().await;
+    let rcpts = ["anna@pec.other.test"];
+    let m = msg("mario@pec.acme.test", &rcpts);
+    if let Ok(mut f) = rig.injected.fail.lock() {
+        *f = true;
+    }
+    let (status, _) = submit(&rig, &m).await;
+    assert!(matches!(status, Status::Tempfail { .. }), "{status:?}");
+    if let Ok(mut f) = rig.injected.fail.lock() {
+        *f = false;
+    }
+    assert_eq!(submit(&rig, &m).await.0, Status::Accept);
+    assert_eq!(submit(&rig, &m).await.0, Status::Accept);
+    assert_eq!(rig.injected.messages().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_store_down_is_a_temporary_failure_and_nothing_is_sent() {
+    let rig = rig_with(Some(Arc::new(DownStore))).await;
+    let rcpts = ["anna@pec.other.test"];
+    let m = msg("mario@pec.acme.test", &rcpts);
+    let (status, actions) = submit(&rig, &m).await;
+    match status {
+        Status::Tempfail { message } => {
+            let text = message
+                .map(|m| m.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            assert!(text.starts_with("451 4.3.0"), "{text}");
+        }
+        other => panic!("expected tempfail, got {other:?}"),
+    }
+    assert!(actions.expect("actions").actions.is_empty());
+    assert!(rig.injected.messages().is_empty());
+}

@@ -1,0 +1,697 @@
+//! The state stores: one behavioural suite run against both backends
+//! (the embedded file store and a real, throwaway `redis-server`), plus
+//! backend-specific tests (several nodes / processes, Redis going away and
+//! coming back, corrupt records, restarts).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
+use pec_milter::state::embedded::EmbeddedStore;
+use pec_milter::state::redis::RedisStore;
+use pec_milter::state::{
+    Claim, EnvelopeRecord, RecipientState, RecipientStatus, StateError, StateStore,
+};
+use tempfile::TempDir;
+
+// ---------------------------------------------------------------------------
+// A throwaway redis-server.
+
+/// A `redis-server` child process on 127.0.0.1, killed on drop.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir for redis-server");
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "redis-server already running");
+        let log = std::fs::File::create(self.log_path()).expect("redis log file");
+        let log2 = log.try_clone().expect("redis log file");
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server not found in PATH: install redis-server; CI's integration/deps.sh does"
+            ),
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        };
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Wait until the server answers PING.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                panic!("redis-server exited with {status}:\n{log}");
+            }
+            if ping(self.port) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                panic!(
+                    "redis-server on port {} never answered PING:\n{log}",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server running").id()
+    }
+
+    /// Kill the server (like a crash) and reap it.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port (empty: nothing is persisted).
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A raw `PING` over TCP (no client library involved).
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(n) => buf[..n].starts_with(b"+PONG"),
+        Err(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The behavioural suite, for any backend.
+
+fn envelope(pec_id: &str, n_recipients: usize) -> EnvelopeRecord {
+    let statuses = [
+        RecipientStatus::Sent,
+        RecipientStatus::PresaInCarico,
+        RecipientStatus::Consegnato,
+        RecipientStatus::Errore,
+    ];
+    EnvelopeRecord {
+        pec_id: pec_id.to_owned(),
+        original_msgid: Some("<orig.1@client.example>".to_owned()),
+        sender: "mittente@pec.example.it".to_owned(),
+        subject: "Fattura n° 42 — «perché» àèìòù € 日本語 😀 \"quoted\" \\ \n tab\t".to_owned(),
+        recipients: (0..n_recipients)
+            .map(|i| RecipientState {
+                address: format!("destinatario{i}@dominio-{}.it", i % 7),
+                tipo: if i % 3 == 0 {
+                    TipoDestinatario::Esterno
+                } else {
+                    TipoDestinatario::Certificato
+                },
+                status: statuses[i % statuses.len()],
+                updated_at: 1_700_000_000 + i64::try_from(i).expect("small"),
+            })
+            .collect(),
+        ricevuta: TipoRicevuta::Sintetica,
+        submitted_at: 1_700_000_000,
+    }
+}
+
+fn existing(pec_id: &str, submitted_at: i64, receipt_sent: bool) -> Claim {
+    Claim::Existing {
+        pec_id: pec_id.to_owned(),
+        submitted_at,
+        receipt_sent,
+    }
+}
+
+async fn suite_claims(store: &dyn StateStore) {
+    store.ping().await.expect("ping");
+
+    let c = store.claim("k1", "id-1", 1000, 60).await.expect("claim");
+    assert_eq!(c, Claim::New);
+    // A retry: the first id and time win, the new ones are ignored.
+    let c = store.claim("k1", "id-2", 2000, 60).await.expect("claim");
+    assert_eq!(c, existing("id-1", 1000, false));
+
+    store.mark_receipt_sent("k1").await.expect("mark");
+    let c = store.claim("k1", "id-3", 3000, 60).await.expect("claim");
+    assert_eq!(c, existing("id-1", 1000, true));
+    // Idempotent.
+    store.mark_receipt_sent("k1").await.expect("mark again");
+    let c = store.claim("k1", "id-3", 3000, 60).await.expect("claim");
+    assert_eq!(c, existing("id-1", 1000, true));
+
+    let c = store.claim("k2", "id-4", 4000, 60).await.expect("claim");
+    assert_eq!(c, Claim::New);
+    let c = store.claim("k2", "id-5", 5000, 60).await.expect("claim");
+    assert_eq!(c, existing("id-4", 4000, false));
+
+    // Marking an unknown (or expired) claim is not an error.
+    store
+        .mark_receipt_sent("never-claimed")
+        .await
+        .expect("mark unknown");
+
+    // Awkward keys: path separators, dots, Unicode, very long.
+    let long = "z".repeat(5000);
+    for key in ["../../etc/passwd", "a/b\\c", ".", "", "chiave-è-😀", &long] {
+        let c = store.claim(key, "id-odd", 7, 60).await.expect("claim odd");
+        assert_eq!(c, Claim::New, "key {key:.40?}");
+        let c = store
+            .claim(key, "id-other", 8, 60)
+            .await
+            .expect("claim odd");
+        assert_eq!(c, existing("id-odd", 7, false), "key {key:.40?}");
+    }
+}
+
+async fn suite_envelopes(store: &dyn StateStore) {
+    let rec = envelope("opec-1.20240101@pec.example.it", 500);
+    store.put_envelope(&rec, 60).await.expect("put");
+    let got = store.get_envelope(&rec.pec_id).await.expect("get");
+    assert_eq!(got.as_ref(), Some(&rec));
+
+    // Replace.
+    let mut rec2 = rec.clone();
+    rec2.recipients[0].status = RecipientStatus::Consegnato;
+    rec2.original_msgid = None;
+    store.put_envelope(&rec2, 60).await.expect("put again");
+    let got = store.get_envelope(&rec.pec_id).await.expect("get");
+    assert_eq!(got, Some(rec2));
+
+    // Odd ids.
+    let odd = envelope("../odd/ìd@x", 1);
+    store.put_envelope(&odd, 60).await.expect("put odd");
+    assert_eq!(
+        store.get_envelope(&odd.pec_id).await.expect("get odd"),
+        Some(odd)
+    );
+
+    assert_eq!(store.get_envelope("missing@x").await.expect("get"), None);
+}
+
+async fn suite_concurrent_claims(store: Arc<dyn StateStore>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let id = format!("conc-id-{i}");
+            let c = store.claim("conc", &id, i, 60).await.expect("claim");
+            (id, i, c)
+        });
+    }
+    let mut winners = Vec::new();
+    let mut others = Vec::new();
+    while let Some(res) = tasks.join_next().await {
+        let (id, t, c) = res.expect("task");
+        match c {
+            Claim::New => winners.push((id, t)),
+            Claim::Existing { .. } => others.push(c),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one New: {winners:?}");
+    let (id, t) = &winners[0];
+    for c in others {
+        assert_eq!(c, existing(id, *t, false));
+    }
+}
+
+async fn suite_expiry(store: &dyn StateStore) {
+    let c = store.claim("short", "id-a", 1, 1).await.expect("claim");
+    assert_eq!(c, Claim::New);
+    let c = store.claim("long", "id-l", 1, 600).await.expect("claim");
+    assert_eq!(c, Claim::New);
+    let rec = envelope("short-lived@x", 3);
+    store.put_envelope(&rec, 1).await.expect("put");
+    assert_eq!(
+        store.get_envelope(&rec.pec_id).await.expect("get"),
+        Some(rec.clone())
+    );
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    assert_eq!(store.get_envelope(&rec.pec_id).await.expect("get"), None);
+    // Marking an expired claim does not bring it back.
+    store
+        .mark_receipt_sent("short")
+        .await
+        .expect("mark expired");
+    let c = store.claim("short", "id-b", 2, 60).await.expect("claim");
+    assert_eq!(c, Claim::New, "an expired claim is absent");
+    let c = store.claim("short", "id-c", 3, 60).await.expect("claim");
+    assert_eq!(c, existing("id-b", 2, false));
+    let c = store.claim("long", "id-x", 2, 60).await.expect("claim");
+    assert_eq!(c, existing("id-l", 1, false));
+}
+
+async fn behaviour_suite(store: Arc<dyn StateStore>) {
+    suite_claims(&*store).await;
+    suite_envelopes(&*store).await;
+    suite_concurrent_claims(Arc::clone(&store)).await;
+    suite_expiry(&*store).await;
+}
+
+// ---------------------------------------------------------------------------
+// Embedded.
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_behaviour() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(&dir.path().join("state")).expect("open");
+    behaviour_suite(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_two_processes_share_claims() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open a"));
+    let b: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open b"));
+    for round in 0..5 {
+        let key = format!("shared-{round}");
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let key = key.clone();
+            tasks.spawn(async move { store.claim(&key, &format!("id-{i}"), i, 60).await });
+        }
+        let mut new = 0;
+        while let Some(res) = tasks.join_next().await {
+            if res.expect("task").expect("claim") == Claim::New {
+                new += 1;
+            }
+        }
+        assert_eq!(new, 1, "round {round}: exactly one New across both stores");
+    }
+    // What one wrote, the other reads.
+    let rec = envelope("shared@x", 2);
+    a.put_envelope(&rec, 60).await.expect("put");
+    assert_eq!(b.get_envelope("shared@x").await.expect("get"), Some(rec));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_corrupt_records_are_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    assert_eq!(
+        store.claim("ck", "id", 1, 60).await.expect("claim"),
+        Claim::New
+    );
+    let files = files_in(&dir.path().join("claims"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::write(&files[0], b"{ not json").expect("corrupt it");
+    match store.claim("ck", "id", 1, 60).await {
+        Err(StateError::Corrupt { key, .. }) => assert_eq!(key, "ck"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    match store.mark_receipt_sent("ck").await {
+        Err(StateError::Corrupt { key, .. }) => assert_eq!(key, "ck"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+
+    let rec = envelope("env-corrupt@x", 1);
+    store.put_envelope(&rec, 60).await.expect("put");
+    let files = files_in(&dir.path().join("envelopes"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::write(&files[0], b"").expect("corrupt it");
+    match store.get_envelope("env-corrupt@x").await {
+        Err(StateError::Corrupt { key, .. }) => assert_eq!(key, "env-corrupt@x"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // Other keys are unaffected, and the sweep leaves unreadable files alone.
+    assert_eq!(
+        store.claim("fine", "id", 1, 60).await.expect("claim"),
+        Claim::New
+    );
+    assert_eq!(store.purge_expired().await.expect("purge"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_survives_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = envelope("persist@x", 10);
+    {
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        assert_eq!(
+            store.claim("pk", "id-p", 42, 600).await.expect("claim"),
+            Claim::New
+        );
+        store.mark_receipt_sent("pk").await.expect("mark");
+        store.put_envelope(&rec, 600).await.expect("put");
+    }
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        store.claim("pk", "id-q", 43, 600).await.expect("claim"),
+        existing("id-p", 42, true)
+    );
+    assert_eq!(
+        store.get_envelope("persist@x").await.expect("get"),
+        Some(rec)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_purge_expired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    store.claim("a", "id-a", 1, 1).await.expect("claim");
+    store.claim("b", "id-b", 1, 600).await.expect("claim");
+    store
+        .put_envelope(&envelope("e1@x", 1), 1)
+        .await
+        .expect("put");
+    store
+        .put_envelope(&envelope("e2@x", 1), 600)
+        .await
+        .expect("put");
+    // A temporary file left behind by a crash.
+    std::fs::write(dir.path().join("claims").join(".tmp-crashed"), b"x").expect("write");
+    assert_eq!(store.purge_expired().await.expect("purge"), 0);
+    assert!(!dir.path().join("claims").join(".tmp-crashed").exists());
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(store.purge_expired().await.expect("purge"), 2);
+    assert_eq!(files_in(&dir.path().join("claims")).len(), 1);
+    assert_eq!(files_in(&dir.path().join("envelopes")).len(), 1);
+    assert_eq!(store.purge_expired().await.expect("purge"), 0);
+    assert_eq!(
+        store.claim("b", "id", 2, 60).await.expect("claim"),
+        existing("id-b", 1, false)
+    );
+    assert!(store.get_envelope("e2@x").await.expect("get").is_some());
+}
+
+// ---------------------------------------------------------------------------
+// Redis.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_behaviour() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), "pec:").expect("connect");
+    behaviour_suite(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_key_layout_and_corrupt_values() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), "t1:").expect("connect");
+    store.claim("k", "id", 5, 100).await.expect("claim");
+    store
+        .put_envelope(&envelope("e@x", 1), 100)
+        .await
+        .expect("put");
+
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("t1:claim:k")
+        .query_async(&mut raw)
+        .await
+        .expect("TTL");
+    assert!((1..=100).contains(&ttl), "claim TTL {ttl}");
+    store.mark_receipt_sent("k").await.expect("mark");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("t1:claim:k")
+        .query_async(&mut raw)
+        .await
+        .expect("TTL");
+    assert!(
+        (1..=100).contains(&ttl),
+        "mark_receipt_sent kept the TTL: {ttl}"
+    );
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("t1:env:e@x")
+        .query_async(&mut raw)
+        .await
+        .expect("TTL");
+    assert!((1..=100).contains(&ttl), "envelope TTL {ttl}");
+
+    // Another prefix is another namespace.
+    let other = RedisStore::connect(&server.url(), "t2:").expect("connect");
+    assert_eq!(
+        other.claim("k", "id2", 6, 100).await.expect("claim"),
+        Claim::New
+    );
+
+    let _: () = redis::cmd("SET")
+        .arg("t1:claim:bad")
+        .arg("garbage{")
+        .query_async(&mut raw)
+        .await
+        .expect("SET");
+    match store.claim("bad", "id", 1, 60).await {
+        Err(StateError::Corrupt { key, .. }) => assert_eq!(key, "bad"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let _: () = redis::cmd("SET")
+        .arg("t1:env:bad@x")
+        .arg("[1,2]")
+        .query_async(&mut raw)
+        .await
+        .expect("SET");
+    match store.get_envelope("bad@x").await {
+        Err(StateError::Corrupt { key, .. }) => assert_eq!(key, "bad@x"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_two_nodes_share_claims() {
+    let server = RedisServer::start();
+    let a: Arc<dyn StateStore> =
+        Arc::new(RedisStore::connect(&server.url(), "pec:").expect("connect a"));
+    let b: Arc<dyn StateStore> =
+        Arc::new(RedisStore::connect(&server.url(), "pec:").expect("connect b"));
+    for round in 0..5 {
+        let key = format!("shared-{round}");
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let key = key.clone();
+            tasks.spawn(async move { store.claim(&key, &format!("id-{i}"), i, 60).await });
+        }
+        let mut new = 0;
+        while let Some(res) = tasks.join_next().await {
+            if res.expect("task").expect("claim") == Claim::New {
+                new += 1;
+            }
+        }
+        assert_eq!(new, 1, "round {round}: exactly one New across both nodes");
+    }
+    a.mark_receipt_sent("shared-0").await.expect("mark");
+    match b.claim("shared-0", "x", 0, 60).await.expect("claim") {
+        Claim::Existing { receipt_sent, .. } => assert!(receipt_sent),
+        Claim::New => panic!("node b lost node a's claim"),
+    }
+    let rec = envelope("shared@x", 2);
+    a.put_envelope(&rec, 60).await.expect("put");
+    assert_eq!(b.get_envelope("shared@x").await.expect("get"), Some(rec));
+}
+
+/// Retry `op` until it succeeds, for up to `limit`.
+async fn eventually<F, Fut, T>(limit: Duration, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StateError>>,
+{
+    let start = Instant::now();
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) if start.elapsed() < limit => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("still failing after {limit:?}: {e}"),
+        }
+    }
+}
+
+/// Run `op`, assert it fails with Unavailable within 5 s.
+async fn assert_unavailable<T: std::fmt::Debug>(
+    what: &str,
+    op: impl std::future::Future<Output = Result<T, StateError>>,
+) {
+    let start = Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(10), op)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: hung for 10 s"));
+    let took = start.elapsed();
+    assert!(
+        matches!(res, Err(StateError::Unavailable(_))),
+        "{what}: expected Unavailable, got {res:?}"
+    );
+    assert!(took < Duration::from_secs(5), "{what}: took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stop_and_restart() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), "pec:").expect("connect");
+    assert_eq!(
+        store.claim("before", "id", 1, 60).await.expect("claim"),
+        Claim::New
+    );
+
+    server.stop();
+    assert_unavailable("claim", store.claim("during", "id", 1, 60)).await;
+    assert_unavailable("mark", store.mark_receipt_sent("before")).await;
+    assert_unavailable("put", store.put_envelope(&envelope("d@x", 1), 60)).await;
+    assert_unavailable("get", store.get_envelope("d@x")).await;
+    assert_unavailable("ping", store.ping()).await;
+    // Still failing fast after a while (not stuck in reconnection).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_unavailable("ping later", store.ping()).await;
+
+    server.restart();
+    // The same instance recovers by itself (the data is gone: the server
+    // persists nothing).
+    let c = eventually(Duration::from_secs(5), || {
+        store.claim("after", "id-a", 2, 60)
+    })
+    .await;
+    assert_eq!(c, Claim::New);
+    assert_eq!(
+        store.claim("after", "id-b", 3, 60).await.expect("claim"),
+        existing("id-a", 2, false)
+    );
+    store.ping().await.expect("ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_connect_is_lazy() {
+    assert!(RedisStore::connect("not a url", "pec:").is_err());
+
+    // Nothing listens on the port yet: connect succeeds, operations fail
+    // fast, and work once the server is up.
+    let port = free_port();
+    let store = RedisStore::connect(&format!("redis://127.0.0.1:{port}/"), "pec:")
+        .expect("lazy connect while Redis is down");
+    assert_unavailable("ping", store.ping()).await;
+    assert_unavailable("claim", store.claim("k", "id", 1, 60)).await;
+
+    let _server = RedisServer::start_on(port);
+    eventually(Duration::from_secs(5), || store.ping()).await;
+    assert_eq!(
+        store.claim("k", "id", 1, 60).await.expect("claim"),
+        Claim::New
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_hung_server_times_out() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), "pec:")
+        .expect("connect")
+        .with_timeout(Duration::from_millis(500));
+    assert_eq!(store.timeout(), Duration::from_millis(500));
+    store.ping().await.expect("ping");
+
+    // SIGSTOP: the TCP connection stays up, the server never answers.
+    server.signal("STOP");
+    let start = Instant::now();
+    let res = store.claim("hung", "id", 1, 60).await;
+    let took = start.elapsed();
+    server.signal("CONT");
+    assert!(
+        matches!(res, Err(StateError::Unavailable(_))),
+        "expected Unavailable, got {res:?}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    // And it works again once the server answers.
+    eventually(Duration::from_secs(5), || store.ping()).await;
+    let c = eventually(Duration::from_secs(5), || store.claim("hung2", "id", 1, 60)).await;
+    assert_eq!(c, Claim::New);
+}
