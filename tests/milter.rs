@@ -35,9 +35,12 @@ impl Scanner for FakeScanner {
     }
 }
 
+/// (reverse path, forward paths, message) of one injection.
+type Injected = (String, Vec<String>, Vec<u8>);
+
 #[derive(Default)]
 struct Recorder {
-    sent: Mutex<Vec<(String, Vec<String>, Vec<u8>)>>,
+    sent: Mutex<Vec<Injected>>,
     fail: Mutex<bool>,
 }
 
@@ -57,7 +60,7 @@ impl Injector for Recorder {
 }
 
 impl Recorder {
-    fn messages(&self) -> Vec<(String, Vec<String>, Vec<u8>)> {
+    fn messages(&self) -> Vec<Injected> {
         self.sent.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
