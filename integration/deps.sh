@@ -5,6 +5,8 @@ set -euo pipefail
 pkgs=(
   build-essential pkg-config libssl-dev ca-certificates openssl
   libxml2-utils python3 redis-server
+  clamav-daemon clamdscan postfix
+  swaks sasl2-bin libsasl2-modules libsasl2-modules-db iproute2
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "integration/deps.sh: not root; skipping apt (need: ${pkgs[*]})" >&2
@@ -22,6 +24,9 @@ for p in "${pkgs[@]}"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
+  # postfix: no questions, no /etc/postfix/main.cf (tests use their own config dirs)
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  echo "postfix postfix/mailname string pec.test" | debconf-set-selections
   apt-get update -qq
   apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}"
 fi

@@ -6,3 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash integration/deps.sh
 cargo test --all-targets --locked "$@"
+bash integration/selftest.sh

@@ -18,12 +18,12 @@ ok "netns has no default route" bash -c "! ip -n $RIG_NETNS route show | grep -q
 fail "no DNS inside the netns (getent hosts example.org)" ns_exec timeout 5 getent hosts example.org
 
 # ---- start everything
-ok "postfix instance written (postfix check)" pf_instance "$PF" || die "postfix instance"
-ok "postfix started, listeners up" pf_up "$PF" || die "postfix start"
+ok "postfix instance written (postfix check)" pf_instance "$PF" || die "setup: postfix instance (giving up)"
+ok "postfix started, listeners up" pf_up "$PF" || die "setup: postfix start (giving up)"
 _log "postfix up after $(rig_elapsed "$T0") s"
-ok "redis started" redis_up "$RIG_BASE/redis" "$RIG_REDIS_PORT" || die "redis"
+ok "redis started" redis_up "$RIG_BASE/redis" "$RIG_REDIS_PORT" || die "setup: redis (giving up)"
 _log "redis up after $(rig_elapsed "$T0") s"
-ok "clamd started" clamd_up "$RIG_BASE/clamd" "$RIG_CLAMD_PORT" || die "clamd"
+ok "clamd started" clamd_up "$RIG_BASE/clamd" "$RIG_CLAMD_PORT" || die "setup: clamd (giving up)"
 _log "up after $(rig_elapsed "$T0") s"
 
 ok "submission has no milter in selftest" bash -c "postconf -c $PF/etc -P | grep -qx '127.0.0.1:$SUB/inet/smtpd_milters ='"
@@ -77,6 +77,7 @@ ok "(d) reinjection port refuses foreign domains (5xx at RCPT)" grep -qE '^<\*\*
 
 # ---- milter wiring: a milter that is down means 4xx on submission (tempfail), not on 10025
 postconf -c "$PF/etc" -P "127.0.0.1:$SUB/inet/smtpd_milters=inet:127.0.0.1:$RIG_MILTER_PORT"
+touch -d '-10 seconds' "$PF/etc/master.cf"   # else postfix waits ~2 s for a fresh file to settle
 ns_exec postfix -c "$PF/etc" reload >/dev/null 2>&1
 for _ in $(seq 40); do   # reload is asynchronous: retry until the new smtpd answers 4xx
   swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --body "milter down" > "$OUT/m.txt" 2>&1 && break

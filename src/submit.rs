@@ -196,7 +196,12 @@ impl Submitter {
             }
             Err(e) => {
                 tracing::warn!(server = %self.addr, error = %e, "reinjection failed");
-                session.abandon().await;
+                // After a rejection the server waits for a command: say QUIT.
+                // After a timeout or a broken exchange just drop the
+                // connection (the unterminated transaction is discarded).
+                if matches!(e, SubmitError::Rejected { .. }) {
+                    session.abandon().await;
+                }
             }
         }
         result
@@ -344,7 +349,7 @@ impl Session {
         }
     }
 
-    /// After a failure: try to say QUIT without waiting for the answer.
+    /// After a rejection: try to say QUIT without waiting for the answer.
     async fn abandon(&mut self) {
         let fut = async {
             self.writer.write_all(b"QUIT\r\n").await?;

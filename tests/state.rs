@@ -608,6 +608,7 @@ async fn assert_unavailable<T: std::fmt::Debug>(
         .await
         .unwrap_or_else(|_| panic!("{what}: hung for 10 s"));
     let took = start.elapsed();
+    eprintln!("{what}: {res:?} after {took:?}");
     assert!(
         matches!(res, Err(StateError::Unavailable(_))),
         "{what}: expected Unavailable, got {res:?}"

@@ -139,6 +139,9 @@ impl RedisStore {
         fut: impl Future<Output = Result<T, StateError>>,
     ) -> Result<T, StateError> {
         match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Err(StateError::Unavailable(cause))) => {
+                Err(StateError::Unavailable(format!("{op}: {cause}")))
+            }
             Ok(res) => res,
             Err(_) => Err(StateError::Unavailable(format!(
                 "Redis {op}: no answer within {:?}",
