@@ -135,12 +135,14 @@ rig_finish() {
 }
 
 # ok NAME CMD...: passes when CMD exits 0. Output of CMD is shown only on failure.
+# RIG_TIMING=1 appends each check's duration.
 # Returns CMD's status. CMD runs in the current shell (functions may set globals).
 ok() {
   local name=$1; shift
-  local out rc
+  local out rc t=$EPOCHREALTIME
   out=$(mktemp)
   "$@" >"$out" 2>&1; rc=$?
+  [ "${RIG_TIMING:-0}" = 1 ] && name="$name [$(rig_elapsed "$t") s]"
   if [ "$rc" = 0 ]; then
     printf 'ok - %s\n' "$name"; RIG_PASSED=$((RIG_PASSED + 1))
   else
@@ -159,9 +161,10 @@ fail() {
   if [ $# = 0 ]; then
     printf 'FAIL - %s\n' "$name"; RIG_FAILED=$((RIG_FAILED + 1)); return 1
   fi
-  local out rc
+  local out rc t=$EPOCHREALTIME
   out=$(mktemp)
   "$@" >"$out" 2>&1; rc=$?
+  [ "${RIG_TIMING:-0}" = 1 ] && name="$name [$(rig_elapsed "$t") s]"
   if [ "$rc" != 0 ]; then
     printf 'ok - %s\n' "$name"; RIG_PASSED=$((RIG_PASSED + 1)); rm -f "$out"; return 0
   fi
@@ -239,15 +242,19 @@ wait_closed() {
   return 1
 }
 
+# _alive PID: the process exists and is not a zombie (daemons are re-parented to PID 1,
+# which may reap them late; a zombie already released its ports and files).
+_alive() { [ -r "/proc/$1/stat" ] && [ "$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+
 # _kill_pidfile FILE [SECS=10]: TERM the pid in FILE, wait, KILL if needed, remove FILE.
 _kill_pidfile() {
   local f=$1 secs=${2:-10} pid i
   [ -s "$f" ] || return 0
   pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if _alive "$pid"; then
     kill -TERM "$pid" 2>/dev/null
-    for ((i = 0; i < secs * 20; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-    if kill -0 "$pid" 2>/dev/null; then
+    for ((i = 0; i < secs * 20; i++)); do _alive "$pid" || break; sleep 0.05; done
+    if _alive "$pid"; then
       _log "pid $pid ($f) ignored SIGTERM; killing"
       kill -KILL "$pid" 2>/dev/null
     fi
@@ -304,6 +311,8 @@ inet_interfaces = ${SUBMIT%:*}, ${REINJECT%:*}
 inet_protocols = ipv4
 mynetworks = $MYNETWORKS
 smtpd_banner = \$myhostname ESMTP
+# tests provoke errors on purpose: no 1 s tarpit after each one
+smtpd_error_sleep_time = 0s
 # only mynetworks or SASL-authenticated clients may relay
 smtpd_relay_restrictions = permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination
 # never DNS: literal [ip]:port next hops only, foreign domains go to error:
@@ -453,9 +462,9 @@ pf_down() {
   pidf=$D/spool/pid/master.pid
   [ -s "$pidf" ] || return 0
   pid=$(tr -d ' ' < "$pidf")
-  kill -0 "$pid" 2>/dev/null || return 0
+  _alive "$pid" || return 0
   ns_exec postfix -c "$D/etc" stop >/dev/null 2>&1
-  for ((i = 0; i < 200; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
+  for ((i = 0; i < 200; i++)); do _alive "$pid" || return 0; sleep 0.05; done
   ns_exec postfix -c "$D/etc" abort >/dev/null 2>&1
   sleep 0.5
   kill -KILL "$pid" 2>/dev/null
@@ -560,12 +569,16 @@ pec_milter_up() {
   mkdir -p "$D"
   listen=$(sed -n '/^\[milter\]/,/^\[/s/^[[:space:]]*listen[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' "$cfg" | head -1)
   listen=${listen:-inet:127.0.0.1:8891}
-  ns_exec "$bin" run --config "$cfg" >>"$D/pec-milter.log" 2>&1 &
-  pid=$!                       # `ip netns exec` execs the command: this is pec-milter's pid
+  [ -n "$RIG_NETNS" ] || { echo "pec_milter_up: no network namespace" >&2; return 2; }
+  # not through the ns_exec function: a backgrounded function is a subshell, and $! would be
+  # that shell's pid. A simple command is forked and exec'd, and `ip netns exec` execs too,
+  # so $! is pec-milter's own pid. NO_COLOR: plain log lines in the file.
+  NO_COLOR=1 ip netns exec "$RIG_NETNS" "$bin" run --config "$cfg" >>"$D/pec-milter.log" 2>&1 &
+  pid=$!
   echo "$pid" > "$D/pec-milter.pid"
   rig_defer pec_milter_down "$D"
   for ((i = 0; i < 300; i++)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! _alive "$pid"; then
       wait "$pid"; echo "pec_milter_up: pec-milter exited with status $? at start; log:" >&2
       tail -n 20 "$D/pec-milter.log" >&2; rm -f "$D/pec-milter.pid"; return 1
     fi
@@ -588,8 +601,8 @@ pec_milter_down() {
   [ -s "$D/pec-milter.pid" ] || return 0
   pid=$(cat "$D/pec-milter.pid"); rm -f "$D/pec-milter.pid"
   kill -TERM "$pid" 2>/dev/null
-  for ((i = 0; i < 300; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  if kill -0 "$pid" 2>/dev/null; then
+  for ((i = 0; i < 300; i++)); do _alive "$pid" || break; sleep 0.05; done
+  if _alive "$pid"; then
     echo "pec_milter_down: still running 15 s after SIGTERM; killing" >&2
     kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; echo killed > "$D/pec-milter.exit"; return 1
   fi

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need (as root),
-# then runs every test (unit, property, sample and interoperability tests
-# against openssl, xmllint and Python's email package).
+# then runs every test: unit, property, sample and interoperability tests
+# (openssl, xmllint, Python email), then the end-to-end scripts on real
+# Postfix, Redis and clamd in a network namespace with only loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash integration/deps.sh
 cargo test --all-targets --locked "$@"
 bash integration/selftest.sh
+# End to end on real Postfix (SASL), Redis and clamd: the access point.
+bash integration/e2e-access.sh

@@ -107,6 +107,25 @@ ok "(f) clamdscan: clean file OK" ns_exec clamdscan --config-file="$C/clamd.conf
 ok "(f) raw zINSTREAM over bash /dev/tcp: EICAR FOUND" bash -c "$(declare -f ns_exec clamd_instream); RIG_NETNS=$RIG_NETNS; clamd_instream $C/eicar.com $RIG_CLAMD_PORT | grep -q 'stream: PEC.Test.EICAR.* FOUND'"
 ok "(f) raw zINSTREAM: clean file OK" bash -c "$(declare -f ns_exec clamd_instream); RIG_NETNS=$RIG_NETNS; clamd_instream $OUT/clean.txt $RIG_CLAMD_PORT | grep -qx 'stream: OK'"
 
+# ---- the admin snippets in milter-conf/postfix/ are valid Postfix configuration: a second
+# (never started) instance with its listeners replaced by master.cf.snippet and its settings
+# overridden by main.cf.snippet passes `postfix check` without warnings
+SN=$RIG_BASE/snippets SNIP=$RIG_ROOT/milter-conf/postfix
+apply_snippets() {
+  local E=$SN/etc keys
+  pf_instance "$SN" || return 1
+  keys=$(grep -E '^[a-z_]+ *=' "$SNIP/main.cf.snippet" | sed 's/ *=.*//' | paste -sd'|')
+  { grep -vE "^($keys) *=" "$E/main.cf"; cat "$SNIP/main.cf.snippet"; } > "$E/main.new" && mv "$E/main.new" "$E/main.cf"
+  { awk '/^[^ #]/ { skip = ($1 ~ /^127\.0\.0\.1:/) } !skip' "$E/master.cf"; cat "$SNIP/master.cf.snippet"; } > "$E/master.new" && mv "$E/master.new" "$E/master.cf"
+  touch -d '-10 seconds' "$E/main.cf" "$E/master.cf"
+  ns_exec postfix -c "$E" check 2>&1 | tee "$SN/check.out"; [ "${PIPESTATUS[0]}" = 0 ] || return 1
+  ! grep -qi warn "$SN/check.out" && ! postconf -c "$E" -n 2>&1 | grep -qi warn
+}
+ok "milter-conf/postfix snippets: postfix check passes, no warnings" apply_snippets
+ok "snippets: submission has smtpd_milters = pec-milter" bash -c "postconf -c $SN/etc -P | grep -qx 'submission/inet/smtpd_milters = inet:127.0.0.1:8891'"
+ok "snippets: reinjection 127.0.0.1:10025 has no milters" bash -c "postconf -c $SN/etc -P | grep -qx '127.0.0.1:10025/inet/receive_override_options = no_milters'"
+ok "snippets: milter_content_timeout = 600s, queue lifetimes 1d" bash -c "[ \"\$(postconf -c $SN/etc -h milter_content_timeout maximal_queue_lifetime bounce_queue_lifetime | paste -sd' ')\" = '600s 1d 1d' ]"
+
 # ---- teardown, checked
 NS=$RIG_NETNS
 ok "postfix stops" pf_down "$PF"

@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# integration/e2e-access.sh — access-point scenarios of pec-milter through a real Postfix:
+# for each state backend (embedded, redis), a netns with only lo, Postfix (SASL submission
+# with smtpd_milters = pec-milter, milter-free reinjection on 10025, Maildirs), redis, clamd
+# and `pec-milter run --config` written by write_config. Then:
+#   (1) mario.rossi -> anna.bianchi: anna gets one signed posta-certificata envelope carrying
+#       the original, mario one signed accettazione listing anna
+#   (2) forged X-Ricevuta / X-Trasporto headers do not survive at the envelope's top level
+#   (3) EICAR attached: non-accettazione (X-VerificaSicurezza: errore), nothing to anna,
+#       the original quarantined
+#   (4) cittadino (upr) may write to upa holders only: -> mario (upa1) refused with a
+#       non-accettazione, -> anna (upa) accepted
+#   (5) redis only: redis down -> 4xx at end of DATA and nothing delivered; redis back, the
+#       very same message (same Message-ID) -> exactly one envelope and one accettazione
+# Env: BACKENDS="embedded redis" (default), PEC_MILTER_BIN (default target/debug/pec-milter),
+# KEEP=1 keeps the work dir. Prints "N passed, N failed" last; exit 1 if anything failed.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+
+BIN=$(pec_milter_bin)
+rig_begin pece2e
+T0=$EPOCHREALTIME
+
+# The daemon must exist and have `run` (it is being written): fail cleanly otherwise.
+if [ ! -x "$BIN" ]; then
+  die "pec-milter binary $BIN not found: build it first (cargo build)"
+fi
+if ! "$BIN" run --help >/dev/null 2>&1; then
+  die "$BIN has no \`run\` subcommand yet: the milter daemon is not built, access-point scenarios cannot run"
+fi
+
+# ------------------------------------------------------------------ helpers
+
+# inspect_get FILE PYEXPR: evaluates PYEXPR on `d`, the object `pec-milter inspect --json FILE` prints.
+inspect_get() {
+  "$BIN" inspect --json --trust "$CA" "$1" | python3 -c '
+import json, sys
+t = sys.stdin.read().strip()
+try:
+    d = json.loads(t)
+except ValueError:
+    d = json.loads(t.splitlines()[0])
+if isinstance(d, list):
+    d = d[0]
+print(eval(sys.argv[1]))' "$2"
+}
+kind_is() { [ "$(inspect_get "$1" 'd["kind"]')" = "$2" ]; }
+verify_ok() { "$BIN" verify --trust "$CA" "$1"; }
+cms_ok() { openssl cms -verify -purpose any -CAfile "$CA" -in "$1" -out /dev/null; }
+destinatari_has() { inspect_get "$1" '" ".join(x["address"] for x in d["daticert"]["destinatari"])' | tr ' ' '\n' | grep -qx "$2"; }
+# postacert_body_has ENVELOPE TOKEN: the postacert.eml carried by the envelope has TOKEN in its body.
+postacert_body_has() {
+  python3 - "$1" "$2" <<'EOF'
+import email, sys
+from email import policy
+m = email.message_from_binary_file(open(sys.argv[1], 'rb'), policy=policy.compat32)
+for part in m.walk():
+    if part.get_filename() == 'postacert.eml' or part.get_content_type() == 'message/rfc822':
+        p = part.get_payload()
+        inner = p[0] if isinstance(p, list) else email.message_from_string(p)
+        for q in inner.walk():
+            if not q.is_multipart() and sys.argv[2].encode() in (q.get_payload(decode=True) or b''):
+                sys.exit(0)
+        print("postacert.eml found, token not in its body", file=sys.stderr); sys.exit(1)
+print("no postacert.eml part", file=sys.stderr); sys.exit(1)
+EOF
+}
+# header block only (the top-level one)
+hdr_is() { [ "$(hdr_get "$1" "$2")" = "$3" ]; }
+hdr_absent() { [ -z "$(hdr_get "$1" "$2")" ]; }
+
+# mark MAILDIR...: remembers the current counts; new_files MAILDIR: files arrived since;
+# expect_new MAILDIR N: waits for N new files, then (after the queue drained) exactly N.
+declare -A MARK
+mark() { local m; for m in "$@"; do MARK[$m]=$(maildir_count "$m"); done; }
+new_files() { maildir_files "$1" | tail -n +"$(( ${MARK[$1]} + 1 ))"; }
+expect_new() {
+  local m=$1 n=$2
+  maildir_wait "$m" $(( ${MARK[$m]} + n )) 30 || return 1
+  pf_queue_empty "$PF" 30 || return 1
+  local have=$(( $(maildir_count "$m") - ${MARK[$m]} ))
+  [ "$have" -eq "$n" ] || { echo "expected $n new messages in $m, got $have" >&2; return 1; }
+}
+# eod_reply SWAKS_OUTPUT: the server's reply to the end of DATA (the line after " -> .").
+eod_reply() { awk 'dot && /^<(-|\*\*) / { print; exit } /^ -> \.$/ { dot = 1 }' "$1"; }
+# eod_is SWAKS_OUTPUT ERE: the end-of-DATA reply matches ERE.
+eod_is() { local r; r=$(eod_reply "$1"); echo "end-of-DATA reply: $r"; [[ $r =~ $2 ]]; }
+quarantine_count_is() { [ "$(find "$1" -type f | wc -l)" -eq "$2" ]; }
+no_pids_in_netns() { [ -z "$(ip netns pids "$RIG_NETNS")" ]; }
+
+# ------------------------------------------------------------------ one backend
+
+run_backend() {
+  local BACKEND=$1
+  local DIR=$RIG_BASE/$BACKEND
+  PF=$DIR/pf CA=$DIR/demo/ca.pem
+  local MB=$PF/vmail
+  local MARIO_MD=$MB/pec.demo.test/mario.rossi CITT_MD=$MB/pec.demo.test/cittadino
+  local ANNA_MD=$MB/pec.other.test/anna.bianchi
+  local O=$DIR/out TOK
+  mkdir -p "$O"
+  echo "# ==== backend: $BACKEND"
+
+  ok "[$BACKEND] postfix instance with pec-milter on submission" \
+    pf_instance "$PF" MILTERS="inet:127.0.0.1:$RIG_MILTER_PORT" || return 1
+  ok "[$BACKEND] postfix up" pf_up "$PF" || return 1
+  ok "[$BACKEND] clamd up" clamd_up "$DIR/clamd" "$RIG_CLAMD_PORT" || return 1
+  if [ "$BACKEND" = redis ]; then ok "[$BACKEND] redis up" redis_up "$DIR/redis" "$RIG_REDIS_PORT" || return 1; fi
+  ok "[$BACKEND] config written" write_config "$DIR" "$BACKEND" || return 1
+  ok "[$BACKEND] pec-milter run --config listens" pec_milter_up "$DIR" "$DIR/pec-milter.toml" || return 1
+  ok "[$BACKEND] demo CA created by init_demo ($CA)" test -s "$CA" || return 1
+
+  # ---- (1) mario.rossi -> anna.bianchi
+  TOK=s1-$BACKEND-$RANDOM$RANDOM
+  mark "$MARIO_MD" "$ANNA_MD"
+  swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --header "Subject: scenario 1 $TOK" \
+    --body "original body body-$TOK" > "$O/1.txt" 2>&1
+  ok "[$BACKEND] (1) submission accepted (250 at end of DATA)" eod_is "$O/1.txt" '^<- +250 '
+  ok "[$BACKEND] (1) anna gets exactly one message" expect_new "$ANNA_MD" 1
+  ok "[$BACKEND] (1) mario gets exactly one message" expect_new "$MARIO_MD" 1
+  local ENV RCPT
+  ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$MARIO_MD" | head -1)
+  if [ -n "$ENV" ]; then
+    ok "[$BACKEND] (1) envelope: pec-milter verify accepts it" verify_ok "$ENV"
+    ok "[$BACKEND] (1) envelope: inspect kind = posta-certificata" kind_is "$ENV" posta-certificata
+    ok "[$BACKEND] (1) envelope: openssl cms -verify accepts it" cms_ok "$ENV"
+    ok "[$BACKEND] (1) envelope: X-Trasporto: posta-certificata" hdr_is "$ENV" X-Trasporto posta-certificata
+    ok "[$BACKEND] (1) envelope: postacert.eml carries the original body" postacert_body_has "$ENV" "body-$TOK"
+  else
+    fail "[$BACKEND] (1) envelope checks (no envelope)"
+  fi
+  if [ -n "$RCPT" ]; then
+    ok "[$BACKEND] (1) receipt: inspect kind = accettazione" kind_is "$RCPT" accettazione
+    ok "[$BACKEND] (1) receipt: pec-milter verify accepts it" verify_ok "$RCPT"
+    ok "[$BACKEND] (1) receipt: openssl cms -verify accepts it" cms_ok "$RCPT"
+    ok "[$BACKEND] (1) receipt: daticert destinatari lists $ANNA" destinatari_has "$RCPT" "$ANNA"
+  else
+    fail "[$BACKEND] (1) receipt checks (no receipt)"
+  fi
+
+  # ---- (2) forged X-Ricevuta / X-Trasporto
+  TOK=s2-$BACKEND-$RANDOM$RANDOM
+  mark "$MARIO_MD" "$ANNA_MD"
+  swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --header "Subject: scenario 2 $TOK" \
+    --add-header "X-Ricevuta: accettazione" --add-header "X-Trasporto: errore" \
+    --body "forged headers body-$TOK" > "$O/2.txt" 2>&1
+  ok "[$BACKEND] (2) anna gets exactly one message" expect_new "$ANNA_MD" 1
+  ok "[$BACKEND] (2) mario gets exactly one message" expect_new "$MARIO_MD" 1
+  ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$MARIO_MD" | head -1)
+  if [ -n "$ENV" ]; then
+    ok "[$BACKEND] (2) envelope top level: X-Trasporto is posta-certificata only" hdr_is "$ENV" X-Trasporto posta-certificata
+    ok "[$BACKEND] (2) envelope top level: no X-Ricevuta" hdr_absent "$ENV" X-Ricevuta
+    ok "[$BACKEND] (2) envelope: inspect kind = posta-certificata" kind_is "$ENV" posta-certificata
+  else
+    fail "[$BACKEND] (2) envelope checks (no envelope)"
+  fi
+  if [ -n "$RCPT" ]; then
+    ok "[$BACKEND] (2) mario's only new message is the accettazione (X-Ricevuta)" hdr_is "$RCPT" X-Ricevuta accettazione
+    ok "[$BACKEND] (2) it is an accettazione" kind_is "$RCPT" accettazione
+    ok "[$BACKEND] (2) signature valid" verify_ok "$RCPT"
+  else
+    fail "[$BACKEND] (2) receipt checks (no receipt)"
+  fi
+
+  # ---- (3) EICAR attached
+  TOK=s3-$BACKEND-$RANDOM$RANDOM
+  mark "$MARIO_MD" "$ANNA_MD"
+  {
+    printf 'From: <%s>\r\nTo: <%s>\r\nSubject: scenario 3 %s\r\nMessage-ID: <%s@pec.demo.test>\r\n' "$MARIO" "$ANNA" "$TOK" "$TOK"
+    printf 'Date: %s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b-%s"\r\n\r\n' "$(LC_ALL=C date -R)" "$TOK"
+    printf -- '--b-%s\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nsee the attachment\r\n' "$TOK"
+    printf -- '--b-%s\r\nContent-Type: application/octet-stream; name="eicar.com"\r\nContent-Transfer-Encoding: base64\r\n' "$TOK"
+    printf 'Content-Disposition: attachment; filename="eicar.com"\r\n\r\n'
+    eicar_string | base64 | sed 's/$/\r/'
+    printf -- '--b-%s--\r\n' "$TOK"
+  } > "$O/3.eml"
+  swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/3.eml" > "$O/3.txt" 2>&1
+  _log "[$BACKEND] (3) end-of-DATA reply: $(eod_reply "$O/3.txt")"
+  ok "[$BACKEND] (3) mario gets exactly one message" expect_new "$MARIO_MD" 1
+  ok "[$BACKEND] (3) nothing reaches anna" expect_new "$ANNA_MD" 0
+  RCPT=$(new_files "$MARIO_MD" | head -1)
+  if [ -n "$RCPT" ]; then
+    ok "[$BACKEND] (3) it is a non-accettazione" kind_is "$RCPT" non-accettazione
+    ok "[$BACKEND] (3) X-VerificaSicurezza: errore" hdr_is "$RCPT" X-VerificaSicurezza errore
+    ok "[$BACKEND] (3) signature valid" verify_ok "$RCPT"
+  else
+    fail "[$BACKEND] (3) non-accettazione checks (no message)"
+  fi
+  ok "[$BACKEND] (3) quarantine holds one file" quarantine_count_is "$DIR/quarantine" 1
+
+  # ---- (4) holder classes: cittadino is upr, mario upa1 (default_class), anna upa (@pec.other.test)
+  TOK=s4-$BACKEND-$RANDOM$RANDOM
+  mark "$CITT_MD" "$MARIO_MD" "$ANNA_MD"
+  swaks_submit "$CITTADINO" "$CITTADINO_PW" "$CITTADINO" "$MARIO" --header "Subject: scenario 4a $TOK" \
+    --body "upr to upa1 body-$TOK" > "$O/4a.txt" 2>&1
+  _log "[$BACKEND] (4a) end-of-DATA reply: $(eod_reply "$O/4a.txt")"
+  ok "[$BACKEND] (4a) cittadino (upr) -> mario (upa1): cittadino gets exactly one message" expect_new "$CITT_MD" 1
+  ok "[$BACKEND] (4a) mario gets nothing" expect_new "$MARIO_MD" 0
+  RCPT=$(new_files "$CITT_MD" | head -1)
+  if [ -n "$RCPT" ]; then
+    ok "[$BACKEND] (4a) it is a non-accettazione" kind_is "$RCPT" non-accettazione
+    ok "[$BACKEND] (4a) signature valid" verify_ok "$RCPT"
+  else
+    fail "[$BACKEND] (4a) non-accettazione checks (no message)"
+  fi
+  mark "$CITT_MD" "$ANNA_MD"
+  swaks_submit "$CITTADINO" "$CITTADINO_PW" "$CITTADINO" "$ANNA" --header "Subject: scenario 4b $TOK" \
+    --body "upr to upa body-$TOK" > "$O/4b.txt" 2>&1
+  ok "[$BACKEND] (4b) cittadino (upr) -> anna (upa): anna gets exactly one message" expect_new "$ANNA_MD" 1
+  ok "[$BACKEND] (4b) cittadino gets exactly one message" expect_new "$CITT_MD" 1
+  ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$CITT_MD" | head -1)
+  [ -n "$ENV" ] && ok "[$BACKEND] (4b) anna's is a posta-certificata" kind_is "$ENV" posta-certificata
+  [ -n "$RCPT" ] && ok "[$BACKEND] (4b) cittadino's is an accettazione" kind_is "$RCPT" accettazione
+
+  # ---- (5) redis only: the state store is down -> tempfail; back -> exactly once
+  if [ "$BACKEND" = redis ]; then
+    TOK=s5-$BACKEND-$RANDOM$RANDOM
+    {
+      printf 'From: <%s>\r\nTo: <%s>\r\nSubject: scenario 5 %s\r\nMessage-ID: <%s@pec.demo.test>\r\n' "$MARIO" "$ANNA" "$TOK" "$TOK"
+      printf 'Date: %s\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nsame message twice body-%s\r\n' "$(LC_ALL=C date -R)" "$TOK"
+    } > "$O/5.eml"
+    ok "[$BACKEND] (5) redis stopped" redis_down "$DIR/redis"
+    mark "$MARIO_MD" "$ANNA_MD"
+    swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/5.eml" > "$O/5a.txt" 2>&1
+    ok "[$BACKEND] (5) redis down: 4xx at end of DATA" eod_is "$O/5a.txt" '^<\*\* +4[0-9][0-9] '
+    ok "[$BACKEND] (5) redis down: nothing for anna" expect_new "$ANNA_MD" 0
+    ok "[$BACKEND] (5) redis down: nothing for mario" expect_new "$MARIO_MD" 0
+    ok "[$BACKEND] (5) redis started again on the same port" redis_up "$DIR/redis" "$RIG_REDIS_PORT"
+    swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/5.eml" > "$O/5b.txt" 2>&1
+    ok "[$BACKEND] (5) same message again: accepted (250 at end of DATA)" eod_is "$O/5b.txt" '^<- +250 '
+    ok "[$BACKEND] (5) exactly one envelope for anna" expect_new "$ANNA_MD" 1
+    ok "[$BACKEND] (5) exactly one message for mario" expect_new "$MARIO_MD" 1
+    ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$MARIO_MD" | head -1)
+    [ -n "$ENV" ] && ok "[$BACKEND] (5) anna's is a posta-certificata" kind_is "$ENV" posta-certificata
+    [ -n "$ENV" ] && ok "[$BACKEND] (5) carrying the original" postacert_body_has "$ENV" "body-$TOK"
+    [ -n "$RCPT" ] && ok "[$BACKEND] (5) mario's is an accettazione" kind_is "$RCPT" accettazione
+  fi
+
+  # ---- teardown of this backend (the cleanup stack would do it too; here it is checked)
+  ok "[$BACKEND] pec-milter exits 0 on SIGTERM" pec_milter_down "$DIR"
+  fail "[$BACKEND] no panic in pec-milter's log" grep -q 'panicked' "$DIR/pec-milter.log"
+  ok "[$BACKEND] nothing left in the queue" pf_queue_empty "$PF" 5
+  pf_down "$PF"; clamd_down "$DIR/clamd"; redis_down "$DIR/redis"
+  ok "[$BACKEND] no process left in the netns" no_pids_in_netns
+  return 0
+}
+
+for B in ${BACKENDS:-embedded redis}; do
+  if ! run_backend "$B"; then
+    fail "[$B] setup failed: scenarios skipped"
+    pec_milter_down "$RIG_BASE/$B" 2>/dev/null; pf_down "$RIG_BASE/$B/pf"
+    clamd_down "$RIG_BASE/$B/clamd"; redis_down "$RIG_BASE/$B/redis"
+  fi
+done
+_log "e2e-access took $(rig_elapsed "$T0") s"
+rig_finish
