@@ -321,7 +321,10 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Option<Multipart<'
         if w[0].3 {
             break;
         }
-        parts.push(&body[w[0].2..w[1].0]);
+        // Adjacent delimiter lines share one line end: the part between
+        // them is empty (found by the fuzzer).
+        let end = w[1].0.max(w[0].2);
+        parts.push(&body[w[0].2..end]);
     }
     let closed = lines.last().is_some_and(|l| l.3);
     let epilogue = match lines.last() {
@@ -598,6 +601,9 @@ mod tests {
         assert!(m.closed);
         assert_eq!(m.epilogue, b"epi");
         assert!(split_multipart(b"nothing here", "XX").is_none());
+        // adjacent delimiters: an empty part, no panic
+        let m = split_multipart(b"--XX\r\n--XX\r\nA\r\n--XX--\r\n", "XX").expect("mp");
+        assert_eq!(m.parts, vec![&b""[..], &b"A"[..]]);
         // a line that merely starts with the delimiter is not one
         let m = split_multipart(b"--XX\r\na\r\n--XXY\r\n--XX--", "XX").expect("mp");
         assert_eq!(m.parts, vec![&b"a\r\n--XXY"[..]]);
