@@ -107,16 +107,20 @@ pub struct Submission {
 /// What the MTA must do with the submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Replace the message by the busta di trasporto: delete the header
-    /// fields of the original that the envelope does not inherit, add the
-    /// envelope's own ones (`envelope.headers[envelope_inherited..]`),
+    /// Replace the message by a built one (busta di trasporto or busta
+    /// di anomalia): delete the header fields of the original that it does
+    /// not inherit (see [`is_inherited`]; `keep_message_id` for the
+    /// anomaly envelope), add its own ones (`message.headers[inherited..]`),
     /// replace the body. Recipients unchanged.
-    Envelope {
+    Rewrite {
         pec_id: String,
-        envelope: BuiltMessage,
-        /// How many of `envelope.headers` were copied from the original.
-        envelope_inherited: usize,
+        message: BuiltMessage,
+        /// How many of `message.headers` were copied from the original.
+        inherited: usize,
+        keep_message_id: bool,
     },
+    /// Deliver the message as it is.
+    Deliver { note: String },
     /// Not sent: a non-acceptance notice went to the holder.
     Discard { pec_id: String, reason: String },
     /// Refuse at SMTP level (5xx).
@@ -207,9 +211,12 @@ impl AccessPoint {
         match self.process_inner(sub, now).await {
             Ok(outcome) => {
                 match &outcome {
-                    Outcome::Envelope { pec_id, .. } => tracing::info!(
+                    Outcome::Rewrite { pec_id, .. } => tracing::info!(
                         queue_id = qid, pec_id = %pec_id, sender = %sub.mail_from,
                         recipients = sub.rcpts.len(), "accettazione: envelope signed, receipt sent"
+                    ),
+                    Outcome::Deliver { note } => tracing::info!(
+                        queue_id = qid, note = %note, "delivered unchanged"
                     ),
                     Outcome::Discard { pec_id, reason } => tracing::info!(
                         queue_id = qid, pec_id = %pec_id, sender = %sub.mail_from,
@@ -349,7 +356,7 @@ impl AccessPoint {
             digest: self.digest,
         };
         let envelope = build_busta_trasporto(&self.provider, &tx, &cleaned, time, signer)?;
-        let envelope_inherited = inherited_count(&cleaned);
+        let inherited = inherited_count(&cleaned, false);
         let record = EnvelopeRecord {
             pec_id: pec_id.clone(),
             original_msgid: tx.msgid.clone(),
@@ -375,10 +382,11 @@ impl AccessPoint {
             .await?;
         self.notify(&tx, Ricevuta::Accettazione, time, &key, receipt_sent)
             .await?;
-        Ok(Outcome::Envelope {
+        Ok(Outcome::Rewrite {
             pec_id,
-            envelope,
-            envelope_inherited,
+            message: envelope,
+            inherited,
+            keep_message_id: false,
         })
     }
 
@@ -594,18 +602,21 @@ pub fn strip_marker_headers(message: &[u8]) -> (Vec<u8>, Vec<String>) {
     (out, removed)
 }
 
-/// Is this an original header field the envelope keeps (PEC-RULES §1.5)?
-pub fn is_inherited(name: &str) -> bool {
+/// Is this an original header field an envelope keeps (PEC-RULES §1.5;
+/// the busta di anomalia also keeps the Message-ID, §2.3)?
+pub fn is_inherited(name: &str, keep_message_id: bool) -> bool {
     ["Received", "Return-Path", "To", "Cc", "Reply-To"]
         .iter()
         .any(|n| n.eq_ignore_ascii_case(name))
+        || (keep_message_id && name.eq_ignore_ascii_case("Message-ID"))
 }
 
-fn inherited_count(message: &[u8]) -> usize {
+/// How many header fields of `message` an envelope built around it copies.
+pub fn inherited_count(message: &[u8], keep_message_id: bool) -> usize {
     let (head, _) = split_header_body(message);
     header_fields(head)
         .iter()
-        .filter(|f| is_inherited(f.name))
+        .filter(|f| is_inherited(f.name, keep_message_id))
         .count()
 }
 

@@ -42,6 +42,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub recipients: RecipientsConfig,
     pub holders: HoldersConfig,
+    pub index: IndexConfig,
+    pub reception: ReceptionConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -243,6 +245,82 @@ pub struct RecipientsConfig {
     pub certified_domains: Vec<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexSourceKind {
+    /// No providers' index: recipients are typed from
+    /// `recipients.certified_domains`, inbound mail passes untouched.
+    None,
+    Ldif,
+    Ldap,
+}
+
+/// The providers' index (IGPEC).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    pub source: IndexSourceKind,
+    /// The LDIF file (`source = "ldif"`).
+    pub ldif: PathBuf,
+    /// `source = "ldap"`.
+    pub url: String,
+    pub base: String,
+    pub bind_dn: Option<String>,
+    /// File holding the bind password (never the password itself here).
+    pub password_file: Option<PathBuf>,
+    #[serde(deserialize_with = "duration")]
+    pub refresh: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            source: IndexSourceKind::None,
+            ldif: "/var/lib/pec-milter/demo/igpec.ldif".into(),
+            url: "ldap://127.0.0.1:389".into(),
+            base: "o=postacert".into(),
+            bind_dn: None,
+            password_file: None,
+            refresh: Duration::from_secs(86400),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The reception point.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceptionConfig {
+    /// Trust anchors for provider signatures (PEM files); empty: the system store.
+    pub trust: Vec<PathBuf>,
+    /// CRLs (PEM) checked for every provider certificate; empty: no CRL check.
+    pub crls: Vec<PathBuf>,
+    /// Ordinary mail for a PEC mailbox: wrap it in a busta di anomalia, or reject it.
+    pub ordinary_mail: crate::reception::OrdinaryMail,
+    /// When the provider's certificate chain is checked: "now" or "signing-time".
+    pub verify_at: VerifyTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifyTime {
+    Now,
+    SigningTime,
+}
+
+impl Default for ReceptionConfig {
+    fn default() -> Self {
+        ReceptionConfig {
+            trust: Vec::new(),
+            crls: Vec::new(),
+            ordinary_mail: crate::reception::OrdinaryMail::Anomaly,
+            verify_at: VerifyTime::Now,
+        }
+    }
+}
+
 /// Holder classes of a public-administration provider (DPR 68/2005 art. 16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -442,6 +520,8 @@ mod tests {
         let cfg = Config::parse(text, Path::new("pec-milter.toml")).expect("parses");
         let mut want = Config::default();
         want.recipients.certified_domains = vec!["pec.demo.test".into()];
+        want.index.source = IndexSourceKind::Ldif;
+        want.reception.trust = vec!["/var/lib/pec-milter/demo/ca.pem".into()];
         assert_eq!(cfg, want);
     }
 

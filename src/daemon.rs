@@ -5,13 +5,19 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::access::{AccessPoint, Injector, Scanner, StaticDirectory, Verdict};
+use crate::access::{AccessPoint, Injector, RecipientDirectory, Scanner, StaticDirectory, Verdict};
 use crate::av::{Clamd, ClamdAddress, ScanVerdict};
-use crate::config::{Config, StateBackend};
+use crate::config::{Config, IndexSourceKind, StateBackend, VerifyTime};
 use crate::crypto::pem::PemKey;
 use crate::crypto::pki::Pki;
+use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{CryptoError, SigningKey};
+use crate::index::ldap::LdapSource;
+use crate::index::{IndexSource, ProviderEntry, ProviderIndex};
+use crate::milter::Roles;
 use crate::milter::{self, MilterListener};
+use crate::pec::TipoDestinatario;
+use crate::reception::ReceptionPoint;
 use crate::state::StateStore;
 use crate::state::embedded::EmbeddedStore;
 use crate::state::redis::RedisStore;
@@ -39,6 +45,22 @@ pub enum DaemonError {
     },
     #[error("milter: {0}")]
     Milter(std::io::Error),
+    #[error("index.password_file {path}: {source}")]
+    Password {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The providers' index answers certificato / esterno; with no copy loaded
+/// yet it answers an error (a temporary failure), never "esterno".
+struct IndexDirectory(Arc<ProviderIndex>);
+
+impl RecipientDirectory for IndexDirectory {
+    fn tipo(&self, address: &str) -> Result<TipoDestinatario, String> {
+        self.0.tipo_destinatario(address).map_err(|e| e.to_string())
+    }
 }
 
 #[async_trait::async_trait]
@@ -97,6 +119,35 @@ pub fn init_demo(cfg: &Config) -> Result<bool, DaemonError> {
         .unwrap_or(Path::new("."))
         .join("ca.pem");
     write(&ca, &pki.ca_cert_pem, false)?;
+    // A demo providers' index listing our own demo provider, so that the
+    // reception point accepts what our own access point signs.
+    let mut domains: Vec<String> = cfg
+        .provider
+        .domains
+        .iter()
+        .map(|d| d.to_ascii_lowercase())
+        .collect();
+    if !domains.contains(&cfg.provider.domain.to_ascii_lowercase()) {
+        domains.push(cfg.provider.domain.to_ascii_lowercase());
+    }
+    let cert = pki.cert()?;
+    let der = cert.to_der().map_err(CryptoError::from)?;
+    let entry = ProviderEntry {
+        dn: format!("providerName={},o=postacert", cfg.provider.name),
+        name: cfg.provider.name.clone(),
+        unit: None,
+        cert_hashes: vec![crate::index::certificate_hash(&der)],
+        certificates: vec![der],
+        mail_receipt: format!("posta-certificata@{}", cfg.provider.domain),
+        managed_domains: domains,
+    };
+    if cfg.index.source == IndexSourceKind::Ldif && !cfg.index.ldif.exists() {
+        write(
+            &cfg.index.ldif,
+            crate::index::ldif::write(&[entry]).as_bytes(),
+            false,
+        )?;
+    }
     tracing::warn!(
         key = %key.display(), cert = %cfg.signing.cert.display(), ca = %ca.display(),
         "created a DEMO provider identity (test CA): never use it for real PEC traffic"
@@ -127,8 +178,39 @@ pub fn open_state(cfg: &Config) -> Result<Arc<dyn StateStore>, DaemonError> {
     })
 }
 
-/// Build the access point from the configuration.
-pub fn access_point(cfg: &Config) -> Result<AccessPoint, DaemonError> {
+/// The providers' index named by the configuration, if any (not loaded yet).
+pub fn provider_index(cfg: &Config) -> Result<Option<Arc<ProviderIndex>>, DaemonError> {
+    let source = match cfg.index.source {
+        IndexSourceKind::None => return Ok(None),
+        IndexSourceKind::Ldif => IndexSource::Ldif(cfg.index.ldif.clone()),
+        IndexSourceKind::Ldap => {
+            let password = match &cfg.index.password_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .map_err(|source| DaemonError::Password {
+                            path: p.display().to_string(),
+                            source,
+                        })?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string(),
+                ),
+                None => None,
+            };
+            IndexSource::Ldap(LdapSource {
+                url: cfg.index.url.clone(),
+                base: cfg.index.base.clone(),
+                bind_dn: cfg.index.bind_dn.clone(),
+                password,
+                timeout: cfg.index.timeout,
+            })
+        }
+    };
+    Ok(Some(Arc::new(ProviderIndex::new(source))))
+}
+
+/// Build the roles (access point, and reception point when there is a
+/// providers' index) from the configuration.
+pub fn roles(cfg: &Config, index: Option<Arc<ProviderIndex>>) -> Result<Roles, DaemonError> {
     let key = load_key(cfg)?;
     let state = open_state(cfg)?;
     let scanner: Option<Arc<dyn Scanner>> = if cfg.clamd.enabled {
@@ -147,15 +229,77 @@ pub fn access_point(cfg: &Config) -> Result<AccessPoint, DaemonError> {
         cfg.reinjection.helo.clone(),
         cfg.reinjection.timeout,
     ));
-    let directory = Arc::new(StaticDirectory::new(&cfg.recipients.certified_domains));
-    Ok(AccessPoint::from_config(
-        cfg, key, state, scanner, injector, directory,
-    ))
+    let directory: Arc<dyn RecipientDirectory> = match &index {
+        Some(i) => Arc::new(IndexDirectory(i.clone())),
+        None => Arc::new(StaticDirectory::new(&cfg.recipients.certified_domains)),
+    };
+    let reception = match index {
+        None => {
+            tracing::warn!(
+                "no providers' index ([index] source = \"none\"): inbound mail passes untouched"
+            );
+            None
+        }
+        Some(index) => {
+            let trust = if cfg.reception.trust.is_empty() {
+                TrustStore::system()?
+            } else {
+                TrustStore::from_pem_files(&cfg.reception.trust)?
+            }
+            .with_crl_files(&cfg.reception.crls)?;
+            Some(ReceptionPoint {
+                provider: crate::pec::build::Provider {
+                    name: cfg.provider.name.clone(),
+                    domain: cfg.provider.domain.clone(),
+                },
+                key: key.clone(),
+                digest: cfg.provider.digest,
+                trust,
+                verify_at: match cfg.reception.verify_at {
+                    VerifyTime::Now => VerifyAt::Now,
+                    VerifyTime::SigningTime => VerifyAt::SigningTime,
+                },
+                index,
+                state: state.clone(),
+                scanner: scanner.clone(),
+                injector: injector.clone(),
+                ordinary_mail: cfg.reception.ordinary_mail,
+                quarantine_dir: cfg.quarantine.dir.clone(),
+                retention_secs: cfg.state.retention.as_secs(),
+            })
+        }
+    };
+    Ok(Roles {
+        access: AccessPoint::from_config(cfg, key, state, scanner, injector, directory),
+        reception,
+    })
 }
 
 /// Serve the milter until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
-    let ap = Arc::new(access_point(&cfg)?);
+    let index = provider_index(&cfg)?;
+    let roles = Arc::new(roles(&cfg, index.clone())?);
+    if let Some(index) = &index {
+        // First load now (a failure is logged; the reception point answers
+        // 4xx until a copy is loaded), then on schedule and on SIGHUP.
+        let _ = index.refresh_logged().await;
+        let trigger = Arc::new(tokio::sync::Notify::new());
+        index
+            .clone()
+            .spawn_refresher(cfg.index.refresh, trigger.clone());
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::hangup()) {
+                Ok(mut hup) => {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the providers' index");
+                        trigger.notify_one();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
+            }
+        });
+    }
     let listener = MilterListener::bind(&cfg.milter.listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -173,7 +317,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         connection_timeout: cfg.milter.connection_timeout,
         ..Default::default()
     };
-    milter::serve(listener, ap, config, shutdown_signal())
+    milter::serve(listener, roles, config, shutdown_signal())
         .await
         .map_err(DaemonError::Milter)?;
     tracing::info!("pec-milter stopped");

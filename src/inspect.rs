@@ -28,6 +28,10 @@ pub struct SignatureView {
     pub protocol: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub micalg: Option<String>,
+    /// The signer certificate's DER, as found in the signature (the key
+    /// into the providers' index, with `signer_sha1`).
+    #[serde(skip)]
+    pub signer_der: Option<Vec<u8>>,
 }
 
 /// daticert.xml as `inspect --json` prints it.
@@ -135,6 +139,7 @@ pub fn check_signature(msg: &PecMessage, trust: &TrustStore, at: VerifyAt) -> Si
         chain_ok: r.chain_ok,
         protocol: Some(signed.protocol.clone()),
         micalg: signed.micalg.clone(),
+        signer_der: r.signer_der,
     }
 }
 
@@ -151,6 +156,7 @@ fn missing(why: &str, signed: Option<&reader::SignedParts>) -> SignatureView {
         chain_ok: false,
         protocol: signed.map(|s| s.protocol.clone()),
         micalg: signed.and_then(|s| s.micalg.clone()),
+        signer_der: None,
     }
 }
 

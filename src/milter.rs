@@ -25,13 +25,29 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::access::{AccessPoint, Outcome, Submission, is_inherited};
+use crate::reception::{Inbound, ReceptionPoint};
+
+/// The roles the milter plays, chosen per message by how it arrived.
+pub struct Roles {
+    pub access: AccessPoint,
+    /// `None`: inbound mail passes untouched (no providers' index).
+    pub reception: Option<ReceptionPoint>,
+}
+
+/// Which role handles the current message.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    #[default]
+    Pass,
+    Access,
+    Reception,
+}
 use crate::pec::mime::{header_fields, split_header_body};
 
 /// The state of one SMTP session as the milter sees it.
 #[derive(Debug, Default)]
 pub struct Session {
-    /// The access point applies to the current message.
-    active: bool,
+    mode: Mode,
     auth_user: String,
     mail_from: String,
     rcpts: Vec<String>,
@@ -59,9 +75,9 @@ fn bare_path(arg: &str) -> String {
 }
 
 /// The callbacks, each a thin wrapper over a plain function.
-pub fn callbacks(ap: Arc<AccessPoint>) -> Callbacks<Session> {
-    let ap_mail = ap.clone();
-    let ap_eom = ap;
+pub fn callbacks(roles: Arc<Roles>) -> Callbacks<Session> {
+    let ap_mail = roles.clone();
+    let ap_eom = roles;
     Callbacks::new()
         .on_negotiate(|cx, _, _| Box::pin(negotiate(cx)))
         .on_mail(move |cx, args| {
@@ -90,7 +106,8 @@ async fn negotiate(cx: &mut NegotiateContext<Session>) -> Status {
     Status::Continue
 }
 
-fn mail(cx: &mut Context<Session>, args: &[CString], ap: &AccessPoint) -> Status {
+fn mail(cx: &mut Context<Session>, args: &[CString], roles: &Roles) -> Status {
+    let ap = &roles.access;
     let session = cx.data.get_or_insert_with(Session::default);
     session.reset();
     let auth = cx
@@ -104,15 +121,24 @@ fn mail(cx: &mut Context<Session>, args: &[CString], ap: &AccessPoint) -> Status
         .unwrap_or_default();
     match auth {
         Some(user) if ap.serves(&from) => {
-            session.active = true;
+            session.mode = Mode::Access;
             session.auth_user = user;
             session.mail_from = from;
             Status::Continue
         }
-        _ => {
-            // Not an authenticated PEC holder: not the access point's
-            // business (the reception point handles inbound mail).
-            tracing::debug!(sender = %from, "not an authenticated holder: accepted unchanged");
+        Some(_) => {
+            // Authenticated, but not a holder of our PEC domains.
+            tracing::debug!(sender = %from, "authenticated non-holder: accepted unchanged");
+            Status::Accept
+        }
+        None if roles.reception.is_some() => {
+            // Inbound: the reception point decides once the recipients are known.
+            session.mode = Mode::Reception;
+            session.mail_from = from;
+            Status::Continue
+        }
+        None => {
+            tracing::debug!(sender = %from, "inbound mail, no reception point: accepted unchanged");
             Status::Accept
         }
     }
@@ -158,7 +184,7 @@ fn abort(cx: &mut Context<Session>) -> Status {
     Status::Continue
 }
 
-async fn eom(cx: &mut EomContext<Session>, ap: &AccessPoint) -> Status {
+async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
     let queue_id = cx
         .macros
         .get(c"i")
@@ -166,37 +192,66 @@ async fn eom(cx: &mut EomContext<Session>, ap: &AccessPoint) -> Status {
     let Some(s) = cx.data.as_mut() else {
         return Status::Accept;
     };
-    if !s.active {
+    let mode = s.mode;
+    s.mode = Mode::Pass;
+    if mode == Mode::Pass {
         return Status::Accept;
     }
     let mut message = std::mem::take(&mut s.header);
     message.extend_from_slice(b"\r\n");
     message.extend_from_slice(&s.body);
     s.body = Vec::new();
-    let sub = Submission {
-        queue_id,
-        auth_user: std::mem::take(&mut s.auth_user),
-        mail_from: std::mem::take(&mut s.mail_from),
-        rcpts: std::mem::take(&mut s.rcpts),
-        message,
-    };
-    s.active = false;
-    let outcome = ap.process(&sub, Utc::now()).await;
-    apply(cx, &sub.message, outcome).await
+    let rcpts = std::mem::take(&mut s.rcpts);
+    let mail_from = std::mem::take(&mut s.mail_from);
+    let auth_user = std::mem::take(&mut s.auth_user);
+    match (mode, &roles.reception) {
+        (Mode::Access, _) => {
+            let sub = Submission {
+                queue_id,
+                auth_user,
+                mail_from,
+                rcpts,
+                message,
+            };
+            let outcome = roles.access.process(&sub, Utc::now()).await;
+            apply(cx, &sub.message, outcome).await
+        }
+        (Mode::Reception, Some(rp)) => {
+            let ours: Vec<String> = rcpts
+                .into_iter()
+                .filter(|r| roles.access.serves(r))
+                .collect();
+            if ours.is_empty() {
+                return Status::Accept;
+            }
+            let inbound = Inbound {
+                queue_id,
+                mail_from,
+                rcpts: ours,
+                message,
+            };
+            let outcome = rp.process(&inbound, Utc::now()).await;
+            apply(cx, &inbound.message, outcome).await
+        }
+        _ => Status::Accept,
+    }
 }
 
 /// Turn an outcome into milter actions and the final status.
 async fn apply(cx: &mut EomContext<Session>, original: &[u8], outcome: Outcome) -> Status {
     match outcome {
-        Outcome::Envelope {
-            envelope,
-            envelope_inherited,
+        Outcome::Deliver { .. } => Status::Accept,
+        Outcome::Rewrite {
+            message,
+            inherited,
+            keep_message_id,
             ..
         } => match rewrite(
             cx,
             original,
-            &envelope.headers[envelope_inherited..],
-            &envelope.body,
+            message.headers.get(inherited..).unwrap_or_default(),
+            &message.body,
+            keep_message_id,
         )
         .await
         {
@@ -241,6 +296,7 @@ async fn rewrite(
     original: &[u8],
     new_headers: &[String],
     body: &[u8],
+    keep_message_id: bool,
 ) -> Result<(), indymilter::ActionError> {
     let (head, _) = split_header_body(original);
     let fields = header_fields(head);
@@ -259,7 +315,7 @@ async fn rewrite(
                 1
             }
         };
-        if !is_inherited(f.name) {
+        if !is_inherited(f.name, keep_message_id) {
             deletions.push((f.name.to_string(), idx));
         }
     }
@@ -338,7 +394,7 @@ impl Listener for NoDelayListener {
 /// Serve until `shutdown` completes.
 pub async fn serve(
     listener: MilterListener,
-    ap: Arc<AccessPoint>,
+    ap: Arc<Roles>,
     config: indymilter::Config,
     shutdown: impl std::future::Future,
 ) -> io::Result<()> {

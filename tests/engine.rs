@@ -214,6 +214,7 @@ fn busta_anomalia() {
         mittente: "someone@example.org".into(),
         oggetto: "ciao".into(),
         errore: "messaggio di posta ordinaria".into(),
+        sicurezza: false,
     };
     let m = build_busta_anomalia(
         &provider(),

@@ -143,9 +143,13 @@ async fn rig_with(state: Option<Arc<dyn StateStore>>) -> Rig {
         .trim_start_matches("inet:")
         .to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let roles = milter::Roles {
+        access: ap,
+        reception: None,
+    };
     tokio::spawn(milter::serve(
         listener,
-        Arc::new(ap),
+        Arc::new(roles),
         Default::default(),
         rx,
     ));

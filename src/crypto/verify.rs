@@ -57,6 +57,9 @@ pub enum VerifyAt {
 #[derive(Clone, Default)]
 pub struct TrustStore {
     certs: Vec<X509>,
+    /// CRL files (PEM); when any is given, every chain is checked for
+    /// revocation of its leaf (`X509_V_FLAG_CRL_CHECK`).
+    crl_files: Vec<PathBuf>,
     now_store: Arc<OnceLock<X509Store>>,
 }
 
@@ -181,6 +184,7 @@ impl TrustStore {
     fn with_certs(certs: Vec<X509>) -> Self {
         TrustStore {
             certs,
+            crl_files: Vec::new(),
             now_store: Arc::default(),
         }
     }
@@ -189,6 +193,26 @@ impl TrustStore {
     pub fn add(&mut self, cert: X509) {
         self.certs.push(cert);
         self.now_store = Arc::default();
+    }
+
+    /// Check revocation against these CRL files (PEM). Each is read now so
+    /// that a bad file is an error at start-up, not at the first message.
+    pub fn with_crl_files(mut self, paths: &[PathBuf]) -> Result<Self, CryptoError> {
+        for p in paths {
+            let bytes = std::fs::read(p).map_err(|source| CryptoError::Io {
+                path: p.clone(),
+                source,
+            })?;
+            openssl::x509::X509Crl::from_pem(&bytes)
+                .or_else(|_| openssl::x509::X509Crl::from_der(&bytes))
+                .map_err(|e| CryptoError::Load {
+                    path: p.clone(),
+                    reason: format!("not a CRL: {e}"),
+                })?;
+        }
+        self.crl_files = paths.to_vec();
+        self.now_store = Arc::default();
+        Ok(self)
     }
 
     /// Add every certificate of `other`.
@@ -233,6 +257,15 @@ impl TrustStore {
         let mut b = X509StoreBuilder::new()?;
         for c in &self.certs {
             b.add_cert(c.clone())?;
+        }
+        if !self.crl_files.is_empty() {
+            let lookup = b.add_lookup(openssl::x509::store::X509Lookup::file())?;
+            for p in &self.crl_files {
+                // PEM first; a DER CRL fails here and is reported by the
+                // chain check as "unable to get certificate CRL".
+                let _ = lookup.load_crl_file(p, openssl::ssl::SslFiletype::PEM);
+            }
+            b.set_flags(openssl::x509::verify::X509VerifyFlags::CRL_CHECK)?;
         }
         let mut param = X509VerifyParam::new()?;
         param.set_purpose(X509PurposeId::ANY)?;

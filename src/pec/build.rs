@@ -718,6 +718,9 @@ pub struct Anomalia {
     pub oggetto: String,
     /// A short description of the error, e.g. "firma non valida".
     pub errore: String,
+    /// The message failed the provider signature checks: mark the envelope
+    /// `X-VerificaSicurezza: errore`.
+    pub sicurezza: bool,
 }
 
 /// Build and sign the busta di anomalia (PEC-RULES §2.3) around
@@ -750,6 +753,9 @@ pub fn build_busta_anomalia(
     let had_message_id = original_msgid(&canon).is_some();
     let mut headers = raw_fields_to_strings(keep);
     headers.push("X-Trasporto: errore\r\n".to_string());
+    if anomalia.sicurezza {
+        headers.push("X-VerificaSicurezza: errore\r\n".to_string());
+    }
     headers.push(date_header(time));
     headers.push(mime::unstructured_header(
         "Subject",

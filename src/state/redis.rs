@@ -168,12 +168,31 @@ impl RedisStore {
             .cloned()
     }
 
-    /// Send one command.
+    /// Send one command. A connection-level failure (refused, dropped,
+    /// I/O) is retried a few times after short pauses, so that a Redis that
+    /// has just come back is used at once instead of failing the message;
+    /// the whole operation stays bounded by the store's timeout. Retrying
+    /// is safe: every command the store sends is idempotent or guarded
+    /// (`SET NX`, `SET XX`, `GET`).
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StateError> {
-        let mut conn = self.manager().await?;
-        cmd.query_async(&mut conn)
-            .await
-            .map_err(|e| StateError::Unavailable(format!("Redis: {e}")))
+        const PAUSES_MS: [u64; 3] = [50, 150, 400];
+        let mut attempt = 0;
+        loop {
+            let mut conn = self.manager().await?;
+            match cmd.query_async(&mut conn).await {
+                Ok(v) => return Ok(v),
+                Err(e)
+                    if attempt < PAUSES_MS.len()
+                        && (e.is_io_error()
+                            || e.is_connection_refusal()
+                            || e.is_connection_dropped()) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(PAUSES_MS[attempt])).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(StateError::Unavailable(format!("Redis: {e}"))),
+            }
+        }
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {

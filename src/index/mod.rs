@@ -1,0 +1,446 @@
+//! The providers' index (IGPEC, *Indice dei Gestori PEC*; PEC-RULES §5).
+//!
+//! Every PEC provider keeps a local copy of the central LDAP directory
+//! `o=postacert`: one `provider` entry per provider
+//! (`providerName=<name>,o=postacert`) and optional secondary operating
+//! environments (`providerUnit=<unit>,providerName=<name>,o=postacert`). The
+//! milter needs two lookups from it:
+//!
+//! - **recipient type** at acceptance: is the domain of an address listed in
+//!   some entry's `managedDomains`? (`certificato` / `esterno`; an exact,
+//!   case-insensitive domain match, subdomains are not implied);
+//! - **origin of an inbound signature** (PEC-RULES §4.3): SHA-1 of the signer
+//!   certificate, searched case-insensitively in `providerCertificateHash`,
+//!   then the DER byte-compared with one of that entry's
+//!   `providerCertificate;binary` values.
+//!
+//! The copy comes from an LDIF file ([`ldif`]) or an LDAP server ([`ldap`]).
+//! [`IndexSnapshot`] is one immutable, loaded copy; [`ProviderIndex`] holds
+//! the last good one and refreshes it on a schedule or on demand, never
+//! replacing a good copy by a failed or empty load.
+
+pub mod ldap;
+pub mod ldif;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use crate::crypto::{DigestAlg, digest, verify::hex_upper};
+use crate::pec::TipoDestinatario;
+
+/// One `provider` entry of the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderEntry {
+    /// The entry's distinguished name, as the source gave it.
+    pub dn: String,
+    /// `providerName`.
+    pub name: String,
+    /// `providerUnit`: set on the entry of a secondary operating environment.
+    pub unit: Option<String>,
+    /// `providerCertificateHash` values, normalised to uppercase hex.
+    pub cert_hashes: Vec<String>,
+    /// `providerCertificate;binary` values (DER).
+    pub certificates: Vec<Vec<u8>>,
+    /// `mailReceipt`: the provider's service mailbox.
+    pub mail_receipt: String,
+    /// `managedDomains`, lowercase.
+    pub managed_domains: Vec<String>,
+}
+
+impl ProviderEntry {
+    /// Whether `domain` is one of this entry's `managedDomains` (exact,
+    /// case-insensitive; PEC-RULES §4.3 step 5 checks the `From:` domain
+    /// with this).
+    pub fn manages(&self, domain: &str) -> bool {
+        let d = normalise_domain(domain);
+        self.managed_domains.iter().any(|m| *m == d)
+    }
+}
+
+/// Errors of the providers' index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An LDIF document is malformed or an entry lacks a mandatory attribute.
+    #[error("LDIF line {line}: {reason}")]
+    Ldif {
+        /// 1-based line number (of the offending line, or of the entry's `dn:`).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The LDAP server could not be reached or answered with an error.
+    #[error("LDAP: {0}")]
+    Ldap(String),
+    /// No usable copy: the source yielded no provider, or nothing was loaded
+    /// yet. A good index is never replaced by an empty one.
+    #[error("empty providers' index: {0}")]
+    Empty(String),
+    /// The source did not answer within its timeout.
+    #[error("the providers' index source did not answer in time")]
+    Timeout,
+}
+
+/// Lowercase, trimmed, without a trailing dot.
+fn normalise_domain(domain: &str) -> String {
+    let d = domain.trim();
+    let d = d.strip_suffix('.').unwrap_or(d);
+    d.to_ascii_lowercase()
+}
+
+/// The base name of an attribute description, lowercase, without options
+/// (`providerCertificate;binary` → `providercertificate`).
+fn attr_base(name: &str) -> String {
+    name.split(';')
+        .next()
+        .unwrap_or(name)
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Builds a [`ProviderEntry`] from the attributes of one entry (names as the
+/// source gave them, any case, options allowed; values raw). Errors name the
+/// problem; callers add the entry's position.
+pub(crate) fn entry_from_attrs(
+    dn: &str,
+    attrs: &[(String, Vec<u8>)],
+) -> Result<ProviderEntry, String> {
+    let mut name = Vec::new();
+    let mut unit = Vec::new();
+    let mut cert_hashes = Vec::new();
+    let mut certificates = Vec::new();
+    let mut mail_receipt = Vec::new();
+    let mut managed_domains = Vec::new();
+    for (attr, value) in attrs {
+        let base = attr_base(attr);
+        let text =
+            || String::from_utf8(value.clone()).map_err(|_| format!("{attr}: value is not UTF-8"));
+        match base.as_str() {
+            "providername" => name.push(text()?.trim().to_string()),
+            "providerunit" => unit.push(text()?.trim().to_string()),
+            "providercertificatehash" => cert_hashes.push(text()?.trim().to_ascii_uppercase()),
+            "providercertificate" => certificates.push(value.clone()),
+            "mailreceipt" => mail_receipt.push(text()?.trim().to_string()),
+            "manageddomains" => managed_domains.push(normalise_domain(&text()?)),
+            _ => {}
+        }
+    }
+    let single = |values: &mut Vec<String>, attr: &str| -> Result<Option<String>, String> {
+        match values.len() {
+            0 => Ok(None),
+            1 => Ok(values.pop()),
+            n => Err(format!("{attr} is single-valued but has {n} values")),
+        }
+    };
+    let name = single(&mut name, "providerName")?
+        .ok_or_else(|| "missing mandatory attribute providerName".to_string())?;
+    let unit = single(&mut unit, "providerUnit")?;
+    let mail_receipt = single(&mut mail_receipt, "mailReceipt")?
+        .ok_or_else(|| "missing mandatory attribute mailReceipt".to_string())?;
+    if cert_hashes.is_empty() {
+        return Err("missing mandatory attribute providerCertificateHash".into());
+    }
+    if certificates.is_empty() {
+        return Err("missing mandatory attribute providerCertificate".into());
+    }
+    if managed_domains.is_empty() {
+        return Err("missing mandatory attribute managedDomains".into());
+    }
+    Ok(ProviderEntry {
+        dn: dn.to_string(),
+        name,
+        unit,
+        cert_hashes,
+        certificates,
+        mail_receipt,
+        managed_domains,
+    })
+}
+
+/// Uppercase hex SHA-1 of a certificate's DER (the `providerCertificateHash` form).
+pub fn certificate_hash(der: &[u8]) -> String {
+    hex_upper(&digest(DigestAlg::Sha1, der))
+}
+
+/// One immutable copy of the index.
+#[derive(Debug)]
+pub struct IndexSnapshot {
+    entries: Vec<ProviderEntry>,
+    /// lowercase domain → index in `entries`
+    by_domain: HashMap<String, usize>,
+    /// uppercase hash → indexes in `entries`
+    by_hash: HashMap<String, Vec<usize>>,
+    loaded_at: SystemTime,
+    source: String,
+}
+
+impl IndexSnapshot {
+    /// A snapshot of `entries` loaded from `source` (a description for the
+    /// logs). Refuses an empty list ([`IndexError::Empty`]). A domain listed
+    /// by two entries belongs to the first one (a warning is logged).
+    pub fn new(entries: Vec<ProviderEntry>, source: String) -> Result<Self, IndexError> {
+        if entries.is_empty() {
+            return Err(IndexError::Empty(format!("{source} lists no provider")));
+        }
+        let mut by_domain: HashMap<String, usize> = HashMap::new();
+        let mut by_hash: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            for d in &e.managed_domains {
+                let d = normalise_domain(d);
+                match by_domain.get(&d) {
+                    Some(&first) => {
+                        let owner = &entries[first];
+                        if owner.name.eq_ignore_ascii_case(&e.name) {
+                            tracing::debug!(domain = %d, first = %owner.dn, again = %e.dn,
+                                "domain listed twice by the same provider");
+                        } else {
+                            tracing::warn!(domain = %d, kept = %owner.dn, ignored = %e.dn,
+                                "providers' index: domain listed by two providers; keeping the first");
+                        }
+                    }
+                    None => {
+                        by_domain.insert(d, i);
+                    }
+                }
+            }
+            for h in &e.cert_hashes {
+                let list = by_hash.entry(h.trim().to_ascii_uppercase()).or_default();
+                if !list.contains(&i) {
+                    list.push(i);
+                }
+            }
+            for der in &e.certificates {
+                if !e.cert_hashes.iter().any(|h| *h == certificate_hash(der)) {
+                    tracing::warn!(dn = %e.dn, sha1 = %certificate_hash(der),
+                        "providers' index: a providerCertificate has no matching providerCertificateHash in its entry");
+                }
+            }
+        }
+        Ok(IndexSnapshot {
+            entries,
+            by_domain,
+            by_hash,
+            loaded_at: SystemTime::now(),
+            source,
+        })
+    }
+
+    /// All entries, in source order.
+    pub fn providers(&self) -> &[ProviderEntry] {
+        &self.entries
+    }
+
+    /// When this copy was loaded.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// Where this copy came from (file path or LDAP URL and base).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The entry listing `domain` in `managedDomains`: exact match,
+    /// case-insensitive; subdomains are NOT implied.
+    pub fn provider_for_domain(&self, domain: &str) -> Option<&ProviderEntry> {
+        self.by_domain
+            .get(&normalise_domain(domain))
+            .and_then(|&i| self.entries.get(i))
+    }
+
+    /// Whether `domain` is a PEC domain (listed by some provider).
+    pub fn is_certified(&self, domain: &str) -> bool {
+        self.provider_for_domain(domain).is_some()
+    }
+
+    /// The entry owning a signer certificate: the SHA-1 of `der` matched
+    /// case-insensitively against `providerCertificateHash`, then `der`
+    /// byte-compared with one of that entry's certificates. An entry that
+    /// lists the hash but none of whose certificates equals `der` does not
+    /// own it (`None`, logged).
+    pub fn provider_for_certificate(&self, der: &[u8]) -> Option<&ProviderEntry> {
+        let hash = certificate_hash(der);
+        let candidates = self.by_hash.get(&hash)?;
+        let found = candidates
+            .iter()
+            .filter_map(|&i| self.entries.get(i))
+            .find(|e| e.certificates.iter().any(|c| c.as_slice() == der));
+        if found.is_none() {
+            let dns: Vec<&str> = candidates
+                .iter()
+                .filter_map(|&i| self.entries.get(i))
+                .map(|e| e.dn.as_str())
+                .collect();
+            tracing::warn!(sha1 = %hash, entries = ?dns,
+                "providers' index: certificate hash listed, but no listed certificate equals the signer's");
+        }
+        found
+    }
+}
+
+/// Where the index is loaded from.
+#[derive(Debug, Clone)]
+pub enum IndexSource {
+    /// A local LDIF file (the published directory, or an export of it).
+    Ldif(PathBuf),
+    /// An LDAP server.
+    Ldap(ldap::LdapSource),
+}
+
+impl IndexSource {
+    /// A description for logs and [`IndexSnapshot::source`].
+    pub fn describe(&self) -> String {
+        match self {
+            IndexSource::Ldif(path) => format!("LDIF file {}", path.display()),
+            IndexSource::Ldap(src) => src.describe(),
+        }
+    }
+
+    /// Loads the entries (no emptiness check here; see [`IndexSnapshot::new`]).
+    pub async fn load(&self) -> Result<Vec<ProviderEntry>, IndexError> {
+        match self {
+            IndexSource::Ldif(path) => {
+                let p = path.clone();
+                match tokio::task::spawn_blocking(move || ldif::load(&p)).await {
+                    Ok(r) => r,
+                    Err(e) => Err(IndexError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::other(format!("reading task failed: {e}")),
+                    }),
+                }
+            }
+            IndexSource::Ldap(src) => src.load().await,
+        }
+    }
+}
+
+/// The live index: the last good snapshot, refreshed on a schedule and on
+/// demand. Reads are cheap (an `Arc` clone under a read lock).
+#[derive(Debug)]
+pub struct ProviderIndex {
+    source: IndexSource,
+    current: RwLock<Option<Arc<IndexSnapshot>>>,
+    /// One refresh at a time, so that swaps happen in load order.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl ProviderIndex {
+    /// An index reading from `source`; empty until the first successful
+    /// [`refresh`](Self::refresh).
+    pub fn new(source: IndexSource) -> Self {
+        ProviderIndex {
+            source,
+            current: RwLock::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Where this index loads from.
+    pub fn index_source(&self) -> &IndexSource {
+        &self.source
+    }
+
+    /// Loads a new copy from the source; on success it replaces the current
+    /// one, on failure (unreadable, malformed, empty, timeout) the current
+    /// copy stays and the error is returned.
+    pub async fn refresh(&self) -> Result<(), IndexError> {
+        let _guard = self.refreshing.lock().await;
+        let entries = self.source.load().await?;
+        let snapshot = IndexSnapshot::new(entries, self.source.describe())?;
+        let snapshot = Arc::new(snapshot);
+        let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *cur = Some(snapshot);
+        Ok(())
+    }
+
+    /// The current copy; `None` before the first successful load.
+    pub fn snapshot(&self) -> Option<Arc<IndexSnapshot>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Age of the current copy; `None` before the first successful load.
+    pub fn age(&self) -> Option<Duration> {
+        self.snapshot()
+            .map(|s| s.loaded_at().elapsed().unwrap_or(Duration::ZERO))
+    }
+
+    /// The recipient type of `address` (`local@domain`, angle brackets
+    /// allowed): `Certificato` when its domain is in the index, `Esterno`
+    /// otherwise. Without a loaded index this is an error, never a guess.
+    pub fn tipo_destinatario(&self, address: &str) -> Result<TipoDestinatario, IndexError> {
+        let snapshot = self
+            .snapshot()
+            .ok_or_else(|| IndexError::Empty("the providers' index is not loaded yet".into()))?;
+        let address = address.trim().trim_start_matches('<').trim_end_matches('>');
+        let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        Ok(if !domain.is_empty() && snapshot.is_certified(domain) {
+            TipoDestinatario::Certificato
+        } else {
+            TipoDestinatario::Esterno
+        })
+    }
+
+    /// Refreshes and logs the outcome (info with the provider count on
+    /// success; warn with the age of the copy still in use on failure).
+    pub async fn refresh_logged(&self) -> Result<(), IndexError> {
+        let result = self.refresh().await;
+        match &result {
+            Ok(()) => {
+                let count = self.snapshot().map(|s| s.providers().len()).unwrap_or(0);
+                tracing::info!(source = %self.source.describe(), providers = count,
+                    "providers' index loaded");
+            }
+            Err(e) => match self.age() {
+                Some(age) => tracing::warn!(source = %self.source.describe(), error = %e,
+                    age_secs = age.as_secs(),
+                    "providers' index refresh failed; keeping the previous copy"),
+                None => tracing::warn!(source = %self.source.describe(), error = %e,
+                    "providers' index refresh failed; no copy loaded yet"),
+            },
+        }
+        result
+    }
+
+    /// Spawns a task that refreshes every `interval` (at least one second)
+    /// and whenever `trigger` is notified (use `Notify::notify_one`, which
+    /// is never lost, e.g. on SIGHUP). If nothing is loaded yet it refreshes
+    /// at once. Each outcome is logged. Abort the handle to stop it.
+    pub fn spawn_refresher(
+        self: Arc<Self>,
+        interval: Duration,
+        trigger: Arc<tokio::sync::Notify>,
+    ) -> tokio::task::JoinHandle<()> {
+        let interval = interval.max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            if self.snapshot().is_none() {
+                let _ = self.refresh_logged().await;
+            }
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = trigger.notified() => {
+                        tracing::info!(source = %self.source.describe(),
+                            "providers' index: refresh requested");
+                    }
+                }
+                let _ = self.refresh_logged().await;
+            }
+        })
+    }
+}

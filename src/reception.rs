@@ -1,0 +1,579 @@
+//! The reception point (punto di ricezione, PEC-RULES §2.3, §2.6, §2.10,
+//! §4.3, §7.3): what happens to a message that arrives unauthenticated for
+//! one of our PEC domains.
+//!
+//! - A correct busta di trasporto (signature valid, chain to our trust
+//!   anchors, signer listed in the providers' index, `From:` domain managed
+//!   by that provider, daticert and postacert present): the signed
+//!   `presa-in-carico` goes to the sending provider's `mailReceipt` and the
+//!   envelope is delivered as is. A virus inside: `rilevazione-virus` per
+//!   recipient to the sending provider, the envelope quarantined, not
+//!   delivered.
+//! - A correct receipt or notice: delivered as is; the sender-side record
+//!   of our envelope is updated per recipient.
+//! - Anything claiming to be PEC that fails a check: a signed busta di
+//!   anomalia with `X-VerificaSicurezza: errore`.
+//! - Ordinary mail: a busta di anomalia, or a rejection (configuration).
+//! - A check that cannot be made now (index not loaded, clamd or state
+//!   store down): 4xx.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::access::{Injector, Outcome, Scanner, Verdict, inherited_count};
+use crate::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
+use crate::crypto::{self, DigestAlg, SigningKey};
+use crate::index::{ProviderEntry, ProviderIndex};
+use crate::inspect::check_signature;
+use crate::pec::build::{
+    Anomalia, BuildError, Emission, Provider, Ricevuta, Signer, Transaction, build_busta_anomalia,
+    build_ricevuta,
+};
+use crate::pec::reader::{self, PecMessage};
+use crate::pec::{DatiCert, MessageKind, Tipo, mime};
+use crate::state::{Claim, RecipientStatus, StateStore};
+
+/// What to do with ordinary (non-PEC) mail for a PEC mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrdinaryMail {
+    /// Wrap it in a busta di anomalia (the default).
+    Anomaly,
+    /// Refuse it at SMTP level.
+    Reject,
+}
+
+/// One inbound message at end of message.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub queue_id: Option<String>,
+    pub mail_from: String,
+    /// Forward paths in our PEC domains.
+    pub rcpts: Vec<String>,
+    pub message: Vec<u8>,
+}
+
+pub struct ReceptionPoint {
+    pub provider: Provider,
+    pub key: Arc<dyn SigningKey>,
+    pub digest: DigestAlg,
+    pub trust: TrustStore,
+    pub verify_at: VerifyAt,
+    pub index: Arc<ProviderIndex>,
+    pub state: Arc<dyn StateStore>,
+    pub scanner: Option<Arc<dyn Scanner>>,
+    pub injector: Arc<dyn Injector>,
+    pub ordinary_mail: OrdinaryMail,
+    pub quarantine_dir: PathBuf,
+    pub retention_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Temp {
+    #[error("state store: {0}")]
+    State(#[from] crate::state::StateError),
+    #[error("antivirus: {0}")]
+    Scan(String),
+    #[error("reinjection: {0}")]
+    Inject(String),
+    #[error("signing: {0}")]
+    Build(#[from] BuildError),
+    #[error("providers' index not loaded yet")]
+    NoIndex,
+    #[error("quarantine: {0}")]
+    Quarantine(String),
+}
+
+/// Why a message that claims to be PEC is not a correct one.
+fn structure_problem(msg: &PecMessage) -> Option<String> {
+    let d = match &msg.daticert {
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return Some(format!("daticert.xml non valido: {e}")),
+        None => {
+            if msg.kind == MessageKind::BustaAnomalia {
+                return None;
+            }
+            return Some("daticert.xml assente".into());
+        }
+    };
+    match msg.kind {
+        MessageKind::BustaTrasporto => {
+            if d.tipo != Tipo::PostaCertificata {
+                return Some(format!("tipo {} in una busta di trasporto", d.tipo));
+            }
+            if msg.postacert.is_none() {
+                return Some("postacert.eml assente".into());
+            }
+            None
+        }
+        MessageKind::Ricevuta(t) if d.tipo != t => {
+            Some(format!("X-Ricevuta {t} ma daticert tipo {}", d.tipo))
+        }
+        _ => None,
+    }
+}
+
+fn domain_of(address: &str) -> Option<String> {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
+}
+
+impl ReceptionPoint {
+    pub async fn process(&self, inbound: &Inbound, now: DateTime<Utc>) -> Outcome {
+        let qid = inbound.queue_id.as_deref().unwrap_or("-");
+        let outcome = match self.process_inner(inbound, now).await {
+            Ok(o) => o,
+            Err(e) => Outcome::Tempfail {
+                reason: e.to_string(),
+            },
+        };
+        match &outcome {
+            Outcome::Rewrite { pec_id, .. } => tracing::info!(
+                queue_id = qid, sender = %inbound.mail_from, id = %pec_id,
+                "reception: wrapped in a busta di anomalia"
+            ),
+            Outcome::Deliver { note } => tracing::info!(
+                queue_id = qid, sender = %inbound.mail_from, note = %note, "reception: delivered"
+            ),
+            Outcome::Discard { pec_id, reason } => tracing::info!(
+                queue_id = qid, sender = %inbound.mail_from, pec_id = %pec_id,
+                reason = %reason, "reception: not delivered"
+            ),
+            Outcome::Reject { code, text, .. } => tracing::info!(
+                queue_id = qid, sender = %inbound.mail_from, code, text = %text, "reception: rejected"
+            ),
+            Outcome::Tempfail { reason } => tracing::warn!(
+                queue_id = qid, sender = %inbound.mail_from, reason = %reason,
+                "reception: temporary failure"
+            ),
+        }
+        outcome
+    }
+
+    async fn process_inner(&self, inbound: &Inbound, now: DateTime<Utc>) -> Result<Outcome, Temp> {
+        let msg = match reader::read(&inbound.message) {
+            Ok(m) => m,
+            Err(e) => {
+                return self
+                    .ordinary(inbound, now, &format!("messaggio non leggibile: {e}"))
+                    .await;
+            }
+        };
+        if msg.kind == MessageKind::None {
+            return self
+                .ordinary(inbound, now, "messaggio di posta ordinaria")
+                .await;
+        }
+
+        // It claims to be PEC: every check must hold (PEC-RULES §4.3).
+        let snapshot = self.index.snapshot().ok_or(Temp::NoIndex)?;
+        let sig = check_signature(&msg, &self.trust, self.verify_at);
+        let mut problem: Option<String> = None;
+        let mut entry: Option<ProviderEntry> = None;
+        if sig.status != SignatureStatus::Valid {
+            problem = Some(format!(
+                "firma non valida ({})",
+                sig.reason.as_deref().unwrap_or("verifica fallita")
+            ));
+        } else {
+            match sig
+                .signer_der
+                .as_deref()
+                .and_then(|d| snapshot.provider_for_certificate(d))
+            {
+                None => {
+                    problem =
+                        Some("il certificato del firmatario non è nell'indice dei gestori".into())
+                }
+                Some(e) => {
+                    let from_domain = msg
+                        .from
+                        .as_deref()
+                        .and_then(mime::addr_spec)
+                        .and_then(|a| domain_of(&a));
+                    match from_domain {
+                        Some(d) if e.managed_domains.iter().any(|m| m.eq_ignore_ascii_case(&d)) => {
+                            entry = Some(e.clone());
+                        }
+                        other => {
+                            problem = Some(format!(
+                                "il dominio del mittente {} non è gestito da {}",
+                                other.unwrap_or_else(|| "?".into()),
+                                e.name
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        if problem.is_none() {
+            problem = structure_problem(&msg);
+        }
+        let (Some(entry), None) = (entry, &problem) else {
+            let why = problem.unwrap_or_else(|| "verifica non superata".into());
+            if self.ordinary_mail == OrdinaryMail::Reject {
+                return Ok(Outcome::Reject {
+                    code: 550,
+                    xcode: "5.7.1".into(),
+                    text: format!("PEC: messaggio non accettato: {why}"),
+                });
+            }
+            return self.anomaly(inbound, &msg, now, &why, true).await;
+        };
+
+        match msg.kind {
+            MessageKind::BustaTrasporto => self.envelope(inbound, &msg, &entry, now).await,
+            MessageKind::Ricevuta(t) => {
+                self.receipt(&msg, t, now).await?;
+                Ok(Outcome::Deliver {
+                    note: format!("{t} from {}", entry.name),
+                })
+            }
+            _ => Ok(Outcome::Deliver {
+                note: format!("{} from {}", msg.kind, entry.name),
+            }),
+        }
+    }
+
+    /// Ordinary mail: scanned, then wrapped or refused.
+    async fn ordinary(
+        &self,
+        inbound: &Inbound,
+        now: DateTime<Utc>,
+        why: &str,
+    ) -> Result<Outcome, Temp> {
+        if let Some(s) = &self.scanner
+            && let Verdict::Infected(v) = s.scan(&inbound.message).await.map_err(Temp::Scan)?
+        {
+            return Ok(Outcome::Reject {
+                code: 554,
+                xcode: "5.7.1".into(),
+                text: format!("virus {v} found"),
+            });
+        }
+        if self.ordinary_mail == OrdinaryMail::Reject {
+            return Ok(Outcome::Reject {
+                code: 550,
+                xcode: "5.7.1".into(),
+                text: "PEC mailbox: only certified mail is accepted".into(),
+            });
+        }
+        let msg = reader::read(&inbound.message).ok();
+        self.anomaly_raw(inbound, msg.as_ref(), now, why, false)
+            .await
+    }
+
+    async fn anomaly(
+        &self,
+        inbound: &Inbound,
+        msg: &PecMessage,
+        now: DateTime<Utc>,
+        why: &str,
+        sicurezza: bool,
+    ) -> Result<Outcome, Temp> {
+        self.anomaly_raw(inbound, Some(msg), now, why, sicurezza)
+            .await
+    }
+
+    async fn anomaly_raw(
+        &self,
+        inbound: &Inbound,
+        msg: Option<&PecMessage>,
+        now: DateTime<Utc>,
+        why: &str,
+        sicurezza: bool,
+    ) -> Result<Outcome, Temp> {
+        let mittente = msg
+            .and_then(|m| m.from.as_deref())
+            .and_then(mime::addr_spec)
+            .unwrap_or_else(|| inbound.mail_from.clone());
+        let oggetto = msg.and_then(|m| m.subject.clone()).unwrap_or_default();
+        let id = format!(
+            "anomalia.{}@{}",
+            &hex(&crypto::digest(DigestAlg::Sha256, &inbound.message))[..24],
+            self.provider.domain
+        );
+        let built = build_busta_anomalia(
+            &self.provider,
+            &Anomalia {
+                mittente,
+                oggetto,
+                errore: why.to_string(),
+                sicurezza,
+            },
+            &inbound.message,
+            &Emission {
+                time: now,
+                message_id: id.clone(),
+            },
+            self.signer(),
+        )?;
+        Ok(Outcome::Rewrite {
+            pec_id: id,
+            message: built,
+            inherited: inherited_count(&mime::canonicalize_crlf(&inbound.message), true),
+            keep_message_id: true,
+        })
+    }
+
+    fn signer(&self) -> Signer<'_> {
+        Signer {
+            key: self.key.as_ref(),
+            digest: self.digest,
+        }
+    }
+
+    /// A correct busta di trasporto: presa in carico, or rilevazione virus.
+    async fn envelope(
+        &self,
+        inbound: &Inbound,
+        msg: &PecMessage,
+        entry: &ProviderEntry,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, Temp> {
+        let Some(Ok(d)) = &msg.daticert else {
+            return self
+                .anomaly(inbound, msg, now, "daticert.xml assente", true)
+                .await;
+        };
+        let tx = transaction_of(d);
+        let key = inbound_key(inbound);
+        let (time, sent) = match self
+            .state
+            .claim(
+                &key,
+                &d.identificativo,
+                now.timestamp(),
+                self.retention_secs,
+            )
+            .await?
+        {
+            Claim::New => (now, false),
+            Claim::Existing {
+                submitted_at,
+                receipt_sent,
+                ..
+            } => (
+                DateTime::from_timestamp(submitted_at, 0).unwrap_or(now),
+                receipt_sent,
+            ),
+        };
+        let local = d.identificativo.split('@').next().unwrap_or("id");
+        let rcpt_hash = &hex(&crypto::digest(
+            DigestAlg::Sha1,
+            inbound.rcpts.join(",").to_ascii_lowercase().as_bytes(),
+        ))[..12];
+
+        if let Some(scanner) = &self.scanner {
+            let content = msg.postacert.as_deref().unwrap_or(&inbound.message);
+            if let Verdict::Infected(virus) = scanner.scan(content).await.map_err(Temp::Scan)? {
+                self.quarantine(&d.identificativo, &inbound.message).await?;
+                if !sent {
+                    for r in &inbound.rcpts {
+                        let ric = Ricevuta::RilevazioneVirus {
+                            mail_receipt: entry.mail_receipt.clone(),
+                            consegna: r.clone(),
+                            virus: virus.clone(),
+                        };
+                        let id = format!(
+                            "rilevazione-virus.{local}.{rcpt_hash}.{}@{}",
+                            hex(r.as_bytes()).get(..16).unwrap_or("r"),
+                            self.provider.domain
+                        );
+                        self.send(&tx, &ric, time, id, &entry.mail_receipt).await?;
+                    }
+                    self.state.mark_receipt_sent(&key).await?;
+                }
+                return Ok(Outcome::Discard {
+                    pec_id: d.identificativo.clone(),
+                    reason: format!(
+                        "virus {virus}: rilevazione-virus sent to {}",
+                        entry.mail_receipt
+                    ),
+                });
+            }
+        }
+        if !sent {
+            let ric = Ricevuta::PresaInCarico {
+                mail_receipt: entry.mail_receipt.clone(),
+                ricezione: inbound.rcpts.clone(),
+            };
+            let id = format!(
+                "presa-in-carico.{local}.{rcpt_hash}@{}",
+                self.provider.domain
+            );
+            self.send(&tx, &ric, time, id, &entry.mail_receipt).await?;
+            self.state.mark_receipt_sent(&key).await?;
+        } else {
+            tracing::info!(pec_id = %d.identificativo, "presa-in-carico already sent for this envelope: not sent again");
+        }
+        Ok(Outcome::Deliver {
+            note: format!(
+                "busta di trasporto {} from {}",
+                d.identificativo, entry.name
+            ),
+        })
+    }
+
+    async fn send(
+        &self,
+        tx: &Transaction,
+        ric: &Ricevuta<'_>,
+        time: DateTime<Utc>,
+        message_id: String,
+        to: &str,
+    ) -> Result<(), Temp> {
+        let built = build_ricevuta(
+            &self.provider,
+            tx,
+            ric,
+            &Emission {
+                time,
+                message_id: message_id.clone(),
+            },
+            self.signer(),
+        )?;
+        self.injector
+            .inject(
+                &self.provider.service_address(),
+                &[to.to_string()],
+                &built.to_bytes(),
+            )
+            .await
+            .map_err(Temp::Inject)?;
+        tracing::info!(pec_id = %tx.identificativo, kind = %ric.tipo(), to = %to, message_id = %message_id, "receipt injected");
+        Ok(())
+    }
+
+    /// A correct receipt about one of our envelopes: update its record.
+    async fn receipt(&self, msg: &PecMessage, tipo: Tipo, now: DateTime<Utc>) -> Result<(), Temp> {
+        let Some(Ok(d)) = &msg.daticert else {
+            return Ok(());
+        };
+        let Some(mut rec) = self.state.get_envelope(&d.identificativo).await? else {
+            tracing::debug!(pec_id = %d.identificativo, kind = %tipo, "receipt for an envelope we do not track");
+            return Ok(());
+        };
+        let (status, who): (RecipientStatus, Vec<String>) = match tipo {
+            Tipo::PresaInCarico => (RecipientStatus::PresaInCarico, d.ricezione.clone()),
+            Tipo::AvvenutaConsegna => (
+                RecipientStatus::Consegnato,
+                d.consegna.iter().cloned().collect(),
+            ),
+            Tipo::ErroreConsegna | Tipo::RilevazioneVirus => (
+                RecipientStatus::Errore,
+                d.consegna.iter().cloned().collect(),
+            ),
+            _ => return Ok(()),
+        };
+        let mut changed = false;
+        for r in rec.recipients.iter_mut() {
+            if !who.iter().any(|w| w.eq_ignore_ascii_case(&r.address)) {
+                continue;
+            }
+            // final states stay; presa in carico does not repeat
+            let upgrade = !matches!(
+                (r.status, status),
+                (RecipientStatus::Consegnato | RecipientStatus::Errore, _)
+                    | (
+                        RecipientStatus::PresaInCarico,
+                        RecipientStatus::PresaInCarico
+                    )
+            );
+            if upgrade {
+                r.status = status;
+                r.updated_at = now.timestamp();
+                changed = true;
+            }
+        }
+        if changed {
+            self.state.put_envelope(&rec, self.retention_secs).await?;
+            tracing::info!(pec_id = %rec.pec_id, kind = %tipo, recipients = ?who, "envelope state updated");
+        }
+        // The sending side's answer to a rilevazione-virus (PEC-RULES §2.11).
+        if tipo == Tipo::RilevazioneVirus && changed {
+            let tx = transaction_of(d);
+            let tx = Transaction {
+                mittente: rec.sender.clone(),
+                ..tx
+            };
+            if let Some(c) = &d.consegna {
+                let ric = Ricevuta::ErroreConsegnaVirus {
+                    consegna: c.clone(),
+                    virus: d.errore_esteso.clone().unwrap_or_else(|| "virus".into()),
+                };
+                let local = rec.pec_id.split('@').next().unwrap_or("id");
+                let id = format!(
+                    "errore-consegna-virus.{local}.{}@{}",
+                    hex(c.as_bytes()).get(..16).unwrap_or("r"),
+                    self.provider.domain
+                );
+                self.send(&tx, &ric, now, id, &rec.sender).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn quarantine(&self, id: &str, message: &[u8]) -> Result<(), Temp> {
+        let dir = self.quarantine_dir.clone();
+        let name: String = id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let data = message.to_vec();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(format!("in-{name}.eml")))
+        })
+        .await
+        .map_err(|e| Temp::Quarantine(e.to_string()))?
+        .map_err(|e| Temp::Quarantine(e.to_string()))
+    }
+}
+
+/// The transaction facts carried by a received daticert.
+fn transaction_of(d: &DatiCert) -> Transaction {
+    Transaction {
+        identificativo: d.identificativo.clone(),
+        mittente: d.mittente.clone(),
+        destinatari: d.destinatari.clone(),
+        risposte: d.risposte.clone(),
+        oggetto: d.oggetto.clone().unwrap_or_default(),
+        msgid: d.msgid.clone(),
+        ricevuta: d.ricevuta.unwrap_or_default(),
+    }
+}
+
+fn inbound_key(inbound: &Inbound) -> String {
+    let mut rcpts: Vec<String> = inbound
+        .rcpts
+        .iter()
+        .map(|r| r.to_ascii_lowercase())
+        .collect();
+    rcpts.sort();
+    let mut data = b"inbound\0".to_vec();
+    for r in &rcpts {
+        data.extend_from_slice(r.as_bytes());
+        data.push(0);
+    }
+    data.extend_from_slice(&inbound.message);
+    hex(&crypto::digest(DigestAlg::Sha256, &data))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
