@@ -1,0 +1,454 @@
+//! The reception point's decisions (PEC-RULES §2.3, §2.6, §2.10, §4.3):
+//! envelopes signed by another provider listed in the index, tampered or
+//! rogue ones, plain mail, viruses, the real Aruba envelopes, and retries.
+//! The index is a real LDIF file loaded by ProviderIndex; the scanner and
+//! the injector are fakes (the real ones run in integration/).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use common::*;
+use pec_milter::access::{Injector, Outcome, Scanner, Verdict};
+use pec_milter::crypto::DigestAlg;
+use pec_milter::crypto::pem::PemKey;
+use pec_milter::crypto::pki::Pki;
+use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
+use pec_milter::index::{IndexSource, ProviderEntry, ProviderIndex, certificate_hash, ldif};
+use pec_milter::inspect::inspect;
+use pec_milter::pec::build::{Provider, Signer, Transaction, build_busta_trasporto};
+use pec_milter::pec::reader::read;
+use pec_milter::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
+use pec_milter::reception::{Inbound, OrdinaryMail, ReceptionPoint};
+use pec_milter::state::StateStore;
+use pec_milter::state::embedded::EmbeddedStore;
+
+struct FakeScanner;
+
+#[async_trait::async_trait]
+impl Scanner for FakeScanner {
+    async fn scan(&self, message: &[u8]) -> Result<Verdict, String> {
+        let needle = b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE";
+        Ok(if message.windows(needle.len()).any(|w| w == needle) {
+            Verdict::Infected("Eicar-Test-Signature".into())
+        } else {
+            Verdict::Clean
+        })
+    }
+}
+
+type Injected = (String, Vec<String>, Vec<u8>);
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Injected>>);
+
+#[async_trait::async_trait]
+impl Injector for Recorder {
+    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), String> {
+        self.0.lock().map_err(|e| e.to_string())?.push((
+            from.into(),
+            to.to_vec(),
+            message.to_vec(),
+        ));
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn all(&self) -> Vec<Injected> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// Provider B, another PEC provider, with its own CA.
+struct Other {
+    pki: Pki,
+    key: PemKey,
+}
+
+fn other() -> &'static Other {
+    static O: std::sync::OnceLock<Other> = std::sync::OnceLock::new();
+    O.get_or_init(|| {
+        let pki = Pki::generate("Beta PEC S.p.A.", "pec.b.test", 365).expect("pki B");
+        let key = pki.signing_key().expect("key B");
+        Other { pki, key }
+    })
+}
+
+fn entry(name: &str, cert_pem: &[u8], domains: &[&str], receipt: &str) -> ProviderEntry {
+    let der = openssl::x509::X509::from_pem(cert_pem)
+        .expect("cert")
+        .to_der()
+        .expect("der");
+    ProviderEntry {
+        dn: format!("providerName={name},o=postacert"),
+        name: name.into(),
+        unit: None,
+        cert_hashes: vec![certificate_hash(&der)],
+        certificates: vec![der],
+        mail_receipt: receipt.into(),
+        managed_domains: domains.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// The signer certificate of a real sample, as its signature carries it.
+fn sample_signer_pem(name: &str) -> Vec<u8> {
+    let raw = std::fs::read(fixtures().join("samples").join(name)).expect("sample");
+    let msg = read(&raw).expect("read");
+    let v = pec_milter::inspect::check_signature(&msg, &TrustStore::empty(), VerifyAt::SigningTime);
+    let der = v.signer_der.expect("signer der");
+    openssl::x509::X509::from_der(&der)
+        .expect("x509")
+        .to_pem()
+        .expect("pem")
+}
+
+struct Rig {
+    rp: ReceptionPoint,
+    injected: Arc<Recorder>,
+    _dir: tempfile::TempDir,
+    state: Arc<dyn StateStore>,
+}
+
+async fn rig(ordinary: OrdinaryMail, verify_at: VerifyAt, load: bool) -> Rig {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ldif_path = dir.path().join("igpec.ldif");
+    let entries = vec![
+        entry(
+            "ACME PEC S.p.A.",
+            &pki().pki.cert_pem,
+            &["pec.acme.test"],
+            "ricevute@pec.acme.test",
+        ),
+        entry(
+            "Beta PEC S.p.A.",
+            &other().pki.cert_pem,
+            &["pec.b.test", "mail.pec.b.test"],
+            "ricevute@pec.b.test",
+        ),
+        entry(
+            "ARUBA PEC S.p.A.",
+            &sample_signer_pem("OCA+l10n-italy__l10n_it_pec_messages__message1"),
+            &["pec.aruba.it", "pec.it"],
+            "ricevute@pec.aruba.it",
+        ),
+        entry(
+            "Sogei S.p.A.",
+            &sample_signer_pem(
+                "OCA+l10n-italy__l10n_it_fatturapa_pec__POSTA_CERTIFICATA__Invio_File_7339338.txt",
+            ),
+            &["pcert.sogei.it"],
+            "ricevute@pcert.sogei.it",
+        ),
+    ];
+    std::fs::write(&ldif_path, ldif::write(&entries)).expect("write ldif");
+    let index = Arc::new(ProviderIndex::new(IndexSource::Ldif(ldif_path)));
+    if load {
+        index.refresh().await.expect("index loads");
+    }
+    let roots = fixtures().join("roots");
+    let trust = TrustStore::from_pem_files(&[
+        pki().ca_file.path().to_path_buf(),
+        roots.join("Baltimore_CyberTrust_Root.pem"),
+        roots.join("Actalis_Authentication_Root_CA.pem"),
+    ])
+    .expect("trust");
+    let mut trust = trust;
+    trust.extend(&TrustStore::from_pem_bytes(&[&other().pki.ca_cert_pem]).expect("B's CA"));
+    let state: Arc<dyn StateStore> =
+        Arc::new(EmbeddedStore::open(&dir.path().join("state")).expect("state"));
+    let injected = Arc::new(Recorder::default());
+    let rp = ReceptionPoint {
+        provider: provider(),
+        key: Arc::new(pki().pki.signing_key().expect("key")),
+        digest: DigestAlg::Sha256,
+        trust,
+        verify_at,
+        index,
+        state: state.clone(),
+        scanner: Some(Arc::new(FakeScanner)),
+        injector: injected.clone(),
+        ordinary_mail: ordinary,
+        quarantine_dir: dir.path().join("quarantine"),
+        retention_secs: 3600,
+    };
+    Rig {
+        rp,
+        injected,
+        _dir: dir,
+        state,
+    }
+}
+
+/// An envelope from provider B's holder to our holder.
+fn envelope_from_b(body: &str, key: &PemKey, from_domain: &str) -> Vec<u8> {
+    let original = format!(
+        "From: luigi@pec.b.test\r\nTo: mario@pec.acme.test\r\nSubject: Offerta\r\nMessage-ID: <o.1@client.b>\r\n\r\n{body}\r\n"
+    );
+    let tx = Transaction {
+        identificativo: "opec.b.1@pec.b.test".into(),
+        mittente: "luigi@pec.b.test".into(),
+        destinatari: vec![Destinatario {
+            address: "mario@pec.acme.test".into(),
+            tipo: TipoDestinatario::Certificato,
+        }],
+        risposte: "luigi@pec.b.test".into(),
+        oggetto: "Offerta".into(),
+        msgid: Some("<o.1@client.b>".into()),
+        ricevuta: TipoRicevuta::Completa,
+    };
+    let prov = Provider {
+        name: "Beta PEC S.p.A.".into(),
+        domain: from_domain.into(),
+    };
+    build_busta_trasporto(
+        &prov,
+        &tx,
+        original.as_bytes(),
+        Utc::now(),
+        Signer {
+            key,
+            digest: DigestAlg::Sha256,
+        },
+    )
+    .expect("build")
+    .to_bytes()
+}
+
+fn inbound(message: Vec<u8>) -> Inbound {
+    Inbound {
+        queue_id: Some("Q1".into()),
+        mail_from: "posta-certificata@pec.b.test".into(),
+        rcpts: vec!["mario@pec.acme.test".into()],
+        message,
+    }
+}
+
+fn anomaly_of(o: &Outcome) -> Vec<u8> {
+    match o {
+        Outcome::Rewrite { message, .. } => message.to_bytes(),
+        other => panic!("expected an anomaly envelope, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_correct_envelope_from_another_provider_is_taken_in_charge() {
+    let r = rig(OrdinaryMail::Anomaly, VerifyAt::Now, true).await;
+    let env = envelope_from_b("ciao", &other().key, "pec.b.test");
+    let o = r.rp.process(&inbound(env), Utc::now()).await;
+    assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
+    let sent = r.injected.all();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1, vec!["ricevute@pec.b.test".to_string()]);
+    let i = inspect(&sent[0].2, &pki().trust, VerifyAt::Now).expect("inspect");
+    assert_eq!(i.kind, "presa-in-carico");
+    assert_eq!(i.signature.status, SignatureStatus::Valid);
+    let d = i.daticert.expect("daticert");
+    assert_eq!(d.identificativo, "opec.b.1@pec.b.test");
+    assert_eq!(d.ricezione, vec!["mario@pec.acme.test".to_string()]);
+    assert_eq!(d.mittente, "luigi@pec.b.test");
+    // an MTA retry of the same envelope bytes: delivered again, one receipt
+    let first = inbound(envelope_from_b("retry", &other().key, "pec.b.test"));
+    let o1 = r.rp.process(&first, Utc::now()).await;
+    let o2 = r.rp.process(&first, Utc::now()).await;
+    assert!(matches!(o1, Outcome::Deliver { .. }) && matches!(o2, Outcome::Deliver { .. }));
+    assert_eq!(r.injected.all().len(), 2);
+}
+
+#[tokio::test]
+async fn tampered_rogue_and_foreign_domain_envelopes_become_anomalies() {
+    let r = rig(OrdinaryMail::Anomaly, VerifyAt::Now, true).await;
+    // one byte changed in the signed part
+    let mut env = envelope_from_b("ciao", &other().key, "pec.b.test");
+    let text = String::from_utf8_lossy(&env).into_owned();
+    let at = text.find("Messaggio di posta certificata").expect("text");
+    env[at] = b'm';
+    // signed by a certificate of the same CA that the index does not list
+    let (rogue_cert, rogue_key) = other()
+        .pki
+        .issue_leaf("Beta PEC S.p.A.", "pec.b.test", 30)
+        .expect("rogue");
+    let rogue = PemKey::from_pem(&rogue_key, &rogue_cert).expect("rogue key");
+    // B's key, but From: a domain B does not manage
+    let cases = [
+        ("altered", env),
+        ("rogue", envelope_from_b("ciao", &rogue, "pec.b.test")),
+        (
+            "domain",
+            envelope_from_b("ciao", &other().key, "pec.c.test"),
+        ),
+    ];
+    for (what, msg) in cases {
+        let o = r.rp.process(&inbound(msg.clone()), Utc::now()).await;
+        let out = anomaly_of(&o);
+        let i = inspect(&out, &pki().trust, VerifyAt::Now).expect("inspect");
+        assert_eq!(i.kind, "errore", "{what}");
+        assert_eq!(i.verifica_sicurezza.as_deref(), Some("errore"), "{what}");
+        assert_eq!(
+            i.signature.status,
+            SignatureStatus::Valid,
+            "{what}: our signature"
+        );
+        assert!(
+            i.subject
+                .unwrap_or_default()
+                .starts_with("ANOMALIA MESSAGGIO: ")
+        );
+        // the received message is carried whole
+        let post = read(&out).expect("r").postacert.expect("postacert");
+        assert_eq!(
+            post.len(),
+            pec_milter::pec::mime::canonicalize_crlf(&msg)
+                .trim_ascii_end()
+                .len(),
+            "{what}"
+        );
+    }
+    assert!(r.injected.all().is_empty(), "no take-charge receipt");
+}
+
+#[tokio::test]
+async fn plain_mail_is_wrapped_or_rejected_as_configured() {
+    let plain = b"From: someone@example.org\r\nTo: mario@pec.acme.test\r\nSubject: ciao\r\nMessage-ID: <p@example.org>\r\n\r\nhello\r\n".to_vec();
+    let r = rig(OrdinaryMail::Anomaly, VerifyAt::Now, true).await;
+    let o = r.rp.process(&inbound(plain.clone()), Utc::now()).await;
+    let out = anomaly_of(&o);
+    let i = inspect(&out, &pki().trust, VerifyAt::Now).expect("inspect");
+    assert_eq!(i.kind, "errore");
+    assert_eq!(i.verifica_sicurezza, None);
+    assert_eq!(i.message_id.as_deref(), Some("<p@example.org>"));
+    let r = rig(OrdinaryMail::Reject, VerifyAt::Now, true).await;
+    let o = r.rp.process(&inbound(plain), Utc::now()).await;
+    assert!(matches!(o, Outcome::Reject { code: 550, .. }), "{o:?}");
+}
+
+#[tokio::test]
+async fn a_virus_in_an_envelope_is_reported_to_the_sending_provider() {
+    let r = rig(OrdinaryMail::Anomaly, VerifyAt::Now, true).await;
+    let env = envelope_from_b(
+        "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*",
+        &other().key,
+        "pec.b.test",
+    );
+    let o = r.rp.process(&inbound(env), Utc::now()).await;
+    assert!(matches!(o, Outcome::Discard { .. }), "{o:?}");
+    let sent = r.injected.all();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1, vec!["ricevute@pec.b.test".to_string()]);
+    let i = inspect(&sent[0].2, &pki().trust, VerifyAt::Now).expect("inspect");
+    assert_eq!(i.kind, "rilevazione-virus");
+    assert_eq!(i.mittente.as_deref(), Some("luigi@pec.b.test"));
+    let d = i.daticert.expect("d");
+    assert_eq!(d.errore, "virus");
+    assert_eq!(d.consegna.as_deref(), Some("mario@pec.acme.test"));
+}
+
+#[tokio::test]
+async fn the_real_aruba_and_sogei_envelopes_pass_reception_at_their_signing_time() {
+    let r = rig(OrdinaryMail::Anomaly, VerifyAt::SigningTime, true).await;
+    for (name, receipt) in [
+        (
+            "OCA+l10n-italy__l10n_it_pec_messages__message1",
+            "ricevute@pec.aruba.it",
+        ),
+        (
+            "OCA+l10n-italy__l10n_it_pec_messages__message2",
+            "ricevute@pec.aruba.it",
+        ),
+        (
+            "OCA+l10n-italy__l10n_it_fatturapa_pec__POSTA_CERTIFICATA__Invio_File_7339338.txt",
+            "ricevute@pcert.sogei.it",
+        ),
+    ] {
+        let raw = std::fs::read(fixtures().join("samples").join(name)).expect("sample");
+        let before = r.injected.all().len();
+        let o = r.rp.process(&inbound(raw), Utc::now()).await;
+        assert!(matches!(o, Outcome::Deliver { .. }), "{name}: {o:?}");
+        let sent = r.injected.all();
+        assert_eq!(sent.len(), before + 1, "{name}");
+        assert_eq!(sent[before].1, vec![receipt.to_string()]);
+        assert_eq!(
+            read(&sent[before].2).expect("r").kind.wire(),
+            "presa-in-carico"
+        );
+    }
+    // checked "now", the 2014 chain has expired: anomaly
+    let r = rig(OrdinaryMail::Anomaly, VerifyAt::Now, true).await;
+    let raw =
+        std::fs::read(fixtures().join("samples/OCA+l10n-italy__l10n_it_pec_messages__message1"))
+            .expect("sample");
+    let o = r.rp.process(&inbound(raw), Utc::now()).await;
+    assert!(matches!(o, Outcome::Rewrite { .. }), "{o:?}");
+}
+
+#[tokio::test]
+async fn without_a_loaded_index_nothing_is_decided() {
+    let r = rig(OrdinaryMail::Anomaly, VerifyAt::Now, false).await;
+    let env = envelope_from_b("ciao", &other().key, "pec.b.test");
+    let o = r.rp.process(&inbound(env), Utc::now()).await;
+    assert!(matches!(o, Outcome::Tempfail { .. }), "{o:?}");
+    assert!(r.injected.all().is_empty());
+}
+
+#[tokio::test]
+async fn a_take_charge_receipt_for_our_envelope_updates_its_state() {
+    use pec_milter::pec::build::{Emission, Ricevuta, build_ricevuta};
+    use pec_milter::state::{EnvelopeRecord, RecipientState, RecipientStatus};
+    let r = rig(OrdinaryMail::Anomaly, VerifyAt::Now, true).await;
+    // our envelope opec.20261125093015.1234.1@pec.acme.test to B's holder
+    let rec = EnvelopeRecord {
+        pec_id: "opec.20261125093015.1234.1@pec.acme.test".into(),
+        original_msgid: Some("<abc.123@client.example>".into()),
+        sender: "mario.rossi@pec.acme.test".into(),
+        subject: "Fattura".into(),
+        recipients: vec![RecipientState {
+            address: "anna.bianchi@pec.b.test".into(),
+            tipo: TipoDestinatario::Certificato,
+            status: RecipientStatus::Sent,
+            updated_at: 0,
+        }],
+        ricevuta: TipoRicevuta::Completa,
+        submitted_at: 0,
+    };
+    r.state.put_envelope(&rec, 3600).await.expect("put");
+    // B's presa in carico for it
+    let tx = transaction(
+        "Fattura",
+        &[("anna.bianchi@pec.b.test", TipoDestinatario::Certificato)],
+    );
+    let prov_b = Provider {
+        name: "Beta PEC S.p.A.".into(),
+        domain: "pec.b.test".into(),
+    };
+    let pic = build_ricevuta(
+        &prov_b,
+        &tx,
+        &Ricevuta::PresaInCarico {
+            mail_receipt: "ricevute@pec.acme.test".into(),
+            ricezione: vec!["anna.bianchi@pec.b.test".into()],
+        },
+        &Emission {
+            time: Utc::now(),
+            message_id: "pic.1@pec.b.test".into(),
+        },
+        Signer {
+            key: &other().key,
+            digest: DigestAlg::Sha256,
+        },
+    )
+    .expect("build")
+    .to_bytes();
+    let mut ib = inbound(pic);
+    ib.rcpts = vec!["ricevute@pec.acme.test".into()];
+    let o = r.rp.process(&ib, Utc::now()).await;
+    assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
+    let got = r
+        .state
+        .get_envelope("opec.20261125093015.1234.1@pec.acme.test")
+        .await
+        .expect("get")
+        .expect("record");
+    assert_eq!(got.recipients[0].status, RecipientStatus::PresaInCarico);
+    assert!(r.injected.all().is_empty());
+}
