@@ -52,6 +52,46 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// QA tool: wrap a message in a signed busta di trasporto as the given
+    /// provider would (facts from its header fields), print it to stdout.
+    Envelope {
+        /// Provider key and certificate (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        /// gestore-emittente.
+        #[arg(long)]
+        gestore: String,
+        /// The provider's domain (posta-certificata@DOMAIN).
+        #[arg(long)]
+        domain: String,
+        /// Recipient domains to mark "certificato" (others "esterno").
+        #[arg(long, value_delimiter = ',')]
+        certified: Vec<String>,
+        #[arg(long, default_value = "sha256")]
+        digest: String,
+        /// The PEC msgid (default: a new one).
+        #[arg(long)]
+        id: Option<String>,
+        /// The message, or - for standard input.
+        file: String,
+    },
+    /// Print an LDIF provider entry of the providers' index for a certificate.
+    IndexEntry {
+        /// The provider certificate (PEM or DER).
+        #[arg(long)]
+        cert: PathBuf,
+        /// providerName.
+        #[arg(long)]
+        name: String,
+        /// managedDomains, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        domains: Vec<String>,
+        /// mailReceipt.
+        #[arg(long)]
+        receipt: String,
+    },
     /// Print what a message is: kind, subject, signature, daticert.xml.
     Inspect {
         /// Print one JSON object per file.
@@ -148,6 +188,50 @@ fn run() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Envelope {
+            key,
+            cert,
+            gestore,
+            domain,
+            certified,
+            digest,
+            id,
+            file,
+        } => {
+            let raw = read_input(&file)?;
+            let key = pec_milter::crypto::pem::PemKey::from_files(&key, &cert, None)?;
+            let digest: pec_milter::crypto::DigestAlg = digest
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--digest: use sha256 or sha1"))?;
+            let out = qa_envelope(&raw, &key, digest, &gestore, &domain, &certified, id)?;
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::IndexEntry {
+            cert,
+            name,
+            domains,
+            receipt,
+        } => {
+            let bytes =
+                std::fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?;
+            let x = openssl::x509::X509::from_pem(&bytes)
+                .or_else(|_| openssl::x509::X509::from_der(&bytes))
+                .with_context(|| format!("{}: not a certificate", cert.display()))?;
+            let der = x.to_der()?;
+            let entry = pec_milter::index::ProviderEntry {
+                dn: format!("providerName={name},o=postacert"),
+                name,
+                unit: None,
+                cert_hashes: vec![pec_milter::index::certificate_hash(&der)],
+                certificates: vec![der],
+                mail_receipt: receipt,
+                managed_domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            };
+            print!("{}", pec_milter::index::ldif::write(&[entry]));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
             println!("{cfg:#?}");
@@ -203,6 +287,66 @@ fn run() -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// Build a busta di trasporto around `raw` as provider `domain`.
+fn qa_envelope(
+    raw: &[u8],
+    key: &pec_milter::crypto::pem::PemKey,
+    digest: pec_milter::crypto::DigestAlg,
+    gestore: &str,
+    domain: &str,
+    certified: &[String],
+    id: Option<String>,
+) -> Result<Vec<u8>> {
+    use pec_milter::pec::build::{
+        Provider, Signer, Transaction, build_busta_trasporto, original_msgid,
+    };
+    use pec_milter::pec::mime::{self, header_fields, header_value, split_header_body};
+    use pec_milter::pec::{Destinatario, TipoDestinatario};
+    let canon = mime::canonicalize_crlf(raw);
+    let (head, _) = split_header_body(&canon);
+    let fields = header_fields(head);
+    let from = header_value(&fields, "From")
+        .and_then(|v| mime::addr_spec(&v))
+        .context("the message has no From: address")?;
+    let mut dest = Vec::new();
+    for f in fields.iter().filter(|f| f.is("To") || f.is("Cc")) {
+        for a in mime::addr_list(&f.unfolded()) {
+            let d = a
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default();
+            let tipo = if certified.iter().any(|c| c.eq_ignore_ascii_case(&d)) {
+                TipoDestinatario::Certificato
+            } else {
+                TipoDestinatario::Esterno
+            };
+            dest.push(Destinatario { address: a, tipo });
+        }
+    }
+    let now = chrono::Utc::now();
+    let tx = Transaction {
+        identificativo: id.unwrap_or_else(|| pec_milter::access::new_pec_id(domain, now)),
+        mittente: from.clone(),
+        destinatari: dest,
+        risposte: header_value(&fields, "Reply-To")
+            .and_then(|v| mime::addr_spec(&v))
+            .unwrap_or(from),
+        oggetto: header_value(&fields, "Subject")
+            .map(|s| mime::decode_words(&s))
+            .unwrap_or_default(),
+        msgid: original_msgid(&canon),
+        ricevuta: header_value(&fields, "X-TipoRicevuta")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
+    };
+    let provider = Provider {
+        name: gestore.to_string(),
+        domain: domain.to_string(),
+    };
+    let built = build_busta_trasporto(&provider, &tx, &canon, now, Signer { key, digest })?;
+    Ok(built.to_bytes())
 }
 
 fn init_logging() {
