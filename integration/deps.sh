@@ -7,6 +7,7 @@ pkgs=(
   libxml2-utils python3 redis-server
   clamav-daemon clamdscan postfix
   swaks sasl2-bin libsasl2-modules libsasl2-modules-db iproute2
+  slapd ldap-utils
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "integration/deps.sh: not root; skipping apt (need: ${pkgs[*]})" >&2
@@ -27,6 +28,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # postfix: no questions, no /etc/postfix/main.cf (tests use their own config dirs)
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   echo "postfix postfix/mailname string pec.test" | debconf-set-selections
+  # slapd: no default database under /etc/ldap (tests run their own slapd.conf instances)
+  echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
   apt-get update -qq
   apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}"
 fi

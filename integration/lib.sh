@@ -21,6 +21,7 @@
 #   redis_up DIR PORT | redis_down DIR
 #   clamd_up DIR PORT | clamd_down DIR | clamd_instream FILE [PORT] | eicar_string
 #   pec_milter_up DIR CONFIG | pec_milter_down DIR
+#   slapd_up DIR PORT LDIF | slapd_down DIR          (providers' index, o=postacert)
 #   write_config DIR [embedded|redis]
 #   wait_port HOST PORT [SECS] | wait_closed HOST PORT [SECS]
 #   maildir_wait MAILDIR COUNT [SECS] | maildir_count MAILDIR | maildir_files MAILDIR | pf_queue_empty DIR
@@ -748,4 +749,56 @@ swaks_plain() {
   local port=$1 from=$2 to=$3; shift 3
   ns_exec swaks --server "127.0.0.1:$port" --helo client.pec.demo.test \
     --from "$from" --to "$to" --timeout 60 "$@"
+}
+
+# ---------------------------------------------------------------- OpenLDAP slapd (providers' index)
+
+# slapd_up DIR PORT LDIF: an OpenLDAP server holding a providers' index (suffix o=postacert, schema
+# integration/ldap/igpec.schema, config DIR/slapd.conf from integration/ldap/slapd.conf.template,
+# mdb database in DIR/db) on ldap://127.0.0.1:PORT in the netns. LDIF is loaded with slapadd before
+# the start: the o=postacert root first, parents before their providerUnit children, and no
+# `version: 1` line (slapadd refuses it). Anonymous reads; writes as cn=admin,o=postacert / secret.
+# Runs in the foreground (-d stats: no syslog here) in the background of this shell; log
+# DIR/slapd.log, pid DIR/slapd.pid. Registers slapd_down.
+slapd_up() {
+  local D=$1 port=$2 ldif=$3 bin out pid i
+  D=$(realpath -m "$D")
+  bin=$(command -v slapd || echo /usr/sbin/slapd)
+  [ -x "$bin" ] || { echo "slapd_up: slapd not installed (integration/deps.sh installs slapd ldap-utils)" >&2; return 1; }
+  [ -r "$ldif" ] || { echo "slapd_up: cannot read $ldif" >&2; return 1; }
+  [ -n "$RIG_NETNS" ] || { echo "slapd_up: no network namespace" >&2; return 2; }
+  mkdir -p "$D/db" || return 1
+  sed -e "s#@DIR@#$D#g" -e "s#@SCHEMA@#$RIG_ROOT/integration/ldap/igpec.schema#g" \
+    "$RIG_ROOT/integration/ldap/slapd.conf.template" > "$D/slapd.conf" || return 1
+  if ! out=$("${bin%/*}/slaptest" -u -f "$D/slapd.conf" 2>&1); then
+    echo "slapd_up: slaptest failed for $D/slapd.conf: $out" >&2; return 1
+  fi
+  if ! out=$("${bin%/*}/slapadd" -f "$D/slapd.conf" -l "$ldif" 2>&1); then
+    echo "slapd_up: slapadd of $ldif failed: $out" >&2; return 1
+  fi
+  echo "$port" > "$D/slapd.port"
+  # a simple command, not ns_exec: $! must be slapd's own pid (ip netns exec execs)
+  ip netns exec "$RIG_NETNS" "$bin" -f "$D/slapd.conf" -h "ldap://127.0.0.1:$port/" -d stats \
+    >>"$D/slapd.log" 2>&1 &
+  pid=$!
+  echo "$pid" > "$D/slapd.pid"
+  rig_defer slapd_down "$D"
+  for ((i = 0; i < 200; i++)); do
+    if ! _alive "$pid"; then
+      echo "slapd_up: slapd exited at start; log:" >&2; tail -n 20 "$D/slapd.log" >&2
+      rm -f "$D/slapd.pid"; return 1
+    fi
+    ns_exec bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "slapd_up: not listening on 127.0.0.1:$port after 10s; log:" >&2; tail -n 20 "$D/slapd.log" >&2
+  return 1
+}
+
+# slapd_down DIR: stops it (TERM, then KILL after 10 s) and waits until its port is closed.
+slapd_down() {
+  local D=$1
+  _kill_pidfile "$D/slapd.pid" 10
+  if [ -s "$D/slapd.port" ] && [ -n "$RIG_NETNS" ]; then wait_closed 127.0.0.1 "$(cat "$D/slapd.port")" 5; fi
+  return 0
 }

@@ -120,12 +120,13 @@ fn aruba_signer_der() -> Vec<u8> {
         .signed()
         .and_then(|s| s.certificates())
         .expect("certificates in p7s");
+    // the signer, not the DigitPA CA1 certificate that travels with it
     let signer = certs
         .iter()
         .find(|c| {
             c.subject_name()
                 .entries()
-                .any(|e| e.data().as_utf8().is_ok_and(|s| s.contains("ARUBA PEC")))
+                .any(|e| e.data().as_slice().ends_with(b"ARUBA PEC"))
         })
         .expect("ARUBA signer certificate");
     signer.to_der().expect("der")
@@ -268,12 +269,12 @@ fn ldif_folding_base64_binary_and_case() {
     assert_eq!(e.dn, dn);
     assert_eq!(e.name, name);
     assert_eq!(e.cert_hashes, [certificate_hash(&p.a_der)]);
-    assert_eq!(e.certificates, [p.a_der.clone()]);
+    assert_eq!(e.certificates, std::slice::from_ref(&p.a_der));
     assert_eq!(e.mail_receipt, "ricevute@pec.a.test");
     assert_eq!(e.managed_domains, ["pec.a.test", "other.example"]);
     let u = &entries[1];
     assert_eq!(u.unit.as_deref(), Some("DR"));
-    assert_eq!(u.certificates, [p.b_der.clone()]);
+    assert_eq!(u.certificates, std::slice::from_ref(&p.b_der));
 }
 
 #[test]

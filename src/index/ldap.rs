@@ -12,7 +12,7 @@ use std::time::Duration;
 use ldap3::asn1::StructureTag;
 use ldap3::{LdapConnAsync, LdapConnSettings, ResultEntry, Scope};
 
-use super::{IndexError, ProviderEntry, entry_from_attrs};
+use super::{IndexError, ProviderEntry, RawAttrs, entry_from_attrs};
 
 /// The attributes requested from the server.
 pub const ATTRIBUTES: [&str; 6] = [
@@ -94,8 +94,9 @@ impl LdapSource {
     }
 
     async fn load_unbounded(&self) -> Result<Vec<ProviderEntry>, IndexError> {
-        let ldap_err = |what: &str, e: ldap3::LdapError| {
-            IndexError::Ldap(format!("{what} ({}): {e}", self.url))
+        let ldap_err = |what: &str, e: ldap3::LdapError| match e {
+            ldap3::LdapError::Timeout { .. } => IndexError::Timeout,
+            e => IndexError::Ldap(format!("{what} ({}): {e}", self.url)),
         };
         let settings = LdapConnSettings::new().set_conn_timeout(self.timeout);
         let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.url)
@@ -141,7 +142,7 @@ impl LdapSource {
 /// A SearchResultEntry → (DN, [(attribute description, raw value)]).
 /// Unlike `ldap3::SearchEntry::construct`, never panics on malformed input
 /// and keeps every value as bytes (certificates stay byte-exact).
-fn decode_entry(result: ResultEntry) -> Option<(String, Vec<(String, Vec<u8>)>)> {
+fn decode_entry(result: ResultEntry) -> Option<(String, RawAttrs)> {
     let tag: StructureTag = result.0;
     let mut parts = tag.match_id(4)?.expect_constructed()?.into_iter();
     let dn = String::from_utf8(parts.next()?.expect_primitive()?).ok()?;

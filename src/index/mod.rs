@@ -55,7 +55,7 @@ impl ProviderEntry {
     /// with this).
     pub fn manages(&self, domain: &str) -> bool {
         let d = normalise_domain(domain);
-        self.managed_domains.iter().any(|m| *m == d)
+        self.managed_domains.contains(&d)
     }
 }
 
@@ -107,6 +107,9 @@ fn attr_base(name: &str) -> String {
         .trim()
         .to_ascii_lowercase()
 }
+
+/// An entry's attributes as a source gives them: (description, raw value).
+pub(crate) type RawAttrs = Vec<(String, Vec<u8>)>;
 
 /// Builds a [`ProviderEntry`] from the attributes of one entry (names as the
 /// source gave them, any case, options allowed; values raw). Errors name the
@@ -197,9 +200,8 @@ impl IndexSnapshot {
         for (i, e) in entries.iter().enumerate() {
             for d in &e.managed_domains {
                 let d = normalise_domain(d);
-                match by_domain.get(&d) {
-                    Some(&first) => {
-                        let owner = &entries[first];
+                match by_domain.get(&d).and_then(|&first| entries.get(first)) {
+                    Some(owner) => {
                         if owner.name.eq_ignore_ascii_case(&e.name) {
                             tracing::debug!(domain = %d, first = %owner.dn, again = %e.dn,
                                 "domain listed twice by the same provider");
