@@ -452,3 +452,84 @@ async fn a_take_charge_receipt_for_our_envelope_updates_its_state() {
     assert_eq!(got.recipients[0].status, RecipientStatus::PresaInCarico);
     assert!(r.injected.all().is_empty());
 }
+
+/// Make a CRL for B's CA with `openssl ca`, revoking B's provider
+/// certificate when `revoke` is true.
+fn crl_for_b(dir: &std::path::Path, revoke: bool) -> std::path::PathBuf {
+    let w = |name: &str, data: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, data).expect("write");
+        p
+    };
+    let ca = w("ca.pem", &other().pki.ca_cert_pem);
+    let key = w("ca.key", &other().pki.ca_key_pem);
+    let leaf = w("leaf.pem", &other().pki.cert_pem);
+    w("index.txt", b"");
+    w("crlnumber", b"01\n");
+    let cnf = w(
+        "ca.cnf",
+        format!(
+            "[ ca ]\ndefault_ca = d\n[ d ]\ndatabase = {}/index.txt\ncrlnumber = {}/crlnumber\ndefault_md = sha256\ndefault_crl_days = 30\n",
+            dir.display(),
+            dir.display()
+        )
+        .as_bytes(),
+    );
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (cnf, key, ca, leaf) = (
+        cnf.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+        ca.to_string_lossy().into_owned(),
+        leaf.to_string_lossy().into_owned(),
+    );
+    if revoke {
+        run(&[
+            "ca", "-config", &cnf, "-keyfile", &key, "-cert", &ca, "-revoke", &leaf,
+        ]);
+    }
+    let crl = dir.join("b.crl.pem").to_string_lossy().into_owned();
+    run(&[
+        "ca", "-config", &cnf, "-keyfile", &key, "-cert", &ca, "-gencrl", "-out", &crl,
+    ]);
+    dir.join("b.crl.pem")
+}
+
+#[tokio::test]
+async fn a_revoked_provider_certificate_is_refused_per_the_configured_crls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for (revoke, expect_ok) in [(false, true), (true, false)] {
+        let sub = dir.path().join(if revoke { "revoked" } else { "clean" });
+        std::fs::create_dir_all(&sub).expect("dir");
+        let crl = crl_for_b(&sub, revoke);
+        let mut r = rig(OrdinaryMail::Anomaly, VerifyAt::Now, true).await;
+        // B's CA only, with its CRL (every CA in a CRL-checked store needs one)
+        r.rp.trust = TrustStore::from_pem_bytes(&[&other().pki.ca_cert_pem])
+            .expect("trust")
+            .with_crl_files(&[crl])
+            .expect("crl loads");
+        let env = envelope_from_b("ciao", &other().key, "pec.b.test");
+        let o = r.rp.process(&inbound(env), Utc::now()).await;
+        if expect_ok {
+            assert!(matches!(o, Outcome::Deliver { .. }), "clean CRL: {o:?}");
+        } else {
+            let out = anomaly_of(&o);
+            let i = inspect(&out, &pki().trust, VerifyAt::Now).expect("inspect");
+            assert_eq!(i.verifica_sicurezza.as_deref(), Some("errore"));
+            let post = String::from_utf8_lossy(&out).into_owned();
+            assert!(
+                post.contains("revoked") || post.contains("revocat"),
+                "reason names the revocation"
+            );
+        }
+    }
+}
