@@ -22,7 +22,9 @@
 #   clamd_up DIR PORT | clamd_down DIR | clamd_instream FILE [PORT] | eicar_string
 #   pec_milter_up DIR CONFIG | pec_milter_down DIR
 #   slapd_up DIR PORT LDIF | slapd_down DIR          (providers' index, o=postacert)
-#   write_config DIR [embedded|redis]
+#   igpec_root_entry | ldap_providers PORT [ATTRS...]
+#   write_config DIR [embedded|redis]                (env INDEX=ldap|ldif ... adds [index]/[reception])
+#   pec_milter_hup DIR | pec_milter_log_count DIR ERE
 #   wait_port HOST PORT [SECS] | wait_closed HOST PORT [SECS]
 #   maildir_wait MAILDIR COUNT [SECS] | maildir_count MAILDIR | maildir_files MAILDIR | pf_queue_empty DIR
 #   swaks_submit USER PASS FROM TO [SWAKS ARGS...] | swaks_plain PORT FROM TO [SWAKS ARGS...]
@@ -37,6 +39,7 @@ RIG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${RIG_MILTER_PORT:=8891}"      # pec-milter
 : "${RIG_REDIS_PORT:=6379}"
 : "${RIG_CLAMD_PORT:=3310}"
+: "${RIG_LDAP_PORT:=389}"         # slapd holding the providers' index (e2e-reception)
 
 # Test identities. SASL login = the full address (Cyrus realm = the domain).
 MARIO=mario.rossi@pec.demo.test        MARIO_PW=mario-pw
@@ -617,10 +620,24 @@ pec_milter_down() {
 # state DIR/state, spool DIR/spool, quarantine DIR/quarantine; milter on 127.0.0.1:$RIG_MILTER_PORT,
 # reinjection 127.0.0.1:$RIG_REINJECT_PORT, clamd tcp:127.0.0.1:$RIG_CLAMD_PORT,
 # redis://127.0.0.1:$RIG_REDIS_PORT/0. Holders: cittadino is upr, @pec.other.test upa, others upa1.
+# Optional, from the environment (e.g. `INDEX=ldif INDEX_LDIF=/x.ldif write_config DIR`); unset = as before,
+# no [index] section (the reception point is off) and no [reception] section:
+#   INDEX=ldap|ldif|none   appends [index] source = ... and a [reception] section
+#   INDEX_URL              [index] url (default ldap://127.0.0.1:$RIG_LDAP_PORT), base o=postacert
+#   INDEX_LDIF             [index] ldif (default DIR/igpec.ldif)
+#   INDEX_REFRESH          [index] refresh (default "24h"); INDEX_TIMEOUT (default "10s")
+#   TRUST="a.pem b.pem"    [reception] trust (default DIR/demo/ca.pem); CRLS="x.pem ..." (default none)
+#   VERIFY_AT=now|signing-time   [reception] verify_at (default now)
+#   ORDINARY=anomaly|reject      [reception] ordinary_mail (default anomaly)
+#   CERTIFIED="d1 d2"      [recipients] certified_domains (default "pec.demo.test pec.other.test")
 write_config() {
   local D=$1 backend=${2:-embedded}
   case $backend in embedded|redis) ;; *) echo "write_config: backend must be embedded or redis" >&2; return 2 ;; esac
+  case ${INDEX:-} in ''|none|ldap|ldif) ;; *) echo "write_config: INDEX must be ldap, ldif or none" >&2; return 2 ;; esac
+  case ${VERIFY_AT:-now} in now|signing-time) ;; *) echo "write_config: VERIFY_AT must be now or signing-time" >&2; return 2 ;; esac
+  case ${ORDINARY:-anomaly} in anomaly|reject) ;; *) echo "write_config: ORDINARY must be anomaly or reject" >&2; return 2 ;; esac
   D=$(realpath -m "$D")
+  local certified=${CERTIFIED-pec.demo.test pec.other.test}
   mkdir -p "$D/demo" "$D/state" "$D/spool" "$D/quarantine"
   cat > "$D/pec-milter.toml" <<EOF
 # written by integration/lib.sh write_config ($backend)
@@ -668,7 +685,7 @@ max_recipients = 500
 max_product = "100MB"
 
 [recipients]
-certified_domains = ["pec.demo.test", "pec.other.test"]
+certified_domains = [$(_toml_list $certified)]
 
 [holders]
 default_class = "upa1"
@@ -676,7 +693,40 @@ upa = ["@pec.other.test"]
 upa1 = []
 upr = ["$CITTADINO"]
 EOF
+  [ -n "${INDEX:-}" ] || return 0
+  local trust=${TRUST-$D/demo/ca.pem}
+  cat >> "$D/pec-milter.toml" <<EOF
+
+[index]
+source = "$INDEX"
+ldif = "${INDEX_LDIF:-$D/igpec.ldif}"
+url = "${INDEX_URL:-ldap://127.0.0.1:$RIG_LDAP_PORT}"
+base = "o=postacert"
+refresh = "${INDEX_REFRESH:-24h}"
+timeout = "${INDEX_TIMEOUT:-10s}"
+
+[reception]
+trust = [$(_toml_list $trust)]
+crls = [$(_toml_list ${CRLS:-})]
+ordinary_mail = "${ORDINARY:-anomaly}"
+verify_at = "${VERIFY_AT:-now}"
+EOF
 }
+
+# _toml_list WORD...: "a", "b" (TOML string array items; no quoting of quotes: test paths only).
+_toml_list() {
+  local w sep=
+  for w in "$@"; do printf '%s"%s"' "$sep" "$w"; sep=', '; done
+}
+
+# pec_milter_hup DIR: SIGHUP to the pec-milter started by pec_milter_up DIR (reloads the index).
+pec_milter_hup() {
+  [ -s "$1/pec-milter.pid" ] || { echo "pec_milter_hup: no pid file in $1" >&2; return 1; }
+  kill -HUP "$(cat "$1/pec-milter.pid")"
+}
+
+# pec_milter_log_count DIR ERE: how many lines of DIR/pec-milter.log match ERE (0 when none).
+pec_milter_log_count() { local n; n=$(grep -cE -- "$2" "$1/pec-milter.log" 2>/dev/null); echo "${n:-0}"; }
 
 # ---------------------------------------------------------------- Maildirs
 
@@ -801,4 +851,22 @@ slapd_down() {
   _kill_pidfile "$D/slapd.pid" 10
   if [ -s "$D/slapd.port" ] && [ -n "$RIG_NETNS" ]; then wait_closed 127.0.0.1 "$(cat "$D/slapd.port")" 5; fi
   return 0
+}
+
+# igpec_root_entry: the `dn: o=postacert` root entry of a providers' index LDIF (PEC-RULES §5.3,
+# without LDIFLocationURL), followed by a blank line. slapadd needs it before the provider entries;
+# `pec-milter index-entry` prints provider entries only. Build an index with
+#   { igpec_root_entry; pec-milter index-entry ...; pec-milter index-entry ...; } > igpec.ldif
+igpec_root_entry() {
+  printf 'dn: o=postacert\nobjectClass: top\nobjectClass: organization\no: postacert\n'
+  printf 'description: Base root for the PEC providers directory\n\n'
+}
+
+# ldap_providers PORT [ATTRS...]: anonymous ldapsearch (inside the netns) of every provider entry
+# under o=postacert on ldap://127.0.0.1:PORT; LDIF on stdout (default attribute: providerName).
+ldap_providers() {
+  local port=$1; shift
+  [ $# -gt 0 ] || set -- providerName
+  ns_exec ldapsearch -x -LLL -o ldif-wrap=no -H "ldap://127.0.0.1:$port" -b o=postacert \
+    '(objectClass=provider)' "$@"
 }

@@ -453,48 +453,13 @@ impl ReceptionPoint {
         let Some(Ok(d)) = &msg.daticert else {
             return Ok(());
         };
-        let Some(mut rec) = self.state.get_envelope(&d.identificativo).await? else {
-            tracing::debug!(pec_id = %d.identificativo, kind = %tipo, "receipt for an envelope we do not track");
+        let Some(rec) =
+            record_receipt(self.state.as_ref(), d, tipo, now, self.retention_secs).await?
+        else {
             return Ok(());
         };
-        let (status, who): (RecipientStatus, Vec<String>) = match tipo {
-            Tipo::PresaInCarico => (RecipientStatus::PresaInCarico, d.ricezione.clone()),
-            Tipo::AvvenutaConsegna => (
-                RecipientStatus::Consegnato,
-                d.consegna.iter().cloned().collect(),
-            ),
-            Tipo::ErroreConsegna | Tipo::RilevazioneVirus => (
-                RecipientStatus::Errore,
-                d.consegna.iter().cloned().collect(),
-            ),
-            _ => return Ok(()),
-        };
-        let mut changed = false;
-        for r in rec.recipients.iter_mut() {
-            if !who.iter().any(|w| w.eq_ignore_ascii_case(&r.address)) {
-                continue;
-            }
-            // final states stay; presa in carico does not repeat
-            let upgrade = !matches!(
-                (r.status, status),
-                (RecipientStatus::Consegnato | RecipientStatus::Errore, _)
-                    | (
-                        RecipientStatus::PresaInCarico,
-                        RecipientStatus::PresaInCarico
-                    )
-            );
-            if upgrade {
-                r.status = status;
-                r.updated_at = now.timestamp();
-                changed = true;
-            }
-        }
-        if changed {
-            self.state.put_envelope(&rec, self.retention_secs).await?;
-            tracing::info!(pec_id = %rec.pec_id, kind = %tipo, recipients = ?who, "envelope state updated");
-        }
         // The sending side's answer to a rilevazione-virus (PEC-RULES §2.11).
-        if tipo == Tipo::RilevazioneVirus && changed {
+        if tipo == Tipo::RilevazioneVirus {
             let tx = transaction_of(d);
             let tx = Transaction {
                 mittente: rec.sender.clone(),
@@ -576,4 +541,54 @@ fn inbound_key(inbound: &Inbound) -> String {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Apply a receipt about one of our envelopes to its record (per
+/// recipient: presa in carico, consegna, errore; final states stay).
+/// Returns the updated record when something changed.
+pub async fn record_receipt(
+    state: &dyn StateStore,
+    d: &DatiCert,
+    tipo: Tipo,
+    now: DateTime<Utc>,
+    retention_secs: u64,
+) -> Result<Option<crate::state::EnvelopeRecord>, crate::state::StateError> {
+    let Some(mut rec) = state.get_envelope(&d.identificativo).await? else {
+        tracing::debug!(pec_id = %d.identificativo, kind = %tipo, "receipt for an envelope we do not track");
+        return Ok(None);
+    };
+    let (status, who): (RecipientStatus, Vec<String>) = match tipo {
+        Tipo::PresaInCarico => (RecipientStatus::PresaInCarico, d.ricezione.clone()),
+        Tipo::AvvenutaConsegna => (
+            RecipientStatus::Consegnato,
+            d.consegna.iter().cloned().collect(),
+        ),
+        Tipo::ErroreConsegna | Tipo::RilevazioneVirus => {
+            (RecipientStatus::Errore, d.consegna.iter().cloned().collect())
+        }
+        _ => return Ok(None),
+    };
+    let mut changed = false;
+    for r in rec.recipients.iter_mut() {
+        if !who.iter().any(|w| w.eq_ignore_ascii_case(&r.address)) {
+            continue;
+        }
+        // final states stay; presa in carico does not repeat
+        let upgrade = !matches!(
+            (r.status, status),
+            (RecipientStatus::Consegnato | RecipientStatus::Errore, _)
+                | (RecipientStatus::PresaInCarico, RecipientStatus::PresaInCarico)
+        );
+        if upgrade {
+            r.status = status;
+            r.updated_at = now.timestamp();
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    state.put_envelope(&rec, retention_secs).await?;
+    tracing::info!(pec_id = %rec.pec_id, kind = %tipo, recipients = ?who, "envelope state updated");
+    Ok(Some(rec))
 }
