@@ -8,6 +8,7 @@ pkgs=(
   clamav-daemon clamdscan postfix
   swaks sasl2-bin libsasl2-modules libsasl2-modules-db iproute2
   slapd ldap-utils
+  dovecot-lmtpd
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "integration/deps.sh: not root; skipping apt (need: ${pkgs[*]})" >&2

@@ -870,3 +870,89 @@ ldap_providers() {
   ns_exec ldapsearch -x -LLL -o ldif-wrap=no -H "ldap://127.0.0.1:$port" -b o=postacert \
     '(objectClass=provider)' "$@"
 }
+
+# ---------------------------------------------------------------- Dovecot LMTP (mailbox store)
+
+# dovecot_up DIR PORT: a Dovecot LMTP server (the delivery point's mailbox store) on
+# lmtp 127.0.0.1:PORT in the netns and on the unix socket DIR/run/lmtp (mode 0666). Users come
+# from a passwd-file userdb (unknown users get `550 5.1.1`): ${DOVECOT_USERS:-$RIG_USERS}, each
+# `addr` or `addr=QUOTA` (e.g. `full@pec.demo.test=2K`: quota plugin, Maildir++ backend, over
+# quota `552 5.2.2`). Mail of user@dom in DIR/mail/dom/user/Maildir (owned by 65534). Runs in the
+# foreground (-F) in the background of this shell; config DIR/dovecot.conf, log DIR/dovecot.log,
+# pid DIR/dovecot.pid. Registers dovecot_down.
+dovecot_up() {
+  local D=$1 port=$2 bin u addr quota pid i
+  D=$(realpath -m "$D")
+  bin=$(command -v dovecot || echo /usr/sbin/dovecot)
+  if [ ! -x "$bin" ] || [ ! -x /usr/lib/dovecot/lmtp ]; then
+    echo "dovecot_up: Dovecot LMTP not installed (integration/deps.sh installs dovecot-lmtpd)" >&2; return 1
+  fi
+  [ -n "$RIG_NETNS" ] || { echo "dovecot_up: no network namespace" >&2; return 2; }
+  mkdir -p "$D/mail" "$D/run" || return 1
+  chmod 755 "$D"; chown 65534:65534 "$D/mail"   # the lmtp process delivers as uid 65534
+  : > "$D/users"
+  for u in ${DOVECOT_USERS:-$RIG_USERS}; do
+    addr=${u%%=*} quota=
+    if [ "$addr" != "$u" ]; then quota="userdb_quota_rule=*:storage=${u#*=}"; fi
+    printf '%s::65534:65534::%s::%s\n' "$addr" "$D/mail/${addr#*@}/${addr%@*}" "$quota" >> "$D/users"
+  done
+  cat > "$D/dovecot.conf" <<EOC
+base_dir = $D/run
+state_dir = $D/state
+log_path = $D/dovecot.log
+protocols = lmtp
+listen = 127.0.0.1
+ssl = no
+mail_location = maildir:~/Maildir
+first_valid_uid = 100
+mail_plugins = quota
+passdb {
+  driver = static
+  args = nopassword=y
+}
+userdb {
+  driver = passwd-file
+  args = $D/users
+}
+plugin {
+  quota = maildir:User quota
+}
+service lmtp {
+  inet_listener lmtp {
+    address = 127.0.0.1
+    port = $port
+  }
+  unix_listener lmtp {
+    mode = 0666
+  }
+}
+EOC
+  if ! "$bin" -c "$D/dovecot.conf" -n >/dev/null 2>"$D/dovecot.check"; then
+    echo "dovecot_up: bad config $D/dovecot.conf:" >&2; cat "$D/dovecot.check" >&2; return 1
+  fi
+  echo "$port" > "$D/dovecot.port"
+  # a simple command, not ns_exec: $! must be dovecot's own pid (ip netns exec execs)
+  ip netns exec "$RIG_NETNS" "$bin" -F -c "$D/dovecot.conf" </dev/null >>"$D/dovecot.out" 2>&1 &
+  pid=$!
+  echo "$pid" > "$D/dovecot.pid"
+  rig_defer dovecot_down "$D"
+  for ((i = 0; i < 200; i++)); do
+    if ! _alive "$pid"; then
+      echo "dovecot_up: dovecot exited at start; log:" >&2; tail -n 20 "$D/dovecot.out" "$D/dovecot.log" >&2
+      rm -f "$D/dovecot.pid"; return 1
+    fi
+    ns_exec bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "dovecot_up: not listening on 127.0.0.1:$port after 10s; log:" >&2; tail -n 20 "$D/dovecot.log" >&2
+  return 1
+}
+
+# dovecot_down DIR: stops it (TERM, then KILL after 10 s; Dovecot takes ~1 s to stop its
+# children) and waits until its port is closed.
+dovecot_down() {
+  local D=$1
+  _kill_pidfile "$D/dovecot.pid" 10
+  if [ -s "$D/dovecot.port" ] && [ -n "$RIG_NETNS" ]; then wait_closed 127.0.0.1 "$(cat "$D/dovecot.port")" 5; fi
+  return 0
+}

@@ -10,3 +10,5 @@ cargo test --all-targets --locked "$@"
 bash integration/selftest.sh
 # End to end on real Postfix (SASL), Redis and clamd: the access point.
 bash integration/e2e-access.sh
+# End to end: the reception point with the providers' index from slapd and from LDIF.
+bash integration/e2e-reception.sh

@@ -73,7 +73,7 @@ fn is_primary(raw: &[u8], rcpt: &str) -> bool {
             .flat_map(|f| mime::addr_list(&f.unfolded()))
             .any(|a| a.eq_ignore_ascii_case(rcpt))
     };
-    !(in_field("Cc") && !in_field("To"))
+    !in_field("Cc") || in_field("To")
 }
 
 /// `errore` of an avviso di mancata consegna from the store's answer.
@@ -164,7 +164,12 @@ impl DeliveryPoint {
         );
         let sent = match self
             .state
-            .claim(&key, &d.identificativo, now.timestamp(), self.retention_secs)
+            .claim(
+                &key,
+                &d.identificativo,
+                now.timestamp(),
+                self.retention_secs,
+            )
             .await
         {
             Ok(Claim::New) => false,
@@ -185,9 +190,12 @@ impl DeliveryPoint {
         let id = format!(
             "{}.{local}.{}@{}",
             ricevuta.tipo(),
-            hex(&crypto::digest(DigestAlg::Sha1, rcpt.to_ascii_lowercase().as_bytes()))
-                .get(..16)
-                .unwrap_or("r"),
+            hex(&crypto::digest(
+                DigestAlg::Sha1,
+                rcpt.to_ascii_lowercase().as_bytes()
+            ))
+            .get(..16)
+            .unwrap_or("r"),
             self.provider.domain
         );
         let signer = Signer {
@@ -243,7 +251,9 @@ impl DeliveryPoint {
             if p.extension().is_none_or(|x| x != "eml") {
                 continue;
             }
-            let Ok(data) = std::fs::read(&p) else { continue };
+            let Ok(data) = std::fs::read(&p) else {
+                continue;
+            };
             // first line: "X-Outbox-To: <addr>\r\n", then the message
             let Some(pos) = data.windows(2).position(|w| w == b"\r\n") else {
                 continue;
@@ -273,7 +283,13 @@ fn outbox_put(dir: &std::path::Path, id: &str, to: &str, message: &[u8]) -> std:
     std::fs::create_dir_all(dir)?;
     let name: String = id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;

@@ -173,6 +173,8 @@ impl ReceptionPoint {
         let sig = check_signature(&msg, &self.trust, self.verify_at);
         let mut problem: Option<String> = None;
         let mut entry: Option<ProviderEntry> = None;
+        // Signed by a provider listed in the index (whatever else is wrong).
+        let mut signer_listed = false;
         if sig.status != SignatureStatus::Valid {
             problem = Some(format!(
                 "firma non valida ({})",
@@ -189,6 +191,7 @@ impl ReceptionPoint {
                         Some("il certificato del firmatario non è nell'indice dei gestori".into())
                 }
                 Some(e) => {
+                    signer_listed = true;
                     let from_domain = msg
                         .from
                         .as_deref()
@@ -214,7 +217,11 @@ impl ReceptionPoint {
         }
         let (Some(entry), None) = (entry, &problem) else {
             let why = problem.unwrap_or_else(|| "verifica non superata".into());
-            if self.ordinary_mail == OrdinaryMail::Reject {
+            // Not from a provider (bad signature, signer not listed): that
+            // is ordinary mail, refused when the policy says so. Signed by
+            // a listed provider but not conformant: always an anomaly
+            // envelope (PEC-RULES §4.3).
+            if !signer_listed && self.ordinary_mail == OrdinaryMail::Reject {
                 return Ok(Outcome::Reject {
                     code: 550,
                     xcode: "5.7.1".into(),
@@ -563,9 +570,10 @@ pub async fn record_receipt(
             RecipientStatus::Consegnato,
             d.consegna.iter().cloned().collect(),
         ),
-        Tipo::ErroreConsegna | Tipo::RilevazioneVirus => {
-            (RecipientStatus::Errore, d.consegna.iter().cloned().collect())
-        }
+        Tipo::ErroreConsegna | Tipo::RilevazioneVirus => (
+            RecipientStatus::Errore,
+            d.consegna.iter().cloned().collect(),
+        ),
         _ => return Ok(None),
     };
     let mut changed = false;
@@ -577,7 +585,10 @@ pub async fn record_receipt(
         let upgrade = !matches!(
             (r.status, status),
             (RecipientStatus::Consegnato | RecipientStatus::Errore, _)
-                | (RecipientStatus::PresaInCarico, RecipientStatus::PresaInCarico)
+                | (
+                    RecipientStatus::PresaInCarico,
+                    RecipientStatus::PresaInCarico
+                )
         );
         if upgrade {
             r.status = status;

@@ -7,6 +7,8 @@
 //! <dir>/.lock                 advisory lock (flock) shared by every process
 //! <dir>/claims/<name>         one idempotency claim per file
 //! <dir>/envelopes/<name>      one envelope record per file
+//! <dir>/tracked/<name>        index entry of a tracked envelope (same <name>)
+//! <dir>/marks/<name>          one marker of `once` / `confirm` per file
 //! <dir>/*/.tmp-*              files being written (removed by purge_expired)
 //! ```
 //!
@@ -37,6 +39,29 @@
 //! [`EmbeddedStore::purge_expired`] sweeps the whole directory. A TTL of 0
 //! is treated as 1 second.
 //!
+//! # Tracking index
+//!
+//! `tracked/` holds one small file (`{"pec_id", "submitted_at"}`) per
+//! envelope that [is tracked](EnvelopeRecord::is_tracked).
+//! `put_envelope` writes the entry *before* the envelope when the record
+//! is tracked and removes it *after* writing the envelope when it is not,
+//! so after a crash the index holds at most extra entries, never misses
+//! one; [`StateStore::tracked`] checks every entry against its envelope
+//! and drops the extra ones (as does `purge_expired`).
+//!
+//! Cost: `tracked` lists the index directory and reads every entry (a few
+//! dozen bytes each), then reads the envelopes of the entries old enough:
+//! linear in the number of envelopes waiting for an outcome, not in the
+//! number stored. Fine for one node and thousands of pending envelopes;
+//! use Redis beyond that.
+//!
+//! # Markers
+//!
+//! `once` creates `marks/<name>` under the writer locks (expired markers
+//! are replaced), `confirm` rewrites it as done with a new expiry,
+//! `release` deletes it. The writer locks make `once` first-writer-wins
+//! across the processes of one host.
+//!
 //! All file I/O runs on Tokio's blocking pool, never on the async workers.
 //! The directory must be on a local POSIX file system (hard links and
 //! `flock`).
@@ -55,6 +80,8 @@ use super::{Claim, EnvelopeRecord, StateError, StateStore};
 
 const CLAIMS: &str = "claims";
 const ENVELOPES: &str = "envelopes";
+const TRACKED: &str = "tracked";
+const MARKS: &str = "marks";
 const LOCK_FILE: &str = ".lock";
 const TMP_PREFIX: &str = ".tmp-";
 /// Keys up to this many bytes are hex-encoded as they are; longer ones are
@@ -103,6 +130,21 @@ struct EnvelopeFile {
     record: EnvelopeRecord,
 }
 
+/// An index entry of a tracked envelope.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct TrackedEntry {
+    pec_id: String,
+    submitted_at: i64,
+}
+
+/// A marker of `once` / `confirm`.
+#[derive(Debug, Serialize, Deserialize)]
+struct MarkFile {
+    key: String,
+    done: bool,
+    expires_at: i64,
+}
+
 /// Just the expiry of any record, for the sweep.
 #[derive(Deserialize)]
 struct ExpiryOnly {
@@ -117,6 +159,8 @@ impl EmbeddedStore {
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         fs::create_dir_all(dir.join(CLAIMS))?;
         fs::create_dir_all(dir.join(ENVELOPES))?;
+        fs::create_dir_all(dir.join(TRACKED))?;
+        fs::create_dir_all(dir.join(MARKS))?;
         let lock_file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -210,10 +254,22 @@ impl StateStore for EmbeddedStore {
             key: rec.pec_id.clone(),
             reason: format!("cannot serialise envelope: {e}"),
         })?;
-        let pec_id = rec.pec_id.clone();
+        let entry = TrackedEntry {
+            pec_id: rec.pec_id.clone(),
+            submitted_at: rec.submitted_at,
+        };
+        let tracked = rec.is_tracked();
         self.write_locked(move |inner| {
+            // Index first when adding, last when removing: a crash leaves
+            // an extra entry at worst (see the module documentation).
+            if tracked {
+                inner.add_tracked(&entry)?;
+            }
             let dir = inner.dir.join(ENVELOPES);
-            write_replace(&dir, &dir.join(file_name(&pec_id)), &bytes)?;
+            write_replace(&dir, &dir.join(file_name(&entry.pec_id)), &bytes)?;
+            if !tracked {
+                remove_if_exists(&inner.tracked_path(&entry.pec_id))?;
+            }
             Ok(())
         })
         .await
@@ -246,9 +302,61 @@ impl StateStore for EmbeddedStore {
         }
     }
 
+    async fn tracked(&self, submitted_before: i64) -> Result<Vec<EnvelopeRecord>, StateError> {
+        let (live, stale) = self
+            .blocking(move |inner| inner.scan_tracked(submitted_before, now_secs()))
+            .await?;
+        if !stale.is_empty() {
+            // Best effort: what is not dropped now is dropped next time.
+            let dropped = self
+                .write_locked(move |inner| inner.drop_stale(&stale, now_secs()))
+                .await;
+            if let Err(e) = dropped {
+                tracing::warn!(error = %e, "tracked: cannot drop stale index entries");
+            }
+        }
+        Ok(live)
+    }
+
+    async fn once(&self, key: &str, ttl_secs: u64) -> Result<bool, StateError> {
+        let key = key.to_owned();
+        self.write_locked(move |inner| inner.once(&key, ttl_secs))
+            .await
+    }
+
+    async fn confirm(&self, key: &str, ttl_secs: u64) -> Result<(), StateError> {
+        let mark = MarkFile {
+            key: key.to_owned(),
+            done: true,
+            expires_at: expires_at(now_secs(), ttl_secs),
+        };
+        self.write_locked(move |inner| inner.write_mark(&mark, false))
+            .await
+    }
+
+    async fn confirmed(&self, key: &str) -> Result<bool, StateError> {
+        let key = key.to_owned();
+        self.blocking(move |inner| {
+            Ok(inner
+                .read_mark(&key)?
+                .is_some_and(|m| m.done && !is_expired(m.expires_at, now_secs())))
+        })
+        .await
+    }
+
+    async fn release(&self, key: &str) -> Result<(), StateError> {
+        let key = key.to_owned();
+        self.write_locked(move |inner| {
+            remove_if_exists(&inner.mark_path(&key))?;
+            sync_dir(&inner.dir.join(MARKS))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StateError> {
         self.blocking(|inner| {
-            for sub in [CLAIMS, ENVELOPES] {
+            for sub in [CLAIMS, ENVELOPES, TRACKED, MARKS] {
                 let meta = fs::metadata(inner.dir.join(sub))?;
                 if !meta.is_dir() {
                     return Err(StateError::Unavailable(format!(
@@ -276,6 +384,158 @@ impl Inner {
 
     fn envelope_path(&self, pec_id: &str) -> PathBuf {
         self.dir.join(ENVELOPES).join(file_name(pec_id))
+    }
+
+    fn tracked_path(&self, pec_id: &str) -> PathBuf {
+        self.dir.join(TRACKED).join(file_name(pec_id))
+    }
+
+    fn mark_path(&self, key: &str) -> PathBuf {
+        self.dir.join(MARKS).join(file_name(key))
+    }
+
+    /// Write the index entry unless the same one is there. The caller
+    /// holds the writer locks.
+    fn add_tracked(&self, entry: &TrackedEntry) -> Result<(), StateError> {
+        let path = self.tracked_path(&entry.pec_id);
+        if let Some(bytes) = read_if_exists(&path)?
+            && serde_json::from_slice::<TrackedEntry>(&bytes).is_ok_and(|old| old == *entry)
+        {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(entry).map_err(|e| StateError::Corrupt {
+            key: entry.pec_id.clone(),
+            reason: format!("cannot serialise index entry: {e}"),
+        })?;
+        write_replace(&self.dir.join(TRACKED), &path, &bytes)?;
+        Ok(())
+    }
+
+    /// Read the index (no lock needed: every file appears whole). Returns
+    /// the tracked envelopes submitted at or before `before`, and the PEC
+    /// ids of entries whose envelope is absent, expired or no longer
+    /// tracked.
+    fn scan_tracked(
+        &self,
+        before: i64,
+        now: i64,
+    ) -> Result<(Vec<EnvelopeRecord>, Vec<String>), StateError> {
+        let mut live = Vec::new();
+        let mut stale = Vec::new();
+        for entry in fs::read_dir(self.dir.join(TRACKED))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            // Removed since listed: no longer tracked.
+            let Some(bytes) = read_if_exists(&path)? else {
+                continue;
+            };
+            let idx: TrackedEntry = match serde_json::from_slice(&bytes) {
+                Ok(idx) => idx,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "tracked: unreadable index entry skipped");
+                    continue;
+                }
+            };
+            if idx.submitted_at > before {
+                continue;
+            }
+            match self.read_envelope(&idx.pec_id, now) {
+                Ok(Lookup::Live(rec)) if rec.is_tracked() => live.push(*rec),
+                Ok(_) => stale.push(idx.pec_id),
+                Err(e) => {
+                    tracing::warn!(pec_id = %idx.pec_id, error = %e, "tracked: unreadable envelope skipped");
+                }
+            }
+        }
+        Ok((live, stale))
+    }
+
+    /// Remove the index entries of `ids` whose envelope is (still) absent,
+    /// expired or untracked (an unreadable envelope keeps its entry). The caller holds the writer locks.
+    fn drop_stale(&self, ids: &[String], now: i64) -> Result<usize, StateError> {
+        let mut dropped = 0;
+        for id in ids {
+            let stale = match self.read_envelope(id, now) {
+                Ok(Lookup::Live(rec)) => !rec.is_tracked(),
+                Ok(Lookup::Expired | Lookup::Absent) => true,
+                // Unreadable: left in place (and reported by `tracked`).
+                Err(_) => false,
+            };
+            if stale {
+                remove_if_exists(&self.tracked_path(id))?;
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            sync_dir(&self.dir.join(TRACKED))?;
+        }
+        Ok(dropped)
+    }
+
+    fn read_mark(&self, key: &str) -> Result<Option<MarkFile>, StateError> {
+        let path = self.mark_path(key);
+        let Some(bytes) = read_if_exists(&path)? else {
+            return Ok(None);
+        };
+        let mark: MarkFile = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+            key: key.to_owned(),
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        if mark.key != key {
+            return Err(StateError::Corrupt {
+                key: key.to_owned(),
+                reason: format!("{} holds the marker {:?}", path.display(), mark.key),
+            });
+        }
+        Ok(Some(mark))
+    }
+
+    /// Write a marker: exclusively (first writer wins) or replacing. The
+    /// caller holds the writer locks.
+    fn write_mark(&self, mark: &MarkFile, exclusive: bool) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(mark).map_err(|e| StateError::Corrupt {
+            key: mark.key.clone(),
+            reason: format!("cannot serialise marker: {e}"),
+        })?;
+        let dir = self.dir.join(MARKS);
+        let path = self.mark_path(&mark.key);
+        if exclusive {
+            write_exclusive(&dir, &path, &bytes)?;
+        } else {
+            write_replace(&dir, &path, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The check-and-create of `once`; the caller holds the writer locks.
+    fn once(&self, key: &str, ttl_secs: u64) -> Result<bool, StateError> {
+        let now = now_secs();
+        match self.read_mark(key) {
+            Ok(Some(m)) if !is_expired(m.expires_at, now) => return Ok(false),
+            Ok(Some(_)) => remove_if_exists(&self.mark_path(key))?,
+            Ok(None) => {}
+            // An unreadable marker would block the key for ever: replace it.
+            Err(StateError::Corrupt { reason, .. }) => {
+                tracing::warn!(key, reason = %reason, "once: unreadable marker replaced");
+                remove_if_exists(&self.mark_path(key))?;
+            }
+            Err(e) => return Err(e),
+        }
+        let mark = MarkFile {
+            key: key.to_owned(),
+            done: false,
+            expires_at: expires_at(now, ttl_secs),
+        };
+        match self.write_mark(&mark, true) {
+            Ok(()) => Ok(true),
+            // Someone not holding the lock got there first: they win.
+            Err(StateError::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Read a claim file; `None` if there is none.
@@ -383,7 +643,7 @@ impl Inner {
     fn purge_expired(&self) -> Result<usize, StateError> {
         let now = now_secs();
         let mut purged = 0;
-        for sub in [CLAIMS, ENVELOPES] {
+        for sub in [CLAIMS, ENVELOPES, MARKS] {
             for entry in fs::read_dir(self.dir.join(sub))? {
                 let entry = entry?;
                 let path = entry.path();
@@ -411,7 +671,38 @@ impl Inner {
                 }
             }
         }
+        self.purge_tracked(now)?;
         Ok(purged)
+    }
+
+    /// The sweep of the index: temporary files and entries whose envelope
+    /// is gone, expired or untracked (not counted: they are not records).
+    fn purge_tracked(&self, now: i64) -> Result<(), StateError> {
+        let mut stale = Vec::new();
+        for entry in fs::read_dir(self.dir.join(TRACKED))? {
+            let entry = entry?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(TMP_PREFIX) {
+                remove_if_exists(&path)?;
+                continue;
+            }
+            if name.starts_with('.') || !entry.file_type()?.is_file() {
+                continue;
+            }
+            let Some(bytes) = read_if_exists(&path)? else {
+                continue;
+            };
+            match serde_json::from_slice::<TrackedEntry>(&bytes) {
+                Ok(idx) => stale.push(idx.pec_id),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unreadable index entry left in place");
+                }
+            }
+        }
+        self.drop_stale(&stale, now)?;
+        Ok(())
     }
 }
 

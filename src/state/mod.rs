@@ -6,6 +6,18 @@
 //! Two backends behind [`StateStore`]: [`redis::RedisStore`] (production,
 //! several nodes share it) and [`embedded::EmbeddedStore`] (one node, files
 //! on disk, no server).
+//!
+//! # Tracking (PEC-RULES §2.9)
+//!
+//! An envelope is *tracked* while one of its `certificato` recipients is
+//! still waiting for the outcome ([`EnvelopeRecord::is_tracked`]): status
+//! [`RecipientStatus::Sent`] or [`RecipientStatus::PresaInCarico`].
+//! [`StateStore::put_envelope`] keeps a tracking index up to date, and
+//! [`StateStore::tracked`] lists the tracked envelopes old enough to be
+//! looked at by the 12 h / 24 h timers (`crate::timers`).
+//! [`StateStore::once`], [`StateStore::confirm`], [`StateStore::release`]
+//! and [`StateStore::confirmed`] are small markers with a lifetime, the
+//! building block of "exactly one node sends this notice".
 
 pub mod embedded;
 pub mod redis;
@@ -66,6 +78,28 @@ pub struct EnvelopeRecord {
     pub submitted_at: i64,
 }
 
+impl EnvelopeRecord {
+    /// Whether some `certificato` recipient still waits for an outcome
+    /// (status [`RecipientStatus::Sent`] or
+    /// [`RecipientStatus::PresaInCarico`]): the 12 h / 24 h timers apply
+    /// (PEC-RULES §2.9). `esterno` recipients are never tracked.
+    pub fn is_tracked(&self) -> bool {
+        self.recipients.iter().any(RecipientState::is_pending)
+    }
+}
+
+impl RecipientState {
+    /// A `certificato` recipient without an outcome yet (neither
+    /// delivered nor failed).
+    pub fn is_pending(&self) -> bool {
+        self.tipo == TipoDestinatario::Certificato
+            && matches!(
+                self.status,
+                RecipientStatus::Sent | RecipientStatus::PresaInCarico
+            )
+    }
+}
+
 /// The outcome of claiming an idempotency key for a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -102,13 +136,62 @@ pub trait StateStore: Send + Sync {
     /// has been handed to the MTA.
     async fn mark_receipt_sent(&self, key: &str) -> Result<(), StateError>;
 
-    /// Store (create or replace) an envelope record, kept for `ttl_secs`.
+    /// Store (create or replace) an envelope record, kept for `ttl_secs`,
+    /// and add it to the tracking index when it
+    /// [is tracked](EnvelopeRecord::is_tracked), remove it otherwise (see
+    /// [`tracked`](Self::tracked)).
     async fn put_envelope(&self, rec: &EnvelopeRecord, ttl_secs: u64) -> Result<(), StateError>;
 
     async fn get_envelope(&self, pec_id: &str) -> Result<Option<EnvelopeRecord>, StateError>;
 
     /// A cheap round trip that fails when the backend is unusable.
     async fn ping(&self) -> Result<(), StateError>;
+
+    /// The tracked envelopes ([`EnvelopeRecord::is_tracked`]) submitted at
+    /// or before `submitted_before` (Unix seconds), in no particular
+    /// order. The index behind it is maintained by
+    /// [`put_envelope`](Self::put_envelope); entries whose envelope has
+    /// expired or is no longer tracked are dropped on the way.
+    ///
+    /// The default body (for test fakes) reports the operation as
+    /// unsupported.
+    async fn tracked(&self, submitted_before: i64) -> Result<Vec<EnvelopeRecord>, StateError> {
+        let _ = submitted_before;
+        Err(StateError::Unavailable("tracked: not supported".into()))
+    }
+
+    /// Take the marker `key` for `ttl_secs` if nobody holds it: `true` for
+    /// exactly one caller, across tasks, processes and (Redis) nodes, until
+    /// the marker expires or is [`release`](Self::release)d. Marker keys
+    /// are a namespace of their own (no clash with claims or envelopes).
+    async fn once(&self, key: &str, ttl_secs: u64) -> Result<bool, StateError> {
+        let _ = (key, ttl_secs);
+        Err(StateError::Unavailable("once: not supported".into()))
+    }
+
+    /// Mark `key` as done, kept for `ttl_secs` from now (whether or not
+    /// it was held): [`once`](Self::once) keeps failing and
+    /// [`confirmed`](Self::confirmed) answers `true` until it expires.
+    /// Turns a short lease taken with `once` into a lasting record.
+    async fn confirm(&self, key: &str, ttl_secs: u64) -> Result<(), StateError> {
+        let _ = (key, ttl_secs);
+        Err(StateError::Unavailable("confirm: not supported".into()))
+    }
+
+    /// Whether `key` was [`confirm`](Self::confirm)ed (and has not
+    /// expired). A marker only taken with [`once`](Self::once) is not.
+    async fn confirmed(&self, key: &str) -> Result<bool, StateError> {
+        let _ = key;
+        Err(StateError::Unavailable("confirmed: not supported".into()))
+    }
+
+    /// Drop the marker `key` (taken or confirmed): the next
+    /// [`once`](Self::once) on it succeeds. Releasing an absent marker is
+    /// not an error.
+    async fn release(&self, key: &str) -> Result<(), StateError> {
+        let _ = key;
+        Err(StateError::Unavailable("release: not supported".into()))
+    }
 }
 
 mod tipo_destinatario {

@@ -7,6 +7,16 @@
 //!   "receipt_sent"}`, created with `SET NX EX ttl` (first writer wins,
 //!   across nodes) and updated with `SET ... XX KEEPTTL` (Redis >= 6.0).
 //! - `<prefix>env:<pec_id>`: the JSON [`EnvelopeRecord`], `SET ... EX ttl`.
+//! - `<prefix>tracked`: sorted set of the tracked envelopes (member the
+//!   PEC id, score `submitted_at`). [`StateStore::put_envelope`] writes the
+//!   envelope and adds it (`ZADD`) or removes it (`ZREM`) in one
+//!   `MULTI`/`EXEC` transaction, so the index never disagrees with the
+//!   record; [`StateStore::tracked`] is a `ZRANGEBYSCORE` followed by
+//!   `MGET`s of the envelopes, and drops (with a script that checks the
+//!   envelope key is still absent) the members whose envelope expired.
+//! - `<prefix>once:<key>`: the markers of [`StateStore::once`] (`SET NX EX`,
+//!   value `held`), [`StateStore::confirm`] (`SET ... EX`, value `done`),
+//!   [`StateStore::release`] (`DEL`).
 //!
 //! A TTL of 0 is treated as 1 second (Redis refuses `EX 0`).
 //!
@@ -37,7 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, FromRedisValue, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -75,6 +85,33 @@ impl std::fmt::Debug for RedisStore {
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
+}
+
+/// How many envelopes one `MGET` of [`StateStore::tracked`] fetches.
+const TRACKED_BATCH: usize = 200;
+/// Value of a marker taken with `once`.
+const MARK_HELD: &str = "held";
+/// Value of a confirmed marker.
+const MARK_DONE: &str = "done";
+
+/// Drops the members of the tracked set (`KEYS[1]`) whose envelope key
+/// (`KEYS[i + 1]`, member `ARGV[i]`) does not exist, atomically with the
+/// check: an envelope written again in the meantime keeps its entry.
+const DROP_EXPIRED_SCRIPT: &str = r"
+local n = 0
+for i, m in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    n = n + redis.call('ZREM', KEYS[1], m)
+  end
+end
+return n
+";
+
+/// One request: a command or a pipeline.
+#[derive(Clone, Copy)]
+enum Req<'a> {
+    Cmd(&'a Cmd),
+    Pipe(&'a Pipeline),
 }
 
 /// The value of a claim key.
@@ -132,6 +169,14 @@ impl RedisStore {
         format!("{}env:{pec_id}", self.prefix)
     }
 
+    fn tracked_key(&self) -> String {
+        format!("{}tracked", self.prefix)
+    }
+
+    fn once_key(&self, key: &str) -> String {
+        format!("{}once:{key}", self.prefix)
+    }
+
     /// Run one store operation within the timeout.
     async fn bounded<T>(
         &self,
@@ -173,13 +218,30 @@ impl RedisStore {
     /// has just come back is used at once instead of failing the message;
     /// the whole operation stays bounded by the store's timeout. Retrying
     /// is safe: every command the store sends is idempotent or guarded
-    /// (`SET NX`, `SET XX`, `GET`).
+    /// (`SET NX`, `SET XX`, `GET`, `DEL`, `ZADD`/`ZREM` in `MULTI`). A
+    /// `SET NX` of [`StateStore::once`] whose reply was lost answers
+    /// `false` on the retry: the marker is then nobody's until it expires
+    /// (a delay, never a duplicate).
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StateError> {
+        self.request(Req::Cmd(cmd)).await
+    }
+
+    /// [`query`](Self::query) for a pipeline (or `MULTI`/`EXEC`
+    /// transaction); every pipeline the store sends is idempotent.
+    async fn query_pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, StateError> {
+        self.request(Req::Pipe(pipe)).await
+    }
+
+    async fn request<T: FromRedisValue>(&self, req: Req<'_>) -> Result<T, StateError> {
         const PAUSES_MS: [u64; 3] = [50, 150, 400];
         let mut attempt = 0;
         loop {
             let mut conn = self.manager().await?;
-            match cmd.query_async(&mut conn).await {
+            let res = match req {
+                Req::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                Req::Pipe(pipe) => pipe.query_async(&mut conn).await,
+            };
+            match res {
                 Ok(v) => return Ok(v),
                 Err(e)
                     if attempt < PAUSES_MS.len()
@@ -197,6 +259,56 @@ impl RedisStore {
 
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    /// One batch of [`StateStore::tracked`]: the envelopes of `ids` that
+    /// are tracked, and the ids whose envelope is gone.
+    async fn tracked_batch(
+        &self,
+        ids: &[String],
+    ) -> Result<(Vec<EnvelopeRecord>, Vec<String>), StateError> {
+        let keys: Vec<String> = ids.iter().map(|id| self.envelope_key(id)).collect();
+        let values: Vec<Option<Vec<u8>>> = self.query(redis::cmd("MGET").arg(&keys)).await?;
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
+        for ((id, rkey), value) in ids.iter().zip(&keys).zip(values) {
+            let Some(bytes) = value else {
+                gone.push(id.clone());
+                continue;
+            };
+            match from_json::<EnvelopeRecord>(id, rkey, &bytes) {
+                Ok(rec) if rec.pec_id != *id => {
+                    tracing::warn!(key = %rkey, holds = %rec.pec_id, "tracked: envelope key holds another envelope; skipped");
+                }
+                // put_envelope keeps the index in step with the record, so
+                // an untracked record here was written by a concurrent
+                // put_envelope that also removed it from the index.
+                Ok(rec) if rec.is_tracked() => live.push(rec),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(key = %rkey, error = %e, "tracked: unreadable envelope skipped");
+                }
+            }
+        }
+        Ok((live, gone))
+    }
+
+    /// Drop from the tracked set the ids whose envelope key is (still)
+    /// absent.
+    async fn drop_expired(&self, ids: &[String]) -> Result<(), StateError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(DROP_EXPIRED_SCRIPT)
+            .arg(ids.len() + 1)
+            .arg(self.tracked_key());
+        for id in ids {
+            cmd.arg(self.envelope_key(id));
+        }
+        cmd.arg(ids);
+        let dropped: i64 = self.query(&cmd).await?;
+        if dropped > 0 {
+            tracing::debug!(dropped, "tracked: expired envelopes dropped from the index");
+        }
+        Ok(())
     }
 
     async fn claim_inner(
@@ -296,16 +408,28 @@ impl StateStore for RedisStore {
     async fn put_envelope(&self, rec: &EnvelopeRecord, ttl_secs: u64) -> Result<(), StateError> {
         let rkey = self.envelope_key(&rec.pec_id);
         let value = to_json(&rec.pec_id, rec)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(&rkey)
+            .arg(value)
+            .arg("EX")
+            .arg(ttl_secs.max(1))
+            .ignore();
+        if rec.is_tracked() {
+            pipe.cmd("ZADD")
+                .arg(self.tracked_key())
+                .arg(rec.submitted_at)
+                .arg(&rec.pec_id)
+                .ignore();
+        } else {
+            pipe.cmd("ZREM")
+                .arg(self.tracked_key())
+                .arg(&rec.pec_id)
+                .ignore();
+        }
         self.bounded("put_envelope", async {
-            let _: Value = self
-                .query(
-                    redis::cmd("SET")
-                        .arg(&rkey)
-                        .arg(value)
-                        .arg("EX")
-                        .arg(ttl_secs.max(1)),
-                )
-                .await?;
+            let _: Value = self.query_pipe(&pipe).await?;
             Ok(())
         })
         .await
@@ -332,6 +456,89 @@ impl StateStore for RedisStore {
     async fn ping(&self) -> Result<(), StateError> {
         self.bounded("ping", async {
             let _: Value = self.query(&redis::cmd("PING")).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Each Redis round trip (the `ZRANGEBYSCORE`, each `MGET` of
+    /// [`TRACKED_BATCH`] envelopes, each clean-up) is bounded by the
+    /// store's timeout on its own, so a long index does not time out as a
+    /// whole.
+    async fn tracked(&self, submitted_before: i64) -> Result<Vec<EnvelopeRecord>, StateError> {
+        let ids: Vec<String> = self
+            .bounded(
+                "tracked",
+                self.query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(self.tracked_key())
+                        .arg("-inf")
+                        .arg(submitted_before),
+                ),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for chunk in ids.chunks(TRACKED_BATCH) {
+            let (live, gone) = self.bounded("tracked", self.tracked_batch(chunk)).await?;
+            out.extend(live);
+            if !gone.is_empty() {
+                // Best effort: a failed clean-up is retried on the next call.
+                if let Err(e) = self.bounded("tracked", self.drop_expired(&gone)).await {
+                    tracing::warn!(error = %e, "tracked: cannot drop expired envelopes from the index");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn once(&self, key: &str, ttl_secs: u64) -> Result<bool, StateError> {
+        let rkey = self.once_key(key);
+        self.bounded("once", async {
+            let set: Value = self
+                .query(
+                    redis::cmd("SET")
+                        .arg(&rkey)
+                        .arg(MARK_HELD)
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(ttl_secs.max(1)),
+                )
+                .await?;
+            Ok(!matches!(set, Value::Nil))
+        })
+        .await
+    }
+
+    async fn confirm(&self, key: &str, ttl_secs: u64) -> Result<(), StateError> {
+        let rkey = self.once_key(key);
+        self.bounded("confirm", async {
+            let _: Value = self
+                .query(
+                    redis::cmd("SET")
+                        .arg(&rkey)
+                        .arg(MARK_DONE)
+                        .arg("EX")
+                        .arg(ttl_secs.max(1)),
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn confirmed(&self, key: &str) -> Result<bool, StateError> {
+        let rkey = self.once_key(key);
+        self.bounded("confirmed", async {
+            let value = self.get_bytes(&rkey).await?;
+            Ok(value.as_deref() == Some(MARK_DONE.as_bytes()))
+        })
+        .await
+    }
+
+    async fn release(&self, key: &str) -> Result<(), StateError> {
+        let rkey = self.once_key(key);
+        self.bounded("release", async {
+            let _: Value = self.query(redis::cmd("DEL").arg(&rkey)).await?;
             Ok(())
         })
         .await

@@ -1,0 +1,1090 @@
+//! The sender side's 12 h / 24 h timers (PEC-RULES §2.9) and the state
+//! store operations behind them (`tracked`, `once`, `confirm`,
+//! `confirmed`, `release`), against both backends: the embedded file
+//! store and a real, throwaway `redis-server`.
+//!
+//! Passes are driven with synthetic times (`Tracker::tick(now)`), except
+//! one test that runs the spawned loop with durations of seconds.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use pec_milter::access::Injector;
+use pec_milter::crypto::DigestAlg;
+use pec_milter::crypto::pki::Pki;
+use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
+use pec_milter::pec::build::Provider;
+use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
+use pec_milter::state::embedded::EmbeddedStore;
+use pec_milter::state::redis::RedisStore;
+use pec_milter::state::{EnvelopeRecord, RecipientState, RecipientStatus, StateStore};
+use pec_milter::timers::{Sent, Tracker, TrackerConfig, marker_key, notice_message_id};
+use tempfile::TempDir;
+
+use TipoDestinatario::{Certificato, Esterno};
+
+// ---------------------------------------------------------------------------
+// A throwaway redis-server (as in tests/state.rs).
+
+/// A `redis-server` child process on 127.0.0.1, killed on drop.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir for redis-server");
+        let port = free_port();
+        let log_path = dir.path().join("redis.log");
+        let log = std::fs::File::create(&log_path).expect("redis log file");
+        let log2 = log.try_clone().expect("redis log file");
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server not found in PATH: install redis-server; CI's integration/deps.sh does"
+            ),
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        };
+        let mut server = Self {
+            child: Some(child),
+            port,
+            dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+                panic!("redis-server exited with {status}:\n{log}");
+            }
+            if ping(self.port) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} never answered PING",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A raw `PING` over TCP (no client library involved).
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(n) => buf[..n].starts_with(b"+PONG"),
+        Err(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures.
+
+const SENDER: &str = "mittente@pec.acme.test";
+const DOMAIN: &str = "pec.acme.test";
+const RETENTION: u64 = 30 * 86400;
+
+struct TestPki {
+    pki: Pki,
+    key: Arc<pec_milter::crypto::pem::PemKey>,
+    trust: TrustStore,
+}
+
+fn pki() -> &'static TestPki {
+    static P: OnceLock<TestPki> = OnceLock::new();
+    P.get_or_init(|| {
+        let pki = Pki::generate("ACME PEC S.p.A.", DOMAIN, 365).expect("pki");
+        let key = Arc::new(pki.signing_key().expect("key"));
+        let trust = TrustStore::from_pem_bytes(&[&pki.ca_cert_pem]).expect("trust");
+        TestPki { pki, key, trust }
+    })
+}
+
+fn provider() -> Provider {
+    Provider {
+        name: "ACME PEC S.p.A.".into(),
+        domain: DOMAIN.into(),
+    }
+}
+
+/// One injected message.
+#[derive(Debug, Clone)]
+struct Injected {
+    from: String,
+    to: Vec<String>,
+    bytes: Vec<u8>,
+}
+
+/// Records what is injected; fails the next `fail` calls when asked.
+#[derive(Default)]
+struct Recorder {
+    sent: Mutex<Vec<Injected>>,
+    fail: AtomicUsize,
+}
+
+impl Recorder {
+    fn all(&self) -> Vec<Injected> {
+        self.sent.lock().expect("lock").clone()
+    }
+
+    fn len(&self) -> usize {
+        self.sent.lock().expect("lock").len()
+    }
+
+    fn fail_next(&self, n: usize) {
+        self.fail.store(n, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl Injector for Recorder {
+    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), String> {
+        let failing = self
+            .fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err("451 4.3.0 reinjection listener down (test)".into());
+        }
+        // A little latency, so that concurrent passes really overlap.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.sent.lock().expect("lock").push(Injected {
+            from: from.to_owned(),
+            to: to.to_vec(),
+            bytes: message.to_vec(),
+        });
+        Ok(())
+    }
+}
+
+fn config() -> TrackerConfig {
+    TrackerConfig::default()
+}
+
+fn tracker(store: &Arc<dyn StateStore>, inj: &Arc<Recorder>, cfg: TrackerConfig) -> Tracker {
+    cfg.validate().expect("valid config");
+    Tracker::new(
+        Arc::clone(store),
+        Arc::clone(inj) as Arc<dyn Injector>,
+        provider(),
+        Arc::clone(&pki().key) as Arc<dyn pec_milter::crypto::SigningKey>,
+        DigestAlg::Sha256,
+        cfg,
+        RETENTION,
+    )
+}
+
+/// The send time of the test envelopes: two days ago, whole seconds.
+fn t0() -> DateTime<Utc> {
+    let now = Utc::now().timestamp();
+    Utc.timestamp_opt(now - 2 * 86400, 0)
+        .single()
+        .expect("time")
+}
+
+fn at(t0: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
+    t0 + chrono::Duration::seconds(secs)
+}
+
+const H: i64 = 3600;
+
+fn record(pec_id: &str, submitted_at: i64, rcpts: &[(&str, TipoDestinatario)]) -> EnvelopeRecord {
+    EnvelopeRecord {
+        pec_id: pec_id.to_owned(),
+        original_msgid: Some("<orig.1@client.example>".to_owned()),
+        sender: SENDER.to_owned(),
+        subject: "Fattura n° 42".to_owned(),
+        recipients: rcpts
+            .iter()
+            .map(|(a, t)| RecipientState {
+                address: (*a).to_owned(),
+                tipo: *t,
+                status: RecipientStatus::Sent,
+                updated_at: submitted_at,
+            })
+            .collect(),
+        ricevuta: TipoRicevuta::Completa,
+        submitted_at,
+    }
+}
+
+/// What the reception point does when a receipt arrives.
+async fn receipt(store: &dyn StateStore, pec_id: &str, rcpt: &str, status: RecipientStatus) {
+    let mut rec = store
+        .get_envelope(pec_id)
+        .await
+        .expect("get")
+        .expect("record");
+    for r in rec.recipients.iter_mut() {
+        if r.address == rcpt {
+            r.status = status;
+        }
+    }
+    store.put_envelope(&rec, RETENTION).await.expect("put");
+}
+
+async fn tracked_ids(store: &dyn StateStore) -> Vec<String> {
+    let mut ids: Vec<String> = store
+        .tracked(i64::MAX)
+        .await
+        .expect("tracked")
+        .into_iter()
+        .map(|r| r.pec_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn status_of(store: &dyn StateStore, pec_id: &str, rcpt: &str) -> RecipientStatus {
+    let rec = store
+        .get_envelope(pec_id)
+        .await
+        .expect("get")
+        .expect("record");
+    rec.recipients
+        .iter()
+        .find(|r| r.address == rcpt)
+        .expect("recipient")
+        .status
+}
+
+/// (recipient, finale) of what a pass sent, in order.
+fn what(sent: &[Sent]) -> Vec<(String, bool)> {
+    sent.iter()
+        .map(|s| (s.recipient.clone(), s.finale))
+        .collect()
+}
+
+/// Check one injected notice: a signed PEC preavviso-errore-consegna
+/// about `rcpt` of `pec_id`, to the sender, from the service address.
+fn check_notice(msg: &Injected, pec_id: &str, rcpt: &str, finale: bool) {
+    assert_eq!(msg.from, format!("posta-certificata@{DOMAIN}"));
+    assert_eq!(msg.to, vec![SENDER.to_owned()]);
+    let ins = pec_milter::inspect::inspect(&msg.bytes, &pki().trust, VerifyAt::Now)
+        .expect("a mail message");
+    assert_eq!(ins.kind, "preavviso-errore-consegna");
+    assert_eq!(
+        ins.signature.status,
+        SignatureStatus::Valid,
+        "{:?}",
+        ins.signature.reason
+    );
+    assert!(ins.signature.integrity_ok && ins.signature.chain_ok);
+    assert_eq!(
+        ins.signature.signer_sha1.as_deref(),
+        Some(pki().pki.cert_sha1_hex().expect("sha1").as_str())
+    );
+    let subject = ins.subject.as_deref().unwrap_or_default();
+    assert!(
+        subject.starts_with("AVVISO DI MANCATA CONSEGNA PER SUP. TEMPO MASSIMO: "),
+        "{subject}"
+    );
+    assert_eq!(
+        ins.message_id
+            .as_deref()
+            .map(|m| m.trim_matches(['<', '>'])),
+        Some(notice_message_id(pec_id, rcpt, finale, DOMAIN).as_str())
+    );
+    assert_eq!(
+        ins.riferimento_message_id.as_deref(),
+        Some("<orig.1@client.example>")
+    );
+    assert!(ins.postacert.is_none(), "the original is never included");
+    let d = ins.daticert.expect("daticert");
+    assert_eq!(d.tipo, "preavviso-errore-consegna");
+    assert_eq!(d.consegna.as_deref(), Some(rcpt));
+    assert_eq!(d.identificativo, pec_id);
+    assert_eq!(d.mittente, SENDER);
+    assert_eq!(d.gestore_emittente, "ACME PEC S.p.A.");
+    let text = String::from_utf8_lossy(&msg.bytes);
+    let hint = if finale { "24 ore" } else { "prime 12 ore" };
+    assert!(text.contains(hint), "the text names the deadline ({hint})");
+}
+
+// ---------------------------------------------------------------------------
+// The store operations.
+
+async fn suite_markers(store: Arc<dyn StateStore>) {
+    assert!(store.once("m1", 60).await.expect("once"));
+    assert!(!store.once("m1", 60).await.expect("once again"));
+    assert!(!store.confirmed("m1").await.expect("confirmed"));
+    store.confirm("m1", 60).await.expect("confirm");
+    assert!(store.confirmed("m1").await.expect("confirmed"));
+    assert!(!store.once("m1", 60).await.expect("once after confirm"));
+    store.release("m1").await.expect("release");
+    assert!(!store.confirmed("m1").await.expect("confirmed"));
+    assert!(store.once("m1", 60).await.expect("once after release"));
+    // Releasing an absent marker is fine; confirming an absent one sets it.
+    store.release("never").await.expect("release absent");
+    store.confirm("c-only", 60).await.expect("confirm absent");
+    assert!(store.confirmed("c-only").await.expect("confirmed"));
+    assert!(!store.once("c-only", 60).await.expect("once"));
+    // Awkward keys.
+    let long = "z".repeat(3000);
+    for key in ["../../x", "a/b\\c", "", "è-😀", &long] {
+        assert!(store.once(key, 60).await.expect("odd once"), "{key:.20?}");
+        assert!(!store.once(key, 60).await.expect("odd once"), "{key:.20?}");
+    }
+    // Markers do not clash with claims.
+    assert_eq!(
+        store.claim("m1", "id", 1, 60).await.expect("claim"),
+        pec_milter::state::Claim::New
+    );
+
+    // Exactly one winner among concurrent callers.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move { store.once("race", 60).await.expect("once") });
+    }
+    let mut won = 0;
+    while let Some(r) = tasks.join_next().await {
+        if r.expect("task") {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1);
+
+    // Expiry: a lease of 1 s is free again after it.
+    assert!(store.once("lease", 1).await.expect("once"));
+    store.confirm("short-done", 1).await.expect("confirm");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(store.once("lease", 60).await.expect("once after expiry"));
+    assert!(!store.confirmed("short-done").await.expect("confirmed"));
+}
+
+async fn suite_tracked(store: Arc<dyn StateStore>) {
+    let s = &*store;
+    assert!(s.tracked(i64::MAX).await.expect("tracked").is_empty());
+    let a = record("a@x", 1000, &[("r1@pec.other.it", Certificato)]);
+    let b = record(
+        "b@x",
+        2000,
+        &[("r1@pec.other.it", Certificato), ("e@gmail.com", Esterno)],
+    );
+    let ext = record("ext@x", 500, &[("e@gmail.com", Esterno)]);
+    for r in [&a, &b, &ext] {
+        s.put_envelope(r, 600).await.expect("put");
+    }
+    // Esterno only: never tracked.
+    assert_eq!(tracked_ids(s).await, ["a@x", "b@x"]);
+    let before: Vec<String> = s
+        .tracked(1000)
+        .await
+        .expect("tracked")
+        .into_iter()
+        .map(|r| r.pec_id)
+        .collect();
+    assert_eq!(before, ["a@x"], "submitted at or before");
+    assert!(s.tracked(999).await.expect("tracked").is_empty());
+    assert_eq!(
+        s.tracked(1000).await.expect("tracked"),
+        vec![a.clone()],
+        "the whole record"
+    );
+
+    // Presa in carico: still tracked; consegna / errore: not any more.
+    receipt(s, "a@x", "r1@pec.other.it", RecipientStatus::PresaInCarico).await;
+    assert_eq!(tracked_ids(s).await, ["a@x", "b@x"]);
+    receipt(s, "a@x", "r1@pec.other.it", RecipientStatus::Consegnato).await;
+    assert_eq!(tracked_ids(s).await, ["b@x"]);
+    receipt(s, "b@x", "r1@pec.other.it", RecipientStatus::Errore).await;
+    assert!(tracked_ids(s).await.is_empty());
+    // Tracked again if a record is written back pending (idempotent index).
+    s.put_envelope(&a, 600).await.expect("put");
+    s.put_envelope(&a, 600).await.expect("put");
+    assert_eq!(tracked_ids(s).await, ["a@x"]);
+
+    // An envelope that expires leaves the index.
+    let short = record("short@x", 100, &[("r@pec.other.it", Certificato)]);
+    s.put_envelope(&short, 1).await.expect("put");
+    assert_eq!(tracked_ids(s).await, ["a@x", "short@x"]);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(tracked_ids(s).await, ["a@x"]);
+    assert_eq!(s.get_envelope("short@x").await.expect("get"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_markers_and_tracking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+    suite_markers(Arc::clone(&store)).await;
+    suite_tracked(Arc::clone(&store)).await;
+    // Exactly one index entry is left (a@x), and the sweep keeps it.
+    let entries = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .expect("read_dir")
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    };
+    assert_eq!(entries(&dir.path().join("tracked")), 1);
+    let embedded = EmbeddedStore::open(dir.path()).expect("reopen");
+    embedded.purge_expired().await.expect("purge");
+    assert_eq!(entries(&dir.path().join("tracked")), 1);
+    // A stale entry (its envelope deleted behind our back) is swept.
+    for e in std::fs::read_dir(dir.path().join("envelopes")).expect("read_dir") {
+        std::fs::remove_file(e.expect("entry").path()).expect("rm");
+    }
+    embedded.purge_expired().await.expect("purge");
+    assert_eq!(entries(&dir.path().join("tracked")), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_markers_shared_by_two_stores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open a"));
+    let b: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open b"));
+    for round in 0..5 {
+        let key = format!("shared-{round}");
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let key = key.clone();
+            tasks.spawn(async move { store.once(&key, 60).await.expect("once") });
+        }
+        let mut won = 0;
+        while let Some(r) = tasks.join_next().await {
+            if r.expect("task") {
+                won += 1;
+            }
+        }
+        assert_eq!(won, 1, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_markers_and_tracking() {
+    let server = RedisServer::start();
+    let store: Arc<dyn StateStore> =
+        Arc::new(RedisStore::connect(&server.url(), "pec:").expect("connect"));
+    suite_markers(Arc::clone(&store)).await;
+    suite_tracked(Arc::clone(&store)).await;
+
+    // The key layout: a sorted set scored by the send time.
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let members: Vec<(String, i64)> = redis::cmd("ZRANGE")
+        .arg("pec:tracked")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut raw)
+        .await
+        .expect("ZRANGE");
+    assert_eq!(members, vec![("a@x".to_owned(), 1000)]);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("pec:once:m1")
+        .query_async(&mut raw)
+        .await
+        .expect("TTL");
+    assert!((1..=60).contains(&ttl), "marker TTL {ttl}");
+
+    // Another prefix, another namespace.
+    let other = RedisStore::connect(&server.url(), "other:").expect("connect");
+    assert!(other.tracked(i64::MAX).await.expect("tracked").is_empty());
+    assert!(other.once("m1", 60).await.expect("once"));
+}
+
+// ---------------------------------------------------------------------------
+// The rules of §2.9, for any backend.
+
+/// Nothing ever comes back → the preavviso at 12 h and the final notice
+/// at 24 h, each once; then the transaction is over.
+async fn case_nothing(store: &Arc<dyn StateStore>) {
+    let inj = Arc::new(Recorder::default());
+    let t = tracker(store, &inj, config());
+    let t0 = t0();
+    let id = "opec-nothing@pec.acme.test";
+    let rcpt = "dest@pec.other.it";
+    store
+        .put_envelope(
+            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
+            RETENTION,
+        )
+        .await
+        .expect("put");
+
+    for s in [0, H, 12 * H - 1] {
+        assert!(t.tick(at(t0, s)).await.expect("tick").is_empty(), "at {s}");
+    }
+    let sent = t.tick(at(t0, 12 * H)).await.expect("tick");
+    assert_eq!(what(&sent), [(rcpt.to_owned(), false)]);
+    assert_eq!(sent[0].to, SENDER);
+    assert_eq!(
+        sent[0].message_id,
+        notice_message_id(id, rcpt, false, DOMAIN)
+    );
+    for s in [12 * H, 13 * H, 24 * H - 1] {
+        assert!(t.tick(at(t0, s)).await.expect("tick").is_empty(), "at {s}");
+    }
+    assert_eq!(tracked_ids(&**store).await, [id]);
+    let sent = t.tick(at(t0, 24 * H)).await.expect("tick");
+    assert_eq!(what(&sent), [(rcpt.to_owned(), true)]);
+    assert!(t.tick(at(t0, 30 * H)).await.expect("tick").is_empty());
+
+    assert_eq!(status_of(&**store, id, rcpt).await, RecipientStatus::Errore);
+    assert!(tracked_ids(&**store).await.is_empty(), "tracking stopped");
+    let all = inj.all();
+    assert_eq!(all.len(), 2);
+    check_notice(&all[0], id, rcpt, false);
+    check_notice(&all[1], id, rcpt, true);
+}
+
+/// Presa in carico within 12 h, no consegna → only the 24 h notice.
+async fn case_presa_in_carico(store: &Arc<dyn StateStore>) {
+    let inj = Arc::new(Recorder::default());
+    let t = tracker(store, &inj, config());
+    let t0 = t0();
+    let id = "opec-presa@pec.acme.test";
+    let rcpt = "dest@pec.other.it";
+    store
+        .put_envelope(
+            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
+            RETENTION,
+        )
+        .await
+        .expect("put");
+    receipt(&**store, id, rcpt, RecipientStatus::PresaInCarico).await;
+    assert!(t.tick(at(t0, 12 * H)).await.expect("tick").is_empty());
+    assert!(t.tick(at(t0, 23 * H)).await.expect("tick").is_empty());
+    assert_eq!(tracked_ids(&**store).await, [id]);
+    let sent = t.tick(at(t0, 24 * H)).await.expect("tick");
+    assert_eq!(what(&sent), [(rcpt.to_owned(), true)]);
+    assert!(t.tick(at(t0, 25 * H)).await.expect("tick").is_empty());
+    assert_eq!(status_of(&**store, id, rcpt).await, RecipientStatus::Errore);
+    assert!(tracked_ids(&**store).await.is_empty());
+    let all = inj.all();
+    assert_eq!(all.len(), 1);
+    check_notice(&all[0], id, rcpt, true);
+}
+
+/// No presa in carico, consegna between 12 h and 24 h → only the 12 h
+/// notice.
+async fn case_consegna_late(store: &Arc<dyn StateStore>) {
+    let inj = Arc::new(Recorder::default());
+    let t = tracker(store, &inj, config());
+    let t0 = t0();
+    let id = "opec-late@pec.acme.test";
+    let rcpt = "dest@pec.other.it";
+    store
+        .put_envelope(
+            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
+            RETENTION,
+        )
+        .await
+        .expect("put");
+    let sent = t.tick(at(t0, 12 * H + 30)).await.expect("tick");
+    assert_eq!(what(&sent), [(rcpt.to_owned(), false)]);
+    receipt(&**store, id, rcpt, RecipientStatus::Consegnato).await;
+    assert!(tracked_ids(&**store).await.is_empty());
+    assert!(t.tick(at(t0, 24 * H)).await.expect("tick").is_empty());
+    assert!(t.tick(at(t0, 48 * H)).await.expect("tick").is_empty());
+    assert_eq!(
+        status_of(&**store, id, rcpt).await,
+        RecipientStatus::Consegnato
+    );
+    let all = inj.all();
+    assert_eq!(all.len(), 1);
+    check_notice(&all[0], id, rcpt, false);
+}
+
+/// Consegna within 12 h → no notice at all.
+async fn case_consegna_early(store: &Arc<dyn StateStore>) {
+    let inj = Arc::new(Recorder::default());
+    let t = tracker(store, &inj, config());
+    let t0 = t0();
+    let id = "opec-early@pec.acme.test";
+    let rcpt = "dest@pec.other.it";
+    store
+        .put_envelope(
+            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
+            RETENTION,
+        )
+        .await
+        .expect("put");
+    assert!(t.tick(at(t0, H)).await.expect("tick").is_empty());
+    receipt(&**store, id, rcpt, RecipientStatus::PresaInCarico).await;
+    receipt(&**store, id, rcpt, RecipientStatus::Consegnato).await;
+    assert!(tracked_ids(&**store).await.is_empty());
+    for s in [12 * H, 24 * H, 40 * H] {
+        assert!(t.tick(at(t0, s)).await.expect("tick").is_empty());
+    }
+    assert_eq!(inj.len(), 0);
+}
+
+/// Esterno recipients get no notices; in a mixed envelope only the
+/// certified recipients do, and each its own.
+async fn case_esterno_and_mixed(store: &Arc<dyn StateStore>) {
+    let inj = Arc::new(Recorder::default());
+    let t = tracker(store, &inj, config());
+    let t0 = t0();
+    let ext = "opec-ext@pec.acme.test";
+    store
+        .put_envelope(
+            &record(ext, t0.timestamp(), &[("someone@gmail.com", Esterno)]),
+            RETENTION,
+        )
+        .await
+        .expect("put");
+    let mixed = "opec-mixed@pec.acme.test";
+    let c1 = "uno@pec.other.it";
+    let c2 = "Due@PEC.other.it";
+    store
+        .put_envelope(
+            &record(
+                mixed,
+                t0.timestamp(),
+                &[
+                    (c1, Certificato),
+                    ("someone@gmail.com", Esterno),
+                    (c2, Certificato),
+                ],
+            ),
+            RETENTION,
+        )
+        .await
+        .expect("put");
+    assert_eq!(tracked_ids(&**store).await, [mixed]);
+    // c1 delivered after the preavviso, c2 never: c1 gets only the 12 h
+    // notice, c2 both.
+    let sent = t.tick(at(t0, 12 * H)).await.expect("tick");
+    assert_eq!(
+        what(&sent),
+        [(c1.to_owned(), false), (c2.to_owned(), false)]
+    );
+    receipt(&**store, mixed, c1, RecipientStatus::Consegnato).await;
+    let sent = t.tick(at(t0, 24 * H)).await.expect("tick");
+    assert_eq!(what(&sent), [(c2.to_owned(), true)]);
+    assert!(t.tick(at(t0, 36 * H)).await.expect("tick").is_empty());
+    assert_eq!(
+        status_of(&**store, mixed, c1).await,
+        RecipientStatus::Consegnato
+    );
+    assert_eq!(
+        status_of(&**store, mixed, c2).await,
+        RecipientStatus::Errore
+    );
+    assert_eq!(
+        status_of(&**store, mixed, "someone@gmail.com").await,
+        RecipientStatus::Sent,
+        "esterno recipients are left alone"
+    );
+    assert!(tracked_ids(&**store).await.is_empty());
+    let all = inj.all();
+    assert_eq!(all.len(), 3);
+    check_notice(&all[0], mixed, c1, false);
+    check_notice(&all[1], mixed, c2, false);
+    check_notice(&all[2], mixed, c2, true);
+    // The daticert of a notice lists every recipient with its type.
+    let ins =
+        pec_milter::inspect::inspect(&all[0].bytes, &pki().trust, VerifyAt::Now).expect("inspect");
+    let d = ins.daticert.expect("daticert");
+    let listed: Vec<(String, String)> = d
+        .destinatari
+        .iter()
+        .map(|x| (x.address.clone(), x.tipo.to_string()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (c1.to_owned(), "certificato".to_owned()),
+            ("someone@gmail.com".to_owned(), "esterno".to_owned()),
+            (c2.to_owned(), "certificato".to_owned()),
+        ]
+    );
+}
+
+/// A pass that comes late (the node was down) sends what is due, the
+/// preavviso before the final notice.
+async fn case_late_pass(store: &Arc<dyn StateStore>) {
+    let inj = Arc::new(Recorder::default());
+    let t = tracker(store, &inj, config());
+    let t0 = t0();
+    let id = "opec-latepass@pec.acme.test";
+    let rcpt = "dest@pec.other.it";
+    store
+        .put_envelope(
+            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
+            RETENTION,
+        )
+        .await
+        .expect("put");
+    let sent = t.tick(at(t0, 30 * H)).await.expect("tick");
+    assert_eq!(
+        what(&sent),
+        [(rcpt.to_owned(), false), (rcpt.to_owned(), true)]
+    );
+    assert!(t.tick(at(t0, 31 * H)).await.expect("tick").is_empty());
+    assert!(tracked_ids(&**store).await.is_empty());
+    let all = inj.all();
+    check_notice(&all[0], id, rcpt, false);
+    check_notice(&all[1], id, rcpt, true);
+}
+
+/// The injector fails: nothing is lost, the next pass sends it, once.
+async fn case_injector_failure(store: &Arc<dyn StateStore>) {
+    let inj = Arc::new(Recorder::default());
+    let t = tracker(store, &inj, config());
+    let t0 = t0();
+    let id = "opec-fail@pec.acme.test";
+    let rcpt = "dest@pec.other.it";
+    store
+        .put_envelope(
+            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
+            RETENTION,
+        )
+        .await
+        .expect("put");
+
+    inj.fail_next(1);
+    assert!(t.tick(at(t0, 12 * H)).await.expect("tick").is_empty());
+    assert_eq!(inj.len(), 0);
+    let sent = t.tick(at(t0, 12 * H + 60)).await.expect("tick");
+    assert_eq!(what(&sent), [(rcpt.to_owned(), false)]);
+    assert!(t.tick(at(t0, 12 * H + 120)).await.expect("tick").is_empty());
+
+    // The final notice fails twice: the recipient stays tracked meanwhile.
+    inj.fail_next(2);
+    assert!(t.tick(at(t0, 24 * H)).await.expect("tick").is_empty());
+    assert!(t.tick(at(t0, 24 * H + 60)).await.expect("tick").is_empty());
+    assert_eq!(status_of(&**store, id, rcpt).await, RecipientStatus::Sent);
+    assert_eq!(tracked_ids(&**store).await, [id]);
+    let sent = t.tick(at(t0, 24 * H + 120)).await.expect("tick");
+    assert_eq!(what(&sent), [(rcpt.to_owned(), true)]);
+    assert!(t.tick(at(t0, 25 * H)).await.expect("tick").is_empty());
+    assert_eq!(status_of(&**store, id, rcpt).await, RecipientStatus::Errore);
+    assert!(tracked_ids(&**store).await.is_empty());
+
+    // When the preavviso cannot go, the final notice waits for it.
+    let id2 = "opec-fail2@pec.acme.test";
+    store
+        .put_envelope(
+            &record(id2, t0.timestamp(), &[(rcpt, Certificato)]),
+            RETENTION,
+        )
+        .await
+        .expect("put");
+    inj.fail_next(1);
+    assert!(t.tick(at(t0, 30 * H)).await.expect("tick").is_empty());
+    let sent = t.tick(at(t0, 30 * H + 60)).await.expect("tick");
+    assert_eq!(
+        what(&sent),
+        [(rcpt.to_owned(), false), (rcpt.to_owned(), true)]
+    );
+
+    let all = inj.all();
+    assert_eq!(all.len(), 4, "each notice exactly once");
+    check_notice(&all[0], id, rcpt, false);
+    check_notice(&all[1], id, rcpt, true);
+}
+
+/// The final notice went out but the record was not updated (a crash or
+/// a store failure in between): the next pass finishes the transaction
+/// without sending again.
+async fn case_confirmed_but_not_recorded(store: &Arc<dyn StateStore>) {
+    let inj = Arc::new(Recorder::default());
+    let t = tracker(store, &inj, config());
+    let t0 = t0();
+    let id = "opec-half@pec.acme.test";
+    let rcpt = "dest@pec.other.it";
+    store
+        .put_envelope(
+            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
+            RETENTION,
+        )
+        .await
+        .expect("put");
+    for finale in [false, true] {
+        store
+            .confirm(&marker_key(id, rcpt, finale), RETENTION)
+            .await
+            .expect("confirm");
+    }
+    assert!(t.tick(at(t0, 25 * H)).await.expect("tick").is_empty());
+    assert_eq!(inj.len(), 0);
+    assert_eq!(status_of(&**store, id, rcpt).await, RecipientStatus::Errore);
+    assert!(tracked_ids(&**store).await.is_empty());
+}
+
+/// Two nodes (two stores on the same backend, two trackers) tick together
+/// at the same instants: every notice leaves exactly once.
+async fn case_two_nodes(a: &Arc<dyn StateStore>, b: &Arc<dyn StateStore>) {
+    let inj = Arc::new(Recorder::default());
+    let ta = Arc::new(tracker(a, &inj, config()));
+    let tb = Arc::new(tracker(b, &inj, config()));
+    let t0 = t0();
+    let rcpts = ["x@pec.one.it", "y@pec.two.it", "z@pec.three.it"];
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let id = format!("opec-multi-{i}@pec.acme.test");
+        let with: Vec<(&str, TipoDestinatario)> = rcpts.iter().map(|r| (*r, Certificato)).collect();
+        a.put_envelope(&record(&id, t0.timestamp(), &with), RETENTION)
+            .await
+            .expect("put");
+        ids.push(id);
+    }
+    // Even envelopes: both nodes pass at 12 h then at 24 h; odd ones are
+    // delivered to x after the preavviso.
+    let mut total = 0;
+    for (round, secs) in [12 * H, 12 * H + 60, 24 * H, 24 * H + 60]
+        .into_iter()
+        .enumerate()
+    {
+        let now = at(t0, secs);
+        let (ra, rb) = tokio::join!(
+            {
+                let ta = Arc::clone(&ta);
+                tokio::spawn(async move { ta.tick(now).await })
+            },
+            {
+                let tb = Arc::clone(&tb);
+                tokio::spawn(async move { tb.tick(now).await })
+            }
+        );
+        let sa = ra.expect("task").expect("tick a");
+        let sb = rb.expect("task").expect("tick b");
+        total += sa.len() + sb.len();
+        if round == 1 {
+            for id in ids.iter().skip(1).step_by(2) {
+                receipt(&**b, id, "x@pec.one.it", RecipientStatus::Consegnato).await;
+            }
+        }
+    }
+    let all = inj.all();
+    assert_eq!(all.len(), total);
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for m in &all {
+        let ins =
+            pec_milter::inspect::inspect(&m.bytes, &pki().trust, VerifyAt::Now).expect("inspect");
+        *count
+            .entry(ins.message_id.expect("message id"))
+            .or_default() += 1;
+    }
+    // 10 × 3 preavvisi, and 10 × 2 + 5 final notices.
+    assert_eq!(all.len(), 30 + 25, "{count:?}");
+    assert!(count.values().all(|&n| n == 1), "duplicates: {count:?}");
+    assert_eq!(count.len(), 55);
+    assert!(tracked_ids(&**a).await.is_empty());
+    assert!(tracked_ids(&**b).await.is_empty());
+}
+
+async fn rules_suite(store: Arc<dyn StateStore>) {
+    case_nothing(&store).await;
+    case_presa_in_carico(&store).await;
+    case_consegna_late(&store).await;
+    case_consegna_early(&store).await;
+    case_esterno_and_mixed(&store).await;
+    case_late_pass(&store).await;
+    case_injector_failure(&store).await;
+    case_confirmed_but_not_recorded(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+    rules_suite(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_rules() {
+    let server = RedisServer::start();
+    let store: Arc<dyn StateStore> =
+        Arc::new(RedisStore::connect(&server.url(), "pec:").expect("connect"));
+    rules_suite(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_two_nodes_send_each_notice_once() {
+    let server = RedisServer::start();
+    let a: Arc<dyn StateStore> =
+        Arc::new(RedisStore::connect(&server.url(), "pec:").expect("connect a"));
+    let b: Arc<dyn StateStore> =
+        Arc::new(RedisStore::connect(&server.url(), "pec:").expect("connect b"));
+    case_two_nodes(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_two_processes_send_each_notice_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open a"));
+    let b: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open b"));
+    case_two_nodes(&a, &b).await;
+}
+
+/// The timers live in the store: a restarted node does not send again,
+/// and sends what comes due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_restart_does_not_resend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inj = Arc::new(Recorder::default());
+    let t0 = t0();
+    let id = "opec-restart@pec.acme.test";
+    let rcpt = "dest@pec.other.it";
+    {
+        let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+        store
+            .put_envelope(
+                &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
+                RETENTION,
+            )
+            .await
+            .expect("put");
+        let t = tracker(&store, &inj, config());
+        assert_eq!(t.tick(at(t0, 12 * H)).await.expect("tick").len(), 1);
+    }
+    {
+        let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("reopen"));
+        let t = tracker(&store, &inj, config());
+        assert!(t.tick(at(t0, 12 * H + 60)).await.expect("tick").is_empty());
+        assert_eq!(tracked_ids(&*store).await, [id]);
+        assert_eq!(t.tick(at(t0, 24 * H)).await.expect("tick").len(), 1);
+    }
+    let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("reopen"));
+    let t = tracker(&store, &inj, config());
+    assert!(t.tick(at(t0, 26 * H)).await.expect("tick").is_empty());
+    assert!(tracked_ids(&*store).await.is_empty());
+    assert_eq!(inj.len(), 2);
+}
+
+/// Real time, short durations, the spawned loop: both notices within a
+/// few seconds, then a clean shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawned_loop_with_short_durations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+    let inj = Arc::new(Recorder::default());
+    let cfg = TrackerConfig {
+        first: Duration::from_secs(1),
+        last: Duration::from_secs(2),
+        interval: Duration::from_millis(200),
+        ..TrackerConfig::default()
+    };
+    let t = Arc::new(tracker(&store, &inj, cfg));
+    let id = "opec-realtime@pec.acme.test";
+    let rcpt = "dest@pec.other.it";
+    let start = Instant::now();
+    store
+        .put_envelope(
+            &record(id, Utc::now().timestamp(), &[(rcpt, Certificato)]),
+            RETENTION,
+        )
+        .await
+        .expect("put");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let handle = Arc::clone(&t).spawn(stopped);
+
+    while inj.len() < 2 && start.elapsed() < Duration::from_secs(6) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = start.elapsed();
+    assert_eq!(inj.len(), 2, "both notices after {took:?}");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    let all = inj.all();
+    check_notice(&all[0], id, rcpt, false);
+    check_notice(&all[1], id, rcpt, true);
+
+    // Nothing more comes, and the loop stops on request.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(inj.len(), 2);
+    assert!(tracked_ids(&*store).await.is_empty());
+    stop.send(true).expect("send stop");
+    tokio::time::timeout(Duration::from_secs(2), handle)
+        .await
+        .expect("loop stops")
+        .expect("task");
+}
+
+#[test]
+fn config_defaults_and_validation() {
+    let d = TrackerConfig::default();
+    assert_eq!(d.first, Duration::from_secs(12 * 3600));
+    assert_eq!(d.last, Duration::from_secs(24 * 3600));
+    assert!(d.validate().is_ok());
+    let bad = TrackerConfig {
+        first: Duration::from_secs(10),
+        last: Duration::from_secs(5),
+        ..TrackerConfig::default()
+    };
+    assert!(bad.validate().is_err());
+    let bad = TrackerConfig {
+        interval: Duration::ZERO,
+        ..TrackerConfig::default()
+    };
+    assert!(bad.validate().is_err());
+    // Deterministic, distinct Message-IDs.
+    let a = notice_message_id("opec1.2@pec.acme.test", "x@y.it", false, DOMAIN);
+    assert_eq!(
+        a,
+        notice_message_id("opec1.2@pec.acme.test", "X@Y.it", false, DOMAIN)
+    );
+    assert!(a.starts_with("preavviso.first.opec1.2."), "{a}");
+    assert!(a.ends_with("@pec.acme.test"), "{a}");
+    assert_ne!(
+        a,
+        notice_message_id("opec1.2@pec.acme.test", "x@y.it", true, DOMAIN)
+    );
+    assert_ne!(
+        a,
+        notice_message_id("opec1.2@pec.acme.test", "z@y.it", false, DOMAIN)
+    );
+}
