@@ -44,6 +44,8 @@ pub struct Config {
     pub holders: HoldersConfig,
     pub index: IndexConfig,
     pub reception: ReceptionConfig,
+    pub delivery: DeliveryConfig,
+    pub timers: TimersConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -321,6 +323,77 @@ impl Default for ReceptionConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailboxStoreKind {
+    /// The embedded Maildir writer (one node).
+    Maildir,
+    /// A downstream LMTP server (Dovecot).
+    Lmtp,
+}
+
+/// The delivery point: the LMTP listener Postfix delivers the PEC
+/// mailboxes to, and the mailbox store behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// `inet:HOST:PORT` or `unix:/PATH`; empty: no delivery point.
+    pub listen: String,
+    pub store: MailboxStoreKind,
+    /// Maildir base: mailboxes are `<maildir>/<domain>/<user>/` (they must exist).
+    pub maildir: PathBuf,
+    /// Per-mailbox quota of the Maildir writer (e.g. "1GB"); none when absent.
+    #[serde(default, deserialize_with = "opt_size")]
+    pub quota: Option<u64>,
+    /// Downstream LMTP server (`store = "lmtp"`): `host:port` or `unix:/path`.
+    pub lmtp: String,
+    #[serde(deserialize_with = "size")]
+    pub max_size: u64,
+    /// Receipts that could not be injected wait here and are retried.
+    pub outbox: PathBuf,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            listen: "inet:127.0.0.1:2424".into(),
+            store: MailboxStoreKind::Maildir,
+            maildir: "/var/lib/pec-milter/mail".into(),
+            quota: None,
+            lmtp: "127.0.0.1:24".into(),
+            max_size: 100 * 1024 * 1024,
+            outbox: "/var/lib/pec-milter/outbox".into(),
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Sender-side tracking: the 12 h / 24 h notices (PEC-RULES §2.9).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimersConfig {
+    pub enabled: bool,
+    #[serde(deserialize_with = "duration")]
+    pub first: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub last: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for TimersConfig {
+    fn default() -> Self {
+        TimersConfig {
+            enabled: true,
+            first: Duration::from_secs(12 * 3600),
+            last: Duration::from_secs(24 * 3600),
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Holder classes of a public-administration provider (DPR 68/2005 art. 16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -415,6 +488,19 @@ impl Config {
         if !(self.milter.listen.starts_with("inet:") || self.milter.listen.starts_with("unix:")) {
             return Err(invalid("milter.listen", "use inet:HOST:PORT or unix:/PATH"));
         }
+        if self.timers.last < self.timers.first {
+            return Err(invalid(
+                "timers.last",
+                "must not be shorter than timers.first",
+            ));
+        }
+        let l = &self.delivery.listen;
+        if !(l.is_empty() || l.starts_with("inet:") || l.starts_with("unix:")) {
+            return Err(invalid(
+                "delivery.listen",
+                "use inet:HOST:PORT, unix:/PATH or \"\"",
+            ));
+        }
         if self.limits.max_recipients == 0 {
             return Err(invalid("limits.max_recipients", "must be at least 1"));
         }
@@ -502,6 +588,10 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         NumOrStr::Num(n) => Ok(n),
         NumOrStr::Str(s) => parse_size(&s).map_err(serde::de::Error::custom),
     }
+}
+
+fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    size(d).map(Some)
 }
 
 fn digest<'de, D: Deserializer<'de>>(d: D) -> Result<DigestAlg, D::Error> {

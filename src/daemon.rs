@@ -7,13 +7,19 @@ use std::sync::Arc;
 
 use crate::access::{AccessPoint, Injector, RecipientDirectory, Scanner, StaticDirectory, Verdict};
 use crate::av::{Clamd, ClamdAddress, ScanVerdict};
+use crate::config::MailboxStoreKind;
 use crate::config::{Config, IndexSourceKind, StateBackend, VerifyTime};
 use crate::crypto::pem::PemKey;
 use crate::crypto::pki::Pki;
 use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{CryptoError, SigningKey};
+use crate::delivery::DeliveryPoint;
 use crate::index::ldap::LdapSource;
 use crate::index::{IndexSource, ProviderEntry, ProviderIndex};
+use crate::lmtp::MailboxStore;
+use crate::lmtp::client::LmtpClient;
+use crate::lmtp::maildir::Maildir;
+use crate::lmtp::server::{LmtpHandler, LmtpListener};
 use crate::milter::Roles;
 use crate::milter::{self, MilterListener};
 use crate::pec::TipoDestinatario;
@@ -22,6 +28,7 @@ use crate::state::StateStore;
 use crate::state::embedded::EmbeddedStore;
 use crate::state::redis::RedisStore;
 use crate::submit::Submitter;
+use crate::timers::{Tracker, TrackerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -208,9 +215,16 @@ pub fn provider_index(cfg: &Config) -> Result<Option<Arc<ProviderIndex>>, Daemon
     Ok(Some(Arc::new(ProviderIndex::new(source))))
 }
 
-/// Build the roles (access point, and reception point when there is a
-/// providers' index) from the configuration.
-pub fn roles(cfg: &Config, index: Option<Arc<ProviderIndex>>) -> Result<Roles, DaemonError> {
+/// The dependencies every role shares.
+pub struct Deps {
+    pub key: Arc<dyn SigningKey>,
+    pub state: Arc<dyn StateStore>,
+    pub scanner: Option<Arc<dyn Scanner>>,
+    pub injector: Arc<dyn Injector>,
+}
+
+/// Open the signing key, the state store, clamd and the reinjection client.
+pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
     let key = load_key(cfg)?;
     let state = open_state(cfg)?;
     let scanner: Option<Arc<dyn Scanner>> = if cfg.clamd.enabled {
@@ -224,11 +238,67 @@ pub fn roles(cfg: &Config, index: Option<Arc<ProviderIndex>>) -> Result<Roles, D
         tracing::warn!("clamd.enabled = false: submissions are NOT scanned for viruses");
         None
     };
-    let injector = Arc::new(Submitter::new(
+    let injector: Arc<dyn Injector> = Arc::new(Submitter::new(
         cfg.reinjection.address.clone(),
         cfg.reinjection.helo.clone(),
         cfg.reinjection.timeout,
     ));
+    Ok(Deps {
+        key,
+        state,
+        scanner,
+        injector,
+    })
+}
+
+fn provider(cfg: &Config) -> crate::pec::build::Provider {
+    crate::pec::build::Provider {
+        name: cfg.provider.name.clone(),
+        domain: cfg.provider.domain.clone(),
+    }
+}
+
+/// The delivery point, when `[delivery] listen` is set.
+pub fn delivery_point(cfg: &Config, d: &Deps) -> Option<DeliveryPoint> {
+    if cfg.delivery.listen.is_empty() {
+        return None;
+    }
+    let store: Arc<dyn MailboxStore> = match cfg.delivery.store {
+        MailboxStoreKind::Maildir => Arc::new(Maildir::new(
+            cfg.delivery.maildir.clone(),
+            cfg.delivery.quota,
+        )),
+        MailboxStoreKind::Lmtp => Arc::new(LmtpClient::new(
+            cfg.delivery.lmtp.clone(),
+            cfg.reinjection.helo.clone(),
+            cfg.delivery.timeout,
+        )),
+    };
+    Some(DeliveryPoint {
+        provider: provider(cfg),
+        key: d.key.clone(),
+        digest: cfg.provider.digest,
+        store,
+        state: d.state.clone(),
+        injector: d.injector.clone(),
+        outbox: cfg.delivery.outbox.clone(),
+        retention_secs: cfg.state.retention.as_secs(),
+    })
+}
+
+/// Build the roles (access point, and reception point when there is a
+/// providers' index) from the configuration.
+pub fn roles(
+    cfg: &Config,
+    index: Option<Arc<ProviderIndex>>,
+    d: &Deps,
+) -> Result<Roles, DaemonError> {
+    let (key, state, scanner, injector) = (
+        d.key.clone(),
+        d.state.clone(),
+        d.scanner.clone(),
+        d.injector.clone(),
+    );
     let directory: Arc<dyn RecipientDirectory> = match &index {
         Some(i) => Arc::new(IndexDirectory(i.clone())),
         None => Arc::new(StaticDirectory::new(&cfg.recipients.certified_domains)),
@@ -278,7 +348,58 @@ pub fn roles(cfg: &Config, index: Option<Arc<ProviderIndex>>) -> Result<Roles, D
 /// Serve the milter until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let index = provider_index(&cfg)?;
-    let roles = Arc::new(roles(&cfg, index.clone())?);
+    let d = deps(&cfg)?;
+    let roles = Arc::new(roles(&cfg, index.clone(), &d)?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if cfg.timers.enabled {
+        let tracker = Arc::new(Tracker::new(
+            d.state.clone(),
+            d.injector.clone(),
+            provider(&cfg),
+            d.key.clone(),
+            cfg.provider.digest,
+            TrackerConfig {
+                first: cfg.timers.first,
+                last: cfg.timers.last,
+                interval: cfg.timers.interval,
+                ..TrackerConfig::default()
+            },
+            cfg.state.retention.as_secs(),
+        ));
+        tracker.spawn(stop_rx.clone());
+    }
+    let mut lmtp_task = None;
+    if let Some(dp) = delivery_point(&cfg, &d) {
+        let listener = LmtpListener::bind(&cfg.delivery.listen)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                spec: cfg.delivery.listen.clone(),
+                source,
+            })?;
+        let dp = Arc::new(dp);
+        // receipts kept in the outbox are retried every minute
+        let retry = dp.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                    _ = stop.changed() => break,
+                }
+                retry.flush_outbox().await;
+            }
+        });
+        let mut stop = stop_rx.clone();
+        let max = cfg.delivery.max_size;
+        tracing::info!(listen = %cfg.delivery.listen, store = ?cfg.delivery.store, "delivery point (LMTP) ready");
+        lmtp_task = Some(tokio::spawn(async move {
+            let handler: Arc<dyn LmtpHandler> = dp;
+            crate::lmtp::server::serve(listener, handler, max, async move {
+                let _ = stop.changed().await;
+            })
+            .await
+        }));
+    }
     if let Some(index) = &index {
         // First load now (a failure is logged; the reception point answers
         // 4xx until a copy is loaded), then on schedule and on SIGHUP.
@@ -317,9 +438,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         connection_timeout: cfg.milter.connection_timeout,
         ..Default::default()
     };
-    milter::serve(listener, roles, config, shutdown_signal())
-        .await
-        .map_err(DaemonError::Milter)?;
+    let served = milter::serve(listener, roles, config, shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = lmtp_task
+        && let Ok(Err(e)) = t.await
+    {
+        tracing::warn!(error = %e, "LMTP server stopped with an error");
+    }
+    served.map_err(DaemonError::Milter)?;
     tracing::info!("pec-milter stopped");
     Ok(())
 }

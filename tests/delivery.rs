@@ -1,0 +1,206 @@
+//! The delivery point: the mailbox store's real answer per recipient turns
+//! into the right receipt (completa / breve / sintetica for Cc, errore-consegna
+//! with no-dest), once per (envelope, recipient), also across retries. The
+//! store is the embedded Maildir writer on a temp dir; receipts are recorded.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use pec_milter::access::Injector;
+use pec_milter::crypto::DigestAlg;
+use pec_milter::crypto::verify::{SignatureStatus, VerifyAt};
+use pec_milter::delivery::DeliveryPoint;
+use pec_milter::inspect::inspect;
+use pec_milter::lmtp::maildir::Maildir;
+use pec_milter::pec::build::{Signer, build_busta_trasporto};
+use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
+use pec_milter::state::embedded::EmbeddedStore;
+
+type Injected = (String, Vec<String>, Vec<u8>);
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Injected>>, Mutex<bool>);
+
+#[async_trait::async_trait]
+impl Injector for Recorder {
+    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), String> {
+        if *self.1.lock().map_err(|e| e.to_string())? {
+            return Err("reinjection down (test)".into());
+        }
+        self.0.lock().map_err(|e| e.to_string())?.push((
+            from.into(),
+            to.to_vec(),
+            message.to_vec(),
+        ));
+        Ok(())
+    }
+}
+
+fn setup(dir: &std::path::Path) -> (DeliveryPoint, Arc<Recorder>) {
+    for user in ["anna.bianchi", "carlo"] {
+        std::fs::create_dir_all(dir.join("mail/pec.other.test").join(user)).expect("mailbox");
+    }
+    let rec = Arc::new(Recorder::default());
+    let dp = DeliveryPoint {
+        provider: pec_milter::pec::build::Provider {
+            name: "Other PEC".into(),
+            domain: "pec.other.test".into(),
+        },
+        key: Arc::new(pki().pki.signing_key().expect("key")),
+        digest: DigestAlg::Sha256,
+        store: Arc::new(Maildir::new(dir.join("mail"), Some(64 * 1024))),
+        state: Arc::new(EmbeddedStore::open(&dir.join("state")).expect("state")),
+        injector: rec.clone(),
+        outbox: dir.join("outbox"),
+        retention_secs: 3600,
+    };
+    (dp, rec)
+}
+
+fn envelope(asked: TipoRicevuta) -> Vec<u8> {
+    let orig = format!(
+        "From: mario.rossi@pec.acme.test\r\nTo: anna.bianchi@pec.other.test, nobody@pec.other.test\r\nCc: carlo@pec.other.test\r\nSubject: Fattura n. 42\r\nMessage-ID: <abc.123@client.example>\r\nX-TipoRicevuta: {asked}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XYZ\"\r\n\r\n--XYZ\r\nContent-Type: text/plain\r\n\r\nciao\r\n--XYZ\r\nContent-Type: application/pdf; name=\"f.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--XYZ--\r\n"
+    );
+    let mut tx = transaction(
+        "Fattura n. 42",
+        &[
+            ("anna.bianchi@pec.other.test", TipoDestinatario::Certificato),
+            ("nobody@pec.other.test", TipoDestinatario::Certificato),
+            ("carlo@pec.other.test", TipoDestinatario::Certificato),
+        ],
+    );
+    tx.ricevuta = asked;
+    build_busta_trasporto(
+        &provider(),
+        &tx,
+        orig.as_bytes(),
+        when(),
+        Signer {
+            key: &pki().key,
+            digest: DigestAlg::Sha256,
+        },
+    )
+    .expect("envelope")
+    .to_bytes()
+}
+
+fn rcpts() -> Vec<String> {
+    [
+        "anna.bianchi@pec.other.test",
+        "carlo@pec.other.test",
+        "nobody@pec.other.test",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[tokio::test]
+async fn receipts_follow_the_real_delivery_outcome_once() {
+    for asked in [
+        TipoRicevuta::Completa,
+        TipoRicevuta::Breve,
+        TipoRicevuta::Sintetica,
+    ] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (dp, rec) = setup(dir.path());
+        let env = envelope(asked);
+        let replies = dp
+            .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
+            .await;
+        assert!(replies[0].starts_with("250"), "{replies:?}");
+        assert!(replies[1].starts_with("250"), "{replies:?}");
+        assert!(replies[2].starts_with("550 5.1.1"), "{replies:?}");
+        let sent = rec.0.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(sent.len(), 3, "one receipt per recipient");
+        let mut kinds = Vec::new();
+        for (from, to, msg) in &sent {
+            assert_eq!(from, "posta-certificata@pec.other.test");
+            assert_eq!(to, &vec!["mario.rossi@pec.acme.test".to_string()]);
+            let i = inspect(msg, &pki().trust, VerifyAt::Now).expect("inspect");
+            assert_eq!(i.signature.status, SignatureStatus::Valid);
+            let d = i.daticert.clone().expect("daticert");
+            assert_eq!(d.identificativo, "opec.20261125093015.1234.1@pec.acme.test");
+            kinds.push((
+                i.kind.clone(),
+                d.consegna.clone().unwrap_or_default(),
+                d.ricevuta.clone(),
+                d.errore.clone(),
+                i.postacert.is_some(),
+            ));
+        }
+        let want_primary = (
+            "avvenuta-consegna".to_string(),
+            "anna.bianchi@pec.other.test".to_string(),
+            Some(asked.to_string()),
+            "nessuno".to_string(),
+            asked != TipoRicevuta::Sintetica,
+        );
+        assert!(kinds.contains(&want_primary), "{asked}: {kinds:?}");
+        // Cc recipients always get sintetica
+        assert!(
+            kinds.contains(&(
+                "avvenuta-consegna".to_string(),
+                "carlo@pec.other.test".to_string(),
+                Some("sintetica".to_string()),
+                "nessuno".to_string(),
+                false
+            )),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.iter().any(|k| k.0 == "errore-consegna"
+                && k.1 == "nobody@pec.other.test"
+                && k.3 == "no-dest"),
+            "{kinds:?}"
+        );
+        // the envelope is in the mailbox, byte for byte
+        let stored: Vec<_> =
+            std::fs::read_dir(dir.path().join("mail/pec.other.test/anna.bianchi/new"))
+                .expect("new/")
+                .flatten()
+                .collect();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(std::fs::read(stored[0].path()).expect("read"), env);
+        // an LMTP retry of the same message: stored again, no new receipt
+        dp.handle("posta-certificata@pec.acme.test", &rcpts(), &env)
+            .await;
+        assert_eq!(rec.0.lock().map(|v| v.len()).unwrap_or(0), 3);
+    }
+}
+
+#[tokio::test]
+async fn over_quota_gives_errore_consegna_and_a_failed_injection_waits_in_the_outbox() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (dp, rec) = setup(dir.path());
+    // fill anna's mailbox past the 64 KiB quota
+    let new = dir.path().join("mail/pec.other.test/anna.bianchi/new");
+    std::fs::create_dir_all(&new).expect("new");
+    std::fs::write(new.join("big"), vec![b'x'; 70 * 1024]).expect("fill");
+    if let Ok(mut down) = rec.1.lock() {
+        *down = true;
+    }
+    let env = envelope(TipoRicevuta::Completa);
+    let r = dp
+        .handle("posta-certificata@pec.acme.test", &rcpts()[..1], &env)
+        .await;
+    assert!(r[0].starts_with("552 5.2.2"), "{r:?}");
+    assert!(rec.0.lock().map(|v| v.is_empty()).unwrap_or(false));
+    if let Ok(mut down) = rec.1.lock() {
+        *down = false;
+    }
+    assert_eq!(dp.flush_outbox().await, 1);
+    let sent = rec.0.lock().map(|v| v.clone()).unwrap_or_default();
+    assert_eq!(sent.len(), 1);
+    let i = inspect(&sent[0].2, &pki().trust, VerifyAt::Now).expect("inspect");
+    assert_eq!(i.kind, "errore-consegna");
+    assert!(
+        i.daticert
+            .expect("d")
+            .errore_esteso
+            .unwrap_or_default()
+            .contains("5.2.2")
+    );
+}
