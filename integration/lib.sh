@@ -71,7 +71,15 @@ ns_exec() {
 # ---------------------------------------------------------------- cleanup and assertions
 
 # rig_defer CMD...: push CMD on the cleanup stack (run last-in first-out by rig_cleanup).
-rig_defer() { RIG_CLEANUP+=("$(printf '%q ' "$@")"); }
+# With RIG_DEFER_NS=1 (several namespaces in one script), CMD runs with the RIG_NETNS that was
+# current when it was deferred.
+rig_defer() {
+  if [ "${RIG_DEFER_NS:-0}" = 1 ] && [ -n "$RIG_NETNS" ]; then
+    RIG_CLEANUP+=("RIG_NETNS=$(printf '%q' "$RIG_NETNS") $(printf '%q ' "$@")")
+  else
+    RIG_CLEANUP+=("$(printf '%q ' "$@")")
+  fi
+}
 
 rig_cleanup() {
   local i
@@ -278,17 +286,20 @@ _kill_pidfile() {
 #   MILTERS=                 smtpd_milters of the submission listener, e.g. inet:127.0.0.1:8891
 #   MYNETWORKS=127.0.0.1/32  clients that may relay without AUTH (127.0.0.2.. are "outside")
 #   TRANSPORT="dom smtp:[ip]:port"   optional transport_maps line (literal next hops only)
+#   INBOUND=                 optional inbound MX listener ip:port (no AUTH, smtpd_milters=$MILTERS),
+#                            e.g. 10.99.0.1:25 on a veth (e2e-two-providers)
+#   VTRANSPORT=virtual       virtual_transport, e.g. lmtp:inet:127.0.0.1:2424 (pec-milter's delivery point)
 # Non-local domains go to default_transport = error: (nothing leaves, no DNS).
 # Start: pf_up DIR; stop: pf_down DIR. Log: DIR/maillog.
 pf_instance() {
-  local D SUBMIT REINJECT HOST DOMAINS USERS SASL_USERS MILTERS MYNETWORKS TRANSPORT kv
+  local D SUBMIT REINJECT HOST DOMAINS USERS SASL_USERS MILTERS MYNETWORKS TRANSPORT INBOUND VTRANSPORT kv
   D=$(realpath -m "$1"); shift
   SUBMIT=127.0.0.1:$RIG_SUBMIT_PORT REINJECT=127.0.0.1:$RIG_REINJECT_PORT HOST=mx.pec.demo.test
   DOMAINS=$RIG_DOMAINS USERS=$RIG_USERS SASL_USERS=$RIG_SASL_USERS MILTERS=
-  MYNETWORKS=127.0.0.1/32 TRANSPORT=
+  MYNETWORKS=127.0.0.1/32 TRANSPORT= INBOUND= VTRANSPORT=virtual
   for kv in "$@"; do
     case ${kv%%=*} in
-      SUBMIT|REINJECT|HOST|DOMAINS|USERS|SASL_USERS|MILTERS|MYNETWORKS|TRANSPORT) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
+      SUBMIT|REINJECT|HOST|DOMAINS|USERS|SASL_USERS|MILTERS|MYNETWORKS|TRANSPORT|INBOUND|VTRANSPORT) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
       *) echo "pf_instance: unknown key ${kv%%=*}" >&2; return 2 ;;
     esac
   done
@@ -311,7 +322,7 @@ myhostname = $HOST
 mydomain = ${DOMAINS%% *}
 myorigin = \$mydomain
 mydestination = localhost
-inet_interfaces = ${SUBMIT%:*}, ${REINJECT%:*}
+inet_interfaces = ${SUBMIT%:*}, ${REINJECT%:*}${INBOUND:+, ${INBOUND%:*}}
 inet_protocols = ipv4
 mynetworks = $MYNETWORKS
 smtpd_banner = \$myhostname ESMTP
@@ -336,6 +347,7 @@ virtual_mailbox_domains = $DOMAINS
 virtual_mailbox_base = $D/vmail
 virtual_mailbox_maps = texthash:$D/etc/vmailbox
 virtual_uid_maps = static:65534
+virtual_transport = $VTRANSPORT
 virtual_gid_maps = static:65534
 # PEC: up to 100 MB; no 8bit->QP conversion after the milter signed the message
 message_size_limit = 104857600
@@ -401,7 +413,11 @@ $REINJECT inet n - n - - smtpd
   -o receive_override_options=no_milters
   -o mynetworks=127.0.0.0/8
   -o smtpd_relay_restrictions=permit_mynetworks,reject
-pickup    unix  n       -       n       60      1       pickup
+${INBOUND:+$INBOUND inet n - n - - smtpd
+  -o syslog_name=postfix/inbound
+  -o smtpd_sasl_auth_enable=no
+  -o smtpd_milters=$MILTERS
+}pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr

@@ -498,30 +498,10 @@ impl AccessPoint {
 
     /// Keep an infected original (the rules ask for 30 months).
     async fn quarantine(&self, pec_id: &str, message: &[u8]) -> Result<(), Temp> {
-        let dir = self.quarantine_dir.clone();
-        let name: String = pec_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let data = message.to_vec();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
-            std::fs::create_dir_all(&dir)?;
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(format!("{name}.eml")))
-        })
-        .await
-        .map_err(|e| Temp::Quarantine(e.to_string()))?
-        .map_err(|e| Temp::Quarantine(e.to_string()))
+        crate::keep::keep(&self.quarantine_dir, pec_id, message)
+            .await
+            .map(|_| ())
+            .map_err(Temp::Quarantine)
     }
 }
 

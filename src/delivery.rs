@@ -28,7 +28,7 @@ use crate::pec::build::{
     Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta, receipt_variant,
 };
 use crate::pec::reader::{self, PecMessage};
-use crate::pec::{DatiCert, Errore, MessageKind, mime};
+use crate::pec::{Errore, MessageKind, mime};
 use crate::reception::record_receipt;
 use crate::state::{Claim, StateStore};
 
@@ -45,19 +45,6 @@ pub struct DeliveryPoint {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The transaction facts carried by an envelope's daticert.
-fn transaction_of(d: &DatiCert) -> Transaction {
-    Transaction {
-        identificativo: d.identificativo.clone(),
-        mittente: d.mittente.clone(),
-        destinatari: d.destinatari.clone(),
-        risposte: d.risposte.clone(),
-        oggetto: d.oggetto.clone().unwrap_or_default(),
-        msgid: d.msgid.clone(),
-        ricevuta: d.ricevuta.unwrap_or_default(),
-    }
 }
 
 /// Is `rcpt` a primary (To:) recipient of the envelope? A recipient only
@@ -133,7 +120,7 @@ impl DeliveryPoint {
         let Some(Ok(d)) = &msg.daticert else {
             return;
         };
-        let tx = transaction_of(d);
+        let tx = Transaction::from_daticert(d);
         let ricevuta = match outcome {
             RcptOutcome::Delivered => {
                 let asked = msg.tipo_ricevuta.or(d.ricevuta).unwrap_or_default();
@@ -279,24 +266,8 @@ impl DeliveryPoint {
 }
 
 fn outbox_put(dir: &std::path::Path, id: &str, to: &str, message: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let name: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(format!("X-Outbox-To: {to}\r\n").as_bytes())?;
-    f.write_all(message)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(format!("{name}.eml")))
+    let first = format!("X-Outbox-To: {to}\r\n");
+    crate::keep::keep_sync(dir, id, &[first.as_bytes(), message]).map(|_| ())
 }
 
 #[async_trait::async_trait]

@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod index;
 pub mod inspect;
+pub mod keep;
 pub mod lmtp;
 pub mod milter;
 pub mod pec;

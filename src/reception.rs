@@ -346,7 +346,7 @@ impl ReceptionPoint {
                 .anomaly(inbound, msg, now, "daticert.xml assente", true)
                 .await;
         };
-        let tx = transaction_of(d);
+        let tx = Transaction::from_daticert(d);
         let key = inbound_key(inbound);
         let (time, sent) = match self
             .state
@@ -467,7 +467,7 @@ impl ReceptionPoint {
         };
         // The sending side's answer to a rilevazione-virus (PEC-RULES §2.11).
         if tipo == Tipo::RilevazioneVirus {
-            let tx = transaction_of(d);
+            let tx = Transaction::from_daticert(d);
             let tx = Transaction {
                 mittente: rec.sender.clone(),
                 ..tx
@@ -490,43 +490,10 @@ impl ReceptionPoint {
     }
 
     async fn quarantine(&self, id: &str, message: &[u8]) -> Result<(), Temp> {
-        let dir = self.quarantine_dir.clone();
-        let name: String = id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let data = message.to_vec();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
-            std::fs::create_dir_all(&dir)?;
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(format!("in-{name}.eml")))
-        })
-        .await
-        .map_err(|e| Temp::Quarantine(e.to_string()))?
-        .map_err(|e| Temp::Quarantine(e.to_string()))
-    }
-}
-
-/// The transaction facts carried by a received daticert.
-fn transaction_of(d: &DatiCert) -> Transaction {
-    Transaction {
-        identificativo: d.identificativo.clone(),
-        mittente: d.mittente.clone(),
-        destinatari: d.destinatari.clone(),
-        risposte: d.risposte.clone(),
-        oggetto: d.oggetto.clone().unwrap_or_default(),
-        msgid: d.msgid.clone(),
-        ricevuta: d.ricevuta.unwrap_or_default(),
+        crate::keep::keep(&self.quarantine_dir, &format!("in-{id}"), message)
+            .await
+            .map(|_| ())
+            .map_err(Temp::Quarantine)
     }
 }
 

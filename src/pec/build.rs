@@ -60,6 +60,22 @@ pub struct Transaction {
     pub ricevuta: TipoRicevuta,
 }
 
+impl Transaction {
+    /// The transaction facts a received daticert.xml carries (for the
+    /// receipts a reception or delivery point issues about it).
+    pub fn from_daticert(d: &DatiCert) -> Transaction {
+        Transaction {
+            identificativo: d.identificativo.clone(),
+            mittente: d.mittente.clone(),
+            destinatari: d.destinatari.clone(),
+            risposte: d.risposte.clone(),
+            oggetto: d.oggetto.clone().unwrap_or_default(),
+            msgid: d.msgid.clone(),
+            ricevuta: d.ricevuta.unwrap_or_default(),
+        }
+    }
+}
+
 /// How to sign.
 #[derive(Clone, Copy)]
 pub struct Signer<'a> {

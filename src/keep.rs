@@ -1,0 +1,57 @@
+//! Keeping whole messages on disk (quarantine, receipt outbox): written
+//! to a temporary name, synced, then renamed, so a reader never sees half a
+//! file and a crash never leaves a partial one under the final name.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A file name safe for any identifier: letters, digits, `.` and `-`
+/// kept, everything else `_`.
+pub fn safe_name(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Write `parts` one after the other into `dir/<safe name>.eml`, atomically.
+pub fn keep_sync(dir: &Path, id: &str, parts: &[&[u8]]) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let name = safe_name(id);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    for p in parts {
+        f.write_all(p)?;
+    }
+    f.sync_all()?;
+    let dest = dir.join(format!("{name}.eml"));
+    std::fs::rename(&tmp, &dest)?;
+    Ok(dest)
+}
+
+/// [`keep_sync`] off the async runtime; the error as text.
+pub async fn keep(dir: &Path, id: &str, data: &[u8]) -> Result<PathBuf, String> {
+    let (dir, id, data) = (dir.to_path_buf(), id.to_string(), data.to_vec());
+    tokio::task::spawn_blocking(move || keep_sync(&dir, &id, &[&data]))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_safe_and_files_whole() {
+        assert_eq!(safe_name("a/b@c.d"), "a_b_c.d");
+        let d = tempfile::tempdir().expect("tmp");
+        let p = keep_sync(d.path(), "x@y", &[b"ab", b"cd"]).expect("keep");
+        assert_eq!(std::fs::read(p).expect("read"), b"abcd");
+    }
+}
