@@ -12,3 +12,6 @@ bash integration/selftest.sh
 bash integration/e2e-access.sh
 # End to end: the reception point with the providers' index from slapd and from LDIF.
 bash integration/e2e-reception.sh
+# End to end: two providers in two network namespaces (access, reception,
+# delivery over LMTP, receipts, 12 h / 24 h notices with short timers).
+bash integration/e2e-two-providers.sh

@@ -85,11 +85,20 @@ impl DeliveryPoint {
                 enhanced: "4.3.0".into(),
                 text: "no answer from the mailbox store".into(),
             });
-            if let Some(m) = &msg {
-                self.after_delivery(m, message, rcpt, &outcome, now).await;
-            }
+            let issued = match &msg {
+                Some(m) => self.after_delivery(m, message, rcpt, &outcome, now).await,
+                None => false,
+            };
             tracing::info!(recipient = %rcpt, outcome = %outcome.reply_line(), "delivery");
-            replies.push(outcome.reply_line());
+            match &outcome {
+                // The signed errore-consegna is the sender's answer: a DSN
+                // from the MTA as well would reach the sender's provider as
+                // ordinary mail and come back as a second, anomaly notice.
+                RcptOutcome::Permanent { code, enhanced, .. } if issued => replies.push(format!(
+                    "250 2.0.0 not stored ({code} {enhanced}); PEC errore-consegna issued to the sender"
+                )),
+                _ => replies.push(outcome.reply_line()),
+            }
         }
         replies
     }
@@ -101,7 +110,7 @@ impl DeliveryPoint {
         rcpt: &str,
         outcome: &RcptOutcome,
         now: DateTime<Utc>,
-    ) {
+    ) -> bool {
         match msg.kind {
             MessageKind::BustaTrasporto => {}
             MessageKind::Ricevuta(t) => {
@@ -113,12 +122,12 @@ impl DeliveryPoint {
                 {
                     tracing::warn!(error = %e, pec_id = %d.identificativo, "receipt not recorded");
                 }
-                return;
+                return false;
             }
-            _ => return,
+            _ => return false,
         }
         let Some(Ok(d)) = &msg.daticert else {
-            return;
+            return false;
         };
         let tx = Transaction::from_daticert(d);
         let ricevuta = match outcome {
@@ -140,7 +149,7 @@ impl DeliveryPoint {
                 errore: errore_of(enhanced),
                 errore_esteso: format!("{code} {enhanced} - {} - {text}", self.provider.name),
             },
-            RcptOutcome::Temporary { .. } => return,
+            RcptOutcome::Temporary { .. } => return false,
         };
         let key = format!(
             "consegna:{}",
@@ -171,7 +180,7 @@ impl DeliveryPoint {
         };
         if sent {
             tracing::info!(pec_id = %d.identificativo, recipient = %rcpt, "receipt already issued: not again");
-            return;
+            return true;
         }
         let local = d.identificativo.split('@').next().unwrap_or("id");
         let id = format!(
@@ -202,7 +211,7 @@ impl DeliveryPoint {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 tracing::error!(error = %e, pec_id = %d.identificativo, recipient = %rcpt, "receipt could not be signed: kept for retry is impossible without a signature; logged");
-                return;
+                return false;
             }
         };
         let to = vec![tx.mittente.clone()];
@@ -218,13 +227,14 @@ impl DeliveryPoint {
                 tracing::warn!(error = %e, pec_id = %d.identificativo, "receipt injection failed: kept in the outbox");
                 if let Err(e) = outbox_put(&self.outbox, &id, &to[0], &built) {
                     tracing::error!(error = %e, pec_id = %d.identificativo, "receipt could not be kept in the outbox");
-                    return;
+                    return false;
                 }
             }
         }
         if let Err(e) = self.state.mark_receipt_sent(&key).await {
             tracing::warn!(error = %e, "receipt sent but not marked");
         }
+        true
     }
 
     /// Retry the receipts kept in the outbox; returns how many left.
