@@ -7,8 +7,13 @@
 #     (reinjection), 10.99.0.1:25 (inbound, milter), pec.other.test -> smtp:[10.99.0.2]:25,
 #     virtual_transport = lmtp:inet:127.0.0.1:2424 (pec-milter's delivery point, Maildir A/mail);
 #     pec-milter A with Redis state, clamd A.
+#     A's Postfix also hosts posta.demo.test, a plain (non-PEC) domain not in the index, delivered
+#     by Postfix's own virtual(8) (transport_maps "posta.demo.test virtual:") to A/pf/vmail.
 #   B "Beta PEC S.p.A." pec.other.test  netns pecB<pid>  the same mirrored (10.99.0.2:25,
-#     pec.demo.test -> smtp:[10.99.0.1]:25), embedded state, clamd B.
+#     pec.demo.test -> smtp:[10.99.0.1]:25), embedded state, clamd B; B's delivery point stores
+#     through Dovecot LMTP ([delivery] store = "lmtp", 127.0.0.1:24 in B's netns; mail in
+#     B/dovecot/mail/<dom>/<user>/Maildir; piena@pec.other.test has a 2K quota) — so one
+#     provider runs with Dovecot LMTP, the other with the embedded Maildir writer.
 #   One providers' index LDIF lists A and B (identities made by `pec-milter init-demo`, entries by
 #   `pec-milter index-entry`); both trust both demo CAs. Timers shortened (first/last/interval below).
 #
@@ -24,9 +29,15 @@
 #   (4) B's Postfix stopped -> preavviso, then the final notice (both preavviso-errore-consegna,
 #       signed by A, no original, different texts, not before [timers] first / last);
 #       B back, A's queue flushed -> anna gets it once, mario one late consegna, no further notice
+#   (5) mailbox over quota at B (Dovecot 552 5.2.2) -> errore-consegna, errore altro, errore-esteso
+#       with 5.2.2, and nothing else (no bounce, nothing stored)
+#   (6) one message to anna (certified) and esterno@posta.demo.test (external: not in the index):
+#       the external one gets the busta (signed by A); anna gets it, mario accettazione + one
+#       consegna and no 12 h / 24 h notice at all until [timers] last + 2 s after the submission
 # Env: PEC_MILTER_BIN, KEEP=1, RIG_TIMING=1, T_FIRST/T_LAST/T_INTERVAL (default 4s/8s/1s, whole
 # seconds), STRICT=0 (the known bug above prints KNOWN BUG and does not count; default 1).
-# lib.sh: RIG_DEFER_NS=1, pf_instance INBOUND= and VTRANSPORT=. Takes ~35 s.
+# lib.sh: RIG_DEFER_NS=1, pf_instance INBOUND= and VTRANSPORT=, dovecot_up. Takes ~47 s.
+# Needs Dovecot LMTP (integration/deps.sh: dovecot-lmtpd).
 # Prints "N passed, N failed" last; exit 1 if anything failed. Needs root.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -48,6 +59,9 @@ A_NAME="Demo PEC S.p.A."  B_NAME="Beta PEC S.p.A."
 A_DOM=pec.demo.test       B_DOM=pec.other.test
 A_RIC=ricevute@$A_DOM     B_RIC=ricevute@$B_DOM
 NOBODY=nessuno@$B_DOM
+FULL=piena@$B_DOM                 # a Dovecot user at B with a 2K quota (scenario 5)
+EXT_DOM=posta.demo.test EXT=esterno@posta.demo.test   # a plain (non-PEC) domain of A's Postfix (scenario 6)
+DOVECOT_PORT=24
 A=$RIG_BASE/A B=$RIG_BASE/B LDIF=$RIG_BASE/igpec.ldif O=$RIG_BASE/out
 CAA=$A/demo/ca.pem CAB=$B/demo/ca.pem
 mkdir -p "$O"
@@ -131,18 +145,19 @@ not_before() {
 first_is() { local k; k=$(kinds_since "$1" | head -1 | cut -f2); echo "first: $k"; [ "$k" = "$2" ]; }
 
 # config DIR NAME DOMAIN STATE: write_config + [provider] for NAME/DOMAIN + [delivery] + [timers]
-config() {
-  local D=$1 name=$2 dom=$3 state=$4
+config() {   # optional 5th arg: "lmtp HOST:PORT" (Dovecot) instead of the Maildir writer
+  local D=$1 name=$2 dom=$3 state=$4 store=${5:-maildir} store_line
   INDEX=ldif INDEX_LDIF=$LDIF TRUST="$CAA $CAB" write_config "$D" "$state" || return 1
   sed -i -e "s/^name = \"Demo PEC S.p.A.\"/name = \"$name\"/" -e "s/^domain = \"pec.demo.test\"/domain = \"$dom\"/" \
     -e "s/^domains = \[\"pec.demo.test\"\]/domains = [\"$dom\"]/" "$D/pec-milter.toml"
   mkdir -p "$D/mail" "$D/outbox"
+  if [ "$store" = maildir ]; then store_line=$(printf 'store = "maildir"\nmaildir = "%s"' "$D/mail")
+  else store_line=$(printf 'store = "lmtp"\nlmtp = "%s"' "${store#lmtp }"); fi
   cat >> "$D/pec-milter.toml" <<EOF
 
 [delivery]
 listen = "inet:127.0.0.1:2424"
-store = "maildir"
-maildir = "$D/mail"
+$store_line
 max_size = "100MB"
 outbox = "$D/outbox"
 timeout = "60s"
@@ -170,7 +185,7 @@ no_default_route() { [ -z "$(ip -n "$NSA" route show default)" ] && [ -z "$(ip -
 ok "veth pair $IPA ($NSA) <-> $IPB ($NSB)" veth_up || exit 1
 ok "no default route in either namespace" no_default_route
 ok "A: config + identity (init-demo)" config "$A" "$A_NAME" "$A_DOM" redis || exit 1
-ok "B: config + identity (init-demo)" config "$B" "$B_NAME" "$B_DOM" embedded || exit 1
+ok "B: config + identity (init-demo)" config "$B" "$B_NAME" "$B_DOM" embedded "lmtp 127.0.0.1:$DOVECOT_PORT" || exit 1
 cat "$CAA" "$CAB" > "$RIG_BASE/both-ca.pem"
 rm -f "$LDIF"
 {
@@ -180,21 +195,28 @@ rm -f "$LDIF"
 } > "$LDIF"
 ok "index LDIF lists A and B" test "$(grep -c '^dn: providerName=' "$LDIF")" -eq 2 || exit 1
 
-# mailboxes of the delivery points (unknown users have none)
+# mailboxes of the delivery points (unknown users have none): A = embedded Maildir writer,
+# B = Dovecot LMTP (users from DOVECOT_USERS; Dovecot creates the Maildir on first delivery)
 MARIO_MD=$A/mail/$A_DOM/mario.rossi  ARIC_MD=$A/mail/$A_DOM/ricevute
-ANNA_MD=$B/mail/$B_DOM/anna.bianchi  BRIC_MD=$B/mail/$B_DOM/ricevute
-mkdir -p "$MARIO_MD" "$ARIC_MD" "$A/mail/$A_DOM/posta-certificata" \
-  "$ANNA_MD" "$BRIC_MD" "$B/mail/$B_DOM/posta-certificata"
+ANNA_MD=$B/dovecot/mail/$B_DOM/anna.bianchi/Maildir  BRIC_MD=$B/dovecot/mail/$B_DOM/ricevute/Maildir
+FULL_MD=$B/dovecot/mail/$B_DOM/piena/Maildir
+EXT_MD=$A/pf/vmail/$EXT_DOM/esterno
+mkdir -p "$MARIO_MD" "$ARIC_MD" "$A/mail/$A_DOM/posta-certificata"
 
-ok "A: postfix instance" inA pf_instance "$A/pf" HOST=mx.$A_DOM DOMAINS=$A_DOM USERS="$MARIO $A_RIC" \
+# A's Postfix also hosts EXT_DOM, a plain domain not in the providers' index, delivered by
+# Postfix's own virtual(8) (transport_maps), never through pec-milter's delivery point
+ok "A: postfix instance" inA pf_instance "$A/pf" HOST=mx.$A_DOM DOMAINS="$A_DOM $EXT_DOM" USERS="$MARIO $A_RIC $EXT" \
   SASL_USERS="$MARIO:$MARIO_PW" MILTERS=inet:127.0.0.1:$RIG_MILTER_PORT INBOUND=$IPA:25 \
-  TRANSPORT="$B_DOM smtp:[$IPB]:25" VTRANSPORT=lmtp:inet:127.0.0.1:2424 || exit 1
+  TRANSPORT="$B_DOM smtp:[$IPB]:25
+$EXT_DOM virtual:" VTRANSPORT=lmtp:inet:127.0.0.1:2424 || exit 1
 ok "B: postfix instance" inB pf_instance "$B/pf" HOST=mx.$B_DOM DOMAINS=$B_DOM USERS="$ANNA $B_RIC" \
   SASL_USERS="$ANNA:anna-pw" MILTERS=inet:127.0.0.1:$RIG_MILTER_PORT INBOUND=$IPB:25 \
   TRANSPORT="$A_DOM smtp:[$IPA]:25" VTRANSPORT=lmtp:inet:127.0.0.1:2424 || exit 1
 ok "A: redis up" inA redis_up "$A/redis" "$RIG_REDIS_PORT" || exit 1
 ok "A: clamd up" inA clamd_up "$A/clamd" "$RIG_CLAMD_PORT" || exit 1
 ok "B: clamd up" inB clamd_up "$B/clamd" "$RIG_CLAMD_PORT" || exit 1
+DOVECOT_USERS="$ANNA $B_RIC posta-certificata@$B_DOM $FULL=2K" \
+  ok "B: dovecot LMTP up on 127.0.0.1:$DOVECOT_PORT (B's mailbox store)" inB dovecot_up "$B/dovecot" "$DOVECOT_PORT" || exit 1
 ok "A: pec-milter up" inA pec_milter_up "$A" "$A/pec-milter.toml" || exit 1
 ok "B: pec-milter up" inB pec_milter_up "$B" "$B/pec-milter.toml" || exit 1
 ok "A: postfix up" inA pf_up "$A/pf" || exit 1
@@ -326,6 +348,62 @@ ok "(4) still exactly 2 notices (nothing sent twice)" count_is "$MARIO_MD" preav
 ok "(4) anna got the envelope once" new_count_is "$ANNA_MD" 1
 ok "(4) exactly one accettazione" count_is "$MARIO_MD" accettazione 1
 ok "(4) exactly one avvenuta-consegna" count_is "$MARIO_MD" avvenuta-consegna 1
+
+# ------------------------------------------------------------------ (5)
+# FULL is a Dovecot user at B with a 2K quota: any envelope is larger, Dovecot answers
+# 552 5.2.2 (permanent) -> errore-consegna "altro", the store's reply in errore-esteso.
+TOK=s5-$RANDOM TS=$EPOCHREALTIME
+mark "$MARIO_MD" "$FULL_MD"
+submit "$O/5.txt" "scenario 5 $TOK" "$FULL"
+ok "(5) submission accepted" eod_250 "$O/5.txt"
+ok "(5) mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20
+ok "(5) mario gets errore-consegna (mailbox over quota)" wait_kinds "$MARIO_MD" 1 errore-consegna 20; ERR=$FOUND
+_log "(5) errore-consegna after $(rig_elapsed "$TS") s"
+if [ -n "$ERR" ]; then
+  ok "(5) errore-consegna: errore altro" is "$ERR" 'd["daticert"]["errore"]' altro
+  ok "(5) errore-consegna: errore-esteso mentions 5.2.2" is "$ERR" '"5.2.2" in (d["daticert"]["errore_esteso"] or "")' True
+  _log "(5) errore-esteso: $(jget "$ERR" 'd["daticert"]["errore_esteso"]')"
+  ok "(5) errore-consegna: openssl cms -verify with B's CA" cms_ok "$CAB" "$ERR"
+fi
+sleep 2
+ok "(5) exactly one accettazione and one errore-consegna" counts_are "$MARIO_MD" accettazione 1 errore-consegna 1
+ok "(5) nothing else for mario" new_count_is "$MARIO_MD" 2
+ok "(5) nothing stored in the full mailbox" new_count_is "$FULL_MD" 0
+ok "(5) B's queue drains (no bounce pending)" pf_queue_empty "$B/pf" 20
+
+# ------------------------------------------------------------------ (6)
+# One message to a certified recipient (anna at B) and an external one (EXT, a plain domain of
+# A's own Postfix, not in the providers' index, delivered by virtual(8)): the external one gets the
+# busta; the 12 h / 24 h tracking covers certified recipients only, and anna's consegna comes, so
+# no notice at all until [timers] last + 2 s.
+TOK=s6-$RANDOM TS6=$EPOCHREALTIME
+mark "$MARIO_MD" "$ANNA_MD" "$EXT_MD"
+submit "$O/6.txt" "scenario 6 $TOK" "$ANNA,$EXT"
+ok "(6) submission accepted" eod_250 "$O/6.txt"
+ok "(6) mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20; ACC=$FOUND
+if [ -n "$ACC" ]; then
+  ok "(6) accettazione: anna certificato, esterno@ esterno" is "$ACC" \
+    'sorted((x["address"], x["tipo"]) for x in d["daticert"]["destinatari"])' \
+    "[('$ANNA', 'certificato'), ('$EXT', 'esterno')]"
+fi
+ok "(6) anna gets the envelope" wait_kinds "$ANNA_MD" 1 posta-certificata 20
+ok "(6) the external recipient gets the envelope" wait_kinds "$EXT_MD" 1 posta-certificata 20; XENV=$FOUND
+if [ -n "$XENV" ]; then
+  ok "(6) external envelope: openssl cms -verify with A's CA" cms_ok "$CAA" "$XENV"
+  ok "(6) external envelope: subject carries the token" grep -q "$TOK" "$XENV"
+fi
+ok "(6) mario gets avvenuta-consegna (anna)" wait_kinds "$MARIO_MD" 1 avvenuta-consegna 20; CONS=$FOUND
+if [ -n "$CONS" ]; then
+  ok "(6) consegna: consegna = anna" is "$CONS" 'd["daticert"]["consegna"]' "$ANNA"
+fi
+LEFT=$(awk -v a="$TS6" -v b="$EPOCHREALTIME" -v s="$(( ${T_LAST%s} + 2 ))" 'BEGIN { r = s - (b - a); printf "%.2f", (r > 0 ? r : 0) }')
+_log "(6) all in after $(rig_elapsed "$TS6") s; waiting $LEFT s more ([timers] last + 2 s)"
+sleep "$LEFT"
+ok "(6) no preavviso-errore-consegna until [timers] last + 2 s" count_is "$MARIO_MD" preavviso-errore-consegna 0
+ok "(6) exactly accettazione + one avvenuta-consegna, nothing else" counts_are "$MARIO_MD" accettazione 1 avvenuta-consegna 1
+ok "(6) nothing else for mario" new_count_is "$MARIO_MD" 2
+ok "(6) the external recipient got it once" new_count_is "$EXT_MD" 1
+ok "(6) A's queue drains" pf_queue_empty "$A/pf" 20
 
 _log "total $(rig_elapsed "$T0") s"
 rig_finish
