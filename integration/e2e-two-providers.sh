@@ -34,9 +34,12 @@
 #   (6) one message to anna (certified) and esterno@posta.demo.test (external: not in the index):
 #       the external one gets the busta (signed by A); anna gets it, mario accettazione + one
 #       consegna and no 12 h / 24 h notice at all until [timers] last + 2 s after the submission
+#   (7) two pec-milter processes on A sharing A's Redis (a second one, A2, with milter 8892 and
+#       delivery 2425), B's Postfix stopped -> mario gets exactly one preavviso and one final
+#       notice (distinct Message-IDs), 2 "injected" log lines in all over both logs; B back, A2 stopped
 # Env: PEC_MILTER_BIN, KEEP=1, RIG_TIMING=1, T_FIRST/T_LAST/T_INTERVAL (default 4s/8s/1s, whole
 # seconds), STRICT=0 (the known bug above prints KNOWN BUG and does not count; default 1).
-# lib.sh: RIG_DEFER_NS=1, pf_instance INBOUND= and VTRANSPORT=, dovecot_up. Takes ~47 s.
+# lib.sh: RIG_DEFER_NS=1, pf_instance INBOUND= and VTRANSPORT=, dovecot_up. Takes ~60 s.
 # Needs Dovecot LMTP (integration/deps.sh: dovecot-lmtpd).
 # Prints "N passed, N failed" last; exit 1 if anything failed. Needs root.
 set -uo pipefail
@@ -404,6 +407,75 @@ ok "(6) exactly accettazione + one avvenuta-consegna, nothing else" counts_are "
 ok "(6) nothing else for mario" new_count_is "$MARIO_MD" 2
 ok "(6) the external recipient got it once" new_count_is "$EXT_MD" 1
 ok "(6) A's queue drains" pf_queue_empty "$A/pf" 20
+
+# ------------------------------------------------------------------ (7)
+# Two pec-milter processes on A sharing A's one Redis (issue "Must show 5"): a second one (A2)
+# with a copy of A's config, only the listen addresses (milter 8892, delivery 2425) and the
+# spool differing; same [state] Redis, same [timers], same key/cert. Both run the 12 h / 24 h
+# timers over the shared state: with B's Postfix stopped each notice is still sent exactly once.
+A2=$RIG_BASE/A2
+a2_config() {
+  mkdir -p "$A2/spool" &&
+  sed -e '/^\[milter\]/,/^\[/s#^listen = "inet:127.0.0.1:[0-9]*"#listen = "inet:127.0.0.1:8892"#' \
+      -e '/^\[delivery\]/,/^\[/s#^listen = "inet:127.0.0.1:2424"#listen = "inet:127.0.0.1:2425"#' \
+      -e '/^\[spool\]/,/^\[/s#^dir = .*#dir = "'"$A2/spool"'"#' "$A/pec-milter.toml" > "$A2/pec-milter.toml" &&
+  grep -q '127.0.0.1:8892' "$A2/pec-milter.toml" && grep -q '127.0.0.1:2425' "$A2/pec-milter.toml" &&
+  "$BIN" check-config --config "$A2/pec-milter.toml" >/dev/null
+}
+# notices_logged MSGID...: "preavviso-errore-consegna injected" lines for these Message-IDs in the
+# part of A's and A2's logs written since LOGMARK (sum; per log on stdout)
+notices_logged() {
+  local d n tot=0 id re=
+  for id in "$@"; do id=${id#<}; id=${id%>}; re="$re${re:+|}$(printf '%s' "$id" | sed 's/[.[\*^$+?(){}|]/\\&/g')"; done
+  for d in "$A" "$A2"; do
+    n=$(tail -n +"$(( ${LOGMARK[$d]:-0} + 1 ))" "$d/pec-milter.log" | grep 'preavviso-errore-consegna injected' | grep -cE "$re" || true)
+    echo "${d##*/}: $n"; tot=$((tot + n))
+  done
+  echo "total: $tot"; [ "$tot" -eq 2 ]
+}
+declare -A LOGMARK
+TOK=s7-$RANDOM
+mkdir -p "$A2"
+ok "(7) A2: config = A's with milter 8892, delivery 2425, own spool" a2_config
+ok "(7) A2: second pec-milter up in A's namespace (same Redis, same [timers])" inA pec_milter_up "$A2" "$A2/pec-milter.toml"
+ok "(7) A2: delivery point listens on 2425" inA wait_port 127.0.0.1 2425 5
+ok "(7) A: first pec-milter still listening on 8891" inA wait_port 127.0.0.1 "$RIG_MILTER_PORT" 5
+ok "(7) B's postfix stopped" inB pf_down "$B/pf"
+ok "(7) B:25 closed" inA wait_closed $IPB 25 10
+mark "$MARIO_MD" "$ANNA_MD"
+LOGMARK[$A]=$(wc -l < "$A/pec-milter.log") LOGMARK[$A2]=$(wc -l < "$A2/pec-milter.log")
+TS7=$EPOCHREALTIME
+submit "$O/7.txt" "scenario 7 $TOK" "$ANNA"
+ok "(7) submission accepted" eod_250 "$O/7.txt"
+ok "(7) mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20
+ok "(7) mario gets preavviso and final notice (2 x preavviso-errore-consegna)" \
+  wait_kinds "$MARIO_MD" 2 preavviso-errore-consegna 40; NOTICES=$FOUND
+LEFT=$(awk -v a="$TS7" -v b="$EPOCHREALTIME" -v s="$(( ${T_LAST%s} + 3 ))" 'BEGIN { r = s - (b - a); printf "%.2f", (r > 0 ? r : 0) }')
+_log "(7) both notices after $(rig_elapsed "$TS7") s; waiting $LEFT s more ([timers] last + 3 s)"
+sleep "$LEFT"
+ok "(7) exactly 2 x preavviso-errore-consegna with two timer processes (one preavviso, one final)" \
+  count_is "$MARIO_MD" preavviso-errore-consegna 2
+if [ -n "$NOTICES" ]; then
+  N1=$(echo "$NOTICES" | sed -n 1p) N2=$(echo "$NOTICES" | sed -n 2p)
+  M1=$(hdr_get "$N1" Message-ID) M2=$(hdr_get "$N2" Message-ID)
+  _log "(7) notice Message-IDs: $M1 $M2"
+  ok "(7) the two notices have distinct Message-IDs" test -n "$M1" -a -n "$M2" -a "$M1" != "$M2"
+  ok "(7) notice 1 (preavviso) and notice 2 (final) texts differ" texts_differ "$N1" "$N2"
+  ok "(7) preavviso not before [timers] first ($T_FIRST)" not_before "$N1" "$TS7" "${T_FIRST%s}"
+  ok "(7) final notice not before [timers] last ($T_LAST)" not_before "$N2" "$TS7" "${T_LAST%s}"
+  ok "(7) A + A2 logs: 2 notices injected in all for these Message-IDs" notices_logged "$M1" "$M2"
+  _log "(7) injected per log: $(notices_logged "$M1" "$M2" | tr '\n' ' ')"
+fi
+ok "(7) B's postfix back" inB pf_up "$B/pf"
+ok "(7) A's queue flushed" inA ns_exec postqueue -c "$A/pf/etc" -f
+ok "(7) anna gets the envelope once B is back" wait_kinds "$ANNA_MD" 1 posta-certificata 60
+ok "(7) mario gets the (late) avvenuta-consegna" wait_kinds "$MARIO_MD" 1 avvenuta-consegna 30
+ok "(7) A2: second pec-milter stopped (exit 0)" inA pec_milter_down "$A2"
+# the timers log nothing on a pass without notices; A2's timer task shows at its shutdown
+ok "(7) A and A2 both ran on the Redis state" bash -c "grep -q 'pec-milter ready.*state=Redis' '$A/pec-milter.log' && grep -q 'pec-milter ready.*state=Redis' '$A2/pec-milter.log'"
+ok "(7) A2's timer task ran (\"timers: stopped\" at its shutdown)" grep -q 'timers: stopped' "$A2/pec-milter.log"
+ok "(7) still exactly 2 notices" count_is "$MARIO_MD" preavviso-errore-consegna 2
+ok "(7) A's queue drains" pf_queue_empty "$A/pf" 20
 
 _log "total $(rig_elapsed "$T0") s"
 rig_finish
