@@ -614,10 +614,7 @@ pub fn submission_key(sub: &Submission) -> String {
         data.push(0);
     }
     data.extend_from_slice(&sub.message);
-    crypto::digest(DigestAlg::Sha256, &data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crypto::verify::hex_lower(&crypto::digest(DigestAlg::Sha256, &data))
 }
 
 /// A new PEC msgid: `pec.<UTC time>.<64 random bits>@<provider domain>`.
@@ -629,7 +626,7 @@ pub fn new_pec_id(domain: &str, now: DateTime<Utc>) -> String {
         rnd[..4].copy_from_slice(&n);
         rnd[4..].copy_from_slice(&std::process::id().to_be_bytes());
     }
-    let hex: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crypto::verify::hex_lower(&rnd);
     format!("pec.{}.{hex}@{domain}", now.format("%Y%m%d%H%M%S"))
 }
 

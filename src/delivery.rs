@@ -21,6 +21,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::access::Injector;
+use crate::crypto::verify::hex_lower as hex;
 use crate::crypto::{self, DigestAlg, SigningKey};
 use crate::lmtp::server::LmtpHandler;
 use crate::lmtp::{MailboxStore, RcptOutcome};
@@ -41,10 +42,6 @@ pub struct DeliveryPoint {
     pub injector: Arc<dyn Injector>,
     pub outbox: PathBuf,
     pub retention_secs: u64,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Is `rcpt` a primary (To:) recipient of the envelope? A recipient only

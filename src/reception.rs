@@ -23,6 +23,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::access::{Injector, Outcome, Scanner, Verdict, inherited_count};
+use crate::crypto::verify::hex_lower as hex;
 use crate::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
 use crate::crypto::{self, DigestAlg, SigningKey};
 use crate::index::{ProviderEntry, ProviderIndex};
@@ -511,10 +512,6 @@ fn inbound_key(inbound: &Inbound) -> String {
     }
     data.extend_from_slice(&inbound.message);
     hex(&crypto::digest(DigestAlg::Sha256, &data))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Apply a receipt about one of our envelopes to its record (per

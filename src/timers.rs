@@ -456,7 +456,7 @@ pub fn marker_key(pec_id: &str, recipient: &str, finale: bool) -> String {
 pub fn notice_message_id(pec_id: &str, recipient: &str, finale: bool, domain: &str) -> String {
     let local = pec_id.split('@').next().unwrap_or(pec_id);
     let digest = openssl::sha::sha256(recipient.to_ascii_lowercase().as_bytes());
-    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hash = crate::crypto::verify::hex_lower(&digest[..16]);
     format!("preavviso.{}.{local}.{hash}@{domain}", which(finale))
 }
 

@@ -363,6 +363,11 @@ fn serialize_time<S: serde::Serializer>(
     }
 }
 
+/// Lowercase hex, no separators (file names, identifiers, breve hashes).
+pub fn hex_lower(bytes: &[u8]) -> String {
+    hex_upper(bytes).to_ascii_lowercase()
+}
+
 /// Uppercase hex, no separators.
 pub fn hex_upper(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";

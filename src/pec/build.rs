@@ -388,14 +388,6 @@ fn transfer_encoding(data: &[u8]) -> &'static str {
     if eight { "8bit" } else { "7bit" }
 }
 
-fn rank(cte: &str) -> u8 {
-    match cte {
-        "binary" => 2,
-        "8bit" => 1,
-        _ => 0,
-    }
-}
-
 fn message_part(eml: &[u8]) -> (Vec<u8>, &'static str) {
     let cte = transfer_encoding(eml);
     let mut out = format!(
@@ -787,9 +779,4 @@ pub fn build_busta_anomalia(
     headers.push("MIME-Version: 1.0\r\n".to_string());
     headers.push(ct);
     Ok(BuiltMessage { headers, body })
-}
-
-/// The whole-message transfer encoding rank, for callers that embed.
-pub fn needs_8bit(data: &[u8]) -> bool {
-    rank(transfer_encoding(data)) > 0
 }

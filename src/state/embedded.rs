@@ -750,20 +750,13 @@ fn is_expired(expires_at: i64, now: i64) -> bool {
 /// A file name safe for any key; see the module documentation.
 fn file_name(key: &str) -> String {
     if key.len() <= MAX_PLAIN_KEY {
-        format!("k-{}", hex(key.as_bytes()))
+        format!("k-{}", crate::crypto::verify::hex_lower(key.as_bytes()))
     } else {
-        format!("s-{}", hex(&openssl::sha::sha256(key.as_bytes())))
+        format!(
+            "s-{}",
+            crate::crypto::verify::hex_lower(&openssl::sha::sha256(key.as_bytes()))
+        )
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
 }
 
 fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
