@@ -9,6 +9,7 @@ pkgs=(
   swaks sasl2-bin libsasl2-modules libsasl2-modules-db iproute2
   slapd ldap-utils
   dovecot-lmtpd
+  softhsm2 opensc libengine-pkcs11-openssl gnutls-bin
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "integration/deps.sh: not root; skipping apt (need: ${pkgs[*]})" >&2

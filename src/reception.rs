@@ -524,10 +524,6 @@ pub async fn record_receipt(
     now: DateTime<Utc>,
     retention_secs: u64,
 ) -> Result<Option<crate::state::EnvelopeRecord>, crate::state::StateError> {
-    let Some(mut rec) = state.get_envelope(&d.identificativo).await? else {
-        tracing::debug!(pec_id = %d.identificativo, kind = %tipo, "receipt for an envelope we do not track");
-        return Ok(None);
-    };
     let (status, who): (RecipientStatus, Vec<String>) = match tipo {
         Tipo::PresaInCarico => (RecipientStatus::PresaInCarico, d.ricezione.clone()),
         Tipo::AvvenutaConsegna => (
@@ -540,30 +536,41 @@ pub async fn record_receipt(
         ),
         _ => return Ok(None),
     };
-    let mut changed = false;
-    for r in rec.recipients.iter_mut() {
-        if !who.iter().any(|w| w.eq_ignore_ascii_case(&r.address)) {
-            continue;
+    let at = now.timestamp();
+    // Compare-and-set: a 24 h notice finishing the same envelope at the
+    // same instant (crate::timers) cannot overwrite this update, nor this
+    // one a status that notice set.
+    let update = |rec: &mut crate::state::EnvelopeRecord| {
+        let mut changed = false;
+        for r in rec.recipients.iter_mut() {
+            if !who.iter().any(|w| w.eq_ignore_ascii_case(&r.address)) {
+                continue;
+            }
+            // final states stay; presa in carico does not repeat
+            let upgrade = !matches!(
+                (r.status, status),
+                (RecipientStatus::Consegnato | RecipientStatus::Errore, _)
+                    | (
+                        RecipientStatus::PresaInCarico,
+                        RecipientStatus::PresaInCarico
+                    )
+            );
+            if upgrade {
+                r.status = status;
+                r.updated_at = at;
+                changed = true;
+            }
         }
-        // final states stay; presa in carico does not repeat
-        let upgrade = !matches!(
-            (r.status, status),
-            (RecipientStatus::Consegnato | RecipientStatus::Errore, _)
-                | (
-                    RecipientStatus::PresaInCarico,
-                    RecipientStatus::PresaInCarico
-                )
-        );
-        if upgrade {
-            r.status = status;
-            r.updated_at = now.timestamp();
-            changed = true;
-        }
-    }
-    if !changed {
+        changed
+    };
+    let Some(rec) = state
+        .update_envelope(&d.identificativo, retention_secs, &update)
+        .await?
+    else {
+        tracing::debug!(pec_id = %d.identificativo, kind = %tipo,
+            "receipt changes nothing we track (unknown envelope, or outcome already recorded)");
         return Ok(None);
-    }
-    state.put_envelope(&rec, retention_secs).await?;
+    };
     tracing::info!(pec_id = %rec.pec_id, kind = %tipo, recipients = ?who, "envelope state updated");
     Ok(Some(rec))
 }

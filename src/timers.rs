@@ -50,10 +50,11 @@
 //! fails, the next pass finds the `last` marker confirmed and finishes the
 //! job without sending again.
 //!
-//! The record update is a read-modify-write like the reception point's
+//! The record update is a compare-and-set
+//! ([`StateStore::update_envelope`]), as is the reception point's
 //! (`reception::record_receipt`): an avvenuta consegna recorded in the very
-//! same instant can be overwritten by `Errore`; the final notice was due
-//! anyway at that moment.
+//! same instant is never overwritten by `Errore` (that recipient is no
+//! longer pending when the update runs again), nor the reverse.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -295,6 +296,9 @@ impl Tracker {
     ) -> Result<Step, StateError> {
         let key = marker_key(&rec.pec_id, &r.address, finale);
         if self.state.confirmed(&key).await? {
+            // Every pass meets the preavviso again until the final notice
+            // is due: debug, not info.
+            tracing::debug!(key = %key, "timers: notice already sent (confirmed marker), skipped");
             return Ok(Step::Done);
         }
         if !self
@@ -304,8 +308,10 @@ impl Tracker {
         {
             // Someone holds it; it may have been confirmed meanwhile.
             return Ok(if self.state.confirmed(&key).await? {
+                tracing::debug!(key = %key, "timers: notice already sent (confirmed marker), skipped");
                 Step::Done
             } else {
+                tracing::info!(key = %key, "timers: notice being sent by another node or task, skipped for now");
                 Step::Busy
             });
         }
@@ -319,7 +325,7 @@ impl Tracker {
                         "timers: notice sent but not confirmed: it may be sent again when the lease expires");
                 }
                 tracing::info!(pec_id = %s.pec_id, recipient = %s.recipient, finale, to = %s.to,
-                    message_id = %s.message_id, "timers: preavviso-errore-consegna injected");
+                    message_id = %s.message_id, key = %key, "timers: preavviso-errore-consegna injected");
                 Ok(Step::Sent(s))
             }
             Err(why) => {
@@ -397,23 +403,29 @@ impl Tracker {
         recipients: &[String],
         now: DateTime<Utc>,
     ) -> Result<(), StateError> {
-        let Some(mut rec) = self.state.get_envelope(pec_id).await? else {
-            return Ok(());
-        };
-        let mut changed = false;
-        for r in rec.recipients.iter_mut() {
-            if r.is_pending()
-                && recipients
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(&r.address))
-            {
-                r.status = RecipientStatus::Errore;
-                r.updated_at = now.timestamp();
-                changed = true;
+        let at = now.timestamp();
+        let update = |rec: &mut EnvelopeRecord| {
+            let mut changed = false;
+            for r in rec.recipients.iter_mut() {
+                if r.is_pending()
+                    && recipients
+                        .iter()
+                        .any(|a| a.eq_ignore_ascii_case(&r.address))
+                {
+                    r.status = RecipientStatus::Errore;
+                    r.updated_at = at;
+                    changed = true;
+                }
             }
-        }
-        if changed {
-            self.state.put_envelope(&rec, self.retention_secs).await?;
+            changed
+        };
+        // Compare-and-set: a receipt recorded at the same instant is never
+        // overwritten (a recipient delivered meanwhile stays delivered).
+        if let Some(rec) = self
+            .state
+            .update_envelope(pec_id, self.retention_secs, &update)
+            .await?
+        {
             tracing::info!(pec_id = %pec_id, recipients = ?recipients, tracked = rec.is_tracked(),
                 "timers: transaction over with a negative outcome");
         }

@@ -319,10 +319,170 @@ async fn suite_expiry(store: &dyn StateStore) {
     assert_eq!(c, existing("id-l", 1, false));
 }
 
-async fn behaviour_suite(store: Arc<dyn StateStore>) {
+/// A second store on the same backend, as another process would open it.
+type OpenOther = Arc<dyn Fn() -> Box<dyn StateStore> + Send + Sync>;
+
+fn pending_envelope(pec_id: &str, n: usize) -> EnvelopeRecord {
+    let mut rec = envelope(pec_id, n);
+    for r in &mut rec.recipients {
+        r.tipo = TipoDestinatario::Certificato;
+        r.status = RecipientStatus::Sent;
+    }
+    rec
+}
+
+/// `f` for update_envelope: recipient `i` becomes `status` if pending.
+fn set_status(i: usize, status: RecipientStatus) -> impl Fn(&mut EnvelopeRecord) -> bool {
+    move |rec: &mut EnvelopeRecord| {
+        let r = &mut rec.recipients[i];
+        if r.is_pending() {
+            r.status = status;
+            r.updated_at += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// update_envelope is a compare-and-set: a write by another process
+/// between its read and its write is kept, and `f` runs again on it.
+async fn suite_updates(store: Arc<dyn StateStore>, open_other: OpenOther) {
+    let rec = pending_envelope("cas-1@pec.example.it", 3);
+    store.put_envelope(&rec, 60).await.expect("put");
+    let now = 1_900_000_000;
+    assert!(
+        store
+            .tracked(now)
+            .await
+            .expect("tracked")
+            .iter()
+            .any(|r| r.pec_id == rec.pec_id)
+    );
+
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let id = rec.pec_id.clone();
+    let f = |r: &mut EnvelopeRecord| {
+        if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            // Another process records a delivery of recipient 1 right
+            // between our read and our write.
+            let open_other = Arc::clone(&open_other);
+            let id = id.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    let other = open_other();
+                    let mut cur = other.get_envelope(&id).await.expect("get").expect("some");
+                    cur.recipients[1].status = RecipientStatus::Consegnato;
+                    other.put_envelope(&cur, 60).await.expect("put other");
+                });
+            })
+            .join()
+            .expect("interfering writer");
+        }
+        set_status(0, RecipientStatus::Errore)(r)
+    };
+    let got = store
+        .update_envelope(&rec.pec_id, 60, &f)
+        .await
+        .expect("update")
+        .expect("changed");
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the first write must fail its compare-and-set and f run again"
+    );
+    assert_eq!(got.recipients[0].status, RecipientStatus::Errore);
+    assert_eq!(
+        got.recipients[1].status,
+        RecipientStatus::Consegnato,
+        "the other writer's update is kept"
+    );
+    assert_eq!(got.recipients[2].status, RecipientStatus::Sent);
+    let stored = store.get_envelope(&rec.pec_id).await.expect("get");
+    assert_eq!(stored.as_ref(), Some(&got));
+
+    // f changes nothing → nothing written, None.
+    let none = store
+        .update_envelope(&rec.pec_id, 60, &set_status(0, RecipientStatus::Consegnato))
+        .await
+        .expect("update");
+    assert_eq!(none, None);
+    assert_eq!(
+        store.get_envelope(&rec.pec_id).await.expect("get").as_ref(),
+        Some(&got)
+    );
+    // Absent envelope → None.
+    assert_eq!(
+        store
+            .update_envelope("absent@x", 60, &set_status(0, RecipientStatus::Errore))
+            .await
+            .expect("update absent"),
+        None
+    );
+    assert_eq!(store.get_envelope("absent@x").await.expect("get"), None);
+
+    // The last pending recipient settled → out of the tracking index.
+    store
+        .update_envelope(&rec.pec_id, 60, &set_status(2, RecipientStatus::Consegnato))
+        .await
+        .expect("update")
+        .expect("changed");
+    assert!(
+        !store
+            .tracked(now)
+            .await
+            .expect("tracked")
+            .iter()
+            .any(|r| r.pec_id == rec.pec_id),
+        "a settled envelope is no longer tracked"
+    );
+
+    // Many writers at once, on two stores, each settling its own
+    // recipient: no update is lost.
+    let n = 12;
+    let rec = pending_envelope("cas-2@pec.example.it", n);
+    store.put_envelope(&rec, 60).await.expect("put");
+    let other: Arc<dyn StateStore> = Arc::from(open_other());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let s = if i % 2 == 0 {
+            Arc::clone(&store)
+        } else {
+            Arc::clone(&other)
+        };
+        let id = rec.pec_id.clone();
+        tasks.spawn(async move {
+            s.update_envelope(&id, 60, &set_status(i, RecipientStatus::Consegnato))
+                .await
+                .expect("update")
+                .expect("changed")
+        });
+    }
+    while let Some(res) = tasks.join_next().await {
+        res.expect("task");
+    }
+    let stored = store
+        .get_envelope(&rec.pec_id)
+        .await
+        .expect("get")
+        .expect("some");
+    let settled = stored
+        .recipients
+        .iter()
+        .filter(|r| r.status == RecipientStatus::Consegnato)
+        .count();
+    assert_eq!(settled, n, "lost updates: {stored:?}");
+}
+
+async fn behaviour_suite(store: Arc<dyn StateStore>, open_other: OpenOther) {
     suite_claims(&*store).await;
     suite_envelopes(&*store).await;
     suite_concurrent_claims(Arc::clone(&store)).await;
+    suite_updates(Arc::clone(&store), open_other).await;
     suite_expiry(&*store).await;
 }
 
@@ -346,8 +506,11 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_behaviour() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = EmbeddedStore::open(&dir.path().join("state")).expect("open");
-    behaviour_suite(Arc::new(store)).await;
+    let path = dir.path().join("state");
+    let store = EmbeddedStore::open(&path).expect("open");
+    let open_other: OpenOther =
+        Arc::new(move || Box::new(EmbeddedStore::open(&path).expect("open other")));
+    behaviour_suite(Arc::new(store), open_other).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,7 +639,10 @@ async fn embedded_purge_expired() {
 async fn redis_behaviour() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url(), "pec:").expect("connect");
-    behaviour_suite(Arc::new(store)).await;
+    let url = server.url();
+    let open_other: OpenOther =
+        Arc::new(move || Box::new(RedisStore::connect(&url, "pec:").expect("connect other")));
+    behaviour_suite(Arc::new(store), open_other).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,10 @@
 //! `flock` on `<dir>/.lock`, which serialises the check-and-create of
 //! `claim` across processes on the same host.
 //!
+//! [`StateStore::update_envelope`] is a compare-and-set: the record is
+//! read and changed without the locks, then written under them only if the
+//! file still holds the record read (else it starts again).
+//!
 //! # Expiry
 //!
 //! Every record carries `expires_at` (Unix seconds, `now + ttl`, with
@@ -246,33 +250,48 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn put_envelope(&self, rec: &EnvelopeRecord, ttl_secs: u64) -> Result<(), StateError> {
-        let file = EnvelopeFileRef {
-            expires_at: expires_at(now_secs(), ttl_secs),
-            record: rec,
-        };
-        let bytes = serde_json::to_vec(&file).map_err(|e| StateError::Corrupt {
-            key: rec.pec_id.clone(),
-            reason: format!("cannot serialise envelope: {e}"),
-        })?;
-        let entry = TrackedEntry {
-            pec_id: rec.pec_id.clone(),
-            submitted_at: rec.submitted_at,
-        };
-        let tracked = rec.is_tracked();
-        self.write_locked(move |inner| {
-            // Index first when adding, last when removing: a crash leaves
-            // an extra entry at worst (see the module documentation).
-            if tracked {
-                inner.add_tracked(&entry)?;
+        let (entry, tracked, bytes) = envelope_bytes(rec, ttl_secs)?;
+        self.write_locked(move |inner| inner.write_envelope(&entry, tracked, &bytes))
+            .await
+    }
+
+    /// A compare-and-set loop: read the record, apply `f`, then, under the
+    /// writer locks, write it only if the file still holds the record read
+    /// (compared as records).
+    async fn update_envelope(
+        &self,
+        pec_id: &str,
+        ttl_secs: u64,
+        f: &super::Update<'_>,
+    ) -> Result<Option<EnvelopeRecord>, StateError> {
+        for attempt in 1..=super::UPDATE_ATTEMPTS {
+            let Some(old) = self.get_envelope(pec_id).await? else {
+                return Ok(None);
+            };
+            let mut rec = old.clone();
+            if !f(&mut rec) {
+                return Ok(None);
             }
-            let dir = inner.dir.join(ENVELOPES);
-            write_replace(&dir, &dir.join(file_name(&entry.pec_id)), &bytes)?;
-            if !tracked {
-                remove_if_exists(&inner.tracked_path(&entry.pec_id))?;
+            let (entry, tracked, bytes) = envelope_bytes(&rec, ttl_secs)?;
+            let id = pec_id.to_owned();
+            let written = self
+                .write_locked(move |inner| match inner.read_envelope(&id, now_secs())? {
+                    Lookup::Live(cur) if *cur == old => {
+                        inner.write_envelope(&entry, tracked, &bytes)?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                })
+                .await?;
+            if written {
+                return Ok(Some(rec));
             }
-            Ok(())
-        })
-        .await
+            tracing::debug!(pec_id = %pec_id, attempt, "update_envelope: record changed by another writer, trying again");
+        }
+        Err(StateError::Unavailable(format!(
+            "update_envelope {pec_id}: the record kept changing under {} attempts",
+            super::UPDATE_ATTEMPTS
+        )))
     }
 
     async fn get_envelope(&self, pec_id: &str) -> Result<Option<EnvelopeRecord>, StateError> {
@@ -557,6 +576,27 @@ impl Inner {
         Ok(Some(rec))
     }
 
+    /// Write an envelope file (`bytes` from [`envelope_bytes`]) and keep
+    /// the tracking index in step; the caller holds the writer locks.
+    /// Index first when adding, last when removing: a crash leaves an
+    /// extra entry at worst (see the module documentation).
+    fn write_envelope(
+        &self,
+        entry: &TrackedEntry,
+        tracked: bool,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        if tracked {
+            self.add_tracked(entry)?;
+        }
+        let dir = self.dir.join(ENVELOPES);
+        write_replace(&dir, &dir.join(file_name(&entry.pec_id)), bytes)?;
+        if !tracked {
+            remove_if_exists(&self.tracked_path(&entry.pec_id))?;
+        }
+        Ok(())
+    }
+
     fn read_envelope(&self, pec_id: &str, now: i64) -> Result<Lookup<EnvelopeRecord>, StateError> {
         let path = self.envelope_path(pec_id);
         let Some(bytes) = read_if_exists(&path)? else {
@@ -704,6 +744,27 @@ impl Inner {
         self.drop_stale(&stale, now)?;
         Ok(())
     }
+}
+
+/// The file of an envelope record kept `ttl_secs` from now, its index
+/// entry, and whether it is tracked.
+fn envelope_bytes(
+    rec: &EnvelopeRecord,
+    ttl_secs: u64,
+) -> Result<(TrackedEntry, bool, Vec<u8>), StateError> {
+    let file = EnvelopeFileRef {
+        expires_at: expires_at(now_secs(), ttl_secs),
+        record: rec,
+    };
+    let bytes = serde_json::to_vec(&file).map_err(|e| StateError::Corrupt {
+        key: rec.pec_id.clone(),
+        reason: format!("cannot serialise envelope: {e}"),
+    })?;
+    let entry = TrackedEntry {
+        pec_id: rec.pec_id.clone(),
+        submitted_at: rec.submitted_at,
+    };
+    Ok((entry, rec.is_tracked(), bytes))
 }
 
 fn existing(rec: ClaimFile) -> Claim {

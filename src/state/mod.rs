@@ -18,6 +18,9 @@
 //! [`StateStore::once`], [`StateStore::confirm`], [`StateStore::release`]
 //! and [`StateStore::confirmed`] are small markers with a lifetime, the
 //! building block of "exactly one node sends this notice".
+//! [`StateStore::update_envelope`] is the compare-and-set every change of
+//! an envelope's recipients goes through (receipts, the final notice), so
+//! concurrent writers on any node never lose each other's updates.
 
 pub mod embedded;
 pub mod redis;
@@ -100,6 +103,15 @@ impl RecipientState {
     }
 }
 
+/// The change [`StateStore::update_envelope`] applies: returns whether
+/// it changed the record.
+pub type Update<'a> = dyn Fn(&mut EnvelopeRecord) -> bool + Send + Sync + 'a;
+
+/// How many times [`StateStore::update_envelope`] tries its
+/// compare-and-set before giving up (each failed try means another writer
+/// changed the record in between).
+pub const UPDATE_ATTEMPTS: usize = 16;
+
 /// The outcome of claiming an idempotency key for a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -143,6 +155,37 @@ pub trait StateStore: Send + Sync {
     async fn put_envelope(&self, rec: &EnvelopeRecord, ttl_secs: u64) -> Result<(), StateError>;
 
     async fn get_envelope(&self, pec_id: &str) -> Result<Option<EnvelopeRecord>, StateError>;
+
+    /// Read-modify-write the envelope `pec_id` as one atomic step against
+    /// every other writer (tasks, processes, Redis nodes): `f` gets the
+    /// current record and returns whether it changed it. A changed record
+    /// is stored (kept for `ttl_secs`, the tracking index updated as by
+    /// [`put_envelope`](Self::put_envelope)) only if the stored record is
+    /// still the one `f` saw (compare-and-set); if another writer got in
+    /// between, `f` runs again on the fresh record, up to
+    /// [`UPDATE_ATTEMPTS`] times ([`StateError::Unavailable`] after that:
+    /// the caller answers 4xx and its MTA retries).
+    ///
+    /// Returns the stored record when `f` changed it, `None` when the
+    /// envelope is absent or `f` left it as it was.
+    ///
+    /// `f` may run several times and must only look at its argument. The
+    /// default body (for test fakes) is a plain get-then-put, not atomic.
+    async fn update_envelope(
+        &self,
+        pec_id: &str,
+        ttl_secs: u64,
+        f: &Update<'_>,
+    ) -> Result<Option<EnvelopeRecord>, StateError> {
+        let Some(mut rec) = self.get_envelope(pec_id).await? else {
+            return Ok(None);
+        };
+        if !f(&mut rec) {
+            return Ok(None);
+        }
+        self.put_envelope(&rec, ttl_secs).await?;
+        Ok(Some(rec))
+    }
 
     /// A cheap round trip that fails when the backend is unusable.
     async fn ping(&self) -> Result<(), StateError>;

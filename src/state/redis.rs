@@ -14,6 +14,9 @@
 //!   record; [`StateStore::tracked`] is a `ZRANGEBYSCORE` followed by
 //!   `MGET`s of the envelopes, and drops (with a script that checks the
 //!   envelope key is still absent) the members whose envelope expired.
+//!   [`StateStore::update_envelope`] is a compare-and-set: `GET` the
+//!   value, change the record, then a script writes the new value (and
+//!   updates the index) only if the key still holds the value read.
 //! - `<prefix>once:<key>`: the markers of [`StateStore::once`] (`SET NX EX`,
 //!   value `held`), [`StateStore::confirm`] (`SET ... EX`, value `done`),
 //!   [`StateStore::release`] (`DEL`).
@@ -105,6 +108,24 @@ for i, m in ipairs(ARGV) do
   end
 end
 return n
+";
+
+/// The compare-and-set of [`StateStore::update_envelope`]: `KEYS[1]` the
+/// envelope, `KEYS[2]` the tracked set; `ARGV` = the value read, the new
+/// value, the TTL, `1` when the new record is tracked (else `0`), its
+/// `submitted_at`, its PEC id. Writes (and updates the index) only when
+/// the key still holds exactly the value read; returns 1 then, else 0.
+const CAS_ENVELOPE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
+else
+  redis.call('ZREM', KEYS[2], ARGV[6])
+end
+return 1
 ";
 
 /// One request: a command or a pipeline.
@@ -451,6 +472,65 @@ impl StateStore for RedisStore {
             Ok(Some(rec))
         })
         .await
+    }
+
+    /// A compare-and-set loop: `GET` the raw value, apply `f` to the
+    /// record, write with [`CAS_ENVELOPE_SCRIPT`] against the raw value
+    /// read. Each try is bounded by the store's timeout. A try whose reply
+    /// was lost and is retried by [`request`](Self::request) finds its own
+    /// write and runs `f` once more on it (which then changes nothing):
+    /// the record is right, the call answers `None`.
+    async fn update_envelope(
+        &self,
+        pec_id: &str,
+        ttl_secs: u64,
+        f: &super::Update<'_>,
+    ) -> Result<Option<EnvelopeRecord>, StateError> {
+        let rkey = self.envelope_key(pec_id);
+        for attempt in 1..=super::UPDATE_ATTEMPTS {
+            let read = self
+                .bounded("update_envelope", async {
+                    let Some(bytes) = self.get_bytes(&rkey).await? else {
+                        return Ok(None);
+                    };
+                    let rec: EnvelopeRecord = from_json(pec_id, &rkey, &bytes)?;
+                    Ok(Some((bytes, rec)))
+                })
+                .await?;
+            let Some((old, mut rec)) = read else {
+                return Ok(None);
+            };
+            if rec.pec_id != pec_id {
+                return Err(StateError::Corrupt {
+                    key: pec_id.to_owned(),
+                    reason: format!("Redis key {rkey} holds the envelope {:?}", rec.pec_id),
+                });
+            }
+            if !f(&mut rec) {
+                return Ok(None);
+            }
+            let value = to_json(pec_id, &rec)?;
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(CAS_ENVELOPE_SCRIPT)
+                .arg(2)
+                .arg(&rkey)
+                .arg(self.tracked_key())
+                .arg(old)
+                .arg(value)
+                .arg(ttl_secs.max(1))
+                .arg(if rec.is_tracked() { "1" } else { "0" })
+                .arg(rec.submitted_at)
+                .arg(pec_id);
+            let written: i64 = self.bounded("update_envelope", self.query(&cmd)).await?;
+            if written == 1 {
+                return Ok(Some(rec));
+            }
+            tracing::debug!(pec_id = %pec_id, attempt, "update_envelope: record changed by another writer, trying again");
+        }
+        Err(StateError::Unavailable(format!(
+            "update_envelope {pec_id}: the record kept changing under {} attempts",
+            super::UPDATE_ATTEMPTS
+        )))
     }
 
     async fn ping(&self) -> Result<(), StateError> {
