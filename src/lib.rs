@@ -23,6 +23,7 @@ pub mod lmtp;
 pub mod milter;
 pub mod pec;
 pub mod reception;
+pub mod spool;
 pub mod state;
 pub mod submit;
 pub mod timers;

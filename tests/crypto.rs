@@ -265,7 +265,8 @@ fn expired_at_verification_time() {
         "{r:?}"
     );
     // Before the certificate existed.
-    let past = SystemTime::now() - Duration::from_secs(10 * 86_400);
+    // (demo and test certificates are valid from 2020-01-01 on)
+    let past = SystemTime::UNIX_EPOCH + Duration::from_secs(1_560_000_000);
     let r = verify_detached(&sig, CONTENT, &ca_trust(p), VerifyAt::At(past));
     assert!(!r.chain_ok);
     assert!(r.reason.unwrap().contains("not yet valid"));
@@ -385,8 +386,11 @@ fn generated_certificates_have_the_pec_profile() {
         d.days == 365 || (d.days == 364 && d.secs > day - 10),
         "{d:?}"
     );
-    let d = cert.not_before().diff(&now).unwrap();
-    assert!(d.days == 1 || (d.days == 0 && d.secs > day - 10), "{d:?}");
+    // Valid from 2020-01-01 on, so that fixed signing times in tests and
+    // fixtures stay inside the validity.
+    let floor = openssl::asn1::Asn1Time::from_unix(1_577_836_800).unwrap();
+    let d = cert.not_before().diff(&floor).unwrap();
+    assert_eq!((d.days, d.secs), (0, 0), "{d:?}");
 }
 
 /// Run `openssl cms -verify` on a signature and content, as an independent

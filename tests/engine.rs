@@ -566,3 +566,70 @@ fn kinds_are_classified_from_the_built_headers() {
         MessageKind::Ricevuta(Tipo::Accettazione)
     );
 }
+
+/// The busta di trasporto built from an original spooled to disk, and
+/// written to a spool file, is byte for byte the one built in memory: for
+/// 8-bit and binary originals, bare LF / CR, a body without a final line
+/// end, an empty body, and a body larger than the read pieces; and it
+/// verifies.
+#[test]
+fn busta_trasporto_spooled_equals_in_memory() {
+    use pec_milter::pec::build::{Original, build_busta_trasporto_spooled};
+    use pec_milter::spool::{SpoolOptions, SpoolWriter};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = SpoolOptions {
+        dir: dir.path().to_path_buf(),
+        memory_limit: 0,
+    };
+    let mut big = String::new();
+    for i in 0..12_000 {
+        big.push_str(&format!("riga {i} del corpo, con un po' di testo\r\n"));
+    }
+    let originals: Vec<Vec<u8>> = vec![
+        b"From: mario.rossi@pec.acme.test\r\nTo: a@pec.acme.test\r\nSubject: s\r\nMessage-ID: <x@y>\r\n\r\nciao\r\n".to_vec(),
+        b"From: mario.rossi@pec.acme.test\nTo: a@pec.acme.test\nSubject: lf\n\nbare\nlf\rcr\n\xe8 8-bit".to_vec(),
+        b"From: mario.rossi@pec.acme.test\r\nTo: a@pec.acme.test\r\n\r\n".to_vec(),
+        format!("From: mario.rossi@pec.acme.test\r\nTo: a@pec.acme.test\r\nSubject: big\r\n\r\n{big}").into_bytes(),
+        format!("From: mario.rossi@pec.acme.test\r\nTo: a@pec.acme.test\r\n\r\n{}\r\n", "x".repeat(2000)).into_bytes(),
+    ];
+    let t = transaction("s", &[("a@pec.acme.test", TipoDestinatario::Certificato)]);
+    for orig in &originals {
+        let mem = build_busta_trasporto(&provider(), &t, orig, when(), signer(DigestAlg::Sha256))
+            .expect("in memory");
+        // The original's body spooled to disk in odd pieces, as a milter gets it.
+        let split = Original::from_bytes(orig);
+        let mut w = SpoolWriter::new(disk.clone());
+        let body = split.body.to_vec().expect("body");
+        for piece in body.chunks(7777) {
+            w.write(piece).expect("spool");
+        }
+        let on_disk = Original {
+            header: split.header.clone(),
+            body: w.finish().expect("finish"),
+        };
+        assert_eq!(on_disk.body.is_on_disk(), !body.is_empty());
+        let spooled = build_busta_trasporto_spooled(
+            &provider(),
+            &t,
+            &on_disk,
+            when(),
+            signer(DigestAlg::Sha256),
+            SpoolWriter::raw(disk.clone()),
+        )
+        .expect("spooled");
+        assert!(spooled.body.is_on_disk());
+        assert_eq!(spooled.headers, mem.headers);
+        assert_eq!(spooled.body.to_vec().expect("read"), mem.body);
+        let bytes = spooled.to_bytes().expect("bytes");
+        let insp = inspect(&bytes, &pki().trust, VerifyAt::SigningTime).expect("inspect");
+        assert_eq!(insp.kind, "posta-certificata");
+        assert_eq!(
+            insp.signature.status,
+            SignatureStatus::Valid,
+            "{:?}",
+            insp.signature
+        );
+    }
+    // Nothing left behind in the spool directory (unnamed files).
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+}

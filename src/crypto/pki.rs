@@ -61,8 +61,13 @@ fn new_rsa_key() -> Result<PKey<Private>, CryptoError> {
     Ok(PKey::from_rsa(Rsa::generate(RSA_BITS)?)?)
 }
 
+/// Demo and test certificates are valid from 2020-01-01 on (or from a day
+/// ago, if earlier): the fixed signing times of tests and fixtures stay
+/// inside the validity whatever day the tests run.
+const NOT_BEFORE_FLOOR: i64 = 1_577_836_800;
+
 /// A builder with version 3, a random serial, the subject, the key and a
-/// validity from a day ago to `days` from now.
+/// validity from 2020-01-01 (see [`NOT_BEFORE_FLOOR`]) to `days` from now.
 fn base_builder(
     subject: &X509Name,
     key: &PKey<Private>,
@@ -80,7 +85,7 @@ fn base_builder(
         .as_secs();
     let now = i64::try_from(now)
         .map_err(|_| CryptoError::InvalidInput("system clock out of range".into()))?;
-    let not_before = Asn1Time::from_unix(now - i64::from(DAY))?;
+    let not_before = Asn1Time::from_unix((now - i64::from(DAY)).min(NOT_BEFORE_FLOOR))?;
     let not_after = Asn1Time::from_unix(now + i64::from(days) * i64::from(DAY))?;
     b.set_not_before(&not_before)?;
     b.set_not_after(&not_after)?;

@@ -14,6 +14,7 @@ use crate::pec::breve;
 use crate::pec::daticert::{DatiCert, Destinatario, rome_time};
 use crate::pec::kind::{Errore, Tipo, TipoDestinatario, TipoRicevuta};
 use crate::pec::mime::{self, base64_lines, canonicalize_crlf, header_fields, split_header_body};
+use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
 
 /// Errors while building a message.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,9 @@ pub enum BuildError {
     Sign(#[from] CryptoError),
     #[error("invalid input: {0}")]
     Input(String),
+    /// Reading the spooled original or writing the spooled output failed.
+    #[error("spool I/O: {0}")]
+    Spool(#[from] std::io::Error),
 }
 
 /// Who we are: the provider (gestore) that emits and signs.
@@ -647,9 +651,92 @@ fn raw_fields_to_strings(fields: Vec<&[u8]>) -> Vec<String> {
         .collect()
 }
 
+/// The original message as the access point holds it: its header block
+/// (every field with its CRLF, without the empty line) and its body (CRLF
+/// line ends), in memory or spooled to disk.
+#[derive(Debug, Clone, Default)]
+pub struct Original {
+    pub header: Vec<u8>,
+    pub body: Spooled,
+}
+
+impl Original {
+    /// Split a whole message (line ends made CRLF) into header and body, in
+    /// memory.
+    pub fn from_bytes(message: &[u8]) -> Original {
+        let canon = canonicalize_crlf(message);
+        let (head, body) = split_header_body(&canon);
+        Original {
+            header: head.to_vec(),
+            body: Spooled::from(body.to_vec()),
+        }
+    }
+
+    /// Size of the whole message (header, empty line, body).
+    pub fn len(&self) -> u64 {
+        self.header.len() as u64 + 2 + self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Header, empty line and body in order, in pieces (see
+    /// [`Spooled::for_each_chunk`]; blocking I/O for a body on disk).
+    pub fn for_each_chunk<E: From<std::io::Error>>(
+        &self,
+        mut f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        f(&self.header)?;
+        f(b"\r\n")?;
+        self.body.for_each_chunk(f)
+    }
+
+    /// The whole message in memory.
+    pub fn to_vec(&self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(usize::try_from(self.len()).unwrap_or(0));
+        self.for_each_chunk::<std::io::Error>(|c| {
+            out.extend_from_slice(c);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+/// A built message whose body may be on disk (the busta di trasporto of a
+/// large original): header fields, each with its CRLF, and the body.
+#[derive(Debug, Clone)]
+pub struct SpooledMessage {
+    pub headers: Vec<String>,
+    pub body: Spooled,
+}
+
+impl SpooledMessage {
+    /// The whole message in memory.
+    pub fn to_bytes(&self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for h in &self.headers {
+            out.extend_from_slice(h.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body.to_vec()?);
+        Ok(out)
+    }
+}
+
+impl From<BuiltMessage> for SpooledMessage {
+    fn from(m: BuiltMessage) -> Self {
+        SpooledMessage {
+            headers: m.headers,
+            body: Spooled::from(m.body),
+        }
+    }
+}
+
 /// Build and sign the busta di trasporto (PEC-RULES §2.2) around
-/// `original`, the message as the holder submitted it. `tx.msgid` should
-/// be [`original_msgid`] of it.
+/// `original`, the message as the holder submitted it, in memory. `tx.msgid`
+/// should be [`original_msgid`] of it. Same bytes as
+/// [`build_busta_trasporto_spooled`].
 pub fn build_busta_trasporto(
     provider: &Provider,
     tx: &Transaction,
@@ -657,10 +744,222 @@ pub fn build_busta_trasporto(
     time: DateTime<Utc>,
     signer: Signer<'_>,
 ) -> Result<BuiltMessage, BuildError> {
+    let orig = Original::from_bytes(original);
+    let out = SpoolWriter::raw(SpoolOptions::memory());
+    let m = build_busta_trasporto_spooled(provider, tx, &orig, time, signer, out)?;
+    Ok(BuiltMessage {
+        headers: m.headers,
+        body: m.body.to_vec()?,
+    })
+}
+
+/// Where the `postacert.eml` part ends: the original's rewritten header
+/// (with the empty line) and how much of the body it carries, the final
+/// CRLF of the original being dropped (it becomes the CRLF before the next
+/// boundary, as in [`message_part`]).
+fn eml_extent(eml_head: &[u8], body: &Spooled) -> Result<(usize, u64), BuildError> {
+    if body.is_empty() {
+        return Ok((eml_head.len().saturating_sub(2), 0));
+    }
+    if body.ends_with(b"\r\n")? {
+        return Ok((eml_head.len(), body.len() - 2));
+    }
+    Ok((eml_head.len(), body.len()))
+}
+
+/// [`transfer_encoding`] over pieces, in order.
+#[derive(Default)]
+struct TeScan {
+    col: usize,
+    eight: bool,
+    binary: bool,
+}
+
+impl TeScan {
+    fn feed(&mut self, data: &[u8]) {
+        if self.binary {
+            return;
+        }
+        for &b in data {
+            match b {
+                0 => {
+                    self.binary = true;
+                    return;
+                }
+                b'\n' => self.col = 0,
+                _ => {
+                    self.col += 1;
+                    if self.col > 998 {
+                        self.binary = true;
+                        return;
+                    }
+                    if b >= 0x80 {
+                        self.eight = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn result(&self) -> &'static str {
+        if self.binary {
+            "binary"
+        } else if self.eight {
+            "8bit"
+        } else {
+            "7bit"
+        }
+    }
+}
+
+/// Which of `needles` occur in `body[..end]` (one pass; matches across
+/// the pieces are found).
+fn body_contains(body: &Spooled, end: u64, needles: &[Vec<u8>]) -> Result<Vec<bool>, BuildError> {
+    let mut found = vec![false; needles.len()];
+    let keep = needles
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(1)
+        .saturating_sub(1);
+    let mut carry: Vec<u8> = Vec::new();
+    body.for_range::<BuildError>(0, end, |piece| {
+        let mut window = std::mem::take(&mut carry);
+        window.extend_from_slice(piece);
+        for (i, n) in needles.iter().enumerate() {
+            if !found[i] && contains(&window, n) {
+                found[i] = true;
+            }
+        }
+        let from = window.len().saturating_sub(keep);
+        carry = window.split_off(from);
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    // The needles start with "--": look at each '-' only.
+    let first = needle[0];
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        match hay[i..=hay.len() - needle.len()]
+            .iter()
+            .position(|&b| b == first)
+        {
+            Some(p) => {
+                let at = i + p;
+                if &hay[at..at + needle.len()] == needle {
+                    return true;
+                }
+                i = at + 1;
+            }
+            None => return false,
+        }
+    }
+    false
+}
+
+fn boundary_text(seed: &str, level: u8, n: u32) -> String {
+    let h = crypto::digest(DigestAlg::Sha1, format!("{seed}/{level}/{n}").as_bytes());
+    let hex: String = h.iter().take(12).map(|b| format!("{b:02X}")).collect();
+    format!("----=_PEC_{level}_{hex}")
+}
+
+/// The two boundaries of the busta di trasporto (level 1: multipart/signed,
+/// level 2: multipart/mixed), the same as [`boundary`] chooses: the first
+/// candidate of each level whose delimiter occurs in none of `small` nor in
+/// `body[..end]`.
+fn envelope_boundaries(
+    seed: &str,
+    small: &[&[u8]],
+    body: &Spooled,
+    end: u64,
+) -> Result<(String, String), BuildError> {
+    let mut n = [0u32; 2];
+    let mut done: [Option<String>; 2] = [None, None];
+    // Each round is one pass over the body; a delimiter found in an
+    // original is a one-in-2^96 event unless crafted, and the candidates
+    // depend on the PEC id, which the holder does not know in advance.
+    for _round in 0..64 {
+        let mut cands: Vec<(usize, String)> = Vec::new();
+        for lvl in 0..2 {
+            if done[lvl].is_none() {
+                let b = boundary_text(seed, lvl as u8 + 1, n[lvl]);
+                cands.push((lvl, b));
+            }
+        }
+        if cands.is_empty() {
+            break;
+        }
+        let needles: Vec<Vec<u8>> = cands
+            .iter()
+            .map(|(_, b)| format!("--{b}").into_bytes())
+            .collect();
+        let in_body = body_contains(body, end, &needles)?;
+        for (((lvl, b), needle), hit) in cands.into_iter().zip(&needles).zip(in_body) {
+            if hit || small.iter().any(|p| contains(p, needle)) {
+                n[lvl] += 1;
+            } else {
+                done[lvl] = Some(b);
+            }
+        }
+    }
+    match done {
+        [Some(b1), Some(b2)] => Ok((b1, b2)),
+        _ => Err(BuildError::Input(
+            "the original contains every candidate MIME boundary".into(),
+        )),
+    }
+}
+
+/// Writes the output and hashes what belongs to the signed entity.
+struct Sink<'a> {
+    out: SpoolWriter,
+    hasher: &'a mut crypto::ContentHasher,
+}
+
+impl Sink<'_> {
+    fn signed(&mut self, data: &[u8]) -> Result<(), BuildError> {
+        self.hasher.update(data)?;
+        self.out.write(data)?;
+        Ok(())
+    }
+}
+
+/// [`build_busta_trasporto`] with the original's body read in pieces
+/// (memory or spool file) and the envelope's body written to `out`: the
+/// original is read three times (encoding and boundary checks, then hashing
+/// and copying) and never held whole in memory. Blocking I/O for bodies on
+/// disk: call it off the async workers.
+pub fn build_busta_trasporto_spooled(
+    provider: &Provider,
+    tx: &Transaction,
+    original: &Original,
+    time: DateTime<Utc>,
+    signer: Signer<'_>,
+    out: SpoolWriter,
+) -> Result<SpooledMessage, BuildError> {
     check_header_value("identificativo", &tx.identificativo)?;
     check_header_value("sender", &tx.mittente)?;
-    let canon = canonicalize_crlf(original);
-    let eml = rewrite_original(&canon, &tx.identificativo);
+    let header = canonicalize_crlf(&original.header);
+    let mut head_msg = header.to_vec();
+    head_msg.extend_from_slice(b"\r\n");
+    let eml_head = rewrite_original(&head_msg, &tx.identificativo);
+    let (head_len, body_end) = eml_extent(&eml_head, &original.body)?;
+    let eml_head = &eml_head[..head_len];
+
+    let mut te = TeScan::default();
+    te.feed(eml_head);
+    original.body.for_range::<BuildError>(0, body_end, |c| {
+        te.feed(c);
+        Ok(())
+    })?;
+    let cte = te.result();
+
     let mut d = daticert(provider, tx, Tipo::PostaCertificata, Errore::Nessuno, time);
     d.ricevuta = Some(tx.ricevuta);
     let text = format!(
@@ -674,12 +973,57 @@ pub fn build_busta_trasporto(
             .collect::<String>(),
         tx.identificativo
     );
-    let (msg_part, cte) = message_part(&eml);
-    let parts = vec![text_part(&text), msg_part, daticert_part(&d)];
-    let entity = mixed_entity(&tx.identificativo, &parts, cte);
-    let (ct, body) = sign_entity(&tx.identificativo, &entity, signer, time)?;
+    let text = text_part(&text);
+    let daticert = daticert_part(&d);
+    let msg_head = format!(
+        "Content-Type: message/rfc822; name=\"postacert.eml\"\r\nContent-Disposition: inline; filename=\"postacert.eml\"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
+    );
+    let (b1, b2) = envelope_boundaries(
+        &tx.identificativo,
+        &[&text, msg_head.as_bytes(), eml_head, &daticert],
+        &original.body,
+        body_end,
+    )?;
 
-    let (keep, has_reply_to) = inherited(&canon, false);
+    let mut hasher = crypto::ContentHasher::new(signer.digest)?;
+    let mut sink = Sink {
+        out,
+        hasher: &mut hasher,
+    };
+    sink.out
+        .write(format!("This is an S/MIME signed message\r\n\r\n--{b1}\r\n").as_bytes())?;
+    let mut entity_head = format!("Content-Type: multipart/mixed; boundary=\"{b2}\"\r\n");
+    if cte != "7bit" {
+        entity_head.push_str(&format!("Content-Transfer-Encoding: {cte}\r\n"));
+    }
+    entity_head.push_str("\r\nThis is a multi-part message in MIME format.\r\n");
+    let sep = format!("\r\n--{b2}\r\n");
+    sink.signed(entity_head.as_bytes())?;
+    sink.signed(sep.as_bytes())?;
+    sink.signed(&text)?;
+    sink.signed(sep.as_bytes())?;
+    sink.signed(msg_head.as_bytes())?;
+    sink.signed(eml_head)?;
+    original
+        .body
+        .for_range::<BuildError>(0, body_end, |c| sink.signed(c))?;
+    sink.signed(sep.as_bytes())?;
+    sink.signed(&daticert)?;
+    sink.signed(format!("\r\n--{b2}--\r\n").as_bytes())?;
+    let Sink { mut out, .. } = sink;
+
+    let digest = hasher.finish()?;
+    let p7s = crypto::cms_sign::sign_detached(signer.key, signer.digest, &digest, time.into())?;
+    out.write(format!("\r\n--{b1}\r\nContent-Type: application/x-pkcs7-signature; name=\"smime.p7s\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n").as_bytes())?;
+    out.write(base64_lines(&p7s).as_bytes())?;
+    out.write(format!("--{b1}--\r\n").as_bytes())?;
+    let body = out.finish()?;
+
+    let ct = format!(
+        "Content-Type: multipart/signed; protocol=\"application/x-pkcs7-signature\";\r\n micalg=\"{}\"; boundary=\"{b1}\"\r\n",
+        signer.digest.micalg()
+    );
+    let (keep, has_reply_to) = inherited(&head_msg, false);
     let mut headers = raw_fields_to_strings(keep);
     headers.push("X-Trasporto: posta-certificata\r\n".to_string());
     headers.push(date_header(time));
@@ -699,7 +1043,7 @@ pub fn build_busta_trasporto(
     headers.push(format!("X-TipoRicevuta: {}\r\n", tx.ricevuta));
     headers.push("MIME-Version: 1.0\r\n".to_string());
     headers.push(ct);
-    Ok(BuiltMessage { headers, body })
+    Ok(SpooledMessage { headers, body })
 }
 
 fn from_per_conto_di(sender: &str, provider: &Provider) -> String {
