@@ -18,11 +18,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use crate::config::{Config, HolderClass, HoldersConfig};
 use crate::crypto::{self, DigestAlg, SigningKey};
 use crate::pec::build::{
-    BuildError, BuiltMessage, Emission, Provider, Ricevuta, Signer, Transaction,
-    build_busta_trasporto, build_ricevuta,
+    BuildError, Emission, Original, Provider, Ricevuta, Signer, SpooledMessage, Transaction,
+    build_busta_trasporto_spooled, build_ricevuta,
 };
 use crate::pec::mime::{self, header_fields, split_header_body};
 use crate::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
+use crate::spool::{SpoolOptions, SpoolWriter};
 use crate::state::{Claim, EnvelopeRecord, RecipientState, RecipientStatus, StateStore};
 
 /// Header fields only a provider may write: removed from what a holder
@@ -46,6 +47,16 @@ pub enum Verdict {
 #[async_trait::async_trait]
 pub trait Scanner: Send + Sync {
     async fn scan(&self, message: &[u8]) -> Result<Verdict, String>;
+
+    /// Scan a message whose body may be on disk. The default reads it
+    /// into memory and calls [`scan`](Self::scan); a real scanner streams
+    /// it (clamd INSTREAM).
+    async fn scan_original(&self, message: &Original) -> Result<Verdict, String> {
+        let bytes = message
+            .to_vec()
+            .map_err(|e| format!("reading the spooled message: {e}"))?;
+        self.scan(&bytes).await
+    }
 }
 
 /// Injects a generated message back into the MTA (byte-exact).
@@ -100,12 +111,13 @@ pub struct Submission {
     pub mail_from: String,
     /// SMTP forward paths, without angle brackets.
     pub rcpts: Vec<String>,
-    /// The message as submitted: header fields and body, CRLF.
-    pub message: Vec<u8>,
+    /// The message as submitted: header fields and body (CRLF), the body
+    /// in memory or spooled to disk.
+    pub message: Original,
 }
 
 /// What the MTA must do with the submission.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     /// Replace the message by a built one (busta di trasporto or busta
     /// di anomalia): delete the header fields of the original that it does
@@ -114,7 +126,8 @@ pub enum Outcome {
     /// replace the body. Recipients unchanged.
     Rewrite {
         pec_id: String,
-        message: BuiltMessage,
+        /// The envelope; its body may be a spool file (a large original).
+        message: SpooledMessage,
         /// How many of `message.headers` were copied from the original.
         inherited: usize,
         keep_message_id: bool,
@@ -148,6 +161,8 @@ pub struct AccessPoint {
     pub max_product: u64,
     pub quarantine_dir: PathBuf,
     pub retention_secs: u64,
+    /// Where envelopes of large originals are written (`[spool]`).
+    pub spool: SpoolOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +179,8 @@ enum Temp {
     Directory(String),
     #[error("quarantine: {0}")]
     Quarantine(String),
+    #[error("spool: {0}")]
+    Spool(String),
 }
 
 impl AccessPoint {
@@ -194,6 +211,10 @@ impl AccessPoint {
             max_product: cfg.limits.max_product,
             quarantine_dir: cfg.quarantine.dir.clone(),
             retention_secs: cfg.state.retention.as_secs(),
+            spool: SpoolOptions {
+                dir: cfg.spool.dir.clone(),
+                memory_limit: cfg.spool.memory_limit,
+            },
         }
     }
 
@@ -248,7 +269,11 @@ impl AccessPoint {
                 text: "PEC: a holder cannot submit with an empty sender".into(),
             });
         }
-        let (cleaned, removed) = strip_marker_headers(&sub.message);
+        let (cleaned_head, removed) = strip_marker_headers(&head_message(&sub.message.header));
+        let cleaned = Original {
+            header: split_header_body(&cleaned_head).0.to_vec(),
+            body: sub.message.body.clone(),
+        };
         if !removed.is_empty() {
             tracing::warn!(
                 queue_id = sub.queue_id.as_deref().unwrap_or("-"),
@@ -257,11 +282,17 @@ impl AccessPoint {
                 "holder wrote PEC marker header fields: removed"
             );
         }
-        let facts = Facts::read(&cleaned, &sub.mail_from);
+        let facts = Facts::read(&cleaned_head, &sub.mail_from);
 
         // One transaction, one identity: an MTA retry of the same
         // submission finds the claim and reuses its PEC id and time.
-        let key = submission_key(sub);
+        let key = {
+            let sub = sub.clone();
+            tokio::task::spawn_blocking(move || submission_key(&sub))
+                .await
+                .map_err(|e| Temp::Spool(format!("digest task failed: {e}")))?
+                .map_err(|e| Temp::Spool(format!("reading the spooled message: {e}")))?
+        };
         let pec_id = new_pec_id(&self.provider.domain, now);
         let (pec_id, time, receipt_sent) = match self
             .state
@@ -330,8 +361,10 @@ impl AccessPoint {
 
         // Antivirus on what the holder submitted.
         if let Some(scanner) = &self.scanner
-            && let Verdict::Infected(virus) =
-                scanner.scan(&sub.message).await.map_err(Temp::Scan)?
+            && let Verdict::Infected(virus) = scanner
+                .scan_original(&sub.message)
+                .await
+                .map_err(Temp::Scan)?
         {
             self.quarantine(&pec_id, &sub.message).await?;
             self.notify(
@@ -351,12 +384,26 @@ impl AccessPoint {
         }
 
         // The signed envelope, then the record, then the receipt.
-        let signer = Signer {
-            key: self.key.as_ref(),
-            digest: self.digest,
+        // CPU work (signature) and, for a large original, file I/O: off
+        // the async workers.
+        let envelope = {
+            let (provider, tx, cleaned) = (self.provider.clone(), tx.clone(), cleaned.clone());
+            let (key, digest, out) = (
+                Arc::clone(&self.key),
+                self.digest,
+                SpoolWriter::raw(self.spool.clone()),
+            );
+            tokio::task::spawn_blocking(move || {
+                let signer = Signer {
+                    key: key.as_ref(),
+                    digest,
+                };
+                build_busta_trasporto_spooled(&provider, &tx, &cleaned, time, signer, out)
+            })
+            .await
+            .map_err(|e| Temp::Spool(format!("envelope task failed: {e}")))??
         };
-        let envelope = build_busta_trasporto(&self.provider, &tx, &cleaned, time, signer)?;
-        let inherited = inherited_count(&cleaned, false);
+        let inherited = inherited_count(&cleaned_head, false);
         let record = EnvelopeRecord {
             pec_id: pec_id.clone(),
             original_msgid: tx.msgid.clone(),
@@ -463,7 +510,7 @@ impl AccessPoint {
                 self.max_recipients
             ));
         }
-        let product = (sub.message.len() as u64).saturating_mul(sub.rcpts.len() as u64);
+        let product = sub.message.len().saturating_mul(sub.rcpts.len() as u64);
         if product > self.max_product {
             return Some(format!(
                 "dimensione per numero di destinatari ({product} byte) oltre il limite di {} byte",
@@ -497,8 +544,8 @@ impl AccessPoint {
     }
 
     /// Keep an infected original (the rules ask for 30 months).
-    async fn quarantine(&self, pec_id: &str, message: &[u8]) -> Result<(), Temp> {
-        crate::keep::keep(&self.quarantine_dir, pec_id, message)
+    async fn quarantine(&self, pec_id: &str, message: &Original) -> Result<(), Temp> {
+        crate::keep::keep_original(&self.quarantine_dir, pec_id, message)
             .await
             .map(|_| ())
             .map_err(Temp::Quarantine)
@@ -600,21 +647,34 @@ pub fn inherited_count(message: &[u8], keep_message_id: bool) -> usize {
         .count()
 }
 
-/// The idempotency key of a submission: who, to whom, and the exact bytes.
-pub fn submission_key(sub: &Submission) -> String {
+/// The idempotency key of a submission: who, to whom, and the exact bytes
+/// (read in pieces: blocking I/O for a body on disk).
+pub fn submission_key(sub: &Submission) -> std::io::Result<String> {
     let mut rcpts: Vec<String> = sub.rcpts.iter().map(|r| r.to_ascii_lowercase()).collect();
     rcpts.sort();
-    let mut data = Vec::with_capacity(sub.message.len() + 256);
-    data.extend_from_slice(sub.auth_user.as_bytes());
-    data.push(0);
-    data.extend_from_slice(sub.mail_from.to_ascii_lowercase().as_bytes());
-    data.push(0);
+    let mut h = openssl::sha::Sha256::new();
+    h.update(sub.auth_user.as_bytes());
+    h.update(&[0]);
+    h.update(sub.mail_from.to_ascii_lowercase().as_bytes());
+    h.update(&[0]);
     for r in &rcpts {
-        data.extend_from_slice(r.as_bytes());
-        data.push(0);
+        h.update(r.as_bytes());
+        h.update(&[0]);
     }
-    data.extend_from_slice(&sub.message);
-    crypto::verify::hex_lower(&crypto::digest(DigestAlg::Sha256, &data))
+    sub.message.for_each_chunk::<std::io::Error>(|c| {
+        h.update(c);
+        Ok(())
+    })?;
+    Ok(crypto::verify::hex_lower(&h.finish()))
+}
+
+/// A header block as a message with an empty body, for the helpers that
+/// take a whole message.
+fn head_message(header: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(header.len() + 2);
+    m.extend_from_slice(header);
+    m.extend_from_slice(b"\r\n");
+    m
 }
 
 /// A new PEC msgid: `pec.<UTC time>.<64 random bits>@<provider domain>`.
@@ -661,15 +721,26 @@ mod tests {
             auth_user: "u".into(),
             mail_from: "a@x".into(),
             rcpts: r.into_iter().map(String::from).collect(),
-            message: b"m".to_vec(),
+            message: Original::from_bytes(b"Subject: m\r\n\r\nbody\r\n"),
         };
-        assert_eq!(
-            submission_key(&s(vec!["B@y", "c@y"])),
-            submission_key(&s(vec!["c@y", "b@y"]))
-        );
-        assert_ne!(
-            submission_key(&s(vec!["b@y"])),
-            submission_key(&s(vec!["c@y"]))
-        );
+        let key = |r: Vec<&str>| submission_key(&s(r)).expect("key");
+        assert_eq!(key(vec!["B@y", "c@y"]), key(vec!["c@y", "b@y"]));
+        assert_ne!(key(vec!["b@y"]), key(vec!["c@y"]));
+        // The key covers the exact bytes, whether the body is in memory or
+        // spooled to disk: header, empty line, body.
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut w = SpoolWriter::new(SpoolOptions {
+            dir: dir.path().to_path_buf(),
+            memory_limit: 0,
+        });
+        w.write(b"bo").expect("spool");
+        w.write(b"dy\r\n").expect("spool");
+        let mut on_disk = s(vec!["b@y"]);
+        on_disk.message.body = w.finish().expect("finish");
+        assert!(on_disk.message.body.is_on_disk());
+        assert_eq!(submission_key(&on_disk).expect("key"), key(vec!["b@y"]));
+        let mut whole = openssl::sha::Sha256::new();
+        whole.update(b"u\0a@x\0b@y\0Subject: m\r\n\r\nbody\r\n");
+        assert_eq!(key(vec!["b@y"]), crypto::verify::hex_lower(&whole.finish()));
     }
 }

@@ -79,6 +79,22 @@ impl Scanner for Clamd {
             Err(e) => Err(e.to_string()),
         }
     }
+
+    /// Streamed to clamd (INSTREAM) from the spool: header, empty line, body.
+    async fn scan_original(
+        &self,
+        message: &crate::pec::build::Original,
+    ) -> Result<Verdict, String> {
+        use tokio::io::AsyncReadExt;
+        let reader = (&message.header[..])
+            .chain(&b"\r\n"[..])
+            .chain(message.body.async_reader());
+        match self.scan_reader(reader).await {
+            Ok(ScanVerdict::Clean) => Ok(Verdict::Clean),
+            Ok(ScanVerdict::Infected(v)) => Ok(Verdict::Infected(v)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 #[async_trait::async_trait]

@@ -43,6 +43,31 @@ pub async fn keep(dir: &Path, id: &str, data: &[u8]) -> Result<PathBuf, String> 
         .map_err(|e| e.to_string())
 }
 
+/// [`keep`] for an original whose body may be on disk: streamed into the
+/// file, never read whole into memory.
+pub async fn keep_original(
+    dir: &Path,
+    id: &str,
+    message: &crate::pec::build::Original,
+) -> Result<PathBuf, String> {
+    let (dir, id, message) = (dir.to_path_buf(), id.to_string(), message.clone());
+    tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(&dir)?;
+        let name = safe_name(&id);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        message.for_each_chunk::<std::io::Error>(|c| f.write_all(c))?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        let dest = dir.join(format!("{name}.eml"));
+        std::fs::rename(&tmp, &dest)?;
+        Ok(dest)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

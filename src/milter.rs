@@ -25,7 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::access::{AccessPoint, Outcome, Submission, is_inherited};
+use crate::pec::build::Original;
 use crate::reception::{Inbound, ReceptionPoint};
+use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
 
 /// The roles the milter plays, chosen per message by how it arrived.
 pub struct Roles {
@@ -42,7 +44,7 @@ enum Mode {
     Access,
     Reception,
 }
-use crate::pec::mime::{header_fields, split_header_body};
+use crate::pec::mime::header_fields;
 
 /// The state of one SMTP session as the milter sees it.
 #[derive(Debug, Default)]
@@ -53,7 +55,10 @@ pub struct Session {
     rcpts: Vec<String>,
     /// The header block as submitted, CRLF.
     header: Vec<u8>,
-    body: Vec<u8>,
+    /// The body, in memory up to `[spool] memory_limit`, then on disk.
+    body: Option<SpoolWriter>,
+    /// Spooling the body failed (disk full, ...): temporary failure at EOM.
+    spool_error: Option<String>,
 }
 
 impl Session {
@@ -77,6 +82,7 @@ fn bare_path(arg: &str) -> String {
 /// The callbacks, each a thin wrapper over a plain function.
 pub fn callbacks(roles: Arc<Roles>) -> Callbacks<Session> {
     let ap_mail = roles.clone();
+    let ap_body = roles.clone();
     let ap_eom = roles;
     Callbacks::new()
         .on_negotiate(|cx, _, _| Box::pin(negotiate(cx)))
@@ -86,7 +92,10 @@ pub fn callbacks(roles: Arc<Roles>) -> Callbacks<Session> {
         })
         .on_rcpt(|cx, args| Box::pin(async move { rcpt(cx, &args) }))
         .on_header(|cx, name, value| Box::pin(async move { header(cx, &name, &value) }))
-        .on_body(|cx, chunk| Box::pin(async move { body(cx, chunk) }))
+        .on_body(move |cx, chunk| {
+            let spool = ap_body.access.spool.clone();
+            Box::pin(async move { body(cx, chunk, spool) })
+        })
         .on_eom(move |cx| {
             let ap = ap_eom.clone();
             Box::pin(async move { eom(cx, &ap).await })
@@ -170,9 +179,20 @@ fn header(cx: &mut Context<Session>, name: &CString, value: &CString) -> Status 
     Status::Continue
 }
 
-fn body(cx: &mut Context<Session>, chunk: Bytes) -> Status {
-    if let Some(s) = cx.data.as_mut() {
-        s.body.extend_from_slice(&chunk);
+fn body(cx: &mut Context<Session>, chunk: Bytes, spool: SpoolOptions) -> Status {
+    let Some(s) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    if s.mode == Mode::Pass || s.spool_error.is_some() {
+        return Status::Continue;
+    }
+    // Past the memory limit this writes to the spool file: small blocking
+    // writes into the page cache, as the MTA streams the body in.
+    let w = s.body.get_or_insert_with(|| SpoolWriter::new(spool));
+    if let Err(e) = w.write(&chunk) {
+        tracing::error!(error = %e, "cannot spool the message body");
+        s.spool_error = Some(e.to_string());
+        s.body = None;
     }
     Status::Continue
 }
@@ -197,10 +217,18 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
     if mode == Mode::Pass {
         return Status::Accept;
     }
-    let mut message = std::mem::take(&mut s.header);
-    message.extend_from_slice(b"\r\n");
-    message.extend_from_slice(&s.body);
-    s.body = Vec::new();
+    if let Some(e) = s.spool_error.take() {
+        s.body = None;
+        return tempfail(cx, &format!("cannot spool the message: {}", one_line(&e)));
+    }
+    let body = match s.body.take().map(SpoolWriter::finish).transpose() {
+        Ok(b) => b.unwrap_or_default(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot spool the message body");
+            return tempfail(cx, "cannot spool the message, try again later");
+        }
+    };
+    let header = std::mem::take(&mut s.header);
     let rcpts = std::mem::take(&mut s.rcpts);
     let mail_from = std::mem::take(&mut s.mail_from);
     let auth_user = std::mem::take(&mut s.auth_user);
@@ -211,10 +239,10 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
                 auth_user,
                 mail_from,
                 rcpts,
-                message,
+                message: Original { header, body },
             };
             let outcome = roles.access.process(&sub, Utc::now()).await;
-            apply(cx, &sub.message, outcome).await
+            apply(cx, &sub.message.header, outcome).await
         }
         (Mode::Reception, Some(rp)) => {
             let ours: Vec<String> = rcpts
@@ -224,6 +252,16 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
             if ours.is_empty() {
                 return Status::Accept;
             }
+            // The reception point reads the message as one slice (its
+            // signature check is in memory for now).
+            let original = Original { header, body };
+            let message = match original.to_vec() {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the spooled message");
+                    return tempfail(cx, "cannot read the spooled message, try again later");
+                }
+            };
             let inbound = Inbound {
                 queue_id,
                 mail_from,
@@ -231,13 +269,14 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
                 message,
             };
             let outcome = rp.process(&inbound, Utc::now()).await;
-            apply(cx, &inbound.message, outcome).await
+            apply(cx, &original.header, outcome).await
         }
         _ => Status::Accept,
     }
 }
 
-/// Turn an outcome into milter actions and the final status.
+/// Turn an outcome into milter actions and the final status. `original`
+/// is the header block of the message as received.
 async fn apply(cx: &mut EomContext<Session>, original: &[u8], outcome: Outcome) -> Status {
     match outcome {
         Outcome::Deliver { .. } => Status::Accept,
@@ -289,16 +328,24 @@ fn tempfail(cx: &mut EomContext<Session>, text: &str) -> Status {
     Status::Tempfail
 }
 
-/// Delete the original's header fields the envelope does not inherit, add
-/// the envelope's own, replace the body.
+#[derive(Debug, thiserror::Error)]
+enum RewriteError {
+    #[error("milter action: {0}")]
+    Action(#[from] indymilter::ActionError),
+    #[error("reading the spooled envelope: {0}")]
+    Spool(#[from] std::io::Error),
+}
+
+/// Delete the original's header fields (`head`: its header block) the
+/// envelope does not inherit, add the envelope's own, replace the body
+/// (streamed from the spool in pieces of at most 64 KiB).
 async fn rewrite(
     cx: &EomContext<Session>,
-    original: &[u8],
+    head: &[u8],
     new_headers: &[String],
-    body: &[u8],
+    body: &Spooled,
     keep_message_id: bool,
-) -> Result<(), indymilter::ActionError> {
-    let (head, _) = split_header_body(original);
+) -> Result<(), RewriteError> {
     let fields = header_fields(head);
     // (name, occurrence index) to delete, highest index first per name
     let mut seen: Vec<(String, i32)> = Vec::new();
@@ -331,7 +378,21 @@ async fn rewrite(
         let value = value.trim_end_matches("\r\n").replace("\r\n", "\n");
         cx.actions.add_header(name.to_string(), value).await?;
     }
-    cx.actions.replace_body(body).await?;
+    match body.as_slice() {
+        Some(b) => cx.actions.replace_body(b).await?,
+        None => {
+            use tokio::io::AsyncReadExt;
+            let mut r = body.async_reader();
+            let mut buf = vec![0u8; crate::spool::CHUNK];
+            loop {
+                let n = r.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                cx.actions.replace_body(&buf[..n]).await?;
+            }
+        }
+    }
     Ok(())
 }
 

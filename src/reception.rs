@@ -321,7 +321,7 @@ impl ReceptionPoint {
         )?;
         Ok(Outcome::Rewrite {
             pec_id: id,
-            message: built,
+            message: built.into(),
             inherited: inherited_count(&mime::canonicalize_crlf(&inbound.message), true),
             keep_message_id: true,
         })
