@@ -227,7 +227,7 @@ fn inbound(message: Vec<u8>) -> Inbound {
 
 fn anomaly_of(o: &Outcome) -> Vec<u8> {
     match o {
-        Outcome::Rewrite { message, .. } => message.to_bytes(),
+        Outcome::Rewrite { message, .. } => message.to_bytes().expect("envelope bytes"),
         other => panic!("expected an anomaly envelope, got {other:?}"),
     }
 }
