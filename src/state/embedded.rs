@@ -264,34 +264,25 @@ impl StateStore for EmbeddedStore {
         ttl_secs: u64,
         f: &super::Update<'_>,
     ) -> Result<Option<EnvelopeRecord>, StateError> {
-        for attempt in 1..=super::UPDATE_ATTEMPTS {
-            let Some(old) = self.get_envelope(pec_id).await? else {
-                return Ok(None);
-            };
-            let mut rec = old.clone();
-            if !f(&mut rec) {
-                return Ok(None);
-            }
+        let read = || async {
+            Ok(self
+                .get_envelope(pec_id)
+                .await?
+                .map(|old| (old.clone(), old)))
+        };
+        let write = |old: EnvelopeRecord, rec: EnvelopeRecord| async move {
             let (entry, tracked, bytes) = envelope_bytes(&rec, ttl_secs)?;
             let id = pec_id.to_owned();
-            let written = self
-                .write_locked(move |inner| match inner.read_envelope(&id, now_secs())? {
-                    Lookup::Live(cur) if *cur == old => {
-                        inner.write_envelope(&entry, tracked, &bytes)?;
-                        Ok(true)
-                    }
-                    _ => Ok(false),
-                })
-                .await?;
-            if written {
-                return Ok(Some(rec));
-            }
-            tracing::debug!(pec_id = %pec_id, attempt, "update_envelope: record changed by another writer, trying again");
-        }
-        Err(StateError::Unavailable(format!(
-            "update_envelope {pec_id}: the record kept changing under {} attempts",
-            super::UPDATE_ATTEMPTS
-        )))
+            self.write_locked(move |inner| match inner.read_envelope(&id, now_secs())? {
+                Lookup::Live(cur) if *cur == old => {
+                    inner.write_envelope(&entry, tracked, &bytes)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            })
+            .await
+        };
+        super::compare_and_set(pec_id, f, read, write).await
     }
 
     async fn get_envelope(&self, pec_id: &str) -> Result<Option<EnvelopeRecord>, StateError> {

@@ -112,6 +112,40 @@ pub type Update<'a> = dyn Fn(&mut EnvelopeRecord) -> bool + Send + Sync + 'a;
 /// changed the record in between).
 pub const UPDATE_ATTEMPTS: usize = 16;
 
+/// The compare-and-set loop of [`StateStore::update_envelope`], shared by
+/// the backends: `read` gives the current record and the version it was
+/// read at (absent: `None`), `write` stores a record if the version is
+/// still current (`true`) or reports that another writer got in between
+/// (`false`).
+pub(crate) async fn compare_and_set<V, R, RF, W, WF>(
+    pec_id: &str,
+    f: &Update<'_>,
+    read: R,
+    write: W,
+) -> Result<Option<EnvelopeRecord>, StateError>
+where
+    R: Fn() -> RF,
+    RF: std::future::Future<Output = Result<Option<(V, EnvelopeRecord)>, StateError>>,
+    W: Fn(V, EnvelopeRecord) -> WF,
+    WF: std::future::Future<Output = Result<bool, StateError>>,
+{
+    for attempt in 1..=UPDATE_ATTEMPTS {
+        let Some((version, mut rec)) = read().await? else {
+            return Ok(None);
+        };
+        if !f(&mut rec) {
+            return Ok(None);
+        }
+        if write(version, rec.clone()).await? {
+            return Ok(Some(rec));
+        }
+        tracing::debug!(pec_id = %pec_id, attempt, "update_envelope: record changed by another writer, trying again");
+    }
+    Err(StateError::Unavailable(format!(
+        "update_envelope {pec_id}: the record kept changing under {UPDATE_ATTEMPTS} attempts"
+    )))
+}
+
 /// The outcome of claiming an idempotency key for a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {

@@ -487,8 +487,8 @@ impl StateStore for RedisStore {
         f: &super::Update<'_>,
     ) -> Result<Option<EnvelopeRecord>, StateError> {
         let rkey = self.envelope_key(pec_id);
-        for attempt in 1..=super::UPDATE_ATTEMPTS {
-            let read = self
+        let read = || async {
+            let rec = self
                 .bounded("update_envelope", async {
                     let Some(bytes) = self.get_bytes(&rkey).await? else {
                         return Ok(None);
@@ -497,40 +497,36 @@ impl StateStore for RedisStore {
                     Ok(Some((bytes, rec)))
                 })
                 .await?;
-            let Some((old, mut rec)) = read else {
-                return Ok(None);
-            };
-            if rec.pec_id != pec_id {
+            if let Some((_, r)) = &rec
+                && r.pec_id != pec_id
+            {
                 return Err(StateError::Corrupt {
                     key: pec_id.to_owned(),
-                    reason: format!("Redis key {rkey} holds the envelope {:?}", rec.pec_id),
+                    reason: format!("Redis key {rkey} holds the envelope {:?}", r.pec_id),
                 });
             }
-            if !f(&mut rec) {
-                return Ok(None);
+            Ok(rec)
+        };
+        let write = |old: Vec<u8>, rec: EnvelopeRecord| {
+            let rkey = &rkey;
+            async move {
+                let value = to_json(pec_id, &rec)?;
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(CAS_ENVELOPE_SCRIPT)
+                    .arg(2)
+                    .arg(rkey)
+                    .arg(self.tracked_key())
+                    .arg(old)
+                    .arg(value)
+                    .arg(ttl_secs.max(1))
+                    .arg(if rec.is_tracked() { "1" } else { "0" })
+                    .arg(rec.submitted_at)
+                    .arg(pec_id);
+                let written: i64 = self.bounded("update_envelope", self.query(&cmd)).await?;
+                Ok(written == 1)
             }
-            let value = to_json(pec_id, &rec)?;
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(CAS_ENVELOPE_SCRIPT)
-                .arg(2)
-                .arg(&rkey)
-                .arg(self.tracked_key())
-                .arg(old)
-                .arg(value)
-                .arg(ttl_secs.max(1))
-                .arg(if rec.is_tracked() { "1" } else { "0" })
-                .arg(rec.submitted_at)
-                .arg(pec_id);
-            let written: i64 = self.bounded("update_envelope", self.query(&cmd)).await?;
-            if written == 1 {
-                return Ok(Some(rec));
-            }
-            tracing::debug!(pec_id = %pec_id, attempt, "update_envelope: record changed by another writer, trying again");
-        }
-        Err(StateError::Unavailable(format!(
-            "update_envelope {pec_id}: the record kept changing under {} attempts",
-            super::UPDATE_ATTEMPTS
-        )))
+        };
+        super::compare_and_set(pec_id, f, read, write).await
     }
 
     async fn ping(&self) -> Result<(), StateError> {
