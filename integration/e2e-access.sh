@@ -12,6 +12,8 @@
 #       non-accettazione, -> anna (upa) accepted
 #   (5) redis only: redis down -> 4xx at end of DATA and nothing delivered; redis back, the
 #       very same message (same Message-ID) -> exactly one envelope and one accettazione
+#   (6) embedded only: a 30 MB 8-bit original through the spool -> the envelope verifies and
+#       carries it byte for byte, the spool directory is empty afterwards
 # Env: BACKENDS="embedded redis" (default), PEC_MILTER_BIN (default target/debug/pec-milter),
 # KEEP=1 keeps the work dir. Prints "N passed, N failed" last; exit 1 if anything failed.
 set -uo pipefail
@@ -234,6 +236,46 @@ run_backend() {
     [ -n "$ENV" ] && ok "[$BACKEND] (5) anna's is a posta-certificata" kind_is "$ENV" posta-certificata
     [ -n "$ENV" ] && ok "[$BACKEND] (5) carrying the original" postacert_body_has "$ENV" "body-$TOK"
     [ -n "$RCPT" ] && ok "[$BACKEND] (5) mario's is an accettazione" kind_is "$RCPT" accettazione
+  fi
+
+  # ---- (6) embedded only: a 30 MB original (8-bit text) through the spool: the body goes to
+  # disk as Postfix sends it, the envelope is written to a spool file and sent back in 64 KiB
+  # pieces. anna's envelope verifies and carries the original byte for byte; nothing is left
+  # in the spool directory. The memory high-water mark is logged (BENCHMARKS.md measures it).
+  if [ "$BACKEND" = embedded ]; then
+    TOK=s6-$BACKEND-$RANDOM$RANDOM
+    mark "$MARIO_MD" "$ANNA_MD"
+    python3 - "$O/6.eml" "$MARIO" "$ANNA" "$TOK" <<'PY'
+import sys
+path, mario, anna, tok = sys.argv[1:5]
+line = "riga %07d: città, perché, più — un messaggio grande\r\n"
+with open(path, "wb") as f:
+    f.write(("From: <%s>\r\nTo: <%s>\r\nSubject: scenario 6 %s\r\nMessage-ID: <%s@pec.demo.test>\r\n"
+             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+             "Content-Transfer-Encoding: 8bit\r\n\r\n" % (mario, anna, tok, tok)).encode())
+    n = 0
+    while f.tell() < 30 * 1024 * 1024:
+        f.write((line % n).encode()); n += 1
+    f.write(("end-%s\r\n" % tok).encode())
+PY
+    swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/6.eml" > "$O/6.txt" 2>&1
+    ok "[$BACKEND] (6) 30 MB submission accepted (250 at end of DATA)" eod_is "$O/6.txt" '^<- +250 '
+    ok "[$BACKEND] (6) anna gets exactly one message" expect_new "$ANNA_MD" 1
+    ok "[$BACKEND] (6) mario gets exactly one message (accettazione)" expect_new "$MARIO_MD" 1
+    ENV=$(new_files "$ANNA_MD" | head -1)
+    if [ -n "$ENV" ]; then
+      ok "[$BACKEND] (6) envelope: openssl cms -verify accepts it" cms_ok "$ENV"
+      ok "[$BACKEND] (6) envelope: inspect kind = posta-certificata" kind_is "$ENV" posta-certificata
+      ok "[$BACKEND] (6) envelope carries the 30 MB body byte for byte" python3 -c '
+import sys
+orig = open(sys.argv[1], "rb").read().split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")
+env = open(sys.argv[2], "rb").read().replace(b"\r\n", b"\n")
+sys.exit(0 if orig.rstrip(b"\n") in env else 1)' "$O/6.eml" "$ENV"
+    else
+      fail "[$BACKEND] (6) envelope checks (no envelope)"
+    fi
+    ok "[$BACKEND] (6) nothing left in the spool directory" test -z "$(ls -A "$DIR/spool")"
+    _log "[$BACKEND] (6) pec-milter $(grep VmHWM "/proc/$(cat "$DIR/pec-milter.pid")/status" | tr -s ' \t' ' ') after the 30 MB message"
   fi
 
   # ---- teardown of this backend (the cleanup stack would do it too; here it is checked)
