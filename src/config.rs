@@ -94,18 +94,26 @@ impl Default for ProviderConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SigningBackend {
+    /// Key and certificate in PEM files (`key`, `cert`).
     Pem,
+    /// Key in a PKCS#11 token (HSM), see `[signing.pkcs11]`.
+    Pkcs11,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SigningConfig {
     pub backend: SigningBackend,
+    /// PEM backend: the private key file.
     pub key: PathBuf,
+    /// PEM backend: the certificate file (optionally followed by its chain).
     pub cert: PathBuf,
+    /// Intermediate CA certificates to include in signatures (both backends).
     pub chain: Option<PathBuf>,
-    /// Create a demo CA and provider certificate when the files are missing.
+    /// PEM backend: create a demo CA and provider certificate when the files are missing.
     pub init_demo: bool,
+    /// `backend = "pkcs11"`: the token holding the key.
+    pub pkcs11: Option<Pkcs11Config>,
 }
 
 impl Default for SigningConfig {
@@ -116,8 +124,58 @@ impl Default for SigningConfig {
             cert: "/var/lib/pec-milter/demo/provider.crt".into(),
             chain: None,
             init_demo: true,
+            pkcs11: None,
         }
     }
+}
+
+/// `[signing.pkcs11]`: the provider key in an HSM. The PIN itself is never
+/// here: only where to read it (`pin_file` or `pin_env`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pkcs11Config {
+    /// The PKCS#11 module (shared library), e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: PathBuf,
+    /// The token's label (slot ids may change; labels do not).
+    pub token_label: String,
+    /// CKA_LABEL of the private key.
+    pub key_label: Option<String>,
+    /// CKA_ID of the private key, hex (e.g. "01").
+    pub key_id: Option<String>,
+    /// A file holding the user PIN (one line; mode 0600).
+    pub pin_file: Option<PathBuf>,
+    /// The name of an environment variable holding the user PIN.
+    pub pin_env: Option<String>,
+    /// The certificate (PEM); absent: the certificate object on the token
+    /// with the key's CKA_ID (or its label).
+    pub cert_file: Option<PathBuf>,
+    /// Logged-in sessions kept open; 0 = one per worker thread.
+    pub pool_size: usize,
+}
+
+impl Pkcs11Config {
+    /// `key_id` decoded from hex (`None` when absent or not hex).
+    pub fn key_id_bytes(&self) -> Option<Vec<u8>> {
+        self.key_id.as_deref().and_then(decode_hex)
+    }
+}
+
+/// Hex (upper or lower case, optional `:` separators, optional `0x`) to bytes.
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let t = s.trim();
+    let t = t.strip_prefix("0x").unwrap_or(t);
+    let digits: Vec<u8> = t.bytes().filter(|b| *b != b':').collect();
+    if digits.is_empty() || !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|p| {
+            let hi = (p[0] as char).to_digit(16)?;
+            let lo = (p[1] as char).to_digit(16)?;
+            u8::try_from(hi * 16 + lo).ok()
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -507,6 +565,80 @@ impl Config {
         if self.state.backend == StateBackend::Redis && !self.state.url.starts_with("redis") {
             return Err(invalid("state.url", "must be a redis:// or rediss:// URL"));
         }
+        self.check_pkcs11(path)
+    }
+
+    /// `[signing.pkcs11]` when `backend = "pkcs11"` (ignored otherwise, so
+    /// that switching back to PEM is one line).
+    fn check_pkcs11(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason: reason.to_string(),
+        };
+        if self.signing.backend != SigningBackend::Pkcs11 {
+            return Ok(());
+        }
+        let Some(p) = &self.signing.pkcs11 else {
+            return Err(invalid(
+                "signing.pkcs11",
+                "backend = \"pkcs11\" needs a [signing.pkcs11] table (module, token_label, key_label or key_id, pin_file or pin_env)",
+            ));
+        };
+        if p.module.as_os_str().is_empty() {
+            return Err(invalid(
+                "signing.pkcs11.module",
+                "name the PKCS#11 module, e.g. \"/usr/lib/softhsm/libsofthsm2.so\"",
+            ));
+        }
+        if p.token_label.trim().is_empty() {
+            return Err(invalid("signing.pkcs11.token_label", "must not be empty"));
+        }
+        if p.token_label.len() > 32 {
+            return Err(invalid(
+                "signing.pkcs11.token_label",
+                "a PKCS#11 token label has at most 32 bytes",
+            ));
+        }
+        match (&p.key_label, &p.key_id) {
+            (None, None) => {
+                return Err(invalid(
+                    "signing.pkcs11.key_label",
+                    "give key_label or key_id (or both) to find the private key",
+                ));
+            }
+            (Some(l), _) if l.is_empty() => {
+                return Err(invalid("signing.pkcs11.key_label", "must not be empty"));
+            }
+            (_, Some(id)) if decode_hex(id).is_none() => {
+                return Err(invalid(
+                    "signing.pkcs11.key_id",
+                    &format!("{id:?} is not hex bytes (e.g. \"01\" or \"a1b2\")"),
+                ));
+            }
+            _ => {}
+        }
+        match (&p.pin_file, &p.pin_env) {
+            (None, None) => {
+                return Err(invalid(
+                    "signing.pkcs11.pin_file",
+                    "give pin_file or pin_env (the PIN itself never goes in the configuration)",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "signing.pkcs11.pin_env",
+                    "give pin_file or pin_env, not both",
+                ));
+            }
+            (None, Some(v)) if v.is_empty() || v.contains('=') || v.contains('\0') => {
+                return Err(invalid(
+                    "signing.pkcs11.pin_env",
+                    "must be the name of an environment variable",
+                ));
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -631,6 +763,60 @@ mod tests {
         let e = Config::parse("[provider]\ndomain = \"a@b\"\n", Path::new("x.toml"))
             .expect_err("invalid");
         assert!(e.to_string().contains("provider.domain"));
+    }
+
+    #[test]
+    fn pkcs11_signing_is_config_only_and_errors_name_the_key() {
+        let base = "[signing]\nbackend = \"pkcs11\"\n\n[signing.pkcs11]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"pec\"\n";
+        let ok = format!(
+            "{base}key_label = \"pec-sign\"\nkey_id = \"0A:1b\"\npin_file = \"/etc/pec-milter/pin\"\n"
+        );
+        let cfg = Config::parse(&ok, Path::new("x.toml")).expect("parses");
+        assert_eq!(cfg.signing.backend, SigningBackend::Pkcs11);
+        let p = cfg.signing.pkcs11.as_ref().expect("table");
+        assert_eq!(p.key_id_bytes(), Some(vec![0x0a, 0x1b]));
+        assert_eq!(p.pool_size, 0);
+        assert_eq!(p.cert_file, None);
+        // The same table with backend = "pem" is accepted and ignored.
+        let pem = ok.replace("backend = \"pkcs11\"", "backend = \"pem\"");
+        assert!(Config::parse(&pem, Path::new("x.toml")).is_ok());
+
+        let err = |text: &str| {
+            Config::parse(text, Path::new("x.toml"))
+                .expect_err("invalid")
+                .to_string()
+        };
+        let e = err("[signing]\nbackend = \"pkcs11\"\n");
+        assert!(e.contains("`signing.pkcs11`"), "{e}");
+        let e = err(&format!("{base}pin_file = \"/p\"\n"));
+        assert!(e.contains("signing.pkcs11.key_label"), "{e}");
+        let e = err(&format!("{base}key_id = \"xyz\"\npin_file = \"/p\"\n"));
+        assert!(
+            e.contains("signing.pkcs11.key_id") && e.contains("xyz"),
+            "{e}"
+        );
+        let e = err(&format!("{base}key_id = \"01\"\n"));
+        assert!(e.contains("signing.pkcs11.pin_file"), "{e}");
+        let e = err(&format!(
+            "{base}key_id = \"01\"\npin_file = \"/p\"\npin_env = \"PIN\"\n"
+        ));
+        assert!(e.contains("signing.pkcs11.pin_env"), "{e}");
+        let e = err(&format!("{base}key_id = \"01\"\npin = \"1234\"\n"));
+        assert!(e.contains("pin") && e.contains("line"), "{e}");
+        let e = err(&ok.replace("token_label = \"pec\"", "token_label = \"\""));
+        assert!(e.contains("signing.pkcs11.token_label"), "{e}");
+        let e = err(&ok.replace("module = \"/usr/lib/softhsm/libsofthsm2.so\"\n", ""));
+        assert!(e.contains("signing.pkcs11.module"), "{e}");
+    }
+
+    #[test]
+    fn hex_key_ids() {
+        assert_eq!(decode_hex("01"), Some(vec![1]));
+        assert_eq!(decode_hex("0xA1b2"), Some(vec![0xa1, 0xb2]));
+        assert_eq!(decode_hex("a1:b2"), Some(vec![0xa1, 0xb2]));
+        assert_eq!(decode_hex("1"), None);
+        assert_eq!(decode_hex(""), None);
+        assert_eq!(decode_hex("zz"), None);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use crate::access::{AccessPoint, Injector, RecipientDirectory, Scanner, StaticDirectory, Verdict};
 use crate::av::{Clamd, ClamdAddress, ScanVerdict};
 use crate::config::MailboxStoreKind;
-use crate::config::{Config, IndexSourceKind, StateBackend, VerifyTime};
+use crate::config::{Config, IndexSourceKind, SigningBackend, StateBackend, VerifyTime};
 use crate::crypto::pem::PemKey;
+use crate::crypto::pkcs11::{PinSource, Pkcs11Key, Pkcs11Options};
 use crate::crypto::pki::Pki;
 use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{CryptoError, SigningKey};
@@ -34,6 +35,8 @@ use crate::timers::{Tracker, TrackerConfig};
 pub enum DaemonError {
     #[error("signing key: {0}")]
     Key(#[from] CryptoError),
+    #[error("configuration: {0}")]
+    Pkcs11Config(String),
     #[error("cannot write the demo identity in {path}: {source}")]
     Demo {
         path: String,
@@ -178,17 +181,76 @@ pub fn init_demo(cfg: &Config) -> Result<bool, DaemonError> {
     Ok(true)
 }
 
-/// Load the signing key named by the configuration.
-pub fn load_key(cfg: &Config) -> Result<Arc<dyn SigningKey>, DaemonError> {
-    if cfg.signing.init_demo {
-        init_demo(cfg)?;
+/// Worker threads of the runtime: `[milter] workers`, 0 = number of CPUs.
+pub fn worker_threads(cfg: &Config) -> usize {
+    if cfg.milter.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        cfg.milter.workers
     }
-    let key = PemKey::from_files(
-        &cfg.signing.key,
-        &cfg.signing.cert,
-        cfg.signing.chain.as_deref(),
-    )?;
-    Ok(Arc::new(key))
+}
+
+/// The PKCS#11 options of `[signing.pkcs11]` (checked by `Config::load`).
+/// `pool_size = 0` becomes one session per worker thread.
+pub fn pkcs11_options(cfg: &Config) -> Result<Pkcs11Options, DaemonError> {
+    let Some(p) = &cfg.signing.pkcs11 else {
+        return Err(DaemonError::Pkcs11Config(
+            "signing.pkcs11: backend = \"pkcs11\" needs a [signing.pkcs11] table".into(),
+        ));
+    };
+    let pin = match (&p.pin_file, &p.pin_env) {
+        (Some(f), _) => PinSource::File(f.clone()),
+        (None, Some(v)) => PinSource::Env(v.clone()),
+        (None, None) => {
+            return Err(DaemonError::Pkcs11Config(
+                "signing.pkcs11.pin_file: give pin_file or pin_env".into(),
+            ));
+        }
+    };
+    let mut opts = Pkcs11Options::new(p.module.clone(), p.token_label.clone(), pin);
+    opts.key_label = p.key_label.clone();
+    opts.key_id = match &p.key_id {
+        Some(id) => Some(p.key_id_bytes().ok_or_else(|| {
+            DaemonError::Pkcs11Config(format!("signing.pkcs11.key_id: {id:?} is not hex"))
+        })?),
+        None => None,
+    };
+    opts.cert_file = p.cert_file.clone();
+    opts.chain_file = cfg.signing.chain.clone();
+    opts.pool_size = if p.pool_size == 0 {
+        worker_threads(cfg)
+    } else {
+        p.pool_size
+    };
+    Ok(opts)
+}
+
+/// Load the signing key named by the configuration: PEM files (creating the
+/// demo identity first when `init_demo` says so) or a PKCS#11 token.
+///
+/// A PKCS#11 key that cannot be used now (module, token, PIN, key,
+/// certificate, test signature) is an error here: the daemon refuses to
+/// start with a broken HSM configuration. Once running, a token that goes
+/// away makes signatures fail (4xx to the MTA) until it is back.
+pub fn load_key(cfg: &Config) -> Result<Arc<dyn SigningKey>, DaemonError> {
+    match cfg.signing.backend {
+        SigningBackend::Pem => {
+            if cfg.signing.init_demo {
+                init_demo(cfg)?;
+            }
+            let key = PemKey::from_files(
+                &cfg.signing.key,
+                &cfg.signing.cert,
+                cfg.signing.chain.as_deref(),
+            )?;
+            Ok(Arc::new(key))
+        }
+        SigningBackend::Pkcs11 => {
+            let opts = pkcs11_options(cfg)?;
+            let key = Pkcs11Key::open(opts).map_err(CryptoError::from)?;
+            Ok(Arc::new(key))
+        }
+    }
 }
 
 /// Open the configured state store.

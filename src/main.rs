@@ -52,6 +52,23 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Open the PKCS#11 token of [signing.pkcs11], find key and certificate,
+    /// make a test signature and verify it with the certificate's public
+    /// key. Exit 0 when all holds; 1 with the cause otherwise.
+    HsmCheck {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Benchmark: COUNT CMS signatures with the configured key (PEM or
+    /// PKCS#11), from THREADS threads; prints signatures per second.
+    BenchSign {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+    },
     /// QA tool: wrap a message in a signed busta di trasporto as the given
     /// provider would (facts from its header fields), print it to stdout.
     Envelope {
@@ -161,11 +178,7 @@ fn run() -> Result<ExitCode> {
         Command::Run { config } => {
             init_logging();
             let cfg = Config::load(&config)?;
-            let workers = if cfg.milter.workers == 0 {
-                std::thread::available_parallelism().map_or(2, |n| n.get())
-            } else {
-                cfg.milter.workers
-            };
+            let workers = daemon::worker_threads(&cfg);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)
                 .enable_all()
@@ -231,6 +244,20 @@ fn run() -> Result<ExitCode> {
             };
             print!("{}", pec_milter::index::ldif::write(&[entry]));
             Ok(ExitCode::SUCCESS)
+        }
+        Command::HsmCheck { config } => {
+            init_logging_to("warn");
+            let cfg = Config::load(&config)?;
+            Ok(hsm_check(&cfg))
+        }
+        Command::BenchSign {
+            config,
+            threads,
+            count,
+        } => {
+            init_logging_to("warn");
+            let cfg = Config::load(&config)?;
+            bench_sign(&cfg, threads, count)
         }
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
@@ -349,9 +376,139 @@ fn qa_envelope(
     Ok(built.to_bytes())
 }
 
+/// `pec-milter hsm-check`: open the token as the daemon would (pool of
+/// one), report what was found, sign and verify. The cause of a failure is
+/// printed in plain words; the exit status is 1.
+fn hsm_check(cfg: &Config) -> ExitCode {
+    use pec_milter::config::SigningBackend;
+    use pec_milter::crypto::{DigestAlg, Pkcs11Key};
+    if cfg.signing.backend != SigningBackend::Pkcs11 {
+        eprintln!(
+            "hsm-check: [signing] backend is \"pem\": nothing to check (set backend = \"pkcs11\" and a [signing.pkcs11] table)"
+        );
+        return ExitCode::from(1);
+    }
+    let mut opts = match daemon::pkcs11_options(cfg) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("hsm-check: FAILED: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let pool = opts.pool_size;
+    opts.pool_size = 1;
+    println!("module     {}", opts.module.display());
+    println!("token      label {:?}", opts.token_label);
+    println!("key        {}", opts.key_description());
+    println!("PIN        from {}", opts.pin.describe());
+    let key = match Pkcs11Key::open(opts) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("hsm-check: FAILED: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let i = key.info();
+    println!("library    {}", i.library);
+    println!("slot       {} ({})", i.slot_id, i.token);
+    println!("login      ok");
+    println!(
+        "key found  RSA-{} label {:?} id {}",
+        i.key_bits, i.key_label, i.key_id
+    );
+    println!("cert       {} (from {})", i.cert_subject, i.cert_origin);
+    println!(
+        "issuer     {}; valid until {}",
+        i.cert_issuer, i.cert_not_after
+    );
+    println!("match      the key on the token is the certificate's key");
+    println!("mechanism  {}", i.mechanism);
+    for alg in [DigestAlg::Sha256, DigestAlg::Sha1] {
+        match key.self_test(alg) {
+            Ok(took) => println!(
+                "signature  {alg}: made by the token, verified with the certificate's public key ({:.1} ms)",
+                took.as_secs_f64() * 1000.0
+            ),
+            Err(e) => {
+                eprintln!("hsm-check: FAILED: test signature ({alg}): {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let now = std::time::SystemTime::now();
+    match pec_milter::crypto::sign_content(&key, DigestAlg::Sha256, b"hsm-check\r\n", now) {
+        Ok(cms) => println!("cms        detached SignedData of {} bytes", cms.len()),
+        Err(e) => {
+            eprintln!("hsm-check: FAILED: CMS signature: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    println!("OK: the daemon can sign with this token (pool_size {pool} in `run`)");
+    ExitCode::SUCCESS
+}
+
+/// `pec-milter bench-sign`: `count` CMS signatures of a 1 KiB content from
+/// `threads` threads with the configured key; one line of results.
+fn bench_sign(cfg: &Config, threads: usize, count: usize) -> Result<ExitCode> {
+    use pec_milter::crypto::DigestAlg;
+    let threads = threads.max(1);
+    let key = daemon::load_key(cfg)?;
+    let content = vec![b'x'; 1024];
+    let now = std::time::SystemTime::now();
+    // warm-up: one signature per thread
+    pec_milter::crypto::sign_content(key.as_ref(), DigestAlg::Sha256, &content, now)?;
+    let per = count.div_ceil(threads);
+    let t = std::time::Instant::now();
+    let done: Result<usize> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let key = key.clone();
+                let content = &content;
+                s.spawn(move || -> Result<usize> {
+                    for _ in 0..per {
+                        pec_milter::crypto::sign_content(
+                            key.as_ref(),
+                            DigestAlg::Sha256,
+                            content,
+                            now,
+                        )?;
+                    }
+                    Ok(per)
+                })
+            })
+            .collect();
+        let mut n = 0;
+        for h in handles {
+            n += h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))??;
+        }
+        Ok(n)
+    });
+    let n = done?;
+    let secs = t.elapsed().as_secs_f64();
+    let backend = match cfg.signing.backend {
+        pec_milter::config::SigningBackend::Pem => "pem",
+        pec_milter::config::SigningBackend::Pkcs11 => "pkcs11",
+    };
+    let pool = match cfg.signing.backend {
+        pec_milter::config::SigningBackend::Pkcs11 => daemon::pkcs11_options(cfg)?.pool_size,
+        pec_milter::config::SigningBackend::Pem => 0,
+    };
+    println!(
+        "backend={backend} pool={pool} threads={threads} signatures={n} seconds={secs:.3} per_second={:.1}",
+        n as f64 / secs
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn init_logging() {
+    init_logging_to("info");
+}
+
+fn init_logging_to(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PEC_MILTER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,7 +1,7 @@
 //! The provider's signing key and S/MIME (CMS) signing and verification.
 //!
-//! - [`SigningKey`]: the only thing signing code relies on (a PEM backend
-//!   lives in [`pem`], a PKCS#11 one may follow).
+//! - [`SigningKey`]: the only thing signing code relies on: a PEM backend
+//!   in [`pem`], a PKCS#11 (HSM) backend in [`pkcs11`].
 //! - [`cms_sign`]: assembles a detached CMS `SignedData` from DER types, so
 //!   that the private key is only ever asked to sign the signed attributes.
 //! - [`verify`]: verification of detached CMS/PKCS#7 signatures with OpenSSL.
@@ -16,11 +16,13 @@ use openssl::hash::{Hasher, MessageDigest};
 
 pub mod cms_sign;
 pub mod pem;
+pub mod pkcs11;
 pub mod pki;
 pub mod verify;
 
 pub use cms_sign::{sign_content, sign_detached};
 pub use pem::PemKey;
+pub use pkcs11::{Pkcs11Error, Pkcs11Key, Pkcs11Options};
 pub use pki::Pki;
 pub use verify::{SignatureReport, SignatureStatus, TrustStore, VerifyAt, verify_detached};
 
@@ -68,6 +70,9 @@ pub enum CryptoError {
     /// An unknown digest algorithm name.
     #[error("unknown digest algorithm {0:?} (expected sha1 or sha256)")]
     UnknownDigest(String),
+    /// The PKCS#11 backend (module, token, PIN, key, certificate, signature).
+    #[error("PKCS#11: {0}")]
+    Pkcs11(#[from] pkcs11::Pkcs11Error),
 }
 
 /// A digest algorithm usable for PEC signatures.
@@ -230,8 +235,8 @@ pub enum KeyKind {
     Ec,
 }
 
-/// The provider's signing key. A PKCS#11 backend comes later, so this is the
-/// only thing signing code may rely on.
+/// The provider's signing key (PEM file or PKCS#11 token): the only thing
+/// signing code may rely on. `sign` may block (an HSM round trip).
 pub trait SigningKey: Send + Sync {
     /// DER of the signer certificate.
     fn certificate_der(&self) -> &[u8];
