@@ -14,6 +14,15 @@
 //! retries. If the receipt cannot be injected right away, it is kept in an
 //! outbox on disk and retried: the message is already in the mailbox, so
 //! answering 4xx would deliver it twice.
+//!
+//! The signature is the one dependency a receipt cannot do without: before
+//! a busta di trasporto is stored, the key makes a probe signature, and
+//! when it cannot (HSM gone, token locked) every recipient gets 4xx and
+//! nothing is stored (Postfix retries). Should the key fail in the instant
+//! between that probe and the receipt, the facts of the receipt (the
+//! envelope, the recipient, the outcome, the time) are kept in the outbox
+//! as `<id>.pending` and the receipt is signed and sent by a later outbox
+//! pass: never lost, never unsigned.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,12 +78,61 @@ fn errore_of(enhanced: &str) -> Errore {
     }
 }
 
+/// A receipt ready to leave.
+struct Built {
+    message_id: String,
+    to: String,
+    tipo: crate::pec::Tipo,
+    bytes: Vec<u8>,
+}
+
+/// The once-only key of the receipt about (`pec_id`, `rcpt`).
+fn once_key(pec_id: &str, rcpt: &str) -> String {
+    format!(
+        "consegna:{}",
+        hex(&crypto::digest(
+            DigestAlg::Sha256,
+            format!("{pec_id}\0{}", rcpt.to_ascii_lowercase()).as_bytes()
+        ))
+    )
+}
+
+/// Outbox entries whose receipt still has to be signed.
+const PENDING: &str = "pending";
+
 impl DeliveryPoint {
+    /// Can the key sign now? A probe signature, off the async workers.
+    async fn can_sign(&self) -> Result<(), String> {
+        let (key, digest) = (Arc::clone(&self.key), self.digest);
+        tokio::task::spawn_blocking(move || {
+            key.sign(digest, b"pec-milter delivery point: signing probe")
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("signing task failed: {e}"))?
+    }
+
     /// Deliver and issue the receipts; one LMTP reply line per recipient.
     pub async fn handle(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Vec<String> {
         let now = Utc::now();
-        let outcomes = self.store.deliver(mail_from, rcpts, message).await;
         let msg = reader::read(message).ok();
+        if msg
+            .as_ref()
+            .is_some_and(|m| m.kind == MessageKind::BustaTrasporto)
+            && let Err(e) = self.can_sign().await
+        {
+            tracing::warn!(error = %e, recipients = rcpts.len(),
+                "delivery: the key cannot sign receipts now: nothing stored, 4xx");
+            return rcpts
+                .iter()
+                .map(|_| {
+                    "451 4.3.0 PEC signing unavailable, receipt cannot be issued: try again later"
+                        .to_string()
+                })
+                .collect();
+        }
+        let outcomes = self.store.deliver(mail_from, rcpts, message).await;
         let mut replies = Vec::with_capacity(rcpts.len());
         for (i, rcpt) in rcpts.iter().enumerate() {
             let outcome = outcomes.get(i).cloned().unwrap_or(RcptOutcome::Temporary {
@@ -126,35 +184,10 @@ impl DeliveryPoint {
         let Some(Ok(d)) = &msg.daticert else {
             return false;
         };
-        let tx = Transaction::from_daticert(d);
-        let ricevuta = match outcome {
-            RcptOutcome::Delivered => {
-                let asked = msg.tipo_ricevuta.or(d.ricevuta).unwrap_or_default();
-                let tipo = receipt_variant(asked, is_primary(raw, rcpt));
-                Ricevuta::AvvenutaConsegna {
-                    consegna: rcpt.to_string(),
-                    tipo,
-                    original: msg.postacert.as_deref().unwrap_or_default(),
-                }
-            }
-            RcptOutcome::Permanent {
-                code,
-                enhanced,
-                text,
-            } => Ricevuta::ErroreConsegna {
-                consegna: rcpt.to_string(),
-                errore: errore_of(enhanced),
-                errore_esteso: format!("{code} {enhanced} - {} - {text}", self.provider.name),
-            },
-            RcptOutcome::Temporary { .. } => return false,
-        };
-        let key = format!(
-            "consegna:{}",
-            hex(&crypto::digest(
-                DigestAlg::Sha256,
-                format!("{}\0{}", d.identificativo, rcpt.to_ascii_lowercase()).as_bytes()
-            ))
-        );
+        if matches!(outcome, RcptOutcome::Temporary { .. }) {
+            return false;
+        }
+        let key = once_key(&d.identificativo, rcpt);
         let sent = match self
             .state
             .claim(
@@ -179,8 +212,66 @@ impl DeliveryPoint {
             tracing::info!(pec_id = %d.identificativo, recipient = %rcpt, "receipt already issued: not again");
             return true;
         }
+        let built = match self.build(msg, raw, rcpt, outcome, now) {
+            Ok(Some(b)) => b,
+            Ok(None) => return false,
+            Err(e) => {
+                // The probe signed a moment ago: keep the facts, sign later.
+                tracing::error!(error = %e, pec_id = %d.identificativo, recipient = %rcpt,
+                    "receipt could not be signed: its facts are kept in the outbox, signed and sent later");
+                if let Err(e) =
+                    pending_put(&self.outbox, &d.identificativo, rcpt, outcome, now, raw)
+                {
+                    tracing::error!(error = %e, pec_id = %d.identificativo, recipient = %rcpt,
+                        "receipt facts could not be kept in the outbox: RECEIPT LOST");
+                    return false;
+                }
+                return true;
+            }
+        };
+        self.send(&key, &d.identificativo, rcpt, built).await
+    }
+
+    /// The receipt for `rcpt` after `outcome`, built and signed; `None`
+    /// when none is due (not a busta di trasporto, temporary failure).
+    fn build(
+        &self,
+        msg: &PecMessage,
+        raw: &[u8],
+        rcpt: &str,
+        outcome: &RcptOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Built>, crate::pec::build::BuildError> {
+        if msg.kind != MessageKind::BustaTrasporto {
+            return Ok(None);
+        }
+        let Some(Ok(d)) = &msg.daticert else {
+            return Ok(None);
+        };
+        let tx = Transaction::from_daticert(d);
+        let ricevuta = match outcome {
+            RcptOutcome::Delivered => {
+                let asked = msg.tipo_ricevuta.or(d.ricevuta).unwrap_or_default();
+                let tipo = receipt_variant(asked, is_primary(raw, rcpt));
+                Ricevuta::AvvenutaConsegna {
+                    consegna: rcpt.to_string(),
+                    tipo,
+                    original: msg.postacert.as_deref().unwrap_or_default(),
+                }
+            }
+            RcptOutcome::Permanent {
+                code,
+                enhanced,
+                text,
+            } => Ricevuta::ErroreConsegna {
+                consegna: rcpt.to_string(),
+                errore: errore_of(enhanced),
+                errore_esteso: format!("{code} {enhanced} - {} - {text}", self.provider.name),
+            },
+            RcptOutcome::Temporary { .. } => return Ok(None),
+        };
         let local = d.identificativo.split('@').next().unwrap_or("id");
-        let id = format!(
+        let message_id = format!(
             "{}.{local}.{}@{}",
             ricevuta.tipo(),
             hex(&crypto::digest(
@@ -195,51 +286,103 @@ impl DeliveryPoint {
             key: self.key.as_ref(),
             digest: self.digest,
         };
-        let built = match build_ricevuta(
+        let bytes = build_ricevuta(
             &self.provider,
             &tx,
             &ricevuta,
             &Emission {
                 time: now,
-                message_id: id.clone(),
+                message_id: message_id.clone(),
             },
             signer,
-        ) {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                tracing::error!(error = %e, pec_id = %d.identificativo, recipient = %rcpt, "receipt could not be signed: kept for retry is impossible without a signature; logged");
-                return false;
-            }
-        };
-        let to = vec![tx.mittente.clone()];
+        )?
+        .to_bytes();
+        Ok(Some(Built {
+            message_id,
+            to: tx.mittente,
+            tipo: ricevuta.tipo(),
+            bytes,
+        }))
+    }
+
+    /// Inject a built receipt (into the outbox when that fails) and mark it
+    /// sent. `false` when it could be neither sent nor kept.
+    async fn send(&self, key: &str, pec_id: &str, rcpt: &str, b: Built) -> bool {
+        let to = vec![b.to.clone()];
         match self
             .injector
-            .inject(&self.provider.service_address(), &to, &built)
+            .inject(&self.provider.service_address(), &to, &b.bytes)
             .await
         {
             Ok(()) => {
-                tracing::info!(pec_id = %d.identificativo, recipient = %rcpt, kind = %ricevuta.tipo(), message_id = %id, to = %tx.mittente, "receipt injected");
+                tracing::info!(pec_id = %pec_id, recipient = %rcpt, kind = %b.tipo, message_id = %b.message_id, to = %b.to, "receipt injected");
             }
             Err(e) => {
-                tracing::warn!(error = %e, pec_id = %d.identificativo, "receipt injection failed: kept in the outbox");
-                if let Err(e) = outbox_put(&self.outbox, &id, &to[0], &built) {
-                    tracing::error!(error = %e, pec_id = %d.identificativo, "receipt could not be kept in the outbox");
+                tracing::warn!(error = %e, pec_id = %pec_id, "receipt injection failed: kept in the outbox");
+                if let Err(e) = outbox_put(&self.outbox, &b.message_id, &b.to, &b.bytes) {
+                    tracing::error!(error = %e, pec_id = %pec_id, "receipt could not be kept in the outbox");
                     return false;
                 }
             }
         }
-        if let Err(e) = self.state.mark_receipt_sent(&key).await {
+        if let Err(e) = self.state.mark_receipt_sent(key).await {
             tracing::warn!(error = %e, "receipt sent but not marked");
         }
         true
     }
 
-    /// Retry the receipts kept in the outbox; returns how many left.
-    pub async fn flush_outbox(&self) -> usize {
+    /// Sign and send the receipts whose facts wait in the outbox
+    /// (`*.pending`); returns how many left it.
+    async fn flush_pending(&self) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.outbox) else {
             return 0;
         };
-        let mut sent = 0;
+        let mut done = 0;
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != PENDING) {
+                continue;
+            }
+            let Ok(data) = std::fs::read(&p) else {
+                continue;
+            };
+            let Some(f) = pending_parse(&data) else {
+                tracing::error!(file = %p.display(), "unreadable pending receipt in the outbox: left for the administrator");
+                continue;
+            };
+            let Ok(msg) = reader::read(f.raw) else {
+                tracing::error!(file = %p.display(), "pending receipt: the envelope no longer parses: left for the administrator");
+                continue;
+            };
+            match self.build(&msg, f.raw, &f.rcpt, &f.outcome, f.time) {
+                Ok(Some(b)) => {
+                    if self
+                        .send(&once_key(&f.pec_id, &f.rcpt), &f.pec_id, &f.rcpt, b)
+                        .await
+                    {
+                        let _ = std::fs::remove_file(&p);
+                        done += 1;
+                        tracing::info!(file = %p.display(), pec_id = %f.pec_id, recipient = %f.rcpt, "pending receipt signed and sent");
+                    }
+                }
+                Ok(None) => {
+                    let _ = std::fs::remove_file(&p);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %p.display(), "pending receipt still cannot be signed: retried later");
+                }
+            }
+        }
+        done
+    }
+
+    /// Retry the receipts kept in the outbox (signed ones and pending
+    /// ones); returns how many left.
+    pub async fn flush_outbox(&self) -> usize {
+        let mut sent = self.flush_pending().await;
+        let Ok(entries) = std::fs::read_dir(&self.outbox) else {
+            return sent;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.extension().is_none_or(|x| x != "eml") {
@@ -270,6 +413,111 @@ impl DeliveryPoint {
         }
         sent
     }
+}
+
+/// The facts of a receipt to sign later.
+struct Pending<'a> {
+    pec_id: String,
+    rcpt: String,
+    time: DateTime<Utc>,
+    outcome: RcptOutcome,
+    raw: &'a [u8],
+}
+
+/// One line of text for a header of the pending file.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Keep the facts of a receipt in `dir/<pec id>.<rcpt hash>.pending`:
+/// `X-Pending-*` lines, an empty line, the envelope as delivered.
+fn pending_put(
+    dir: &std::path::Path,
+    pec_id: &str,
+    rcpt: &str,
+    outcome: &RcptOutcome,
+    time: DateTime<Utc>,
+    raw: &[u8],
+) -> std::io::Result<()> {
+    let outcome_line = match outcome {
+        RcptOutcome::Delivered => "delivered".to_string(),
+        RcptOutcome::Permanent {
+            code,
+            enhanced,
+            text,
+        } => format!("permanent {code} {} {}", one_line(enhanced), one_line(text)),
+        RcptOutcome::Temporary { .. } => return Ok(()),
+    };
+    let head = format!(
+        "X-Pending-Pec-Id: {}\r\nX-Pending-Rcpt: {}\r\nX-Pending-Time: {}\r\nX-Pending-Outcome: {outcome_line}\r\n\r\n",
+        one_line(pec_id),
+        one_line(rcpt),
+        time.timestamp()
+    );
+    let name = format!(
+        "{}.{}",
+        pec_id,
+        hex(&crypto::digest(
+            DigestAlg::Sha1,
+            rcpt.to_ascii_lowercase().as_bytes()
+        ))
+    );
+    let safe = crate::keep::safe_name(&name);
+    crate::keep::keep_sync(dir, &safe, &[head.as_bytes(), raw])?;
+    // keep_sync names it .eml; a pending entry is not a signed receipt
+    std::fs::rename(
+        dir.join(format!("{safe}.eml")),
+        dir.join(format!("{safe}.{PENDING}")),
+    )
+}
+
+fn pending_parse(data: &[u8]) -> Option<Pending<'_>> {
+    let sep = data.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&data[..sep]).ok()?;
+    let raw = &data[sep + 4..];
+    let mut pec_id = None;
+    let mut rcpt = None;
+    let mut time = None;
+    let mut outcome = None;
+    for line in head.split("\r\n") {
+        let (k, v) = line.split_once(": ")?;
+        match k {
+            "X-Pending-Pec-Id" => pec_id = Some(v.to_string()),
+            "X-Pending-Rcpt" => rcpt = Some(v.to_string()),
+            "X-Pending-Time" => {
+                time = v
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))
+            }
+            "X-Pending-Outcome" => {
+                outcome = if v == "delivered" {
+                    Some(RcptOutcome::Delivered)
+                } else {
+                    let rest = v.strip_prefix("permanent ")?;
+                    let mut it = rest.splitn(3, ' ');
+                    let code = it.next()?.parse().ok()?;
+                    let enhanced = it.next()?.to_string();
+                    let text = it.next().unwrap_or_default().to_string();
+                    Some(RcptOutcome::Permanent {
+                        code,
+                        enhanced,
+                        text,
+                    })
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Pending {
+        pec_id: pec_id?,
+        rcpt: rcpt?,
+        time: time?,
+        outcome: outcome?,
+        raw,
+    })
 }
 
 fn outbox_put(dir: &std::path::Path, id: &str, to: &str, message: &[u8]) -> std::io::Result<()> {

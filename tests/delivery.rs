@@ -210,3 +210,149 @@ async fn over_quota_gives_errore_consegna_and_a_failed_injection_waits_in_the_ou
             .contains("5.2.2")
     );
 }
+
+/// A key that signs like the real one, or fails (HSM gone): `left` is how
+/// many more signatures it makes before failing (negative: no limit).
+struct FlakyKey {
+    inner: pec_milter::crypto::PemKey,
+    left: std::sync::atomic::AtomicI64,
+}
+
+impl pec_milter::crypto::SigningKey for FlakyKey {
+    fn certificate_der(&self) -> &[u8] {
+        self.inner.certificate_der()
+    }
+    fn chain_der(&self) -> &[Vec<u8>] {
+        self.inner.chain_der()
+    }
+    fn sign(
+        &self,
+        digest: DigestAlg,
+        data: &[u8],
+    ) -> Result<Vec<u8>, pec_milter::crypto::CryptoError> {
+        use std::sync::atomic::Ordering;
+        if self.left.load(Ordering::SeqCst) == 0 {
+            return Err(pec_milter::crypto::CryptoError::Sign(
+                "token not present (test)".into(),
+            ));
+        }
+        self.left.fetch_sub(1, Ordering::SeqCst);
+        self.inner.sign(digest, data)
+    }
+}
+
+fn flaky_setup(dir: &std::path::Path, left: i64) -> (DeliveryPoint, Arc<Recorder>, Arc<FlakyKey>) {
+    let (mut dp, rec) = setup(dir);
+    let key = Arc::new(FlakyKey {
+        inner: pki().pki.signing_key().expect("key"),
+        left: std::sync::atomic::AtomicI64::new(left),
+    });
+    dp.key = key.clone();
+    (dp, rec, key)
+}
+
+fn stored(dir: &std::path::Path, user: &str) -> usize {
+    std::fs::read_dir(dir.join("mail/pec.other.test").join(user).join("new"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The key cannot sign (HSM gone): 4xx for every recipient and nothing
+/// stored, so Postfix retries; once it signs again, the retry delivers and
+/// the receipts leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_signature_no_delivery_then_the_retry_goes_through() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (dp, rec, key) = flaky_setup(dir.path(), 0);
+    let env = envelope(TipoRicevuta::Completa);
+    let r = dp
+        .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
+        .await;
+    assert_eq!(r.len(), 3);
+    assert!(r.iter().all(|l| l.starts_with("451 4.3.0")), "{r:?}");
+    assert_eq!(stored(dir.path(), "anna.bianchi"), 0);
+    assert_eq!(stored(dir.path(), "carlo"), 0);
+    assert!(rec.0.lock().map(|v| v.is_empty()).unwrap_or(false));
+
+    key.left.store(-1, std::sync::atomic::Ordering::SeqCst);
+    let r = dp
+        .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
+        .await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+    assert_eq!(stored(dir.path(), "anna.bianchi"), 1);
+    assert_eq!(rec.0.lock().map(|v| v.len()).unwrap_or(0), 3);
+}
+
+/// The key fails between the probe and the receipts: the messages are
+/// stored (250), the receipts' facts wait in the outbox, and the outbox
+/// pass signs and sends each exactly once when the key is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_failing_after_storage_keeps_the_receipts_pending_until_it_signs() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // one signature: the probe
+    let (dp, rec, key) = flaky_setup(dir.path(), 1);
+    let env = envelope(TipoRicevuta::Completa);
+    let r = dp
+        .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
+        .await;
+    assert!(r[0].starts_with("250 "), "{r:?}");
+    assert!(r[1].starts_with("250 "), "{r:?}");
+    assert!(
+        r[2].starts_with("250 2.0.0 not stored (550 5.1.1)"),
+        "{r:?}"
+    );
+    assert_eq!(stored(dir.path(), "anna.bianchi"), 1);
+    assert!(rec.0.lock().map(|v| v.is_empty()).unwrap_or(false));
+    let pending = || {
+        std::fs::read_dir(dir.path().join("outbox"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "pending"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(pending(), 3);
+    // still down: nothing leaves, nothing is dropped
+    assert_eq!(dp.flush_outbox().await, 0);
+    assert_eq!(pending(), 3);
+
+    key.left.store(-1, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(dp.flush_outbox().await, 3);
+    assert_eq!(pending(), 0);
+    assert_eq!(dp.flush_outbox().await, 0);
+    let sent = rec.0.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut kinds: Vec<(String, String)> = sent
+        .iter()
+        .map(|(_, to, m)| {
+            let i = inspect(m, &pki().trust, VerifyAt::Now).expect("inspect");
+            assert_eq!(i.signature.status, SignatureStatus::Valid);
+            assert_eq!(to, &vec!["mario.rossi@pec.acme.test".to_string()]);
+            let d = i.daticert.expect("daticert");
+            (i.kind, d.consegna.unwrap_or_default())
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec![
+            (
+                "avvenuta-consegna".to_string(),
+                "anna.bianchi@pec.other.test".to_string()
+            ),
+            (
+                "avvenuta-consegna".to_string(),
+                "carlo@pec.other.test".to_string()
+            ),
+            (
+                "errore-consegna".to_string(),
+                "nobody@pec.other.test".to_string()
+            ),
+        ]
+    );
+    // An MTA retry of the same delivery does not issue them again.
+    let _ = dp
+        .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
+        .await;
+    assert_eq!(rec.0.lock().map(|v| v.len()).unwrap_or(0), 3);
+}
