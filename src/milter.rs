@@ -59,11 +59,27 @@ pub struct Session {
     body: Option<SpoolWriter>,
     /// Spooling the body failed (disk full, ...): temporary failure at EOM.
     spool_error: Option<String>,
+    /// The stages the MTA agreed not to wait for a reply to (kept for the
+    /// whole connection).
+    noreply: ProtoOpts,
 }
 
 impl Session {
     fn reset(&mut self) {
-        *self = Session::default();
+        let noreply = self.noreply;
+        *self = Session {
+            noreply,
+            ..Session::default()
+        };
+    }
+
+    /// `Continue`, or `Noreply` where the MTA does not wait for an answer.
+    fn go_on(&self, stage: ProtoOpts) -> Status {
+        if self.noreply.contains(stage) {
+            Status::Noreply
+        } else {
+            Status::Continue
+        }
     }
 }
 
@@ -85,7 +101,7 @@ pub fn callbacks(roles: Arc<Roles>) -> Callbacks<Session> {
     let ap_body = roles.clone();
     let ap_eom = roles;
     Callbacks::new()
-        .on_negotiate(|cx, _, _| Box::pin(negotiate(cx)))
+        .on_negotiate(|cx, _, mta_opts| Box::pin(negotiate(cx, mta_opts)))
         .on_mail(move |cx, args| {
             let ap = ap_mail.clone();
             Box::pin(async move { mail(cx, &args, &ap) })
@@ -103,9 +119,18 @@ pub fn callbacks(roles: Arc<Roles>) -> Callbacks<Session> {
         .on_abort(|cx| Box::pin(async move { abort(cx) }))
 }
 
-async fn negotiate(cx: &mut NegotiateContext<Session>) -> Status {
+/// The stages whose answer is always "continue": no reply is sent when the
+/// MTA supports that (fewer round trips per message: one per header field
+/// and body chunk otherwise).
+const NOREPLY_STAGES: ProtoOpts = ProtoOpts::NOREPLY_RCPT
+    .union(ProtoOpts::NOREPLY_HEADER)
+    .union(ProtoOpts::NOREPLY_BODY);
+
+async fn negotiate(cx: &mut NegotiateContext<Session>, mta_opts: ProtoOpts) -> Status {
     cx.requested_actions |= Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::REPLACE_BODY;
-    cx.requested_opts |= ProtoOpts::LEADING_SPACE;
+    let noreply = mta_opts & NOREPLY_STAGES;
+    cx.requested_opts |= ProtoOpts::LEADING_SPACE | noreply;
+    cx.data.get_or_insert_with(Session::default).noreply = noreply;
     if let Ok(m) = CString::new("{auth_authen}") {
         cx.requested_macros.insert(MacroStage::Mail, m);
     }
@@ -154,14 +179,20 @@ fn mail(cx: &mut Context<Session>, args: &[CString], roles: &Roles) -> Status {
 }
 
 fn rcpt(cx: &mut Context<Session>, args: &[CString]) -> Status {
-    if let (Some(s), Some(r)) = (cx.data.as_mut(), args.first()) {
+    let Some(s) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    if let Some(r) = args.first() {
         s.rcpts.push(bare_path(&cstr(r)));
     }
-    Status::Continue
+    s.go_on(ProtoOpts::NOREPLY_RCPT)
 }
 
 fn header(cx: &mut Context<Session>, name: &CString, value: &CString) -> Status {
-    if let Some(s) = cx.data.as_mut() {
+    let Some(s) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    {
         // Folded values arrive with bare LF; rebuild the field with CRLF.
         s.header.extend_from_slice(name.as_bytes());
         s.header.push(b':');
@@ -176,7 +207,7 @@ fn header(cx: &mut Context<Session>, name: &CString, value: &CString) -> Status 
         }
         s.header.extend_from_slice(b"\r\n");
     }
-    Status::Continue
+    s.go_on(ProtoOpts::NOREPLY_HEADER)
 }
 
 fn body(cx: &mut Context<Session>, chunk: Bytes, spool: SpoolOptions) -> Status {
@@ -184,7 +215,7 @@ fn body(cx: &mut Context<Session>, chunk: Bytes, spool: SpoolOptions) -> Status 
         return Status::Continue;
     };
     if s.mode == Mode::Pass || s.spool_error.is_some() {
-        return Status::Continue;
+        return s.go_on(ProtoOpts::NOREPLY_BODY);
     }
     // Past the memory limit this writes to the spool file: small blocking
     // writes into the page cache, as the MTA streams the body in.
@@ -194,7 +225,7 @@ fn body(cx: &mut Context<Session>, chunk: Bytes, spool: SpoolOptions) -> Status 
         s.spool_error = Some(e.to_string());
         s.body = None;
     }
-    Status::Continue
+    s.go_on(ProtoOpts::NOREPLY_BODY)
 }
 
 fn abort(cx: &mut Context<Session>) -> Status {
@@ -452,6 +483,25 @@ impl Listener for NoDelayListener {
     }
 }
 
+/// What a milter stream does after each read.
+pub trait AfterRead {
+    fn after_read(&self) {}
+}
+
+impl AfterRead for tokio::net::UnixStream {}
+
+impl AfterRead for tokio::net::TcpStream {
+    /// Re-arm `TCP_QUICKACK` (Linux clears it on its own): the MTA often
+    /// writes two small packets in a row without waiting for an answer
+    /// (the macros of a stage we skip, then the next command; header
+    /// fields and body chunks we do not answer), and with a delayed ACK
+    /// from us its second write would wait ~40 ms for it (Nagle).
+    fn after_read(&self) {
+        #[cfg(target_os = "linux")]
+        let _ = self.set_quickack(true);
+    }
+}
+
 /// Serve until `shutdown` completes.
 pub async fn serve(
     listener: MilterListener,
@@ -521,7 +571,7 @@ impl<S: AsyncWrite + Unpin> Batched<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<S> {
+impl<S: AsyncRead + AsyncWrite + AfterRead + Unpin> AsyncRead for Batched<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -533,7 +583,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<S> {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            this.inner.after_read();
+        }
+        r
     }
 }
 

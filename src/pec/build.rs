@@ -407,14 +407,9 @@ fn message_part(eml: &[u8]) -> (Vec<u8>, &'static str) {
 fn boundary(seed: &str, level: u8, parts: &[&[u8]]) -> String {
     let mut n: u32 = 0;
     loop {
-        let h = crypto::digest(DigestAlg::Sha1, format!("{seed}/{level}/{n}").as_bytes());
-        let hex: String = h.iter().take(12).map(|b| format!("{b:02X}")).collect();
-        let b = format!("----=_PEC_{level}_{hex}");
+        let b = boundary_text(seed, level, n);
         let needle = format!("--{b}");
-        if !parts
-            .iter()
-            .any(|p| p.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        {
+        if !parts.iter().any(|p| contains(p, needle.as_bytes())) {
             return b;
         }
         n += 1;
@@ -1123,4 +1118,46 @@ pub fn build_busta_anomalia(
     headers.push("MIME-Version: 1.0\r\n".to_string());
     headers.push(ct);
     Ok(BuiltMessage { headers, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substring_search() {
+        assert!(contains(b"--a--b", b"--b"));
+        assert!(contains(b"--b", b"--b"));
+        assert!(contains(b"x---b", b"--b"));
+        assert!(!contains(b"--a--", b"--b"));
+        assert!(!contains(b"-", b"--b"));
+        assert!(!contains(b"", b"--b"));
+        assert!(contains(b"anything", b""));
+    }
+
+    #[test]
+    fn a_boundary_found_in_the_body_moves_to_the_next_candidate() {
+        let seed = "id@x";
+        let first2 = boundary_text(seed, 2, 0);
+        let first1 = boundary_text(seed, 1, 0);
+        // The level-2 candidate straddles two of the spool's read pieces.
+        let body = format!(
+            "{}\r\n--{first2}\r\nmore",
+            "x".repeat(crate::spool::CHUNK - 12)
+        );
+        let mut w = SpoolWriter::raw(SpoolOptions {
+            dir: std::env::temp_dir(),
+            memory_limit: 0,
+        });
+        for piece in body.as_bytes().chunks(7) {
+            w.write(piece).expect("spool");
+        }
+        let spooled = w.finish().expect("finish");
+        let (b1, b2) =
+            envelope_boundaries(seed, &[b"small"], &spooled, spooled.len()).expect("boundaries");
+        assert_eq!(b1, first1);
+        assert_eq!(b2, boundary_text(seed, 2, 1));
+        // the same choice as the in-memory builder
+        assert_eq!(b2, boundary(seed, 2, &[body.as_bytes()]));
+    }
 }
