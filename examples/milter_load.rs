@@ -1,9 +1,16 @@
 //! Protocol-level load client for pec-milter (no MTA): drives the milter
-//! over the milter protocol as Postfix does — negotiate, macros (with
-//! `{auth_authen}` for the access point, without it for the reception
+//! over the milter protocol (version 6) as Postfix does — negotiate, macros
+//! (with `{auth_authen}` for the access point, without it for the reception
 //! point), MAIL, RCPT, header fields, body, end of message — with C
 //! concurrent connections, one message per connection (as Postfix opens one
 //! milter connection per SMTP session), and reads every reply.
+//!
+//! A raw client (not `indymilter-test`, which writes each command, macros
+//! included, in its own write: over TCP the second small write then waits
+//! for the delayed ACK of the first, ~40 ms, which measures the client and
+//! not the milter). Like Postfix, it writes a command's macros and the
+//! command together, and everything it has to say before it reads a reply
+//! in one write. Stages the milter negotiated away are not sent.
 //!
 //! ```text
 //! cargo run --release --example milter_load -- --connect inet:127.0.0.1:8891 \
@@ -35,8 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use indymilter_test::{MacroStage, Status, TestConnection};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 #[derive(Clone, Debug)]
 struct Opts {
@@ -109,7 +115,7 @@ fn parse_opts() -> Opts {
 /// value with LF folding, as Postfix passes them) and the CRLF body.
 struct Message {
     headers: Vec<(String, String)>,
-    body: Bytes,
+    body: Vec<u8>,
 }
 
 /// A generated submission: unique per index.
@@ -131,7 +137,7 @@ fn generated(o: &Opts, run: &str, i: usize) -> Message {
     }
     Message {
         headers,
-        body: Bytes::from(body),
+        body,
     }
 }
 
@@ -186,7 +192,7 @@ fn from_file(bytes: &[u8]) -> Message {
     }
     Message {
         headers,
-        body: Bytes::from(body),
+        body,
     }
 }
 
@@ -202,58 +208,268 @@ struct Tally {
     tx: Vec<Duration>,
 }
 
-async fn open(o: &Opts) -> Result<TestConnection, String> {
-    let b = TestConnection::configure()
-        .read_timeout(o.timeout)
-        .write_timeout(o.timeout);
-    if let Some(addr) = o.connect.strip_prefix("inet:") {
-        b.open_tcp(addr).await.map_err(|e| format!("connect {addr}: {e}"))
-    } else if let Some(path) = o.connect.strip_prefix("unix:") {
-        b.open_unix(path).await.map_err(|e| format!("connect {path}: {e}"))
-    } else {
-        Err(format!("--connect {}: use inet:HOST:PORT or unix:PATH", o.connect))
+// Milter protocol v6 constants (libmilter's mfdef.h).
+const SMFIF_ALL: u32 = 0x1ff; // every action an MTA like Postfix offers
+const SMFIP_NOCONNECT: u32 = 0x1;
+const SMFIP_NOHELO: u32 = 0x2;
+const SMFIP_NOMAIL: u32 = 0x4;
+const SMFIP_NORCPT: u32 = 0x8;
+const SMFIP_NOBODY: u32 = 0x10;
+const SMFIP_NOHDRS: u32 = 0x20;
+const SMFIP_NOEOH: u32 = 0x40;
+const SMFIP_NR_HDR: u32 = 0x80;
+const SMFIP_NODATA: u32 = 0x200;
+const SMFIP_NR_CONN: u32 = 0x1000;
+const SMFIP_NR_HELO: u32 = 0x2000;
+const SMFIP_NR_MAIL: u32 = 0x4000;
+const SMFIP_NR_RCPT: u32 = 0x8000;
+const SMFIP_NR_DATA: u32 = 0x10000;
+const SMFIP_NR_EOH: u32 = 0x40000;
+const SMFIP_NR_BODY: u32 = 0x80000;
+const SMFIP_HDR_LEADSPC: u32 = 0x100000;
+const SMFIP_ALL: u32 = 0x1fffff;
+const BODY_CHUNK: usize = 65535;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One milter connection: commands are buffered and leave in one write
+/// when a reply is awaited (or at the end).
+struct Conn {
+    io: Box<dyn Io>,
+    out: Vec<u8>,
+    timeout: Duration,
+    proto: u32,
+}
+
+/// The milter's answer to a command.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Continue,
+    Accept,
+    Discard,
+    Reject(String),
+    Tempfail(String),
+    Skip,
+}
+
+impl Conn {
+    fn push(&mut self, cmd: u8, data: &[u8]) {
+        self.out.extend_from_slice(&((data.len() + 1) as u32).to_be_bytes());
+        self.out.push(cmd);
+        self.out.extend_from_slice(data);
     }
+
+    fn macros(&mut self, stage: u8, pairs: &[(&str, &str)]) {
+        let mut d = vec![stage];
+        for (k, v) in pairs {
+            d.extend_from_slice(k.as_bytes());
+            d.push(0);
+            d.extend_from_slice(v.as_bytes());
+            d.push(0);
+        }
+        self.push(b'D', &d);
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.out);
+        tokio::time::timeout(self.timeout, self.io.write_all(&buf))
+            .await
+            .map_err(|_| "write timeout".to_string())?
+            .map_err(|e| format!("write: {e}"))
+    }
+
+    async fn packet(&mut self) -> Result<(u8, Vec<u8>), String> {
+        let mut len = [0u8; 4];
+        tokio::time::timeout(self.timeout, self.io.read_exact(&mut len))
+            .await
+            .map_err(|_| "timeout waiting for the milter".to_string())?
+            .map_err(|e| format!("read: {e}"))?;
+        let n = u32::from_be_bytes(len) as usize;
+        if n == 0 || n > 512 << 20 {
+            return Err(format!("bad packet length {n}"));
+        }
+        let mut data = vec![0u8; n];
+        tokio::time::timeout(self.timeout, self.io.read_exact(&mut data))
+            .await
+            .map_err(|_| "timeout waiting for the milter".to_string())?
+            .map_err(|e| format!("read: {e}"))?;
+        let cmd = data[0];
+        data.remove(0);
+        Ok((cmd, data))
+    }
+
+    /// Flushes, then reads replies up to a final one; modification
+    /// requests (end of message) are counted.
+    async fn answer(&mut self, mods: &mut usize) -> Result<Answer, String> {
+        self.flush().await?;
+        loop {
+            let (cmd, data) = self.packet().await?;
+            let text = || String::from_utf8_lossy(data.strip_suffix(&[0]).unwrap_or(&data)).into_owned();
+            return Ok(match cmd {
+                b'c' => Answer::Continue,
+                b'a' => Answer::Accept,
+                b'd' => Answer::Discard,
+                b's' => Answer::Skip,
+                b'r' => Answer::Reject(String::new()),
+                b't' => Answer::Tempfail(String::new()),
+                b'y' if data.first() == Some(&b'4') => Answer::Tempfail(text()),
+                b'y' => Answer::Reject(text()),
+                b'p' => continue,
+                b'h' | b'm' | b'i' | b'b' | b'+' | b'-' | b'e' | b'2' | b'q' => {
+                    *mods += 1;
+                    continue;
+                }
+                other => return Err(format!("unexpected reply {:?}", other as char)),
+            });
+        }
+    }
+
+    /// Sends a command; reads its reply unless the milter asked for none.
+    async fn step(&mut self, cmd: u8, data: &[u8], no_reply: u32) -> Result<Answer, String> {
+        self.push(cmd, data);
+        if self.proto & no_reply != 0 {
+            return Ok(Answer::Continue);
+        }
+        self.answer(&mut 0).await
+    }
+}
+
+async fn open(o: &Opts) -> Result<Conn, String> {
+    let io: Box<dyn Io> = if let Some(addr) = o.connect.strip_prefix("inet:") {
+        Box::new(
+            tokio::time::timeout(o.timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| format!("connect {addr}: timeout"))?
+                .map_err(|e| format!("connect {addr}: {e}"))?,
+        )
+    } else if let Some(path) = o.connect.strip_prefix("unix:") {
+        Box::new(
+            tokio::time::timeout(o.timeout, tokio::net::UnixStream::connect(path))
+                .await
+                .map_err(|_| format!("connect {path}: timeout"))?
+                .map_err(|e| format!("connect {path}: {e}"))?,
+        )
+    } else {
+        return Err(format!("--connect {}: use inet:HOST:PORT or unix:PATH", o.connect));
+    };
+    let mut c = Conn {
+        io,
+        out: Vec::new(),
+        timeout: o.timeout,
+        proto: 0,
+    };
+    let mut neg = Vec::with_capacity(12);
+    neg.extend_from_slice(&6u32.to_be_bytes());
+    neg.extend_from_slice(&SMFIF_ALL.to_be_bytes());
+    neg.extend_from_slice(&SMFIP_ALL.to_be_bytes());
+    c.push(b'O', &neg);
+    c.flush().await?;
+    let (cmd, data) = c.packet().await?;
+    if cmd != b'O' || data.len() < 12 {
+        return Err(format!("bad negotiation reply {:?}", cmd as char));
+    }
+    c.proto = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+    Ok(c)
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+fn status_of(a: Answer) -> Status {
+    match a {
+        Answer::Continue | Answer::Skip => Status::Continue,
+        Answer::Accept => Status::Accept,
+        Answer::Discard => Status::Discard,
+        Answer::Reject(m) => Status::Reject(m),
+        Answer::Tempfail(m) => Status::Tempfail(m),
+    }
+}
+
+/// The outcome of one transaction.
+#[derive(Debug)]
+enum Status {
+    Continue,
+    Accept,
+    Discard,
+    Reject(String),
+    Tempfail(String),
 }
 
 /// One transaction: returns (final status, EOM latency).
 async fn one(o: &Opts, m: &Message, qid: &str) -> Result<(Status, Duration), String> {
-    let e = |stage: &'static str| move |err: indymilter_test::TestError| format!("{stage}: {err}");
-    let mut conn = open(o).await?;
-    if let Some(user) = &o.auth {
-        conn.macros(MacroStage::Mail, [("{auth_authen}", user.as_str()), ("{auth_type}", "PLAIN")])
-            .await
-            .map_err(e("macros"))?;
+    let mut c = open(o).await?;
+    // a stage answered with anything but continue ends the transaction
+    macro_rules! stage {
+        ($e:expr) => {{
+            let a = $e?;
+            if !matches!(a, Answer::Continue | Answer::Skip) {
+                c.push(b'Q', &[]);
+                let _ = c.flush().await;
+                return Ok((status_of(a), Duration::ZERO));
+            }
+        }};
     }
-    let st = conn.mail([format!("<{}>", o.from)]).await.map_err(e("mail"))?;
-    if st != Status::Continue {
-        let _ = conn.close().await;
-        return Ok((st, Duration::ZERO));
+    if c.proto & SMFIP_NOCONNECT == 0 {
+        let mut d = cstr("client.pec.demo.test");
+        d.push(b'4');
+        d.extend_from_slice(&25u16.to_be_bytes());
+        d.extend_from_slice(&cstr("127.0.0.1"));
+        c.macros(b'C', &[("j", "mx.pec.demo.test"), ("{daemon_name}", "ORIGINATING")]);
+        stage!(c.step(b'C', &d, SMFIP_NR_CONN).await);
+    }
+    if c.proto & SMFIP_NOHELO == 0 {
+        stage!(c.step(b'H', &cstr("client.pec.demo.test"), SMFIP_NR_HELO).await);
+    }
+    match &o.auth {
+        Some(user) => c.macros(b'M', &[("i", qid), ("{auth_type}", "PLAIN"), ("{auth_authen}", user)]),
+        None => c.macros(b'M', &[("i", qid)]),
+    }
+    if c.proto & SMFIP_NOMAIL == 0 {
+        stage!(c.step(b'M', &cstr(&format!("<{}>", o.from)), SMFIP_NR_MAIL).await);
     }
     for r in &o.to {
-        let st = conn.rcpt([format!("<{r}>")]).await.map_err(e("rcpt"))?;
-        if st != Status::Continue {
-            let _ = conn.close().await;
-            return Ok((st, Duration::ZERO));
+        if c.proto & SMFIP_NORCPT == 0 {
+            c.macros(b'R', &[("{rcpt_addr}", r)]);
+            stage!(c.step(b'R', &cstr(&format!("<{r}>")), SMFIP_NR_RCPT).await);
         }
     }
-    for (n, v) in &m.headers {
-        let st = conn.header(n.as_str(), v.as_str()).await.map_err(e("header"))?;
-        if st != Status::Continue {
-            let _ = conn.close().await;
-            return Ok((st, Duration::ZERO));
+    if c.proto & SMFIP_NODATA == 0 {
+        stage!(c.step(b'T', &[], SMFIP_NR_DATA).await);
+    }
+    if c.proto & SMFIP_NOHDRS == 0 {
+        let lead = c.proto & SMFIP_HDR_LEADSPC != 0;
+        for (n, v) in &m.headers {
+            let mut d = cstr(n);
+            if lead {
+                d.push(b' ');
+            }
+            d.extend_from_slice(&cstr(v));
+            stage!(c.step(b'L', &d, SMFIP_NR_HDR).await);
         }
     }
-    let st = conn.body(m.body.clone()).await.map_err(e("body"))?;
-    if st != Status::Continue {
-        let _ = conn.close().await;
-        return Ok((st, Duration::ZERO));
+    if c.proto & SMFIP_NOEOH == 0 {
+        stage!(c.step(b'N', &[], SMFIP_NR_EOH).await);
     }
-    conn.macros(MacroStage::Eom, [("i", qid)]).await.map_err(e("macros"))?;
+    if c.proto & SMFIP_NOBODY == 0 {
+        for chunk in m.body.chunks(BODY_CHUNK) {
+            stage!(c.step(b'B', chunk, SMFIP_NR_BODY).await);
+        }
+    }
+    c.macros(b'E', &[("i", qid)]);
+    c.push(b'E', &[]);
     let t = Instant::now();
-    let (_actions, status) = conn.eom().await.map_err(e("eom"))?;
+    let a = c.answer(&mut 0).await?;
     let lat = t.elapsed();
-    let _ = conn.close().await;
-    Ok((status, lat))
+    c.push(b'Q', &[]);
+    let _ = c.flush().await;
+    Ok((status_of(a), lat))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -350,20 +566,19 @@ async fn run(o: Arc<Opts>) -> i32 {
                                 t.accept += 1;
                                 t.eom.push(lat);
                             }
-                            Status::Tempfail { message } => {
+                            Status::Tempfail(message) => {
                                 t.tempfail += 1;
                                 if !o.quiet_errors {
                                     eprintln!("milter_load: #{i} tempfail {message:?}");
                                 }
                             }
-                            Status::Reject { message } => {
+                            Status::Reject(message) => {
                                 t.reject += 1;
                                 if !o.quiet_errors {
                                     eprintln!("milter_load: #{i} reject {message:?}");
                                 }
                             }
                             Status::Discard => t.discard += 1,
-                            _ => t.other += 1,
                         }
                     }
                     Err(e) => {

@@ -9,7 +9,8 @@
 #   smtp_load (examples/smtp_load.rs: AUTH PLAIN, C sessions, one message per connection)
 #     -> Postfix smtpd 127.0.0.1:2600 + [milter] -> qmgr -> smtp -> smtp-sink 127.0.0.1:2525
 #   listeners: 2600 no milter | 2601 OpenDKIM unix | 2602 OpenDKIM TCP | 2603 pec-milter unix |
-#              2604 pec-milter TCP | 2605 pec-milter with $BENCH_HSM_SIGNING (unix, optional)
+#              2604 pec-milter TCP | 2606 pec-milter unix with the Redis state store (the others
+#              use the default embedded store) | 2605 pec-milter with $BENCH_HSM_SIGNING (optional)
 #   pec-milter reinjects its accettazione receipts on 127.0.0.1:10025 (no milter); they go to
 #   the same sink and are counted. One check message per setup goes to check@check.test
 #   (a second sink that keeps it): its DKIM signature / PEC envelope is verified.
@@ -33,6 +34,9 @@
 #                                       "pec-milter HSM" (SMTP, unix socket) and "proto HSM".
 #                                       The PKCS#11 backend is being written; without the
 #                                       variable the rows are absent.
+#   MODES="none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis"  SMTP setups (order = run order;
+#                                       pec-redis = pec-milter, unix socket, Redis state store)
+#   BENCH_POSTCONF='name = value'       extra main.cf lines (experiments; say so when quoting)
 #   PEC_MILTER_BIN (default target/release/pec-milter), BENCH_NO_BUILD=1 (use what is built),
 #   BENCH_OUT=FILE, KEEP=1 (keep the work dir)
 # Needs root (network namespace, Postfix), integration/deps.sh (postfix, opendkim, clamd, ...).
@@ -63,7 +67,7 @@ T_START=$EPOCHREALTIME
 
 # ports inside the namespace
 SINK_PORT=2525 CHECK_PORT=2526 PROTO_SINK_PORT=10026 DKIM_TCP_PORT=8892 PEC_TCP_PORT=8891 PROTO_TCP_PORT=8893
-declare -A PORT=([none]=2600 [dkim-unix]=2601 [dkim-tcp]=2602 [pec-unix]=2603 [pec-tcp]=2604 [pec-hsm]=2605)
+declare -A PORT=([none]=2600 [dkim-unix]=2601 [dkim-tcp]=2602 [pec-unix]=2603 [pec-tcp]=2604 [pec-redis]=2606 [pec-hsm]=2605)
 HOLDER=$MARIO HOLDER_PW=$MARIO_PW RCPT=$ANNA
 
 # ------------------------------------------------------------------ build
@@ -181,6 +185,8 @@ cyrus_sasl_config_path = $D/etc/sasl
 smtpd_sasl_security_options = noanonymous
 smtpd_tls_security_level = none
 EOF
+  # experiments: extra main.cf lines, e.g. BENCH_POSTCONF='milter_data_macros ='
+  [ -n "${BENCH_POSTCONF:-}" ] && printf '%s\n' "$BENCH_POSTCONF" >> "$D"/etc/main.cf
   echo "check.test smtp:[127.0.0.1]:$CHECK_PORT" > "$D"/etc/transport
   printf 'pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: %s\nmech_list: PLAIN LOGIN\n' \
     "$D/sasl/sasldb2" > "$D"/etc/sasl/smtpd.conf
@@ -188,7 +194,7 @@ EOF
   printf '%s' "$HOLDER_PW" | saslpasswd2 -f "$D"/sasl/sasldb2 -p -c -u "${HOLDER#*@}" "${HOLDER%@*}" || return 1
   chown root:postfix "$D"/sasl/sasldb2; chmod 640 "$D"/sasl/sasldb2
   {
-    for m in none dkim-unix dkim-tcp pec-unix pec-tcp pec-hsm; do
+    for m in none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis pec-hsm; do
       printf '127.0.0.1:%s inet n - n - - smtpd\n  -o syslog_name=postfix/%s\n  -o smtpd_sasl_auth_enable=yes\n  -o smtpd_milters=%s\n' \
         "${PORT[$m]}" "$m" "$(milter_of "$m")"
     done
@@ -243,6 +249,7 @@ milter_of() {
     dkim-tcp) printf 'inet:127.0.0.1:%s' "$DKIM_TCP_PORT" ;;
     pec-unix) printf 'unix:%s' "$W/pec-unix/pec.sock" ;;
     pec-tcp) printf 'inet:127.0.0.1:%s' "$PEC_TCP_PORT" ;;
+    pec-redis) printf 'unix:%s' "$W/pec-redis/pec.sock" ;;
     pec-hsm) printf 'unix:%s' "$W/pec-hsm/pec.sock" ;;
   esac
 }
@@ -274,9 +281,11 @@ wait_delivered() {
 # ------------------------------------------------------------------ sinks, OpenDKIM, pec-milter
 
 sink_up() { # NAME PORT [smtp-sink options...]
-  local name=$1 port=$2; shift 2
-  cg_exec "sink" ip netns exec "$RIG_NETNS" smtp-sink -u nobody "$@" "127.0.0.1:$port" 1024 \
-    >"$W/$name.out" 2>&1 &
+  local name=$1 port=$2 cg=(); shift 2
+  # a simple command in the background (not a function), so that $! is smtp-sink itself:
+  # sh execs ip, which execs smtp-sink
+  if [ "$HAVE_CG" = 1 ]; then mkdir -p "$CG/$CGP.sink"; cg=(sh -c 'echo $$ > "$0/cgroup.procs"; shift; exec "$@"' "$CG/$CGP.sink" -); fi
+  "${cg[@]}" ip netns exec "$RIG_NETNS" smtp-sink -u nobody "$@" "127.0.0.1:$port" 1024 >"$W/$name.out" 2>&1 &
   echo $! > "$W/$name.pid"
   rig_defer _kill_pidfile "$W/$name.pid" 5
   wait_port 127.0.0.1 "$port" 10
@@ -314,15 +323,17 @@ EOF
 }
 
 # pec_up NAME LISTEN [REINJECT_PORT [CLAMD on|off]]: pec-milter in $W/NAME (config from
-# lib.sh write_config: PEM key made by init_demo, embedded state, clamd) listening on LISTEN;
+# lib.sh write_config: PEM key made by init_demo, state ${STATE:-embedded} (redis: database
+# ${REDIS_DB:-0} of the rig's Redis), clamd) listening on LISTEN;
 # no delivery point, no timers (not measured here); max_product raised for the size runs.
 # Extra env INDEX/TRUST/... as for write_config. BENCH_HSM_SIGNING replaces [signing] when
 # NAME is pec-hsm or proto-hsm.
 pec_up() {
   local name=$1 listen=$2 rport=${3:-$RIG_REINJECT_PORT} av=${4:-on} D=$W/$1
   mkdir -p "$D"
-  write_config "$D" embedded || return 1
+  write_config "$D" "${STATE:-embedded}" || return 1
   local cfg=$D/pec-milter.toml
+  toml_set "$cfg" state url "\"redis://127.0.0.1:$RIG_REDIS_PORT/${REDIS_DB:-0}\"" || return 1
   toml_set "$cfg" milter listen "\"$listen\"" &&
     toml_set "$cfg" reinjection address "\"127.0.0.1:$rport\"" &&
     toml_set "$cfg" limits max_product '"4GB"' || return 1
@@ -377,7 +388,7 @@ check_setup() {
 
 # ------------------------------------------------------------------ the SMTP runs
 
-declare -A SUM_INJ SUM_E2E SUM_N SUM_P99 SUM_CPU_PF SUM_CPU_M SUM_CPU_AV
+declare -A SUM_INJ SUM_E2E SUM_N SUM_P99 SUM_CPU_PF SUM_CPU_M SUM_CPU_AV SUM_CPU_RD
 SMTP_LINES=()
 
 # smtp_run MODE RUN#: WARMUP then N messages through MODE's listener with smtp_load (AUTH).
@@ -390,8 +401,8 @@ smtp_run() {
   ns_exec "$EX/smtp_load" --server "127.0.0.1:$port" "${auth[@]}" --count "$WARMUP" --concurrency "$SESSIONS" >/dev/null 2>&1
   wait_delivered $((base + WARMUP * per)) 120 || return 1
   base=$(delivered)
-  local c0_pf c0_m c0_av c0_sk b0 a0 b1 a1 t0 t1 t2
-  c0_pf=$(cg_secs pf) c0_m=$(cg_secs "$milter_cg") c0_av=$(cg_secs clamd) c0_sk=$(cg_secs sink)
+  local c0_pf c0_m c0_av c0_sk c0_rd b0 a0 b1 a1 t0 t1 t2
+  c0_pf=$(cg_secs pf) c0_m=$(cg_secs "$milter_cg") c0_av=$(cg_secs clamd) c0_sk=$(cg_secs sink) c0_rd=$(cg_secs redis)
   read -r b0 a0 < <(busy_ticks)
   t0=$EPOCHREALTIME
   out=$(ns_exec "$EX/smtp_load" --server "127.0.0.1:$port" "${auth[@]}" --count "$N" --concurrency "$SESSIONS" \
@@ -401,18 +412,20 @@ smtp_run() {
   wait_delivered $((base + ${ok:-0} * per)) $((60 + N / 10)) || return 1
   t2=$EPOCHREALTIME
   read -r b1 a1 < <(busy_ticks)
-  local pf m av sk busy inj e2e
+  local pf m av sk rd busy inj e2e
   pf=$(calc "$(cg_secs pf) - $c0_pf" 3) m=$(calc "$(cg_secs "$milter_cg") - $c0_m" 3)
   av=$(calc "$(cg_secs clamd) - $c0_av" 3) sk=$(calc "$(cg_secs sink) - $c0_sk" 3)
+  rd=$(calc "$(cg_secs redis) - $c0_rd" 3)
   [ "$mode" = none ] && m=0
   case $mode in pec-*) ;; *) av=0 ;; esac
+  [ "$mode" = pec-redis ] || rd=0
   busy=$(calc "100 * ($b1 - $b0) / ($a1 - $a0)" 0)
   inj=$(calc "$ok / ($t1 - $t0)" 1) e2e=$(calc "$ok / ($t2 - $t0)" 1)
   if [ "$ok" != "$N" ]; then echo "$mode run $r: only $ok of $N accepted: $out" >&2; fi
   local line
-  line=$(printf '%-10s run %s: %4s/%s ok | inject %7.1f/s | e2e %7.1f/s | end-of-DATA p50 %6.1f p99 %6.1f ms | CPU ms/msg postfix %5.2f milter %5.2f clamd %5.2f sink %4.2f client %4.2f | busy %s%%' \
+  line=$(printf '%-10s run %s: %4s/%s ok | inject %7.1f/s | e2e %7.1f/s | end-of-DATA p50 %6.1f p99 %6.1f ms | CPU ms/msg postfix %5.2f milter %5.2f clamd %5.2f redis %4.2f sink %4.2f client %4.2f | busy %s%%' \
     "$mode" "$r" "$ok" "$N" "$inj" "$e2e" "$(kv "$out" eod_p50_ms)" "$(kv "$out" eod_p99_ms)" \
-    "$(calc "1000 * $pf / $ok")" "$(calc "1000 * $m / $ok")" "$(calc "1000 * $av / $ok")" \
+    "$(calc "1000 * $pf / $ok")" "$(calc "1000 * $m / $ok")" "$(calc "1000 * $av / $ok")" "$(calc "1000 * $rd / $ok")" \
     "$(calc "1000 * $sk / $ok")" "$(calc "1000 * $(kv "$out" client_cpu_s) / $ok")" "$busy")
   note "$line"; SMTP_LINES+=("$line")
   SUM_N[$mode]=$(( ${SUM_N[$mode]:-0} + 1 ))
@@ -422,6 +435,7 @@ smtp_run() {
   SUM_CPU_PF[$mode]=$(calc "${SUM_CPU_PF[$mode]:-0} + 1000 * $pf / $ok" 3)
   SUM_CPU_M[$mode]=$(calc "${SUM_CPU_M[$mode]:-0} + 1000 * $m / $ok" 3)
   SUM_CPU_AV[$mode]=$(calc "${SUM_CPU_AV[$mode]:-0} + 1000 * $av / $ok" 3)
+  SUM_CPU_RD[$mode]=$(calc "${SUM_CPU_RD[$mode]:-0} + 1000 * $rd / $ok" 3)
   [ "$ok" = "$N" ]
 }
 mean() { local -n a=$1; calc "${a[$2]:-0} / ${SUM_N[$2]:-1}" "${3:-1}"; }
@@ -445,7 +459,7 @@ source_run() {
 
 note "work dir $W; quick=$QUICK N=$N WARMUP=$WARMUP SESSIONS=$SESSIONS SIZE=$SIZE REPEAT=$REPEAT"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-MODES="none dkim-unix dkim-tcp pec-unix pec-tcp"
+: "${MODES:=none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis}"
 [ -n "${BENCH_HSM_SIGNING:-}" ] && MODES="$MODES pec-hsm"
 
 PF=$W/pf
@@ -455,10 +469,13 @@ ok "smtp-sink (relay target) on $SINK_PORT" sink_up sink "$SINK_PORT" || exit 1
 ok "smtp-sink (check messages, kept) on $CHECK_PORT" sink_up checksink "$CHECK_PORT" -d "$W/check/%H%M%S." || exit 1
 ok "clamd up" clamd_up "$W/clamd" "$RIG_CLAMD_PORT" || exit 1
 cg_adopt clamd "$(cat "$W/clamd/clamd.pid")"
+ok "redis up (state store of the Redis rows)" redis_up "$W/redis" "$RIG_REDIS_PORT" || exit 1
+cg_adopt redis "$(cat "$W/redis/redis.pid")"
 if [[ " $PHASES " == *" smtp "* ]] || [[ " $PHASES " == *" size "* ]]; then
   ok "OpenDKIM (RSA-2048) on a unix socket and on TCP $DKIM_TCP_PORT" dkim_up || exit 1
   ok "pec-milter on a unix socket" pec_up pec-unix "unix:$W/pec-unix/pec.sock" || exit 1
   ok "pec-milter on TCP $PEC_TCP_PORT" pec_up pec-tcp "inet:127.0.0.1:$PEC_TCP_PORT" || exit 1
+  STATE=redis REDIS_DB=1 ok "pec-milter on a unix socket, Redis state" pec_up pec-redis "unix:$W/pec-redis/pec.sock" || exit 1
   if [ -n "${BENCH_HSM_SIGNING:-}" ]; then
     ok "pec-milter with [signing] from $BENCH_HSM_SIGNING" pec_up pec-hsm "unix:$W/pec-hsm/pec.sock" || exit 1
   fi
@@ -498,10 +515,21 @@ proto_run() {
   return $rc
 }
 
+# The protocol-level instances (reinjection to their own smtp-sink, no Postfix). The reception
+# role needs a providers' index listing the other provider (B), and B's CA as trust anchor.
+#   name        listen                          state     clamd
+PROTO_INSTANCES=(
+  "emb-unix   unix:$W/emb-unix/pec.sock         embedded  off"
+  "emb-tcp    inet:127.0.0.1:$PROTO_TCP_PORT    embedded  off"
+  "redis-unix unix:$W/redis-unix/pec.sock       redis     off"
+  "redis-tcp  inet:127.0.0.1:$((PROTO_TCP_PORT + 1))    redis     off"
+  "redis-av   unix:$W/redis-av/pec.sock         redis     on"
+)
+[ -n "${BENCH_HSM_SIGNING:-}" ] && PROTO_INSTANCES+=("redis-hsm  unix:$W/redis-hsm/pec.sock  redis  off")
+declare -A P_LISTEN
 if [[ " $PHASES " == *" proto "* ]] || [[ " $PHASES " == *" rx "* ]]; then
   ok "openssl speed rsa2048 (1 process and -multi 2, ${SPEED_SECS}s)" openssl_speed
   ok "smtp-sink for the protocol-level receipts on $PROTO_SINK_PORT" sink_up protosink "$PROTO_SINK_PORT"
-  # The reception role needs a providers' index listing the other provider (B) and its CA.
   B=$W/b
   mkdir -p "$B"
   printf '[provider]\nname = "Beta PEC S.p.A."\ndomain = "pec.other.test"\ndomains = ["pec.other.test"]\n[signing]\nkey = "%s/provider.key"\ncert = "%s/provider.crt"\n' \
@@ -512,41 +540,40 @@ if [[ " $PHASES " == *" proto "* ]] || [[ " $PHASES " == *" rx "* ]]; then
     "$BIN" index-entry --cert "$B/provider.crt" --name "Beta PEC S.p.A." --domains pec.other.test \
       --receipt ricevute@pec.other.test
   } > "$W/igpec.ldif"
-  INDEX=ldif INDEX_LDIF=$W/igpec.ldif TRUST="$B/ca.pem" \
-    ok "pec-milter for the protocol level: unix socket, clamd off" pec_up proto-unix "unix:$W/proto-unix/pec.sock" "$PROTO_SINK_PORT" off
-  INDEX=ldif INDEX_LDIF=$W/igpec.ldif TRUST="$B/ca.pem" \
-    ok "pec-milter for the protocol level: TCP $PROTO_TCP_PORT, clamd off" pec_up proto-tcp "inet:127.0.0.1:$PROTO_TCP_PORT" "$PROTO_SINK_PORT" off
-  INDEX=ldif INDEX_LDIF=$W/igpec.ldif TRUST="$B/ca.pem" \
-    ok "pec-milter for the protocol level: unix socket, clamd on" pec_up proto-av "unix:$W/proto-av/pec.sock" "$PROTO_SINK_PORT" on
-  if [ -n "${BENCH_HSM_SIGNING:-}" ]; then
-    INDEX=ldif INDEX_LDIF=$W/igpec.ldif TRUST="$B/ca.pem" \
-    ok "pec-milter for the protocol level with [signing] from $BENCH_HSM_SIGNING" \
-      pec_up proto-hsm "unix:$W/proto-hsm/pec.sock" "$PROTO_SINK_PORT" off
-  fi
+  db=2
+  for inst in "${PROTO_INSTANCES[@]}"; do
+    read -r name listen state av <<< "$inst"
+    P_LISTEN[$name]=$listen
+    STATE=$state REDIS_DB=$db INDEX=ldif INDEX_LDIF=$W/igpec.ldif TRUST="$B/ca.pem" \
+      ok "pec-milter $name ($listen, $state state, clamd $av)" pec_up "$name" "$listen" "$PROTO_SINK_PORT" "$av"
+    db=$((db + 1))
+  done
 fi
 
 PA=(--auth "$HOLDER" --from "$HOLDER" --to "$RCPT" --size "$SIZE")
+# proto_max NAME: warm-up, then PROTO_N messages (at most 60 s) as fast as the milter answers.
+proto_max() {
+  proto_run warm "${P_LISTEN[$1]}" "$(pec_pid "$1")" "${PA[@]}" --count 50 --concurrency "$PROTO_C" &&
+    proto_run "$1" "${P_LISTEN[$1]}" "$(pec_pid "$1")" "${PA[@]}" --count "$PROTO_N" --concurrency "$PROTO_C" --max-seconds 60
+}
+# proto_half NAME: half of NAME's measured ceiling, paced (open loop), ~10 s (3 s with --quick).
+proto_half() {
+  local rate n
+  rate=$(calc "$(kv "${PROTO[$1]:-}" msgs_per_s) / 2" 0)
+  [ "${rate:-0}" -ge 1 ] 2>/dev/null || rate=1
+  n=$(( rate * (QUICK == 1 ? 3 : 10) ))
+  HALF_RATE[$1]=$rate
+  proto_run "half-$1" "${P_LISTEN[$1]}" "$(pec_pid "$1")" "${PA[@]}" --count "$n" --concurrency "$PROTO_C" --rate "$rate"
+}
+declare -A HALF_RATE
 if [[ " $PHASES " == *" proto "* ]]; then
-  ok "proto warm-up" proto_run warm "unix:$W/proto-unix/pec.sock" "$(pec_pid proto-unix)" "${PA[@]}" --count 50 --concurrency "$PROTO_C"
-  ok "proto: access point, unix socket, $PROTO_N messages, $PROTO_C connections" \
-    proto_run unix "unix:$W/proto-unix/pec.sock" "$(pec_pid proto-unix)" "${PA[@]}" --count "$PROTO_N" --concurrency "$PROTO_C"
-  ok "proto warm-up (TCP)" proto_run warm "inet:127.0.0.1:$PROTO_TCP_PORT" "$(pec_pid proto-tcp)" "${PA[@]}" --count 50 --concurrency "$PROTO_C"
-  ok "proto: access point, TCP, $PROTO_N messages" \
-    proto_run tcp "inet:127.0.0.1:$PROTO_TCP_PORT" "$(pec_pid proto-tcp)" "${PA[@]}" --count "$PROTO_N" --concurrency "$PROTO_C"
-  ok "proto: access point with clamd, unix socket, $PROTO_N messages" \
-    proto_run av "unix:$W/proto-av/pec.sock" "$(pec_pid proto-av)" "${PA[@]}" --count "$PROTO_N" --concurrency "$PROTO_C"
-  if [ -n "${BENCH_HSM_SIGNING:-}" ]; then
-    ok "proto: access point, HSM signing, unix socket" \
-      proto_run hsm "unix:$W/proto-hsm/pec.sock" "$(pec_pid proto-hsm)" "${PA[@]}" --count "$PROTO_N" --concurrency "$PROTO_C"
-  fi
-  # half load: half the measured ceiling, paced (open loop), for ~10 s (3 s with --quick)
-  HALF_RATE=$(calc "$(kv "${PROTO[unix]:-}" msgs_per_s) / 2" 0)
-  [ "${HALF_RATE:-0}" -ge 1 ] 2>/dev/null || HALF_RATE=1
-  HALF_N=$(( HALF_RATE * (QUICK == 1 ? 3 : 10) ))
-  ok "proto: half load ($HALF_RATE msgs/s, $HALF_N messages), unix socket" \
-    proto_run half "unix:$W/proto-unix/pec.sock" "$(pec_pid proto-unix)" "${PA[@]}" --count "$HALF_N" --concurrency "$PROTO_C" --rate "$HALF_RATE"
-  ok "proto: half load, TCP" \
-    proto_run halftcp "inet:127.0.0.1:$PROTO_TCP_PORT" "$(pec_pid proto-tcp)" "${PA[@]}" --count "$HALF_N" --concurrency "$PROTO_C" --rate "$HALF_RATE"
+  for inst in "${PROTO_INSTANCES[@]}"; do
+    read -r name _ <<< "$inst"
+    ok "proto: access point, $name, $PROTO_N messages, $PROTO_C connections" proto_max "$name"
+  done
+  for name in emb-unix emb-tcp redis-unix redis-tcp; do
+    ok "proto: half load, $name" proto_half "$name"
+  done
 fi
 
 # ------------------------------------------------------------------ phase: reception (inbound)
@@ -568,15 +595,21 @@ make_envelopes() { # DIR COUNT: COUNT distinct envelopes signed by provider B fo
        --domain pec.other.test --certified pec.demo.test --id \"opec.{}.$$@pec.other.test\" \"$dir/orig/{}\" > \"$dir/{}.eml\""
   [ "$(find "$dir" -maxdepth 1 -name '*.eml' -size +1k | wc -l)" -eq "$n" ]
 }
-
+declare -A RX_RECEIPTS
+# rx_run NAME: every envelope once through NAME without {auth_authen} (the reception role).
+rx_run() {
+  local before
+  before=$(pec_milter_log_count "$W/$1" "presa-in-carico")
+  proto_run "rx-$1" "${P_LISTEN[$1]}" "$(pec_pid "$1")" --from posta-certificata@pec.other.test --to "$MARIO" \
+    --messages-dir "$W/rx" --count "$RX_N" --concurrency "$PROTO_C" || return 1
+  RX_RECEIPTS[$1]=$(( $(pec_milter_log_count "$W/$1" "presa-in-carico") - before ))
+  note "rx $1: log lines mentioning presa-in-carico: ${RX_RECEIPTS[$1]}"
+}
 if [[ " $PHASES " == *" rx "* ]]; then
   ok "$RX_N envelopes signed by provider B (pec-milter envelope)" make_envelopes "$W/rx" "$RX_N"
-  RXA=(--from posta-certificata@pec.other.test --to "$MARIO" --messages-dir "$W/rx")
-  before=$(pec_milter_log_count "$W/proto-unix" "presa-in-carico")
-  ok "rx: reception point verifies $RX_N envelopes, unix socket" \
-    proto_run rx "unix:$W/proto-unix/pec.sock" "$(pec_pid proto-unix)" "${RXA[@]}" --count "$RX_N" --concurrency "$PROTO_C"
-  RX_RECEIPTS=$(( $(pec_milter_log_count "$W/proto-unix" "presa-in-carico") - before ))
-  note "rx: log lines mentioning presa-in-carico: $RX_RECEIPTS"
+  for name in emb-unix redis-unix; do
+    ok "rx: reception point verifies $RX_N envelopes ($name)" rx_run "$name"
+  done
 fi
 
 # ------------------------------------------------------------------ phase: size (peak RSS)
@@ -625,11 +658,11 @@ report() {
     say ""
     say "### Through Postfix: $N messages of $SIZE bytes, $SESSIONS sessions, AUTH PLAIN (smtp_load), mean of $REPEAT run(s)"
     say ""
-    say "| setup | submissions/s accepted | x Postfix alone | submissions/s end to end | x Postfix alone | end-of-DATA p99 ms | CPU ms/msg Postfix | milter | clamd |"
-    say "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    say "| setup | submissions/s accepted | x Postfix alone | submissions/s end to end | x Postfix alone | end-of-DATA p99 ms | CPU ms/msg Postfix | milter | clamd | redis |"
+    say "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for m in $MODES; do
       [ -n "${SUM_N[$m]:-}" ] || continue
-      say "| $(label "$m") | $(mean SUM_INJ "$m") | $(calc "$(mean SUM_INJ "$m" 3) / $base_inj") | $(mean SUM_E2E "$m") | $(calc "$(mean SUM_E2E "$m" 3) / $base_e2e") | $(mean SUM_P99 "$m") | $(mean SUM_CPU_PF "$m" 2) | $(mean SUM_CPU_M "$m" 2) | $(mean SUM_CPU_AV "$m" 2) |"
+      say "| $(label "$m") | $(mean SUM_INJ "$m") | $(calc "$(mean SUM_INJ "$m" 3) / $base_inj") | $(mean SUM_E2E "$m") | $(calc "$(mean SUM_E2E "$m" 3) / $base_e2e") | $(mean SUM_P99 "$m") | $(mean SUM_CPU_PF "$m" 2) | $(mean SUM_CPU_M "$m" 2) | $(mean SUM_CPU_AV "$m" 2) | $(mean SUM_CPU_RD "$m" 2) |"
     done
     say ""
     say "End to end = until smtp-sink has every message, for pec-milter also every accettazione (2 messages a submission). CPU: per accepted submission; Postfix = every Postfix process (smtpd, cleanup, qmgr, smtp, the reinjection smtpd)."
@@ -653,13 +686,17 @@ report() {
     say "| run | messages | msgs/s | x RSA bound | EOM p50 ms | p90 | p99 | max | milter CPU ms/msg |"
     say "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     local k
-    for k in unix tcp av hsm half halftcp rx; do
+    for k in emb-unix emb-tcp redis-unix redis-tcp redis-av redis-hsm half-emb-unix half-emb-tcp half-redis-unix half-redis-tcp rx-emb-unix rx-redis-unix; do
       [ -n "${PROTO[$k]:-}" ] || continue
       local p=${PROTO[$k]} acc
       acc=$(kv "$p" accept)
-      say "| $(proto_label "$k") | $acc | $(kv "$p" msgs_per_s) | $([ "$k" = rx ] && echo '-' || calc "$(kv "$p" msgs_per_s) / ${bound:-1}") | $(kv "$p" eom_p50_ms) | $(kv "$p" eom_p90_ms) | $(kv "$p" eom_p99_ms) | $(kv "$p" eom_max_ms) | $(calc "1000 * $(kv "$p" milter_cpu_s) / (${acc:-0} + 0.000001)") |"
+      say "| $(proto_label "$k") | $acc | $(kv "$p" msgs_per_s) | $(case $k in rx-*) echo '-' ;; *) calc "$(kv "$p" msgs_per_s) / ${bound:-1}" ;; esac) | $(kv "$p" eom_p50_ms) | $(kv "$p" eom_p90_ms) | $(kv "$p" eom_p99_ms) | $(kv "$p" eom_max_ms) | $(calc "1000 * $(kv "$p" milter_cpu_s) / (${acc:-0} + 0.000001)") |"
     done
-    [ -n "${RX_RECEIPTS:-}" ] && say "" && say "Reception: every envelope verified (signature, chain, providers' index), delivered as is, one signed presa-in-carico each (log lines: $RX_RECEIPTS)."
+    say ""
+    say "State store: embedded = the default one-node store (files, fsync); redis = Redis (no persistence here). clamd off unless said. Milter CPU from /proc/PID/stat (utime + stime)."
+    if [ -n "${RX_RECEIPTS[emb-unix]:-}${RX_RECEIPTS[redis-unix]:-}" ]; then
+      say "Reception: each envelope verified (S/MIME signature, chain to B's CA, providers' index), delivered as is, and one signed presa-in-carico injected (log lines: embedded ${RX_RECEIPTS[emb-unix]:-?}, redis ${RX_RECEIPTS[redis-unix]:-?})."
+    fi
   fi
   if [[ " $PHASES " == *" size "* ]]; then
     say ""
@@ -680,15 +717,16 @@ label() {
   case $1 in
     none) echo "Postfix alone" ;; dkim-unix) echo "Postfix + OpenDKIM, unix socket" ;;
     dkim-tcp) echo "Postfix + OpenDKIM, TCP" ;; pec-unix) echo "Postfix + pec-milter, unix socket" ;;
-    pec-tcp) echo "Postfix + pec-milter, TCP" ;; pec-hsm) echo "Postfix + pec-milter, HSM signing (unix)" ;;
+    pec-tcp) echo "Postfix + pec-milter, TCP" ;; pec-redis) echo "Postfix + pec-milter, unix socket, Redis state" ;; pec-hsm) echo "Postfix + pec-milter, HSM signing (unix)" ;;
   esac
 }
 proto_label() {
-  case $1 in
-    unix) echo "access point, unix socket, clamd off" ;; tcp) echo "access point, TCP, clamd off" ;;
-    av) echo "access point, unix socket, clamd on" ;; hsm) echo "access point, HSM signing, unix" ;;
-    half) echo "half load (${HALF_RATE:-?}/s), unix socket" ;; halftcp) echo "half load (${HALF_RATE:-?}/s), TCP" ;;
-    rx) echo "reception point: verify $RX_N envelopes, unix" ;;
+  local k=$1 what=access
+  case $k in half-*) what="half load (${HALF_RATE[${k#half-}]:-?}/s)"; k=${k#half-} ;; rx-*) what="reception, $RX_N envelopes"; k=${k#rx-} ;; esac
+  case $k in
+    emb-unix) echo "$what, embedded state, unix" ;; emb-tcp) echo "$what, embedded state, TCP" ;;
+    redis-unix) echo "$what, Redis state, unix" ;; redis-tcp) echo "$what, Redis state, TCP" ;;
+    redis-av) echo "$what, Redis state, unix, clamd on" ;; redis-hsm) echo "$what, HSM signing, Redis, unix" ;;
   esac
 }
 verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo "**missed**"; fi; }
@@ -703,24 +741,31 @@ targets() {
     say "- access point through Postfix >= 0.8 x Postfix + OpenDKIM (each on its faster transport, end to end): $pbest vs $dbest submissions/s = $(calc "$pbest / $dbest") x — $(verdict "$pbest >= 0.8 * $dbest")"
     local pi ti; pi=$(mean SUM_INJ pec-unix 3) ti=$(mean SUM_INJ pec-tcp 3)
     say "  (accepted rate: $(calc "$( calc "($pi > $ti) ? $pi : $ti" 1) / $( calc "($(mean SUM_INJ dkim-unix 3) > $(mean SUM_INJ dkim-tcp 3)) ? $(mean SUM_INJ dkim-unix 3) : $(mean SUM_INJ dkim-tcp 3)" 1)") x)"
+    if [ -n "${SUM_N[pec-redis]:-}" ]; then
+      local pr; pr=$(mean SUM_E2E pec-redis 3)
+      say "  (with the Redis state store instead of the embedded one: $(calc "$pr" 1) submissions/s = $(calc "$pr / $dbest") x — $(verdict "$pr >= 0.8 * $dbest"))"
+    fi
     say "- pec-milter over TCP within 10 % of its unix socket (through Postfix, end to end): $(calc "$pt") vs $(calc "$pu") = $(calc "$pt / $pu") x — $(verdict "$pt >= 0.9 * $pu && $pt <= 1.1 * $pu")"
   fi
-  if [ -n "${PROTO[unix]:-}" ]; then
-    local sm vm bound u t
+  if [ -n "${PROTO[redis-unix]:-}" ]; then
+    local sm vm bound u e
     read -r sm vm <<< "$OSSL_M"; bound=$(calc "${sm:-0} / 2" 1)
-    u=$(kv "${PROTO[unix]}" msgs_per_s) t=$(kv "${PROTO[tcp]:-}" msgs_per_s)
-    say "- protocol-level ceiling >= 80 % of the RSA-signing bound: $u vs $bound submissions/s = $(calc "100 * $u / $bound" 0) % — $(verdict "$u >= 0.8 * $bound")"
-    [ -n "$t" ] && say "  (protocol level, TCP vs unix: $(calc "$t / $u") x)"
+    u=$(kv "${PROTO[redis-unix]}" msgs_per_s) e=$(kv "${PROTO[emb-unix]:-}" msgs_per_s)
+    say "- protocol-level ceiling >= 80 % of the RSA-signing bound: $u vs $bound submissions/s = $(calc "100 * $u / $bound" 0) % (Redis state, unix) — $(verdict "$u >= 0.8 * $bound"); with the default embedded state store ${e:-?}/s = $(calc "100 * ${e:-0} / $bound" 0) % — $(verdict "${e:-0} >= 0.8 * $bound")"
+    local rt et
+    rt=$(kv "${PROTO[redis-tcp]:-}" msgs_per_s) et=$(kv "${PROTO[emb-tcp]:-}" msgs_per_s)
+    [ -n "$rt" ] && say "  (protocol level, TCP vs unix: Redis $(calc "$rt / $u") x, embedded $(calc "${et:-0} / (${e:-0} + 0.000001)") x)"
   fi
   if [ -n "${SZ[big]:-}" ]; then
     local h; h=$(kv "${SZ[big]}" hwm_mb)
     say "- $(calc "$BIG_SIZE / 1048576" 0) MiB message, peak RSS <= 64 MB: $h MB — $(verdict "$h <= 64")"
   fi
-  if [ -n "${PROTO[half]:-}" ]; then
-    local p99; p99=$(kv "${PROTO[half]}" eom_p99_ms)
-    say "- p99 EOM latency under half load < 50 ms ($SIZE-byte messages, protocol level, unix): $p99 ms — $(verdict "$p99 < 50")"
-    [ -n "${PROTO[halftcp]:-}" ] && say "  (TCP: $(kv "${PROTO[halftcp]}" eom_p99_ms) ms)"
-  fi
+  local k
+  for k in emb-unix redis-unix emb-tcp redis-tcp; do
+    [ -n "${PROTO[half-$k]:-}" ] || continue
+    local p99; p99=$(kv "${PROTO[half-$k]}" eom_p99_ms)
+    say "- p99 EOM latency under half load < 50 ms ($SIZE-byte messages, protocol level, $(proto_label "$k" | sed 's/^access, //')): $p99 ms at ${HALF_RATE[$k]}/s — $(verdict "$p99 < 50")"
+  done
 }
 
 mkdir -p "$RIG_ROOT/target/bench"
