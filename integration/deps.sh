@@ -10,6 +10,7 @@ pkgs=(
   slapd ldap-utils
   dovecot-lmtpd
   softhsm2 opensc libengine-pkcs11-openssl gnutls-bin
+  opendkim opendkim-tools strace
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "integration/deps.sh: not root; skipping apt (need: ${pkgs[*]})" >&2

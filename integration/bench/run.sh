@@ -1,0 +1,808 @@
+#!/usr/bin/env bash
+# integration/bench/run.sh [--quick] — pec-milter side by side with Postfix alone and
+# Postfix + OpenDKIM (issue 7), on one machine, loopback only, in a network namespace that
+# has only `lo` (integration/lib.sh). Everything is bounded in count and time and stops by
+# itself. Prints a results table and writes it to $BENCH_OUT (default
+# target/bench/results-<UTC time>.md; also target/bench/latest.md).
+#
+# What runs (one Postfix instance, one listener per setup, the same message set):
+#   smtp_load (examples/smtp_load.rs: AUTH PLAIN, C sessions, one message per connection)
+#     -> Postfix smtpd 127.0.0.1:2600 + [milter] -> qmgr -> smtp -> smtp-sink 127.0.0.1:2525
+#   listeners: 2600 no milter | 2601 OpenDKIM unix | 2602 OpenDKIM TCP | 2603 pec-milter unix |
+#              2604 pec-milter TCP | 2606 pec-milter unix with the Redis state store (the others
+#              use the default embedded store) | 2605 pec-milter with $BENCH_HSM_SIGNING (optional)
+#   pec-milter reinjects its accettazione receipts on 127.0.0.1:10025 (no milter); they go to
+#   the same sink and are counted. One check message per setup goes to check@check.test
+#   (a second sink that keeps it): its DKIM signature / PEC envelope is verified.
+#   smtp-source (no AUTH, from mynetworks) figures for the setups it can drive (no milter,
+#   OpenDKIM): the access point applies only to authenticated holders.
+# Then, with no MTA: examples/milter_load.rs drives pec-milter directly over the milter
+# protocol (access point with {auth_authen}; reception point with pre-signed envelopes of
+# another provider), next to `openssl speed rsa2048`; and the size runs (one 100 MB original,
+# 50 recipients x 2 MB) through Postfix + pec-milter with peak RSS (VmHWM).
+#
+# Environment (defaults: full run; --quick: small counts, < 2 minutes, a smoke test):
+#   N, WARMUP, SESSIONS, SIZE, REPEAT   SMTP runs: messages per measured run, warm-up messages,
+#                                       concurrent sessions, payload bytes, runs per setup
+#   PROTO_N, PROTO_C                    protocol-level runs: messages, connections
+#   RX_N                                reception: signed envelopes made and verified
+#   BIG_SIZE, FAN_SIZE, FAN_RCPTS       size runs (100 MiB; 2 MiB x 50)
+#   SPEED_SECS                          openssl speed -seconds
+#   PHASES="smtp proto rx size"         which phases run
+#   BENCH_HSM_SIGNING=FILE              a TOML [signing] section (e.g. backend = "pkcs11" ...,
+#                                       with SOFTHSM2_CONF exported): adds the rows
+#                                       "pec-milter HSM" (SMTP, unix socket) and "proto HSM".
+#                                       The PKCS#11 backend is being written; without the
+#                                       variable the rows are absent. BENCH_HSM_CA=PEM: the CA
+#                                       that the check message's signature is verified against.
+#   MODES="none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis"  SMTP setups (order = run order;
+#                                       pec-redis = pec-milter, unix socket, Redis state store)
+#   BENCH_POSTCONF='name = value'       extra main.cf lines (experiments; say so when quoting)
+#   PEC_MILTER_BIN (default target/release/pec-milter), BENCH_NO_BUILD=1 (use what is built),
+#   BENCH_OUT=FILE, KEEP=1 (keep the work dir)
+# Needs root (network namespace, Postfix), integration/deps.sh (postfix, opendkim, clamd, ...).
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/../lib.sh"
+
+QUICK=0
+for a in "$@"; do
+  case $a in
+    --quick) QUICK=1 ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+  esac
+done
+if [ "$QUICK" = 1 ]; then
+  : "${N:=60}" "${WARMUP:=5}" "${SESSIONS:=4}" "${REPEAT:=1}" "${PROTO_N:=300}" "${PROTO_C:=4}"
+  : "${RX_N:=40}" "${BIG_SIZE:=10485760}" "${FAN_SIZE:=1048576}" "${FAN_RCPTS:=10}" "${SPEED_SECS:=1}"
+else
+  : "${N:=2000}" "${WARMUP:=50}" "${SESSIONS:=8}" "${REPEAT:=2}" "${PROTO_N:=4000}" "${PROTO_C:=8}"
+  : "${RX_N:=1000}" "${BIG_SIZE:=104857600}" "${FAN_SIZE:=2097152}" "${FAN_RCPTS:=50}" "${SPEED_SECS:=5}"
+fi
+: "${SIZE:=10240}" "${PHASES:=smtp proto rx size}"
+export PEC_MILTER_BIN=${PEC_MILTER_BIN:-target/release/pec-milter}
+BIN=$(pec_milter_bin)
+EX=$RIG_ROOT/target/release/examples
+T_START=$EPOCHREALTIME
+
+# ports inside the namespace
+SINK_PORT=2525 CHECK_PORT=2526 PROTO_SINK_PORT=10026 DKIM_TCP_PORT=8892 PEC_TCP_PORT=8891 PROTO_TCP_PORT=8893
+declare -A PORT=([none]=2600 [dkim-unix]=2601 [dkim-tcp]=2602 [pec-unix]=2603 [pec-tcp]=2604 [pec-redis]=2606 [pec-hsm]=2605)
+HOLDER=$MARIO HOLDER_PW=$MARIO_PW RCPT=$ANNA
+
+# ------------------------------------------------------------------ build
+
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+  (cd "$RIG_ROOT" && cargo build --release --locked --bin pec-milter --example smtp_load --example milter_load) \
+    >/dev/null 2>&1 || { echo "cargo build --release failed" >&2; exit 1; }
+fi
+for b in "$BIN" "$EX/smtp_load" "$EX/milter_load"; do
+  [ -x "$b" ] || { echo "missing $b (cargo build --release --locked --examples)" >&2; exit 1; }
+done
+for c in postfix smtp-sink smtp-source opendkim opendkim-genkey clamd openssl; do
+  command -v "$c" >/dev/null || { echo "missing $c: run integration/deps.sh" >&2; exit 1; }
+done
+
+rig_begin pecbench
+W=$RIG_BASE
+RESULTS=$W/results.md
+: > "$RESULTS"
+say() { printf '%s\n' "$*" | tee -a "$RESULTS"; }
+exec 3>&1   # progress notes reach the terminal also from inside ok (which captures 1 and 2)
+note() { printf '# %s\n' "$*" >&3; }
+
+# ------------------------------------------------------------------ small helpers
+
+calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
+# kv LINE KEY: the value of KEY=... in a key=value line
+kv() { tr ' ' '\n' <<< "$1" | sed -n "s/^$2=//p" | head -1; }
+busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
+# all_cpu: CPU seconds used by every task on the machine so far (root cpuacct: precise; the
+# tick-sampled /proc/stat misses short bursts), or /proc/stat busy ticks without cgroups
+all_cpu() {
+  if [ -r /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then calc "$(cat /sys/fs/cgroup/cpuacct/cpuacct.usage) / 1e9" 3
+  else busy_ticks | awk '{ printf "%.3f", $1 / 100 }'; fi
+}
+proc_cpu() { awk '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+vm_hwm_mb() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+
+# CPU accounting: cgroup v1 cpuacct (children inherit it, exited children stay counted).
+CG=/sys/fs/cgroup/cpuacct CGP=pecbench.$$ HAVE_CG=0
+if mkdir "$CG/$CGP.probe" 2>/dev/null; then rmdir "$CG/$CGP.probe"; HAVE_CG=1; fi
+cg_exec() { local g=$1; shift
+  if [ "$HAVE_CG" = 1 ]; then mkdir -p "$CG/$CGP.$g"; sh -c 'echo $$ > "$0/cgroup.procs"; shift; exec "$@"' "$CG/$CGP.$g" - "$@"
+  else "$@"; fi; }
+cg_adopt() { [ "$HAVE_CG" = 1 ] || return 0; mkdir -p "$CG/$CGP.$1"; echo "$2" > "$CG/$CGP.$1/cgroup.procs"; }
+cg_secs() { if [ "$HAVE_CG" = 1 ] && [ -f "$CG/$CGP.$1/cpuacct.usage" ]; then calc "$(cat "$CG/$CGP.$1/cpuacct.usage") / 1e9" 3; else echo 0; fi; }
+cg_cleanup() {
+  local g p
+  for g in "$CG/$CGP".*; do
+    [ -d "$g" ] || continue
+    for p in $(cat "$g/cgroup.procs" 2>/dev/null); do echo "$p" > "$CG/cgroup.procs" 2>/dev/null; done
+    rmdir "$g" 2>/dev/null
+  done
+  return 0
+}
+rig_defer cg_cleanup   # runs last, after every daemon is down
+
+# toml_set FILE SECTION KEY VALUE: replace `KEY = ...` inside [SECTION] (VALUE as TOML text).
+toml_set() {
+  awk -v s="[$2]" -v k="$3" -v v="$4" '
+    /^\[/ { sec = $0 }
+    sec == s && $0 ~ "^" k "[ \t]*=" { print k " = " v; done = 1; next }
+    { print }
+    END { if (!done) exit 1 }' "$1" > "$1.new" && mv "$1.new" "$1"
+}
+# toml_replace_section FILE SECTION SNIPPET: drop [SECTION] from FILE, append SNIPPET (a file).
+toml_replace_section() {
+  awk -v s="[$2]" '/^\[/ { skip = ($0 == s) } !skip { print }' "$1" > "$1.new" && mv "$1.new" "$1"
+  { echo; cat "$3"; } >> "$1"
+}
+
+# openssl_speed: `openssl speed rsa2048` (one process, and -multi 2), measured at the start and
+# again before the protocol-level runs; the RSA bound uses the best -multi figure (other work on
+# the machine only ever lowers it). OSSL_RUNS holds "sign/s(1) verify/s(1) sign/s(2) verify/s(2)".
+OSSL_RUNS=()
+openssl_speed() {
+  local one multi
+  one=$(openssl speed -seconds "$SPEED_SECS" rsa2048 2>/dev/null | awk '/^rsa 2048 bits/ { print $6, $7 }')
+  multi=$(openssl speed -seconds "$SPEED_SECS" -multi 2 rsa2048 2>/dev/null | awk '/^rsa 2048 bits/ { print $6, $7 }')
+  [ -n "$one" ] && [ -n "$multi" ] || return 1
+  OSSL_RUNS+=("$one $multi")
+}
+# ossl_best FIELD: the best value of FIELD (1-4) over the runs
+ossl_best() { local r b=0 v; for r in "${OSSL_RUNS[@]}"; do v=$(cut -d' ' -f"$1" <<< "$r"); b=$(calc "($v > $b) ? $v : $b" 1); done; echo "$b"; }
+
+# ------------------------------------------------------------------ Postfix instance
+
+# bench_pf DIR: one Postfix for every setup. Listeners (SASL AUTH allowed; mynetworks may relay
+# without it, for smtp-source): 2600.. as in PORT[], each with its own smtpd_milters; 10025
+# reinjection (no milter). Everything is relayed to smtp-sink on [127.0.0.1]:2525, except
+# check.test -> [127.0.0.1]:2526. No DNS, no local delivery.
+bench_pf() {
+  local D=$1 m u up
+  mkdir -p "$D"/etc/sasl "$D"/spool "$D"/data "$D"/sasl
+  chmod 755 "$D" "$D"/etc "$D"/etc/sasl "$D"/sasl; chown postfix:postfix "$D"/data
+  cat > "$D"/etc/main.cf <<EOF
+compatibility_level = 3.6
+queue_directory = $D/spool
+data_directory = $D/data
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = $D/maillog
+maillog_file_prefixes = $D
+myhostname = mx.pec.demo.test
+mydomain = pec.demo.test
+myorigin = \$mydomain
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_banner = \$myhostname ESMTP
+smtpd_relay_restrictions = permit_sasl_authenticated, permit_mynetworks, reject
+smtp_dns_support_level = disabled
+smtp_host_lookup = native
+smtpd_peername_lookup = no
+relayhost = [127.0.0.1]:$SINK_PORT
+default_transport = smtp
+transport_maps = texthash:$D/etc/transport
+alias_maps =
+alias_database =
+biff = no
+# a 100 MB original grows a little inside the envelope
+message_size_limit = 314572800
+mailbox_size_limit = 0
+disable_mime_output_conversion = yes
+smtpd_milters =
+non_smtpd_milters =
+milter_protocol = 6
+milter_default_action = tempfail
+milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}
+milter_content_timeout = 600s
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+cyrus_sasl_config_path = $D/etc/sasl
+smtpd_sasl_security_options = noanonymous
+smtpd_tls_security_level = none
+EOF
+  # experiments: extra main.cf lines, e.g. BENCH_POSTCONF='milter_data_macros ='
+  [ -n "${BENCH_POSTCONF:-}" ] && printf '%s\n' "$BENCH_POSTCONF" >> "$D"/etc/main.cf
+  echo "check.test smtp:[127.0.0.1]:$CHECK_PORT" > "$D"/etc/transport
+  printf 'pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: %s\nmech_list: PLAIN LOGIN\n' \
+    "$D/sasl/sasldb2" > "$D"/etc/sasl/smtpd.conf
+  rm -f "$D"/sasl/sasldb2*
+  printf '%s' "$HOLDER_PW" | saslpasswd2 -f "$D"/sasl/sasldb2 -p -c -u "${HOLDER#*@}" "${HOLDER%@*}" || return 1
+  chown root:postfix "$D"/sasl/sasldb2; chmod 640 "$D"/sasl/sasldb2
+  {
+    for m in none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis pec-hsm; do
+      printf '127.0.0.1:%s inet n - n - - smtpd\n  -o syslog_name=postfix/%s\n  -o smtpd_sasl_auth_enable=yes\n  -o smtpd_milters=%s\n' \
+        "${PORT[$m]}" "$m" "$(milter_of "$m")"
+    done
+    cat <<EOF
+127.0.0.1:$RIG_REINJECT_PORT inet n - n - - smtpd
+  -o syslog_name=postfix/reinject
+  -o smtpd_sasl_auth_enable=no
+  -o smtpd_milters=
+  -o receive_override_options=no_milters
+  -o smtpd_relay_restrictions=permit_mynetworks,reject
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+  } > "$D"/etc/master.cf
+  local q
+  for q in active bounce corrupt defer deferred flush hold incoming private saved trace; do
+    install -d -o postfix -g root -m 700 "$D/spool/$q"
+  done
+  install -d -o postfix -g postdrop -m 730 "$D/spool/maildrop"
+  install -d -o postfix -g postdrop -m 710 "$D/spool/public"
+  install -d -o root -g root -m 755 "$D/spool/pid"
+  chmod 755 "$D/spool"; chmod 700 "$D/data"
+  touch -d '-10 seconds' "$D"/etc/main.cf "$D"/etc/master.cf
+  if ! ns_exec postfix -c "$D/etc" check >/dev/null 2>&1; then
+    ns_exec script -qec "postfix -c $D/etc check" /dev/null >&2; return 1
+  fi
+}
+
+milter_of() {
+  case $1 in
+    none) ;;
+    dkim-unix) printf 'unix:%s' "$W/dkim/opendkim.sock" ;;
+    dkim-tcp) printf 'inet:127.0.0.1:%s' "$DKIM_TCP_PORT" ;;
+    pec-unix) printf 'unix:%s' "$W/pec-unix/pec.sock" ;;
+    pec-tcp) printf 'inet:127.0.0.1:%s' "$PEC_TCP_PORT" ;;
+    pec-redis) printf 'unix:%s' "$W/pec-redis/pec.sock" ;;
+    pec-hsm) printf 'unix:%s' "$W/pec-hsm/pec.sock" ;;
+  esac
+}
+
+pf_start() {
+  rig_defer pf_down "$1"
+  cg_exec pf ip netns exec "$RIG_NETNS" postfix -c "$1/etc" start >/dev/null 2>&1 || {
+    ns_exec script -qec "postfix -c $1/etc check" /dev/null >&2; return 1; }
+  local m
+  for m in "${!PORT[@]}"; do wait_port 127.0.0.1 "${PORT[$m]}" 10 || return 1; done
+  wait_port 127.0.0.1 "$RIG_REINJECT_PORT" 10
+}
+
+# delivered: messages the main sink accepted (one maillog line per recipient delivered).
+delivered() {
+  local n; n=$(grep -c "relay=127.0.0.1\[127.0.0.1\]:$SINK_PORT, .*status=sent" "$PF/maillog" 2>/dev/null)
+  echo "${n:-0}"
+}
+# wait_delivered COUNT SECS: until delivered >= COUNT; fails after SECS.
+wait_delivered() {
+  local want=$1 secs=$2 i n
+  for ((i = 0; i < secs * 10; i++)); do
+    n=$(delivered); [ "$n" -ge "$want" ] && return 0
+    sleep 0.1
+  done
+  echo "only $n of $want delivered to the sink after ${secs}s" >&2; return 1
+}
+
+# ------------------------------------------------------------------ sinks, OpenDKIM, pec-milter
+
+sink_up() { # NAME PORT [smtp-sink options...]
+  local name=$1 port=$2 cg=(); shift 2
+  # a simple command in the background (not a function), so that $! is smtp-sink itself:
+  # sh execs ip, which execs smtp-sink
+  if [ "$HAVE_CG" = 1 ]; then mkdir -p "$CG/$CGP.sink"; cg=(sh -c 'echo $$ > "$0/cgroup.procs"; shift; exec "$@"' "$CG/$CGP.sink" -); fi
+  "${cg[@]}" ip netns exec "$RIG_NETNS" smtp-sink -u nobody "$@" "127.0.0.1:$port" 1024 >"$W/$name.out" 2>&1 &
+  echo $! > "$W/$name.pid"
+  rig_defer _kill_pidfile "$W/$name.pid" 5
+  wait_port 127.0.0.1 "$port" 10
+}
+
+dkim_up() {
+  local K=$W/dkim
+  mkdir -p "$K"
+  opendkim-genkey -b 2048 -d pec.demo.test -s bench -D "$K" || return 1
+  chmod 600 "$K/bench.private"
+  printf 'bench._domainkey.pec.demo.test %s\n' "$(grep -o '"[^"]*"' "$K/bench.txt" | tr -d '"\n')" > "$K/testkeys"
+  local name sock
+  for name in unix tcp; do
+    if [ $name = unix ]; then sock="local:$K/opendkim.sock"; else sock="inet:$DKIM_TCP_PORT@127.0.0.1"; fi
+    cat > "$K/$name.conf" <<EOF
+Syslog                  no
+Mode                    s
+Domain                  pec.demo.test
+Selector                bench
+KeyFile                 $K/bench.private
+Canonicalization        relaxed/simple
+SignatureAlgorithm      rsa-sha256
+InternalHosts           127.0.0.1
+Socket                  $sock
+PidFile                 $K/$name.pid
+UMask                   000
+RequireSafeKeys         false
+EOF
+    cg_exec "dkim-$name" ip netns exec "$RIG_NETNS" opendkim -x "$K/$name.conf" || return 1
+    rig_defer _kill_pidfile "$K/$name.pid" 10
+  done
+  local i
+  for ((i = 0; i < 100; i++)); do [ -S "$K/opendkim.sock" ] && break; sleep 0.1; done
+  wait_port 127.0.0.1 "$DKIM_TCP_PORT" 10
+}
+
+# pec_up NAME LISTEN [REINJECT_PORT [CLAMD on|off]]: pec-milter in $W/NAME (config from
+# lib.sh write_config: PEM key made by init_demo, state ${STATE:-embedded} (redis: database
+# ${REDIS_DB:-0} of the rig's Redis), clamd) listening on LISTEN;
+# no delivery point, no timers (not measured here); max_product raised for the size runs.
+# Extra env INDEX/TRUST/... as for write_config. BENCH_HSM_SIGNING replaces [signing] when
+# NAME is pec-hsm or proto-hsm.
+pec_up() {
+  local name=$1 listen=$2 rport=${3:-$RIG_REINJECT_PORT} av=${4:-on} D=$W/$1
+  mkdir -p "$D"
+  write_config "$D" "${STATE:-embedded}" || return 1
+  local cfg=$D/pec-milter.toml
+  toml_set "$cfg" state url "\"redis://127.0.0.1:$RIG_REDIS_PORT/${REDIS_DB:-0}\"" || return 1
+  toml_set "$cfg" milter listen "\"$listen\"" &&
+    toml_set "$cfg" reinjection address "\"127.0.0.1:$rport\"" &&
+    toml_set "$cfg" limits max_product '"4GB"' || return 1
+  [ "$av" = off ] && { toml_set "$cfg" clamd enabled false || return 1; }
+  printf '\n[delivery]\nlisten = ""\noutbox = "%s/outbox"\n\n[timers]\nenabled = false\n' "$D" >> "$cfg"
+  case $name in *hsm) toml_replace_section "$cfg" signing "$BENCH_HSM_SIGNING" ;; esac
+  "$BIN" check-config --config "$cfg" >/dev/null || { echo "pec_up: bad config $cfg" >&2; return 1; }
+  pec_milter_up "$D" "$cfg" || return 1
+  # pec-milter creates its unix socket with the default mode; smtpd (user postfix) must
+  # be able to connect (the OpenDKIM equivalent is UMask 000)
+  case $listen in unix:*) chmod 666 "${listen#unix:}" ;; esac
+  cg_adopt "$name" "$(cat "$D/pec-milter.pid")"
+}
+pec_pid() { cat "$W/$1/pec-milter.pid"; }
+
+# ------------------------------------------------------------------ checks of the check messages
+
+# sink_message FILE: the message of an smtp-sink dump without the X-* lines and Received: it adds.
+sink_message() {
+  awk 'st == 0 && /^X-(Client-Addr|Client-Proto|Helo-Args|Mail-Args|Rcpt-Args):/ { next }
+       st == 0 && /^Received:/ { st = 1; next } st == 1 && /^[ \t]/ { next } { st = 2; print }' "$1"
+}
+# check_setup MODE: one message to check@check.test through MODE's listener; the second
+# sink keeps it; verify what the milter did (DKIM signature, or the signed PEC envelope).
+check_setup() {
+  local mode=$1 tok f out
+  tok=check-$mode-$RANDOM$RANDOM
+  out=$(ns_exec "$EX/smtp_load" --server "127.0.0.1:${PORT[$mode]}" --auth "$HOLDER:$HOLDER_PW" \
+    --from "$HOLDER" --to "check@check.test" --count 1 --concurrency 1 --size 2048 2>&1)
+  [ "$(kv "$out" ok)" = 1 ] || { echo "check message through $mode not accepted: $out" >&2; return 1; }
+  local i
+  for ((i = 0; i < 100; i++)); do
+    # the check sink gets one message at a time: the first file not seen yet
+    f=$(for x in "$W"/check/*; do case $x in *.seen) continue ;; esac
+          [ -f "$x" ] && [ ! -e "$x.seen" ] && { echo "$x"; break; }; done)
+    [ -n "$f" ] && break
+    sleep 0.1
+  done
+  [ -n "$f" ] || { echo "check message of $mode not received" >&2; return 1; }
+  sleep 0.3; touch "$f.seen"
+  sink_message "$f" > "$W/check-$mode.eml"
+  case $mode in
+    none) ! grep -q '^DKIM-Signature:' "$W/check-$mode.eml" ;;
+    dkim-*)
+      printf 'TestPublicKeys %s\nMode v\nSyslog no\n' "$W/dkim/testkeys" > "$W/dkim/verify.conf"
+      opendkim -x "$W/dkim/verify.conf" -t "$W/check-$mode.eml" 2>&1 | grep -q 'succeeded' ;;
+    pec-*)
+      local ca=$W/$mode/demo/ca.pem
+      [ "$mode" = pec-hsm ] && ca=${BENCH_HSM_CA:-}
+      grep -q '^X-Trasporto: posta-certificata' "$W/check-$mode.eml" || return 1
+      if [ -z "$ca" ]; then echo "no BENCH_HSM_CA: the HSM envelope's signature is not verified"; return 0; fi
+      "$BIN" verify --trust "$ca" "$W/check-$mode.eml" ;;
+  esac
+}
+
+# ------------------------------------------------------------------ the SMTP runs
+
+declare -A SUM_INJ SUM_E2E SUM_N SUM_P99 SUM_CPU_PF SUM_CPU_M SUM_CPU_AV SUM_CPU_RD
+SMTP_LINES=()
+
+# smtp_run MODE RUN#: WARMUP then N messages through MODE's listener with smtp_load (AUTH).
+smtp_run() {
+  local mode=$1 r=$2 per=1 port=${PORT[$1]} milter_cg=$1
+  case $mode in pec-*) per=2 ;; esac      # envelope + accettazione receipt
+  local auth=(--auth "$HOLDER:$HOLDER_PW" --from "$HOLDER" --to "$RCPT" --size "$SIZE" --quiet-errors)
+  local base out
+  base=$(delivered)
+  ns_exec "$EX/smtp_load" --server "127.0.0.1:$port" "${auth[@]}" --count "$WARMUP" --concurrency "$SESSIONS" >/dev/null 2>&1
+  wait_delivered $((base + WARMUP * per)) 120 || return 1
+  base=$(delivered)
+  local c0_pf c0_m c0_av c0_sk c0_rd b0 a0 b1 a1 t0 t1 t2 all0
+  all0=$(all_cpu)
+  c0_pf=$(cg_secs pf) c0_m=$(cg_secs "$milter_cg") c0_av=$(cg_secs clamd) c0_sk=$(cg_secs sink) c0_rd=$(cg_secs redis)
+  read -r b0 a0 < <(busy_ticks)
+  t0=$EPOCHREALTIME
+  out=$(ns_exec "$EX/smtp_load" --server "127.0.0.1:$port" "${auth[@]}" --count "$N" --concurrency "$SESSIONS" \
+        --max-seconds 600 2>&1)
+  t1=$EPOCHREALTIME
+  local ok; ok=$(kv "$out" ok)
+  wait_delivered $((base + ${ok:-0} * per)) $((60 + N / 10)) || return 1
+  t2=$EPOCHREALTIME
+  read -r b1 a1 < <(busy_ticks)
+  local all1; all1=$(all_cpu)
+  local pf m av sk rd busy inj e2e others
+  pf=$(calc "$(cg_secs pf) - $c0_pf" 3) m=$(calc "$(cg_secs "$milter_cg") - $c0_m" 3)
+  av=$(calc "$(cg_secs clamd) - $c0_av" 3) sk=$(calc "$(cg_secs sink) - $c0_sk" 3)
+  rd=$(calc "$(cg_secs redis) - $c0_rd" 3)
+  # CPU seconds the machine spent outside this benchmark during the run (other users' work)
+  others=$(calc "$all1 - $all0 - $pf - $m - $av - $sk - $rd - $(kv "$out" client_cpu_s)" 1)
+  [ "$mode" = none ] && m=0
+  case $mode in pec-*) ;; *) av=0 ;; esac
+  [ "$mode" = pec-redis ] || rd=0
+  busy=$(calc "100 * ($all1 - $all0) / (($t2 - $t0) * $(nproc))" 0)
+  inj=$(calc "$ok / ($t1 - $t0)" 1) e2e=$(calc "$ok / ($t2 - $t0)" 1)
+  if [ "$ok" != "$N" ]; then echo "$mode run $r: only $ok of $N accepted: $out" >&2; fi
+  local line
+  line=$(printf '%-10s run %s: %4s/%s ok | inject %7.1f/s | e2e %7.1f/s | end-of-DATA p50 %6.1f p99 %6.1f ms | CPU ms/msg postfix %5.2f milter %5.2f clamd %5.2f redis %4.2f sink %4.2f client %4.2f | busy %s%%, others %s CPU-s' \
+    "$mode" "$r" "$ok" "$N" "$inj" "$e2e" "$(kv "$out" eod_p50_ms)" "$(kv "$out" eod_p99_ms)" \
+    "$(calc "1000 * $pf / $ok")" "$(calc "1000 * $m / $ok")" "$(calc "1000 * $av / $ok")" "$(calc "1000 * $rd / $ok")" \
+    "$(calc "1000 * $sk / $ok")" "$(calc "1000 * $(kv "$out" client_cpu_s) / $ok")" "$busy" "$others")
+  note "$line"; SMTP_LINES+=("$line")
+  SUM_N[$mode]=$(( ${SUM_N[$mode]:-0} + 1 ))
+  SUM_INJ[$mode]=$(calc "${SUM_INJ[$mode]:-0} + $inj" 3)
+  SUM_E2E[$mode]=$(calc "${SUM_E2E[$mode]:-0} + $e2e" 3)
+  SUM_P99[$mode]=$(calc "${SUM_P99[$mode]:-0} + $(kv "$out" eod_p99_ms)" 3)
+  SUM_CPU_PF[$mode]=$(calc "${SUM_CPU_PF[$mode]:-0} + 1000 * $pf / $ok" 3)
+  SUM_CPU_M[$mode]=$(calc "${SUM_CPU_M[$mode]:-0} + 1000 * $m / $ok" 3)
+  SUM_CPU_AV[$mode]=$(calc "${SUM_CPU_AV[$mode]:-0} + 1000 * $av / $ok" 3)
+  SUM_CPU_RD[$mode]=$(calc "${SUM_CPU_RD[$mode]:-0} + 1000 * $rd / $ok" 3)
+  [ "$ok" = "$N" ]
+}
+mean() { local -n a=$1; calc "${a[$2]:-0} / ${SUM_N[$2]:-1}" "${3:-1}"; }
+
+# source_run MODE: smtp-source (no AUTH; relays as mynetworks) through MODE's listener.
+declare -A SRC_RATE SRC_E2E
+source_run() {
+  local mode=$1 base t0 t1 t2
+  base=$(delivered)
+  t0=$EPOCHREALTIME
+  ns_exec timeout 600 smtp-source -s "$SESSIONS" -m "$N" -l "$SIZE" -f "$HOLDER" -t "$RCPT" \
+    -M client.pec.demo.test -S "smtp-source bench" "127.0.0.1:${PORT[$mode]}" || return 1
+  t1=$EPOCHREALTIME
+  wait_delivered $((base + N)) $((60 + N / 10)) || return 1
+  t2=$EPOCHREALTIME
+  SRC_RATE[$mode]=$(calc "$N / ($t1 - $t0)" 1) SRC_E2E[$mode]=$(calc "$N / ($t2 - $t0)" 1)
+  note "smtp-source $mode: inject ${SRC_RATE[$mode]}/s e2e ${SRC_E2E[$mode]}/s"
+}
+
+# ------------------------------------------------------------------ main: set-up
+
+note "work dir $W; quick=$QUICK N=$N WARMUP=$WARMUP SESSIONS=$SESSIONS SIZE=$SIZE REPEAT=$REPEAT"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+: "${MODES:=none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis}"
+[ -n "${BENCH_HSM_SIGNING:-}" ] && MODES="$MODES pec-hsm"
+
+PF=$W/pf
+mkdir -p "$W/check"; chown nobody "$W/check"
+ok "bench Postfix instance written" bench_pf "$PF" || exit 1
+ok "smtp-sink (relay target) on $SINK_PORT" sink_up sink "$SINK_PORT" || exit 1
+ok "smtp-sink (check messages, kept) on $CHECK_PORT" sink_up checksink "$CHECK_PORT" -d "$W/check/%H%M%S." || exit 1
+ok "clamd up" clamd_up "$W/clamd" "$RIG_CLAMD_PORT" || exit 1
+cg_adopt clamd "$(cat "$W/clamd/clamd.pid")"
+ok "redis up (state store of the Redis rows)" redis_up "$W/redis" "$RIG_REDIS_PORT" || exit 1
+cg_adopt redis "$(cat "$W/redis/redis.pid")"
+if [[ " $PHASES " == *" smtp "* ]] || [[ " $PHASES " == *" size "* ]]; then
+  ok "OpenDKIM (RSA-2048) on a unix socket and on TCP $DKIM_TCP_PORT" dkim_up || exit 1
+  ok "pec-milter on a unix socket" pec_up pec-unix "unix:$W/pec-unix/pec.sock" || exit 1
+  ok "pec-milter on TCP $PEC_TCP_PORT" pec_up pec-tcp "inet:127.0.0.1:$PEC_TCP_PORT" || exit 1
+  STATE=redis REDIS_DB=1 ok "pec-milter on a unix socket, Redis state" pec_up pec-redis "unix:$W/pec-redis/pec.sock" || exit 1
+  if [ -n "${BENCH_HSM_SIGNING:-}" ]; then
+    ok "pec-milter with [signing] from $BENCH_HSM_SIGNING" pec_up pec-hsm "unix:$W/pec-hsm/pec.sock" || exit 1
+  fi
+  ok "Postfix up (listeners 2600-2605, reinjection 10025)" pf_start "$PF" || exit 1
+fi
+
+if [[ " $PHASES " == *" proto "* ]]; then
+  ok "openssl speed rsa2048 at the start (1 process and -multi 2, ${SPEED_SECS}s)" openssl_speed
+fi
+
+# ------------------------------------------------------------------ phase: SMTP side by side
+
+if [[ " $PHASES " == *" smtp "* ]]; then
+  for m in $MODES; do ok "check message through $m verified" check_setup "$m"; done
+  for ((r = 1; r <= REPEAT; r++)); do
+    for m in $MODES; do ok "SMTP run $r: $m ($N messages)" smtp_run "$m" "$r"; done
+  done
+  for m in none dkim-unix dkim-tcp; do ok "smtp-source: $m ($N messages)" source_run "$m"; done
+fi
+
+# ------------------------------------------------------------------ phase: protocol level
+
+declare -A PROTO
+# proto_run NAME CONNECT [milter_load options...]: one protocol-level run, result in PROTO[NAME].
+proto_run() {
+  local name=$1 connect=$2 pid=$3; shift 3
+  local c0 out s0 all0
+  c0=$(proc_cpu "$pid") s0=$(cg_secs sink) all0=$(all_cpu)
+  out=$(ns_exec "$EX/milter_load" --connect "$connect" --max-seconds 300 --quiet-errors "$@" 2>&1)
+  local rc=$?
+  local cpu others
+  cpu=$(calc "$(proc_cpu "$pid") - $c0" 2)
+  # CPU seconds spent outside this benchmark (milter, its receipts' smtp-sink, the client)
+  others=$(calc "$(all_cpu) - $all0 - $cpu - ($(cg_secs sink) - $s0) - $(kv "$out" client_cpu_s)" 1)
+  PROTO[$name]="$out milter_cpu_s=$cpu others_cpu_s=$others"
+  note "proto $name: ${PROTO[$name]}"
+  return $rc
+}
+
+# The protocol-level instances (reinjection to their own smtp-sink, no Postfix). The reception
+# role needs a providers' index listing the other provider (B), and B's CA as trust anchor.
+#   name        listen                          state     clamd
+PROTO_INSTANCES=(
+  "emb-unix   unix:$W/emb-unix/pec.sock         embedded  off"
+  "emb-tcp    inet:127.0.0.1:$PROTO_TCP_PORT    embedded  off"
+  "redis-unix unix:$W/redis-unix/pec.sock       redis     off"
+  "redis-tcp  inet:127.0.0.1:$((PROTO_TCP_PORT + 1))    redis     off"
+  "redis-av   unix:$W/redis-av/pec.sock         redis     on"
+)
+[ -n "${BENCH_HSM_SIGNING:-}" ] && PROTO_INSTANCES+=("redis-hsm  unix:$W/redis-hsm/pec.sock  redis  off")
+declare -A P_LISTEN
+if [[ " $PHASES " == *" proto "* ]] || [[ " $PHASES " == *" rx "* ]]; then
+  ok "openssl speed rsa2048 before the protocol level (1 process and -multi 2, ${SPEED_SECS}s)" openssl_speed
+  ok "smtp-sink for the protocol-level receipts on $PROTO_SINK_PORT" sink_up protosink "$PROTO_SINK_PORT"
+  B=$W/b
+  mkdir -p "$B"
+  printf '[provider]\nname = "Beta PEC S.p.A."\ndomain = "pec.other.test"\ndomains = ["pec.other.test"]\n[signing]\nkey = "%s/provider.key"\ncert = "%s/provider.crt"\n' \
+    "$B" "$B" > "$B/id.toml"
+  ok "provider B identity (init-demo)" "$BIN" init-demo --config "$B/id.toml"
+  {
+    igpec_root_entry
+    "$BIN" index-entry --cert "$B/provider.crt" --name "Beta PEC S.p.A." --domains pec.other.test \
+      --receipt ricevute@pec.other.test
+  } > "$W/igpec.ldif"
+  db=2
+  for inst in "${PROTO_INSTANCES[@]}"; do
+    read -r name listen state av <<< "$inst"
+    P_LISTEN[$name]=$listen
+    STATE=$state REDIS_DB=$db INDEX=ldif INDEX_LDIF=$W/igpec.ldif TRUST="$B/ca.pem" \
+      ok "pec-milter $name ($listen, $state state, clamd $av)" pec_up "$name" "$listen" "$PROTO_SINK_PORT" "$av"
+    db=$((db + 1))
+  done
+fi
+
+PA=(--auth "$HOLDER" --from "$HOLDER" --to "$RCPT" --size "$SIZE")
+# proto_max NAME: warm-up, then PROTO_N messages (at most 60 s) as fast as the milter answers.
+proto_max() {
+  proto_run warm "${P_LISTEN[$1]}" "$(pec_pid "$1")" "${PA[@]}" --count 50 --concurrency "$PROTO_C" &&
+    proto_run "$1" "${P_LISTEN[$1]}" "$(pec_pid "$1")" "${PA[@]}" --count "$PROTO_N" --concurrency "$PROTO_C" --max-seconds 60
+}
+# proto_half NAME: half of NAME's measured ceiling, paced (open loop), ~10 s (3 s with --quick).
+proto_half() {
+  local rate n
+  rate=$(calc "$(kv "${PROTO[$1]:-}" msgs_per_s) / 2" 0)
+  [ "${rate:-0}" -ge 1 ] 2>/dev/null || rate=1
+  n=$(( rate * (QUICK == 1 ? 3 : 10) ))
+  HALF_RATE[$1]=$rate
+  proto_run "half-$1" "${P_LISTEN[$1]}" "$(pec_pid "$1")" "${PA[@]}" --count "$n" --concurrency "$PROTO_C" --rate "$rate"
+}
+declare -A HALF_RATE
+if [[ " $PHASES " == *" proto "* ]]; then
+  for inst in "${PROTO_INSTANCES[@]}"; do
+    read -r name _ <<< "$inst"
+    ok "proto: access point, $name, $PROTO_N messages, $PROTO_C connections" proto_max "$name"
+  done
+  for name in emb-unix emb-tcp redis-unix redis-tcp; do
+    ok "proto: half load, $name" proto_half "$name"
+  done
+fi
+
+# ------------------------------------------------------------------ phase: reception (inbound)
+
+make_envelopes() { # DIR COUNT: COUNT distinct envelopes signed by provider B for mario
+  local dir=$1 n=$2 i
+  mkdir -p "$dir/orig"
+  for ((i = 0; i < n; i++)); do
+    {
+      printf 'From: <luigi.verdi@pec.other.test>\r\nTo: <%s>\r\nSubject: inbound %s\r\n' "$MARIO" "$i"
+      printf 'Message-ID: <in.%s.%s@client.pec.other.test>\r\nDate: Mon, 01 Dec 2025 10:00:00 +0100\r\n' "$i" "$$"
+      printf 'MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n'
+      head -c "$SIZE" /dev/zero | tr '\0' 'x' | fold -w 76 | sed 's/$/\r/'
+    } > "$dir/orig/$(printf '%06d' "$i")"
+  done
+  # two at a time (2 cores); each envelope is one `pec-milter envelope` run
+  find "$dir/orig" -type f -printf '%f\n' | sort | xargs -P 2 -I{} sh -c \
+    "\"$BIN\" envelope --key \"$B/provider.key\" --cert \"$B/provider.crt\" --gestore 'Beta PEC S.p.A.' \
+       --domain pec.other.test --certified pec.demo.test --id \"opec.{}.$$@pec.other.test\" \"$dir/orig/{}\" > \"$dir/{}.eml\""
+  [ "$(find "$dir" -maxdepth 1 -name '*.eml' -size +1k | wc -l)" -eq "$n" ]
+}
+declare -A RX_RECEIPTS
+# rx_run NAME: every envelope once through NAME without {auth_authen} (the reception role).
+rx_run() {
+  local before
+  before=$(pec_milter_log_count "$W/$1" "presa-in-carico")
+  proto_run "rx-$1" "${P_LISTEN[$1]}" "$(pec_pid "$1")" --from posta-certificata@pec.other.test --to "$MARIO" \
+    --messages-dir "$W/rx" --count "$RX_N" --concurrency "$PROTO_C" || return 1
+  RX_RECEIPTS[$1]=$(( $(pec_milter_log_count "$W/$1" "presa-in-carico") - before ))
+  note "rx $1: log lines mentioning presa-in-carico: ${RX_RECEIPTS[$1]}"
+}
+if [[ " $PHASES " == *" rx "* ]]; then
+  ok "$RX_N envelopes signed by provider B (pec-milter envelope)" make_envelopes "$W/rx" "$RX_N"
+  for name in emb-unix redis-unix; do
+    ok "rx: reception point verifies $RX_N envelopes ($name)" rx_run "$name"
+  done
+fi
+
+# ------------------------------------------------------------------ phase: size (peak RSS)
+
+declare -A SZ
+# size_run NAME SIZE RCPTS: one message through Postfix + pec-milter (unix socket), in a fresh
+# pec-milter so that VmHWM is this message's peak.
+size_run() {
+  local name=$1 size=$2 n=$3 to i base out t0 t1 t2 pid
+  to=$(for ((i = 1; i <= n; i++)); do printf 'r%02d@pec.other.test,' "$i"; done); to=${to%,}
+  pec_milter_down "$W/pec-unix" || true
+  pec_up pec-unix "unix:$W/pec-unix/pec.sock" || return 1
+  pid=$(pec_pid pec-unix)
+  local idle; idle=$(vm_hwm_mb "$pid")
+  base=$(delivered)
+  t0=$EPOCHREALTIME
+  out=$(ns_exec "$EX/smtp_load" --server "127.0.0.1:${PORT[pec-unix]}" --auth "$HOLDER:$HOLDER_PW" \
+        --from "$HOLDER" --to "$to" --count 1 --concurrency 1 --size "$size" --timeout 900 2>&1)
+  t1=$EPOCHREALTIME
+  [ "$(kv "$out" ok)" = 1 ] || { echo "size run $name: $out" >&2; return 1; }
+  wait_delivered $((base + n + 1)) 600 || return 1
+  t2=$EPOCHREALTIME
+  SZ[$name]="size=$size rcpts=$n hwm_mb=$(vm_hwm_mb "$pid") idle_hwm_mb=$idle submit_s=$(calc "$t1 - $t0") e2e_s=$(calc "$t2 - $t0") cpu_s=$(proc_cpu "$pid")"
+  note "size $name: ${SZ[$name]}"
+}
+if [[ " $PHASES " == *" size "* ]]; then
+  ok "size: one $((BIG_SIZE / 1048576)) MiB original through Postfix + pec-milter" size_run big "$BIG_SIZE" 1
+  ok "size: $FAN_RCPTS recipients x $((FAN_SIZE / 1048576)) MiB" size_run fan "$FAN_SIZE" "$FAN_RCPTS"
+fi
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ------------------------------------------------------------------ report
+
+report() {
+  local m cpu
+  cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+  say "## pec-milter benchmark, $(date -u +%FT%TZ)$([ "$QUICK" = 1 ] && echo ' (--quick: smoke-test counts, figures not meaningful)')"
+  say ""
+  say "Machine: $(nproc) cores ($cpu), $(free -g | awk '/^Mem:/ { print $2 }') GiB; $(postconf -d -h mail_version 2>/dev/null | sed 's/^/Postfix /'); $(opendkim -V 2>/dev/null | head -1); $(openssl version | cut -d' ' -f1-2); pec-milter $("$BIN" --version | cut -d' ' -f2) (release)."
+  say "Load average (1/5/15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER. CPU accounting: $([ "$HAVE_CG" = 1 ] && echo 'cgroup v1 cpuacct' || echo '/proc/PID/stat (no cgroup: Postfix CPU not measured)')."
+  say "Total wall time: $(rig_elapsed "$T_START") s."
+  if [[ " $PHASES " == *" smtp "* ]]; then
+    local base_inj base_e2e
+    base_inj=$(mean SUM_INJ none) base_e2e=$(mean SUM_E2E none)
+    ratio() { if [ -n "${SUM_N[none]:-}" ]; then calc "$1 / $2"; else echo -; fi; }
+    say ""
+    say "### Through Postfix: $N messages of $SIZE bytes, $SESSIONS sessions, AUTH PLAIN (smtp_load), mean of $REPEAT run(s)"
+    say ""
+    say "| setup | submissions/s accepted | x Postfix alone | submissions/s end to end | x Postfix alone | end-of-DATA p99 ms | CPU ms/msg Postfix | milter | clamd | redis |"
+    say "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for m in $MODES; do
+      [ -n "${SUM_N[$m]:-}" ] || continue
+      say "| $(label "$m") | $(mean SUM_INJ "$m") | $(ratio "$(mean SUM_INJ "$m" 3)" "$base_inj") | $(mean SUM_E2E "$m") | $(ratio "$(mean SUM_E2E "$m" 3)" "$base_e2e") | $(mean SUM_P99 "$m") | $(mean SUM_CPU_PF "$m" 2) | $(mean SUM_CPU_M "$m" 2) | $(mean SUM_CPU_AV "$m" 2) | $(mean SUM_CPU_RD "$m" 2) |"
+    done
+    say ""
+    say "End to end = until smtp-sink has every message, for pec-milter also every accettazione (2 messages a submission). CPU: per accepted submission; Postfix = every Postfix process (smtpd, cleanup, qmgr, smtp, the reinjection smtpd). The per-run lines below also give the CPU-seconds the machine spent outside the benchmark (\"others\": other users' work during the run)."
+    say ""
+    say "smtp-source (no AUTH, mynetworks), same listeners: no milter ${SRC_RATE[none]:-?}/s (e2e ${SRC_E2E[none]:-?}/s), OpenDKIM unix ${SRC_RATE[dkim-unix]:-?}/s (e2e ${SRC_E2E[dkim-unix]:-?}/s), OpenDKIM TCP ${SRC_RATE[dkim-tcp]:-?}/s (e2e ${SRC_E2E[dkim-tcp]:-?}/s)."
+    say ""
+    say "Every run:"
+    say '```'
+    for m in "${SMTP_LINES[@]}"; do say "$m"; done
+    say '```'
+  fi
+  if [[ " $PHASES " == *" proto "* ]] || [[ " $PHASES " == *" rx "* ]]; then
+    local sm bound r
+    sm=$(ossl_best 3); bound=$(calc "$sm / 2" 0)
+    say ""
+    say "### Protocol level (examples/milter_load.rs, no MTA): $PROTO_C connections, one message a connection"
+    say ""
+    for r in "${OSSL_RUNS[@]}"; do
+      read -r a b c d <<< "$r"
+      say "openssl speed rsa2048: $a sign/s, $b verify/s (1 process); $c sign/s, $d verify/s (-multi 2)."
+    done
+    say "RSA-signing bound for the access point (2 signatures a submission; best -multi 2 figure / 2): **$bound submissions/s**."
+    say ""
+    say "| run | messages | msgs/s | x RSA bound | EOM p50 ms | p90 | p99 | max | milter CPU ms/msg | others' CPU-s |"
+    say "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    local k
+    for k in emb-unix emb-tcp redis-unix redis-tcp redis-av redis-hsm half-emb-unix half-emb-tcp half-redis-unix half-redis-tcp rx-emb-unix rx-redis-unix; do
+      [ -n "${PROTO[$k]:-}" ] || continue
+      local p=${PROTO[$k]} acc
+      acc=$(kv "$p" accept)
+      say "| $(proto_label "$k") | $acc | $(kv "$p" msgs_per_s) | $(case $k in rx-*) echo '-' ;; *) calc "$(kv "$p" msgs_per_s) / ${bound:-1}" ;; esac) | $(kv "$p" eom_p50_ms) | $(kv "$p" eom_p90_ms) | $(kv "$p" eom_p99_ms) | $(kv "$p" eom_max_ms) | $(calc "1000 * $(kv "$p" milter_cpu_s) / (${acc:-0} + 0.000001)") | $(kv "$p" others_cpu_s) |"
+    done
+    say ""
+    say "State store: embedded = the default one-node store (files, fsync); redis = Redis (no persistence here). clamd off unless said. Milter CPU from /proc/PID/stat (utime + stime). Others' CPU-s: what the machine spent during the run outside the milter, the client and the sink (other users' work, plus clamd/Redis for those rows): a noise indicator."
+    if [ -n "${RX_RECEIPTS[emb-unix]:-}${RX_RECEIPTS[redis-unix]:-}" ]; then
+      say "Reception: each envelope verified (S/MIME signature, chain to B's CA, providers' index), delivered as is, and one signed presa-in-carico injected (log lines: embedded ${RX_RECEIPTS[emb-unix]:-?}, redis ${RX_RECEIPTS[redis-unix]:-?})."
+    fi
+  fi
+  if [[ " $PHASES " == *" size "* ]]; then
+    say ""
+    say "### Size, through Postfix + pec-milter (unix socket, clamd on), a fresh pec-milter per message"
+    say ""
+    say "| message | pec-milter peak RSS (VmHWM) MB | idle VmHWM MB | submit s (client to 250) | end to end s | milter CPU s |"
+    say "|---|---:|---:|---:|---:|---:|"
+    local k
+    for k in big fan; do
+      [ -n "${SZ[$k]:-}" ] || continue
+      local s=${SZ[$k]}
+      say "| $(calc "$(kv "$s" size) / 1048576" 0) MiB x $(kv "$s" rcpts) rcpt | $(kv "$s" hwm_mb) | $(kv "$s" idle_hwm_mb) | $(kv "$s" submit_s) | $(kv "$s" e2e_s) | $(kv "$s" cpu_s) |"
+    done
+  fi
+  targets
+}
+label() {
+  case $1 in
+    none) echo "Postfix alone" ;; dkim-unix) echo "Postfix + OpenDKIM, unix socket" ;;
+    dkim-tcp) echo "Postfix + OpenDKIM, TCP" ;; pec-unix) echo "Postfix + pec-milter, unix socket" ;;
+    pec-tcp) echo "Postfix + pec-milter, TCP" ;; pec-redis) echo "Postfix + pec-milter, unix socket, Redis state" ;; pec-hsm) echo "Postfix + pec-milter, HSM signing (unix)" ;;
+  esac
+}
+proto_label() {
+  local k=$1 what=access
+  case $k in half-*) what="half load (${HALF_RATE[${k#half-}]:-?}/s)"; k=${k#half-} ;; rx-*) what="reception, $RX_N envelopes"; k=${k#rx-} ;; esac
+  case $k in
+    emb-unix) echo "$what, embedded state, unix" ;; emb-tcp) echo "$what, embedded state, TCP" ;;
+    redis-unix) echo "$what, Redis state, unix" ;; redis-tcp) echo "$what, Redis state, TCP" ;;
+    redis-av) echo "$what, Redis state, unix, clamd on" ;; redis-hsm) echo "$what, HSM signing, Redis, unix" ;;
+  esac
+}
+verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo "**missed**"; fi; }
+targets() {
+  say ""
+  say "### Targets"
+  say ""
+  if [ -n "${SUM_N[pec-unix]:-}" ] && [ -n "${SUM_N[pec-tcp]:-}" ] && [ -n "${SUM_N[dkim-unix]:-}" ] && [ -n "${SUM_N[dkim-tcp]:-}" ]; then
+    local pu pt du dt pbest dbest
+    pu=$(mean SUM_E2E pec-unix 3) pt=$(mean SUM_E2E pec-tcp 3) du=$(mean SUM_E2E dkim-unix 3) dt=$(mean SUM_E2E dkim-tcp 3)
+    pbest=$(calc "($pu > $pt) ? $pu : $pt" 1) dbest=$(calc "($du > $dt) ? $du : $dt" 1)
+    say "- access point through Postfix >= 0.8 x Postfix + OpenDKIM (each on its faster transport, end to end): $pbest vs $dbest submissions/s = $(calc "$pbest / $dbest") x — $(verdict "$pbest >= 0.8 * $dbest")"
+    local pi ti; pi=$(mean SUM_INJ pec-unix 3) ti=$(mean SUM_INJ pec-tcp 3)
+    say "  (accepted rate: $(calc "$( calc "($pi > $ti) ? $pi : $ti" 1) / $( calc "($(mean SUM_INJ dkim-unix 3) > $(mean SUM_INJ dkim-tcp 3)) ? $(mean SUM_INJ dkim-unix 3) : $(mean SUM_INJ dkim-tcp 3)" 1)") x)"
+    if [ -n "${SUM_N[pec-redis]:-}" ]; then
+      local pr; pr=$(mean SUM_E2E pec-redis 3)
+      say "  (with the Redis state store instead of the embedded one: $(calc "$pr" 1) submissions/s = $(calc "$pr / $dbest") x — $(verdict "$pr >= 0.8 * $dbest"))"
+    fi
+    say "- pec-milter over TCP within 10 % of its unix socket (through Postfix, end to end): $(calc "$pt") vs $(calc "$pu") = $(calc "$pt / $pu") x — $(verdict "$pt >= 0.9 * $pu && $pt <= 1.1 * $pu")"
+  fi
+  if [ -n "${PROTO[redis-unix]:-}" ]; then
+    local bound u e
+    bound=$(calc "$(ossl_best 3) / 2" 1)
+    u=$(kv "${PROTO[redis-unix]}" msgs_per_s) e=$(kv "${PROTO[emb-unix]:-}" msgs_per_s)
+    say "- protocol-level ceiling >= 80 % of the RSA-signing bound: $u vs $bound submissions/s = $(calc "100 * $u / $bound" 0) % (Redis state, unix) — $(verdict "$u >= 0.8 * $bound"); with the default embedded state store ${e:-?}/s = $(calc "100 * ${e:-0} / $bound" 0) % — $(verdict "${e:-0} >= 0.8 * $bound")"
+    local rt et
+    rt=$(kv "${PROTO[redis-tcp]:-}" msgs_per_s) et=$(kv "${PROTO[emb-tcp]:-}" msgs_per_s)
+    [ -n "$rt" ] && say "  (protocol level, TCP vs unix: Redis $(calc "$rt / $u") x, embedded $(calc "${et:-0} / (${e:-0} + 0.000001)") x)"
+  fi
+  if [ -n "${SZ[big]:-}" ]; then
+    local h; h=$(kv "${SZ[big]}" hwm_mb)
+    say "- $(calc "$BIG_SIZE / 1048576" 0) MiB message, peak RSS <= 64 MB: $h MB — $(verdict "$h <= 64")"
+  fi
+  local k
+  for k in emb-unix redis-unix emb-tcp redis-tcp; do
+    [ -n "${PROTO[half-$k]:-}" ] || continue
+    local p99; p99=$(kv "${PROTO[half-$k]}" eom_p99_ms)
+    say "- p99 EOM latency under half load < 50 ms ($SIZE-byte messages, protocol level, $(proto_label "$k" | sed 's/^access, //')): $p99 ms at ${HALF_RATE[$k]}/s — $(verdict "$p99 < 50")"
+  done
+}
+
+mkdir -p "$RIG_ROOT/target/bench"
+OUT=${BENCH_OUT:-$RIG_ROOT/target/bench/results-$(date -u +%Y%m%dT%H%M%SZ)$([ "$QUICK" = 1 ] && echo -quick).md}
+report
+cp "$RESULTS" "$OUT"; cp "$RESULTS" "$RIG_ROOT/target/bench/latest.md"
+note "results written to $OUT"
+rig_finish
