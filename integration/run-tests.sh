@@ -11,7 +11,7 @@ bash integration/selftest.sh
 # The benchmark harness is not run here (integration/bench/run.sh --quick takes ~45-60 s and
 # measures rather than tests); its scripts are syntax-checked, its load clients
 # (examples/) are built by `cargo test --all-targets` above.
-bash -n integration/bench/run.sh integration/bench/profile.sh
+for f in integration/bench/*.sh; do bash -n "$f"; done
 # End to end on real Postfix (SASL), Redis and clamd: the access point.
 bash integration/e2e-access.sh
 # End to end: the reception point with the providers' index from slapd and from LDIF.
