@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::access::{AccessPoint, Injector, RecipientDirectory, Scanner, StaticDirectory, Verdict};
 use crate::av::{Clamd, ClamdAddress, ScanVerdict};
@@ -30,6 +31,9 @@ use crate::state::embedded::EmbeddedStore;
 use crate::state::redis::RedisStore;
 use crate::submit::Submitter;
 use crate::timers::{Tracker, TrackerConfig};
+
+/// Connections to the reinjection listener kept for the next receipt.
+const REINJECTION_KEPT: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -316,11 +320,18 @@ pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
         tracing::warn!("clamd.enabled = false: submissions are NOT scanned for viruses");
         None
     };
-    let injector: Arc<dyn Injector> = Arc::new(Submitter::new(
-        cfg.reinjection.address.clone(),
-        cfg.reinjection.helo.clone(),
-        cfg.reinjection.timeout,
-    ));
+    // Receipts come in bursts (one per submission, per delivery): keep a
+    // few connections to the reinjection listener for 30 s (Postfix's
+    // smtpd_timeout is 300 s) instead of connecting, greeting and EHLO-ing
+    // for each one.
+    let injector: Arc<dyn Injector> = Arc::new(
+        Submitter::new(
+            cfg.reinjection.address.clone(),
+            cfg.reinjection.helo.clone(),
+            cfg.reinjection.timeout,
+        )
+        .with_reuse(REINJECTION_KEPT, Duration::from_secs(30)),
+    );
     Ok(Deps {
         key,
         state,

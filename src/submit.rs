@@ -5,9 +5,14 @@
 //! that runs no milters (for Postfix a `master.cf` smtpd on 127.0.0.1:10025
 //! with `-o smtpd_milters= -o receive_override_options=no_milters`).
 //!
-//! [`Submitter`] is a minimal SMTP client for exactly that: one connection
-//! per message, lock-step commands (no PIPELINING), no TLS and no AUTH
-//! (loopback only). The message bytes are sent unchanged except for what
+//! [`Submitter`] is a minimal SMTP client for exactly that: lock-step
+//! commands (no PIPELINING), no TLS and no AUTH (loopback only). By default
+//! one connection per message; with [`Submitter::with_reuse`] a connection
+//! that has just delivered a message is kept for the next one (a new MAIL
+//! FROM on the same session: no connect, greeting and EHLO per receipt).
+//! A kept connection the server has closed meanwhile is noticed at its
+//! MAIL command, before anything of the message is sent, and the message
+//! goes over a new connection. The message bytes are sent unchanged except for what
 //! SMTP itself requires:
 //!
 //! - dot-stuffing: a line starting with `.` is sent with one more `.`;
@@ -22,6 +27,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -114,13 +120,60 @@ impl SubmitError {
     }
 }
 
-/// SMTP client for reinjection. Cheap to clone; every `send` opens its own
-/// connection.
+/// SMTP client for reinjection. Cheap to clone (clones share the kept
+/// connections).
 #[derive(Debug, Clone)]
 pub struct Submitter {
     addr: String,
     helo: String,
     timeout: Duration,
+    pool: Option<Arc<Pool>>,
+}
+
+/// Connections kept for the next message.
+struct Pool {
+    idle: std::sync::Mutex<Vec<Idle>>,
+    max: usize,
+    max_age: Duration,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("max", &self.max)
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Idle {
+    session: Session,
+    keywords: Vec<String>,
+    since: std::time::Instant,
+}
+
+impl Pool {
+    /// The most recently used connection young enough to trust.
+    fn take(&self) -> Option<Idle> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(i) = idle.pop() {
+            if i.since.elapsed() < self.max_age {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Keep a connection; gives it back when the pool is full.
+    fn put(&self, i: Idle) -> Option<Idle> {
+        match self.idle.lock() {
+            Ok(mut idle) if idle.len() < self.max => {
+                idle.push(i);
+                None
+            }
+            _ => Some(i),
+        }
+    }
 }
 
 impl Submitter {
@@ -131,7 +184,22 @@ impl Submitter {
             addr,
             helo,
             timeout,
+            pool: None,
         }
+    }
+
+    /// Keep up to `max` connections for the next messages, each for at
+    /// most `max_age` after its last message (keep it well below the
+    /// server's idle timeout: Postfix `smtpd_timeout`, 300 s).
+    pub fn with_reuse(mut self, max: usize, max_age: Duration) -> Self {
+        self.pool = (max > 0).then(|| {
+            Arc::new(Pool {
+                idle: std::sync::Mutex::new(Vec::new()),
+                max,
+                max_age,
+            })
+        });
+        self
     }
 
     /// Send one message to the given recipients with envelope sender `from`
@@ -168,6 +236,27 @@ impl Submitter {
         }
 
         let deadline = Instant::now() + self.timeout;
+        if let Some(pool) = &self.pool {
+            while let Some(mut idle) = pool.take() {
+                idle.session.deadline = deadline;
+                let line = mail_line(&idle.keywords, from, to, message)?;
+                match idle.session.step("MAIL", Some(line)).await {
+                    // Closed by the server while idle (or closing now): nothing
+                    // of this message was sent; try the next or a new one.
+                    Err(SubmitError::Io { .. } | SubmitError::Protocol(_)) => {
+                        tracing::debug!(server = %self.addr, "kept reinjection connection gone: reconnecting");
+                    }
+                    Ok(r) if r.code == 421 => {
+                        tracing::debug!(server = %self.addr, "kept reinjection connection closing (421): reconnecting");
+                    }
+                    Err(e) => return Err(e),
+                    Ok(reply) => {
+                        let result = idle.session.after_mail(reply, to, message).await;
+                        return self.done(idle.session, idle.keywords, result, to).await;
+                    }
+                }
+            }
+        }
         let stream = match timeout_at(deadline, TcpStream::connect(&self.addr)).await {
             Err(_) => return Err(SubmitError::Timeout("CONNECT")),
             Ok(Err(source)) => {
@@ -188,11 +277,44 @@ impl Submitter {
             writer: BufWriter::with_capacity(WRITE_BUFFER, w),
             deadline,
         };
-        let result = session.transaction(&self.helo, from, to, message).await;
+        let (keywords, result) = match session.open(&self.helo).await {
+            Ok(keywords) => {
+                let result = session.mail(&keywords, from, to, message).await;
+                (keywords, result)
+            }
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        self.done(session, keywords, result, to).await
+    }
+
+    /// After a transaction: keep the connection (pool) or QUIT on success;
+    /// after a failure say QUIT if the server still listens.
+    async fn done(
+        &self,
+        mut session: Session,
+        keywords: Vec<String>,
+        result: Result<SubmitReceipt, SubmitError>,
+        to: &[String],
+    ) -> Result<SubmitReceipt, SubmitError> {
         match &result {
             Ok(receipt) => {
                 tracing::debug!(server = %self.addr, %receipt, rcpts = to.len(), "message reinjected");
-                session.quit().await;
+                let idle = Idle {
+                    session,
+                    keywords,
+                    since: std::time::Instant::now(),
+                };
+                match &self.pool {
+                    Some(pool) => {
+                        if let Some(mut idle) = pool.put(idle) {
+                            idle.session.quit().await;
+                        }
+                    }
+                    None => {
+                        let mut idle = idle;
+                        idle.session.quit().await;
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(server = %self.addr, error = %e, "reinjection failed");
@@ -206,6 +328,35 @@ impl Submitter {
         }
         result
     }
+}
+
+/// The MAIL command for a message (BODY=8BITMIME, SMTPUTF8 as needed and
+/// announced in `keywords`, the server's EHLO extensions).
+fn mail_line(
+    keywords: &[String],
+    from: &str,
+    to: &[String],
+    message: &[u8],
+) -> Result<String, SubmitError> {
+    let has = |kw: &str| keywords.iter().any(|k| k == kw);
+    let mut mail = format!("MAIL FROM:<{from}>");
+    if message.iter().any(|&b| b >= 0x80) {
+        if has("8BITMIME") {
+            mail.push_str(" BODY=8BITMIME");
+        } else {
+            tracing::debug!("8-bit message, but the server does not announce 8BITMIME");
+        }
+    }
+    if !from.is_ascii() || to.iter().any(|r| !r.is_ascii()) {
+        if has("SMTPUTF8") {
+            mail.push_str(" SMTPUTF8");
+        } else {
+            return Err(SubmitError::Protocol(
+                "non-ASCII address, but the server does not announce SMTPUTF8".to_owned(),
+            ));
+        }
+    }
+    Ok(mail)
 }
 
 /// Reject anything that would break the command line or the `<...>` syntax.
@@ -240,52 +391,51 @@ struct Session {
 }
 
 impl Session {
-    async fn transaction(
-        &mut self,
-        helo: &str,
-        from: &str,
-        to: &[String],
-        message: &[u8],
-    ) -> Result<SubmitReceipt, SubmitError> {
+    /// Greeting and EHLO (HELO when EHLO gets a 5xx); the server's EHLO
+    /// keywords (none after HELO).
+    async fn open(&mut self, helo: &str) -> Result<Vec<String>, SubmitError> {
         let greeting = self.step("GREETING", None).await?;
         expect(&greeting, "GREETING", &[220])?;
 
         let ehlo = self.step("EHLO", Some(format!("EHLO {helo}"))).await?;
-        let ehlo_keywords: Vec<String> = if ehlo.code == 250 {
+        if ehlo.code == 250 {
             // First line is the server's name, the rest are extensions.
-            ehlo.lines
+            Ok(ehlo
+                .lines
                 .iter()
                 .skip(1)
                 .filter_map(|l| l.split_whitespace().next())
                 .map(str::to_ascii_uppercase)
-                .collect()
+                .collect())
         } else if (500..600).contains(&ehlo.code) {
             let helo_reply = self.step("HELO", Some(format!("HELO {helo}"))).await?;
             expect(&helo_reply, "HELO", &[250])?;
-            Vec::new()
+            Ok(Vec::new())
         } else {
-            return Err(unexpected(&ehlo, "EHLO"));
-        };
-        let has = |kw: &str| ehlo_keywords.iter().any(|k| k == kw);
+            Err(unexpected(&ehlo, "EHLO"))
+        }
+    }
 
-        let mut mail = format!("MAIL FROM:<{from}>");
-        if message.iter().any(|&b| b >= 0x80) {
-            if has("8BITMIME") {
-                mail.push_str(" BODY=8BITMIME");
-            } else {
-                tracing::debug!("8-bit message, but the server does not announce 8BITMIME");
-            }
-        }
-        if !from.is_ascii() || to.iter().any(|r| !r.is_ascii()) {
-            if has("SMTPUTF8") {
-                mail.push_str(" SMTPUTF8");
-            } else {
-                return Err(SubmitError::Protocol(
-                    "non-ASCII address, but the server does not announce SMTPUTF8".to_owned(),
-                ));
-            }
-        }
-        let reply = self.step("MAIL", Some(mail)).await?;
+    /// One mail transaction on an open session: MAIL, RCPTs, DATA, message.
+    async fn mail(
+        &mut self,
+        keywords: &[String],
+        from: &str,
+        to: &[String],
+        message: &[u8],
+    ) -> Result<SubmitReceipt, SubmitError> {
+        let line = mail_line(keywords, from, to, message)?;
+        let reply = self.step("MAIL", Some(line)).await?;
+        self.after_mail(reply, to, message).await
+    }
+
+    /// The rest of a transaction once MAIL got `reply`.
+    async fn after_mail(
+        &mut self,
+        reply: Reply,
+        to: &[String],
+        message: &[u8],
+    ) -> Result<SubmitReceipt, SubmitError> {
         expect(&reply, "MAIL", &[250])?;
 
         for rcpt in to {

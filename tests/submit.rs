@@ -920,3 +920,131 @@ async fn invalid_input_sends_nothing() {
     }
     assert!(fake.log().is_empty());
 }
+
+/// A loose SMTP server counting connections and messages; with
+/// `close_after_message` it drops each connection after the message's 250
+/// (a server closing idle connections).
+async fn counting_server(
+    close_after_message: bool,
+) -> (
+    String,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let msgs = Arc::new(AtomicUsize::new(0));
+    let (c, m) = (conns.clone(), msgs.clone());
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let m = m.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut r = BufReader::new(r);
+                let _ = w.write_all(b"220 counting ESMTP\r\n").await;
+                let mut line = String::new();
+                let mut in_data = false;
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if in_data {
+                        if line == ".\r\n" {
+                            in_data = false;
+                            m.fetch_add(1, Ordering::SeqCst);
+                            let _ = w.write_all(b"250 2.0.0 Ok: queued as X\r\n").await;
+                            if close_after_message {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    let reply: &[u8] =
+                        match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+                            "EHLO" => b"250-counting\r\n250 8BITMIME\r\n",
+                            "DATA" => {
+                                in_data = true;
+                                b"354 go ahead\r\n"
+                            }
+                            "QUIT" => {
+                                let _ = w.write_all(b"221 bye\r\n").await;
+                                return;
+                            }
+                            _ => b"250 ok\r\n",
+                        };
+                    let _ = w.write_all(reply).await;
+                }
+            });
+        }
+    });
+    (addr, conns, msgs)
+}
+
+/// With reuse, consecutive messages share one connection; without it each
+/// opens its own; a kept connection the server closed is replaced without
+/// failing the message.
+#[tokio::test]
+async fn kept_connections_carry_several_messages_and_recover_from_a_close() {
+    use std::sync::atomic::Ordering;
+    let to = vec!["mario@pec.demo.test".to_string()];
+    let msg = b"Subject: x\r\n\r\nbody\r\n";
+
+    let (addr, conns, msgs) = counting_server(false).await;
+    let s = Submitter::new(addr, HELO.to_owned(), TIMEOUT).with_reuse(4, Duration::from_secs(20));
+    for _ in 0..5 {
+        s.send("a@pec.demo.test", &to, msg).await.expect("send");
+    }
+    assert_eq!(msgs.load(Ordering::SeqCst), 5);
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "one connection for all");
+
+    let (addr, conns, msgs) = counting_server(false).await;
+    let s = Submitter::new(addr, HELO.to_owned(), TIMEOUT);
+    for _ in 0..3 {
+        s.send("a@pec.demo.test", &to, msg).await.expect("send");
+    }
+    assert_eq!(msgs.load(Ordering::SeqCst), 3);
+    assert_eq!(conns.load(Ordering::SeqCst), 3, "no reuse unless asked");
+
+    // The server drops every connection after its message: each kept one
+    // is found dead at MAIL and the message goes over a new one.
+    let (addr, conns, msgs) = counting_server(true).await;
+    let s = Submitter::new(addr, HELO.to_owned(), TIMEOUT).with_reuse(4, Duration::from_secs(20));
+    for _ in 0..3 {
+        s.send("a@pec.demo.test", &to, msg).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(msgs.load(Ordering::SeqCst), 3);
+    assert_eq!(conns.load(Ordering::SeqCst), 3);
+
+    // A kept connection older than max_age is not used.
+    let (addr, conns, _) = counting_server(false).await;
+    let s = Submitter::new(addr, HELO.to_owned(), TIMEOUT).with_reuse(4, Duration::from_millis(50));
+    s.send("a@pec.demo.test", &to, msg).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.send("a@pec.demo.test", &to, msg).await.expect("send");
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+}
+
+/// Postfix's own smtp-sink takes several messages on one kept connection,
+/// byte for byte.
+#[tokio::test]
+async fn smtp_sink_kept_connection_exact_bytes() {
+    let sink = Sink::start(&[]);
+    let s = sink
+        .submitter(TIMEOUT)
+        .with_reuse(2, Duration::from_secs(20));
+    let m = tricky_message();
+    for _ in 0..3 {
+        s.send("a@pec.demo.test", &["b@pec.demo.test".to_string()], &m)
+            .await
+            .expect("send");
+    }
+    let dumps = sink.dumps(3);
+    for d in dumps {
+        assert_eq!(d.message, as_dumped(&m));
+    }
+}
