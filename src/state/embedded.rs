@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! ```text
-//! <dir>/.lock                 advisory lock (flock) shared by every process
+//! <dir>/.lock.0 .. .lock.15    advisory locks (flock), one per key shard
 //! <dir>/claims/<name>         one idempotency claim per file
 //! <dir>/envelopes/<name>      one envelope record per file
 //! <dir>/tracked/<name>        index entry of a tracked envelope (same <name>)
@@ -25,10 +25,17 @@
 //! claims, which fails if the name exists: first writer wins), and the
 //! directory is fsynced. Readers never see a half-written record.
 //!
-//! Every write runs under a [`tokio::sync::Mutex`] (one per store, so that
-//! at most one blocking thread waits for the lock) and an exclusive
-//! `flock` on `<dir>/.lock`, which serialises the check-and-create of
-//! `claim` across processes on the same host.
+//! Every write runs under the writer locks of its key's shard (16 shards,
+//! by an FNV-1a hash of the claim key, PEC id or marker key, the same in
+//! every process): a [`tokio::sync::Mutex`] (one per shard and store, so
+//! that at most one blocking thread per shard waits for the lock) and an
+//! exclusive `flock` on `<dir>/.lock.<shard>`, which serialises the
+//! check-and-create of `claim` across processes on the same host. Writes
+//! of different shards run in parallel, so the fsyncs of concurrent
+//! submissions overlap and the file system commits them together; the
+//! sweeps (`purge_expired`, dropping stale index entries) take every shard.
+//! Every process sharing a directory must run the same version (an older
+//! one locks `<dir>/.lock`).
 //!
 //! [`StateStore::update_envelope`] is a compare-and-set: the record is
 //! read and changed without the locks, then written under them only if the
@@ -86,7 +93,12 @@ const CLAIMS: &str = "claims";
 const ENVELOPES: &str = "envelopes";
 const TRACKED: &str = "tracked";
 const MARKS: &str = "marks";
+/// Lock files `.lock.0` .. `.lock.15`: one per shard of the keys.
 const LOCK_FILE: &str = ".lock";
+/// Writers of different shards run in parallel (their fsyncs overlap and
+/// the file system commits them together); writers of one shard exclude
+/// each other.
+const SHARDS: usize = 16;
 const TMP_PREFIX: &str = ".tmp-";
 /// Keys up to this many bytes are hex-encoded as they are; longer ones are
 /// hashed.
@@ -97,17 +109,28 @@ const MAX_PLAIN_KEY: usize = 100;
 #[derive(Debug)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
-    /// Serialises the writers of this store inside the process.
-    writer: Arc<Mutex<()>>,
+    /// Serialise the writers of one shard inside the process.
+    writers: Arc<Vec<Arc<Mutex<()>>>>,
 }
 
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
-    /// Open handle of `<dir>/.lock`, flocked by writers. Each store has its
-    /// own open file description, so two stores (or two processes) on the
-    /// same directory exclude each other.
-    lock_file: File,
+    /// Open handles of `<dir>/.lock.<shard>`, flocked by writers. Each
+    /// store has its own open file descriptions, so two stores (or two
+    /// processes) on the same directory exclude each other.
+    lock_files: Vec<File>,
+}
+
+/// The shard of a key (claim key, PEC id, marker key): FNV-1a, the same
+/// in every process.
+fn shard(key: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % SHARDS as u64) as usize
 }
 
 /// A claim file.
@@ -165,18 +188,23 @@ impl EmbeddedStore {
         fs::create_dir_all(dir.join(ENVELOPES))?;
         fs::create_dir_all(dir.join(TRACKED))?;
         fs::create_dir_all(dir.join(MARKS))?;
-        let lock_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(LOCK_FILE))?;
+        let mut lock_files = Vec::with_capacity(SHARDS);
+        for n in 0..SHARDS {
+            lock_files.push(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(dir.join(format!("{LOCK_FILE}.{n}")))?,
+            );
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
-                lock_file,
+                lock_files,
             }),
-            writer: Arc::new(Mutex::new(())),
+            writers: Arc::new((0..SHARDS).map(|_| Arc::new(Mutex::new(()))).collect()),
         })
     }
 
@@ -189,7 +217,7 @@ impl EmbeddedStore {
     /// a crash). Returns how many records were deleted. Unreadable records
     /// are left in place (and logged).
     pub async fn purge_expired(&self) -> Result<usize, StateError> {
-        self.write_locked(|inner| inner.purge_expired()).await
+        self.write_locked_all(|inner| inner.purge_expired()).await
     }
 
     /// Run `f` on the blocking pool, without the writer locks.
@@ -204,19 +232,43 @@ impl EmbeddedStore {
             .map_err(|e| StateError::Unavailable(format!("embedded store task failed: {e}")))?
     }
 
-    /// Run `f` on the blocking pool holding both writer locks (the
-    /// in-process mutex and the cross-process flock). The mutex guard moves
-    /// into the blocking task, so it is held until `f` is done even if the
-    /// caller is cancelled.
-    async fn write_locked<T, F>(&self, f: F) -> Result<T, StateError>
+    /// Run `f` on the blocking pool holding both writer locks of the shard
+    /// of `key` (the in-process mutex and the cross-process flock). The
+    /// mutex guard moves into the blocking task, so it is held until `f` is
+    /// done even if the caller is cancelled.
+    async fn write_locked<T, F>(&self, key: &str, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, StateError> + Send + 'static,
     {
-        let guard: OwnedMutexGuard<()> = Arc::clone(&self.writer).lock_owned().await;
+        let n = shard(key);
+        let guard: OwnedMutexGuard<()> = Arc::clone(&self.writers[n]).lock_owned().await;
         self.blocking(move |inner| {
             let _guard = guard;
-            let _flock = FlockGuard::lock(&inner.lock_file)?;
+            let _flock = FlockGuard::lock(&inner.lock_files[n])?;
+            f(inner)
+        })
+        .await
+    }
+
+    /// [`write_locked`](Self::write_locked) holding every shard (taken in
+    /// order, so two such callers cannot deadlock): for the sweeps that
+    /// touch records of any key and the temporary files of every writer.
+    async fn write_locked_all<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StateError> + Send + 'static,
+    {
+        let mut guards: Vec<OwnedMutexGuard<()>> = Vec::with_capacity(SHARDS);
+        for w in self.writers.iter() {
+            guards.push(Arc::clone(w).lock_owned().await);
+        }
+        self.blocking(move |inner| {
+            let _guards = guards;
+            let mut flocks = Vec::with_capacity(SHARDS);
+            for f in &inner.lock_files {
+                flocks.push(FlockGuard::lock(f)?);
+            }
             f(inner)
         })
         .await
@@ -239,20 +291,22 @@ impl StateStore for EmbeddedStore {
             receipt_sent: false,
             expires_at: 0,
         };
-        self.write_locked(move |inner| inner.claim(rec, ttl_secs))
+        self.write_locked(key, move |inner| inner.claim(rec, ttl_secs))
             .await
     }
 
     async fn mark_receipt_sent(&self, key: &str) -> Result<(), StateError> {
-        let key = key.to_owned();
-        self.write_locked(move |inner| inner.mark_receipt_sent(&key))
+        let k = key.to_owned();
+        self.write_locked(key, move |inner| inner.mark_receipt_sent(&k))
             .await
     }
 
     async fn put_envelope(&self, rec: &EnvelopeRecord, ttl_secs: u64) -> Result<(), StateError> {
         let (entry, tracked, bytes) = envelope_bytes(rec, ttl_secs)?;
-        self.write_locked(move |inner| inner.write_envelope(&entry, tracked, &bytes))
-            .await
+        self.write_locked(&rec.pec_id, move |inner| {
+            inner.write_envelope(&entry, tracked, &bytes)
+        })
+        .await
     }
 
     /// A compare-and-set loop: read the record, apply `f`, then, under the
@@ -273,12 +327,14 @@ impl StateStore for EmbeddedStore {
         let write = |old: EnvelopeRecord, rec: EnvelopeRecord| async move {
             let (entry, tracked, bytes) = envelope_bytes(&rec, ttl_secs)?;
             let id = pec_id.to_owned();
-            self.write_locked(move |inner| match inner.read_envelope(&id, now_secs())? {
-                Lookup::Live(cur) if *cur == old => {
-                    inner.write_envelope(&entry, tracked, &bytes)?;
-                    Ok(true)
+            self.write_locked(pec_id, move |inner| {
+                match inner.read_envelope(&id, now_secs())? {
+                    Lookup::Live(cur) if *cur == old => {
+                        inner.write_envelope(&entry, tracked, &bytes)?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
                 }
-                _ => Ok(false),
             })
             .await
         };
@@ -296,7 +352,7 @@ impl StateStore for EmbeddedStore {
             Lookup::Expired => {
                 // Delete it, unless a writer replaced it in the meantime.
                 let id = pec_id.to_owned();
-                self.write_locked(move |inner| {
+                self.write_locked(pec_id, move |inner| {
                     let now = now_secs();
                     match inner.read_envelope(&id, now)? {
                         Lookup::Expired => {
@@ -319,7 +375,7 @@ impl StateStore for EmbeddedStore {
         if !stale.is_empty() {
             // Best effort: what is not dropped now is dropped next time.
             let dropped = self
-                .write_locked(move |inner| inner.drop_stale(&stale, now_secs()))
+                .write_locked_all(move |inner| inner.drop_stale(&stale, now_secs()))
                 .await;
             if let Err(e) = dropped {
                 tracing::warn!(error = %e, "tracked: cannot drop stale index entries");
@@ -329,8 +385,8 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn once(&self, key: &str, ttl_secs: u64) -> Result<bool, StateError> {
-        let key = key.to_owned();
-        self.write_locked(move |inner| inner.once(&key, ttl_secs))
+        let k = key.to_owned();
+        self.write_locked(key, move |inner| inner.once(&k, ttl_secs))
             .await
     }
 
@@ -340,7 +396,7 @@ impl StateStore for EmbeddedStore {
             done: true,
             expires_at: expires_at(now_secs(), ttl_secs),
         };
-        self.write_locked(move |inner| inner.write_mark(&mark, false))
+        self.write_locked(key, move |inner| inner.write_mark(&mark, false))
             .await
     }
 
@@ -355,9 +411,9 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn release(&self, key: &str) -> Result<(), StateError> {
-        let key = key.to_owned();
-        self.write_locked(move |inner| {
-            remove_if_exists(&inner.mark_path(&key))?;
+        let k = key.to_owned();
+        self.write_locked(key, move |inner| {
+            remove_if_exists(&inner.mark_path(&k))?;
             sync_dir(&inner.dir.join(MARKS))?;
             Ok(())
         })
@@ -883,6 +939,18 @@ fn write_exclusive(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_are_the_same_in_every_process_and_spread() {
+        // FNV-1a: fixed values (another process, another build, must agree)
+        assert_eq!(shard(""), 5);
+        assert_eq!(shard("a"), 12);
+        assert_eq!(shard("pec.20261202.1@pec.demo.test"), 4);
+        assert_eq!(shard("consegna:ab"), 6);
+        let used: std::collections::HashSet<usize> =
+            (0..200).map(|i| shard(&format!("k{i}"))).collect();
+        assert_eq!(used.len(), SHARDS);
+    }
 
     #[test]
     fn file_names_are_safe_for_any_key() {
