@@ -37,6 +37,10 @@
 //! `tx_p99_ms` (the whole transaction from connect), `client_cpu_s`.
 //! Exit status 1 when any message was not accepted.
 
+mod common;
+
+use common::{cpu_seconds, percentile};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -495,25 +499,6 @@ async fn one(o: &Opts, m: &Message, qid: &str) -> Result<(Status, Duration), Str
     c.push(b'Q', &[]);
     let _ = c.flush().await;
     Ok((status_of(a), lat))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[idx.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
-}
-
-/// utime + stime of this process, seconds (from /proc/self/stat).
-fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = s.rsplit_once(") ").map(|(_, a)| a).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let tick = 100.0; // USER_HZ on Linux
-    let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    (ut + st) / tick
 }
 
 fn main() {

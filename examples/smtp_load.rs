@@ -20,6 +20,10 @@
 //! the milters' end-of-message work), `tx_p50_ms`, `tx_p99_ms`,
 //! `client_cpu_s`. Exit 1 unless every message got 250.
 
+mod common;
+
+use common::{cpu_seconds, percentile};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -225,23 +229,6 @@ async fn one(o: &Opts, msg: &[u8]) -> Result<Outcome, String> {
         None => Outcome::Ok(lat),
         Some(o) => o,
     })
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[idx.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
-}
-
-fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = s.rsplit_once(") ").map(|(_, a)| a).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    (ut + st) / 100.0
 }
 
 fn main() {

@@ -464,13 +464,13 @@ fn pending_put(
             rcpt.to_ascii_lowercase().as_bytes()
         ))
     );
-    let safe = crate::keep::safe_name(&name);
-    crate::keep::keep_sync(dir, &safe, &[head.as_bytes(), raw])?;
-    // keep_sync names it .eml; a pending entry is not a signed receipt
-    std::fs::rename(
-        dir.join(format!("{safe}.eml")),
-        dir.join(format!("{safe}.{PENDING}")),
-    )
+    // Written as `.pending` in one atomic step: never seen as a signed
+    // receipt (`.eml`), never half written.
+    crate::keep::keep_with(dir, &name, PENDING, |f| {
+        f.write_all(head.as_bytes())?;
+        f.write_all(raw)
+    })
+    .map(|_| ())
 }
 
 fn pending_parse(data: &[u8]) -> Option<Pending<'_>> {

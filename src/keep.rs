@@ -19,19 +19,31 @@ pub fn safe_name(id: &str) -> String {
         .collect()
 }
 
-/// Write `parts` one after the other into `dir/<safe name>.eml`, atomically.
-pub fn keep_sync(dir: &Path, id: &str, parts: &[&[u8]]) -> std::io::Result<PathBuf> {
+/// Write a file `dir/<safe name of id>.<ext>` atomically: `write` fills a
+/// temporary file, which is synced and then renamed to the final name.
+pub fn keep_with(
+    dir: &Path,
+    id: &str,
+    ext: &str,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let name = safe_name(id);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    for p in parts {
-        f.write_all(p)?;
-    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    write(&mut f)?;
+    let f = f.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
-    let dest = dir.join(format!("{name}.eml"));
+    let dest = dir.join(format!("{name}.{ext}"));
     std::fs::rename(&tmp, &dest)?;
     Ok(dest)
+}
+
+/// Write `parts` one after the other into `dir/<safe name>.eml`, atomically.
+pub fn keep_sync(dir: &Path, id: &str, parts: &[&[u8]]) -> std::io::Result<PathBuf> {
+    keep_with(dir, id, "eml", |f| {
+        parts.iter().try_for_each(|p| f.write_all(p))
+    })
 }
 
 /// [`keep_sync`] off the async runtime; the error as text.
@@ -51,17 +63,10 @@ pub async fn keep_original(
     message: &crate::pec::build::Original,
 ) -> Result<PathBuf, String> {
     let (dir, id, message) = (dir.to_path_buf(), id.to_string(), message.clone());
-    tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
-        std::fs::create_dir_all(&dir)?;
-        let name = safe_name(&id);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        message.for_each_chunk::<std::io::Error>(|c| f.write_all(c))?;
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        let dest = dir.join(format!("{name}.eml"));
-        std::fs::rename(&tmp, &dest)?;
-        Ok(dest)
+    tokio::task::spawn_blocking(move || {
+        keep_with(&dir, &id, "eml", |f| {
+            message.for_each_chunk::<std::io::Error>(|c| f.write_all(c))
+        })
     })
     .await
     .map_err(|e| e.to_string())?

@@ -372,24 +372,9 @@ fn daticert_part(d: &DatiCert) -> Vec<u8> {
 
 /// How a message can be carried as-is in a MIME part.
 fn transfer_encoding(data: &[u8]) -> &'static str {
-    let mut eight = false;
-    let mut col = 0usize;
-    for &b in data {
-        match b {
-            0 => return "binary",
-            b'\n' => col = 0,
-            _ => {
-                col += 1;
-                if col > 998 {
-                    return "binary";
-                }
-                if b >= 0x80 {
-                    eight = true;
-                }
-            }
-        }
-    }
-    if eight { "8bit" } else { "7bit" }
+    let mut te = TeScan::default();
+    te.feed(data);
+    te.result()
 }
 
 fn message_part(eml: &[u8]) -> (Vec<u8>, &'static str) {

@@ -278,6 +278,31 @@ impl RedisStore {
         }
     }
 
+    /// The envelope `pec_id`: its value as stored and the record, within
+    /// the store's timeout (`op` names the operation in errors). A key
+    /// holding another envelope is [`StateError::Corrupt`].
+    async fn envelope_raw(
+        &self,
+        op: &str,
+        pec_id: &str,
+    ) -> Result<Option<(Vec<u8>, EnvelopeRecord)>, StateError> {
+        let rkey = self.envelope_key(pec_id);
+        self.bounded(op, async {
+            let Some(bytes) = self.get_bytes(&rkey).await? else {
+                return Ok(None);
+            };
+            let rec: EnvelopeRecord = from_json(pec_id, &rkey, &bytes)?;
+            if rec.pec_id != pec_id {
+                return Err(StateError::Corrupt {
+                    key: pec_id.to_owned(),
+                    reason: format!("Redis key {rkey} holds the envelope {:?}", rec.pec_id),
+                });
+            }
+            Ok(Some((bytes, rec)))
+        })
+        .await
+    }
+
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         self.query(redis::cmd("GET").arg(key)).await
     }
@@ -457,21 +482,10 @@ impl StateStore for RedisStore {
     }
 
     async fn get_envelope(&self, pec_id: &str) -> Result<Option<EnvelopeRecord>, StateError> {
-        let rkey = self.envelope_key(pec_id);
-        self.bounded("get_envelope", async {
-            let Some(bytes) = self.get_bytes(&rkey).await? else {
-                return Ok(None);
-            };
-            let rec: EnvelopeRecord = from_json(pec_id, &rkey, &bytes)?;
-            if rec.pec_id != pec_id {
-                return Err(StateError::Corrupt {
-                    key: pec_id.to_owned(),
-                    reason: format!("Redis key {rkey} holds the envelope {:?}", rec.pec_id),
-                });
-            }
-            Ok(Some(rec))
-        })
-        .await
+        Ok(self
+            .envelope_raw("get_envelope", pec_id)
+            .await?
+            .map(|(_, rec)| rec))
     }
 
     /// A compare-and-set loop: `GET` the raw value, apply `f` to the
@@ -487,26 +501,7 @@ impl StateStore for RedisStore {
         f: &super::Update<'_>,
     ) -> Result<Option<EnvelopeRecord>, StateError> {
         let rkey = self.envelope_key(pec_id);
-        let read = || async {
-            let rec = self
-                .bounded("update_envelope", async {
-                    let Some(bytes) = self.get_bytes(&rkey).await? else {
-                        return Ok(None);
-                    };
-                    let rec: EnvelopeRecord = from_json(pec_id, &rkey, &bytes)?;
-                    Ok(Some((bytes, rec)))
-                })
-                .await?;
-            if let Some((_, r)) = &rec
-                && r.pec_id != pec_id
-            {
-                return Err(StateError::Corrupt {
-                    key: pec_id.to_owned(),
-                    reason: format!("Redis key {rkey} holds the envelope {:?}", r.pec_id),
-                });
-            }
-            Ok(rec)
-        };
+        let read = || self.envelope_raw("update_envelope", pec_id);
         let write = |old: Vec<u8>, rec: EnvelopeRecord| {
             let rkey = &rkey;
             async move {
