@@ -71,22 +71,6 @@ EOF
 hdr_is() { [ "$(hdr_get "$1" "$2")" = "$3" ]; }
 hdr_absent() { [ -z "$(hdr_get "$1" "$2")" ]; }
 
-# mark MAILDIR...: remembers the current counts; new_files MAILDIR: files arrived since;
-# expect_new MAILDIR N: waits for N new files, then (after the queue drained) exactly N.
-declare -A MARK
-mark() { local m; for m in "$@"; do MARK[$m]=$(maildir_count "$m"); done; }
-new_files() { maildir_files "$1" | tail -n +"$(( ${MARK[$1]} + 1 ))"; }
-expect_new() {
-  local m=$1 n=$2
-  maildir_wait "$m" $(( ${MARK[$m]} + n )) 30 || return 1
-  pf_queue_empty "$PF" 30 || return 1
-  local have=$(( $(maildir_count "$m") - ${MARK[$m]} ))
-  [ "$have" -eq "$n" ] || { echo "expected $n new messages in $m, got $have" >&2; return 1; }
-}
-# eod_reply SWAKS_OUTPUT: the server's reply to the end of DATA (the line after " -> .").
-eod_reply() { awk 'dot && /^<(-|\*\*) / { print; exit } /^ -> \.$/ { dot = 1 }' "$1"; }
-# eod_is SWAKS_OUTPUT ERE: the end-of-DATA reply matches ERE.
-eod_is() { local r; r=$(eod_reply "$1"); echo "end-of-DATA reply: $r"; [[ $r =~ $2 ]]; }
 quarantine_count_is() { [ "$(find "$1" -type f | wc -l)" -eq "$2" ]; }
 no_pids_in_netns() { [ -z "$(ip netns pids "$RIG_NETNS")" ]; }
 

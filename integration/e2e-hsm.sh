@@ -44,18 +44,6 @@ verify_ok() { "$BIN" verify --trust "$CA" "$1"; }
 cms_ok() { openssl cms -verify -purpose any -CAfile "$CA" -in "$1" -out /dev/null; }
 # signer_is_hsm FILE: the signature's signer certificate is the token's (SHA-1 of its DER).
 signer_is_hsm() { [ "$(inspect_get "$1" 'd["signature"]["signer_sha1"]')" = "$HSM_SHA1" ]; }
-declare -A MARK
-mark() { local m; for m in "$@"; do MARK[$m]=$(maildir_count "$m"); done; }
-new_files() { maildir_files "$1" | tail -n +"$(( ${MARK[$1]} + 1 ))"; }
-expect_new() {
-  local m=$1 n=$2
-  maildir_wait "$m" $(( ${MARK[$m]} + n )) 30 || return 1
-  pf_queue_empty "$PF" 30 || return 1
-  local have=$(( $(maildir_count "$m") - ${MARK[$m]} ))
-  [ "$have" -eq "$n" ] || { echo "expected $n new messages in $m, got $have" >&2; return 1; }
-}
-eod_reply() { awk 'dot && /^<(-|\*\*) / { print; exit } /^ -> \.$/ { dot = 1 }' "$1"; }
-eod_is() { local r; r=$(eod_reply "$1"); echo "end-of-DATA reply: $r"; [[ $r =~ $2 ]]; }
 # check_cmd EXPECT_EXIT ERE CMD...: CMD exits EXPECT_EXIT and its output matches ERE.
 check_cmd() {
   local want=$1 ere=$2 out rc; shift 2

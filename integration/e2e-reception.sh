@@ -96,20 +96,6 @@ hdr_is() { local v; v=$(hdr_get "$1" "$2"); echo "$2: $v"; [ "$v" = "$3" ]; }
 hdr_has() { local v; v=$(hdr_get "$1" "$2"); echo "$2: $v"; [[ $v == *"$3"* ]]; }
 hdr_absent() { local v; v=$(hdr_get "$1" "$2"); echo "$2: $v"; [ -z "$v" ]; }
 
-declare -A MARK
-mark() { local m; for m in "$@"; do MARK[$m]=$(maildir_count "$m"); done; }
-new_files() { maildir_files "$1" | tail -n +"$(( ${MARK[$1]} + 1 ))"; }
-# expect_new MAILDIR N: N new files since mark, and exactly N once the queue has drained.
-expect_new() {
-  local m=$1 n=$2
-  maildir_wait "$m" $(( ${MARK[$m]} + n )) 30 || return 1
-  pf_queue_empty "$PF" 30 || return 1
-  local have=$(( $(maildir_count "$m") - ${MARK[$m]} ))
-  [ "$have" -eq "$n" ] || { echo "expected $n new messages in $m, got $have" >&2; return 1; }
-}
-# eod_reply SWAKS_OUTPUT: the server's reply to the end of DATA.
-eod_reply() { awk 'dot && /^<(-|\*\*) / { print; exit } /^ -> \.$/ { dot = 1 }' "$1"; }
-eod_is() { local r; r=$(eod_reply "$1"); echo "end-of-DATA reply: $r"; [[ $r =~ $2 ]]; }
 quarantine_count_is() { local n; n=$(find "$1" -type f | wc -l); echo "quarantine: $n files"; [ "$n" -eq "$2" ]; }
 no_pids_in_netns() { [ -z "$(ip netns pids "$RIG_NETNS")" ]; }
 

@@ -92,9 +92,6 @@ is() { local v; v=$(jget "$1" "$2"); echo "$2 = $v"; [ "$v" = "$3" ]; }
 cms_ok() { openssl cms -verify -purpose any -CAfile "$1" -in "$2" -out /dev/null; }
 hdr_is() { local v; v=$(hdr_get "$1" "$2"); echo "$2: $v"; [ "$v" = "$3" ]; }
 
-declare -A MARK
-mark() { local m; for m in "$@"; do MARK[$m]=$(maildir_count "$m"); done; }
-new_files() { maildir_files "$1" | tail -n +"$(( ${MARK[$1]:-0} + 1 ))"; }
 # kinds_since MAILDIR: kinds of the new files since mark, in delivery order (file<TAB>kind)
 kinds_since() { local f; for f in $(new_files "$1"); do printf '%s\t%s\n' "$f" "$(jget "$f" 'd["kind"]')"; done; }
 # wait_kinds MAILDIR N KIND [SECS=30]: until N new files of KIND; sets FOUND (their paths, oldest first)

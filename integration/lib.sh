@@ -769,6 +769,25 @@ maildir_wait() {
   return 1
 }
 
+# mark MAILDIR...: remembers the current counts; new_files MAILDIR: files arrived since;
+# expect_new MAILDIR N: waits for N new files, then (after the queue of the instance in $PF
+# drained) exactly N.
+declare -gA MARK
+mark() { local m; for m in "$@"; do MARK[$m]=$(maildir_count "$m"); done; }
+new_files() { maildir_files "$1" | tail -n +"$(( ${MARK[$1]:-0} + 1 ))"; }
+expect_new() {
+  local m=$1 n=$2
+  maildir_wait "$m" $(( ${MARK[$m]:-0} + n )) 30 || return 1
+  pf_queue_empty "$PF" 30 || return 1
+  local have=$(( $(maildir_count "$m") - ${MARK[$m]:-0} ))
+  [ "$have" -eq "$n" ] || { echo "expected $n new messages in $m, got $have" >&2; return 1; }
+}
+
+# eod_reply SWAKS_OUTPUT: the server's reply to the end of DATA (the line after " -> .");
+# eod_is SWAKS_OUTPUT ERE: it matches ERE.
+eod_reply() { awk 'dot && /^<(-|\*\*) / { print; exit } /^ -> \.$/ { dot = 1 }' "$1"; }
+eod_is() { local r; r=$(eod_reply "$1"); echo "end-of-DATA reply: $r"; [[ $r =~ $2 ]]; }
+
 # pf_queue_empty DIR [SECS=20]: until the instance's queue (incoming, active, deferred, hold,
 # maildrop) is empty, seen twice 0.2 s apart. Fails if mail stays (e.g. deferred).
 pf_queue_empty() {
