@@ -208,6 +208,7 @@ pub enum StateBackend {
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     pub backend: StateBackend,
+    /// Directory of the embedded store (its database is `state.sqlite`).
     pub path: PathBuf,
     pub url: String,
     /// Key prefix in Redis.

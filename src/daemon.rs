@@ -457,6 +457,28 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         ));
         tracker.spawn(stop_rx.clone());
     }
+    {
+        // Expired state rows are ignored as soon as they expire; this
+        // hourly sweep gives their space back (a no-op on Redis, where
+        // keys expire by themselves).
+        let state = d.state.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+                    _ = stop.changed() => break,
+                }
+                match state.purge_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "state store: expired records deleted"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "state store: sweep of expired records failed")
+                    }
+                }
+            }
+        });
+    }
     let mut lmtp_task = None;
     if let Some(dp) = delivery_point(&cfg, &d) {
         let listener = LmtpListener::bind(&cfg.delivery.listen)

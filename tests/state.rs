@@ -478,8 +478,73 @@ async fn suite_updates(store: Arc<dyn StateStore>, open_other: OpenOther) {
     assert_eq!(settled, n, "lost updates: {stored:?}");
 }
 
+/// `record_acceptance`: the envelope stored and the claim's flag set by
+/// one call, the same as `put_envelope` + `mark_receipt_sent`; repeatable;
+/// no claim (expired) is not an error and brings none back.
+async fn suite_acceptance(store: &dyn StateStore) {
+    assert_eq!(
+        store.claim("acc", "acc-1@x", 10, 60).await.expect("claim"),
+        Claim::New
+    );
+    let rec = pending_envelope("acc-1@x", 3);
+    store
+        .record_acceptance("acc", &rec, 60)
+        .await
+        .expect("record_acceptance");
+    assert_eq!(
+        store.claim("acc", "other@x", 11, 60).await.expect("claim"),
+        existing("acc-1@x", 10, true)
+    );
+    assert_eq!(
+        store.get_envelope("acc-1@x").await.expect("get"),
+        Some(rec.clone())
+    );
+    let tracked = store.tracked(i64::MAX).await.expect("tracked");
+    assert!(
+        tracked.iter().any(|r| r.pec_id == "acc-1@x"),
+        "a pending envelope is tracked"
+    );
+    // Again (an MTA retry after the receipt left): same state.
+    store
+        .record_acceptance("acc", &rec, 60)
+        .await
+        .expect("record_acceptance again");
+    assert_eq!(
+        store.claim("acc", "other@x", 12, 60).await.expect("claim"),
+        existing("acc-1@x", 10, true)
+    );
+    // A settled envelope is stored but not tracked.
+    let mut settled = envelope("acc-2@x", 1);
+    settled.recipients[0].status = RecipientStatus::Consegnato;
+    store
+        .record_acceptance("never-claimed", &settled, 60)
+        .await
+        .expect("record_acceptance without a claim");
+    assert_eq!(
+        store.get_envelope("acc-2@x").await.expect("get"),
+        Some(settled)
+    );
+    assert!(
+        !store
+            .tracked(i64::MAX)
+            .await
+            .expect("tracked")
+            .iter()
+            .any(|r| r.pec_id == "acc-2@x")
+    );
+    assert_eq!(
+        store
+            .claim("never-claimed", "n@x", 1, 60)
+            .await
+            .expect("claim"),
+        Claim::New,
+        "record_acceptance creates no claim"
+    );
+}
+
 async fn behaviour_suite(store: Arc<dyn StateStore>, open_other: OpenOther) {
     suite_claims(&*store).await;
+    suite_acceptance(&*store).await;
     suite_envelopes(&*store).await;
     suite_concurrent_claims(Arc::clone(&store)).await;
     suite_updates(Arc::clone(&store), open_other).await;
@@ -488,20 +553,6 @@ async fn behaviour_suite(store: Arc<dyn StateStore>, open_other: OpenOther) {
 
 // ---------------------------------------------------------------------------
 // Embedded.
-
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read_dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| {
-            !p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'))
-        })
-        .collect();
-    v.sort();
-    v
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_behaviour() {
@@ -540,6 +591,16 @@ async fn embedded_two_processes_share_claims() {
     assert_eq!(b.get_envelope("shared@x").await.expect("get"), Some(rec));
 }
 
+/// The database of a store directory, opened beside the store (as an
+/// admin's `sqlite3` would).
+fn raw_db(dir: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(dir.join(pec_milter::state::embedded::DB_FILE))
+        .expect("open the database");
+    c.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_corrupt_records_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -548,28 +609,44 @@ async fn embedded_corrupt_records_are_reported() {
         store.claim("ck", "id", 1, 60).await.expect("claim"),
         Claim::New
     );
-    let files = files_in(&dir.path().join("claims"));
-    assert_eq!(files.len(), 1, "{files:?}");
-    std::fs::write(&files[0], b"{ not json").expect("corrupt it");
+    let db = raw_db(dir.path());
+    db.execute(
+        "UPDATE claims SET submitted_at = 'not a number' WHERE key = 'ck'",
+        [],
+    )
+    .expect("corrupt it");
     match store.claim("ck", "id", 1, 60).await {
-        Err(StateError::Corrupt { key, .. }) => assert_eq!(key, "ck"),
-        other => panic!("expected Corrupt, got {other:?}"),
-    }
-    match store.mark_receipt_sent("ck").await {
         Err(StateError::Corrupt { key, .. }) => assert_eq!(key, "ck"),
         other => panic!("expected Corrupt, got {other:?}"),
     }
 
     let rec = envelope("env-corrupt@x", 1);
     store.put_envelope(&rec, 60).await.expect("put");
-    let files = files_in(&dir.path().join("envelopes"));
-    assert_eq!(files.len(), 1, "{files:?}");
-    std::fs::write(&files[0], b"").expect("corrupt it");
+    db.execute(
+        "UPDATE envelopes SET record = '{ not json' WHERE pec_id = 'env-corrupt@x'",
+        [],
+    )
+    .expect("corrupt it");
     match store.get_envelope("env-corrupt@x").await {
         Err(StateError::Corrupt { key, .. }) => assert_eq!(key, "env-corrupt@x"),
         other => panic!("expected Corrupt, got {other:?}"),
     }
-    // Other keys are unaffected, and the sweep leaves unreadable files alone.
+    // A row holding another envelope's record is corrupt too.
+    let other = serde_json::to_string(&envelope("someone-else@x", 1)).expect("json");
+    db.execute(
+        "UPDATE envelopes SET record = ?1 WHERE pec_id = 'env-corrupt@x'",
+        [other],
+    )
+    .expect("swap it");
+    match store.get_envelope("env-corrupt@x").await {
+        Err(StateError::Corrupt { key, reason }) => {
+            assert_eq!(key, "env-corrupt@x");
+            assert!(reason.contains("someone-else@x"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // A failed job leaves the others of its batch alone, and the store
+    // goes on.
     assert_eq!(
         store.claim("fine", "id", 1, 60).await.expect("claim"),
         Claim::New
@@ -608,28 +685,143 @@ async fn embedded_purge_expired() {
     store.claim("a", "id-a", 1, 1).await.expect("claim");
     store.claim("b", "id-b", 1, 600).await.expect("claim");
     store
-        .put_envelope(&envelope("e1@x", 1), 1)
+        .put_envelope(&pending_envelope("e1@x", 1), 1)
         .await
         .expect("put");
     store
         .put_envelope(&envelope("e2@x", 1), 600)
         .await
         .expect("put");
-    // A temporary file left behind by a crash.
-    std::fs::write(dir.path().join("claims").join(".tmp-crashed"), b"x").expect("write");
+    store.once("m", 1).await.expect("once");
     assert_eq!(store.purge_expired().await.expect("purge"), 0);
-    assert!(!dir.path().join("claims").join(".tmp-crashed").exists());
+    let counts = store.counts().await.expect("counts");
+    assert_eq!((counts.claims, counts.envelopes, counts.marks), (2, 2, 1));
+    assert_eq!(counts.tracked, 1);
 
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(store.purge_expired().await.expect("purge"), 2);
-    assert_eq!(files_in(&dir.path().join("claims")).len(), 1);
-    assert_eq!(files_in(&dir.path().join("envelopes")).len(), 1);
+    // Expired rows are absent before the sweep deletes them.
+    assert_eq!(store.get_envelope("e1@x").await.expect("get"), None);
+    assert!(store.tracked(i64::MAX).await.expect("tracked").is_empty());
+    assert_eq!(store.purge_expired().await.expect("purge"), 3);
+    let counts = store.counts().await.expect("counts");
+    assert_eq!(
+        (
+            counts.claims,
+            counts.envelopes,
+            counts.tracked,
+            counts.marks
+        ),
+        (1, 1, 0, 0)
+    );
     assert_eq!(store.purge_expired().await.expect("purge"), 0);
     assert_eq!(
         store.claim("b", "id", 2, 60).await.expect("claim"),
         existing("id-b", 1, false)
     );
     assert!(store.get_envelope("e2@x").await.expect("get").is_some());
+}
+
+/// Group commit: many concurrent operations share transactions, and every
+/// one of them gets its own answer (200 claims of 100 keys: one New each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_concurrent_jobs_each_get_their_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200i64 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let key = format!("g-{}", i % 100);
+            let c = store
+                .claim(&key, &format!("id-{i}"), i, 60)
+                .await
+                .expect("claim");
+            (key, i, c)
+        });
+    }
+    let mut new = std::collections::HashMap::new();
+    let mut seen = Vec::new();
+    while let Some(res) = tasks.join_next().await {
+        let (key, i, c) = res.expect("task");
+        match c {
+            Claim::New => assert!(new.insert(key, i).is_none(), "two New"),
+            Claim::Existing { .. } => seen.push((key, c)),
+        }
+    }
+    assert_eq!(new.len(), 100);
+    for (key, c) in seen {
+        let i = new[&key];
+        assert_eq!(c, existing(&format!("id-{i}"), i, false));
+    }
+}
+
+/// A directory of the earlier file layout is imported once, and its
+/// files set aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_imports_the_earlier_file_layout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    for sub in ["claims", "envelopes", "tracked", "marks"] {
+        std::fs::create_dir_all(d.join(sub)).expect("mkdir");
+    }
+    let far = 4_000_000_000i64;
+    std::fs::write(
+        d.join("claims/k-6f6c64"),
+        format!(
+            r#"{{"key":"old","pec_id":"old-1@x","submitted_at":7,"receipt_sent":true,"expires_at":{far}}}"#
+        ),
+    )
+    .expect("write");
+    let rec = pending_envelope("old-env@x", 2);
+    std::fs::write(
+        d.join("envelopes/k-1"),
+        serde_json::to_vec(&serde_json::json!({"expires_at": far, "record": rec})).expect("json"),
+    )
+    .expect("write");
+    std::fs::write(
+        d.join("tracked/k-1"),
+        br#"{"pec_id":"old-env@x","submitted_at":1700000000}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        d.join("marks/k-2"),
+        format!(r#"{{"key":"mk","done":true,"expires_at":{far}}}"#),
+    )
+    .expect("write");
+    std::fs::write(d.join("marks/k-3"), b"{ broken").expect("write");
+    std::fs::write(d.join(".lock.3"), b"").expect("write");
+
+    let store = EmbeddedStore::open(d).expect("open");
+    assert_eq!(
+        store.claim("old", "new@x", 9, 60).await.expect("claim"),
+        existing("old-1@x", 7, true)
+    );
+    assert_eq!(
+        store.get_envelope("old-env@x").await.expect("get"),
+        Some(rec.clone())
+    );
+    let tracked: Vec<String> = store
+        .tracked(i64::MAX)
+        .await
+        .expect("tracked")
+        .into_iter()
+        .map(|r| r.pec_id)
+        .collect();
+    assert_eq!(tracked, ["old-env@x"]);
+    assert!(store.confirmed("mk").await.expect("confirmed"));
+    for sub in ["claims", "envelopes", "tracked", "marks"] {
+        assert!(!d.join(sub).exists(), "{sub}/ moved away");
+        assert!(d.join("imported-files").join(sub).is_dir(), "{sub}/ kept");
+    }
+    assert!(
+        d.join("imported-files/marks/k-3").exists(),
+        "unreadable file kept"
+    );
+    assert!(!d.join(".lock.3").exists());
+    drop(store);
+    // Once: reopening imports nothing again and keeps what is there.
+    let store = EmbeddedStore::open(d).expect("reopen");
+    assert_eq!(store.counts().await.expect("counts").claims, 1);
 }
 
 // ---------------------------------------------------------------------------

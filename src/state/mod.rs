@@ -4,8 +4,8 @@
 //! second acceptance receipt.
 //!
 //! Two backends behind [`StateStore`]: [`redis::RedisStore`] (production,
-//! several nodes share it) and [`embedded::EmbeddedStore`] (one node, files
-//! on disk, no server).
+//! several nodes share it) and [`embedded::EmbeddedStore`] (one node, one
+//! SQLite file, no server).
 //!
 //! # Tracking (PEC-RULES §2.9)
 //!
@@ -188,6 +188,22 @@ pub trait StateStore: Send + Sync {
     /// [`tracked`](Self::tracked)).
     async fn put_envelope(&self, rec: &EnvelopeRecord, ttl_secs: u64) -> Result<(), StateError>;
 
+    /// Store the envelope record of the accepted submission `key` (as
+    /// [`put_envelope`](Self::put_envelope)) and record that its acceptance
+    /// receipt has been handed to the MTA (as
+    /// [`mark_receipt_sent`](Self::mark_receipt_sent)), in one write where
+    /// the backend can: the access point's last state change of a
+    /// submission. The default body does the two in turn.
+    async fn record_acceptance(
+        &self,
+        key: &str,
+        rec: &EnvelopeRecord,
+        ttl_secs: u64,
+    ) -> Result<(), StateError> {
+        self.put_envelope(rec, ttl_secs).await?;
+        self.mark_receipt_sent(key).await
+    }
+
     async fn get_envelope(&self, pec_id: &str) -> Result<Option<EnvelopeRecord>, StateError>;
 
     /// Read-modify-write the envelope `pec_id` as one atomic step against
@@ -219,6 +235,13 @@ pub trait StateStore: Send + Sync {
         }
         self.put_envelope(&rec, ttl_secs).await?;
         Ok(Some(rec))
+    }
+
+    /// Delete the records that have expired (they are already treated as
+    /// absent); how many. The default body, for backends whose records
+    /// expire by themselves (Redis), does nothing.
+    async fn purge_expired(&self) -> Result<usize, StateError> {
+        Ok(0)
     }
 
     /// A cheap round trip that fails when the backend is unusable.

@@ -128,6 +128,31 @@ end
 return 1
 ";
 
+/// [`StateStore::record_acceptance`] in one step: `KEYS[1]` the envelope,
+/// `KEYS[2]` the tracked set, `KEYS[3]` the claim; `ARGV` = the envelope
+/// value, its TTL, `1` when tracked (else `0`), its `submitted_at`, its PEC
+/// id. Sets the claim's `receipt_sent` (keeping its TTL; a claim that has
+/// expired is not brought back). Returns 1 when the claim was there, else 0.
+/// Running it twice leaves the same keys.
+const ACCEPTANCE_SCRIPT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+else
+  redis.call('ZREM', KEYS[2], ARGV[5])
+end
+local raw = redis.call('GET', KEYS[3])
+if not raw then
+  return 0
+end
+local claim = cjson.decode(raw)
+if not claim.receipt_sent then
+  claim.receipt_sent = true
+  redis.call('SET', KEYS[3], cjson.encode(claim), 'KEEPTTL')
+end
+return 1
+";
+
 /// One request: a command or a pipeline.
 #[derive(Clone, Copy)]
 enum Req<'a> {
@@ -479,6 +504,32 @@ impl StateStore for RedisStore {
             Ok(())
         })
         .await
+    }
+
+    /// One round trip: [`ACCEPTANCE_SCRIPT`].
+    async fn record_acceptance(
+        &self,
+        key: &str,
+        rec: &EnvelopeRecord,
+        ttl_secs: u64,
+    ) -> Result<(), StateError> {
+        let value = to_json(&rec.pec_id, rec)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(ACCEPTANCE_SCRIPT)
+            .arg(3)
+            .arg(self.envelope_key(&rec.pec_id))
+            .arg(self.tracked_key())
+            .arg(self.claim_key(key))
+            .arg(value)
+            .arg(ttl_secs.max(1))
+            .arg(if rec.is_tracked() { "1" } else { "0" })
+            .arg(rec.submitted_at)
+            .arg(&rec.pec_id);
+        let found: i64 = self.bounded("record_acceptance", self.query(&cmd)).await?;
+        if found == 0 {
+            tracing::warn!(key, "record_acceptance: no claim (expired?)");
+        }
+        Ok(())
     }
 
     async fn get_envelope(&self, pec_id: &str) -> Result<Option<EnvelopeRecord>, StateError> {
