@@ -256,7 +256,14 @@ wait_closed() {
 
 # _alive PID: the process exists and is not a zombie (daemons are re-parented to PID 1,
 # which may reap them late; a zombie already released its ports and files).
-_alive() { [ -r "/proc/$1/stat" ] && [ "$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+# The state is read once: a process reaped between a test of the file and its reading used to
+# count as alive (empty state), and `_alive ""` read /proc/stat.
+_alive() {
+  local st
+  [ -n "$1" ] || return 1
+  st=$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
 
 # _kill_pidfile FILE [SECS=10]: TERM the pid in FILE, wait, KILL if needed, remove FILE.
 _kill_pidfile() {
