@@ -224,7 +224,15 @@ fn in_savepoint<T>(
         ));
     }
     conn.execute_batch("SAVEPOINT job")?;
-    let result = f(conn);
+    // A bug that panics in one operation fails that operation (its changes
+    // rolled back below), not the writer thread and the whole store.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| {
+            tracing::error!("embedded state store: an operation panicked; answered as unavailable");
+            Err(StateError::Unavailable(
+                "embedded state store: the operation failed (panic)".into(),
+            ))
+        });
     if result.is_err() {
         conn.execute_batch("ROLLBACK TO job")?;
     }
@@ -756,6 +764,27 @@ fn expires_at(now: i64, ttl_secs: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panicking operation fails alone: rolled back, answered as
+    /// unavailable, and the store goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_job_fails_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let res: Result<(), StateError> = store
+            .run(|c| {
+                c.execute("INSERT INTO marks VALUES ('half', 0, 9999999999)", [])?;
+                panic!("a bug in an operation")
+            })
+            .await;
+        assert!(matches!(res, Err(StateError::Unavailable(_))), "{res:?}");
+        assert!(!store.confirmed("half").await.expect("confirmed"));
+        assert!(
+            store.once("half", 60).await.expect("once"),
+            "its insert was rolled back"
+        );
+        assert_eq!(store.counts().await.expect("counts").marks, 1);
+    }
 
     #[test]
     fn expiry_keeps_records_at_least_ttl() {
