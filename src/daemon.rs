@@ -457,28 +457,22 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         ));
         tracker.spawn(stop_rx.clone());
     }
-    {
-        // Expired state rows are ignored as soon as they expire; this
-        // hourly sweep gives their space back (a no-op on Redis, where
-        // keys expire by themselves).
-        let state = d.state.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
-                    _ = stop.changed() => break,
-                }
-                match state.purge_expired().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(deleted = n, "state store: expired records deleted"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "state store: sweep of expired records failed")
-                    }
+    // Expired state rows are ignored as soon as they expire; this hourly
+    // sweep gives their space back (a no-op on Redis, where keys expire by
+    // themselves).
+    let state = d.state.clone();
+    spawn_every(Duration::from_secs(3600), stop_rx.clone(), move || {
+        let state = state.clone();
+        async move {
+            match state.purge_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "state store: expired records deleted"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "state store: sweep of expired records failed")
                 }
             }
-        });
-    }
+        }
+    });
     let mut lmtp_task = None;
     if let Some(dp) = delivery_point(&cfg, &d) {
         let listener = LmtpListener::bind(&cfg.delivery.listen)
@@ -490,13 +484,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         let dp = Arc::new(dp);
         // receipts kept in the outbox are retried every minute
         let retry = dp.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
-                    _ = stop.changed() => break,
-                }
+        spawn_every(Duration::from_secs(60), stop_rx.clone(), move || {
+            let retry = retry.clone();
+            async move {
                 retry.flush_outbox().await;
             }
         });
@@ -559,6 +549,23 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     served.map_err(DaemonError::Milter)?;
     tracing::info!("pec-milter stopped");
     Ok(())
+}
+
+/// Run `job` every `period` (first after one period) until `stop` changes.
+fn spawn_every<F, Fut>(period: Duration, mut stop: tokio::sync::watch::Receiver<bool>, job: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = stop.changed() => break,
+            }
+            job().await;
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -61,7 +61,7 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::oneshot;
 
 use super::{Claim, EnvelopeRecord, StateError, StateStore};
@@ -76,6 +76,8 @@ const SCHEMA_VERSION: i64 = 1;
 /// The directories of the file layout of earlier versions.
 const LEGACY_DIRS: [&str; 4] = ["claims", "envelopes", "tracked", "marks"];
 const IMPORTED_DIR: &str = "imported-files";
+/// The lock files `.lock.0` .. `.lock.15` of the file layout.
+const LEGACY_LOCK_SHARDS: usize = 16;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS claims (
@@ -645,7 +647,7 @@ struct LegacyEnvelope {
     record: EnvelopeRecord,
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize)]
 struct LegacyMark {
     key: String,
     done: bool,
@@ -665,88 +667,85 @@ fn import_legacy(conn: &mut Connection, dir: &Path) -> Result<(), StateError> {
     if present.is_empty() {
         return Ok(());
     }
-    let records = |sub: &str| -> Result<Vec<(PathBuf, Vec<u8>)>, StateError> {
-        let mut out = Vec::new();
-        let path = dir.join(sub);
-        if !path.is_dir() {
-            return Ok(out);
-        }
-        for entry in fs::read_dir(&path)? {
-            let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with('.') || !entry.file_type()?.is_file()
-            {
-                continue;
-            }
-            out.push((entry.path(), fs::read(entry.path())?));
-        }
-        Ok(out)
-    };
-    let (mut imported, mut skipped) = (0usize, 0usize);
+    let mut tally = Tally::default();
     let tx = conn.transaction()?;
-    for (path, bytes) in records("claims")? {
-        match serde_json::from_slice::<LegacyClaim>(&bytes) {
-            Ok(c) => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO claims VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
-                        c.key,
-                        c.pec_id,
-                        c.submitted_at,
-                        c.receipt_sent,
-                        c.expires_at
-                    ],
-                )?;
-                imported += 1;
-            }
-            Err(e) => {
-                skipped += 1;
-                tracing::warn!(path = %path.display(), error = %e, "import: unreadable claim left in place");
-            }
-        }
-    }
-    for (path, bytes) in records("envelopes")? {
-        match serde_json::from_slice::<LegacyEnvelope>(&bytes) {
-            Ok(e) => {
-                let json = envelope_json(&e.record)?;
-                upsert_envelope(&tx, &e.record, &json, e.expires_at)?;
-                imported += 1;
-            }
-            Err(e) => {
-                skipped += 1;
-                tracing::warn!(path = %path.display(), error = %e, "import: unreadable envelope left in place");
-            }
-        }
-    }
-    for (path, bytes) in records("marks")? {
-        match serde_json::from_slice::<LegacyMark>(&bytes) {
-            Ok(m) => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO marks VALUES (?1, ?2, ?3)",
-                    params![m.key, m.done, m.expires_at],
-                )?;
-                imported += 1;
-            }
-            Err(e) => {
-                skipped += 1;
-                tracing::warn!(path = %path.display(), error = %e, "import: unreadable marker left in place");
-            }
-        }
-    }
+    import_dir(dir, "claims", &mut tally, |c: LegacyClaim| {
+        tx.execute(
+            "INSERT OR REPLACE INTO claims VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                c.key,
+                c.pec_id,
+                c.submitted_at,
+                c.receipt_sent,
+                c.expires_at
+            ],
+        )?;
+        Ok(())
+    })?;
+    import_dir(dir, "envelopes", &mut tally, |e: LegacyEnvelope| {
+        let json = envelope_json(&e.record)?;
+        upsert_envelope(&tx, &e.record, &json, e.expires_at)
+    })?;
+    import_dir(dir, "marks", &mut tally, |m: LegacyMark| {
+        tx.execute(
+            "INSERT OR REPLACE INTO marks VALUES (?1, ?2, ?3)",
+            params![m.key, m.done, m.expires_at],
+        )?;
+        Ok(())
+    })?;
     tx.commit()?;
     let dest = dir.join(IMPORTED_DIR);
     fs::create_dir_all(&dest)?;
     for d in present {
         fs::rename(dir.join(d), dest.join(d))?;
     }
-    for n in 0..16 {
+    for n in 0..LEGACY_LOCK_SHARDS {
         let _ = fs::remove_file(dir.join(format!(".lock.{n}")));
     }
     tracing::info!(
         dir = %dir.display(),
-        imported,
-        skipped,
+        imported = tally.imported,
+        skipped = tally.skipped,
         "embedded state store: records of the earlier file layout imported into {DB_FILE}; the files are in {IMPORTED_DIR}/"
     );
+    Ok(())
+}
+
+/// Records imported and files left in place by [`import_dir`].
+#[derive(Default)]
+struct Tally {
+    imported: usize,
+    skipped: usize,
+}
+
+/// Parse every record file of `dir/sub` (one at a time) as a `T` and hand
+/// it to `insert`; a file that does not parse is left in place and logged.
+fn import_dir<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    sub: &str,
+    tally: &mut Tally,
+    mut insert: impl FnMut(T) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    let path = dir.join(sub);
+    if !path.is_dir() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(&path)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with('.') || !entry.file_type()?.is_file() {
+            continue;
+        }
+        match serde_json::from_slice::<T>(&fs::read(entry.path())?) {
+            Ok(rec) => {
+                insert(rec)?;
+                tally.imported += 1;
+            }
+            Err(e) => {
+                tally.skipped += 1;
+                tracing::warn!(path = %entry.path().display(), kind = sub, error = %e, "import: unreadable record left in place");
+            }
+        }
+    }
     Ok(())
 }
 
