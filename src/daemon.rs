@@ -425,6 +425,10 @@ pub fn roles(
                 ordinary_mail: cfg.reception.ordinary_mail,
                 quarantine_dir: cfg.quarantine.dir.clone(),
                 retention_secs: cfg.state.retention.as_secs(),
+                spool: crate::spool::SpoolOptions {
+                    dir: cfg.spool.dir.clone(),
+                    memory_limit: cfg.spool.memory_limit,
+                },
             })
         }
     };

@@ -160,7 +160,7 @@ impl DeliveryPoint {
 
     async fn after_delivery(
         &self,
-        msg: &PecMessage,
+        msg: &PecMessage<'_>,
         raw: &[u8],
         rcpt: &str,
         outcome: &RcptOutcome,
@@ -236,7 +236,7 @@ impl DeliveryPoint {
     /// when none is due (not a busta di trasporto, temporary failure).
     fn build(
         &self,
-        msg: &PecMessage,
+        msg: &PecMessage<'_>,
         raw: &[u8],
         rcpt: &str,
         outcome: &RcptOutcome,

@@ -283,24 +283,14 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
             if ours.is_empty() {
                 return Status::Accept;
             }
-            // The reception point reads the message as one slice (its
-            // signature check is in memory for now).
-            let original = Original { header, body };
-            let message = match original.to_vec() {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the spooled message");
-                    return tempfail(cx, "cannot read the spooled message, try again later");
-                }
-            };
             let inbound = Inbound {
                 queue_id,
                 mail_from,
                 rcpts: ours,
-                message,
+                message: Original { header, body },
             };
             let outcome = rp.process(&inbound, Utc::now()).await;
-            apply(cx, &original.header, outcome).await
+            apply(cx, &inbound.message.header, outcome).await
         }
         _ => Status::Accept,
     }

@@ -29,11 +29,12 @@ use crate::crypto::{self, DigestAlg, SigningKey};
 use crate::index::{ProviderEntry, ProviderIndex};
 use crate::inspect::check_signature;
 use crate::pec::build::{
-    Anomalia, BuildError, Emission, Provider, Ricevuta, Signer, Transaction, build_busta_anomalia,
-    build_ricevuta,
+    Anomalia, BuildError, Emission, Original, Provider, Ricevuta, Signer, Transaction,
+    build_busta_anomalia_spooled, build_ricevuta,
 };
 use crate::pec::reader::{self, PecMessage};
 use crate::pec::{DatiCert, MessageKind, Tipo, mime};
+use crate::spool::{SpoolOptions, SpoolWriter};
 use crate::state::{Claim, RecipientStatus, StateStore};
 
 /// What to do with ordinary (non-PEC) mail for a PEC mailbox.
@@ -53,7 +54,10 @@ pub struct Inbound {
     pub mail_from: String,
     /// Forward paths in our PEC domains.
     pub rcpts: Vec<String>,
-    pub message: Vec<u8>,
+    /// The message as received: its header block and its body, in memory
+    /// or spooled to disk (a 100 MB envelope is read from the spool file
+    /// mapped, never copied whole into memory).
+    pub message: Original,
 }
 
 pub struct ReceptionPoint {
@@ -69,6 +73,8 @@ pub struct ReceptionPoint {
     pub ordinary_mail: OrdinaryMail,
     pub quarantine_dir: PathBuf,
     pub retention_secs: u64,
+    /// Where anomaly envelopes of large messages are written (`[spool]`).
+    pub spool: SpoolOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +91,12 @@ enum Temp {
     NoIndex,
     #[error("quarantine: {0}")]
     Quarantine(String),
+    #[error("spool: {0}")]
+    Spool(String),
 }
 
 /// Why a message that claims to be PEC is not a correct one.
-fn structure_problem(msg: &PecMessage) -> Option<String> {
+fn structure_problem(msg: &PecMessage<'_>) -> Option<String> {
     let d = match &msg.daticert {
         Some(Ok(d)) => d,
         Some(Err(e)) => return Some(format!("daticert.xml non valido: {e}")),
@@ -155,17 +163,22 @@ impl ReceptionPoint {
     }
 
     async fn process_inner(&self, inbound: &Inbound, now: DateTime<Utc>) -> Result<Outcome, Temp> {
-        let msg = match reader::read(&inbound.message) {
+        let body = inbound
+            .message
+            .body
+            .view()
+            .map_err(|e| Temp::Spool(format!("reading the spooled message: {e}")))?;
+        let msg = match reader::read_parts(&inbound.message.header, &body) {
             Ok(m) => m,
             Err(e) => {
                 return self
-                    .ordinary(inbound, now, &format!("messaggio non leggibile: {e}"))
+                    .ordinary(inbound, None, now, &format!("messaggio non leggibile: {e}"))
                     .await;
             }
         };
         if msg.kind == MessageKind::None {
             return self
-                .ordinary(inbound, now, "messaggio di posta ordinaria")
+                .ordinary(inbound, Some(&msg), now, "messaggio di posta ordinaria")
                 .await;
         }
 
@@ -246,15 +259,20 @@ impl ReceptionPoint {
         }
     }
 
-    /// Ordinary mail: scanned, then wrapped or refused.
+    /// Ordinary mail (`msg`: what could be read of it): scanned, then
+    /// wrapped or refused.
     async fn ordinary(
         &self,
         inbound: &Inbound,
+        msg: Option<&PecMessage<'_>>,
         now: DateTime<Utc>,
         why: &str,
     ) -> Result<Outcome, Temp> {
         if let Some(s) = &self.scanner
-            && let Verdict::Infected(v) = s.scan(&inbound.message).await.map_err(Temp::Scan)?
+            && let Verdict::Infected(v) = s
+                .scan_original(&inbound.message)
+                .await
+                .map_err(Temp::Scan)?
         {
             return Ok(Outcome::Reject {
                 code: 554,
@@ -269,15 +287,13 @@ impl ReceptionPoint {
                 text: "PEC mailbox: only certified mail is accepted".into(),
             });
         }
-        let msg = reader::read(&inbound.message).ok();
-        self.anomaly_raw(inbound, msg.as_ref(), now, why, false)
-            .await
+        self.anomaly_raw(inbound, msg, now, why, false).await
     }
 
     async fn anomaly(
         &self,
         inbound: &Inbound,
-        msg: &PecMessage,
+        msg: &PecMessage<'_>,
         now: DateTime<Utc>,
         why: &str,
         sicurezza: bool,
@@ -289,7 +305,7 @@ impl ReceptionPoint {
     async fn anomaly_raw(
         &self,
         inbound: &Inbound,
-        msg: Option<&PecMessage>,
+        msg: Option<&PecMessage<'_>>,
         now: DateTime<Utc>,
         why: &str,
         sicurezza: bool,
@@ -299,30 +315,51 @@ impl ReceptionPoint {
             .and_then(mime::addr_spec)
             .unwrap_or_else(|| inbound.mail_from.clone());
         let oggetto = msg.and_then(|m| m.subject.clone()).unwrap_or_default();
-        let id = format!(
-            "anomalia.{}@{}",
-            &hex(&crypto::digest(DigestAlg::Sha256, &inbound.message))[..24],
-            self.provider.domain
-        );
-        let built = build_busta_anomalia(
-            &self.provider,
-            &Anomalia {
-                mittente,
-                oggetto,
-                errore: why.to_string(),
-                sicurezza,
-            },
-            &inbound.message,
-            &Emission {
+        let anomalia = Anomalia {
+            mittente,
+            oggetto,
+            errore: why.to_string(),
+            sicurezza,
+        };
+        let received = inbound.message.clone();
+        let (provider, key, digest) = (self.provider.clone(), self.key.clone(), self.digest);
+        let out = SpoolWriter::raw(self.spool.clone());
+        let build = move || -> Result<_, Temp> {
+            // The id is the digest of what arrived: the MTA's retry of the
+            // same message makes the same anomaly envelope.
+            let id = format!(
+                "anomalia.{}@{}",
+                &hex(&digest_message(b"", &received)?)[..24],
+                provider.domain
+            );
+            let emission = Emission {
                 time: now,
                 message_id: id.clone(),
-            },
-            self.signer(),
-        )?;
+            };
+            let signer = Signer {
+                key: key.as_ref(),
+                digest,
+            };
+            let built = build_busta_anomalia_spooled(
+                &provider, &anomalia, &received, &emission, signer, out,
+            )?;
+            Ok((id, built))
+        };
+        // A body on disk means file I/O and hashing of megabytes: off the
+        // async workers.
+        let (id, built) = if inbound.message.body.is_on_disk() {
+            tokio::task::spawn_blocking(build)
+                .await
+                .map_err(|e| Temp::Spool(format!("anomaly envelope task failed: {e}")))??
+        } else {
+            build()?
+        };
+        let mut head = mime::canonicalize_crlf(&inbound.message.header).into_owned();
+        head.extend_from_slice(b"\r\n");
         Ok(Outcome::Rewrite {
             pec_id: id,
-            message: built.into(),
-            inherited: inherited_count(&mime::canonicalize_crlf(&inbound.message), true),
+            message: built,
+            inherited: inherited_count(&head, true),
             keep_message_id: true,
         })
     }
@@ -338,7 +375,7 @@ impl ReceptionPoint {
     async fn envelope(
         &self,
         inbound: &Inbound,
-        msg: &PecMessage,
+        msg: &PecMessage<'_>,
         entry: &ProviderEntry,
         now: DateTime<Utc>,
     ) -> Result<Outcome, Temp> {
@@ -348,7 +385,7 @@ impl ReceptionPoint {
                 .await;
         };
         let tx = Transaction::from_daticert(d);
-        let key = inbound_key(inbound);
+        let key = inbound_key(inbound)?;
         let (time, sent) = match self
             .state
             .claim(
@@ -376,8 +413,11 @@ impl ReceptionPoint {
         ))[..12];
 
         if let Some(scanner) = &self.scanner {
-            let content = msg.postacert.as_deref().unwrap_or(&inbound.message);
-            if let Verdict::Infected(virus) = scanner.scan(content).await.map_err(Temp::Scan)? {
+            let verdict = match msg.postacert.as_deref() {
+                Some(content) => scanner.scan(content).await,
+                None => scanner.scan_original(&inbound.message).await,
+            };
+            if let Verdict::Infected(virus) = verdict.map_err(Temp::Scan)? {
                 self.quarantine(&d.identificativo, &inbound.message).await?;
                 if !sent {
                     for r in &inbound.rcpts {
@@ -457,7 +497,12 @@ impl ReceptionPoint {
     }
 
     /// A correct receipt about one of our envelopes: update its record.
-    async fn receipt(&self, msg: &PecMessage, tipo: Tipo, now: DateTime<Utc>) -> Result<(), Temp> {
+    async fn receipt(
+        &self,
+        msg: &PecMessage<'_>,
+        tipo: Tipo,
+        now: DateTime<Utc>,
+    ) -> Result<(), Temp> {
         let Some(Ok(d)) = &msg.daticert else {
             return Ok(());
         };
@@ -490,28 +535,40 @@ impl ReceptionPoint {
         Ok(())
     }
 
-    async fn quarantine(&self, id: &str, message: &[u8]) -> Result<(), Temp> {
-        crate::keep::keep(&self.quarantine_dir, &format!("in-{id}"), message)
+    async fn quarantine(&self, id: &str, message: &Original) -> Result<(), Temp> {
+        crate::keep::keep_original(&self.quarantine_dir, &format!("in-{id}"), message)
             .await
             .map(|_| ())
             .map_err(Temp::Quarantine)
     }
 }
 
-fn inbound_key(inbound: &Inbound) -> String {
+/// The state key of an inbound envelope: its recipients (any order, any
+/// case) and its bytes, hashed as they are read (a body on disk in
+/// pieces: blocking reads from the page cache, where it has just been
+/// written).
+fn inbound_key(inbound: &Inbound) -> Result<String, Temp> {
     let mut rcpts: Vec<String> = inbound
         .rcpts
         .iter()
         .map(|r| r.to_ascii_lowercase())
         .collect();
     rcpts.sort();
-    let mut data = b"inbound\0".to_vec();
+    let mut prefix = b"inbound\0".to_vec();
     for r in &rcpts {
-        data.extend_from_slice(r.as_bytes());
-        data.push(0);
+        prefix.extend_from_slice(r.as_bytes());
+        prefix.push(0);
     }
-    data.extend_from_slice(&inbound.message);
-    hex(&crypto::digest(DigestAlg::Sha256, &data))
+    Ok(hex(&digest_message(&prefix, &inbound.message)?))
+}
+
+/// SHA-256 of `prefix` and then the message (header, empty line, body),
+/// read in pieces.
+fn digest_message(prefix: &[u8], message: &Original) -> Result<Vec<u8>, BuildError> {
+    let mut h = crypto::ContentHasher::new(DigestAlg::Sha256)?;
+    h.update(prefix)?;
+    message.for_each_chunk::<BuildError>(|c| Ok(h.update(c)?))?;
+    Ok(h.finish()?)
 }
 
 /// Apply a receipt about one of our envelopes to its record (per

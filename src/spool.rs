@@ -20,7 +20,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -81,10 +81,13 @@ fn anonymous_file(dir: &Path) -> io::Result<File> {
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let path = dir.join(name);
+    // 0600: no other user can open (let alone truncate) it in the moment
+    // before the unlink; the map in `Spooled::view` relies on that.
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&path)?;
     std::fs::remove_file(&path)?;
     Ok(f)
@@ -326,6 +329,32 @@ impl Spooled {
         Ok(out)
     }
 
+    /// The whole body as one slice without copying it: the bytes in
+    /// memory, or the spool file mapped read-only. The pages of a mapped
+    /// file are the page cache's (the file has just been written), counted
+    /// in the process's RSS while touched but not its heap, and given back
+    /// by the kernel under memory pressure: the roles that parse a message
+    /// as a whole (the reception point) read a 100 MB body through this
+    /// without holding a copy.
+    pub fn view(&self) -> io::Result<SpooledView<'_>> {
+        match &*self.0 {
+            Inner::Memory(v) => Ok(SpooledView::Memory(v)),
+            Inner::File(_, 0) => Ok(SpooledView::Memory(&[])),
+            Inner::File(file, len) => {
+                let len = usize::try_from(*len).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "spool file too large to map")
+                })?;
+                // SAFETY: the file is this process's own unnamed spool file
+                // (created in the spool directory and unlinked at once, see
+                // `anonymous_file`), finished and never written again: no
+                // one can truncate or change it while the map lives, which
+                // is what makes a file mapping sound to read as a slice.
+                let map = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
+                Ok(SpooledView::Mapped(map))
+            }
+        }
+    }
+
     /// Whether the body ends with `suffix`.
     pub fn ends_with(&self, suffix: &[u8]) -> io::Result<bool> {
         let n = suffix.len() as u64;
@@ -349,6 +378,32 @@ impl Spooled {
             body: self.clone(),
             pos: 0,
         }
+    }
+}
+
+/// See [`Spooled::view`].
+pub enum SpooledView<'a> {
+    Memory(&'a [u8]),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for SpooledView<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            SpooledView::Memory(b) => b,
+            SpooledView::Mapped(m) => m,
+        }
+    }
+}
+
+impl fmt::Debug for SpooledView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpooledView")
+            .field("len", &self.len())
+            .field("mapped", &matches!(self, SpooledView::Mapped(_)))
+            .finish()
     }
 }
 
@@ -401,6 +456,39 @@ impl AsyncRead for SpooledReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_view_is_the_body_in_memory_or_mapped() {
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let mut w = SpoolWriter::raw(SpoolOptions {
+            dir: std::env::temp_dir(),
+            memory_limit: 1000,
+        });
+        for piece in data.chunks(777) {
+            w.write(piece).expect("write");
+        }
+        let on_disk = w.finish().expect("finish");
+        assert!(on_disk.is_on_disk());
+        let v = on_disk.view().expect("map");
+        assert!(matches!(v, SpooledView::Mapped(_)));
+        assert_eq!(&v[..], &data[..]);
+        let mem = Spooled::from(data[..10].to_vec());
+        assert!(matches!(mem.view().expect("view"), SpooledView::Memory(_)));
+        assert_eq!(&mem.view().expect("view")[..], &data[..10]);
+        let mut empty = SpoolWriter::raw(SpoolOptions {
+            dir: std::env::temp_dir(),
+            memory_limit: 0,
+        });
+        empty.write(b"").expect("write");
+        assert!(
+            empty
+                .finish()
+                .expect("finish")
+                .view()
+                .expect("view")
+                .is_empty()
+        );
+    }
 
     fn opts(dir: &Path, limit: u64) -> SpoolOptions {
         SpoolOptions {

@@ -364,7 +364,8 @@ fn avvenuta_consegna_completa_breve_sintetica() {
                 postacert: has_post,
             },
         );
-        let r = read(&m.to_bytes()).expect("r");
+        let raw = m.to_bytes();
+        let r = read(&raw).expect("r");
         let d = r.daticert.clone().expect("d").expect("d");
         assert_eq!(d.ricevuta, Some(tipo));
         assert_eq!(d.consegna.as_deref(), Some("anna.bianchi@pec.other.test"));
@@ -504,7 +505,7 @@ fn one_flipped_byte_anywhere_in_the_signed_part_fails() {
     let content = r.signed.expect("signed").content;
     let start = bytes
         .windows(content.len())
-        .position(|w| w == content.as_slice())
+        .position(|w| w == &content[..])
         .expect("signed part located");
     // every 7th byte of the signed part, plus its first and last byte
     let mut positions: Vec<usize> = (0..content.len()).step_by(7).collect();

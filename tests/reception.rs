@@ -17,10 +17,11 @@ use pec_milter::crypto::pki::Pki;
 use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
 use pec_milter::index::{IndexSource, ProviderEntry, ProviderIndex, certificate_hash, ldif};
 use pec_milter::inspect::inspect;
-use pec_milter::pec::build::{Provider, Signer, Transaction, build_busta_trasporto};
+use pec_milter::pec::build::{Original, Provider, Signer, Transaction, build_busta_trasporto};
 use pec_milter::pec::reader::read;
 use pec_milter::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
 use pec_milter::reception::{Inbound, OrdinaryMail, ReceptionPoint};
+use pec_milter::spool::{SpoolOptions, SpoolWriter};
 use pec_milter::state::StateStore;
 use pec_milter::state::embedded::EmbeddedStore;
 
@@ -172,6 +173,10 @@ async fn rig(ordinary: OrdinaryMail, verify_at: VerifyAt, load: bool) -> Rig {
         ordinary_mail: ordinary,
         quarantine_dir: dir.path().join("quarantine"),
         retention_secs: 3600,
+        spool: SpoolOptions {
+            dir: dir.path().join("spool"),
+            memory_limit: 4096,
+        },
     };
     Rig {
         rp,
@@ -221,7 +226,26 @@ fn inbound(message: Vec<u8>) -> Inbound {
         queue_id: Some("Q1".into()),
         mail_from: "posta-certificata@pec.b.test".into(),
         rcpts: vec!["mario@pec.acme.test".into()],
-        message,
+        message: on_disk(&message),
+    }
+}
+
+/// The message as the milter holds a large one: header in memory, body in
+/// a spool file (memory limit 0), which the reception point maps.
+fn on_disk(message: &[u8]) -> Original {
+    let mem = Original::from_bytes(message);
+    let mut w = SpoolWriter::new(SpoolOptions {
+        dir: std::env::temp_dir(),
+        memory_limit: 0,
+    });
+    mem.body
+        .for_each_chunk::<std::io::Error>(|c| w.write(c))
+        .expect("spool");
+    let body = w.finish().expect("spool");
+    assert!(body.is_on_disk() || body.is_empty());
+    Original {
+        header: mem.header,
+        body,
     }
 }
 

@@ -633,11 +633,57 @@ rx_run() {
   RX_RECEIPTS[$1]=$(( $(pec_milter_log_count "$W/$1" "presa-in-carico") - before ))
   note "rx $1: log lines mentioning presa-in-carico: ${RX_RECEIPTS[$1]}"
 }
+# rx_size NAME FILE SENDER: one large inbound message through a fresh emb-unix instance (the
+# reception role): VmHWM, and the peak of RssAnon sampled every 20 ms (heap and stacks: the
+# pages of the spool file the reception point maps are RssFile, the page cache's).
+declare -A RXSZ
+rx_size() {
+  local name=$1 file=$2 from=$3 d=$W/rxsize-$1 pid idle out t0 t1 sampler
+  mkdir -p "$d/in" && ln -f "$file" "$d/in/msg.eml" 2>/dev/null || cp "$file" "$d/in/msg.eml" || return 1
+  pec_milter_down "$W/emb-unix" || true
+  STATE=embedded INDEX=ldif INDEX_LDIF=$W/igpec.ldif TRUST="$B/ca.pem" \
+    pec_up emb-unix "${P_LISTEN[emb-unix]}" "$PROTO_SINK_PORT" off || return 1
+  pid=$(pec_pid emb-unix); idle=$(vm_hwm_mb "$pid")
+  rm -f "$d/stop"; echo 0 > "$d/anon"
+  ( m=0
+    while [ ! -e "$d/stop" ] && [ -r "/proc/$pid/status" ]; do
+      a=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
+      if [ -n "$a" ] && [ "$a" -gt "$m" ]; then m=$a; echo "$m" > "$d/anon"; fi
+      sleep 0.02
+    done ) &
+  sampler=$!
+  t0=$EPOCHREALTIME
+  out=$(ns_exec "$EX/milter_load" --connect "${P_LISTEN[emb-unix]}" --from "$from" --to "$MARIO" \
+        --messages-dir "$d/in" --count 1 --concurrency 1 --max-seconds 600 2>&1)
+  t1=$EPOCHREALTIME
+  touch "$d/stop"; wait "$sampler"
+  RXSZ[$name]="size=$(stat -c %s "$file") hwm_mb=$(vm_hwm_mb "$pid") anon_mb=$(calc "$(cat "$d/anon") / 1024" 1) idle_hwm_mb=$idle eom_s=$(calc "$t1 - $t0") cpu_s=$(proc_cpu "$pid") accept=$(kv "$out" accept)"
+  note "rx size $name: ${RXSZ[$name]}"
+  [ "$(kv "$out" accept)" = 1 ]
+}
+# rx_size_files: a BIG_SIZE original (ordinary mail: the anomaly path) and provider B's
+# busta di trasporto of it (verification, presa in carico, delivered as is).
+rx_size_files() {
+  local o=$W/rxsize-orig.eml
+  {
+    printf 'From: <luigi.verdi@pec.other.test>\r\nTo: <%s>\r\nSubject: inbound big\r\n' "$MARIO"
+    printf 'Message-ID: <in.big.%s@client.pec.other.test>\r\nDate: Mon, 01 Dec 2025 10:00:00 +0100\r\n' "$$"
+    printf 'MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n'
+    head -c "$BIG_SIZE" /dev/zero | tr '\0' 'x' | fold -w 76 | sed 's/$/\r/'
+  } > "$o" || return 1
+  "$BIN" envelope --key "$B/provider.key" --cert "$B/provider.crt" --gestore 'Beta PEC S.p.A.' \
+    --domain pec.other.test --certified pec.demo.test --id "opec.big.$$@pec.other.test" "$o" > "$W/rxsize-busta.eml"
+}
 if [[ " $PHASES " == *" rx "* ]]; then
   ok "$RX_N envelopes signed by provider B (pec-milter envelope)" make_envelopes "$W/rx" "$RX_N"
   for name in emb-unix redis-unix; do
     ok "rx: reception point verifies $RX_N envelopes ($name)" rx_run "$name"
   done
+  ok "rx size: a $((BIG_SIZE / 1048576)) MiB original and B's envelope of it" rx_size_files
+  ok "rx size: $((BIG_SIZE / 1048576)) MiB busta di trasporto from B (verified, delivered)" \
+    rx_size busta "$W/rxsize-busta.eml" posta-certificata@pec.other.test
+  ok "rx size: $((BIG_SIZE / 1048576)) MiB ordinary message (busta di anomalia)" \
+    rx_size anomalia "$W/rxsize-orig.eml" luigi.verdi@other.example
 fi
 
 # ------------------------------------------------------------------ phase: size (peak RSS)
@@ -729,6 +775,21 @@ report() {
     if [ -n "${RX_RECEIPTS[emb-unix]:-}${RX_RECEIPTS[redis-unix]:-}" ]; then
       say "Reception: each envelope verified (S/MIME signature, chain to B's CA, providers' index), delivered as is, and one signed presa-in-carico injected (log lines: embedded ${RX_RECEIPTS[emb-unix]:-?}, redis ${RX_RECEIPTS[redis-unix]:-?})."
     fi
+  fi
+  if [ -n "${RXSZ[busta]:-}${RXSZ[anomalia]:-}" ]; then
+    say ""
+    say "### Size, reception point (protocol level, embedded state, clamd off), a fresh pec-milter per message"
+    say ""
+    say "| inbound message | bytes | peak RSS (VmHWM) MB | peak RssAnon MB | idle VmHWM MB | client to reply s | milter CPU s |"
+    say "|---|---:|---:|---:|---:|---:|---:|"
+    local r
+    for r in busta anomalia; do
+      [ -n "${RXSZ[$r]:-}" ] || continue
+      local x=${RXSZ[$r]}
+      say "| $(case $r in busta) echo "busta di trasporto from B" ;; *) echo "ordinary mail (wrapped in a busta di anomalia)" ;; esac) | $(kv "$x" size) | $(kv "$x" hwm_mb) | $(kv "$x" anon_mb) | $(kv "$x" idle_hwm_mb) | $(kv "$x" eom_s) | $(kv "$x" cpu_s) |"
+    done
+    say ""
+    say "RssAnon: heap and stacks, sampled every 20 ms. VmHWM also counts the spool file's pages the reception point maps (page cache, given back under memory pressure)."
   fi
   if [[ " $PHASES " == *" size "* ]]; then
     say ""

@@ -20,11 +20,12 @@ use cms::content_info::ContentInfo;
 use cms::signed_data::{SignerIdentifier, SignerInfo, SignerInfos};
 use der::asn1::Any;
 use der::{Decode, Encode, Reader, SliceReader, Tag, TagNumber, Tagged};
+use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
 use openssl::stack::Stack;
-use openssl::x509::store::{X509Store, X509StoreBuilder};
+use openssl::x509::store::{X509Store, X509StoreBuilder, X509StoreRef};
 use openssl::x509::verify::X509VerifyParam;
 use openssl::x509::{X509, X509NameRef, X509PurposeId, X509Ref, X509StoreContext};
 use serde::Serialize;
@@ -651,11 +652,10 @@ pub fn verify_detached(
     }
 
     // 1. Integrity, independent of any chain.
-    let integrity = cms.verify(
+    let integrity = cms_verify_detached(
+        &mut cms,
         None,
-        None,
-        Some(content),
-        None,
+        content,
         CMSOptions::DETACHED | CMSOptions::BINARY | CMSOptions::NO_SIGNER_CERT_VERIFY,
     );
     let mut reasons: Vec<String> = Vec::new();
@@ -708,11 +708,10 @@ pub fn verify_detached(
         // 3. Both held: confirm with OpenSSL's own full verification.
         if report.integrity_ok
             && report.chain_ok
-            && let Err(e) = cms.verify(
-                None,
+            && let Err(e) = cms_verify_detached(
+                &mut cms,
                 Some(store),
-                Some(content),
-                None,
+                content,
                 CMSOptions::DETACHED | CMSOptions::BINARY,
             )
         {
@@ -734,6 +733,49 @@ pub fn verify_detached(
         });
     }
     report
+}
+
+/// `CMS_verify` of a detached signature over `content`, with no output.
+/// The openssl crate's [`CmsContentInfo::verify`] always collects the
+/// verified content into a memory BIO: a copy of the whole signed part
+/// (100 MB for a 100 MB envelope) per call. OpenSSL itself takes a NULL
+/// `out` (it writes into a null BIO then), and reads `content` through a
+/// read-only memory BIO over the caller's bytes: nothing is copied.
+fn cms_verify_detached(
+    cms: &mut CmsContentInfo,
+    store: Option<&X509StoreRef>,
+    content: &[u8],
+    flags: CMSOptions,
+) -> Result<(), ErrorStack> {
+    let Ok(len) = std::ffi::c_int::try_from(content.len()) else {
+        // beyond 2 GiB: the crate's call, which copies
+        return cms.verify(None, store, Some(content), None, flags);
+    };
+    // SAFETY: `BIO_new_mem_buf` makes a read-only BIO over `content`, which
+    // outlives it (freed below, before returning); `cms` and `store` are
+    // valid objects borrowed for the call; a NULL certs stack and a NULL
+    // out BIO are allowed by CMS_verify; its return value is checked as the
+    // crate does (<= 0: the error is on OpenSSL's error stack).
+    unsafe {
+        let bio = openssl_sys::BIO_new_mem_buf(content.as_ptr().cast(), len);
+        if bio.is_null() {
+            return Err(ErrorStack::get());
+        }
+        let rc = openssl_sys::CMS_verify(
+            cms.as_ptr(),
+            std::ptr::null_mut(),
+            store.map_or(std::ptr::null_mut(), ForeignTypeRef::as_ptr),
+            bio,
+            std::ptr::null_mut(),
+            flags.bits(),
+        );
+        openssl_sys::BIO_free_all(bio);
+        if rc <= 0 {
+            Err(ErrorStack::get())
+        } else {
+            Ok(())
+        }
+    }
 }
 
 fn check_chain(

@@ -929,16 +929,6 @@ pub fn build_busta_trasporto_spooled(
     let mut head_msg = header.to_vec();
     head_msg.extend_from_slice(b"\r\n");
     let eml_head = rewrite_original(&head_msg, &tx.identificativo);
-    let (head_len, body_end) = eml_extent(&eml_head, &original.body)?;
-    let eml_head = &eml_head[..head_len];
-
-    let mut te = TeScan::default();
-    te.feed(eml_head);
-    original.body.for_range::<BuildError>(0, body_end, |c| {
-        te.feed(c);
-        Ok(())
-    })?;
-    let cte = te.result();
 
     let mut d = daticert(provider, tx, Tipo::PostaCertificata, Errore::Nessuno, time);
     d.ricevuta = Some(tx.ricevuta);
@@ -953,56 +943,17 @@ pub fn build_busta_trasporto_spooled(
             .collect::<String>(),
         tx.identificativo
     );
-    let text = text_part(&text);
-    let daticert = daticert_part(&d);
-    let msg_head = format!(
-        "Content-Type: message/rfc822; name=\"postacert.eml\"\r\nContent-Disposition: inline; filename=\"postacert.eml\"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
-    );
-    let (b1, b2) = envelope_boundaries(
+    let (ct, body) = signed_envelope_body(
         &tx.identificativo,
-        &[&text, msg_head.as_bytes(), eml_head, &daticert],
+        &text_part(&text),
+        &eml_head,
         &original.body,
-        body_end,
+        Some(&daticert_part(&d)),
+        time,
+        signer,
+        out,
     )?;
 
-    let mut hasher = crypto::ContentHasher::new(signer.digest)?;
-    let mut sink = Sink {
-        out,
-        hasher: &mut hasher,
-    };
-    sink.out
-        .write(format!("This is an S/MIME signed message\r\n\r\n--{b1}\r\n").as_bytes())?;
-    let mut entity_head = format!("Content-Type: multipart/mixed; boundary=\"{b2}\"\r\n");
-    if cte != "7bit" {
-        entity_head.push_str(&format!("Content-Transfer-Encoding: {cte}\r\n"));
-    }
-    entity_head.push_str("\r\nThis is a multi-part message in MIME format.\r\n");
-    let sep = format!("\r\n--{b2}\r\n");
-    sink.signed(entity_head.as_bytes())?;
-    sink.signed(sep.as_bytes())?;
-    sink.signed(&text)?;
-    sink.signed(sep.as_bytes())?;
-    sink.signed(msg_head.as_bytes())?;
-    sink.signed(eml_head)?;
-    original
-        .body
-        .for_range::<BuildError>(0, body_end, |c| sink.signed(c))?;
-    sink.signed(sep.as_bytes())?;
-    sink.signed(&daticert)?;
-    sink.signed(format!("\r\n--{b2}--\r\n").as_bytes())?;
-    let Sink { mut out, .. } = sink;
-
-    let digest = hasher.finish()?;
-    let p7s = crypto::cms_sign::sign_detached(signer.key, signer.digest, &digest, time.into())?;
-    out.write(format!("\r\n--{b1}\r\nContent-Type: application/x-pkcs7-signature; name=\"smime.p7s\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n").as_bytes())?;
-    out.write(base64_lines(&p7s).as_bytes())?;
-    out.write(format!("--{b1}--\r\n").as_bytes())?;
-    let body = out.finish()?;
-
-    let ct = format!(
-        "Content-Type: multipart/signed; protocol=\"application/x-pkcs7-signature\";\r\n micalg=\"{}\"; boundary=\"{b1}\"\r\n",
-        signer.digest.micalg()
-    );
     let (keep, has_reply_to) = inherited(&head_msg, false);
     let mut headers = raw_fields_to_strings(keep);
     headers.push("X-Trasporto: posta-certificata\r\n".to_string());
@@ -1024,6 +975,83 @@ pub fn build_busta_trasporto_spooled(
     headers.push("MIME-Version: 1.0\r\n".to_string());
     headers.push(ct);
     Ok(SpooledMessage { headers, body })
+}
+
+/// The body of a signed envelope (busta di trasporto, busta di anomalia),
+/// streamed into `out`: `multipart/signed` around a `multipart/mixed` of
+/// the readable `text` part, the received message as `postacert.eml`
+/// (`eml_head`, its header block with the empty line, then `body`) and,
+/// for the busta di trasporto, the `daticert` part; then the CMS signature
+/// of that entity. Returns the `Content-Type` header field and the body.
+/// The same bytes as [`mixed_entity`] and [`sign_entity`] make in memory.
+#[allow(clippy::too_many_arguments)]
+fn signed_envelope_body(
+    seed: &str,
+    text: &[u8],
+    eml_head: &[u8],
+    body: &Spooled,
+    daticert: Option<&[u8]>,
+    time: DateTime<Utc>,
+    signer: Signer<'_>,
+    out: SpoolWriter,
+) -> Result<(String, Spooled), BuildError> {
+    let (head_len, body_end) = eml_extent(eml_head, body)?;
+    let eml_head = &eml_head[..head_len];
+
+    let mut te = TeScan::default();
+    te.feed(eml_head);
+    body.for_range::<BuildError>(0, body_end, |c| {
+        te.feed(c);
+        Ok(())
+    })?;
+    let cte = te.result();
+
+    let msg_head = format!(
+        "Content-Type: message/rfc822; name=\"postacert.eml\"\r\nContent-Disposition: inline; filename=\"postacert.eml\"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
+    );
+    let mut small: Vec<&[u8]> = vec![text, msg_head.as_bytes(), eml_head];
+    small.extend(daticert);
+    let (b1, b2) = envelope_boundaries(seed, &small, body, body_end)?;
+
+    let mut hasher = crypto::ContentHasher::new(signer.digest)?;
+    let mut sink = Sink {
+        out,
+        hasher: &mut hasher,
+    };
+    sink.out
+        .write(format!("This is an S/MIME signed message\r\n\r\n--{b1}\r\n").as_bytes())?;
+    let mut entity_head = format!("Content-Type: multipart/mixed; boundary=\"{b2}\"\r\n");
+    if cte != "7bit" {
+        entity_head.push_str(&format!("Content-Transfer-Encoding: {cte}\r\n"));
+    }
+    entity_head.push_str("\r\nThis is a multi-part message in MIME format.\r\n");
+    let sep = format!("\r\n--{b2}\r\n");
+    sink.signed(entity_head.as_bytes())?;
+    sink.signed(sep.as_bytes())?;
+    sink.signed(text)?;
+    sink.signed(sep.as_bytes())?;
+    sink.signed(msg_head.as_bytes())?;
+    sink.signed(eml_head)?;
+    body.for_range::<BuildError>(0, body_end, |c| sink.signed(c))?;
+    if let Some(d) = daticert {
+        sink.signed(sep.as_bytes())?;
+        sink.signed(d)?;
+    }
+    sink.signed(format!("\r\n--{b2}--\r\n").as_bytes())?;
+    let Sink { mut out, .. } = sink;
+
+    let digest = hasher.finish()?;
+    let p7s = crypto::cms_sign::sign_detached(signer.key, signer.digest, &digest, time.into())?;
+    out.write(format!("\r\n--{b1}\r\nContent-Type: application/x-pkcs7-signature; name=\"smime.p7s\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n").as_bytes())?;
+    out.write(base64_lines(&p7s).as_bytes())?;
+    out.write(format!("--{b1}--\r\n").as_bytes())?;
+    let body = out.finish()?;
+
+    let ct = format!(
+        "Content-Type: multipart/signed; protocol=\"application/x-pkcs7-signature\";\r\n micalg=\"{}\"; boundary=\"{b1}\"\r\n",
+        signer.digest.micalg()
+    );
+    Ok((ct, body))
 }
 
 fn from_per_conto_di(sender: &str, provider: &Provider) -> String {
@@ -1056,8 +1084,9 @@ pub struct Anomalia {
 }
 
 /// Build and sign the busta di anomalia (PEC-RULES §2.3) around
-/// `received`. No daticert.xml; the received message is attached whole as
-/// `postacert.eml`.
+/// `received`, in memory. No daticert.xml; the received message is
+/// attached whole as `postacert.eml`. Same bytes as
+/// [`build_busta_anomalia_spooled`].
 pub fn build_busta_anomalia(
     provider: &Provider,
     anomalia: &Anomalia,
@@ -1065,9 +1094,30 @@ pub fn build_busta_anomalia(
     emission: &Emission,
     signer: Signer<'_>,
 ) -> Result<BuiltMessage, BuildError> {
+    let orig = Original::from_bytes(received);
+    let out = SpoolWriter::raw(SpoolOptions::memory());
+    let m = build_busta_anomalia_spooled(provider, anomalia, &orig, emission, signer, out)?;
+    Ok(BuiltMessage {
+        headers: m.headers,
+        body: m.body.to_vec()?,
+    })
+}
+
+/// [`build_busta_anomalia`] of a received message held as header and
+/// spooled body, its body streamed into `out` (as
+/// [`build_busta_trasporto_spooled`]; blocking I/O for bodies on disk).
+pub fn build_busta_anomalia_spooled(
+    provider: &Provider,
+    anomalia: &Anomalia,
+    received: &Original,
+    emission: &Emission,
+    signer: Signer<'_>,
+    out: SpoolWriter,
+) -> Result<SpooledMessage, BuildError> {
     check_header_value("sender", &anomalia.mittente)?;
     let time = emission.time;
-    let canon = canonicalize_crlf(received);
+    let mut head_msg = canonicalize_crlf(&received.header).into_owned();
+    head_msg.extend_from_slice(b"\r\n");
     let text = format!(
         "Anomalia nel messaggio\n\n{} è stato ricevuto\nil messaggio \"{}\" proveniente da \"{}\".\nI dati non sono stati certificati per il seguente errore:\n{}\nIl messaggio originale è incluso in allegato.\n",
         when(time),
@@ -1075,14 +1125,20 @@ pub fn build_busta_anomalia(
         anomalia.mittente,
         anomalia.errore
     );
-    let (msg_part, cte) = message_part(&canon);
-    let parts = vec![text_part(&text), msg_part];
     let seed = format!("{}/anomalia", emission.message_id);
-    let entity = mixed_entity(&seed, &parts, cte);
-    let (ct, body) = sign_entity(&seed, &entity, signer, time)?;
+    let (ct, body) = signed_envelope_body(
+        &seed,
+        &text_part(&text),
+        &head_msg,
+        &received.body,
+        None,
+        time,
+        signer,
+        out,
+    )?;
 
-    let (keep, has_reply_to) = inherited(&canon, true);
-    let had_message_id = original_msgid(&canon).is_some();
+    let (keep, has_reply_to) = inherited(&head_msg, true);
+    let had_message_id = original_msgid(&head_msg).is_some();
     let mut headers = raw_fields_to_strings(keep);
     headers.push("X-Trasporto: errore\r\n".to_string());
     if anomalia.sicurezza {
@@ -1102,7 +1158,7 @@ pub fn build_busta_anomalia(
     }
     headers.push("MIME-Version: 1.0\r\n".to_string());
     headers.push(ct);
-    Ok(BuiltMessage { headers, body })
+    Ok(SpooledMessage { headers, body })
 }
 
 #[cfg(test)]

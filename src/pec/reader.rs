@@ -24,9 +24,10 @@ pub enum ReadError {
 
 /// The detached signature of a `multipart/signed` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedParts {
-    /// The first part, canonical CRLF: exactly the bytes that were signed.
-    pub content: Vec<u8>,
+pub struct SignedParts<'a> {
+    /// The first part, canonical CRLF: exactly the bytes that were signed
+    /// (borrowed from the message read when it had CRLF line ends).
+    pub content: Cow<'a, [u8]>,
     /// The DER of the signature part, when there is one and it decodes.
     pub p7s: Option<Vec<u8>>,
     /// The `protocol` parameter (`application/pkcs7-signature` or
@@ -37,9 +38,11 @@ pub struct SignedParts {
     pub problem: Option<String>,
 }
 
-/// What a message is and what it carries.
+/// What a message is and what it carries. The large parts (the signed
+/// content, `postacert.eml` when it has no transfer encoding) borrow from
+/// the bytes read: reading a 100 MB envelope copies none of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PecMessage {
+pub struct PecMessage<'a> {
     pub kind: MessageKind,
     /// Decoded `Subject:`.
     pub subject: Option<String>,
@@ -52,20 +55,80 @@ pub struct PecMessage {
     pub verifica_sicurezza: Option<String>,
     pub mittente: Option<String>,
     /// Present when the top-level type is `multipart/signed`.
-    pub signed: Option<SignedParts>,
+    pub signed: Option<SignedParts<'a>>,
     /// The certification data, or why it could not be read.
     pub daticert: Option<Result<DatiCert, String>>,
     /// The raw `postacert.eml` (decoded from its transfer encoding).
-    pub postacert: Option<Vec<u8>>,
+    pub postacert: Option<Cow<'a, [u8]>>,
+}
+
+impl SignedParts<'_> {
+    fn into_owned(self) -> SignedParts<'static> {
+        SignedParts {
+            content: Cow::Owned(self.content.into_owned()),
+            p7s: self.p7s,
+            protocol: self.protocol,
+            micalg: self.micalg,
+            problem: self.problem,
+        }
+    }
+}
+
+impl PecMessage<'_> {
+    /// The same, owning every part.
+    pub fn into_owned(self) -> PecMessage<'static> {
+        PecMessage {
+            kind: self.kind,
+            subject: self.subject,
+            from: self.from,
+            to: self.to,
+            message_id: self.message_id,
+            riferimento_message_id: self.riferimento_message_id,
+            tipo_ricevuta: self.tipo_ricevuta,
+            verifica_sicurezza: self.verifica_sicurezza,
+            mittente: self.mittente,
+            signed: self.signed.map(SignedParts::into_owned),
+            daticert: self.daticert,
+            postacert: self.postacert.map(|p| Cow::Owned(p.into_owned())),
+        }
+    }
 }
 
 /// Read a message (CRLF or LF line ends).
-pub fn read(raw: &[u8]) -> Result<PecMessage, ReadError> {
+pub fn read(raw: &[u8]) -> Result<PecMessage<'_>, ReadError> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ReadError::Empty);
     }
-    let canon = canonicalize_crlf(raw);
-    let (head, body) = split_header_body(&canon);
+    match canonicalize_crlf(raw) {
+        Cow::Borrowed(canon) => {
+            let (head, body) = split_header_body(canon);
+            read_split(head, body)
+        }
+        Cow::Owned(canon) => {
+            let (head, body) = split_header_body(&canon);
+            read_split(head, body).map(PecMessage::into_owned)
+        }
+    }
+}
+
+/// [`read`] of a message held as its header block (the fields, without
+/// the empty line) and its body apart, as the milter has it: the body
+/// (a spool file mapped, say) is borrowed, not copied, when its line ends
+/// are CRLF.
+pub fn read_parts<'a>(header: &[u8], body: &'a [u8]) -> Result<PecMessage<'a>, ReadError> {
+    if header.iter().all(|b| b.is_ascii_whitespace())
+        && body.iter().all(|b| b.is_ascii_whitespace())
+    {
+        return Err(ReadError::Empty);
+    }
+    let head = canonicalize_crlf(header);
+    match canonicalize_crlf(body) {
+        Cow::Borrowed(b) => read_split(&head, b),
+        Cow::Owned(b) => read_split(&head, &b).map(PecMessage::into_owned),
+    }
+}
+
+fn read_split<'a>(head: &[u8], body: &'a [u8]) -> Result<PecMessage<'a>, ReadError> {
     let fields = header_fields(head);
     if fields.is_empty() {
         return Err(ReadError::NoHeaders);
@@ -82,7 +145,12 @@ pub fn read(raw: &[u8]) -> Result<PecMessage, ReadError> {
     };
     let mut found = Found::default();
     match &signed {
-        Some(s) => walk_entity(&s.content, 0, &mut found),
+        // signed_parts borrows the content from `body`
+        Some(SignedParts {
+            content: Cow::Borrowed(c),
+            ..
+        }) => walk_entity(c, 0, &mut found),
+        Some(_) => {}
         None => walk_body(&fields, body, 0, &mut found),
     }
     let daticert = found
@@ -104,14 +172,14 @@ pub fn read(raw: &[u8]) -> Result<PecMessage, ReadError> {
     })
 }
 
-fn signed_parts(ct: &ContentType, body: &[u8]) -> SignedParts {
+fn signed_parts<'a>(ct: &ContentType, body: &'a [u8]) -> SignedParts<'a> {
     let protocol = ct
         .param("protocol")
         .unwrap_or_default()
         .to_ascii_lowercase();
     let micalg = ct.param("micalg").map(str::to_ascii_lowercase);
     let mut out = SignedParts {
-        content: Vec::new(),
+        content: Cow::Borrowed(&[]),
         p7s: None,
         protocol,
         micalg,
@@ -129,7 +197,7 @@ fn signed_parts(ct: &ContentType, body: &[u8]) -> SignedParts {
         out.problem = Some("multipart/signed without parts".into());
         return out;
     };
-    out.content = first.to_vec();
+    out.content = Cow::Borrowed(first);
     let Some(sig) = mp.parts.get(1) else {
         out.problem = Some("multipart/signed without a signature part".into());
         return out;
@@ -165,18 +233,18 @@ fn signed_parts(ct: &ContentType, body: &[u8]) -> SignedParts {
 }
 
 #[derive(Default)]
-struct Found {
+struct Found<'a> {
     daticert: Option<Vec<u8>>,
-    postacert: Option<Vec<u8>>,
+    postacert: Option<Cow<'a, [u8]>>,
 }
 
-fn walk_entity(entity: &[u8], depth: usize, found: &mut Found) {
+fn walk_entity<'a>(entity: &'a [u8], depth: usize, found: &mut Found<'a>) {
     let (head, body) = split_header_body(entity);
     let fields = header_fields(head);
     walk_body(&fields, body, depth, found);
 }
 
-fn walk_body(fields: &[HeaderField<'_>], body: &[u8], depth: usize, found: &mut Found) {
+fn walk_body<'a>(fields: &[HeaderField<'_>], body: &'a [u8], depth: usize, found: &mut Found<'a>) {
     if depth > MAX_DEPTH || (found.daticert.is_some() && found.postacert.is_some()) {
         return;
     }
@@ -199,7 +267,7 @@ fn walk_body(fields: &[HeaderField<'_>], body: &[u8], depth: usize, found: &mut 
     if ct.mime == "message/rfc822" {
         if found.postacert.is_none() && (name.as_deref() == Some("postacert.eml") || name.is_none())
         {
-            found.postacert = Some(decode(fields, body).into_owned());
+            found.postacert = Some(decode(fields, body));
         }
         return;
     }
@@ -272,9 +340,41 @@ mod tests {
     fn signed_without_signature_is_reported() {
         let m = read(b"X-Ricevuta: accettazione\r\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--\r\n").expect("msg");
         let s = m.signed.expect("signed");
-        assert_eq!(s.content, b"Content-Type: text/plain\r\n\r\nx");
+        assert_eq!(&s.content[..], b"Content-Type: text/plain\r\n\r\nx");
         assert!(s.p7s.is_none());
         assert!(s.problem.is_some());
+    }
+
+    /// Where `part` lies inside `whole`: it was borrowed, not copied.
+    fn inside(part: &[u8], whole: &[u8]) -> bool {
+        let (p, w) = (part.as_ptr() as usize, whole.as_ptr() as usize);
+        p >= w && p + part.len() <= w + whole.len()
+    }
+
+    #[test]
+    fn parts_read_apart_borrow_the_body() {
+        let header = b"X-Trasporto: posta-certificata\r\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=b\r\n";
+        let body = b"--b\r\nContent-Type: multipart/mixed; boundary=m\r\n\r\n--m\r\nContent-Type: message/rfc822; name=\"postacert.eml\"\r\n\r\nSubject: x\r\n\r\nbig\r\n--m--\r\n--b\r\nContent-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--b--\r\n";
+        let m = read_parts(header, body).expect("msg");
+        assert_eq!(m.kind, MessageKind::BustaTrasporto);
+        let s = m.signed.as_ref().expect("signed");
+        assert!(matches!(s.content, Cow::Borrowed(_)) && inside(&s.content, body));
+        let post = m.postacert.as_ref().expect("postacert");
+        assert!(matches!(post, Cow::Borrowed(_)) && inside(post, body));
+        assert_eq!(&post[..], b"Subject: x\r\n\r\nbig");
+        // the same as reading the whole message
+        let mut whole = header.to_vec();
+        whole.extend_from_slice(b"\r\n");
+        whole.extend_from_slice(body);
+        assert_eq!(read(&whole).expect("whole"), m);
+        // LF line ends: read, owned
+        let lf: Vec<u8> = body.iter().copied().filter(|&c| c != b'\r').collect();
+        let o = read_parts(header, &lf).expect("lf");
+        assert!(matches!(
+            o.signed.as_ref().expect("s").content,
+            Cow::Owned(_)
+        ));
+        assert_eq!(o, m);
     }
 
     #[test]
