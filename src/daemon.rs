@@ -372,6 +372,10 @@ pub fn delivery_point(cfg: &Config, d: &Deps) -> Option<DeliveryPoint> {
         injector: d.injector.clone(),
         outbox: cfg.delivery.outbox.clone(),
         retention_secs: cfg.state.retention.as_secs(),
+        spool: crate::spool::SpoolOptions {
+            dir: cfg.spool.dir.clone(),
+            memory_limit: cfg.spool.memory_limit,
+        },
     })
 }
 
@@ -495,11 +499,17 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             }
         });
         let mut stop = stop_rx.clone();
-        let max = cfg.delivery.max_size;
+        let config = crate::lmtp::server::ServerConfig {
+            spool: crate::spool::SpoolOptions {
+                dir: cfg.spool.dir.clone(),
+                memory_limit: cfg.spool.memory_limit,
+            },
+            ..crate::lmtp::server::ServerConfig::new(cfg.delivery.max_size)
+        };
         tracing::info!(listen = %cfg.delivery.listen, store = ?cfg.delivery.store, "delivery point (LMTP) ready");
         lmtp_task = Some(tokio::spawn(async move {
             let handler: Arc<dyn LmtpHandler> = dp;
-            crate::lmtp::server::serve(listener, handler, max, async move {
+            crate::lmtp::server::serve_with(listener, handler, config, async move {
                 let _ = stop.changed().await;
             })
             .await

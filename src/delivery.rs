@@ -35,11 +35,12 @@ use crate::crypto::{self, DigestAlg, SigningKey};
 use crate::lmtp::server::LmtpHandler;
 use crate::lmtp::{MailboxStore, RcptOutcome};
 use crate::pec::build::{
-    Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta, receipt_variant,
+    Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta_spooled, receipt_variant,
 };
 use crate::pec::reader::{self, PecMessage};
 use crate::pec::{Errore, MessageKind, mime};
 use crate::reception::record_receipt;
+use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
 use crate::state::{Claim, StateStore};
 
 pub struct DeliveryPoint {
@@ -51,6 +52,9 @@ pub struct DeliveryPoint {
     pub injector: Arc<dyn Injector>,
     pub outbox: PathBuf,
     pub retention_secs: u64,
+    /// Where large receipts (an avvenuta consegna completa carries the
+    /// whole message) are built (`[spool]`).
+    pub spool: SpoolOptions,
 }
 
 /// Is `rcpt` a primary (To:) recipient of the envelope? A recipient only
@@ -83,7 +87,8 @@ struct Built {
     message_id: String,
     to: String,
     tipo: crate::pec::Tipo,
-    bytes: Vec<u8>,
+    /// The whole receipt, in memory or a spool file.
+    message: Spooled,
 }
 
 /// The once-only key of the receipt about (`pec_id`, `rcpt`).
@@ -115,6 +120,18 @@ impl DeliveryPoint {
 
     /// Deliver and issue the receipts; one LMTP reply line per recipient.
     pub async fn handle(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Vec<String> {
+        self.handle_inner(mail_from, rcpts, message, None).await
+    }
+
+    /// [`handle`](Self::handle) of `message`, the view of `spooled` when
+    /// the LMTP server spooled it.
+    async fn handle_inner(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+        spooled: Option<&Spooled>,
+    ) -> Vec<String> {
         let now = Utc::now();
         let msg = reader::read(message).ok();
         if msg
@@ -132,7 +149,14 @@ impl DeliveryPoint {
                 })
                 .collect();
         }
-        let outcomes = self.store.deliver(mail_from, rcpts, message).await;
+        let outcomes = match spooled {
+            Some(s) => {
+                self.store
+                    .deliver_spooled(mail_from, rcpts, s, message)
+                    .await
+            }
+            None => self.store.deliver(mail_from, rcpts, message).await,
+        };
         let mut replies = Vec::with_capacity(rcpts.len());
         for (i, rcpt) in rcpts.iter().enumerate() {
             let outcome = outcomes.get(i).cloned().unwrap_or(RcptOutcome::Temporary {
@@ -286,7 +310,7 @@ impl DeliveryPoint {
             key: self.key.as_ref(),
             digest: self.digest,
         };
-        let bytes = build_ricevuta(
+        let message = build_ricevuta_spooled(
             &self.provider,
             &tx,
             &ricevuta,
@@ -295,13 +319,14 @@ impl DeliveryPoint {
                 message_id: message_id.clone(),
             },
             signer,
+            SpoolWriter::raw(self.spool.clone()),
         )?
-        .to_bytes();
+        .into_spooled(self.spool.clone())?;
         Ok(Some(Built {
             message_id,
             to: tx.mittente,
             tipo: ricevuta.tipo(),
-            bytes,
+            message,
         }))
     }
 
@@ -309,9 +334,17 @@ impl DeliveryPoint {
     /// sent. `false` when it could be neither sent nor kept.
     async fn send(&self, key: &str, pec_id: &str, rcpt: &str, b: Built) -> bool {
         let to = vec![b.to.clone()];
+        let bytes = match b.message.view() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, pec_id = %pec_id, recipient = %rcpt,
+                    "built receipt cannot be read back from the spool: not sent");
+                return false;
+            }
+        };
         match self
             .injector
-            .inject(&self.provider.service_address(), &to, &b.bytes)
+            .inject(&self.provider.service_address(), &to, &bytes)
             .await
         {
             Ok(()) => {
@@ -319,7 +352,7 @@ impl DeliveryPoint {
             }
             Err(e) => {
                 tracing::warn!(error = %e, pec_id = %pec_id, "receipt injection failed: kept in the outbox");
-                if let Err(e) = outbox_put(&self.outbox, &b.message_id, &b.to, &b.bytes) {
+                if let Err(e) = outbox_put(&self.outbox, &b.message_id, &b.to, &bytes) {
                     tracing::error!(error = %e, pec_id = %pec_id, "receipt could not be kept in the outbox");
                     return false;
                 }
@@ -527,8 +560,23 @@ fn outbox_put(dir: &std::path::Path, id: &str, to: &str, message: &[u8]) -> std:
 
 #[async_trait::async_trait]
 impl LmtpHandler for DeliveryPoint {
-    async fn deliver(&self, mail_from: &str, rcpts: &[String], message: Vec<u8>) -> Vec<String> {
-        self.handle(mail_from, rcpts, &message).await
+    async fn deliver(&self, mail_from: &str, rcpts: &[String], message: Spooled) -> Vec<String> {
+        // A large message is in a spool file: read it mapped, not copied.
+        match message.view() {
+            Ok(bytes) => {
+                self.handle_inner(mail_from, rcpts, &bytes, Some(&message))
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, recipients = rcpts.len(), "delivery: cannot read the spooled message: 4xx");
+                rcpts
+                    .iter()
+                    .map(|_| {
+                        "451 4.3.0 Cannot read the spooled message, try again later".to_string()
+                    })
+                    .collect()
+            }
+        }
     }
 }
 

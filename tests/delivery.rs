@@ -55,6 +55,12 @@ fn setup(dir: &std::path::Path) -> (DeliveryPoint, Arc<Recorder>) {
         injector: rec.clone(),
         outbox: dir.join("outbox"),
         retention_secs: 3600,
+        // receipts over 1 KiB are built in spool files: the file path is
+        // what these tests exercise
+        spool: pec_milter::spool::SpoolOptions {
+            dir: dir.join("spool"),
+            memory_limit: 1024,
+        },
     };
     (dp, rec)
 }

@@ -26,6 +26,7 @@ use pec_milter::lmtp::client::LmtpClient;
 use pec_milter::lmtp::maildir::Maildir;
 use pec_milter::lmtp::server::{LmtpHandler, LmtpListener, ServerConfig, serve, serve_with};
 use pec_milter::lmtp::{MailboxStore, RcptOutcome};
+use pec_milter::spool::Spooled;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -163,7 +164,8 @@ impl TestHandler {
 
 #[async_trait::async_trait]
 impl LmtpHandler for TestHandler {
-    async fn deliver(&self, mail_from: &str, rcpts: &[String], message: Vec<u8>) -> Vec<String> {
+    async fn deliver(&self, mail_from: &str, rcpts: &[String], message: Spooled) -> Vec<String> {
+        let message = message.to_vec().expect("spooled message");
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }

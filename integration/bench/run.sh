@@ -346,8 +346,8 @@ EOF
 # pec_up NAME LISTEN [REINJECT_PORT [CLAMD on|off]]: pec-milter in $W/NAME (config from
 # lib.sh write_config: PEM key made by init_demo, state ${STATE:-embedded} (redis: database
 # ${REDIS_DB:-0} of the rig's Redis), clamd) listening on LISTEN;
-# no delivery point, no timers (not measured here); max_product raised for the size runs.
-# Extra env INDEX/TRUST/... as for write_config. BENCH_HSM_SIGNING replaces [signing] when
+# no delivery point (unless DELIVERY_TOML gives its [delivery] section), no timers (not
+# measured here); max_product raised for the size runs. Extra env INDEX/TRUST/... as for write_config. BENCH_HSM_SIGNING replaces [signing] when
 # NAME is pec-hsm or proto-hsm.
 pec_up() {
   local name=$1 listen=$2 rport=${3:-$RIG_REINJECT_PORT} av=${4:-on} D=$W/$1
@@ -359,7 +359,9 @@ pec_up() {
     toml_set "$cfg" reinjection address "\"127.0.0.1:$rport\"" &&
     toml_set "$cfg" limits max_product '"4GB"' || return 1
   [ "$av" = off ] && { toml_set "$cfg" clamd enabled false || return 1; }
-  printf '\n[delivery]\nlisten = ""\noutbox = "%s/outbox"\n\n[timers]\nenabled = false\n' "$D" >> "$cfg"
+  if [ -n "${DELIVERY_TOML:-}" ]; then printf '\n%s\n' "$DELIVERY_TOML" >> "$cfg"
+  else printf '\n[delivery]\nlisten = ""\noutbox = "%s/outbox"\n' "$D" >> "$cfg"; fi
+  printf '\n[timers]\nenabled = false\n' >> "$cfg"
   case $name in *hsm) toml_replace_section "$cfg" signing "$BENCH_HSM_SIGNING" ;; esac
   "$BIN" check-config --config "$cfg" >/dev/null || { echo "pec_up: bad config $cfg" >&2; return 1; }
   pec_milter_up "$D" "$cfg" || return 1
@@ -661,6 +663,46 @@ rx_size() {
   note "rx size $name: ${RXSZ[$name]}"
   [ "$(kv "$out" accept)" = 1 ]
 }
+# dx_size FILE: the delivery point (LMTP, Maildir store, a fresh pec-milter) delivers FILE, a
+# busta di trasporto for mario, and issues the avvenuta consegna completa (the whole original
+# inside) to its smtp-sink: VmHWM and peak RssAnon as for rx_size. The LMTP client is Python's
+# smtplib.LMTP.
+dx_size() {
+  local file=$1 d=$W/dx port=$((PROTO_TCP_PORT + 20)) pid idle t0 t1 sampler out
+  mkdir -p "$d/mail/pec.demo.test/${MARIO%@*}"
+  DELIVERY_TOML=$(printf '[delivery]\nlisten = "inet:127.0.0.1:%s"\nstore = "maildir"\nmaildir = "%s/mail"\nmax_size = "300MB"\noutbox = "%s/outbox"' "$port" "$d" "$d") \
+    STATE=embedded pec_up dx "unix:$d/pec.sock" "$PROTO_SINK_PORT" off || return 1
+  wait_port 127.0.0.1 "$port" 10 || return 1
+  pid=$(pec_pid dx); idle=$(vm_hwm_mb "$pid")
+  rm -f "$d/stop"; echo 0 > "$d/anon"
+  ( m=0
+    while [ ! -e "$d/stop" ] && [ -r "/proc/$pid/status" ]; do
+      a=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
+      if [ -n "$a" ] && [ "$a" -gt "$m" ]; then m=$a; echo "$m" > "$d/anon"; fi
+      sleep 0.02
+    done ) &
+  sampler=$!
+  local before; before=$(pec_milter_log_count "$d" "receipt injected")
+  t0=$EPOCHREALTIME
+  out=$(ns_exec python3 - "$port" "$MARIO" "$file" <<'PY' 2>&1
+import smtplib, sys
+port, rcpt, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+data = open(path, 'rb').read()
+c = smtplib.LMTP('127.0.0.1', port, timeout=600)
+refused = c.sendmail('posta-certificata@pec.other.test', [rcpt], data)
+c.quit()
+print('refused=%d' % len(refused))
+PY
+)
+  t1=$EPOCHREALTIME
+  touch "$d/stop"; wait "$sampler"
+  local receipts=$(( $(pec_milter_log_count "$d" "receipt injected") - before ))
+  RXSZ[delivery]="size=$(stat -c %s "$file") hwm_mb=$(vm_hwm_mb "$pid") anon_mb=$(calc "$(cat "$d/anon") / 1024" 1) idle_hwm_mb=$idle eom_s=$(calc "$t1 - $t0") cpu_s=$(proc_cpu "$pid") receipts=$receipts $out"
+  note "delivery size: ${RXSZ[delivery]}"
+  pec_milter_down "$d" || true
+  [ "$(kv "$out" refused)" = 0 ] && [ "$receipts" = 1 ] &&
+    [ "$(find "$d/mail/pec.demo.test/${MARIO%@*}/new" -type f -size +100M | wc -l)" = 1 ]
+}
 # rx_size_files: a BIG_SIZE original (ordinary mail: the anomaly path) and provider B's
 # busta di trasporto of it (verification, presa in carico, delivered as is).
 rx_size_files() {
@@ -684,6 +726,8 @@ if [[ " $PHASES " == *" rx "* ]]; then
     rx_size busta "$W/rxsize-busta.eml" posta-certificata@pec.other.test
   ok "rx size: $((BIG_SIZE / 1048576)) MiB ordinary message (busta di anomalia)" \
     rx_size anomalia "$W/rxsize-orig.eml" luigi.verdi@other.example
+  ok "delivery size: $((BIG_SIZE / 1048576)) MiB busta di trasporto over LMTP (avvenuta consegna completa)" \
+    dx_size "$W/rxsize-busta.eml"
 fi
 
 # ------------------------------------------------------------------ phase: size (peak RSS)
@@ -778,15 +822,15 @@ report() {
   fi
   if [ -n "${RXSZ[busta]:-}${RXSZ[anomalia]:-}" ]; then
     say ""
-    say "### Size, reception point (protocol level, embedded state, clamd off), a fresh pec-milter per message"
+    say "### Size, reception and delivery points (no MTA, embedded state, clamd off), a fresh pec-milter per message"
     say ""
     say "| inbound message | bytes | peak RSS (VmHWM) MB | peak RssAnon MB | idle VmHWM MB | client to reply s | milter CPU s |"
     say "|---|---:|---:|---:|---:|---:|---:|"
     local r
-    for r in busta anomalia; do
+    for r in busta anomalia delivery; do
       [ -n "${RXSZ[$r]:-}" ] || continue
       local x=${RXSZ[$r]}
-      say "| $(case $r in busta) echo "busta di trasporto from B" ;; *) echo "ordinary mail (wrapped in a busta di anomalia)" ;; esac) | $(kv "$x" size) | $(kv "$x" hwm_mb) | $(kv "$x" anon_mb) | $(kv "$x" idle_hwm_mb) | $(kv "$x" eom_s) | $(kv "$x" cpu_s) |"
+      say "| $(case $r in busta) echo "reception: busta di trasporto from B" ;; anomalia) echo "reception: ordinary mail (wrapped in a busta di anomalia)" ;; *) echo "delivery point (LMTP, Maildir): busta di trasporto, avvenuta consegna completa sent" ;; esac) | $(kv "$x" size) | $(kv "$x" hwm_mb) | $(kv "$x" anon_mb) | $(kv "$x" idle_hwm_mb) | $(kv "$x" eom_s) | $(kv "$x" cpu_s) |"
     done
     say ""
     say "RssAnon: heap and stacks, sampled every 20 ms. VmHWM also counts the spool file's pages the reception point maps (page cache, given back under memory pressure)."

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{MailboxStore, RcptOutcome};
+use crate::spool::Spooled;
 
 /// Deliveries made by this process (the `Q<n>` of the unique names).
 static DELIVERIES: AtomicU64 = AtomicU64::new(0);
@@ -258,6 +259,38 @@ impl MailboxStore for Maildir {
         let message: Arc<[u8]> = Arc::from(message);
         match tokio::task::spawn_blocking(move || this.deliver_blocking(&rcpts_owned, &message))
             .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::error!(error = %e, "Maildir delivery task failed");
+                vec![RcptOutcome::temporary(451, "4.3.0", "internal error"); rcpts.len()]
+            }
+        }
+    }
+
+    /// The spool goes to the blocking task (a 100 MB message is not copied
+    /// to get there); mapped again there.
+    async fn deliver_spooled(
+        &self,
+        _sender: &str,
+        rcpts: &[String],
+        message: &Spooled,
+        _bytes: &[u8],
+    ) -> Vec<RcptOutcome> {
+        if rcpts.is_empty() {
+            return Vec::new();
+        }
+        let this = self.clone();
+        let rcpts_owned = rcpts.to_vec();
+        let message = message.clone();
+        match tokio::task::spawn_blocking(move || match message.view() {
+            Ok(bytes) => this.deliver_blocking(&rcpts_owned, &bytes),
+            Err(e) => {
+                tracing::error!(error = %e, "Maildir delivery: cannot read the spooled message");
+                vec![store_unavailable(); rcpts_owned.len()]
+            }
+        })
+        .await
         {
             Ok(outcomes) => outcomes,
             Err(e) => {

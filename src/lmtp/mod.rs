@@ -216,6 +216,20 @@ pub trait MailboxStore: Send + Sync {
     /// recipient, in order. An I/O failure of the store is Temporary for
     /// every recipient.
     async fn deliver(&self, sender: &str, rcpts: &[String], message: &[u8]) -> Vec<RcptOutcome>;
+
+    /// [`deliver`](Self::deliver) of a message the LMTP server spooled;
+    /// `bytes` is its [`view`](crate::spool::Spooled::view). A store that
+    /// works off the async workers takes the (cheaply cloned) spool along
+    /// instead of copying the bytes.
+    async fn deliver_spooled(
+        &self,
+        sender: &str,
+        rcpts: &[String],
+        _message: &crate::spool::Spooled,
+        bytes: &[u8],
+    ) -> Vec<RcptOutcome> {
+        self.deliver(sender, rcpts, bytes).await
+    }
 }
 
 #[cfg(test)]

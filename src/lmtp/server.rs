@@ -45,6 +45,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{MAX_REPLY_LINE, truncate_utf8};
+use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
 
 /// Longest command line accepted (RFC 5321 allows 512 octets; with
 /// parameters and long addresses, be generous).
@@ -64,9 +65,10 @@ const WRITE_BUFFER: usize = 16 * 1024;
 #[async_trait::async_trait]
 pub trait LmtpHandler: Send + Sync {
     /// The whole transaction at end of DATA: reverse path, accepted forward
-    /// paths, the message (CRLF, dot-unstuffed). One reply line per
-    /// recipient, in order (e.g. from `RcptOutcome::reply_line()`).
-    async fn deliver(&self, mail_from: &str, rcpts: &[String], message: Vec<u8>) -> Vec<String>;
+    /// paths, the message (CRLF, dot-unstuffed; in memory, or in a spool
+    /// file once over [`ServerConfig::spool`]'s memory limit). One reply
+    /// line per recipient, in order (e.g. from `RcptOutcome::reply_line()`).
+    async fn deliver(&self, mail_from: &str, rcpts: &[String], message: Spooled) -> Vec<String>;
 }
 
 /// Where the LMTP server listens.
@@ -155,11 +157,14 @@ pub struct ServerConfig {
     pub data_timeout: Duration,
     /// Most recipients per transaction (more get `452 4.5.3`).
     pub max_recipients: usize,
+    /// Where a message being received goes once over the memory limit
+    /// (`[spool]`): a 100 MB message is not held in memory.
+    pub spool: SpoolOptions,
 }
 
 impl ServerConfig {
     /// Defaults: this host's name, 300 s command timeout, 180 s data
-    /// timeout, 1000 recipients.
+    /// timeout, 1000 recipients, messages in memory.
     pub fn new(max_size: u64) -> Self {
         Self {
             max_size,
@@ -167,6 +172,7 @@ impl ServerConfig {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             max_recipients: 1000,
+            spool: SpoolOptions::memory(),
         }
     }
 }
@@ -588,7 +594,14 @@ impl Session {
         }
         reply(writer, "354 Start mail input; end with <CRLF>.<CRLF>").await?;
         writer.flush().await?;
-        let data = match read_data(reader, self.config.max_size, self.config.data_timeout).await {
+        let data = match read_data(
+            reader,
+            self.config.max_size,
+            self.config.data_timeout,
+            &self.config.spool,
+        )
+        .await
+        {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 tracing::debug!(peer = %self.peer, "LMTP data timeout");
@@ -601,16 +614,30 @@ impl Session {
             return Ok(Next::Continue);
         };
         let n = txn.rcpts.len();
-        let Some(message) = data else {
-            tracing::info!(peer = %self.peer, from = %txn.from, rcpts = n, max = self.config.max_size, "LMTP message over the maximum size refused");
-            for _ in 0..n {
-                reply(
-                    writer,
-                    "552 5.3.4 Message size exceeds fixed maximum message size",
-                )
-                .await?;
+        let message = match data {
+            Data::Message(m) => m,
+            Data::TooBig => {
+                tracing::info!(peer = %self.peer, from = %txn.from, rcpts = n, max = self.config.max_size, "LMTP message over the maximum size refused");
+                for _ in 0..n {
+                    reply(
+                        writer,
+                        "552 5.3.4 Message size exceeds fixed maximum message size",
+                    )
+                    .await?;
+                }
+                return Ok(Next::Continue);
             }
-            return Ok(Next::Continue);
+            Data::SpoolFailed(e) => {
+                tracing::error!(peer = %self.peer, from = %txn.from, rcpts = n, error = %e, "LMTP message could not be spooled: 451");
+                for _ in 0..n {
+                    reply(
+                        writer,
+                        "451 4.3.0 Cannot spool the message, try again later",
+                    )
+                    .await?;
+                }
+                return Ok(Next::Continue);
+            }
         };
         tracing::debug!(peer = %self.peer, from = %txn.from, rcpts = n, size = message.len(), "LMTP message received");
         let handler = self.handler.clone();
@@ -815,37 +842,76 @@ fn strip_eol(line: &mut Vec<u8>) {
     }
 }
 
-/// The message being received: its bytes, or None once over the maximum.
+/// What DATA gave.
+#[derive(Debug)]
+enum Data {
+    Message(Spooled),
+    /// Over the maximum size (read to its end all the same).
+    TooBig,
+    /// The spool file could not be written (disk full, ...).
+    SpoolFailed(io::Error),
+}
+
+/// The message being received: a spool writer (memory, then a file), until
+/// it is over the maximum or the spool fails.
 struct Spool {
-    bytes: Option<Vec<u8>>,
+    writer: Option<SpoolWriter>,
+    len: u64,
     max: u64,
+    too_big: bool,
+    failed: Option<io::Error>,
 }
 
 impl Spool {
     fn push(&mut self, data: &[u8]) {
-        if let Some(b) = &mut self.bytes {
-            if (b.len() as u64).saturating_add(data.len() as u64) > self.max {
-                self.bytes = None;
-            } else {
-                b.extend_from_slice(data);
-            }
+        let Some(w) = &mut self.writer else {
+            return;
+        };
+        if self.len.saturating_add(data.len() as u64) > self.max {
+            self.too_big = true;
+            self.writer = None;
+            return;
+        }
+        self.len += data.len() as u64;
+        if let Err(e) = w.write(data) {
+            self.failed = Some(e);
+            self.writer = None;
+        }
+    }
+
+    fn finish(self) -> Data {
+        if self.too_big {
+            return Data::TooBig;
+        }
+        if let Some(e) = self.failed {
+            return Data::SpoolFailed(e);
+        }
+        match self.writer.map(SpoolWriter::finish) {
+            Some(Ok(m)) => Data::Message(m),
+            Some(Err(e)) => Data::SpoolFailed(e),
+            None => Data::SpoolFailed(io::Error::other("no spool")),
         }
     }
 }
 
 /// Read the message up to the line `.`: dot-unstuffed, every line ending in
 /// CRLF (a bare LF line end becomes CRLF; a bare CR inside a line stays).
-/// Ok(None) when the message is over `max` octets (it is read to its end
-/// all the same). A read that waits longer than `timeout` is an error of
+/// Into the spool of `opts` (memory, then a file; bytes kept as they are).
+/// [`Data::TooBig`] when the message is over `max` octets (it is read to its
+/// end all the same). A read that waits longer than `timeout` is an error of
 /// kind TimedOut; EOF before the end is UnexpectedEof.
 async fn read_data<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     max: u64,
     timeout: Duration,
-) -> io::Result<Option<Vec<u8>>> {
+    opts: &SpoolOptions,
+) -> io::Result<Data> {
     let mut spool = Spool {
-        bytes: Some(Vec::new()),
+        writer: Some(SpoolWriter::raw(opts.clone())),
+        len: 0,
         max,
+        too_big: false,
+        failed: None,
     };
     // The current line (or its not yet passed-on part).
     let mut line: Vec<u8> = Vec::new();
@@ -871,7 +937,7 @@ async fn read_data<R: AsyncRead + Unpin>(
         if done {
             strip_eol(&mut line);
             if line_start && line == b"." {
-                return Ok(spool.bytes);
+                return Ok(spool.finish());
             }
             let content = match (line_start, line.first()) {
                 (true, Some(b'.')) => &line[1..],
@@ -955,14 +1021,26 @@ mod tests {
         assert!(sanitize_reply(&format!("250 {}", "x".repeat(2000))).len() <= MAX_REPLY_LINE);
     }
 
+    fn message(d: io::Result<Data>) -> Vec<u8> {
+        match d {
+            Ok(Data::Message(m)) => m.to_vec().unwrap(),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn data_unstuffing_and_line_ends() {
         let input: &[u8] = b"a\r\n..b\nc\r\n.\r\nNEXT";
         let mut r = BufReader::new(input);
-        let m = read_data(&mut r, 1000, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .unwrap();
+        let m = message(
+            read_data(
+                &mut r,
+                1000,
+                Duration::from_secs(5),
+                &SpoolOptions::memory(),
+            )
+            .await,
+        );
         assert_eq!(m, b"a\r\n.b\r\nc\r\n");
         let mut rest = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut r, &mut rest)
@@ -977,10 +1055,12 @@ mod tests {
         input.extend(std::iter::repeat_n(b'x', DATA_PIECE * 3 + 7));
         input.extend_from_slice(b"\r\n.x\r\n.\r\n");
         let mut r = BufReader::with_capacity(1000, &input[..]);
-        let m = read_data(&mut r, 10_000_000, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .unwrap();
+        // a spool file from the first byte on
+        let opts = SpoolOptions {
+            dir: std::env::temp_dir(),
+            memory_limit: 0,
+        };
+        let m = message(read_data(&mut r, 10_000_000, Duration::from_secs(5), &opts).await);
         let mut want: Vec<u8> = std::iter::repeat_n(b'x', DATA_PIECE * 3 + 7).collect();
         want.extend_from_slice(b"\r\nx\r\n");
         assert_eq!(m, want);
@@ -990,10 +1070,10 @@ mod tests {
     async fn data_over_max_is_read_to_the_end() {
         let input: &[u8] = b"0123456789\r\n0123456789\r\n.\r\nQUIT\r\n";
         let mut r = BufReader::new(input);
-        assert_eq!(
-            read_data(&mut r, 15, Duration::from_secs(5)).await.unwrap(),
-            None
-        );
+        assert!(matches!(
+            read_data(&mut r, 15, Duration::from_secs(5), &SpoolOptions::memory()).await,
+            Ok(Data::TooBig)
+        ));
         match read_line(&mut r, 100).await.unwrap() {
             Line::Text(l) => assert_eq!(l, b"QUIT"),
             _ => panic!("expected QUIT"),

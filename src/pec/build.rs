@@ -7,6 +7,8 @@
 //! `postacert.eml`, which is carried unchanged (declared `8bit` or `binary`
 //! when it is not 7-bit, see README "Design choices").
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 
 use crate::crypto::{self, CryptoError, DigestAlg, SigningKey};
@@ -370,79 +372,6 @@ fn daticert_part(d: &DatiCert) -> Vec<u8> {
     out
 }
 
-/// How a message can be carried as-is in a MIME part.
-fn transfer_encoding(data: &[u8]) -> &'static str {
-    let mut te = TeScan::default();
-    te.feed(data);
-    te.result()
-}
-
-fn message_part(eml: &[u8]) -> (Vec<u8>, &'static str) {
-    let cte = transfer_encoding(eml);
-    let mut out = format!(
-        "Content-Type: message/rfc822; name=\"postacert.eml\"\r\nContent-Disposition: inline; filename=\"postacert.eml\"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
-    )
-    .into_bytes();
-    let body = eml.strip_suffix(b"\r\n").unwrap_or(eml);
-    out.extend_from_slice(body);
-    (out, cte)
-}
-
-/// A boundary that does not occur in any of the parts.
-fn boundary(seed: &str, level: u8, parts: &[&[u8]]) -> String {
-    let mut n: u32 = 0;
-    loop {
-        let b = boundary_text(seed, level, n);
-        let needle = format!("--{b}");
-        if !parts.iter().any(|p| contains(p, needle.as_bytes())) {
-            return b;
-        }
-        n += 1;
-    }
-}
-
-/// The multipart/mixed entity that gets signed.
-fn mixed_entity(seed: &str, parts: &[Vec<u8>], cte: &'static str) -> Vec<u8> {
-    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    let b = boundary(seed, 2, &refs);
-    let mut out = format!("Content-Type: multipart/mixed; boundary=\"{b}\"\r\n").into_bytes();
-    if cte != "7bit" {
-        out.extend_from_slice(format!("Content-Transfer-Encoding: {cte}\r\n").as_bytes());
-    }
-    out.extend_from_slice(b"\r\nThis is a multi-part message in MIME format.\r\n");
-    for p in parts {
-        out.extend_from_slice(format!("\r\n--{b}\r\n").as_bytes());
-        out.extend_from_slice(p);
-    }
-    out.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
-    out
-}
-
-/// Wrap a signed entity into multipart/signed: returns the Content-Type
-/// header field and the body.
-fn sign_entity(
-    seed: &str,
-    entity: &[u8],
-    signer: Signer<'_>,
-    time: DateTime<Utc>,
-) -> Result<(String, Vec<u8>), BuildError> {
-    let p7s = crypto::cms_sign::sign_content(signer.key, signer.digest, entity, time.into())?;
-    let b = boundary(seed, 1, &[entity]);
-    let ct = format!(
-        "Content-Type: multipart/signed; protocol=\"application/x-pkcs7-signature\";\r\n micalg=\"{}\"; boundary=\"{b}\"\r\n",
-        signer.digest.micalg()
-    );
-    let sig = base64_lines(&p7s);
-    let mut body = Vec::with_capacity(entity.len() + sig.len() + 400);
-    body.extend_from_slice(b"This is an S/MIME signed message\r\n\r\n");
-    body.extend_from_slice(format!("--{b}\r\n").as_bytes());
-    body.extend_from_slice(entity);
-    body.extend_from_slice(format!("\r\n--{b}\r\nContent-Type: application/x-pkcs7-signature; name=\"smime.p7s\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n").as_bytes());
-    body.extend_from_slice(sig.as_bytes());
-    body.extend_from_slice(format!("--{b}--\r\n").as_bytes());
-    Ok((ct, body))
-}
-
 fn check_header_value(what: &str, v: &str) -> Result<(), BuildError> {
     if v.contains(['\r', '\n', '\0']) {
         return Err(BuildError::Input(format!("{what} contains a line break")));
@@ -459,7 +388,7 @@ fn angle(id: &str) -> String {
     }
 }
 
-/// Build and sign a receipt or notice about `tx`.
+/// Build and sign a receipt or notice about `tx`, in memory.
 pub fn build_ricevuta(
     provider: &Provider,
     tx: &Transaction,
@@ -467,6 +396,25 @@ pub fn build_ricevuta(
     emission: &Emission,
     signer: Signer<'_>,
 ) -> Result<BuiltMessage, BuildError> {
+    let out = SpoolWriter::raw(SpoolOptions::memory());
+    let m = build_ricevuta_spooled(provider, tx, ricevuta, emission, signer, out)?;
+    Ok(BuiltMessage {
+        headers: m.headers,
+        body: m.body.to_vec()?,
+    })
+}
+
+/// [`build_ricevuta`] with the body written to `out`: an avvenuta
+/// consegna completa of a 100 MB message carries it whole, streamed from
+/// `original` (which may be a mapped spool file) into a spool file.
+pub fn build_ricevuta_spooled(
+    provider: &Provider,
+    tx: &Transaction,
+    ricevuta: &Ricevuta<'_>,
+    emission: &Emission,
+    signer: Signer<'_>,
+    out: SpoolWriter,
+) -> Result<SpooledMessage, BuildError> {
     check_header_value("message id", &emission.message_id)?;
     check_header_value("sender", &tx.mittente)?;
     let time = emission.time;
@@ -477,7 +425,7 @@ pub fn build_ricevuta(
         _ => tx.mittente.clone(),
     };
     check_header_value("recipient", &to)?;
-    let mut postacert: Option<Vec<u8>> = None;
+    let mut postacert: Option<Cow<'_, [u8]>> = None;
     match ricevuta {
         Ricevuta::AvvenutaConsegna {
             consegna,
@@ -487,8 +435,10 @@ pub fn build_ricevuta(
             d.ricevuta = Some(*tipo);
             d.consegna = Some(consegna.clone());
             postacert = match tipo {
-                TipoRicevuta::Completa => Some(canonicalize_crlf(original).into_owned()),
-                TipoRicevuta::Breve => Some(breve::hash_attachments(&canonicalize_crlf(original))),
+                TipoRicevuta::Completa => Some(canonicalize_crlf(original)),
+                TipoRicevuta::Breve => Some(Cow::Owned(breve::hash_attachments(
+                    &canonicalize_crlf(original),
+                ))),
                 TipoRicevuta::Sintetica => None,
             };
         }
@@ -518,17 +468,18 @@ pub fn build_ricevuta(
         Ricevuta::Accettazione => {}
     }
 
-    let text = receipt_text(ricevuta, tx, time);
-    let mut parts = vec![text_part(&text), daticert_part(&d)];
-    let mut cte = "7bit";
-    if let Some(eml) = &postacert {
-        let (p, c) = message_part(eml);
-        cte = c;
-        parts.push(p);
-    }
+    let text = text_part(&receipt_text(ricevuta, tx, time));
+    let daticert = daticert_part(&d);
     let seed = format!("{}/{}", emission.message_id, ricevuta.tipo());
-    let entity = mixed_entity(&seed, &parts, cte);
-    let (ct, body) = sign_entity(&seed, &entity, signer, time)?;
+    let (ct, body) = signed_envelope_body(
+        &seed,
+        &[&text, &daticert],
+        postacert.as_deref().map(|eml| (&[][..], Src::Slice(eml))),
+        &[],
+        time,
+        signer,
+        out,
+    )?;
 
     let mut headers = Vec::new();
     headers.push(format!("X-Ricevuta: {}\r\n", ricevuta.tipo()));
@@ -552,7 +503,7 @@ pub fn build_ricevuta(
     }
     headers.push("MIME-Version: 1.0\r\n".to_string());
     headers.push(ct);
-    Ok(BuiltMessage { headers, body })
+    Ok(SpooledMessage { headers, body })
 }
 
 /// The original with the Message-ID handling of PEC-RULES §1.6: its
@@ -692,6 +643,19 @@ pub struct SpooledMessage {
 }
 
 impl SpooledMessage {
+    /// The whole message (header fields, empty line, body) as one spooled
+    /// body: in memory while small, else a spool file of `opts` (the body
+    /// is copied there in pieces).
+    pub fn into_spooled(self, opts: SpoolOptions) -> std::io::Result<Spooled> {
+        let mut w = SpoolWriter::raw(opts);
+        for h in &self.headers {
+            w.write(h.as_bytes())?;
+        }
+        w.write(b"\r\n")?;
+        self.body.for_each_chunk::<std::io::Error>(|c| w.write(c))?;
+        w.finish()
+    }
+
     /// The whole message in memory.
     pub fn to_bytes(&self) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
@@ -733,11 +697,61 @@ pub fn build_busta_trasporto(
     })
 }
 
+/// The body of the message attached as `postacert.eml`: a spooled body
+/// (read in pieces), or bytes in memory.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Spooled(&'a Spooled),
+    Slice(&'a [u8]),
+}
+
+impl Src<'_> {
+    fn len(self) -> u64 {
+        match self {
+            Src::Spooled(s) => s.len(),
+            Src::Slice(b) => b.len() as u64,
+        }
+    }
+
+    fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    fn ends_with(self, suffix: &[u8]) -> Result<bool, BuildError> {
+        match self {
+            Src::Spooled(s) => Ok(s.ends_with(suffix)?),
+            Src::Slice(b) => Ok(b.ends_with(suffix)),
+        }
+    }
+
+    /// As [`Spooled::for_range`].
+    fn for_range<E: From<std::io::Error>>(
+        self,
+        start: u64,
+        end: u64,
+        f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match self {
+            Src::Spooled(s) => s.for_range(start, end, f),
+            Src::Slice(b) => {
+                let end = usize::try_from(end).unwrap_or(usize::MAX).min(b.len());
+                let start = usize::try_from(start).unwrap_or(usize::MAX);
+                // in pieces, as from a spool file: callers keep a window
+                // per piece (body_contains copies the one it looks at)
+                match b.get(start..end) {
+                    Some(range) => range.chunks(crate::spool::CHUNK).try_for_each(f),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// Where the `postacert.eml` part ends: the original's rewritten header
 /// (with the empty line) and how much of the body it carries, the final
 /// CRLF of the original being dropped (it becomes the CRLF before the next
-/// boundary, as in [`message_part`]).
-fn eml_extent(eml_head: &[u8], body: &Spooled) -> Result<(usize, u64), BuildError> {
+/// boundary).
+fn eml_extent(eml_head: &[u8], body: Src<'_>) -> Result<(usize, u64), BuildError> {
     if body.is_empty() {
         return Ok((eml_head.len().saturating_sub(2), 0));
     }
@@ -794,7 +808,7 @@ impl TeScan {
 
 /// Which of `needles` occur in `body[..end]` (one pass; matches across
 /// the pieces are found).
-fn body_contains(body: &Spooled, end: u64, needles: &[Vec<u8>]) -> Result<Vec<bool>, BuildError> {
+fn body_contains(body: Src<'_>, end: u64, needles: &[Vec<u8>]) -> Result<Vec<bool>, BuildError> {
     let mut found = vec![false; needles.len()];
     let keep = needles
         .iter()
@@ -856,7 +870,7 @@ fn boundary_text(seed: &str, level: u8, n: u32) -> String {
 fn envelope_boundaries(
     seed: &str,
     small: &[&[u8]],
-    body: &Spooled,
+    body: Src<'_>,
     end: u64,
 ) -> Result<(String, String), BuildError> {
     let mut n = [0u32; 2];
@@ -945,10 +959,9 @@ pub fn build_busta_trasporto_spooled(
     );
     let (ct, body) = signed_envelope_body(
         &tx.identificativo,
-        &text_part(&text),
-        &eml_head,
-        &original.body,
-        Some(&daticert_part(&d)),
+        &[&text_part(&text)],
+        Some((&eml_head, Src::Spooled(&original.body))),
+        &[&daticert_part(&d)],
         time,
         signer,
         out,
@@ -977,40 +990,47 @@ pub fn build_busta_trasporto_spooled(
     Ok(SpooledMessage { headers, body })
 }
 
-/// The body of a signed envelope (busta di trasporto, busta di anomalia),
-/// streamed into `out`: `multipart/signed` around a `multipart/mixed` of
-/// the readable `text` part, the received message as `postacert.eml`
-/// (`eml_head`, its header block with the empty line, then `body`) and,
-/// for the busta di trasporto, the `daticert` part; then the CMS signature
-/// of that entity. Returns the `Content-Type` header field and the body.
-/// The same bytes as [`mixed_entity`] and [`sign_entity`] make in memory.
-#[allow(clippy::too_many_arguments)]
+/// The body of a signed PEC message (busta di trasporto, busta di
+/// anomalia, receipts), streamed into `out`: `multipart/signed` around a
+/// `multipart/mixed` of the parts `before`, the attached message as
+/// `postacert.eml` when there is one (`eml`: its header block with the
+/// empty line, then its body) and the parts `after`; then the CMS
+/// signature of that entity. Returns the `Content-Type` header field and
+/// the body.
 fn signed_envelope_body(
     seed: &str,
-    text: &[u8],
-    eml_head: &[u8],
-    body: &Spooled,
-    daticert: Option<&[u8]>,
+    before: &[&[u8]],
+    eml: Option<(&[u8], Src<'_>)>,
+    after: &[&[u8]],
     time: DateTime<Utc>,
     signer: Signer<'_>,
     out: SpoolWriter,
 ) -> Result<(String, Spooled), BuildError> {
-    let (head_len, body_end) = eml_extent(eml_head, body)?;
-    let eml_head = &eml_head[..head_len];
-
-    let mut te = TeScan::default();
-    te.feed(eml_head);
-    body.for_range::<BuildError>(0, body_end, |c| {
-        te.feed(c);
-        Ok(())
-    })?;
-    let cte = te.result();
-
-    let msg_head = format!(
-        "Content-Type: message/rfc822; name=\"postacert.eml\"\r\nContent-Disposition: inline; filename=\"postacert.eml\"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
-    );
-    let mut small: Vec<&[u8]> = vec![text, msg_head.as_bytes(), eml_head];
-    small.extend(daticert);
+    let empty = Src::Slice(&[]);
+    let (eml_head, body, body_end) = match eml {
+        Some((head, body)) => {
+            let (head_len, body_end) = eml_extent(head, body)?;
+            (&head[..head_len], body, body_end)
+        }
+        None => (&[][..], empty, 0),
+    };
+    let mut cte = "7bit";
+    let mut msg_head = String::new();
+    if eml.is_some() {
+        let mut te = TeScan::default();
+        te.feed(eml_head);
+        body.for_range::<BuildError>(0, body_end, |c| {
+            te.feed(c);
+            Ok(())
+        })?;
+        cte = te.result();
+        msg_head = format!(
+            "Content-Type: message/rfc822; name=\"postacert.eml\"\r\nContent-Disposition: inline; filename=\"postacert.eml\"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
+        );
+    }
+    let mut small: Vec<&[u8]> = before.to_vec();
+    small.extend_from_slice(&[msg_head.as_bytes(), eml_head]);
+    small.extend_from_slice(after);
     let (b1, b2) = envelope_boundaries(seed, &small, body, body_end)?;
 
     let mut hasher = crypto::ContentHasher::new(signer.digest)?;
@@ -1027,15 +1047,19 @@ fn signed_envelope_body(
     entity_head.push_str("\r\nThis is a multi-part message in MIME format.\r\n");
     let sep = format!("\r\n--{b2}\r\n");
     sink.signed(entity_head.as_bytes())?;
-    sink.signed(sep.as_bytes())?;
-    sink.signed(text)?;
-    sink.signed(sep.as_bytes())?;
-    sink.signed(msg_head.as_bytes())?;
-    sink.signed(eml_head)?;
-    body.for_range::<BuildError>(0, body_end, |c| sink.signed(c))?;
-    if let Some(d) = daticert {
+    for p in before {
         sink.signed(sep.as_bytes())?;
-        sink.signed(d)?;
+        sink.signed(p)?;
+    }
+    if eml.is_some() {
+        sink.signed(sep.as_bytes())?;
+        sink.signed(msg_head.as_bytes())?;
+        sink.signed(eml_head)?;
+        body.for_range::<BuildError>(0, body_end, |c| sink.signed(c))?;
+    }
+    for p in after {
+        sink.signed(sep.as_bytes())?;
+        sink.signed(p)?;
     }
     sink.signed(format!("\r\n--{b2}--\r\n").as_bytes())?;
     let Sink { mut out, .. } = sink;
@@ -1128,10 +1152,9 @@ pub fn build_busta_anomalia_spooled(
     let seed = format!("{}/anomalia", emission.message_id);
     let (ct, body) = signed_envelope_body(
         &seed,
-        &text_part(&text),
-        &head_msg,
-        &received.body,
-        None,
+        &[&text_part(&text)],
+        Some((&head_msg, Src::Spooled(&received.body))),
+        &[],
         time,
         signer,
         out,
@@ -1195,10 +1218,13 @@ mod tests {
         }
         let spooled = w.finish().expect("finish");
         let (b1, b2) =
-            envelope_boundaries(seed, &[b"small"], &spooled, spooled.len()).expect("boundaries");
+            envelope_boundaries(seed, &[b"small"], Src::Spooled(&spooled), spooled.len())
+                .expect("boundaries");
         assert_eq!(b1, first1);
         assert_eq!(b2, boundary_text(seed, 2, 1));
-        // the same choice as the in-memory builder
-        assert_eq!(b2, boundary(seed, 2, &[body.as_bytes()]));
+        // the same choice over the bytes in memory
+        let mem = envelope_boundaries(seed, &[b"small"], Src::Slice(body.as_bytes()), u64::MAX)
+            .expect("boundaries");
+        assert_eq!(mem, (b1, b2));
     }
 }
