@@ -18,15 +18,17 @@
 #   OpenDKIM): the access point applies only to authenticated holders.
 # Then, with no MTA: examples/milter_load.rs drives pec-milter directly over the milter
 # protocol (access point with {auth_authen}; reception point with pre-signed envelopes of
-# another provider), next to `openssl speed rsa2048`; and the size runs (one 100 MB original,
-# 50 recipients x 2 MB) through Postfix + pec-milter with peak RSS (VmHWM).
+# another provider), next to `openssl speed rsa2048`; one BIG_SIZE inbound message through the
+# reception role (B's envelope; the original as ordinary mail) and through the delivery point
+# (LMTP, Maildir, avvenuta consegna completa), peak RSS and RssAnon; and the size runs (one
+# 100 MB original, 50 recipients x 2 MB) through Postfix + pec-milter with peak RSS (VmHWM).
 #
 # Environment (defaults: full run; --quick: small counts, < 2 minutes, a smoke test):
 #   N, WARMUP, SESSIONS, SIZE, REPEAT   SMTP runs: messages per measured run, warm-up messages,
 #                                       concurrent sessions, payload bytes, runs per setup
 #   PROTO_N, PROTO_C                    protocol-level runs: messages, connections
 #   RX_N                                reception: signed envelopes made and verified
-#   BIG_SIZE, FAN_SIZE, FAN_RCPTS       size runs (100 MiB; 2 MiB x 50)
+#   BIG_SIZE, FAN_SIZE, FAN_RCPTS       size runs (100 MiB, also inbound; 2 MiB x 50)
 #   SPEED_SECS                          openssl speed -seconds
 #   PHASES="smtp proto rx size"         which phases run
 #   BENCH_HSM_SIGNING=FILE              a TOML [signing] section (e.g. backend = "pkcs11" ...,
@@ -80,7 +82,7 @@ fi
 for b in "$BIN" "$EX/smtp_load" "$EX/milter_load"; do
   [ -x "$b" ] || { echo "missing $b (cargo build --release --locked --examples)" >&2; exit 1; }
 done
-for c in postfix smtp-sink smtp-source opendkim opendkim-genkey clamd openssl; do
+for c in postfix smtp-sink smtp-source opendkim opendkim-genkey clamd openssl python3; do
   command -v "$c" >/dev/null || { echo "missing $c: run integration/deps.sh" >&2; exit 1; }
 done
 
