@@ -26,7 +26,7 @@ use pec_milter::lmtp::client::LmtpClient;
 use pec_milter::lmtp::maildir::Maildir;
 use pec_milter::lmtp::server::{LmtpHandler, LmtpListener, ServerConfig, serve, serve_with};
 use pec_milter::lmtp::{MailboxStore, RcptOutcome};
-use pec_milter::spool::Spooled;
+use pec_milter::spool::{SpoolOptions, Spooled};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -477,6 +477,63 @@ async fn server_closes_after_too_many_errors() {
     c.expect(421).await;
     c.expect_closed().await;
     srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_spools_large_messages_and_answers_4xx_when_the_spool_fails() {
+    // a spool on disk from the first byte: the handler gets the same bytes
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(1_000_000);
+    cfg.spool = SpoolOptions {
+        dir: dir.path().join("spool"),
+        memory_limit: 0,
+    };
+    let srv = TestServer::start(TestHandler::default(), cfg).await;
+    let mut c = Raw::connect(srv.port).await;
+    c.expect(220).await;
+    c.send("LHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<one@pec.b.test>\r\nDATA\r\n")
+        .await;
+    c.expect(250).await;
+    c.expect(250).await;
+    c.expect(250).await;
+    c.expect(354).await;
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    while big.len() < 300_000 {
+        big.extend_from_slice(b"0123456789abcdefghijklmnopqrstuvwxyz\r\n");
+    }
+    c.send_bytes(&big).await;
+    c.send(".\r\n").await;
+    c.expect(250).await;
+    let calls = srv.handler.calls();
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0].message == big, "the handler got other bytes");
+
+    // the spool directory cannot be made (a file stands there): 451 for
+    // every recipient, nothing handed on
+    let blocked = dir.path().join("not-a-dir");
+    std::fs::write(&blocked, b"x").expect("file");
+    let mut cfg = config(1_000_000);
+    cfg.spool = SpoolOptions {
+        dir: blocked.join("spool"),
+        memory_limit: 0,
+    };
+    let srv = TestServer::start(TestHandler::default(), cfg).await;
+    let mut c = Raw::connect(srv.port).await;
+    c.expect(220).await;
+    c.send("LHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<one@pec.b.test>\r\nRCPT TO:<two@pec.b.test>\r\nDATA\r\n")
+        .await;
+    for _ in 0..4 {
+        c.expect(250).await;
+    }
+    c.expect(354).await;
+    c.send("Subject: x\r\n\r\nbody\r\n.\r\n").await;
+    for _ in 0..2 {
+        assert_eq!(
+            c.expect(451).await,
+            ["451 4.3.0 Cannot spool the message, try again later"]
+        );
+    }
+    assert!(srv.handler.calls().is_empty());
 }
 
 #[tokio::test]

@@ -637,31 +637,40 @@ rx_run() {
   RX_RECEIPTS[$1]=$(( $(pec_milter_log_count "$W/$1" "presa-in-carico") - before ))
   note "rx $1: log lines mentioning presa-in-carico: ${RX_RECEIPTS[$1]}"
 }
+# anon_watch PID FILE: in the background, the peak RssAnon (kB) of PID written to FILE every
+# 20 ms (heap and stacks; the pages of mapped spool files are RssFile) until anon_watch_end FILE,
+# which stops it and sets ANON_MB to the peak in MB.
+ANON_WATCHER=
+anon_watch() {
+  local pid=$1 f=$2
+  rm -f "$f.stop"; echo 0 > "$f"
+  ( m=0
+    while [ ! -e "$f.stop" ] && [ -r "/proc/$pid/status" ]; do
+      a=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
+      if [ -n "$a" ] && [ "$a" -gt "$m" ]; then m=$a; echo "$m" > "$f"; fi
+      sleep 0.02
+    done ) &
+  ANON_WATCHER=$!
+}
+anon_watch_end() { touch "$1.stop"; wait "$ANON_WATCHER" 2>/dev/null; ANON_MB=$(calc "$(cat "$1") / 1024" 1); }
 # rx_size NAME FILE SENDER: one large inbound message through a fresh emb-unix instance (the
 # reception role): VmHWM, and the peak of RssAnon sampled every 20 ms (heap and stacks: the
 # pages of the spool file the reception point maps are RssFile, the page cache's).
 declare -A RXSZ
 rx_size() {
-  local name=$1 file=$2 from=$3 d=$W/rxsize-$1 pid idle out t0 t1 sampler
+  local name=$1 file=$2 from=$3 d=$W/rxsize-$1 pid idle out t0 t1
   mkdir -p "$d/in" && ln -f "$file" "$d/in/msg.eml" 2>/dev/null || cp "$file" "$d/in/msg.eml" || return 1
   pec_milter_down "$W/emb-unix" || true
   STATE=embedded INDEX=ldif INDEX_LDIF=$W/igpec.ldif TRUST="$B/ca.pem" \
     pec_up emb-unix "${P_LISTEN[emb-unix]}" "$PROTO_SINK_PORT" off || return 1
   pid=$(pec_pid emb-unix); idle=$(vm_hwm_mb "$pid")
-  rm -f "$d/stop"; echo 0 > "$d/anon"
-  ( m=0
-    while [ ! -e "$d/stop" ] && [ -r "/proc/$pid/status" ]; do
-      a=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
-      if [ -n "$a" ] && [ "$a" -gt "$m" ]; then m=$a; echo "$m" > "$d/anon"; fi
-      sleep 0.02
-    done ) &
-  sampler=$!
+  anon_watch "$pid" "$d/anon"
   t0=$EPOCHREALTIME
   out=$(ns_exec "$EX/milter_load" --connect "${P_LISTEN[emb-unix]}" --from "$from" --to "$MARIO" \
         --messages-dir "$d/in" --count 1 --concurrency 1 --max-seconds 600 2>&1)
   t1=$EPOCHREALTIME
-  touch "$d/stop"; wait "$sampler"
-  RXSZ[$name]="size=$(stat -c %s "$file") hwm_mb=$(vm_hwm_mb "$pid") anon_mb=$(calc "$(cat "$d/anon") / 1024" 1) idle_hwm_mb=$idle eom_s=$(calc "$t1 - $t0") cpu_s=$(proc_cpu "$pid") accept=$(kv "$out" accept)"
+  anon_watch_end "$d/anon"
+  RXSZ[$name]="size=$(stat -c %s "$file") hwm_mb=$(vm_hwm_mb "$pid") anon_mb=$ANON_MB idle_hwm_mb=$idle eom_s=$(calc "$t1 - $t0") cpu_s=$(proc_cpu "$pid") accept=$(kv "$out" accept)"
   note "rx size $name: ${RXSZ[$name]}"
   [ "$(kv "$out" accept)" = 1 ]
 }
@@ -670,20 +679,13 @@ rx_size() {
 # inside) to its smtp-sink: VmHWM and peak RssAnon as for rx_size. The LMTP client is Python's
 # smtplib.LMTP.
 dx_size() {
-  local file=$1 d=$W/dx port=$((PROTO_TCP_PORT + 20)) pid idle t0 t1 sampler out
+  local file=$1 d=$W/dx port=$((PROTO_TCP_PORT + 20)) pid idle t0 t1 out
   mkdir -p "$d/mail/pec.demo.test/${MARIO%@*}"
   DELIVERY_TOML=$(printf '[delivery]\nlisten = "inet:127.0.0.1:%s"\nstore = "maildir"\nmaildir = "%s/mail"\nmax_size = "300MB"\noutbox = "%s/outbox"' "$port" "$d" "$d") \
     STATE=embedded pec_up dx "unix:$d/pec.sock" "$PROTO_SINK_PORT" off || return 1
   wait_port 127.0.0.1 "$port" 10 || return 1
   pid=$(pec_pid dx); idle=$(vm_hwm_mb "$pid")
-  rm -f "$d/stop"; echo 0 > "$d/anon"
-  ( m=0
-    while [ ! -e "$d/stop" ] && [ -r "/proc/$pid/status" ]; do
-      a=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
-      if [ -n "$a" ] && [ "$a" -gt "$m" ]; then m=$a; echo "$m" > "$d/anon"; fi
-      sleep 0.02
-    done ) &
-  sampler=$!
+  anon_watch "$pid" "$d/anon"
   local before; before=$(pec_milter_log_count "$d" "receipt injected")
   t0=$EPOCHREALTIME
   out=$(ns_exec python3 - "$port" "$MARIO" "$file" <<'PY' 2>&1
@@ -697,9 +699,9 @@ print('refused=%d' % len(refused))
 PY
 )
   t1=$EPOCHREALTIME
-  touch "$d/stop"; wait "$sampler"
   local receipts=$(( $(pec_milter_log_count "$d" "receipt injected") - before ))
-  RXSZ[delivery]="size=$(stat -c %s "$file") hwm_mb=$(vm_hwm_mb "$pid") anon_mb=$(calc "$(cat "$d/anon") / 1024" 1) idle_hwm_mb=$idle eom_s=$(calc "$t1 - $t0") cpu_s=$(proc_cpu "$pid") receipts=$receipts $out"
+  anon_watch_end "$d/anon"
+  RXSZ[delivery]="size=$(stat -c %s "$file") hwm_mb=$(vm_hwm_mb "$pid") anon_mb=$ANON_MB idle_hwm_mb=$idle eom_s=$(calc "$t1 - $t0") cpu_s=$(proc_cpu "$pid") receipts=$receipts $out"
   note "delivery size: ${RXSZ[delivery]}"
   pec_milter_down "$d" || true
   [ "$(kv "$out" refused)" = 0 ] && [ "$receipts" = 1 ] &&

@@ -614,27 +614,22 @@ impl Session {
             return Ok(Next::Continue);
         };
         let n = txn.rcpts.len();
-        let message = match data {
-            Data::Message(m) => m,
+        let refused = match data {
+            Data::Message(m) => Ok(m),
             Data::TooBig => {
                 tracing::info!(peer = %self.peer, from = %txn.from, rcpts = n, max = self.config.max_size, "LMTP message over the maximum size refused");
-                for _ in 0..n {
-                    reply(
-                        writer,
-                        "552 5.3.4 Message size exceeds fixed maximum message size",
-                    )
-                    .await?;
-                }
-                return Ok(Next::Continue);
+                Err("552 5.3.4 Message size exceeds fixed maximum message size")
             }
             Data::SpoolFailed(e) => {
                 tracing::error!(peer = %self.peer, from = %txn.from, rcpts = n, error = %e, "LMTP message could not be spooled: 451");
+                Err("451 4.3.0 Cannot spool the message, try again later")
+            }
+        };
+        let message = match refused {
+            Ok(m) => m,
+            Err(line) => {
                 for _ in 0..n {
-                    reply(
-                        writer,
-                        "451 4.3.0 Cannot spool the message, try again later",
-                    )
-                    .await?;
+                    reply(writer, line).await?;
                 }
                 return Ok(Next::Continue);
             }
