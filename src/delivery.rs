@@ -40,7 +40,7 @@ use crate::pec::build::{
 use crate::pec::reader::{self, PecMessage};
 use crate::pec::{Errore, MessageKind, mime};
 use crate::reception::record_receipt;
-use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
+use crate::spool::{SpoolOptions, SpoolWriter, Spooled, off_runtime_if};
 use crate::state::{Claim, StateStore};
 
 pub struct DeliveryPoint {
@@ -133,7 +133,10 @@ impl DeliveryPoint {
         spooled: Option<&Spooled>,
     ) -> Vec<String> {
         let now = Utc::now();
-        let msg = reader::read(message).ok();
+        // A message in a spool file is megabytes to parse and, for an
+        // avvenuta consegna completa, to hash and copy: off the async worker.
+        let large = spooled.is_some_and(Spooled::is_on_disk);
+        let msg = off_runtime_if(large, || reader::read(message).ok());
         if msg
             .as_ref()
             .is_some_and(|m| m.kind == MessageKind::BustaTrasporto)
@@ -236,7 +239,9 @@ impl DeliveryPoint {
             tracing::info!(pec_id = %d.identificativo, recipient = %rcpt, "receipt already issued: not again");
             return true;
         }
-        let built = match self.build(msg, raw, rcpt, outcome, now) {
+        // over the spool's memory limit: built into a file, off the worker
+        let large = raw.len() as u64 > self.spool.memory_limit;
+        let built = match off_runtime_if(large, || self.build(msg, raw, rcpt, outcome, now)) {
             Ok(Some(b)) => b,
             Ok(None) => return false,
             Err(e) => {

@@ -34,7 +34,7 @@ use crate::pec::build::{
 };
 use crate::pec::reader::{self, PecMessage};
 use crate::pec::{DatiCert, MessageKind, Tipo, mime};
-use crate::spool::{SpoolOptions, SpoolWriter};
+use crate::spool::{SpoolOptions, SpoolWriter, off_runtime_if};
 use crate::state::{Claim, RecipientStatus, StateStore};
 
 /// What to do with ordinary (non-PEC) mail for a PEC mailbox.
@@ -168,7 +168,11 @@ impl ReceptionPoint {
             .body
             .view()
             .map_err(|e| Temp::Spool(format!("reading the spooled message: {e}")))?;
-        let msg = match reader::read_parts(&inbound.message.header, &body) {
+        // A body on disk is megabytes to parse, hash and verify: off the
+        // async worker.
+        let large = inbound.message.body.is_on_disk();
+        let msg = match off_runtime_if(large, || reader::read_parts(&inbound.message.header, &body))
+        {
             Ok(m) => m,
             Err(e) => {
                 return self
@@ -184,7 +188,7 @@ impl ReceptionPoint {
 
         // It claims to be PEC: every check must hold (PEC-RULES §4.3).
         let snapshot = self.index.snapshot().ok_or(Temp::NoIndex)?;
-        let sig = check_signature(&msg, &self.trust, self.verify_at);
+        let sig = off_runtime_if(large, || check_signature(&msg, &self.trust, self.verify_at));
         let mut problem: Option<String> = None;
         let mut entry: Option<ProviderEntry> = None;
         // Signed by a provider listed in the index (whatever else is wrong).
@@ -385,7 +389,7 @@ impl ReceptionPoint {
                 .await;
         };
         let tx = Transaction::from_daticert(d);
-        let key = inbound_key(inbound)?;
+        let key = off_runtime_if(inbound.message.body.is_on_disk(), || inbound_key(inbound))?;
         let (time, sent) = match self
             .state
             .claim(

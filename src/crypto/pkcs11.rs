@@ -583,17 +583,8 @@ fn read_pem_certs(path: &Path) -> Result<Vec<X509>, Pkcs11Error> {
     Ok(certs)
 }
 
-/// Run blocking PKCS#11 work off the async runtime's worker: in
-/// `block_in_place` on a multi-thread runtime, directly elsewhere (plain
-/// threads, `spawn_blocking`, a current-thread runtime).
-fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
+/// Blocking PKCS#11 work runs off the async runtime's worker.
+use crate::spool::off_runtime;
 
 impl Pkcs11Key {
     /// Load the module, find the token, log in, find key and certificate,
