@@ -11,6 +11,7 @@ pkgs=(
   dovecot-lmtpd
   softhsm2 opensc libengine-pkcs11-openssl gnutls-bin
   opendkim opendkim-tools strace
+  m4 liblockfile1 libwrap0 libdb5.3 libldap-2.5-0 libnsl2 libsasl2-2 libssl3 procps
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "integration/deps.sh: not root; skipping apt (need: ${pkgs[*]})" >&2
@@ -35,4 +36,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
   apt-get update -qq
   apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}"
+fi
+# Sendmail for integration/e2e-sendmail.sh: its packages conflict with postfix
+# (both provide mail-transport-agent), so they are unpacked, not installed, under
+# /opt/sendmail (their libraries are the ordinary packages above).
+SM=/opt/sendmail
+if [ ! -x $SM/usr/libexec/sendmail/sendmail ]; then
+  tmp=$(mktemp -d); chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download sendmail-bin sendmail-base sendmail-cf) ||
+    { apt-get update -qq && (cd "$tmp" && apt-get download sendmail-bin sendmail-base sendmail-cf); }
+  mkdir -p "$SM.new"
+  for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$SM.new"; done
+  rm -rf "$tmp" "$SM"; mv "$SM.new" "$SM"
 fi

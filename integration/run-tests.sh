@@ -21,3 +21,6 @@ bash integration/e2e-reception.sh
 bash integration/e2e-two-providers.sh
 # End to end: the provider key in SoftHSM2 (PKCS#11), hsm-check, token removed and restored.
 bash integration/e2e-hsm.sh
+# End to end behind Sendmail 8.17 with the shipped .mc snippet: the reception role, receipts
+# through the milter-free reinjection daemon, 4xx when the milter is down.
+bash integration/e2e-sendmail.sh
