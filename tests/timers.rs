@@ -7,9 +7,6 @@
 //! one test that runs the spawned loop with durations of seconds.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -25,112 +22,11 @@ use pec_milter::state::embedded::EmbeddedStore;
 use pec_milter::state::redis::RedisStore;
 use pec_milter::state::{EnvelopeRecord, RecipientState, RecipientStatus, StateStore};
 use pec_milter::timers::{Sent, Tracker, TrackerConfig, marker_key, notice_message_id};
-use tempfile::TempDir;
 
 use TipoDestinatario::{Certificato, Esterno};
 
-// ---------------------------------------------------------------------------
-// A throwaway redis-server (as in tests/state.rs).
-
-/// A `redis-server` child process on 127.0.0.1, killed on drop.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: TempDir,
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir for redis-server");
-        let port = free_port();
-        let log_path = dir.path().join("redis.log");
-        let log = std::fs::File::create(&log_path).expect("redis log file");
-        let log2 = log.try_clone().expect("redis log file");
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(port.to_string())
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "redis-server not found in PATH: install redis-server; CI's integration/deps.sh does"
-            ),
-            Err(e) => panic!("cannot start redis-server: {e}"),
-        };
-        let mut server = Self {
-            child: Some(child),
-            port,
-            dir,
-        };
-        server.wait_ready();
-        server
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                let log =
-                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
-                panic!("redis-server exited with {status}:\n{log}");
-            }
-            if ping(self.port) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} never answered PING",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A raw `PING` over TCP (no client library involved).
-fn ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    match s.read(&mut buf) {
-        Ok(n) => buf[..n].starts_with(b"+PONG"),
-        Err(_) => false,
-    }
-}
+mod redis_server;
+use redis_server::RedisServer;
 
 // ---------------------------------------------------------------------------
 // Fixtures.
