@@ -448,6 +448,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let d = deps(&cfg)?;
     let roles = Arc::new(roles(&cfg, index.clone(), &d)?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut timers_task = None;
     if cfg.timers.enabled {
         let tracker = Arc::new(Tracker::new(
             d.state.clone(),
@@ -463,7 +464,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             },
             cfg.state.retention.as_secs(),
         ));
-        tracker.spawn(stop_rx.clone());
+        timers_task = Some(tracker.spawn(stop_rx.clone()));
     }
     // Expired state rows are ignored as soon as they expire; this hourly
     // sweep gives their space back (a no-op on Redis, where keys expire by
@@ -555,6 +556,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     };
     let served = milter::serve(listener, roles, config, shutdown_signal()).await;
     let _ = stop_tx.send(true);
+    // A pass of the timers in progress finishes (its notices injected and
+    // marked) before the process exits; bounded, as a stop must be.
+    if let Some(t) = timers_task
+        && tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .is_err()
+    {
+        tracing::warn!("timers: the pass in progress did not finish within 30 s of the stop");
+    }
     if let Some(t) = lmtp_task
         && let Ok(Err(e)) = t.await
     {
