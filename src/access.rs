@@ -211,10 +211,7 @@ impl AccessPoint {
             max_product: cfg.limits.max_product,
             quarantine_dir: cfg.quarantine.dir.clone(),
             retention_secs: cfg.state.retention.as_secs(),
-            spool: SpoolOptions {
-                dir: cfg.spool.dir.clone(),
-                memory_limit: cfg.spool.memory_limit,
-            },
+            spool: cfg.spool.options(),
         }
     }
 

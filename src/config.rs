@@ -273,6 +273,17 @@ pub struct SpoolConfig {
     pub memory_limit: u64,
 }
 
+impl SpoolConfig {
+    /// The spool of every role (milter bodies, LMTP DATA, what is built
+    /// around them).
+    pub fn options(&self) -> crate::spool::SpoolOptions {
+        crate::spool::SpoolOptions {
+            dir: self.dir.clone(),
+            memory_limit: self.memory_limit,
+        }
+    }
+}
+
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {

@@ -372,10 +372,7 @@ pub fn delivery_point(cfg: &Config, d: &Deps) -> Option<DeliveryPoint> {
         injector: d.injector.clone(),
         outbox: cfg.delivery.outbox.clone(),
         retention_secs: cfg.state.retention.as_secs(),
-        spool: crate::spool::SpoolOptions {
-            dir: cfg.spool.dir.clone(),
-            memory_limit: cfg.spool.memory_limit,
-        },
+        spool: cfg.spool.options(),
     })
 }
 
@@ -429,10 +426,7 @@ pub fn roles(
                 ordinary_mail: cfg.reception.ordinary_mail,
                 quarantine_dir: cfg.quarantine.dir.clone(),
                 retention_secs: cfg.state.retention.as_secs(),
-                spool: crate::spool::SpoolOptions {
-                    dir: cfg.spool.dir.clone(),
-                    memory_limit: cfg.spool.memory_limit,
-                },
+                spool: cfg.spool.options(),
             })
         }
     };
@@ -501,10 +495,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         });
         let mut stop = stop_rx.clone();
         let config = crate::lmtp::server::ServerConfig {
-            spool: crate::spool::SpoolOptions {
-                dir: cfg.spool.dir.clone(),
-                memory_limit: cfg.spool.memory_limit,
-            },
+            spool: cfg.spool.options(),
             ..crate::lmtp::server::ServerConfig::new(cfg.delivery.max_size)
         };
         tracing::info!(listen = %cfg.delivery.listen, store = ?cfg.delivery.store, "delivery point (LMTP) ready");

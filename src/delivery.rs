@@ -118,6 +118,13 @@ impl DeliveryPoint {
         .map_err(|e| format!("signing task failed: {e}"))?
     }
 
+    /// Over the spool's memory limit (so in a spool file): megabytes to
+    /// parse and, for an avvenuta consegna completa, to hash and copy into
+    /// another file; that work runs off the async worker.
+    fn is_large(&self, message: &[u8]) -> bool {
+        message.len() as u64 > self.spool.memory_limit
+    }
+
     /// Deliver and issue the receipts; one LMTP reply line per recipient.
     pub async fn handle(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Vec<String> {
         self.handle_inner(mail_from, rcpts, message, None).await
@@ -133,10 +140,7 @@ impl DeliveryPoint {
         spooled: Option<&Spooled>,
     ) -> Vec<String> {
         let now = Utc::now();
-        // A message in a spool file is megabytes to parse and, for an
-        // avvenuta consegna completa, to hash and copy: off the async worker.
-        let large = spooled.is_some_and(Spooled::is_on_disk);
-        let msg = off_runtime_if(large, || reader::read(message).ok());
+        let msg = off_runtime_if(self.is_large(message), || reader::read(message).ok());
         if msg
             .as_ref()
             .is_some_and(|m| m.kind == MessageKind::BustaTrasporto)
@@ -239,9 +243,9 @@ impl DeliveryPoint {
             tracing::info!(pec_id = %d.identificativo, recipient = %rcpt, "receipt already issued: not again");
             return true;
         }
-        // over the spool's memory limit: built into a file, off the worker
-        let large = raw.len() as u64 > self.spool.memory_limit;
-        let built = match off_runtime_if(large, || self.build(msg, raw, rcpt, outcome, now)) {
+        let built = match off_runtime_if(self.is_large(raw), || {
+            self.build(msg, raw, rcpt, outcome, now)
+        }) {
             Ok(Some(b)) => b,
             Ok(None) => return false,
             Err(e) => {

@@ -325,39 +325,30 @@ impl ReceptionPoint {
             errore: why.to_string(),
             sicurezza,
         };
-        let received = inbound.message.clone();
-        let (provider, key, digest) = (self.provider.clone(), self.key.clone(), self.digest);
-        let out = SpoolWriter::raw(self.spool.clone());
-        let build = move || -> Result<_, Temp> {
+        // A body on disk means file I/O and hashing of megabytes: off the
+        // async worker.
+        let (id, built) = off_runtime_if(inbound.message.body.is_on_disk(), || {
             // The id is the digest of what arrived: the MTA's retry of the
             // same message makes the same anomaly envelope.
             let id = format!(
                 "anomalia.{}@{}",
-                &hex(&digest_message(b"", &received)?)[..24],
-                provider.domain
+                &hex(&digest_message(b"", &inbound.message)?)[..24],
+                self.provider.domain
             );
             let emission = Emission {
                 time: now,
                 message_id: id.clone(),
             };
-            let signer = Signer {
-                key: key.as_ref(),
-                digest,
-            };
             let built = build_busta_anomalia_spooled(
-                &provider, &anomalia, &received, &emission, signer, out,
+                &self.provider,
+                &anomalia,
+                &inbound.message,
+                &emission,
+                self.signer(),
+                SpoolWriter::raw(self.spool.clone()),
             )?;
-            Ok((id, built))
-        };
-        // A body on disk means file I/O and hashing of megabytes: off the
-        // async workers.
-        let (id, built) = if inbound.message.body.is_on_disk() {
-            tokio::task::spawn_blocking(build)
-                .await
-                .map_err(|e| Temp::Spool(format!("anomaly envelope task failed: {e}")))??
-        } else {
-            build()?
-        };
+            Ok::<_, BuildError>((id, built))
+        })?;
         let mut head = mime::canonicalize_crlf(&inbound.message.header).into_owned();
         head.extend_from_slice(b"\r\n");
         Ok(Outcome::Rewrite {

@@ -849,42 +849,32 @@ enum Data {
 
 /// The message being received: a spool writer (memory, then a file), until
 /// it is over the maximum or the spool fails.
-struct Spool {
-    writer: Option<SpoolWriter>,
-    len: u64,
-    max: u64,
-    too_big: bool,
-    failed: Option<io::Error>,
+enum Spool {
+    Writing(SpoolWriter),
+    TooBig,
+    Failed(io::Error),
 }
 
 impl Spool {
-    fn push(&mut self, data: &[u8]) {
-        let Some(w) = &mut self.writer else {
+    fn push(&mut self, data: &[u8], max: u64) {
+        let Spool::Writing(w) = self else {
             return;
         };
-        if self.len.saturating_add(data.len() as u64) > self.max {
-            self.too_big = true;
-            self.writer = None;
-            return;
-        }
-        self.len += data.len() as u64;
-        if let Err(e) = w.write(data) {
-            self.failed = Some(e);
-            self.writer = None;
+        if w.len().saturating_add(data.len() as u64) > max {
+            *self = Spool::TooBig;
+        } else if let Err(e) = w.write(data) {
+            *self = Spool::Failed(e);
         }
     }
 
     fn finish(self) -> Data {
-        if self.too_big {
-            return Data::TooBig;
-        }
-        if let Some(e) = self.failed {
-            return Data::SpoolFailed(e);
-        }
-        match self.writer.map(SpoolWriter::finish) {
-            Some(Ok(m)) => Data::Message(m),
-            Some(Err(e)) => Data::SpoolFailed(e),
-            None => Data::SpoolFailed(io::Error::other("no spool")),
+        match self {
+            Spool::Writing(w) => match w.finish() {
+                Ok(m) => Data::Message(m),
+                Err(e) => Data::SpoolFailed(e),
+            },
+            Spool::TooBig => Data::TooBig,
+            Spool::Failed(e) => Data::SpoolFailed(e),
         }
     }
 }
@@ -901,13 +891,7 @@ async fn read_data<R: AsyncRead + Unpin>(
     timeout: Duration,
     opts: &SpoolOptions,
 ) -> io::Result<Data> {
-    let mut spool = Spool {
-        writer: Some(SpoolWriter::raw(opts.clone())),
-        len: 0,
-        max,
-        too_big: false,
-        failed: None,
-    };
+    let mut spool = Spool::Writing(SpoolWriter::raw(opts.clone()));
     // The current line (or its not yet passed-on part).
     let mut line: Vec<u8> = Vec::new();
     // Does `line` start at the beginning of a line (dot rules apply)?
@@ -938,8 +922,8 @@ async fn read_data<R: AsyncRead + Unpin>(
                 (true, Some(b'.')) => &line[1..],
                 _ => &line[..],
             };
-            spool.push(content);
-            spool.push(b"\r\n");
+            spool.push(content, max);
+            spool.push(b"\r\n", max);
             line.clear();
             line_start = true;
         } else if line.len() >= DATA_PIECE {
@@ -951,7 +935,7 @@ async fn read_data<R: AsyncRead + Unpin>(
                 (true, Some(b'.')) => &line[1..upto],
                 _ => &line[..upto],
             };
-            spool.push(content);
+            spool.push(content, max);
             line.clear();
             if keep_cr {
                 line.push(b'\r');
