@@ -370,7 +370,7 @@ pub struct ReceptionConfig {
     /// CRLs (PEM) checked for every provider certificate; empty: no CRL check.
     pub crls: Vec<PathBuf>,
     /// Ordinary mail for a PEC mailbox: wrap it in a busta di anomalia, or reject it.
-    pub ordinary_mail: crate::reception::OrdinaryMail,
+    pub ordinary_mail: crate::roles::reception::OrdinaryMail,
     /// When the provider's certificate chain is checked: "now" or "signing-time".
     pub verify_at: VerifyTime,
 }
@@ -387,7 +387,7 @@ impl Default for ReceptionConfig {
         ReceptionConfig {
             trust: Vec::new(),
             crls: Vec::new(),
-            ordinary_mail: crate::reception::OrdinaryMail::Anomaly,
+            ordinary_mail: crate::roles::reception::OrdinaryMail::Anomaly,
             verify_at: VerifyTime::Now,
         }
     }

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::access::{AccessPoint, Injector, RecipientDirectory, Scanner, StaticDirectory, Verdict};
-use crate::av::{Clamd, ClamdAddress, ScanVerdict};
+use crate::roles::access::{AccessPoint, Injector, RecipientDirectory, Scanner, StaticDirectory, Verdict};
+use crate::clamd::{Clamd, ClamdAddress, ScanVerdict};
 use crate::config::MailboxStoreKind;
 use crate::config::{Config, IndexSourceKind, SigningBackend, StateBackend, VerifyTime};
 use crate::crypto::pem::PemKey;
@@ -15,7 +15,7 @@ use crate::crypto::pkcs11::{PinSource, Pkcs11Key, Pkcs11Options};
 use crate::crypto::pki::Pki;
 use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{CryptoError, SigningKey};
-use crate::delivery::DeliveryPoint;
+use crate::roles::delivery::DeliveryPoint;
 use crate::index::ldap::LdapSource;
 use crate::index::{IndexSource, ProviderEntry, ProviderIndex};
 use crate::lmtp::MailboxStore;
@@ -25,12 +25,12 @@ use crate::lmtp::server::{LmtpHandler, LmtpListener};
 use crate::milter::Roles;
 use crate::milter::{self, MilterListener};
 use crate::pec::TipoDestinatario;
-use crate::reception::ReceptionPoint;
+use crate::roles::reception::ReceptionPoint;
 use crate::state::StateStore;
 use crate::state::embedded::EmbeddedStore;
 use crate::state::redis::RedisStore;
-use crate::submit::Submitter;
-use crate::timers::{Tracker, TrackerConfig};
+use crate::smtp::Submitter;
+use crate::roles::tracking::{Tracker, TrackerConfig};
 
 /// Connections to the reinjection listener kept for the next receipt.
 const REINJECTION_KEPT: usize = 8;

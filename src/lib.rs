@@ -10,20 +10,16 @@
 //! - [`state`], [`av`], [`submit`]: the state store (Redis or embedded),
 //!   clamd, and SMTP reinjection, each behind a trait of [`access`].
 
-pub mod access;
-pub mod av;
+pub mod clamd;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
-pub mod delivery;
 pub mod index;
-pub mod inspect;
 pub mod keep;
 pub mod lmtp;
 pub mod milter;
 pub mod pec;
-pub mod reception;
+pub mod roles;
 pub mod spool;
 pub mod state;
-pub mod submit;
-pub mod timers;
+pub mod smtp;

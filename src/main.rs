@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pec_milter::config::Config;
 use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
 use pec_milter::daemon;
-use pec_milter::inspect::{self, Inspection};
+use pec_milter::pec::inspect::{self, Inspection};
 
 #[derive(Parser)]
 #[command(
@@ -354,7 +354,7 @@ fn qa_envelope(
     }
     let now = chrono::Utc::now();
     let tx = Transaction {
-        identificativo: id.unwrap_or_else(|| pec_milter::access::new_pec_id(domain, now)),
+        identificativo: id.unwrap_or_else(|| pec_milter::roles::access::new_pec_id(domain, now)),
         mittente: from.clone(),
         destinatari: dest,
         risposte: header_value(&fields, "Reply-To")

@@ -1,4 +1,4 @@
-//! `pec_milter::av` against a real clamd (started per test, tiny local
+//! `pec_milter::clamd` against a real clamd (started per test, tiny local
 //! signature DB, no freshclam) and against fake servers for the failures.
 //!
 //! Needs the `clamd` binary (Debian package clamav-daemon): run
@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use pec_milter::av::{Clamd, ClamdAddress, ScanError, ScanVerdict};
+use pec_milter::clamd::{Clamd, ClamdAddress, ScanError, ScanVerdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

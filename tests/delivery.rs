@@ -8,11 +8,11 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use pec_milter::access::Injector;
+use pec_milter::roles::access::Injector;
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::verify::{SignatureStatus, VerifyAt};
-use pec_milter::delivery::DeliveryPoint;
-use pec_milter::inspect::inspect;
+use pec_milter::roles::delivery::DeliveryPoint;
+use pec_milter::pec::inspect::inspect;
 use pec_milter::lmtp::maildir::Maildir;
 use pec_milter::pec::build::{Signer, build_busta_trasporto};
 use pec_milter::pec::{TipoDestinatario, TipoRicevuta};

@@ -19,7 +19,7 @@ fn fuzzer_findings_do_not_panic() {
         }
         let data = std::fs::read(&p).expect("read");
         if let Ok(msg) = reader::read(&data) {
-            let _ = pec_milter::inspect::check_signature(&msg, &trust, VerifyAt::SigningTime);
+            let _ = pec_milter::pec::inspect::check_signature(&msg, &trust, VerifyAt::SigningTime);
             if let Some(post) = &msg.postacert {
                 let _ = reader::read(post);
             }

@@ -493,7 +493,7 @@ fn a_pin_the_token_refused_is_not_tried_again_and_a_fixed_one_is_read() {
 
 #[test]
 fn the_access_point_tempfails_and_sends_nothing_while_the_token_is_gone() {
-    use pec_milter::access::{AccessPoint, Injector, Outcome, StaticDirectory, Submission};
+    use pec_milter::roles::access::{AccessPoint, Injector, Outcome, StaticDirectory, Submission};
     use pec_milter::config::{HolderClass, HoldersConfig};
     use pec_milter::state::embedded::EmbeddedStore;
 

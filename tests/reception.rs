@@ -10,17 +10,17 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use common::*;
-use pec_milter::access::{Injector, Outcome, Scanner, Verdict};
+use pec_milter::roles::access::{Injector, Outcome, Scanner, Verdict};
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::pem::PemKey;
 use pec_milter::crypto::pki::Pki;
 use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
 use pec_milter::index::{IndexSource, ProviderEntry, ProviderIndex, certificate_hash, ldif};
-use pec_milter::inspect::inspect;
+use pec_milter::pec::inspect::inspect;
 use pec_milter::pec::build::{Original, Provider, Signer, Transaction, build_busta_trasporto};
 use pec_milter::pec::reader::read;
 use pec_milter::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
-use pec_milter::reception::{Inbound, OrdinaryMail, ReceptionPoint};
+use pec_milter::roles::reception::{Inbound, OrdinaryMail, ReceptionPoint};
 use pec_milter::spool::{SpoolOptions, SpoolWriter};
 use pec_milter::state::StateStore;
 use pec_milter::state::embedded::EmbeddedStore;
@@ -97,7 +97,7 @@ fn entry(name: &str, cert_pem: &[u8], domains: &[&str], receipt: &str) -> Provid
 fn sample_signer_pem(name: &str) -> Vec<u8> {
     let raw = std::fs::read(fixtures().join("samples").join(name)).expect("sample");
     let msg = read(&raw).expect("read");
-    let v = pec_milter::inspect::check_signature(&msg, &TrustStore::empty(), VerifyAt::SigningTime);
+    let v = pec_milter::pec::inspect::check_signature(&msg, &TrustStore::empty(), VerifyAt::SigningTime);
     let der = v.signer_der.expect("signer der");
     openssl::x509::X509::from_der(&der)
         .expect("x509")

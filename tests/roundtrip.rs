@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::verify::{SignatureStatus, VerifyAt};
-use pec_milter::inspect::inspect;
+use pec_milter::pec::inspect::inspect;
 use pec_milter::pec::build::{
     Emission, Ricevuta, Signer, Transaction, build_busta_trasporto, build_ricevuta,
 };

@@ -1,4 +1,4 @@
-//! `pec_milter::submit` against Postfix's `smtp-sink` (a real SMTP server
+//! `pec_milter::smtp` against Postfix's `smtp-sink` (a real SMTP server
 //! that dumps each message to a file) and against small fake servers for the
 //! exact wire bytes and the failure cases.
 //!
@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pec_milter::submit::{SubmitError, Submitter};
+use pec_milter::smtp::{SubmitError, Submitter};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 

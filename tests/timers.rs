@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use pec_milter::access::Injector;
+use pec_milter::roles::access::Injector;
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::pki::Pki;
 use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
@@ -21,7 +21,7 @@ use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
 use pec_milter::state::embedded::EmbeddedStore;
 use pec_milter::state::redis::RedisStore;
 use pec_milter::state::{EnvelopeRecord, RecipientState, RecipientStatus, StateStore};
-use pec_milter::timers::{Sent, Tracker, TrackerConfig, marker_key, notice_message_id};
+use pec_milter::roles::tracking::{Sent, Tracker, TrackerConfig, marker_key, notice_message_id};
 
 use TipoDestinatario::{Certificato, Esterno};
 
@@ -211,7 +211,7 @@ fn what(sent: &[Sent]) -> Vec<(String, bool)> {
 fn check_notice(msg: &Injected, pec_id: &str, rcpt: &str, finale: bool) {
     assert_eq!(msg.from, format!("posta-certificata@{DOMAIN}"));
     assert_eq!(msg.to, vec![SENDER.to_owned()]);
-    let ins = pec_milter::inspect::inspect(&msg.bytes, &pki().trust, VerifyAt::Now)
+    let ins = pec_milter::pec::inspect::inspect(&msg.bytes, &pki().trust, VerifyAt::Now)
         .expect("a mail message");
     assert_eq!(ins.kind, "preavviso-errore-consegna");
     assert_eq!(
@@ -621,7 +621,7 @@ async fn case_esterno_and_mixed(store: &Arc<dyn StateStore>) {
     check_notice(&all[2], mixed, c2, true);
     // The daticert of a notice lists every recipient with its type.
     let ins =
-        pec_milter::inspect::inspect(&all[0].bytes, &pki().trust, VerifyAt::Now).expect("inspect");
+        pec_milter::pec::inspect::inspect(&all[0].bytes, &pki().trust, VerifyAt::Now).expect("inspect");
     let d = ins.daticert.expect("daticert");
     let listed: Vec<(String, String)> = d
         .destinatari
@@ -799,7 +799,7 @@ async fn case_two_nodes(a: &Arc<dyn StateStore>, b: &Arc<dyn StateStore>) {
     let mut count: HashMap<String, usize> = HashMap::new();
     for m in &all {
         let ins =
-            pec_milter::inspect::inspect(&m.bytes, &pki().trust, VerifyAt::Now).expect("inspect");
+            pec_milter::pec::inspect::inspect(&m.bytes, &pki().trust, VerifyAt::Now).expect("inspect");
         *count
             .entry(ins.message_id.expect("message id"))
             .or_default() += 1;

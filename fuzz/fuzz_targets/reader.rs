@@ -17,7 +17,7 @@ fn trust() -> &'static TrustStore {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = reader::read(data) {
-        let _ = pec_milter::inspect::check_signature(&msg, trust(), VerifyAt::SigningTime);
+        let _ = pec_milter::pec::inspect::check_signature(&msg, trust(), VerifyAt::SigningTime);
         if let Some(p) = &msg.postacert {
             let _ = reader::read(p);
         }

@@ -4,6 +4,7 @@
 pub mod breve;
 pub mod build;
 pub mod daticert;
+pub mod inspect;
 pub mod kind;
 pub mod mime;
 pub mod reader;

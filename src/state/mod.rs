@@ -14,7 +14,7 @@
 //! [`RecipientStatus::Sent`] or [`RecipientStatus::PresaInCarico`].
 //! [`StateStore::put_envelope`] keeps a tracking index up to date, and
 //! [`StateStore::tracked`] lists the tracked envelopes old enough to be
-//! looked at by the 12 h / 24 h timers (`crate::timers`).
+//! looked at by the 12 h / 24 h timers (`crate::roles::tracking`).
 //! [`StateStore::once`], [`StateStore::confirm`], [`StateStore::release`]
 //! and [`StateStore::confirmed`] are small markers with a lifetime, the
 //! building block of "exactly one node sends this notice".

@@ -22,12 +22,12 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::access::{Injector, Outcome, Scanner, Verdict, inherited_count};
+use crate::roles::access::{Injector, Outcome, Scanner, Verdict, inherited_count};
 use crate::crypto::verify::hex_lower as hex;
 use crate::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
 use crate::crypto::{self, DigestAlg, SigningKey};
 use crate::index::{ProviderEntry, ProviderIndex};
-use crate::inspect::check_signature;
+use crate::pec::inspect::check_signature;
 use crate::pec::build::{
     Anomalia, BuildError, Emission, Original, Provider, Ricevuta, Signer, Transaction,
     build_busta_anomalia_spooled, build_ricevuta,
@@ -590,7 +590,7 @@ pub async fn record_receipt(
     };
     let at = now.timestamp();
     // Compare-and-set: a 24 h notice finishing the same envelope at the
-    // same instant (crate::timers) cannot overwrite this update, nor this
+    // same instant (crate::roles::tracking) cannot overwrite this update, nor this
     // one a status that notice set.
     let update = |rec: &mut crate::state::EnvelopeRecord| {
         let mut changed = false;

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::access::Injector;
+use crate::roles::access::Injector;
 use crate::crypto::verify::hex_lower as hex;
 use crate::crypto::{self, DigestAlg, SigningKey};
 use crate::lmtp::server::LmtpHandler;
@@ -39,7 +39,7 @@ use crate::pec::build::{
 };
 use crate::pec::reader::{self, PecMessage};
 use crate::pec::{Errore, MessageKind, mime};
-use crate::reception::record_receipt;
+use crate::roles::reception::record_receipt;
 use crate::spool::{SpoolOptions, SpoolWriter, Spooled, off_runtime_if};
 use crate::state::{Claim, StateStore};
 

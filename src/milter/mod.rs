@@ -24,9 +24,9 @@ use indymilter::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::access::{AccessPoint, Outcome, Submission, is_inherited};
+use crate::roles::access::{AccessPoint, Outcome, Submission, is_inherited};
 use crate::pec::build::Original;
-use crate::reception::{Inbound, ReceptionPoint};
+use crate::roles::reception::{Inbound, ReceptionPoint};
 use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
 
 /// The roles the milter plays, chosen per message by how it arrived.

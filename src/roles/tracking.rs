@@ -61,7 +61,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::access::Injector;
+use crate::roles::access::Injector;
 use crate::crypto::{DigestAlg, SigningKey};
 use crate::pec::Destinatario;
 use crate::pec::build::{Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta};
