@@ -9,10 +9,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::pki::Pki;
 use pec_milter::crypto::verify::{TrustStore, VerifyAt};
-use pec_milter::pec::inspect::check_signature;
 use pec_milter::pec::build::{
     Emission, Provider, Ricevuta, Signer, Transaction, build_busta_trasporto, build_ricevuta,
 };
+use pec_milter::pec::inspect::check_signature;
 use pec_milter::pec::reader::read;
 use pec_milter::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
 

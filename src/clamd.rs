@@ -19,6 +19,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::roles::{Original, ScanError as PortScanError, Scanner, Verdict};
+
 /// Size of one `INSTREAM` chunk (payload bytes, without the 4-byte length).
 const CHUNK_SIZE: usize = 64 * 1024;
 
@@ -88,19 +90,9 @@ impl fmt::Display for ClamdAddress {
     }
 }
 
-/// What clamd found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScanVerdict {
-    /// `stream: OK`.
-    Clean,
-    /// `stream: <signature> FOUND`; carries the signature name, e.g.
-    /// `Eicar-Test-Signature` or `PEC.Test.EICAR.NDB.UNOFFICIAL`.
-    Infected(String),
-}
-
 /// Why a scan gave no verdict. None of these may be taken as "clean".
 #[derive(Debug, thiserror::Error)]
-pub enum ScanError {
+pub enum ClamdError {
     /// Could not connect to clamd (refused, no such socket, ...).
     #[error("cannot connect to clamd at {addr}: {source}")]
     Connect {
@@ -140,7 +132,7 @@ impl Clamd {
 
     /// Scan everything `data` yields, streamed to clamd in 64 KiB chunks with
     /// `INSTREAM`, so a large message can be scanned straight from a file.
-    pub async fn scan_reader<R>(&self, data: R) -> Result<ScanVerdict, ScanError>
+    pub async fn scan_reader<R>(&self, data: R) -> Result<Verdict, ClamdError>
     where
         R: AsyncRead + Unpin + Send,
     {
@@ -160,22 +152,22 @@ impl Clamd {
             .await?;
         let verdict = parse_scan_reply(&reply);
         match &verdict {
-            Ok(ScanVerdict::Infected(name)) => {
+            Ok(Verdict::Infected(name)) => {
                 tracing::info!(clamd = %self.addr, signature = %name, "clamd: infected");
             }
-            Ok(ScanVerdict::Clean) => tracing::debug!(clamd = %self.addr, "clamd: clean"),
+            Ok(Verdict::Clean) => tracing::debug!(clamd = %self.addr, "clamd: clean"),
             Err(e) => tracing::warn!(clamd = %self.addr, error = %e, "clamd: no verdict"),
         }
         verdict
     }
 
     /// Scan an in-memory buffer.
-    pub async fn scan_bytes(&self, data: &[u8]) -> Result<ScanVerdict, ScanError> {
+    pub async fn scan_bytes(&self, data: &[u8]) -> Result<Verdict, ClamdError> {
         self.scan_reader(data).await
     }
 
     /// `zPING\0`; Ok when clamd answers `PONG`.
-    pub async fn ping(&self) -> Result<(), ScanError> {
+    pub async fn ping(&self) -> Result<(), ClamdError> {
         let reply = self
             .bounded(async {
                 match &self.addr {
@@ -193,23 +185,23 @@ impl Clamd {
         if reply == "PONG" {
             Ok(())
         } else {
-            Err(ScanError::Protocol(reply))
+            Err(ClamdError::Protocol(reply))
         }
     }
 
     async fn bounded<T>(
         &self,
-        fut: impl Future<Output = Result<T, ScanError>>,
-    ) -> Result<T, ScanError> {
+        fut: impl Future<Output = Result<T, ClamdError>>,
+    ) -> Result<T, ClamdError> {
         tokio::time::timeout(self.timeout, fut)
             .await
-            .map_err(|_| ScanError::Timeout)?
+            .map_err(|_| ClamdError::Timeout)?
     }
 
-    async fn connect_tcp(&self, hostport: &str) -> Result<TcpStream, ScanError> {
+    async fn connect_tcp(&self, hostport: &str) -> Result<TcpStream, ClamdError> {
         let stream = TcpStream::connect(hostport)
             .await
-            .map_err(|source| ScanError::Connect {
+            .map_err(|source| ClamdError::Connect {
                 addr: self.addr.to_string(),
                 source,
             })?;
@@ -222,18 +214,18 @@ impl Clamd {
     async fn connect_unix(
         &self,
         path: &std::path::Path,
-    ) -> Result<tokio::net::UnixStream, ScanError> {
+    ) -> Result<tokio::net::UnixStream, ClamdError> {
         tokio::net::UnixStream::connect(path)
             .await
-            .map_err(|source| ScanError::Connect {
+            .map_err(|source| ClamdError::Connect {
                 addr: self.addr.to_string(),
                 source,
             })
     }
 
     #[cfg(not(unix))]
-    async fn connect_unix(&self, _path: &std::path::Path) -> Result<TcpStream, ScanError> {
-        Err(ScanError::Connect {
+    async fn connect_unix(&self, _path: &std::path::Path) -> Result<TcpStream, ClamdError> {
+        Err(ClamdError::Connect {
             addr: self.addr.to_string(),
             source: io::Error::new(io::ErrorKind::Unsupported, "unix sockets not supported"),
         })
@@ -241,7 +233,7 @@ impl Clamd {
 }
 
 /// Send one command and read its reply.
-async fn command<S>(mut stream: S, cmd: &[u8]) -> Result<String, ScanError>
+async fn command<S>(mut stream: S, cmd: &[u8]) -> Result<String, ClamdError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -251,21 +243,21 @@ where
 }
 
 /// Run `zINSTREAM` over `stream` with the bytes of `data`; returns the reply.
-async fn instream<S, R>(mut stream: S, data: R) -> Result<String, ScanError>
+async fn instream<S, R>(mut stream: S, data: R) -> Result<String, ClamdError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
 {
     match send_instream(&mut stream, data).await {
         Ok(()) => read_reply(&mut stream).await,
-        Err(SendError::Source(e)) => Err(ScanError::Io(e)),
+        Err(SendError::Source(e)) => Err(ClamdError::Io(e)),
         Err(SendError::Socket(e)) => {
             // clamd closes the connection early when it gives up, e.g. past
             // StreamMaxLength ("INSTREAM size limit exceeded. ERROR"): report
             // what it said if it said anything, else the write error.
             match read_reply(&mut stream).await {
                 Ok(reply) if !reply.is_empty() => Ok(reply),
-                _ => Err(ScanError::Io(e)),
+                _ => Err(ClamdError::Io(e)),
             }
         }
     }
@@ -325,7 +317,7 @@ where
 
 /// Read a NUL-terminated reply (or up to EOF), without the terminator and
 /// trailing whitespace.
-async fn read_reply<S>(stream: &mut S) -> Result<String, ScanError>
+async fn read_reply<S>(stream: &mut S) -> Result<String, ClamdError>
 where
     S: AsyncRead + Unpin,
 {
@@ -344,7 +336,7 @@ where
         if reply.len() > MAX_REPLY {
             reply.truncate(MAX_REPLY);
             let text = String::from_utf8_lossy(&reply);
-            return Err(ScanError::Protocol(format!("reply too long: {text}...")));
+            return Err(ClamdError::Protocol(format!("reply too long: {text}...")));
         }
     }
     let text = String::from_utf8_lossy(&reply);
@@ -352,22 +344,43 @@ where
 }
 
 /// `stream: OK` → Clean, `stream: NAME FOUND` → Infected(NAME), else error.
-fn parse_scan_reply(reply: &str) -> Result<ScanVerdict, ScanError> {
+fn parse_scan_reply(reply: &str) -> Result<Verdict, ClamdError> {
     if reply.is_empty() {
-        return Err(ScanError::Protocol(
+        return Err(ClamdError::Protocol(
             "connection closed without a reply".to_owned(),
         ));
     }
-    let protocol = || ScanError::Protocol(reply.to_owned());
+    let protocol = || ClamdError::Protocol(reply.to_owned());
     let rest = reply.strip_prefix("stream: ").ok_or_else(protocol)?;
     if rest == "OK" {
-        return Ok(ScanVerdict::Clean);
+        return Ok(Verdict::Clean);
     }
     let name = rest.strip_suffix(" FOUND").ok_or_else(protocol)?.trim();
     if name.is_empty() || name.contains(['\n', '\r', '\0']) {
         return Err(protocol());
     }
-    Ok(ScanVerdict::Infected(name.to_owned()))
+    Ok(Verdict::Infected(name.to_owned()))
+}
+
+/// clamd is the roles' [`Scanner`]: a message on disk is streamed from the
+/// spool (header, empty line, body), never read whole into memory.
+#[async_trait::async_trait]
+impl Scanner for Clamd {
+    async fn scan(&self, message: &[u8]) -> Result<Verdict, PortScanError> {
+        self.scan_bytes(message)
+            .await
+            .map_err(|e| PortScanError::Scanner(Box::new(e)))
+    }
+
+    async fn scan_original(&self, message: &Original) -> Result<Verdict, PortScanError> {
+        use tokio::io::AsyncReadExt;
+        let reader = (&message.header[..])
+            .chain(&b"\r\n"[..])
+            .chain(message.body.async_reader());
+        self.scan_reader(reader)
+            .await
+            .map_err(|e| PortScanError::Scanner(Box::new(e)))
+    }
 }
 
 #[cfg(test)]
@@ -376,13 +389,10 @@ mod tests {
 
     #[test]
     fn parses_replies() {
-        assert_eq!(
-            parse_scan_reply("stream: OK").ok(),
-            Some(ScanVerdict::Clean)
-        );
+        assert_eq!(parse_scan_reply("stream: OK").ok(), Some(Verdict::Clean));
         assert_eq!(
             parse_scan_reply("stream: Eicar-Test-Signature FOUND").ok(),
-            Some(ScanVerdict::Infected("Eicar-Test-Signature".into()))
+            Some(Verdict::Infected("Eicar-Test-Signature".into()))
         );
         for bad in [
             "",
@@ -395,7 +405,7 @@ mod tests {
             "stream: ok",
         ] {
             assert!(
-                matches!(parse_scan_reply(bad), Err(ScanError::Protocol(_))),
+                matches!(parse_scan_reply(bad), Err(ClamdError::Protocol(_))),
                 "{bad:?}"
             );
         }

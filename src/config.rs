@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::crypto::DigestAlg;
+use crate::crypto::verify::VerifyAt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -370,16 +371,19 @@ pub struct ReceptionConfig {
     /// CRLs (PEM) checked for every provider certificate; empty: no CRL check.
     pub crls: Vec<PathBuf>,
     /// Ordinary mail for a PEC mailbox: wrap it in a busta di anomalia, or reject it.
-    pub ordinary_mail: crate::roles::reception::OrdinaryMail,
+    pub ordinary_mail: OrdinaryMail,
     /// When the provider's certificate chain is checked: "now" or "signing-time".
-    pub verify_at: VerifyTime,
+    pub verify_at: VerifyAt,
 }
 
+/// What to do with ordinary (non-PEC) mail for a PEC mailbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VerifyTime {
-    Now,
-    SigningTime,
+#[serde(rename_all = "lowercase")]
+pub enum OrdinaryMail {
+    /// Wrap it in a busta di anomalia (the default).
+    Anomaly,
+    /// Refuse it at SMTP level.
+    Reject,
 }
 
 impl Default for ReceptionConfig {
@@ -387,8 +391,8 @@ impl Default for ReceptionConfig {
         ReceptionConfig {
             trust: Vec::new(),
             crls: Vec::new(),
-            ordinary_mail: crate::roles::reception::OrdinaryMail::Anomaly,
-            verify_at: VerifyTime::Now,
+            ordinary_mail: OrdinaryMail::Anomaly,
+            verify_at: VerifyAt::Now,
         }
     }
 }

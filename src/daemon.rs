@@ -6,31 +6,31 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::roles::access::{AccessPoint, Injector, RecipientDirectory, Scanner, StaticDirectory, Verdict};
-use crate::clamd::{Clamd, ClamdAddress, ScanVerdict};
-use crate::config::MailboxStoreKind;
-use crate::config::{Config, IndexSourceKind, SigningBackend, StateBackend, VerifyTime};
+use crate::clamd::{Clamd, ClamdAddress};
+use crate::config::{Config, IndexSourceKind, MailboxStoreKind, SigningBackend, StateBackend};
 use crate::crypto::pem::PemKey;
 use crate::crypto::pkcs11::{PinSource, Pkcs11Key, Pkcs11Options};
 use crate::crypto::pki::Pki;
-use crate::crypto::verify::{TrustStore, VerifyAt};
+use crate::crypto::verify::TrustStore;
 use crate::crypto::{CryptoError, SigningKey};
-use crate::roles::delivery::DeliveryPoint;
 use crate::index::ldap::LdapSource;
 use crate::index::{IndexSource, ProviderEntry, ProviderIndex};
-use crate::lmtp::MailboxStore;
 use crate::lmtp::client::LmtpClient;
 use crate::lmtp::maildir::Maildir;
-use crate::lmtp::server::{LmtpHandler, LmtpListener};
-use crate::milter::Roles;
-use crate::milter::{self, MilterListener};
+use crate::lmtp::server::LmtpHandler;
+use crate::milter::{self, MilterListener, Roles};
 use crate::pec::TipoDestinatario;
+use crate::pec::build::Provider;
+use crate::roles::StaticDirectory;
+use crate::roles::access::AccessPoint;
+use crate::roles::delivery::DeliveryPoint;
 use crate::roles::reception::ReceptionPoint;
+use crate::roles::tracking::{Tracker, TrackerConfig};
+use crate::roles::{DirectoryError, Injector, MailboxStore, RecipientDirectory, Scanner};
+use crate::smtp::Submitter;
 use crate::state::StateStore;
 use crate::state::embedded::EmbeddedStore;
 use crate::state::redis::RedisStore;
-use crate::smtp::Submitter;
-use crate::roles::tracking::{Tracker, TrackerConfig};
 
 /// Connections to the reinjection listener kept for the next receipt.
 const REINJECTION_KEPT: usize = 8;
@@ -72,47 +72,10 @@ pub enum DaemonError {
 struct IndexDirectory(Arc<ProviderIndex>);
 
 impl RecipientDirectory for IndexDirectory {
-    fn tipo(&self, address: &str) -> Result<TipoDestinatario, String> {
-        self.0.tipo_destinatario(address).map_err(|e| e.to_string())
-    }
-}
-
-#[async_trait::async_trait]
-impl Scanner for Clamd {
-    async fn scan(&self, message: &[u8]) -> Result<Verdict, String> {
-        match self.scan_bytes(message).await {
-            Ok(ScanVerdict::Clean) => Ok(Verdict::Clean),
-            Ok(ScanVerdict::Infected(v)) => Ok(Verdict::Infected(v)),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// Streamed to clamd (INSTREAM) from the spool: header, empty line, body.
-    async fn scan_original(
-        &self,
-        message: &crate::pec::build::Original,
-    ) -> Result<Verdict, String> {
-        use tokio::io::AsyncReadExt;
-        let reader = (&message.header[..])
-            .chain(&b"\r\n"[..])
-            .chain(message.body.async_reader());
-        match self.scan_reader(reader).await {
-            Ok(ScanVerdict::Clean) => Ok(Verdict::Clean),
-            Ok(ScanVerdict::Infected(v)) => Ok(Verdict::Infected(v)),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Injector for Submitter {
-    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), String> {
-        self.send(from, to, message)
-            .await
-            .map(|r| {
-                tracing::debug!(queue_id = r.queue_id().unwrap_or("-"), "injected");
-            })
-            .map_err(|e| e.to_string())
+    fn tipo(&self, address: &str) -> Result<TipoDestinatario, DirectoryError> {
+        self.0
+            .tipo_destinatario(address)
+            .map_err(|e| DirectoryError(Box::new(e)))
     }
 }
 
@@ -160,17 +123,13 @@ pub fn init_demo(cfg: &Config) -> Result<bool, DaemonError> {
     if !domains.contains(&cfg.provider.domain.to_ascii_lowercase()) {
         domains.push(cfg.provider.domain.to_ascii_lowercase());
     }
-    let cert = pki.cert()?;
-    let der = cert.to_der().map_err(CryptoError::from)?;
-    let entry = ProviderEntry {
-        dn: format!("providerName={},o=postacert", cfg.provider.name),
-        name: cfg.provider.name.clone(),
-        unit: None,
-        cert_hashes: vec![crate::index::certificate_hash(&der)],
-        certificates: vec![der],
-        mail_receipt: format!("posta-certificata@{}", cfg.provider.domain),
-        managed_domains: domains,
-    };
+    let der = pki.cert()?.to_der().map_err(CryptoError::from)?;
+    let entry = ProviderEntry::for_certificate(
+        &cfg.provider.name,
+        der,
+        provider(cfg).service_address(),
+        &domains,
+    );
     if cfg.index.source == IndexSourceKind::Ldif && !cfg.index.ldif.exists() {
         write(
             &cfg.index.ldif,
@@ -340,10 +299,31 @@ pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
     })
 }
 
-fn provider(cfg: &Config) -> crate::pec::build::Provider {
-    crate::pec::build::Provider {
+/// Who we are, as every role and tool signs: built here, once.
+pub fn provider(cfg: &Config) -> Provider {
+    Provider {
         name: cfg.provider.name.clone(),
         domain: cfg.provider.domain.clone(),
+    }
+}
+
+/// The access point of `cfg` over its dependencies.
+pub fn access_point(cfg: &Config, d: &Deps, directory: Arc<dyn RecipientDirectory>) -> AccessPoint {
+    AccessPoint {
+        provider: provider(cfg),
+        domains: cfg.provider.domains.clone(),
+        key: d.key.clone(),
+        digest: cfg.provider.digest,
+        state: d.state.clone(),
+        scanner: d.scanner.clone(),
+        injector: d.injector.clone(),
+        directory,
+        holders: cfg.holders.clone(),
+        max_recipients: cfg.limits.max_recipients,
+        max_product: cfg.limits.max_product,
+        quarantine_dir: cfg.quarantine.dir.clone(),
+        retention_secs: cfg.state.retention.as_secs(),
+        spool: cfg.spool.options(),
     }
 }
 
@@ -383,12 +363,6 @@ pub fn roles(
     index: Option<Arc<ProviderIndex>>,
     d: &Deps,
 ) -> Result<Roles, DaemonError> {
-    let (key, state, scanner, injector) = (
-        d.key.clone(),
-        d.state.clone(),
-        d.scanner.clone(),
-        d.injector.clone(),
-    );
     let directory: Arc<dyn RecipientDirectory> = match &index {
         Some(i) => Arc::new(IndexDirectory(i.clone())),
         None => Arc::new(StaticDirectory::new(&cfg.recipients.certified_domains)),
@@ -408,21 +382,15 @@ pub fn roles(
             }
             .with_crl_files(&cfg.reception.crls)?;
             Some(ReceptionPoint {
-                provider: crate::pec::build::Provider {
-                    name: cfg.provider.name.clone(),
-                    domain: cfg.provider.domain.clone(),
-                },
-                key: key.clone(),
+                provider: provider(cfg),
+                key: d.key.clone(),
                 digest: cfg.provider.digest,
                 trust,
-                verify_at: match cfg.reception.verify_at {
-                    VerifyTime::Now => VerifyAt::Now,
-                    VerifyTime::SigningTime => VerifyAt::SigningTime,
-                },
+                verify_at: cfg.reception.verify_at,
                 index,
-                state: state.clone(),
-                scanner: scanner.clone(),
-                injector: injector.clone(),
+                state: d.state.clone(),
+                scanner: d.scanner.clone(),
+                injector: d.injector.clone(),
                 ordinary_mail: cfg.reception.ordinary_mail,
                 quarantine_dir: cfg.quarantine.dir.clone(),
                 retention_secs: cfg.state.retention.as_secs(),
@@ -431,7 +399,7 @@ pub fn roles(
         }
     };
     Ok(Roles {
-        access: AccessPoint::from_config(cfg, key, state, scanner, injector, directory),
+        access: access_point(cfg, d, directory),
         reception,
     })
 }
@@ -478,7 +446,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     });
     let mut lmtp_task = None;
     if let Some(dp) = delivery_point(&cfg, &d) {
-        let listener = LmtpListener::bind(&cfg.delivery.listen)
+        let listener = crate::lmtp::server::bind(&cfg.delivery.listen)
             .await
             .map_err(|source| DaemonError::Listen {
                 spec: cfg.delivery.listen.clone(),

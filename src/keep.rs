@@ -5,6 +5,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::spool::Spooled;
+
 /// A file name safe for any identifier: letters, digits, `.` and `-`
 /// kept, everything else `_`.
 pub fn safe_name(id: &str) -> String {
@@ -46,31 +48,38 @@ pub fn keep_sync(dir: &Path, id: &str, parts: &[&[u8]]) -> std::io::Result<PathB
     })
 }
 
-/// [`keep_sync`] off the async runtime; the error as text.
-pub async fn keep(dir: &Path, id: &str, data: &[u8]) -> Result<PathBuf, String> {
+/// [`keep_sync`] off the async runtime.
+pub async fn keep(dir: &Path, id: &str, data: &[u8]) -> std::io::Result<PathBuf> {
     let (dir, id, data) = (dir.to_path_buf(), id.to_string(), data.to_vec());
     tokio::task::spawn_blocking(move || keep_sync(&dir, &id, &[&data]))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(std::io::Error::other)?
 }
 
-/// [`keep`] for an original whose body may be on disk: streamed into the
-/// file, never read whole into memory.
+/// [`keep`] for a message held as its header block and a body that may be
+/// on disk: header, empty line and body streamed into the file, never read
+/// whole into memory.
 pub async fn keep_original(
     dir: &Path,
     id: &str,
-    message: &crate::pec::build::Original,
-) -> Result<PathBuf, String> {
-    let (dir, id, message) = (dir.to_path_buf(), id.to_string(), message.clone());
+    header: &[u8],
+    body: &Spooled,
+) -> std::io::Result<PathBuf> {
+    let (dir, id, header, body) = (
+        dir.to_path_buf(),
+        id.to_string(),
+        header.to_vec(),
+        body.clone(),
+    );
     tokio::task::spawn_blocking(move || {
         keep_with(&dir, &id, "eml", |f| {
-            message.for_each_chunk::<std::io::Error>(|c| f.write_all(c))
+            f.write_all(&header)?;
+            f.write_all(b"\r\n")?;
+            body.for_each_chunk::<std::io::Error>(|c| f.write_all(c))
         })
     })
     .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+    .map_err(std::io::Error::other)?
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 //! So a server that undoes the dot-stuffing stores exactly the bytes given
 //! when they are canonical CRLF text.
 
+use crate::roles::{InjectError, Injector};
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -635,6 +636,19 @@ fn unexpected(reply: &Reply, step: &'static str) -> SubmitError {
             reply.code,
             reply.text()
         ))
+    }
+}
+
+/// The SMTP reinjection client is the roles' [`Injector`].
+#[async_trait::async_trait]
+impl Injector for Submitter {
+    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), InjectError> {
+        let r = self
+            .send(from, to, message)
+            .await
+            .map_err(|e| InjectError(Box::new(e)))?;
+        tracing::debug!(queue_id = r.queue_id().unwrap_or("-"), "injected");
+        Ok(())
     }
 }
 

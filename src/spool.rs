@@ -29,27 +29,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// Run blocking work (hashing or parsing a large body, a PKCS#11 call)
-/// without stalling the async runtime's worker: in `block_in_place` on a
-/// multi-thread runtime (the worker's other tasks move to another thread),
-/// directly elsewhere (plain threads, `spawn_blocking`, a current-thread
-/// runtime). Unlike `spawn_blocking`, `f` may borrow.
-pub fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
-/// [`off_runtime`] when `large` (a body in a spool file), else directly.
-pub fn off_runtime_if<R>(large: bool, f: impl FnOnce() -> R) -> R {
-    if large { off_runtime(f) } else { f() }
-}
-
 /// The size of the pieces a spooled body is read in.
-pub const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = crate::pec::body::CHUNK;
 
 /// Where spool files go and when a body moves there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,6 +378,26 @@ impl Spooled {
             body: self.clone(),
             pos: 0,
         }
+    }
+}
+
+/// The builders of the wire format read a spooled body in pieces.
+impl crate::pec::body::Body for Spooled {
+    fn len(&self) -> u64 {
+        Spooled::len(self)
+    }
+
+    fn ends_with(&self, suffix: &[u8]) -> io::Result<bool> {
+        Spooled::ends_with(self, suffix)
+    }
+
+    fn for_range<E: From<io::Error>>(
+        &self,
+        start: u64,
+        end: u64,
+        f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        Spooled::for_range(self, start, end, f)
     }
 }
 

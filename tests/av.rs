@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use pec_milter::clamd::{Clamd, ClamdAddress, ScanError, ScanVerdict};
+use pec_milter::clamd::{Clamd, ClamdAddress, ClamdError};
+use pec_milter::roles::Verdict;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -162,13 +163,13 @@ impl Drop for ClamdServer {
     }
 }
 
-fn assert_eicar(v: &ScanVerdict) {
+fn assert_eicar(v: &Verdict) {
     match v {
-        ScanVerdict::Infected(name) => assert!(
+        Verdict::Infected(name) => assert!(
             name.starts_with("PEC.Test.EICAR.") && name.ends_with(".UNOFFICIAL"),
             "unexpected signature name {name:?}"
         ),
-        ScanVerdict::Clean => panic!("EICAR reported clean"),
+        Verdict::Clean => panic!("EICAR reported clean"),
     }
 }
 
@@ -183,12 +184,12 @@ async fn clean_and_eicar_over_tcp_and_unix() {
         clamd.ping().await.unwrap();
         assert_eq!(
             clamd.scan_bytes(CLEAN_TEXT).await.unwrap(),
-            ScanVerdict::Clean,
+            Verdict::Clean,
             "{addr}"
         );
         assert_eq!(
             clamd.scan_bytes(b"").await.unwrap(),
-            ScanVerdict::Clean,
+            Verdict::Clean,
             "{addr}"
         );
         let v = clamd.scan_bytes(EICAR.as_bytes()).await.unwrap();
@@ -256,7 +257,7 @@ async fn thirty_megabytes_from_a_file() {
         let started = Instant::now();
         assert_eq!(
             clamd.scan_reader(file).await.unwrap(),
-            ScanVerdict::Clean,
+            Verdict::Clean,
             "{addr}"
         );
         eprintln!("30 MB over {addr}: {:?}", started.elapsed());
@@ -278,8 +279,8 @@ async fn stream_over_the_size_limit_is_an_error() {
         let r = clamd.scan_bytes(&data).await;
         eprintln!("{addr}: 3 MB past StreamMaxLength 1M: {r:?}");
         match r {
-            Err(ScanError::Protocol(reply)) => assert!(reply.contains("size limit"), "{reply}"),
-            Err(ScanError::Io(_)) => {} // closed before we could read its reply
+            Err(ClamdError::Protocol(reply)) => assert!(reply.contains("size limit"), "{reply}"),
+            Err(ClamdError::Io(_)) => {} // closed before we could read its reply
             other => panic!("{addr}: expected an error past StreamMaxLength, got {other:?}"),
         }
     }
@@ -297,7 +298,10 @@ async fn killed_clamd_is_an_error_not_clean() {
         let clamd = Clamd::new(addr.clone(), timeout);
         let started = Instant::now();
         let r = clamd.scan_bytes(CLEAN_TEXT).await;
-        assert!(matches!(r, Err(ScanError::Connect { .. })), "{addr}: {r:?}");
+        assert!(
+            matches!(r, Err(ClamdError::Connect { .. })),
+            "{addr}: {r:?}"
+        );
         assert!(started.elapsed() < timeout);
     }
 
@@ -319,7 +323,7 @@ async fn killed_clamd_is_an_error_not_clean() {
         started.elapsed()
     );
     assert!(r.is_err(), "scan with clamd killed gave {r:?}");
-    assert!(!matches!(r, Err(ScanError::Timeout)), "{r:?}");
+    assert!(!matches!(r, Err(ClamdError::Timeout)), "{r:?}");
     assert!(started.elapsed() < timeout + Duration::from_secs(1));
 }
 
@@ -328,13 +332,16 @@ async fn nothing_listening_is_connect_error() {
     let port = free_port();
     let clamd = Clamd::new(ClamdAddress::Tcp(format!("127.0.0.1:{port}")), TIMEOUT);
     let r = clamd.scan_bytes(CLEAN_TEXT).await;
-    assert!(matches!(r, Err(ScanError::Connect { .. })), "{r:?}");
-    assert!(matches!(clamd.ping().await, Err(ScanError::Connect { .. })));
+    assert!(matches!(r, Err(ClamdError::Connect { .. })), "{r:?}");
+    assert!(matches!(
+        clamd.ping().await,
+        Err(ClamdError::Connect { .. })
+    ));
 
     let dir = tempfile::tempdir().unwrap();
     let clamd = Clamd::new(ClamdAddress::Unix(dir.path().join("none.sock")), TIMEOUT);
     let r = clamd.scan_bytes(CLEAN_TEXT).await;
-    assert!(matches!(r, Err(ScanError::Connect { .. })), "{r:?}");
+    assert!(matches!(r, Err(ClamdError::Connect { .. })), "{r:?}");
 }
 
 #[tokio::test]
@@ -362,12 +369,12 @@ async fn silent_server_times_out() {
     let started = Instant::now();
     let r = clamd.scan_bytes(CLEAN_TEXT).await;
     let took = started.elapsed();
-    assert!(matches!(r, Err(ScanError::Timeout)), "{r:?}");
+    assert!(matches!(r, Err(ClamdError::Timeout)), "{r:?}");
     assert!(
         took >= timeout && took < timeout + Duration::from_millis(500),
         "{took:?}"
     );
-    assert!(matches!(clamd.ping().await, Err(ScanError::Timeout)));
+    assert!(matches!(clamd.ping().await, Err(ClamdError::Timeout)));
     server.abort();
 }
 
@@ -418,28 +425,25 @@ async fn garbage_replies_are_protocol_errors() {
         let clamd = Clamd::new(ClamdAddress::Tcp(addr), Duration::from_secs(5));
         let r = clamd.scan_bytes(CLEAN_TEXT).await;
         assert!(
-            matches!(r, Err(ScanError::Protocol(_))),
+            matches!(r, Err(ClamdError::Protocol(_))),
             "{:?} -> {r:?}",
             String::from_utf8_lossy(reply)
         );
-        assert!(matches!(clamd.ping().await, Err(ScanError::Protocol(_))));
+        assert!(matches!(clamd.ping().await, Err(ClamdError::Protocol(_))));
     }
     // And the well-formed answers of a fake server are understood.
     let clamd = Clamd::new(
         ClamdAddress::Tcp(answering_server(b"stream: OK\0").await),
         TIMEOUT,
     );
-    assert_eq!(
-        clamd.scan_bytes(CLEAN_TEXT).await.unwrap(),
-        ScanVerdict::Clean
-    );
+    assert_eq!(clamd.scan_bytes(CLEAN_TEXT).await.unwrap(), Verdict::Clean);
     let clamd = Clamd::new(
         ClamdAddress::Tcp(answering_server(b"stream: Eicar-Test-Signature FOUND\0").await),
         TIMEOUT,
     );
     assert_eq!(
         clamd.scan_bytes(CLEAN_TEXT).await.unwrap(),
-        ScanVerdict::Infected("Eicar-Test-Signature".into())
+        Verdict::Infected("Eicar-Test-Signature".into())
     );
     let clamd = Clamd::new(
         ClamdAddress::Tcp(answering_server(b"PONG\0").await),

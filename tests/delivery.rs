@@ -8,14 +8,14 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use pec_milter::roles::access::Injector;
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::verify::{SignatureStatus, VerifyAt};
-use pec_milter::roles::delivery::DeliveryPoint;
-use pec_milter::pec::inspect::inspect;
 use pec_milter::lmtp::maildir::Maildir;
 use pec_milter::pec::build::{Signer, build_busta_trasporto};
+use pec_milter::pec::inspect::inspect;
 use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
+use pec_milter::roles::delivery::DeliveryPoint;
+use pec_milter::roles::{InjectError, Injector};
 use pec_milter::state::embedded::EmbeddedStore;
 
 type Injected = (String, Vec<String>, Vec<u8>);
@@ -25,7 +25,7 @@ struct Recorder(Mutex<Vec<Injected>>, Mutex<bool>);
 
 #[async_trait::async_trait]
 impl Injector for Recorder {
-    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), String> {
+    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), InjectError> {
         if *self.1.lock().map_err(|e| e.to_string())? {
             return Err("reinjection down (test)".into());
         }

@@ -7,11 +7,11 @@ mod common;
 use common::*;
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::verify::{SignatureStatus, VerifyAt};
-use pec_milter::pec::inspect::inspect;
 use pec_milter::pec::build::{
     Anomalia, BuiltMessage, Emission, Ricevuta, Signer, build_busta_anomalia,
     build_busta_trasporto, build_ricevuta, original_msgid,
 };
+use pec_milter::pec::inspect::inspect;
 use pec_milter::pec::reader::read;
 use pec_milter::pec::{Errore, MessageKind, Tipo, TipoDestinatario, TipoRicevuta};
 
@@ -575,7 +575,8 @@ fn kinds_are_classified_from_the_built_headers() {
 /// verifies.
 #[test]
 fn busta_trasporto_spooled_equals_in_memory() {
-    use pec_milter::pec::build::{Original, build_busta_trasporto_spooled};
+    use pec_milter::pec::build::write_busta_trasporto;
+    use pec_milter::roles::{Original, SpooledMessage};
     use pec_milter::spool::{SpoolOptions, SpoolWriter};
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SpoolOptions {
@@ -609,15 +610,21 @@ fn busta_trasporto_spooled_equals_in_memory() {
             body: w.finish().expect("finish"),
         };
         assert_eq!(on_disk.body.is_on_disk(), !body.is_empty());
-        let spooled = build_busta_trasporto_spooled(
+        let mut out = SpoolWriter::raw(disk.clone());
+        let headers = write_busta_trasporto(
             &provider(),
             &t,
-            &on_disk,
+            &on_disk.header,
+            &on_disk.body,
             when(),
             signer(DigestAlg::Sha256),
-            SpoolWriter::raw(disk.clone()),
+            &mut out,
         )
         .expect("spooled");
+        let spooled = SpooledMessage {
+            headers,
+            body: out.finish().expect("finish"),
+        };
         assert!(spooled.body.is_on_disk());
         assert_eq!(spooled.headers, mem.headers);
         assert_eq!(spooled.body.to_vec().expect("read"), mem.body);

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use pec_milter::lmtp::client::LmtpClient;
 use pec_milter::lmtp::maildir::Maildir;
-use pec_milter::lmtp::server::{LmtpHandler, LmtpListener, ServerConfig, serve, serve_with};
+use pec_milter::lmtp::server::{self, LmtpHandler, ServerConfig, serve, serve_with};
 use pec_milter::lmtp::{MailboxStore, RcptOutcome};
 use pec_milter::spool::{SpoolOptions, Spooled};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -202,7 +202,7 @@ struct TestServer {
 
 impl TestServer {
     async fn start(handler: TestHandler, config: ServerConfig) -> Self {
-        let listener = LmtpListener::bind("inet:127.0.0.1:0").await.unwrap();
+        let listener = server::bind("inet:127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let handler = Arc::new(handler);
         let (tx, rx) = oneshot::channel::<()>();
@@ -678,7 +678,7 @@ async fn server_on_a_unix_socket() {
     // A stale socket file is replaced.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     let spec = format!("unix:{}", path.display());
-    let listener = LmtpListener::bind(&spec).await.unwrap();
+    let listener = server::bind(&spec).await.unwrap();
     assert!(listener.local_addr().is_none());
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666);
@@ -715,12 +715,12 @@ async fn server_on_a_unix_socket() {
         "unix:",
         "tcp:x:1",
     ] {
-        assert!(LmtpListener::bind(bad).await.is_err(), "{bad}");
+        assert!(server::bind(bad).await.is_err(), "{bad}");
     }
     let file = dir.path().join("file");
     std::fs::write(&file, "x").unwrap();
     assert!(
-        LmtpListener::bind(&format!("unix:{}", file.display()))
+        server::bind(&format!("unix:{}", file.display()))
             .await
             .is_err()
     );

@@ -10,14 +10,15 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use indymilter::MacroStage;
 use indymilter_test::{EomAction, EomActions, Status, TestConnection};
-use pec_milter::roles::access::{AccessPoint, Injector, Scanner, StaticDirectory, Verdict};
 use pec_milter::config::{HolderClass, HoldersConfig};
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::verify::{SignatureStatus, VerifyAt};
-use pec_milter::pec::inspect::inspect;
 use pec_milter::milter::{self, MilterListener};
 use pec_milter::pec::build::Provider;
+use pec_milter::pec::inspect::inspect;
 use pec_milter::pec::reader::read;
+use pec_milter::roles::access::AccessPoint;
+use pec_milter::roles::{InjectError, Injector, ScanError, Scanner, StaticDirectory, Verdict};
 use pec_milter::spool::SpoolOptions;
 use pec_milter::state::embedded::EmbeddedStore;
 use pec_milter::state::{Claim, EnvelopeRecord, StateError, StateStore};
@@ -26,7 +27,7 @@ struct FakeScanner;
 
 #[async_trait::async_trait]
 impl Scanner for FakeScanner {
-    async fn scan(&self, message: &[u8]) -> Result<Verdict, String> {
+    async fn scan(&self, message: &[u8]) -> Result<Verdict, ScanError> {
         let needle = b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE";
         if message.windows(needle.len()).any(|w| w == needle) {
             Ok(Verdict::Infected("Eicar-Test-Signature".into()))
@@ -47,7 +48,7 @@ struct Recorder {
 
 #[async_trait::async_trait]
 impl Injector for Recorder {
-    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), String> {
+    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), InjectError> {
         if *self.fail.lock().map_err(|e| e.to_string())? {
             return Err("connection refused (test)".into());
         }

@@ -493,15 +493,16 @@ fn a_pin_the_token_refused_is_not_tried_again_and_a_fixed_one_is_read() {
 
 #[test]
 fn the_access_point_tempfails_and_sends_nothing_while_the_token_is_gone() {
-    use pec_milter::roles::access::{AccessPoint, Injector, Outcome, StaticDirectory, Submission};
     use pec_milter::config::{HolderClass, HoldersConfig};
+    use pec_milter::roles::access::AccessPoint;
+    use pec_milter::roles::{InjectError, Injector, Outcome, StaticDirectory, Submission};
     use pec_milter::state::embedded::EmbeddedStore;
 
     #[derive(Default)]
     struct Recorder(Mutex<Vec<Vec<u8>>>);
     #[async_trait::async_trait]
     impl Injector for Recorder {
-        async fn inject(&self, _: &str, _: &[String], m: &[u8]) -> Result<(), String> {
+        async fn inject(&self, _: &str, _: &[String], m: &[u8]) -> Result<(), InjectError> {
             self.0.lock().map_err(|e| e.to_string())?.push(m.to_vec());
             Ok(())
         }
@@ -545,7 +546,7 @@ fn the_access_point_tempfails_and_sends_nothing_while_the_token_is_gone() {
         auth_user: "mario.rossi@pec.acme.test".into(),
         mail_from: "mario.rossi@pec.acme.test".into(),
         rcpts: vec!["anna.bianchi@pec.other.test".into()],
-        message: pec_milter::pec::build::Original::from_bytes(&original(
+        message: pec_milter::roles::Original::from_bytes(&original(
             &format!("HSM test {n}"),
             "anna.bianchi@pec.other.test",
         )),

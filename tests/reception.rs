@@ -10,17 +10,19 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use common::*;
-use pec_milter::roles::access::{Injector, Outcome, Scanner, Verdict};
+use pec_milter::config::OrdinaryMail;
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::pem::PemKey;
 use pec_milter::crypto::pki::Pki;
 use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
 use pec_milter::index::{IndexSource, ProviderEntry, ProviderIndex, certificate_hash, ldif};
+use pec_milter::pec::build::{Provider, Signer, Transaction, build_busta_trasporto};
 use pec_milter::pec::inspect::inspect;
-use pec_milter::pec::build::{Original, Provider, Signer, Transaction, build_busta_trasporto};
 use pec_milter::pec::reader::read;
 use pec_milter::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
-use pec_milter::roles::reception::{Inbound, OrdinaryMail, ReceptionPoint};
+use pec_milter::roles::reception::ReceptionPoint;
+use pec_milter::roles::{Inbound, Original};
+use pec_milter::roles::{InjectError, Injector, Outcome, ScanError, Scanner, Verdict};
 use pec_milter::spool::{SpoolOptions, SpoolWriter};
 use pec_milter::state::StateStore;
 use pec_milter::state::embedded::EmbeddedStore;
@@ -29,7 +31,7 @@ struct FakeScanner;
 
 #[async_trait::async_trait]
 impl Scanner for FakeScanner {
-    async fn scan(&self, message: &[u8]) -> Result<Verdict, String> {
+    async fn scan(&self, message: &[u8]) -> Result<Verdict, ScanError> {
         let needle = b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE";
         Ok(if message.windows(needle.len()).any(|w| w == needle) {
             Verdict::Infected("Eicar-Test-Signature".into())
@@ -46,7 +48,7 @@ struct Recorder(Mutex<Vec<Injected>>);
 
 #[async_trait::async_trait]
 impl Injector for Recorder {
-    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), String> {
+    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), InjectError> {
         self.0.lock().map_err(|e| e.to_string())?.push((
             from.into(),
             to.to_vec(),
@@ -97,7 +99,11 @@ fn entry(name: &str, cert_pem: &[u8], domains: &[&str], receipt: &str) -> Provid
 fn sample_signer_pem(name: &str) -> Vec<u8> {
     let raw = std::fs::read(fixtures().join("samples").join(name)).expect("sample");
     let msg = read(&raw).expect("read");
-    let v = pec_milter::pec::inspect::check_signature(&msg, &TrustStore::empty(), VerifyAt::SigningTime);
+    let v = pec_milter::pec::inspect::check_signature(
+        &msg,
+        &TrustStore::empty(),
+        VerifyAt::SigningTime,
+    );
     let der = v.signer_der.expect("signer der");
     openssl::x509::X509::from_der(&der)
         .expect("x509")

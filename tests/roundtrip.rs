@@ -7,10 +7,10 @@ mod common;
 use common::*;
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::verify::{SignatureStatus, VerifyAt};
-use pec_milter::pec::inspect::inspect;
 use pec_milter::pec::build::{
     Emission, Ricevuta, Signer, Transaction, build_busta_trasporto, build_ricevuta,
 };
+use pec_milter::pec::inspect::inspect;
 use pec_milter::pec::reader::read;
 use pec_milter::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
 use proptest::prelude::*;

@@ -12,16 +12,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use pec_milter::roles::access::Injector;
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::pki::Pki;
 use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
 use pec_milter::pec::build::Provider;
 use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
+use pec_milter::roles::tracking::{Sent, Tracker, TrackerConfig, marker_key, notice_message_id};
+use pec_milter::roles::{InjectError, Injector};
 use pec_milter::state::embedded::EmbeddedStore;
 use pec_milter::state::redis::RedisStore;
 use pec_milter::state::{EnvelopeRecord, RecipientState, RecipientStatus, StateStore};
-use pec_milter::roles::tracking::{Sent, Tracker, TrackerConfig, marker_key, notice_message_id};
 
 use TipoDestinatario::{Certificato, Esterno};
 
@@ -89,7 +89,7 @@ impl Recorder {
 
 #[async_trait::async_trait]
 impl Injector for Recorder {
-    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), String> {
+    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), InjectError> {
         let failing = self
             .fail
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -620,8 +620,8 @@ async fn case_esterno_and_mixed(store: &Arc<dyn StateStore>) {
     check_notice(&all[1], mixed, c2, false);
     check_notice(&all[2], mixed, c2, true);
     // The daticert of a notice lists every recipient with its type.
-    let ins =
-        pec_milter::pec::inspect::inspect(&all[0].bytes, &pki().trust, VerifyAt::Now).expect("inspect");
+    let ins = pec_milter::pec::inspect::inspect(&all[0].bytes, &pki().trust, VerifyAt::Now)
+        .expect("inspect");
     let d = ins.daticert.expect("daticert");
     let listed: Vec<(String, String)> = d
         .destinatari
@@ -798,8 +798,8 @@ async fn case_two_nodes(a: &Arc<dyn StateStore>, b: &Arc<dyn StateStore>) {
     assert_eq!(all.len(), total);
     let mut count: HashMap<String, usize> = HashMap::new();
     for m in &all {
-        let ins =
-            pec_milter::pec::inspect::inspect(&m.bytes, &pki().trust, VerifyAt::Now).expect("inspect");
+        let ins = pec_milter::pec::inspect::inspect(&m.bytes, &pki().trust, VerifyAt::Now)
+            .expect("inspect");
         *count
             .entry(ins.message_id.expect("message id"))
             .or_default() += 1;

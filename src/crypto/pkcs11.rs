@@ -169,7 +169,7 @@ impl Pkcs11Options {
             parts.push(format!("label {l:?}"));
         }
         if let Some(id) = &self.key_id {
-            parts.push(format!("id {}", super::verify::hex_lower(id)));
+            parts.push(format!("id {}", hex::encode(id)));
         }
         if parts.is_empty() {
             "no selector".into()
@@ -584,7 +584,7 @@ fn read_pem_certs(path: &Path) -> Result<Vec<X509>, Pkcs11Error> {
 }
 
 /// Blocking PKCS#11 work runs off the async runtime's worker.
-use crate::spool::off_runtime;
+use crate::rt::off_runtime;
 
 impl Pkcs11Key {
     /// Load the module, find the token, log in, find key and certificate,
@@ -704,10 +704,7 @@ impl Pkcs11Key {
                 let origin = if key_id.is_empty() {
                     format!("token (certificate object labelled {key_label:?})")
                 } else {
-                    format!(
-                        "token (certificate object id {})",
-                        super::verify::hex_lower(&key_id)
-                    )
+                    format!("token (certificate object id {})", hex::encode(&key_id))
                 };
                 let cert = X509::from_der(&der).map_err(|e| Pkcs11Error::BadCertificate {
                     origin: origin.clone(),
@@ -757,7 +754,7 @@ impl Pkcs11Key {
             token,
             slot_id: slot.id(),
             key_label,
-            key_id: super::verify::hex_lower(&key_id),
+            key_id: hex::encode(&key_id),
             key_bits,
             cert_subject: subject,
             cert_issuer: super::verify::name_to_string(cert.issuer_name()),

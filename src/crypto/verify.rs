@@ -40,15 +40,31 @@ const X509_V_ERR_CERT_NOT_YET_VALID: i32 = 9;
 /// X509_V_ERR_CERT_HAS_EXPIRED.
 const X509_V_ERR_CERT_HAS_EXPIRED: i32 = 10;
 
-/// When the certificate chain is checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// When the certificate chain is checked: `now` or `signing-time` in the
+/// configuration (`[reception] verify_at`) and on the command line
+/// (`--at`); a fixed time from code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum VerifyAt {
     /// At the current time.
     Now,
     /// At the signingTime signed attribute (the current time when absent).
     SigningTime,
     /// At the given time.
+    #[serde(skip)]
     At(SystemTime),
+}
+
+impl std::str::FromStr for VerifyAt {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "now" => Ok(VerifyAt::Now),
+            "signing-time" => Ok(VerifyAt::SigningTime),
+            _ => Err(format!("{s:?}: expected now or signing-time")),
+        }
+    }
 }
 
 /// Trust anchors (root CA certificates) for chain checks.
@@ -364,22 +380,6 @@ fn serialize_time<S: serde::Serializer>(
     }
 }
 
-/// Lowercase hex, no separators (file names, identifiers, breve hashes).
-pub fn hex_lower(bytes: &[u8]) -> String {
-    hex_upper(bytes).to_ascii_lowercase()
-}
-
-/// Uppercase hex, no separators.
-pub fn hex_upper(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
-    s
-}
-
 /// Escape an attribute value in the RFC 4514 way.
 fn escape_dn_value(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
@@ -410,7 +410,7 @@ pub fn name_to_string(name: &X509NameRef) -> String {
         let value = entry
             .data()
             .to_string()
-            .unwrap_or_else(|_| format!("#{}", hex_upper(entry.data().as_slice())));
+            .unwrap_or_else(|_| format!("#{}", hex::encode_upper(entry.data().as_slice())));
         parts.push(format!("{key}={}", escape_dn_value(&value)));
     }
     parts.join(", ")
@@ -640,7 +640,7 @@ pub fn verify_detached(
             if signer.is_none() && matches_sid(&p.signer.sid, der, &cert) {
                 report.signer_sha1 = openssl::hash::hash(MessageDigest::sha1(), der)
                     .ok()
-                    .map(|d| hex_upper(&d));
+                    .map(|d| hex::encode_upper(&d));
                 report.signer_subject = Some(name_to_string(cert.subject_name()));
                 report.signer_issuer = Some(name_to_string(cert.issuer_name()));
                 report.signer_email = first_email(&cert);
@@ -830,8 +830,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hex_and_escaping() {
-        assert_eq!(hex_upper(&[0x00, 0xab, 0x7f]), "00AB7F");
+    fn dn_escaping() {
         assert_eq!(escape_dn_value("ACME, S.p.A."), "ACME\\, S.p.A.");
         assert_eq!(escape_dn_value(" x "), "\\ x\\ ");
         assert_eq!(escape_dn_value("#1"), "\\#1");

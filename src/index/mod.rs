@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::crypto::{DigestAlg, digest, verify::hex_upper};
+use crate::crypto::{DigestAlg, digest};
 use crate::pec::TipoDestinatario;
 
 /// One `provider` entry of the index.
@@ -50,6 +50,26 @@ pub struct ProviderEntry {
 }
 
 impl ProviderEntry {
+    /// The entry of one provider with one certificate (DER), as our own
+    /// tools write it (`index-entry`, `init-demo`): `providerName=NAME,
+    /// o=postacert`, the certificate and its hash, the domains lowercased.
+    pub fn for_certificate(
+        name: &str,
+        der: Vec<u8>,
+        mail_receipt: String,
+        domains: &[String],
+    ) -> ProviderEntry {
+        ProviderEntry {
+            dn: format!("providerName={name},o=postacert"),
+            name: name.to_string(),
+            unit: None,
+            cert_hashes: vec![certificate_hash(&der)],
+            certificates: vec![der],
+            mail_receipt,
+            managed_domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+        }
+    }
+
     /// Whether `domain` is one of this entry's `managedDomains` (exact,
     /// case-insensitive; PEC-RULES §4.3 step 5 checks the `From:` domain
     /// with this).
@@ -172,7 +192,7 @@ pub(crate) fn entry_from_attrs(
 
 /// Uppercase hex SHA-1 of a certificate's DER (the `providerCertificateHash` form).
 pub fn certificate_hash(der: &[u8]) -> String {
-    hex_upper(&digest(DigestAlg::Sha1, der))
+    hex::encode_upper(&digest(DigestAlg::Sha1, der))
 }
 
 /// One immutable copy of the index.

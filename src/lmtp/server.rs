@@ -34,17 +34,15 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{MAX_REPLY_LINE, truncate_utf8};
+use crate::listen::Listener;
 use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
 
 /// Longest command line accepted (RFC 5321 allows 512 octets; with
@@ -71,77 +69,21 @@ pub trait LmtpHandler: Send + Sync {
     async fn deliver(&self, mail_from: &str, rcpts: &[String], message: Spooled) -> Vec<String>;
 }
 
-/// Where the LMTP server listens.
-#[derive(Debug)]
-pub enum LmtpListener {
-    /// `inet:HOST:PORT`
-    Tcp(TcpListener),
-    /// `unix:/PATH`; the socket file is removed when [`serve`] returns.
-    Unix {
-        listener: UnixListener,
-        path: PathBuf,
-    },
-}
-
-impl LmtpListener {
-    /// Bind `inet:HOST:PORT` (`inet:127.0.0.1:2424`, `inet:[::1]:2424`; port
-    /// 0 picks a free one, see [`LmtpListener::local_addr`]) or
-    /// `unix:/PATH`. A stale socket file at PATH is replaced (any other kind
-    /// of file is an error); the new socket is mode 0666, so that Postfix's
-    /// lmtp client (user postfix) can connect: restrict access with the
-    /// permissions of its directory.
-    pub async fn bind(spec: &str) -> io::Result<Self> {
-        if let Some(hp) = spec.strip_prefix("inet:") {
-            let (host, port) = hp.rsplit_once(':').ok_or_else(|| bad_spec(spec))?;
-            let port: u16 = port.parse().map_err(|_| bad_spec(spec))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            if host.is_empty() {
-                return Err(bad_spec(spec));
-            }
-            Ok(Self::Tcp(TcpListener::bind((host, port)).await?))
-        } else if let Some(path) = spec.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err(bad_spec(spec));
-            }
-            let path = PathBuf::from(path);
-            match std::fs::symlink_metadata(&path) {
-                Ok(m) => {
-                    use std::os::unix::fs::FileTypeExt;
-                    if m.file_type().is_socket() {
-                        std::fs::remove_file(&path)?;
-                    } else {
-                        return Err(io::Error::new(
-                            io::ErrorKind::AlreadyExists,
-                            format!("{} exists and is not a socket", path.display()),
-                        ));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            let listener = UnixListener::bind(&path)?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
-            Ok(Self::Unix { listener, path })
-        } else {
-            Err(bad_spec(spec))
-        }
-    }
-
-    /// The bound TCP address (None for a unix socket).
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            Self::Tcp(l) => l.local_addr().ok(),
-            Self::Unix { .. } => None,
-        }
+/// The delivery point is what Postfix delivers to.
+#[async_trait::async_trait]
+impl LmtpHandler for crate::roles::delivery::DeliveryPoint {
+    async fn deliver(&self, mail_from: &str, rcpts: &[String], message: Spooled) -> Vec<String> {
+        self.handle_spooled(mail_from, rcpts, message).await
     }
 }
 
-fn bad_spec(spec: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("LMTP listen address must be inet:HOST:PORT or unix:/PATH, not {spec:?}"),
-    )
+/// Bind the LMTP listener of `spec` (`inet:HOST:PORT` or `unix:/PATH`,
+/// see [`crate::listen`]). A unix socket is made mode 0666, so that
+/// Postfix's lmtp client (user postfix) can connect: restrict access with
+/// the permissions of its directory. The socket is removed when [`serve`]
+/// returns.
+pub async fn bind(spec: &str) -> io::Result<Listener> {
+    Listener::bind(spec, Some(0o666)).await
 }
 
 /// Settings of the LMTP server; [`ServerConfig::new`] gives the defaults.
@@ -181,7 +123,7 @@ impl ServerConfig {
 /// the module documentation. Returns when `shutdown` has completed and every
 /// connection has finished its transaction in progress.
 pub async fn serve(
-    listener: LmtpListener,
+    listener: Listener,
     handler: Arc<dyn LmtpHandler>,
     max_size: u64,
     shutdown: impl Future<Output = ()>,
@@ -191,7 +133,7 @@ pub async fn serve(
 
 /// [`serve`] with explicit settings.
 pub async fn serve_with(
-    listener: LmtpListener,
+    listener: Listener,
     handler: Arc<dyn LmtpHandler>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
@@ -231,8 +173,8 @@ pub async fn serve_with(
         }
     }
     // Stop listening first, then let the connections finish.
-    if let LmtpListener::Unix { path, .. } = &listener {
-        let _ = std::fs::remove_file(path);
+    if let Listener::Unix { path, .. } = &listener {
+        let _ = crate::listen::remove_socket(path);
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -255,9 +197,9 @@ struct Accepted {
     peer: String,
 }
 
-async fn accept(listener: &LmtpListener) -> io::Result<Accepted> {
+async fn accept(listener: &Listener) -> io::Result<Accepted> {
     match listener {
-        LmtpListener::Tcp(l) => {
+        Listener::Tcp(l) => {
             let (s, peer) = l.accept().await?;
             if let Err(e) = s.set_nodelay(true) {
                 tracing::debug!(error = %e, "TCP_NODELAY not set");
@@ -267,7 +209,7 @@ async fn accept(listener: &LmtpListener) -> io::Result<Accepted> {
                 peer: peer.to_string(),
             })
         }
-        LmtpListener::Unix { listener, path } => {
+        Listener::Unix { listener, path } => {
             let (s, _) = listener.accept().await?;
             Ok(Accepted {
                 io: Io::Unix(s),

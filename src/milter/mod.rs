@@ -7,27 +7,28 @@
 //! [`AccessPoint::process`] and turns the [`Outcome`] into milter actions.
 //!
 //! Sockets: TCP with `TCP_NODELAY`, or UNIX; replies are coalesced so that
-//! a batch of actions leaves in one write (see [`Batched`]).
+//! a batch of actions leaves in one write (see [`listener::Batched`]).
 
 use std::ffi::CString;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
 use chrono::Utc;
 use indymilter::{
-    Actions, Callbacks, Context, ContextActions, EomContext, Listener, MacroStage,
-    NegotiateContext, ProtoOpts, SetErrorReply, Status,
+    Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
+    ProtoOpts, SetErrorReply, Status,
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, UnixListener};
 
-use crate::roles::access::{AccessPoint, Outcome, Submission, is_inherited};
-use crate::pec::build::Original;
-use crate::roles::reception::{Inbound, ReceptionPoint};
+use crate::pec::facts::is_inherited;
+use crate::pec::mime::header_fields;
+use crate::roles::access::AccessPoint;
+use crate::roles::reception::ReceptionPoint;
+use crate::roles::{Inbound, Original, Outcome, Submission};
 use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
+
+pub mod listener;
+
+pub use listener::{Batched, MilterListener, serve};
 
 /// The roles the milter plays, chosen per message by how it arrived.
 pub struct Roles {
@@ -44,7 +45,6 @@ enum Mode {
     Access,
     Reception,
 }
-use crate::pec::mime::header_fields;
 
 /// The state of one SMTP session as the milter sees it.
 #[derive(Debug, Default)]
@@ -415,211 +415,4 @@ async fn rewrite(
         }
     }
     Ok(())
-}
-
-/// Where the milter listens.
-pub enum MilterListener {
-    Tcp(NoDelayListener),
-    Unix(UnixListener, std::path::PathBuf),
-}
-
-impl MilterListener {
-    /// `inet:HOST:PORT` or `unix:/PATH` (a stale socket file is replaced).
-    pub async fn bind(spec: &str) -> io::Result<MilterListener> {
-        if let Some(addr) = spec.strip_prefix("inet:") {
-            Ok(MilterListener::Tcp(NoDelayListener(
-                TcpListener::bind(addr).await?,
-            )))
-        } else if let Some(path) = spec.strip_prefix("unix:") {
-            let p = std::path::PathBuf::from(path);
-            if p.exists() {
-                std::fs::remove_file(&p)?;
-            }
-            Ok(MilterListener::Unix(UnixListener::bind(&p)?, p))
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("milter.listen {spec:?}: use inet:HOST:PORT or unix:/PATH"),
-            ))
-        }
-    }
-
-    pub fn local_description(&self) -> String {
-        match self {
-            MilterListener::Tcp(l) => {
-                l.0.local_addr()
-                    .map(|a| format!("inet:{a}"))
-                    .unwrap_or_else(|_| "inet:?".into())
-            }
-            MilterListener::Unix(_, p) => format!("unix:{}", p.display()),
-        }
-    }
-}
-
-/// A TCP listener whose connections have `TCP_NODELAY` set: libmilter's
-/// write-write-read pattern under Nagle costs ~40 ms a message.
-pub struct NoDelayListener(pub TcpListener);
-
-impl Listener for NoDelayListener {
-    type Io = Batched<tokio::net::TcpStream>;
-
-    fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<Self::Io>> {
-        self.0.poll_accept(cx).map_ok(|(s, _)| {
-            if let Err(e) = s.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-            }
-            Batched::new(s)
-        })
-    }
-}
-
-/// What a milter stream does after each read.
-pub trait AfterRead {
-    fn after_read(&self) {}
-}
-
-impl AfterRead for tokio::net::UnixStream {}
-
-impl AfterRead for tokio::net::TcpStream {
-    /// Re-arm `TCP_QUICKACK` (Linux clears it on its own): the MTA often
-    /// writes two small packets in a row without waiting for an answer
-    /// (the macros of a stage we skip, then the next command; header
-    /// fields and body chunks we do not answer), and with a delayed ACK
-    /// from us its second write would wait ~40 ms for it (Nagle).
-    fn after_read(&self) {
-        #[cfg(target_os = "linux")]
-        let _ = self.set_quickack(true);
-    }
-}
-
-/// Serve until `shutdown` completes.
-pub async fn serve(
-    listener: MilterListener,
-    ap: Arc<Roles>,
-    config: indymilter::Config,
-    shutdown: impl std::future::Future,
-) -> io::Result<()> {
-    let cbs = callbacks(ap);
-    match listener {
-        MilterListener::Tcp(l) => indymilter::run(l, cbs, config, shutdown).await,
-        MilterListener::Unix(l, path) => {
-            let r = indymilter::run(UnixBatched(l), cbs, config, shutdown).await;
-            let _ = std::fs::remove_file(path);
-            r
-        }
-    }
-}
-
-struct UnixBatched(UnixListener);
-
-impl Listener for UnixBatched {
-    type Io = Batched<tokio::net::UnixStream>;
-
-    fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<Self::Io>> {
-        self.0.poll_accept(cx).map_ok(|(s, _)| Batched::new(s))
-    }
-}
-
-/// A stream that coalesces writes: what the milter writes is buffered and
-/// sent when it next reads (the MTA's next command), on shutdown, or when
-/// the buffer passes 256 KiB. So the actions and the final reply of an
-/// end-of-message leave in one write instead of one packet each.
-pub struct Batched<S> {
-    inner: S,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-const BATCH_LIMIT: usize = 256 * 1024;
-
-impl<S> Batched<S> {
-    pub fn new(inner: S) -> Self {
-        Batched {
-            inner,
-            buf: Vec::new(),
-            pos: 0,
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> Batched<S> {
-    fn poll_drain(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        while self.pos < self.buf.len() {
-            let n = match Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.pos..]) {
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.pos += n;
-        }
-        self.buf.clear();
-        self.pos = 0;
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + AfterRead + Unpin> AsyncRead for Batched<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match this.poll_drain(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        }
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) {
-            this.inner.after_read();
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Batched<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.buf.len() >= BATCH_LIMIT {
-            match this.poll_drain(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        this.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
-    }
-
-    /// Deferred: the batch leaves on the next read (see the type's doc).
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match this.poll_drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_shutdown(cx),
-            other => other,
-        }
-    }
-}
-
-impl<S> Drop for Batched<S> {
-    fn drop(&mut self) {
-        if self.pos < self.buf.len() {
-            tracing::debug!(
-                bytes = self.buf.len() - self.pos,
-                "milter connection closed with unsent replies"
-            );
-        }
-    }
 }

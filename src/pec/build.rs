@@ -8,15 +8,16 @@
 //! when it is not 7-bit, see README "Design choices").
 
 use std::borrow::Cow;
+use std::io::Write;
 
 use chrono::{DateTime, Utc};
 
 use crate::crypto::{self, CryptoError, DigestAlg, SigningKey};
+use crate::pec::body::Body;
 use crate::pec::breve;
 use crate::pec::daticert::{DatiCert, Destinatario, rome_time};
 use crate::pec::kind::{Errore, Tipo, TipoDestinatario, TipoRicevuta};
 use crate::pec::mime::{self, base64_lines, canonicalize_crlf, header_fields, split_header_body};
-use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
 
 /// Errors while building a message.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +26,9 @@ pub enum BuildError {
     Sign(#[from] CryptoError),
     #[error("invalid input: {0}")]
     Input(String),
-    /// Reading the spooled original or writing the spooled output failed.
-    #[error("spool I/O: {0}")]
-    Spool(#[from] std::io::Error),
+    /// Reading the carried body or writing the output failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Who we are: the provider (gestore) that emits and signs.
@@ -396,25 +397,23 @@ pub fn build_ricevuta(
     emission: &Emission,
     signer: Signer<'_>,
 ) -> Result<BuiltMessage, BuildError> {
-    let out = SpoolWriter::raw(SpoolOptions::memory());
-    let m = build_ricevuta_spooled(provider, tx, ricevuta, emission, signer, out)?;
-    Ok(BuiltMessage {
-        headers: m.headers,
-        body: m.body.to_vec()?,
-    })
+    let mut body = Vec::new();
+    let headers = write_ricevuta(provider, tx, ricevuta, emission, signer, &mut body)?;
+    Ok(BuiltMessage { headers, body })
 }
 
-/// [`build_ricevuta`] with the body written to `out`: an avvenuta
+/// [`build_ricevuta`] with the body written to `out` (any `io::Write`: the
+/// daemon passes a spool file); returns the header fields. An avvenuta
 /// consegna completa of a 100 MB message carries it whole, streamed from
-/// `original` (which may be a mapped spool file) into a spool file.
-pub fn build_ricevuta_spooled(
+/// `original` (which may be a mapped spool file) into `out`.
+pub fn write_ricevuta<W: Write + ?Sized>(
     provider: &Provider,
     tx: &Transaction,
     ricevuta: &Ricevuta<'_>,
     emission: &Emission,
     signer: Signer<'_>,
-    out: SpoolWriter,
-) -> Result<SpooledMessage, BuildError> {
+    out: &mut W,
+) -> Result<Vec<String>, BuildError> {
     check_header_value("message id", &emission.message_id)?;
     check_header_value("sender", &tx.mittente)?;
     let time = emission.time;
@@ -471,10 +470,10 @@ pub fn build_ricevuta_spooled(
     let text = text_part(&receipt_text(ricevuta, tx, time));
     let daticert = daticert_part(&d);
     let seed = format!("{}/{}", emission.message_id, ricevuta.tipo());
-    let (ct, body) = signed_envelope_body(
+    let ct = signed_envelope_body(
         &seed,
         &[&text, &daticert],
-        postacert.as_deref().map(|eml| (&[][..], Src::Slice(eml))),
+        postacert.as_deref().map(|eml| (&[][..], eml)),
         &[],
         time,
         signer,
@@ -503,7 +502,7 @@ pub fn build_ricevuta_spooled(
     }
     headers.push("MIME-Version: 1.0\r\n".to_string());
     headers.push(ct);
-    Ok(SpooledMessage { headers, body })
+    Ok(headers)
 }
 
 /// The original with the Message-ID handling of PEC-RULES §1.6: its
@@ -582,105 +581,10 @@ fn raw_fields_to_strings(fields: Vec<&[u8]>) -> Vec<String> {
         .collect()
 }
 
-/// The original message as the access point holds it: its header block
-/// (every field with its CRLF, without the empty line) and its body (CRLF
-/// line ends), in memory or spooled to disk.
-#[derive(Debug, Clone, Default)]
-pub struct Original {
-    pub header: Vec<u8>,
-    pub body: Spooled,
-}
-
-impl Original {
-    /// Split a whole message (line ends made CRLF) into header and body, in
-    /// memory.
-    pub fn from_bytes(message: &[u8]) -> Original {
-        let canon = canonicalize_crlf(message);
-        let (head, body) = split_header_body(&canon);
-        Original {
-            header: head.to_vec(),
-            body: Spooled::from(body.to_vec()),
-        }
-    }
-
-    /// Size of the whole message (header, empty line, body).
-    pub fn len(&self) -> u64 {
-        self.header.len() as u64 + 2 + self.body.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// Header, empty line and body in order, in pieces (see
-    /// [`Spooled::for_each_chunk`]; blocking I/O for a body on disk).
-    pub fn for_each_chunk<E: From<std::io::Error>>(
-        &self,
-        mut f: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
-        f(&self.header)?;
-        f(b"\r\n")?;
-        self.body.for_each_chunk(f)
-    }
-
-    /// The whole message in memory.
-    pub fn to_vec(&self) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(usize::try_from(self.len()).unwrap_or(0));
-        self.for_each_chunk::<std::io::Error>(|c| {
-            out.extend_from_slice(c);
-            Ok(())
-        })?;
-        Ok(out)
-    }
-}
-
-/// A built message whose body may be on disk (the busta di trasporto of a
-/// large original): header fields, each with its CRLF, and the body.
-#[derive(Debug, Clone)]
-pub struct SpooledMessage {
-    pub headers: Vec<String>,
-    pub body: Spooled,
-}
-
-impl SpooledMessage {
-    /// The whole message (header fields, empty line, body) as one spooled
-    /// body: in memory while small, else a spool file of `opts` (the body
-    /// is copied there in pieces).
-    pub fn into_spooled(self, opts: SpoolOptions) -> std::io::Result<Spooled> {
-        let mut w = SpoolWriter::raw(opts);
-        for h in &self.headers {
-            w.write(h.as_bytes())?;
-        }
-        w.write(b"\r\n")?;
-        self.body.for_each_chunk::<std::io::Error>(|c| w.write(c))?;
-        w.finish()
-    }
-
-    /// The whole message in memory.
-    pub fn to_bytes(&self) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        for h in &self.headers {
-            out.extend_from_slice(h.as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body.to_vec()?);
-        Ok(out)
-    }
-}
-
-impl From<BuiltMessage> for SpooledMessage {
-    fn from(m: BuiltMessage) -> Self {
-        SpooledMessage {
-            headers: m.headers,
-            body: Spooled::from(m.body),
-        }
-    }
-}
-
 /// Build and sign the busta di trasporto (PEC-RULES §2.2) around
 /// `original`, the message as the holder submitted it, in memory. `tx.msgid`
 /// should be [`original_msgid`] of it. Same bytes as
-/// [`build_busta_trasporto_spooled`].
+/// [`write_busta_trasporto`].
 pub fn build_busta_trasporto(
     provider: &Provider,
     tx: &Transaction,
@@ -688,70 +592,18 @@ pub fn build_busta_trasporto(
     time: DateTime<Utc>,
     signer: Signer<'_>,
 ) -> Result<BuiltMessage, BuildError> {
-    let orig = Original::from_bytes(original);
-    let out = SpoolWriter::raw(SpoolOptions::memory());
-    let m = build_busta_trasporto_spooled(provider, tx, &orig, time, signer, out)?;
-    Ok(BuiltMessage {
-        headers: m.headers,
-        body: m.body.to_vec()?,
-    })
-}
-
-/// The body of the message attached as `postacert.eml`: a spooled body
-/// (read in pieces), or bytes in memory.
-#[derive(Clone, Copy)]
-enum Src<'a> {
-    Spooled(&'a Spooled),
-    Slice(&'a [u8]),
-}
-
-impl Src<'_> {
-    fn len(self) -> u64 {
-        match self {
-            Src::Spooled(s) => s.len(),
-            Src::Slice(b) => b.len() as u64,
-        }
-    }
-
-    fn is_empty(self) -> bool {
-        self.len() == 0
-    }
-
-    fn ends_with(self, suffix: &[u8]) -> Result<bool, BuildError> {
-        match self {
-            Src::Spooled(s) => Ok(s.ends_with(suffix)?),
-            Src::Slice(b) => Ok(b.ends_with(suffix)),
-        }
-    }
-
-    /// As [`Spooled::for_range`].
-    fn for_range<E: From<std::io::Error>>(
-        self,
-        start: u64,
-        end: u64,
-        f: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
-        match self {
-            Src::Spooled(s) => s.for_range(start, end, f),
-            Src::Slice(b) => {
-                let end = usize::try_from(end).unwrap_or(usize::MAX).min(b.len());
-                let start = usize::try_from(start).unwrap_or(usize::MAX);
-                // in pieces, as from a spool file: callers keep a window
-                // per piece (body_contains copies the one it looks at)
-                match b.get(start..end) {
-                    Some(range) => range.chunks(crate::spool::CHUNK).try_for_each(f),
-                    None => Ok(()),
-                }
-            }
-        }
-    }
+    let canon = canonicalize_crlf(original);
+    let (header, body) = split_header_body(&canon);
+    let mut out = Vec::new();
+    let headers = write_busta_trasporto(provider, tx, header, body, time, signer, &mut out)?;
+    Ok(BuiltMessage { headers, body: out })
 }
 
 /// Where the `postacert.eml` part ends: the original's rewritten header
 /// (with the empty line) and how much of the body it carries, the final
 /// CRLF of the original being dropped (it becomes the CRLF before the next
 /// boundary).
-fn eml_extent(eml_head: &[u8], body: Src<'_>) -> Result<(usize, u64), BuildError> {
+fn eml_extent<B: Body + ?Sized>(eml_head: &[u8], body: &B) -> Result<(usize, u64), BuildError> {
     if body.is_empty() {
         return Ok((eml_head.len().saturating_sub(2), 0));
     }
@@ -808,8 +660,15 @@ impl TeScan {
 
 /// Which of `needles` occur in `body[..end]` (one pass; matches across
 /// the pieces are found).
-fn body_contains(body: Src<'_>, end: u64, needles: &[Vec<u8>]) -> Result<Vec<bool>, BuildError> {
+fn body_contains<B: Body + ?Sized>(
+    body: Option<&B>,
+    end: u64,
+    needles: &[Vec<u8>],
+) -> Result<Vec<bool>, BuildError> {
     let mut found = vec![false; needles.len()];
+    let Some(body) = body else {
+        return Ok(found);
+    };
     let keep = needles
         .iter()
         .map(Vec::len)
@@ -867,10 +726,10 @@ fn boundary_text(seed: &str, level: u8, n: u32) -> String {
 /// level 2: multipart/mixed), the same as [`boundary`] chooses: the first
 /// candidate of each level whose delimiter occurs in none of `small` nor in
 /// `body[..end]`.
-fn envelope_boundaries(
+fn envelope_boundaries<B: Body + ?Sized>(
     seed: &str,
     small: &[&[u8]],
-    body: Src<'_>,
+    body: Option<&B>,
     end: u64,
 ) -> Result<(String, String), BuildError> {
     let mut n = [0u32; 2];
@@ -911,35 +770,37 @@ fn envelope_boundaries(
 }
 
 /// Writes the output and hashes what belongs to the signed entity.
-struct Sink<'a> {
-    out: SpoolWriter,
+struct Sink<'a, W: Write + ?Sized> {
+    out: &'a mut W,
     hasher: &'a mut crypto::ContentHasher,
 }
 
-impl Sink<'_> {
+impl<W: Write + ?Sized> Sink<'_, W> {
     fn signed(&mut self, data: &[u8]) -> Result<(), BuildError> {
         self.hasher.update(data)?;
-        self.out.write(data)?;
+        self.out.write_all(data)?;
         Ok(())
     }
 }
 
-/// [`build_busta_trasporto`] with the original's body read in pieces
-/// (memory or spool file) and the envelope's body written to `out`: the
-/// original is read three times (encoding and boundary checks, then hashing
-/// and copying) and never held whole in memory. Blocking I/O for bodies on
-/// disk: call it off the async workers.
-pub fn build_busta_trasporto_spooled(
+/// [`build_busta_trasporto`] of an original held as its header block
+/// (without the empty line) and a body read in pieces (memory or spool
+/// file), the envelope's body written to `out`; returns the header fields.
+/// The original is read three times (encoding and boundary checks, then
+/// hashing and copying) and never held whole in memory. Blocking I/O for
+/// bodies on disk: call it off the async workers.
+pub fn write_busta_trasporto<B: Body + ?Sized, W: Write + ?Sized>(
     provider: &Provider,
     tx: &Transaction,
-    original: &Original,
+    header: &[u8],
+    body: &B,
     time: DateTime<Utc>,
     signer: Signer<'_>,
-    out: SpoolWriter,
-) -> Result<SpooledMessage, BuildError> {
+    out: &mut W,
+) -> Result<Vec<String>, BuildError> {
     check_header_value("identificativo", &tx.identificativo)?;
     check_header_value("sender", &tx.mittente)?;
-    let header = canonicalize_crlf(&original.header);
+    let header = canonicalize_crlf(header);
     let mut head_msg = header.to_vec();
     head_msg.extend_from_slice(b"\r\n");
     let eml_head = rewrite_original(&head_msg, &tx.identificativo);
@@ -957,10 +818,10 @@ pub fn build_busta_trasporto_spooled(
             .collect::<String>(),
         tx.identificativo
     );
-    let (ct, body) = signed_envelope_body(
+    let ct = signed_envelope_body(
         &tx.identificativo,
         &[&text_part(&text)],
-        Some((&eml_head, Src::Spooled(&original.body))),
+        Some((&eml_head, body)),
         &[&daticert_part(&d)],
         time,
         signer,
@@ -987,7 +848,7 @@ pub fn build_busta_trasporto_spooled(
     headers.push(format!("X-TipoRicevuta: {}\r\n", tx.ricevuta));
     headers.push("MIME-Version: 1.0\r\n".to_string());
     headers.push(ct);
-    Ok(SpooledMessage { headers, body })
+    Ok(headers)
 }
 
 /// The body of a signed PEC message (busta di trasporto, busta di
@@ -995,28 +856,26 @@ pub fn build_busta_trasporto_spooled(
 /// `multipart/mixed` of the parts `before`, the attached message as
 /// `postacert.eml` when there is one (`eml`: its header block with the
 /// empty line, then its body) and the parts `after`; then the CMS
-/// signature of that entity. Returns the `Content-Type` header field and
-/// the body.
-fn signed_envelope_body(
+/// signature of that entity. Returns the `Content-Type` header field.
+fn signed_envelope_body<B: Body + ?Sized, W: Write + ?Sized>(
     seed: &str,
     before: &[&[u8]],
-    eml: Option<(&[u8], Src<'_>)>,
+    eml: Option<(&[u8], &B)>,
     after: &[&[u8]],
     time: DateTime<Utc>,
     signer: Signer<'_>,
-    out: SpoolWriter,
-) -> Result<(String, Spooled), BuildError> {
-    let empty = Src::Slice(&[]);
+    out: &mut W,
+) -> Result<String, BuildError> {
     let (eml_head, body, body_end) = match eml {
         Some((head, body)) => {
             let (head_len, body_end) = eml_extent(head, body)?;
-            (&head[..head_len], body, body_end)
+            (&head[..head_len], Some(body), body_end)
         }
-        None => (&[][..], empty, 0),
+        None => (&[][..], None, 0),
     };
     let mut cte = "7bit";
     let mut msg_head = String::new();
-    if eml.is_some() {
+    if let Some(body) = body {
         let mut te = TeScan::default();
         te.feed(eml_head);
         body.for_range::<BuildError>(0, body_end, |c| {
@@ -1035,11 +894,11 @@ fn signed_envelope_body(
 
     let mut hasher = crypto::ContentHasher::new(signer.digest)?;
     let mut sink = Sink {
-        out,
+        out: &mut *out,
         hasher: &mut hasher,
     };
     sink.out
-        .write(format!("This is an S/MIME signed message\r\n\r\n--{b1}\r\n").as_bytes())?;
+        .write_all(format!("This is an S/MIME signed message\r\n\r\n--{b1}\r\n").as_bytes())?;
     let mut entity_head = format!("Content-Type: multipart/mixed; boundary=\"{b2}\"\r\n");
     if cte != "7bit" {
         entity_head.push_str(&format!("Content-Transfer-Encoding: {cte}\r\n"));
@@ -1051,7 +910,7 @@ fn signed_envelope_body(
         sink.signed(sep.as_bytes())?;
         sink.signed(p)?;
     }
-    if eml.is_some() {
+    if let Some(body) = body {
         sink.signed(sep.as_bytes())?;
         sink.signed(msg_head.as_bytes())?;
         sink.signed(eml_head)?;
@@ -1062,20 +921,19 @@ fn signed_envelope_body(
         sink.signed(p)?;
     }
     sink.signed(format!("\r\n--{b2}--\r\n").as_bytes())?;
-    let Sink { mut out, .. } = sink;
+    drop(sink);
 
     let digest = hasher.finish()?;
     let p7s = crypto::cms_sign::sign_detached(signer.key, signer.digest, &digest, time.into())?;
-    out.write(format!("\r\n--{b1}\r\nContent-Type: application/x-pkcs7-signature; name=\"smime.p7s\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n").as_bytes())?;
-    out.write(base64_lines(&p7s).as_bytes())?;
-    out.write(format!("--{b1}--\r\n").as_bytes())?;
-    let body = out.finish()?;
+    out.write_all(format!("\r\n--{b1}\r\nContent-Type: application/x-pkcs7-signature; name=\"smime.p7s\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n").as_bytes())?;
+    out.write_all(base64_lines(&p7s).as_bytes())?;
+    out.write_all(format!("--{b1}--\r\n").as_bytes())?;
 
     let ct = format!(
         "Content-Type: multipart/signed; protocol=\"application/x-pkcs7-signature\";\r\n micalg=\"{}\"; boundary=\"{b1}\"\r\n",
         signer.digest.micalg()
     );
-    Ok((ct, body))
+    Ok(ct)
 }
 
 fn from_per_conto_di(sender: &str, provider: &Provider) -> String {
@@ -1110,7 +968,7 @@ pub struct Anomalia {
 /// Build and sign the busta di anomalia (PEC-RULES §2.3) around
 /// `received`, in memory. No daticert.xml; the received message is
 /// attached whole as `postacert.eml`. Same bytes as
-/// [`build_busta_anomalia_spooled`].
+/// [`write_busta_anomalia`].
 pub fn build_busta_anomalia(
     provider: &Provider,
     anomalia: &Anomalia,
@@ -1118,29 +976,30 @@ pub fn build_busta_anomalia(
     emission: &Emission,
     signer: Signer<'_>,
 ) -> Result<BuiltMessage, BuildError> {
-    let orig = Original::from_bytes(received);
-    let out = SpoolWriter::raw(SpoolOptions::memory());
-    let m = build_busta_anomalia_spooled(provider, anomalia, &orig, emission, signer, out)?;
-    Ok(BuiltMessage {
-        headers: m.headers,
-        body: m.body.to_vec()?,
-    })
+    let canon = canonicalize_crlf(received);
+    let (header, body) = split_header_body(&canon);
+    let mut out = Vec::new();
+    let headers =
+        write_busta_anomalia(provider, anomalia, header, body, emission, signer, &mut out)?;
+    Ok(BuiltMessage { headers, body: out })
 }
 
-/// [`build_busta_anomalia`] of a received message held as header and
-/// spooled body, its body streamed into `out` (as
-/// [`build_busta_trasporto_spooled`]; blocking I/O for bodies on disk).
-pub fn build_busta_anomalia_spooled(
+/// [`build_busta_anomalia`] of a received message held as header block and
+/// body, the envelope's body streamed into `out` (as
+/// [`write_busta_trasporto`]; blocking I/O for bodies on disk); returns the
+/// header fields.
+pub fn write_busta_anomalia<B: Body + ?Sized, W: Write + ?Sized>(
     provider: &Provider,
     anomalia: &Anomalia,
-    received: &Original,
+    header: &[u8],
+    body: &B,
     emission: &Emission,
     signer: Signer<'_>,
-    out: SpoolWriter,
-) -> Result<SpooledMessage, BuildError> {
+    out: &mut W,
+) -> Result<Vec<String>, BuildError> {
     check_header_value("sender", &anomalia.mittente)?;
     let time = emission.time;
-    let mut head_msg = canonicalize_crlf(&received.header).into_owned();
+    let mut head_msg = canonicalize_crlf(header).into_owned();
     head_msg.extend_from_slice(b"\r\n");
     let text = format!(
         "Anomalia nel messaggio\n\n{} è stato ricevuto\nil messaggio \"{}\" proveniente da \"{}\".\nI dati non sono stati certificati per il seguente errore:\n{}\nIl messaggio originale è incluso in allegato.\n",
@@ -1150,10 +1009,10 @@ pub fn build_busta_anomalia_spooled(
         anomalia.errore
     );
     let seed = format!("{}/anomalia", emission.message_id);
-    let (ct, body) = signed_envelope_body(
+    let ct = signed_envelope_body(
         &seed,
         &[&text_part(&text)],
-        Some((&head_msg, Src::Spooled(&received.body))),
+        Some((&head_msg, body)),
         &[],
         time,
         signer,
@@ -1181,7 +1040,7 @@ pub fn build_busta_anomalia_spooled(
     }
     headers.push("MIME-Version: 1.0\r\n".to_string());
     headers.push(ct);
-    Ok(SpooledMessage { headers, body })
+    Ok(headers)
 }
 
 #[cfg(test)]
@@ -1204,27 +1063,17 @@ mod tests {
         let seed = "id@x";
         let first2 = boundary_text(seed, 2, 0);
         let first1 = boundary_text(seed, 1, 0);
-        // The level-2 candidate straddles two of the spool's read pieces.
+        // The level-2 candidate straddles two of the body's read pieces.
         let body = format!(
             "{}\r\n--{first2}\r\nmore",
-            "x".repeat(crate::spool::CHUNK - 12)
+            "x".repeat(crate::pec::body::CHUNK - 12)
         );
-        let mut w = SpoolWriter::raw(SpoolOptions {
-            dir: std::env::temp_dir(),
-            memory_limit: 0,
-        });
-        for piece in body.as_bytes().chunks(7) {
-            w.write(piece).expect("spool");
-        }
-        let spooled = w.finish().expect("finish");
-        let (b1, b2) =
-            envelope_boundaries(seed, &[b"small"], Src::Spooled(&spooled), spooled.len())
-                .expect("boundaries");
+        let (b1, b2) = envelope_boundaries(seed, &[b"small"], Some(body.as_bytes()), u64::MAX)
+            .expect("boundaries");
         assert_eq!(b1, first1);
         assert_eq!(b2, boundary_text(seed, 2, 1));
-        // the same choice over the bytes in memory
-        let mem = envelope_boundaries(seed, &[b"small"], Src::Slice(body.as_bytes()), u64::MAX)
-            .expect("boundaries");
-        assert_eq!(mem, (b1, b2));
+        // the same choice with no body at all: the first candidates
+        let none = envelope_boundaries::<[u8]>(seed, &[b"small"], None, 0).expect("boundaries");
+        assert_eq!(none, (first1, first2));
     }
 }

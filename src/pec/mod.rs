@@ -1,9 +1,11 @@
 //! The PEC wire format (PEC-RULES §1 to §6), as pure functions over bytes
 //! and facts: time, identifiers and keys come in as arguments.
 
+pub mod body;
 pub mod breve;
 pub mod build;
 pub mod daticert;
+pub mod facts;
 pub mod inspect;
 pub mod kind;
 pub mod mime;

@@ -15,136 +15,19 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::config::{Config, HolderClass, HoldersConfig};
-use crate::crypto::{self, DigestAlg, SigningKey};
+use crate::config::{HolderClass, HoldersConfig};
+use crate::crypto::{DigestAlg, SigningKey};
 use crate::pec::build::{
-    BuildError, Emission, Original, Provider, Ricevuta, Signer, SpooledMessage, Transaction,
-    build_busta_trasporto_spooled, build_ricevuta,
+    BuildError, Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta,
+    write_busta_trasporto,
 };
-use crate::pec::mime::{self, header_fields, split_header_body};
-use crate::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
+use crate::pec::facts::{Facts, strip_markers};
+use crate::roles::message::{Original, Outcome, SpooledMessage, Submission};
+use crate::roles::ports::{DirectoryError, InjectError, Injector, RecipientDirectory, ScanError};
+use crate::roles::ports::{Scanner, Verdict};
+use crate::rt::off_worker_unless;
 use crate::spool::{SpoolOptions, SpoolWriter};
 use crate::state::{Claim, EnvelopeRecord, RecipientState, RecipientStatus, StateStore};
-
-/// Header fields only a provider may write: removed from what a holder
-/// submits, so a holder can never forge a receipt (PEC-RULES §2.12).
-pub const PEC_MARKER_HEADERS: &[&str] = &[
-    "X-Trasporto",
-    "X-Ricevuta",
-    "X-VerificaSicurezza",
-    "X-Riferimento-Message-ID",
-    "X-Mittente",
-];
-
-/// The antivirus verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Clean,
-    Infected(String),
-}
-
-/// Scans a message. An error means "cannot tell": the MTA retries later.
-#[async_trait::async_trait]
-pub trait Scanner: Send + Sync {
-    async fn scan(&self, message: &[u8]) -> Result<Verdict, String>;
-
-    /// Scan a message whose body may be on disk. The default reads it
-    /// into memory and calls [`scan`](Self::scan); a real scanner streams
-    /// it (clamd INSTREAM).
-    async fn scan_original(&self, message: &Original) -> Result<Verdict, String> {
-        let bytes = message
-            .to_vec()
-            .map_err(|e| format!("reading the spooled message: {e}"))?;
-        self.scan(&bytes).await
-    }
-}
-
-/// Injects a generated message back into the MTA (byte-exact).
-#[async_trait::async_trait]
-pub trait Injector: Send + Sync {
-    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), String>;
-}
-
-/// Tells `certificato` from `esterno` recipients. An error means the
-/// answer is unknown now (never guess "esterno").
-pub trait RecipientDirectory: Send + Sync {
-    fn tipo(&self, address: &str) -> Result<TipoDestinatario, String>;
-}
-
-/// A fixed list of certified domains from the configuration (until the
-/// providers' index fills this in).
-#[derive(Debug, Clone)]
-pub struct StaticDirectory {
-    domains: Vec<String>,
-}
-
-impl StaticDirectory {
-    pub fn new(domains: &[String]) -> Self {
-        StaticDirectory {
-            domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-        }
-    }
-}
-
-impl RecipientDirectory for StaticDirectory {
-    fn tipo(&self, address: &str) -> Result<TipoDestinatario, String> {
-        let domain = address
-            .rsplit_once('@')
-            .map(|(_, d)| d.to_ascii_lowercase())
-            .unwrap_or_default();
-        Ok(if self.domains.contains(&domain) {
-            TipoDestinatario::Certificato
-        } else {
-            TipoDestinatario::Esterno
-        })
-    }
-}
-
-/// One submission as the MTA hands it over at end of message.
-#[derive(Debug, Clone)]
-pub struct Submission {
-    /// MTA queue id, for logs.
-    pub queue_id: Option<String>,
-    /// `{auth_authen}`: the authenticated holder.
-    pub auth_user: String,
-    /// SMTP reverse path, without angle brackets.
-    pub mail_from: String,
-    /// SMTP forward paths, without angle brackets.
-    pub rcpts: Vec<String>,
-    /// The message as submitted: header fields and body (CRLF), the body
-    /// in memory or spooled to disk.
-    pub message: Original,
-}
-
-/// What the MTA must do with the submission.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Replace the message by a built one (busta di trasporto or busta
-    /// di anomalia): delete the header fields of the original that it does
-    /// not inherit (see [`is_inherited`]; `keep_message_id` for the
-    /// anomaly envelope), add its own ones (`message.headers[inherited..]`),
-    /// replace the body. Recipients unchanged.
-    Rewrite {
-        pec_id: String,
-        /// The envelope; its body may be a spool file (a large original).
-        message: SpooledMessage,
-        /// How many of `message.headers` were copied from the original.
-        inherited: usize,
-        keep_message_id: bool,
-    },
-    /// Deliver the message as it is.
-    Deliver { note: String },
-    /// Not sent: a non-acceptance notice went to the holder.
-    Discard { pec_id: String, reason: String },
-    /// Refuse at SMTP level (5xx).
-    Reject {
-        code: u16,
-        xcode: String,
-        text: String,
-    },
-    /// Cannot decide now (a dependency failed): 4xx, the client retries.
-    Tempfail { reason: String },
-}
 
 /// Everything the access point needs.
 pub struct AccessPoint {
@@ -170,13 +53,13 @@ enum Temp {
     #[error("state store: {0}")]
     State(#[from] crate::state::StateError),
     #[error("antivirus: {0}")]
-    Scan(String),
+    Scan(#[from] ScanError),
     #[error("reinjection: {0}")]
-    Inject(String),
+    Inject(#[from] InjectError),
     #[error("signing: {0}")]
     Build(#[from] BuildError),
     #[error("recipient directory: {0}")]
-    Directory(String),
+    Directory(#[from] DirectoryError),
     #[error("quarantine: {0}")]
     Quarantine(String),
     #[error("spool: {0}")]
@@ -184,37 +67,6 @@ enum Temp {
 }
 
 impl AccessPoint {
-    /// Build an access point from the configuration and its dependencies.
-    #[allow(clippy::too_many_arguments)]
-    pub fn from_config(
-        cfg: &Config,
-        key: Arc<dyn SigningKey>,
-        state: Arc<dyn StateStore>,
-        scanner: Option<Arc<dyn Scanner>>,
-        injector: Arc<dyn Injector>,
-        directory: Arc<dyn RecipientDirectory>,
-    ) -> AccessPoint {
-        AccessPoint {
-            provider: Provider {
-                name: cfg.provider.name.clone(),
-                domain: cfg.provider.domain.clone(),
-            },
-            domains: cfg.provider.domains.clone(),
-            key,
-            digest: cfg.provider.digest,
-            state,
-            scanner,
-            injector,
-            directory,
-            holders: cfg.holders.clone(),
-            max_recipients: cfg.limits.max_recipients,
-            max_product: cfg.limits.max_product,
-            quarantine_dir: cfg.quarantine.dir.clone(),
-            retention_secs: cfg.state.retention.as_secs(),
-            spool: cfg.spool.options(),
-        }
-    }
-
     /// Is this sender one of our holders (the access point applies)?
     pub fn serves(&self, address: &str) -> bool {
         address
@@ -266,20 +118,22 @@ impl AccessPoint {
                 text: "PEC: a holder cannot submit with an empty sender".into(),
             });
         }
-        let (cleaned_head, removed) = strip_marker_headers(&head_message(&sub.message.header));
-        let cleaned = Original {
-            header: split_header_body(&cleaned_head).0.to_vec(),
-            body: sub.message.body.clone(),
-        };
-        if !removed.is_empty() {
+        // The header is read once: every fact below comes from this pass.
+        let facts = Facts::read(&sub.message.header);
+        let cleaned = if facts.markers.is_empty() {
+            sub.message.clone()
+        } else {
             tracing::warn!(
                 queue_id = sub.queue_id.as_deref().unwrap_or("-"),
                 sender = %sub.mail_from,
-                headers = ?removed,
+                headers = ?facts.markers,
                 "holder wrote PEC marker header fields: removed"
             );
-        }
-        let facts = Facts::read(&cleaned_head, &sub.mail_from);
+            Original {
+                header: strip_markers(&sub.message.header),
+                body: sub.message.body.clone(),
+            }
+        };
 
         // One transaction, one identity: an MTA retry of the same
         // submission finds the claim and reuses its PEC id and time.
@@ -309,25 +163,7 @@ impl AccessPoint {
             }
         };
 
-        let mut destinatari = Vec::with_capacity(facts.to_cc.len());
-        for a in &facts.to_cc {
-            destinatari.push(Destinatario {
-                address: a.clone(),
-                tipo: self.directory.tipo(a).map_err(Temp::Directory)?,
-            });
-        }
-        let tx = Transaction {
-            identificativo: pec_id.clone(),
-            mittente: sub.mail_from.clone(),
-            destinatari,
-            risposte: facts
-                .reply_to
-                .clone()
-                .unwrap_or_else(|| sub.mail_from.clone()),
-            oggetto: facts.subject.clone(),
-            msgid: facts.msgid.clone(),
-            ricevuta: facts.ricevuta,
-        };
+        let tx = facts.transaction(pec_id.clone(), &sub.mail_from, |a| self.directory.tipo(a))?;
 
         // Formal checks and sender policy (PEC-RULES §7.4, §11).
         if let Some(reason) = self.formal_problem(sub, &facts) {
@@ -359,10 +195,7 @@ impl AccessPoint {
 
         // Antivirus on what the holder submitted.
         if let Some(scanner) = &self.scanner
-            && let Verdict::Infected(virus) = scanner
-                .scan_original(&sub.message)
-                .await
-                .map_err(Temp::Scan)?
+            && let Verdict::Infected(virus) = scanner.scan_original(&sub.message).await?
         {
             self.quarantine(&pec_id, &sub.message).await?;
             self.notify(
@@ -386,22 +219,31 @@ impl AccessPoint {
         // workers; a small one costs about one signature, like the receipt.
         let envelope = {
             let (provider, tx, cleaned) = (self.provider.clone(), tx.clone(), cleaned.clone());
-            let (key, digest, out) = (
-                Arc::clone(&self.key),
-                self.digest,
-                SpoolWriter::raw(self.spool.clone()),
-            );
+            let (key, digest, spool) = (Arc::clone(&self.key), self.digest, self.spool.clone());
             off_worker_unless(small, move || {
                 let signer = Signer {
                     key: key.as_ref(),
                     digest,
                 };
-                build_busta_trasporto_spooled(&provider, &tx, &cleaned, time, signer, out)
+                let mut out = SpoolWriter::raw(spool);
+                let headers = write_busta_trasporto(
+                    &provider,
+                    &tx,
+                    &cleaned.header,
+                    &cleaned.body,
+                    time,
+                    signer,
+                    &mut out,
+                )?;
+                Ok::<_, BuildError>(SpooledMessage {
+                    headers,
+                    body: out.finish()?,
+                })
             })
             .await
             .map_err(|e| Temp::Spool(format!("envelope task failed: {e}")))??
         };
-        let inherited = inherited_count(&cleaned_head, false);
+        let inherited = facts.inherited;
         let record = EnvelopeRecord {
             pec_id: pec_id.clone(),
             original_msgid: tx.msgid.clone(),
@@ -413,7 +255,7 @@ impl AccessPoint {
                 .map(|r| {
                     Ok(RecipientState {
                         address: r.clone(),
-                        tipo: self.directory.tipo(r).map_err(Temp::Directory)?,
+                        tipo: self.directory.tipo(r)?,
                         status: RecipientStatus::Sent,
                         updated_at: time.timestamp(),
                     })
@@ -488,8 +330,7 @@ impl AccessPoint {
                 std::slice::from_ref(&tx.mittente),
                 &msg.to_bytes(),
             )
-            .await
-            .map_err(Temp::Inject)?;
+            .await?;
         tracing::info!(pec_id = %tx.identificativo, kind = %ricevuta.tipo(), to = %tx.mittente, message_id = %emission.message_id, "receipt injected");
         Ok(true)
     }
@@ -561,106 +402,11 @@ impl AccessPoint {
 
     /// Keep an infected original (the rules ask for 30 months).
     async fn quarantine(&self, pec_id: &str, message: &Original) -> Result<(), Temp> {
-        crate::keep::keep_original(&self.quarantine_dir, pec_id, message)
+        crate::keep::keep_original(&self.quarantine_dir, pec_id, &message.header, &message.body)
             .await
             .map(|_| ())
-            .map_err(Temp::Quarantine)
+            .map_err(|e| Temp::Quarantine(e.to_string()))
     }
-}
-
-/// What the access point reads from the original's header fields.
-#[derive(Debug, Clone, Default)]
-struct Facts {
-    from: Option<String>,
-    to: Vec<String>,
-    to_cc: Vec<String>,
-    bcc_used: bool,
-    reply_to: Option<String>,
-    subject: String,
-    msgid: Option<String>,
-    ricevuta: TipoRicevuta,
-}
-
-impl Facts {
-    fn read(message: &[u8], _mail_from: &str) -> Facts {
-        let (head, _) = split_header_body(message);
-        let fields = header_fields(head);
-        let mut f = Facts::default();
-        let mut from_count = 0;
-        for h in &fields {
-            let v = h.unfolded();
-            if h.is("From") {
-                from_count += 1;
-                f.from = mime::addr_spec(&v);
-            } else if h.is("To") {
-                let l = mime::addr_list(&v);
-                f.to.extend(l.iter().cloned());
-                f.to_cc.extend(l);
-            } else if h.is("Cc") {
-                f.to_cc.extend(mime::addr_list(&v));
-            } else if h.is("Bcc") {
-                if !v.trim().is_empty() {
-                    f.bcc_used = true;
-                }
-            } else if h.is("Reply-To") {
-                f.reply_to = mime::addr_spec(&v);
-            } else if h.is("Subject") {
-                f.subject = mime::decode_words(&v);
-            } else if h.is("Message-ID") && f.msgid.is_none() && !v.is_empty() {
-                f.msgid = Some(if v.starts_with('<') {
-                    v
-                } else {
-                    format!("<{v}>")
-                });
-            } else if h.is("X-TipoRicevuta") {
-                f.ricevuta = v.parse().unwrap_or_default();
-            }
-        }
-        if from_count > 1 {
-            f.from = None;
-        }
-        f
-    }
-}
-
-/// Remove the PEC marker header fields a holder may have written. Returns
-/// the cleaned message and the names removed.
-pub fn strip_marker_headers(message: &[u8]) -> (Vec<u8>, Vec<String>) {
-    let (head, body) = split_header_body(message);
-    let fields = header_fields(head);
-    let mut removed = Vec::new();
-    let mut out = Vec::with_capacity(message.len());
-    for f in &fields {
-        if PEC_MARKER_HEADERS.iter().any(|m| f.is(m)) {
-            removed.push(f.name.to_string());
-        } else {
-            out.extend_from_slice(f.raw);
-            if !f.raw.ends_with(b"\n") {
-                out.extend_from_slice(b"\r\n");
-            }
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    (out, removed)
-}
-
-/// Is this an original header field an envelope keeps (PEC-RULES §1.5;
-/// the busta di anomalia also keeps the Message-ID, §2.3)?
-pub fn is_inherited(name: &str, keep_message_id: bool) -> bool {
-    ["Received", "Return-Path", "To", "Cc", "Reply-To"]
-        .iter()
-        .any(|n| n.eq_ignore_ascii_case(name))
-        || (keep_message_id && name.eq_ignore_ascii_case("Message-ID"))
-}
-
-/// How many header fields of `message` an envelope built around it copies.
-pub fn inherited_count(message: &[u8], keep_message_id: bool) -> usize {
-    let (head, _) = split_header_body(message);
-    header_fields(head)
-        .iter()
-        .filter(|f| is_inherited(f.name, keep_message_id))
-        .count()
 }
 
 /// Messages up to this size are digested and enveloped on the async
@@ -672,19 +418,6 @@ const INLINE_LIMIT: u64 = 64 * 1024;
 /// held in memory (no file I/O).
 fn is_small(sub: &Submission) -> bool {
     !sub.message.body.is_on_disk() && sub.message.len() <= INLINE_LIMIT
-}
-
-/// Run `f` here when `inline`, else on the blocking pool.
-async fn off_worker_unless<T, F>(inline: bool, f: F) -> Result<T, tokio::task::JoinError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    if inline {
-        Ok(f())
-    } else {
-        tokio::task::spawn_blocking(f).await
-    }
 }
 
 /// The idempotency key of a submission: who, to whom, and the exact bytes
@@ -705,16 +438,7 @@ pub fn submission_key(sub: &Submission) -> std::io::Result<String> {
         h.update(c);
         Ok(())
     })?;
-    Ok(crypto::verify::hex_lower(&h.finish()))
-}
-
-/// A header block as a message with an empty body, for the helpers that
-/// take a whole message.
-fn head_message(header: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(header.len() + 2);
-    m.extend_from_slice(header);
-    m.extend_from_slice(b"\r\n");
-    m
+    Ok(hex::encode(&h.finish()))
 }
 
 /// A new PEC msgid: `pec.<UTC time>.<64 random bits>@<provider domain>`.
@@ -726,24 +450,13 @@ pub fn new_pec_id(domain: &str, now: DateTime<Utc>) -> String {
         rnd[..4].copy_from_slice(&n);
         rnd[4..].copy_from_slice(&std::process::id().to_be_bytes());
     }
-    let hex = crypto::verify::hex_lower(&rnd);
+    let hex = hex::encode(&rnd);
     format!("pec.{}.{hex}@{domain}", now.format("%Y%m%d%H%M%S"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn marker_headers_are_removed_and_the_rest_kept() {
-        let m = b"From: a@x\r\nX-Ricevuta: accettazione\r\nx-trasporto: errore\r\n\tfolded\r\nSubject: s\r\n\r\nbody\r\n";
-        let (out, removed) = strip_marker_headers(m);
-        assert_eq!(out, b"From: a@x\r\nSubject: s\r\n\r\nbody\r\n".to_vec());
-        assert_eq!(
-            removed,
-            vec!["X-Ricevuta".to_string(), "x-trasporto".to_string()]
-        );
-    }
 
     #[test]
     fn pec_ids_are_unique_and_in_our_domain() {
@@ -781,6 +494,6 @@ mod tests {
         assert_eq!(submission_key(&on_disk).expect("key"), key(vec!["b@y"]));
         let mut whole = openssl::sha::Sha256::new();
         whole.update(b"u\0a@x\0b@y\0Subject: m\r\n\r\nbody\r\n");
-        assert_eq!(key(vec!["b@y"]), crypto::verify::hex_lower(&whole.finish()));
+        assert_eq!(key(vec!["b@y"]), hex::encode(&whole.finish()));
     }
 }

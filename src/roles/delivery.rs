@@ -29,19 +29,30 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::roles::access::Injector;
-use crate::crypto::verify::hex_lower as hex;
-use crate::crypto::{self, DigestAlg, SigningKey};
-use crate::lmtp::server::LmtpHandler;
-use crate::lmtp::{MailboxStore, RcptOutcome};
+use hex::encode as hex;
+
+use crate::crypto::{self, CryptoError, DigestAlg, SigningKey};
 use crate::pec::build::{
-    Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta_spooled, receipt_variant,
+    Emission, Provider, Ricevuta, Signer, Transaction, receipt_variant, write_ricevuta,
 };
+use crate::pec::facts::Facts;
 use crate::pec::reader::{self, PecMessage};
 use crate::pec::{Errore, MessageKind, mime};
-use crate::roles::reception::record_receipt;
-use crate::spool::{SpoolOptions, SpoolWriter, Spooled, off_runtime_if};
+use crate::roles::message::SpooledMessage;
+use crate::roles::ports::{Injector, MailboxStore, RcptOutcome};
+use crate::roles::receipts::record_receipt;
+use crate::rt::off_runtime_if;
+use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
 use crate::state::{Claim, StateStore};
+
+/// Why the key cannot sign now.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("{0}")]
+    Sign(#[from] CryptoError),
+    #[error("signing task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 pub struct DeliveryPoint {
     pub provider: Provider,
@@ -61,16 +72,7 @@ pub struct DeliveryPoint {
 /// in Cc: is not; when the header fields do not tell, it is (PEC-RULES
 /// §2.7: treat as primary and include the complete original).
 fn is_primary(raw: &[u8], rcpt: &str) -> bool {
-    let (head, _) = mime::split_header_body(raw);
-    let fields = mime::header_fields(head);
-    let in_field = |name: &str| {
-        fields
-            .iter()
-            .filter(|f| f.is(name))
-            .flat_map(|f| mime::addr_list(&f.unfolded()))
-            .any(|a| a.eq_ignore_ascii_case(rcpt))
-    };
-    !in_field("Cc") || in_field("To")
+    Facts::read(mime::split_header_body(raw).0).is_primary(rcpt)
 }
 
 /// `errore` of an avviso di mancata consegna from the store's answer.
@@ -107,15 +109,13 @@ const PENDING: &str = "pending";
 
 impl DeliveryPoint {
     /// Can the key sign now? A probe signature, off the async workers.
-    async fn can_sign(&self) -> Result<(), String> {
+    async fn can_sign(&self) -> Result<(), ProbeError> {
         let (key, digest) = (Arc::clone(&self.key), self.digest);
         tokio::task::spawn_blocking(move || {
             key.sign(digest, b"pec-milter delivery point: signing probe")
-                .map(|_| ())
-                .map_err(|e| e.to_string())
         })
-        .await
-        .map_err(|e| format!("signing task failed: {e}"))?
+        .await??;
+        Ok(())
     }
 
     /// Over the spool's memory limit (so in a spool file): megabytes to
@@ -319,7 +319,8 @@ impl DeliveryPoint {
             key: self.key.as_ref(),
             digest: self.digest,
         };
-        let message = build_ricevuta_spooled(
+        let mut out = SpoolWriter::raw(self.spool.clone());
+        let headers = write_ricevuta(
             &self.provider,
             &tx,
             &ricevuta,
@@ -328,8 +329,12 @@ impl DeliveryPoint {
                 message_id: message_id.clone(),
             },
             signer,
-            SpoolWriter::raw(self.spool.clone()),
-        )?
+            &mut out,
+        )?;
+        let message = SpooledMessage {
+            headers,
+            body: out.finish()?,
+        }
         .into_spooled(self.spool.clone())?;
         Ok(Some(Built {
             message_id,
@@ -567,9 +572,14 @@ fn outbox_put(dir: &std::path::Path, id: &str, to: &str, message: &[u8]) -> std:
     crate::keep::keep_sync(dir, id, &[first.as_bytes(), message]).map(|_| ())
 }
 
-#[async_trait::async_trait]
-impl LmtpHandler for DeliveryPoint {
-    async fn deliver(&self, mail_from: &str, rcpts: &[String], message: Spooled) -> Vec<String> {
+impl DeliveryPoint {
+    /// [`handle`](Self::handle) of a message the LMTP server spooled.
+    pub async fn handle_spooled(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: Spooled,
+    ) -> Vec<String> {
         // A large message is in a spool file: read it mapped, not copied.
         match message.view() {
             Ok(bytes) => {

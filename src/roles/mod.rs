@@ -1,7 +1,22 @@
 //! The three PEC roles and the tracker of the sending side, and what they
-//! share: the ports (traits the edges implement) and the message types.
+//! share: the ports (traits the edges implement, [`ports`]), the messages
+//! they take and the decisions they return ([`message`]), and the
+//! sender-side record of receipts ([`receipts`]).
+//!
+//! A role imports the wire format (`pec`), `crypto`, these shared modules
+//! and the `state` / `index` traits; never another role, never an edge
+//! (`tests/layers.rs` keeps it so).
 
 pub mod access;
 pub mod delivery;
+pub mod message;
+pub mod ports;
+pub mod receipts;
 pub mod reception;
 pub mod tracking;
+
+pub use message::{Inbound, Original, Outcome, SpooledMessage, Submission};
+pub use ports::{
+    BoxError, DirectoryError, InjectError, Injector, MailboxStore, RcptOutcome, RecipientDirectory,
+    ScanError, Scanner, StaticDirectory, Verdict,
+};

@@ -22,44 +22,28 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::roles::access::{Injector, Outcome, Scanner, Verdict, inherited_count};
-use crate::crypto::verify::hex_lower as hex;
+use hex::encode as hex;
+
+use crate::config::OrdinaryMail;
 use crate::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
 use crate::crypto::{self, DigestAlg, SigningKey};
 use crate::index::{ProviderEntry, ProviderIndex};
-use crate::pec::inspect::check_signature;
 use crate::pec::build::{
-    Anomalia, BuildError, Emission, Original, Provider, Ricevuta, Signer, Transaction,
-    build_busta_anomalia_spooled, build_ricevuta,
+    Anomalia, BuildError, Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta,
+    write_busta_anomalia,
 };
+use crate::pec::facts::Facts;
+use crate::pec::inspect::check_signature;
 use crate::pec::reader::{self, PecMessage};
-use crate::pec::{DatiCert, MessageKind, Tipo, mime};
-use crate::spool::{SpoolOptions, SpoolWriter, off_runtime_if};
-use crate::state::{Claim, RecipientStatus, StateStore};
+use crate::pec::{MessageKind, Tipo, mime};
+use crate::roles::message::{Inbound, Original, Outcome, SpooledMessage};
+use crate::roles::ports::{InjectError, Injector, ScanError, Scanner, Verdict};
+use crate::roles::receipts::record_receipt;
+use crate::rt::off_runtime_if;
+use crate::spool::{SpoolOptions, SpoolWriter};
+use crate::state::{Claim, StateStore};
 
-/// What to do with ordinary (non-PEC) mail for a PEC mailbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OrdinaryMail {
-    /// Wrap it in a busta di anomalia (the default).
-    Anomaly,
-    /// Refuse it at SMTP level.
-    Reject,
-}
-
-/// One inbound message at end of message.
-#[derive(Debug, Clone)]
-pub struct Inbound {
-    pub queue_id: Option<String>,
-    pub mail_from: String,
-    /// Forward paths in our PEC domains.
-    pub rcpts: Vec<String>,
-    /// The message as received: its header block and its body, in memory
-    /// or spooled to disk (a 100 MB envelope is read from the spool file
-    /// mapped, never copied whole into memory).
-    pub message: Original,
-}
-
+/// The reception point: what it verifies against and what it signs with.
 pub struct ReceptionPoint {
     pub provider: Provider,
     pub key: Arc<dyn SigningKey>,
@@ -82,9 +66,9 @@ enum Temp {
     #[error("state store: {0}")]
     State(#[from] crate::state::StateError),
     #[error("antivirus: {0}")]
-    Scan(String),
+    Scan(#[from] ScanError),
     #[error("reinjection: {0}")]
-    Inject(String),
+    Inject(#[from] InjectError),
     #[error("signing: {0}")]
     Build(#[from] BuildError),
     #[error("providers' index not loaded yet")]
@@ -273,10 +257,7 @@ impl ReceptionPoint {
         why: &str,
     ) -> Result<Outcome, Temp> {
         if let Some(s) = &self.scanner
-            && let Verdict::Infected(v) = s
-                .scan_original(&inbound.message)
-                .await
-                .map_err(Temp::Scan)?
+            && let Verdict::Infected(v) = s.scan_original(&inbound.message).await?
         {
             return Ok(Outcome::Reject {
                 code: 554,
@@ -339,22 +320,24 @@ impl ReceptionPoint {
                 time: now,
                 message_id: id.clone(),
             };
-            let built = build_busta_anomalia_spooled(
+            let mut out = SpoolWriter::raw(self.spool.clone());
+            let headers = write_busta_anomalia(
                 &self.provider,
                 &anomalia,
-                &inbound.message,
+                &inbound.message.header,
+                &inbound.message.body,
                 &emission,
                 self.signer(),
-                SpoolWriter::raw(self.spool.clone()),
+                &mut out,
             )?;
-            Ok::<_, BuildError>((id, built))
+            let body = out.finish()?;
+            Ok::<_, BuildError>((id, SpooledMessage { headers, body }))
         })?;
-        let mut head = mime::canonicalize_crlf(&inbound.message.header).into_owned();
-        head.extend_from_slice(b"\r\n");
+        let head = mime::canonicalize_crlf(&inbound.message.header);
         Ok(Outcome::Rewrite {
             pec_id: id,
             message: built,
-            inherited: inherited_count(&head, true),
+            inherited: Facts::read(&head).inherited_with_msgid,
             keep_message_id: true,
         })
     }
@@ -531,10 +514,15 @@ impl ReceptionPoint {
     }
 
     async fn quarantine(&self, id: &str, message: &Original) -> Result<(), Temp> {
-        crate::keep::keep_original(&self.quarantine_dir, &format!("in-{id}"), message)
-            .await
-            .map(|_| ())
-            .map_err(Temp::Quarantine)
+        crate::keep::keep_original(
+            &self.quarantine_dir,
+            &format!("in-{id}"),
+            &message.header,
+            &message.body,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| Temp::Quarantine(e.to_string()))
     }
 }
 
@@ -564,65 +552,4 @@ fn digest_message(prefix: &[u8], message: &Original) -> Result<Vec<u8>, BuildErr
     h.update(prefix)?;
     message.for_each_chunk::<BuildError>(|c| Ok(h.update(c)?))?;
     Ok(h.finish()?)
-}
-
-/// Apply a receipt about one of our envelopes to its record (per
-/// recipient: presa in carico, consegna, errore; final states stay).
-/// Returns the updated record when something changed.
-pub async fn record_receipt(
-    state: &dyn StateStore,
-    d: &DatiCert,
-    tipo: Tipo,
-    now: DateTime<Utc>,
-    retention_secs: u64,
-) -> Result<Option<crate::state::EnvelopeRecord>, crate::state::StateError> {
-    let (status, who): (RecipientStatus, Vec<String>) = match tipo {
-        Tipo::PresaInCarico => (RecipientStatus::PresaInCarico, d.ricezione.clone()),
-        Tipo::AvvenutaConsegna => (
-            RecipientStatus::Consegnato,
-            d.consegna.iter().cloned().collect(),
-        ),
-        Tipo::ErroreConsegna | Tipo::RilevazioneVirus => (
-            RecipientStatus::Errore,
-            d.consegna.iter().cloned().collect(),
-        ),
-        _ => return Ok(None),
-    };
-    let at = now.timestamp();
-    // Compare-and-set: a 24 h notice finishing the same envelope at the
-    // same instant (crate::roles::tracking) cannot overwrite this update, nor this
-    // one a status that notice set.
-    let update = |rec: &mut crate::state::EnvelopeRecord| {
-        let mut changed = false;
-        for r in rec.recipients.iter_mut() {
-            if !who.iter().any(|w| w.eq_ignore_ascii_case(&r.address)) {
-                continue;
-            }
-            // final states stay; presa in carico does not repeat
-            let upgrade = !matches!(
-                (r.status, status),
-                (RecipientStatus::Consegnato | RecipientStatus::Errore, _)
-                    | (
-                        RecipientStatus::PresaInCarico,
-                        RecipientStatus::PresaInCarico
-                    )
-            );
-            if upgrade {
-                r.status = status;
-                r.updated_at = at;
-                changed = true;
-            }
-        }
-        changed
-    };
-    let Some(rec) = state
-        .update_envelope(&d.identificativo, retention_secs, &update)
-        .await?
-    else {
-        tracing::debug!(pec_id = %d.identificativo, kind = %tipo,
-            "receipt changes nothing we track (unknown envelope, or outcome already recorded)");
-        return Ok(None);
-    };
-    tracing::info!(pec_id = %rec.pec_id, kind = %tipo, recipients = ?who, "envelope state updated");
-    Ok(Some(rec))
 }

@@ -61,10 +61,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::roles::access::Injector;
 use crate::crypto::{DigestAlg, SigningKey};
 use crate::pec::Destinatario;
 use crate::pec::build::{Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta};
+use crate::roles::ports::Injector;
 use crate::state::{EnvelopeRecord, RecipientState, RecipientStatus, StateError, StateStore};
 
 /// When the notices are due and how often the store is scanned.
@@ -468,7 +468,7 @@ pub fn marker_key(pec_id: &str, recipient: &str, finale: bool) -> String {
 pub fn notice_message_id(pec_id: &str, recipient: &str, finale: bool, domain: &str) -> String {
     let local = pec_id.split('@').next().unwrap_or(pec_id);
     let digest = openssl::sha::sha256(recipient.to_ascii_lowercase().as_bytes());
-    let hash = crate::crypto::verify::hex_lower(&digest[..16]);
+    let hash = hex::encode(&digest[..16]);
     format!("preavviso.{}.{local}.{hash}@{domain}", which(finale))
 }
 

@@ -1,0 +1,64 @@
+//! `pec-milter envelope`: the QA tool that wraps a message in a signed
+//! busta di trasporto as a given provider would, the facts read from its
+//! header fields as the access point reads them.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use pec_milter::crypto::DigestAlg;
+use pec_milter::crypto::pem::PemKey;
+use pec_milter::pec::build::{Provider, Signer, build_busta_trasporto};
+use pec_milter::pec::facts::Facts;
+use pec_milter::pec::mime::{canonicalize_crlf, split_header_body};
+use pec_milter::roles::access::new_pec_id;
+use pec_milter::roles::{RecipientDirectory, StaticDirectory};
+
+use super::read_input;
+
+/// The command's arguments (see `pec-milter envelope --help`).
+pub struct Args {
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub gestore: String,
+    pub domain: String,
+    pub certified: Vec<String>,
+    pub digest: String,
+    pub id: Option<String>,
+    pub file: String,
+}
+
+pub fn envelope(a: &Args) -> Result<ExitCode> {
+    let raw = read_input(&a.file)?;
+    let key = PemKey::from_files(&a.key, &a.cert, None)?;
+    let digest: DigestAlg = a
+        .digest
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--digest: use sha256 or sha1"))?;
+    let out = build(&raw, &key, digest, a)?;
+    std::io::stdout().write_all(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Build a busta di trasporto around `raw` as provider `a.domain`.
+fn build(raw: &[u8], key: &PemKey, digest: DigestAlg, a: &Args) -> Result<Vec<u8>> {
+    let canon = canonicalize_crlf(raw);
+    let (head, _) = split_header_body(&canon);
+    let facts = Facts::read(head);
+    let from = facts
+        .from
+        .clone()
+        .context("the message has no From: address")?;
+    let now = chrono::Utc::now();
+    let id = a.id.clone().unwrap_or_else(|| new_pec_id(&a.domain, now));
+    let directory = StaticDirectory::new(&a.certified);
+    let tx = facts.transaction(id, &from, |r| directory.tipo(r))?;
+    let provider = Provider {
+        name: a.gestore.clone(),
+        domain: a.domain.clone(),
+    };
+    let built = build_busta_trasporto(&provider, &tx, &canon, now, Signer { key, digest })?;
+    Ok(built.to_bytes())
+}

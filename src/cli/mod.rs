@@ -1,0 +1,220 @@
+//! The `pec-milter` commands: one module per command, each a plain
+//! function over the library; this module holds the command line's
+//! grammar (clap) and what several commands share.
+
+pub mod bench_sign;
+pub mod check_config;
+pub mod envelope;
+pub mod hsm_check;
+pub mod index_entry;
+pub mod init_demo;
+pub mod inspect;
+pub mod run;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use pec_milter::crypto::verify::{TrustStore, VerifyAt};
+
+#[derive(Parser)]
+#[command(
+    name = "pec-milter",
+    version,
+    about = "PEC (Posta Elettronica Certificata) milter and tools"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+pub const DEFAULT_CONFIG: &str = "/etc/pec-milter/pec-milter.toml";
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the milter daemon (logs to stderr; stops on SIGTERM / SIGINT).
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Create the demo provider identity (test CA + certificate) named by
+    /// the configuration's [signing] key and cert, if missing.
+    InitDemo {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and print it as understood.
+    CheckConfig {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Open the PKCS#11 token of [signing.pkcs11], find key and certificate,
+    /// make a test signature and verify it with the certificate's public
+    /// key. Exit 0 when all holds; 1 with the cause otherwise.
+    HsmCheck {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Benchmark: COUNT CMS signatures with the configured key (PEM or
+    /// PKCS#11), from THREADS threads; prints signatures per second.
+    BenchSign {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+    },
+    /// QA tool: wrap a message in a signed busta di trasporto as the given
+    /// provider would (facts from its header fields), print it to stdout.
+    Envelope {
+        /// Provider key and certificate (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        /// gestore-emittente.
+        #[arg(long)]
+        gestore: String,
+        /// The provider's domain (posta-certificata@DOMAIN).
+        #[arg(long)]
+        domain: String,
+        /// Recipient domains to mark "certificato" (others "esterno").
+        #[arg(long, value_delimiter = ',')]
+        certified: Vec<String>,
+        #[arg(long, default_value = "sha256")]
+        digest: String,
+        /// The PEC msgid (default: a new one).
+        #[arg(long)]
+        id: Option<String>,
+        /// The message, or - for standard input.
+        file: String,
+    },
+    /// Print an LDIF provider entry of the providers' index for a certificate.
+    IndexEntry {
+        /// The provider certificate (PEM or DER).
+        #[arg(long)]
+        cert: PathBuf,
+        /// providerName.
+        #[arg(long)]
+        name: String,
+        /// managedDomains, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        domains: Vec<String>,
+        /// mailReceipt.
+        #[arg(long)]
+        receipt: String,
+    },
+    /// Print what a message is: kind, subject, signature, daticert.xml.
+    Inspect {
+        /// Print one JSON object per file.
+        #[arg(long)]
+        json: bool,
+        /// Trust anchors (PEM); default: the system store /etc/ssl/certs.
+        #[arg(long, value_name = "PEM")]
+        trust: Vec<PathBuf>,
+        /// When the certificate chain is checked: now, or signing-time (a
+        /// receipt stays valid after its certificate expires).
+        #[arg(long, default_value = "signing-time")]
+        at: VerifyAt,
+        /// Message files, or - for standard input.
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+    /// Exit 0 only when the S/MIME signature and its chain hold.
+    Verify {
+        /// Trust anchors (PEM); default: the system store /etc/ssl/certs.
+        #[arg(long, value_name = "PEM")]
+        trust: Vec<PathBuf>,
+        /// When the certificate chain is checked: now, or signing-time (a
+        /// receipt stays valid after its certificate expires).
+        #[arg(long, default_value = "signing-time")]
+        at: VerifyAt,
+        /// A message file, or - for standard input.
+        file: String,
+    },
+}
+
+/// Run one parsed command line; the exit status.
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run { config } => run::run(&config),
+        Command::InitDemo { config } => init_demo::init_demo(&config),
+        Command::CheckConfig { config } => check_config::check_config(&config),
+        Command::HsmCheck { config } => hsm_check::hsm_check(&config),
+        Command::BenchSign {
+            config,
+            threads,
+            count,
+        } => bench_sign::bench_sign(&config, threads, count),
+        Command::Envelope {
+            key,
+            cert,
+            gestore,
+            domain,
+            certified,
+            digest,
+            id,
+            file,
+        } => envelope::envelope(&envelope::Args {
+            key,
+            cert,
+            gestore,
+            domain,
+            certified,
+            digest,
+            id,
+            file,
+        }),
+        Command::IndexEntry {
+            cert,
+            name,
+            domains,
+            receipt,
+        } => index_entry::index_entry(&cert, &name, &domains, receipt),
+        Command::Inspect {
+            json,
+            trust,
+            at,
+            files,
+        } => inspect::inspect(json, &trust, at, &files),
+        Command::Verify { trust, at, file } => inspect::verify(&trust, at, &file),
+    }
+}
+
+pub fn read_input(file: &str) -> Result<Vec<u8>> {
+    if file == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
+        Ok(buf)
+    } else {
+        std::fs::read(file).with_context(|| format!("reading {file}"))
+    }
+}
+
+pub fn trust_store(trust: &[PathBuf]) -> Result<TrustStore> {
+    if trust.is_empty() {
+        TrustStore::system().context("loading the system trust store")
+    } else {
+        TrustStore::from_pem_files(trust).context("loading --trust certificates")
+    }
+}
+
+pub fn init_logging() {
+    init_logging_to("info");
+}
+
+pub fn init_logging_to(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PEC_MILTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
