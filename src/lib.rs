@@ -5,10 +5,16 @@
 //!   receipts, reading and classifying any message). No I/O, no clock.
 //! - [`crypto`]: the provider's signing key and S/MIME (CMS) signing and
 //!   verification.
-//! - [`access`]: the access point's decisions; [`milter`]: the MTA edge;
-//!   [`daemon`]: wiring the configuration to real dependencies.
-//! - [`state`], [`av`], [`submit`]: the state store (Redis or embedded),
-//!   clamd, and SMTP reinjection, each behind a trait of [`access`].
+//! - [`roles`]: the access, reception and delivery points and the 12 h /
+//!   24 h tracker, deciding over the ports of [`roles::ports`].
+//! - The edges, each implementing ports or serving roles: [`milter`] (the
+//!   MTA), [`lmtp`] (mailbox delivery), [`smtp`] (reinjection), [`clamd`].
+//! - [`state`], [`index`]: the state store (Redis or embedded) and the
+//!   providers' index; [`config`]; [`daemon`]: the composition root.
+//! - Support: [`spool`], [`keep`], [`rt`], [`listen`].
+//!
+//! README "Architecture" gives the arrows allowed; `tests/layers.rs` keeps
+//! them.
 
 pub mod clamd;
 pub mod config;

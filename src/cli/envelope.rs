@@ -18,15 +18,29 @@ use pec_milter::roles::{RecipientDirectory, StaticDirectory};
 
 use super::read_input;
 
-/// The command's arguments (see `pec-milter envelope --help`).
+/// The command's arguments.
+#[derive(clap::Args)]
 pub struct Args {
+    /// Provider key and certificate (PEM).
+    #[arg(long)]
     pub key: PathBuf,
+    #[arg(long)]
     pub cert: PathBuf,
+    /// gestore-emittente.
+    #[arg(long)]
     pub gestore: String,
+    /// The provider's domain (posta-certificata@DOMAIN).
+    #[arg(long)]
     pub domain: String,
+    /// Recipient domains to mark "certificato" (others "esterno").
+    #[arg(long, value_delimiter = ',')]
     pub certified: Vec<String>,
+    #[arg(long, default_value = "sha256")]
     pub digest: String,
+    /// The PEC msgid (default: a new one).
+    #[arg(long)]
     pub id: Option<String>,
+    /// The message, or - for standard input.
     pub file: String,
 }
 

@@ -70,29 +70,7 @@ pub enum Command {
     },
     /// QA tool: wrap a message in a signed busta di trasporto as the given
     /// provider would (facts from its header fields), print it to stdout.
-    Envelope {
-        /// Provider key and certificate (PEM).
-        #[arg(long)]
-        key: PathBuf,
-        #[arg(long)]
-        cert: PathBuf,
-        /// gestore-emittente.
-        #[arg(long)]
-        gestore: String,
-        /// The provider's domain (posta-certificata@DOMAIN).
-        #[arg(long)]
-        domain: String,
-        /// Recipient domains to mark "certificato" (others "esterno").
-        #[arg(long, value_delimiter = ',')]
-        certified: Vec<String>,
-        #[arg(long, default_value = "sha256")]
-        digest: String,
-        /// The PEC msgid (default: a new one).
-        #[arg(long)]
-        id: Option<String>,
-        /// The message, or - for standard input.
-        file: String,
-    },
+    Envelope(envelope::Args),
     /// Print an LDIF provider entry of the providers' index for a certificate.
     IndexEntry {
         /// The provider certificate (PEM or DER).
@@ -150,25 +128,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             threads,
             count,
         } => bench_sign::bench_sign(&config, threads, count),
-        Command::Envelope {
-            key,
-            cert,
-            gestore,
-            domain,
-            certified,
-            digest,
-            id,
-            file,
-        } => envelope::envelope(&envelope::Args {
-            key,
-            cert,
-            gestore,
-            domain,
-            certified,
-            digest,
-            id,
-            file,
-        }),
+        Command::Envelope(args) => envelope::envelope(&args),
         Command::IndexEntry {
             cert,
             name,

@@ -22,8 +22,9 @@ use crate::pec::build::{
     write_busta_trasporto,
 };
 use crate::pec::facts::{Facts, strip_markers};
+use crate::roles::TempFail;
 use crate::roles::message::{Original, Outcome, SpooledMessage, Submission};
-use crate::roles::ports::{DirectoryError, InjectError, Injector, RecipientDirectory, ScanError};
+use crate::roles::ports::{Injector, RecipientDirectory};
 use crate::roles::ports::{Scanner, Verdict};
 use crate::rt::off_worker_unless;
 use crate::spool::{SpoolOptions, SpoolWriter};
@@ -46,24 +47,6 @@ pub struct AccessPoint {
     pub retention_secs: u64,
     /// Where envelopes of large originals are written (`[spool]`).
     pub spool: SpoolOptions,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum Temp {
-    #[error("state store: {0}")]
-    State(#[from] crate::state::StateError),
-    #[error("antivirus: {0}")]
-    Scan(#[from] ScanError),
-    #[error("reinjection: {0}")]
-    Inject(#[from] InjectError),
-    #[error("signing: {0}")]
-    Build(#[from] BuildError),
-    #[error("recipient directory: {0}")]
-    Directory(#[from] DirectoryError),
-    #[error("quarantine: {0}")]
-    Quarantine(String),
-    #[error("spool: {0}")]
-    Spool(String),
 }
 
 impl AccessPoint {
@@ -110,7 +93,11 @@ impl AccessPoint {
         }
     }
 
-    async fn process_inner(&self, sub: &Submission, now: DateTime<Utc>) -> Result<Outcome, Temp> {
+    async fn process_inner(
+        &self,
+        sub: &Submission,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, TempFail> {
         if sub.mail_from.is_empty() {
             return Ok(Outcome::Reject {
                 code: 550,
@@ -142,8 +129,8 @@ impl AccessPoint {
             let sub = sub.clone();
             off_worker_unless(small, move || submission_key(&sub))
                 .await
-                .map_err(|e| Temp::Spool(format!("digest task failed: {e}")))?
-                .map_err(|e| Temp::Spool(format!("reading the spooled message: {e}")))?
+                .map_err(|e| TempFail::Spool(format!("digest task failed: {e}")))?
+                .map_err(|e| TempFail::Spool(format!("reading the spooled message: {e}")))?
         };
         let pec_id = new_pec_id(&self.provider.domain, now);
         let (pec_id, time, receipt_sent) = match self
@@ -166,20 +153,10 @@ impl AccessPoint {
         let tx = facts.transaction(pec_id.clone(), &sub.mail_from, |a| self.directory.tipo(a))?;
 
         // Formal checks and sender policy (PEC-RULES §7.4, §11).
-        if let Some(reason) = self.formal_problem(sub, &facts) {
-            self.notify(
-                &tx,
-                Ricevuta::NonAccettazione {
-                    reason: reason.clone(),
-                },
-                time,
-                &key,
-                receipt_sent,
-            )
-            .await?;
-            return Ok(Outcome::Discard { pec_id, reason });
-        }
-        if let Some(reason) = self.policy_problem(sub) {
+        if let Some(reason) = self
+            .formal_problem(sub, &facts)
+            .or_else(|| self.policy_problem(sub))
+        {
             self.notify(
                 &tx,
                 Ricevuta::NonAccettazione {
@@ -241,7 +218,7 @@ impl AccessPoint {
                 })
             })
             .await
-            .map_err(|e| Temp::Spool(format!("envelope task failed: {e}")))??
+            .map_err(|e| TempFail::Spool(format!("envelope task failed: {e}")))??
         };
         let inherited = facts.inherited;
         let record = EnvelopeRecord {
@@ -260,7 +237,7 @@ impl AccessPoint {
                         updated_at: time.timestamp(),
                     })
                 })
-                .collect::<Result<Vec<_>, Temp>>()?,
+                .collect::<Result<Vec<_>, TempFail>>()?,
             ricevuta: tx.ricevuta,
             submitted_at: time.timestamp(),
         };
@@ -290,7 +267,7 @@ impl AccessPoint {
         time: DateTime<Utc>,
         key: &str,
         receipt_sent: bool,
-    ) -> Result<(), Temp> {
+    ) -> Result<(), TempFail> {
         if self.send_receipt(tx, ricevuta, time, receipt_sent).await? {
             self.state.mark_receipt_sent(key).await?;
         }
@@ -305,7 +282,7 @@ impl AccessPoint {
         ricevuta: Ricevuta<'_>,
         time: DateTime<Utc>,
         receipt_sent: bool,
-    ) -> Result<bool, Temp> {
+    ) -> Result<bool, TempFail> {
         if receipt_sent {
             tracing::info!(pec_id = %tx.identificativo, kind = %ricevuta.tipo(), "receipt already sent for this submission: not sent again");
             return Ok(false);
@@ -401,11 +378,11 @@ impl AccessPoint {
     }
 
     /// Keep an infected original (the rules ask for 30 months).
-    async fn quarantine(&self, pec_id: &str, message: &Original) -> Result<(), Temp> {
+    async fn quarantine(&self, pec_id: &str, message: &Original) -> Result<(), TempFail> {
         crate::keep::keep_original(&self.quarantine_dir, pec_id, &message.header, &message.body)
             .await
             .map(|_| ())
-            .map_err(|e| Temp::Quarantine(e.to_string()))
+            .map_err(TempFail::Quarantine)
     }
 }
 

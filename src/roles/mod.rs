@@ -20,3 +20,25 @@ pub use ports::{
     BoxError, DirectoryError, InjectError, Injector, MailboxStore, RcptOutcome, RecipientDirectory,
     ScanError, Scanner, StaticDirectory, Verdict,
 };
+
+/// Why a role cannot decide now: a dependency failed. The edge answers
+/// 4xx and the MTA retries; nothing is signed on this path.
+#[derive(Debug, thiserror::Error)]
+pub enum TempFail {
+    #[error("state store: {0}")]
+    State(#[from] crate::state::StateError),
+    #[error("antivirus: {0}")]
+    Scan(#[from] ScanError),
+    #[error("reinjection: {0}")]
+    Inject(#[from] InjectError),
+    #[error("signing: {0}")]
+    Build(#[from] crate::pec::build::BuildError),
+    #[error("recipient directory: {0}")]
+    Directory(#[from] DirectoryError),
+    #[error("providers' index not loaded yet")]
+    NoIndex,
+    #[error("quarantine: {0}")]
+    Quarantine(std::io::Error),
+    #[error("spool: {0}")]
+    Spool(String),
+}

@@ -36,8 +36,9 @@ use crate::pec::facts::Facts;
 use crate::pec::inspect::check_signature;
 use crate::pec::reader::{self, PecMessage};
 use crate::pec::{MessageKind, Tipo, mime};
+use crate::roles::TempFail;
 use crate::roles::message::{Inbound, Original, Outcome, SpooledMessage};
-use crate::roles::ports::{InjectError, Injector, ScanError, Scanner, Verdict};
+use crate::roles::ports::{Injector, Scanner, Verdict};
 use crate::roles::receipts::record_receipt;
 use crate::rt::off_runtime_if;
 use crate::spool::{SpoolOptions, SpoolWriter};
@@ -59,24 +60,6 @@ pub struct ReceptionPoint {
     pub retention_secs: u64,
     /// Where anomaly envelopes of large messages are written (`[spool]`).
     pub spool: SpoolOptions,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum Temp {
-    #[error("state store: {0}")]
-    State(#[from] crate::state::StateError),
-    #[error("antivirus: {0}")]
-    Scan(#[from] ScanError),
-    #[error("reinjection: {0}")]
-    Inject(#[from] InjectError),
-    #[error("signing: {0}")]
-    Build(#[from] BuildError),
-    #[error("providers' index not loaded yet")]
-    NoIndex,
-    #[error("quarantine: {0}")]
-    Quarantine(String),
-    #[error("spool: {0}")]
-    Spool(String),
 }
 
 /// Why a message that claims to be PEC is not a correct one.
@@ -146,12 +129,16 @@ impl ReceptionPoint {
         outcome
     }
 
-    async fn process_inner(&self, inbound: &Inbound, now: DateTime<Utc>) -> Result<Outcome, Temp> {
+    async fn process_inner(
+        &self,
+        inbound: &Inbound,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, TempFail> {
         let body = inbound
             .message
             .body
             .view()
-            .map_err(|e| Temp::Spool(format!("reading the spooled message: {e}")))?;
+            .map_err(|e| TempFail::Spool(format!("reading the spooled message: {e}")))?;
         // A body on disk is megabytes to parse, hash and verify: off the
         // async worker.
         let large = inbound.message.body.is_on_disk();
@@ -171,7 +158,7 @@ impl ReceptionPoint {
         }
 
         // It claims to be PEC: every check must hold (PEC-RULES §4.3).
-        let snapshot = self.index.snapshot().ok_or(Temp::NoIndex)?;
+        let snapshot = self.index.snapshot().ok_or(TempFail::NoIndex)?;
         let sig = off_runtime_if(large, || check_signature(&msg, &self.trust, self.verify_at));
         let mut problem: Option<String> = None;
         let mut entry: Option<ProviderEntry> = None;
@@ -255,7 +242,7 @@ impl ReceptionPoint {
         msg: Option<&PecMessage<'_>>,
         now: DateTime<Utc>,
         why: &str,
-    ) -> Result<Outcome, Temp> {
+    ) -> Result<Outcome, TempFail> {
         if let Some(s) = &self.scanner
             && let Verdict::Infected(v) = s.scan_original(&inbound.message).await?
         {
@@ -282,7 +269,7 @@ impl ReceptionPoint {
         now: DateTime<Utc>,
         why: &str,
         sicurezza: bool,
-    ) -> Result<Outcome, Temp> {
+    ) -> Result<Outcome, TempFail> {
         self.anomaly_raw(inbound, Some(msg), now, why, sicurezza)
             .await
     }
@@ -294,7 +281,7 @@ impl ReceptionPoint {
         now: DateTime<Utc>,
         why: &str,
         sicurezza: bool,
-    ) -> Result<Outcome, Temp> {
+    ) -> Result<Outcome, TempFail> {
         let mittente = msg
             .and_then(|m| m.from.as_deref())
             .and_then(mime::addr_spec)
@@ -356,7 +343,7 @@ impl ReceptionPoint {
         msg: &PecMessage<'_>,
         entry: &ProviderEntry,
         now: DateTime<Utc>,
-    ) -> Result<Outcome, Temp> {
+    ) -> Result<Outcome, TempFail> {
         let Some(Ok(d)) = &msg.daticert else {
             return self
                 .anomaly(inbound, msg, now, "daticert.xml assente", true)
@@ -395,7 +382,7 @@ impl ReceptionPoint {
                 Some(content) => scanner.scan(content).await,
                 None => scanner.scan_original(&inbound.message).await,
             };
-            if let Verdict::Infected(virus) = verdict.map_err(Temp::Scan)? {
+            if let Verdict::Infected(virus) = verdict.map_err(TempFail::Scan)? {
                 self.quarantine(&d.identificativo, &inbound.message).await?;
                 if !sent {
                     for r in &inbound.rcpts {
@@ -451,7 +438,7 @@ impl ReceptionPoint {
         time: DateTime<Utc>,
         message_id: String,
         to: &str,
-    ) -> Result<(), Temp> {
+    ) -> Result<(), TempFail> {
         let built = build_ricevuta(
             &self.provider,
             tx,
@@ -469,7 +456,7 @@ impl ReceptionPoint {
                 &built.to_bytes(),
             )
             .await
-            .map_err(Temp::Inject)?;
+            .map_err(TempFail::Inject)?;
         tracing::info!(pec_id = %tx.identificativo, kind = %ric.tipo(), to = %to, message_id = %message_id, "receipt injected");
         Ok(())
     }
@@ -480,7 +467,7 @@ impl ReceptionPoint {
         msg: &PecMessage<'_>,
         tipo: Tipo,
         now: DateTime<Utc>,
-    ) -> Result<(), Temp> {
+    ) -> Result<(), TempFail> {
         let Some(Ok(d)) = &msg.daticert else {
             return Ok(());
         };
@@ -513,7 +500,7 @@ impl ReceptionPoint {
         Ok(())
     }
 
-    async fn quarantine(&self, id: &str, message: &Original) -> Result<(), Temp> {
+    async fn quarantine(&self, id: &str, message: &Original) -> Result<(), TempFail> {
         crate::keep::keep_original(
             &self.quarantine_dir,
             &format!("in-{id}"),
@@ -522,7 +509,7 @@ impl ReceptionPoint {
         )
         .await
         .map(|_| ())
-        .map_err(|e| Temp::Quarantine(e.to_string()))
+        .map_err(TempFail::Quarantine)
     }
 }
 
@@ -530,7 +517,7 @@ impl ReceptionPoint {
 /// case) and its bytes, hashed as they are read (a body on disk in
 /// pieces: blocking reads from the page cache, where it has just been
 /// written).
-fn inbound_key(inbound: &Inbound) -> Result<String, Temp> {
+fn inbound_key(inbound: &Inbound) -> Result<String, TempFail> {
     let mut rcpts: Vec<String> = inbound
         .rcpts
         .iter()
