@@ -477,6 +477,51 @@ impl AsyncRead for SpooledReader {
 mod tests {
     use super::*;
 
+    fn collect<B: crate::pec::body::Body + ?Sized>(b: &B, start: u64, end: u64) -> Vec<u8> {
+        let mut v = Vec::new();
+        b.for_range::<io::Error>(start, end, |c| {
+            v.extend_from_slice(c);
+            Ok(())
+        })
+        .expect("read");
+        v
+    }
+
+    /// A spooled body read as the builders read it ([`pec::body::Body`]):
+    /// the same bytes as the slice, over ranges that straddle the read
+    /// pieces, on disk and in memory.
+    #[test]
+    fn a_spooled_body_reads_as_its_bytes() {
+        use crate::pec::body::Body;
+        let data: Vec<u8> = (0..3 * CHUNK + 123).map(|i| (i % 251) as u8).collect();
+        for memory_limit in [0, u64::MAX] {
+            let mut w = SpoolWriter::raw(SpoolOptions {
+                dir: std::env::temp_dir(),
+                memory_limit,
+            });
+            for piece in data.chunks(7) {
+                w.write(piece).expect("write");
+            }
+            let spooled = w.finish().expect("finish");
+            assert_eq!(spooled.is_on_disk(), memory_limit == 0);
+            assert_eq!(Body::len(&spooled), Body::len(&data[..]));
+            for (start, end) in [
+                (0, u64::MAX),
+                (CHUNK as u64 - 5, CHUNK as u64 + 5),
+                (17, 2 * CHUNK as u64 + 1),
+            ] {
+                let (from_spool, from_slice) = (
+                    collect(&spooled, start, end),
+                    collect(&data[..], start, end),
+                );
+                assert_eq!(from_spool, from_slice, "{start}..{end}");
+            }
+            let tail = &data[data.len() - 9..];
+            assert!(Body::ends_with(&spooled, tail).expect("tail"));
+            assert!(!Body::ends_with(&spooled, b"nope").expect("tail"));
+        }
+    }
+
     #[test]
     fn a_view_is_the_body_in_memory_or_mapped() {
         let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();

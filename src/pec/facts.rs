@@ -52,16 +52,39 @@ impl Facts {
     /// Read a header block (the fields, with or without the empty line
     /// that ends them).
     pub fn read(header: &[u8]) -> Facts {
+        Self::read_into(header, None)
+    }
+
+    /// [`read`](Self::read), and the header block without the PEC marker
+    /// fields in the same pass: every other well-formed field byte for
+    /// byte, each ending in a line end (what an envelope carries of a
+    /// holder's submission).
+    pub fn read_clean(header: &[u8]) -> (Facts, Vec<u8>) {
+        let mut clean = Vec::with_capacity(header.len());
+        let f = Self::read_into(header, Some(&mut clean));
+        (f, clean)
+    }
+
+    fn read_into(header: &[u8], mut clean: Option<&mut Vec<u8>>) -> Facts {
         let mut f = Facts::default();
         let mut from_count = 0;
         for h in header_fields(header) {
+            let marker = PEC_MARKER_HEADERS.iter().any(|m| h.is(m));
+            if let Some(out) = clean.as_deref_mut()
+                && !marker
+            {
+                out.extend_from_slice(h.raw);
+                if !h.raw.ends_with(b"\n") {
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
             if is_inherited(h.name, false) {
                 f.inherited += 1;
             }
             if is_inherited(h.name, true) {
                 f.inherited_with_msgid += 1;
             }
-            if PEC_MARKER_HEADERS.iter().any(|m| h.is(m)) {
+            if marker {
                 f.markers.push(h.name.to_string());
                 continue;
             }
@@ -143,21 +166,6 @@ impl Facts {
     }
 }
 
-/// Remove the PEC marker fields from a header block (without the empty
-/// line). Returns the cleaned block; every other field byte for byte.
-pub fn strip_markers(header: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(header.len());
-    for f in header_fields(header) {
-        if !PEC_MARKER_HEADERS.iter().any(|m| f.is(m)) {
-            out.extend_from_slice(f.raw);
-            if !f.raw.ends_with(b"\n") {
-                out.extend_from_slice(b"\r\n");
-            }
-        }
-    }
-    out
-}
-
 /// Is this an original header field an envelope keeps (PEC-RULES §1.5;
 /// the busta di anomalia also keeps the Message-ID, §2.3)?
 pub fn is_inherited(name: &str, keep_message_id: bool) -> bool {
@@ -174,9 +182,11 @@ mod tests {
     #[test]
     fn marker_headers_are_removed_and_the_rest_kept() {
         let h = b"From: a@x\r\nX-Ricevuta: accettazione\r\nx-trasporto: errore\r\n\tfolded\r\nSubject: s\r\n";
-        assert_eq!(strip_markers(h), b"From: a@x\r\nSubject: s\r\n".to_vec());
+        let (f, clean) = Facts::read_clean(h);
+        assert_eq!(clean, b"From: a@x\r\nSubject: s\r\n".to_vec());
+        assert_eq!(f, Facts::read(h));
         assert_eq!(
-            Facts::read(h).markers,
+            f.markers,
             vec!["X-Ricevuta".to_string(), "x-trasporto".to_string()]
         );
     }

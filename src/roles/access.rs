@@ -21,7 +21,7 @@ use crate::pec::build::{
     BuildError, Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta,
     write_busta_trasporto,
 };
-use crate::pec::facts::{Facts, strip_markers};
+use crate::pec::facts::Facts;
 use crate::roles::TempFail;
 use crate::roles::message::{Original, Outcome, SpooledMessage, Submission};
 use crate::roles::ports::{Injector, RecipientDirectory};
@@ -105,21 +105,20 @@ impl AccessPoint {
                 text: "PEC: a holder cannot submit with an empty sender".into(),
             });
         }
-        // The header is read once: every fact below comes from this pass.
-        let facts = Facts::read(&sub.message.header);
-        let cleaned = if facts.markers.is_empty() {
-            sub.message.clone()
-        } else {
+        // The header is read once: every fact below, and the header the
+        // envelope carries (without marker fields), come from this pass.
+        let (facts, clean_header) = Facts::read_clean(&sub.message.header);
+        if !facts.markers.is_empty() {
             tracing::warn!(
                 queue_id = sub.queue_id.as_deref().unwrap_or("-"),
                 sender = %sub.mail_from,
                 headers = ?facts.markers,
                 "holder wrote PEC marker header fields: removed"
             );
-            Original {
-                header: strip_markers(&sub.message.header),
-                body: sub.message.body.clone(),
-            }
+        }
+        let cleaned = Original {
+            header: clean_header,
+            body: sub.message.body.clone(),
         };
 
         // One transaction, one identity: an MTA retry of the same
