@@ -22,57 +22,14 @@ set -uo pipefail
 BIN=$(pec_milter_bin)
 rig_begin pece2e
 T0=$EPOCHREALTIME
-
-# The daemon must exist and have `run` (it is being written): fail cleanly otherwise.
-if [ ! -x "$BIN" ]; then
-  die "pec-milter binary $BIN not found: build it first (cargo build)"
-fi
-if ! "$BIN" run --help >/dev/null 2>&1; then
-  die "$BIN has no \`run\` subcommand yet: the milter daemon is not built, access-point scenarios cannot run"
-fi
+# The daemon must exist and have `run`: fail cleanly otherwise.
+need_pec_milter run
 
 # ------------------------------------------------------------------ helpers
+# (lib.sh: inspect_get, kind_is, verify_ok, cms_ok, postacert_body_has, hdr_is, hdr_absent,
+# quarantine_count_is, no_pids_in_netns; they trust $CA, set per backend below)
 
-# inspect_get FILE PYEXPR: evaluates PYEXPR on `d`, the object `pec-milter inspect --json FILE` prints.
-inspect_get() {
-  "$BIN" inspect --json --trust "$CA" "$1" | python3 -c '
-import json, sys
-t = sys.stdin.read().strip()
-try:
-    d = json.loads(t)
-except ValueError:
-    d = json.loads(t.splitlines()[0])
-if isinstance(d, list):
-    d = d[0]
-print(eval(sys.argv[1]))' "$2"
-}
-kind_is() { [ "$(inspect_get "$1" 'd["kind"]')" = "$2" ]; }
-verify_ok() { "$BIN" verify --trust "$CA" "$1"; }
-cms_ok() { openssl cms -verify -purpose any -CAfile "$CA" -in "$1" -out /dev/null; }
 destinatari_has() { inspect_get "$1" '" ".join(x["address"] for x in d["daticert"]["destinatari"])' | tr ' ' '\n' | grep -qx "$2"; }
-# postacert_body_has ENVELOPE TOKEN: the postacert.eml carried by the envelope has TOKEN in its body.
-postacert_body_has() {
-  python3 - "$1" "$2" <<'EOF'
-import email, sys
-from email import policy
-m = email.message_from_binary_file(open(sys.argv[1], 'rb'), policy=policy.compat32)
-for part in m.walk():
-    if part.get_filename() == 'postacert.eml' or part.get_content_type() == 'message/rfc822':
-        p = part.get_payload()
-        inner = p[0] if isinstance(p, list) else email.message_from_string(p)
-        for q in inner.walk():
-            if not q.is_multipart() and sys.argv[2].encode() in (q.get_payload(decode=True) or b''):
-                sys.exit(0)
-        print("postacert.eml found, token not in its body", file=sys.stderr); sys.exit(1)
-print("no postacert.eml part", file=sys.stderr); sys.exit(1)
-EOF
-}
-# header block only (the top-level one)
-hdr_is() { [ "$(hdr_get "$1" "$2")" = "$3" ]; }
-hdr_absent() { [ -z "$(hdr_get "$1" "$2")" ]; }
-
-quarantine_count_is() { [ "$(find "$1" -type f | wc -l)" -eq "$2" ]; }
-no_pids_in_netns() { [ -z "$(ip netns pids "$RIG_NETNS")" ]; }
 
 # ------------------------------------------------------------------ one backend
 
@@ -266,7 +223,9 @@ sys.exit(0 if orig.rstrip(b"\n") in env else 1)' "$O/6.eml" "$ENV"
   ok "[$BACKEND] pec-milter exits 0 on SIGTERM" pec_milter_down "$DIR"
   fail "[$BACKEND] no panic in pec-milter's log" grep -q 'panicked' "$DIR/pec-milter.log"
   ok "[$BACKEND] nothing left in the queue" pf_queue_empty "$PF" 5
-  pf_down "$PF"; clamd_down "$DIR/clamd"; redis_down "$DIR/redis"
+  ok "[$BACKEND] postfix stops (master gone, listeners closed)" pf_down "$PF"
+  ok "[$BACKEND] clamd stops (process gone, port closed)" clamd_down "$DIR/clamd"
+  if [ "$BACKEND" = redis ]; then ok "[$BACKEND] redis stops (process gone, port closed)" redis_down "$DIR/redis"; fi
   ok "[$BACKEND] no process left in the netns" no_pids_in_netns
   return 0
 }

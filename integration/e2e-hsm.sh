@@ -22,8 +22,7 @@ set -uo pipefail
 BIN=$(pec_milter_bin)
 rig_begin pechsm
 T0=$EPOCHREALTIME
-[ -x "$BIN" ] || die "pec-milter binary $BIN not found: build it first (cargo build)"
-"$BIN" hsm-check --help >/dev/null 2>&1 || die "$BIN has no hsm-check subcommand"
+need_pec_milter hsm-check
 [ -r "$HSM_MODULE" ] || die "$HSM_MODULE missing: integration/deps.sh installs softhsm2"
 for t in softhsm2-util pkcs11-tool; do command -v "$t" >/dev/null || die "$t missing (integration/deps.sh)"; done
 
@@ -32,16 +31,8 @@ MB=$PF/vmail MARIO_MD=$MB/pec.demo.test/mario.rossi ANNA_MD=$MB/pec.other.test/a
 LABEL=pec-demo ORG="Demo PEC S.p.A."
 mkdir -p "$O" "$DIR/demo"
 
-# ------------------------------------------------------------------ helpers (as e2e-access.sh)
-inspect_get() {
-  "$BIN" inspect --json --trust "$CA" "$1" | python3 -c '
-import json, sys
-d = json.loads(sys.stdin.read().strip().splitlines()[0])
-print(eval(sys.argv[1]))' "$2"
-}
-kind_is() { [ "$(inspect_get "$1" 'd["kind"]')" = "$2" ]; }
-verify_ok() { "$BIN" verify --trust "$CA" "$1"; }
-cms_ok() { openssl cms -verify -purpose any -CAfile "$CA" -in "$1" -out /dev/null; }
+# ------------------------------------------------------------------ helpers
+# (lib.sh: inspect_get, kind_is, verify_ok, cms_ok; they trust $CA, the rig's test CA)
 # signer_is_hsm FILE: the signature's signer certificate is the token's (SHA-1 of its DER).
 signer_is_hsm() { [ "$(inspect_get "$1" 'd["signature"]["signer_sha1"]')" = "$HSM_SHA1" ]; }
 # check_cmd EXPECT_EXIT ERE CMD...: CMD exits EXPECT_EXIT and its output matches ERE.

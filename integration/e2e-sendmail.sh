@@ -29,7 +29,7 @@ SM=/opt/sendmail
 SMBIN=$SM/usr/libexec/sendmail/sendmail
 rig_begin pecsm
 T0=$EPOCHREALTIME
-[ -x "$BIN" ] || die "pec-milter binary $BIN not found: build it first (cargo build)"
+need_pec_milter
 [ -x "$SMBIN" ] || die "$SMBIN not found: run integration/deps.sh (it unpacks Sendmail there)"
 
 W=$RIG_BASE
@@ -112,7 +112,15 @@ sendmail_up() {
     "hostname mx.pec.test; exec $SMBIN -C $SD/sendmail.cf -bd -q10s" >"$SD/start.log" 2>&1 || return 1
   wait_port 127.0.0.1 2526 15 && wait_port 127.0.0.1 10025 15
 }
-sendmail_down() { [ -s "$SD/sendmail.pid" ] && kill "$(head -1 "$SD/sendmail.pid")" 2>/dev/null; return 0; }
+# sendmail_down: stops the daemon (the pid on the first line of its pid file; TERM, KILL after
+# 10 s); 0 only when it is gone and nothing listens on 2526 and 10025 any more.
+sendmail_down() {
+  local rc=0
+  _kill_pidfile "$SD/sendmail.pid" 10 || rc=1
+  wait_closed 127.0.0.1 2526 5 || rc=1
+  wait_closed 127.0.0.1 10025 5 || rc=1
+  return "$rc"
+}
 # a simple command (not a function) in the background: $! is smtp-sink itself
 ip netns exec "$RIG_NETNS" smtp-sink -u nobody -d "$SINK/%H%M%S." 127.0.0.2:2527 64 >"$W/sink.out" 2>&1 &
 echo $! > "$W/sink.pid"; rig_defer _kill_pidfile "$W/sink.pid" 5
@@ -198,7 +206,8 @@ fi
 
 ok "(3) pec-milter stopped" pec_milter_down "$D"
 before=$(sink_count)
-fail "(3) Sendmail does not accept the message (F=T)" swaks_plain 2526 someone@other.example "$MARIO" \
+# F=T with the milter unreachable: Sendmail answers 451 4.3.2 at MAIL FROM (swaks exit 23)
+fail "(3) Sendmail does not accept the message (F=T)" --code 23 swaks_plain 2526 someone@other.example "$MARIO" \
   --body "Milter assente."
 out=$(swaks_plain 2526 someone@other.example "$MARIO" --body "Milter assente." 2>&1)
 ok "(3) ... with a 4xx" grep -qE '<\*\* 4[0-9][0-9]|<- 4[0-9][0-9]' <<< "$out"

@@ -46,8 +46,8 @@
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 RIG_DEFER_NS=1          # deferred *_down run in the namespace they were started in
-# the timers' debug events ("notice already sent") are what scenario 7 reads
-export PEC_MILTER_LOG=${PEC_MILTER_LOG:-info,pec_milter::timers=debug}
+# the timers' debug events ("notice already sent", module roles::tracking) are what scenario 7 reads
+export PEC_MILTER_LOG=${PEC_MILTER_LOG:-info,pec_milter::roles::tracking=debug}
 
 BIN=$(pec_milter_bin)
 rig_begin pecA
@@ -56,7 +56,7 @@ NSA=$RIG_NETNS
 netns_up "pecB$$" || die "cannot create network namespace pecB$$"
 NSB=$RIG_NETNS
 RIG_NETNS=$NSA
-[ -x "$BIN" ] || die "pec-milter binary $BIN not found: build it first (cargo build)"
+need_pec_milter
 
 IPA=10.99.0.1 IPB=10.99.0.2
 VA=vpa$$ VB=vpb$$
@@ -76,24 +76,12 @@ inA() { local RIG_NETNS=$NSA; "$@"; }
 inB() { local RIG_NETNS=$NSB; "$@"; }
 
 # ------------------------------------------------------------------ helpers
-jget() {   # jget FILE PYEXPR: PYEXPR on d = inspect --json (trusting both CAs)
-  "$BIN" inspect --json --trust "$RIG_BASE/both-ca.pem" "$1" | python3 -c '
-import json, sys
-t = sys.stdin.read().strip()
-try:
-    d = json.loads(t)
-except ValueError:
-    d = json.loads(t.splitlines()[0])
-if isinstance(d, list):
-    d = d[0]
-print(eval(sys.argv[1]))' "$2"
-}
-is() { local v; v=$(jget "$1" "$2"); echo "$2 = $v"; [ "$v" = "$3" ]; }
-cms_ok() { openssl cms -verify -purpose any -CAfile "$1" -in "$2" -out /dev/null; }
-hdr_is() { local v; v=$(hdr_get "$1" "$2"); echo "$2: $v"; [ "$v" = "$3" ]; }
+# (lib.sh: inspect_get and field_is, trusting $CA = both providers' CAs; cms_ok FILE CAFILE;
+# hdr_is; known_bug)
+CA=$RIG_BASE/both-ca.pem
 
 # kinds_since MAILDIR: kinds of the new files since mark, in delivery order (file<TAB>kind)
-kinds_since() { local f; for f in $(new_files "$1"); do printf '%s\t%s\n' "$f" "$(jget "$f" 'd["kind"]')"; done; }
+kinds_since() { local f; for f in $(new_files "$1"); do printf '%s\t%s\n' "$f" "$(inspect_get "$f" 'd["kind"]')"; done; }
 # wait_kinds MAILDIR N KIND [SECS=30]: until N new files of KIND; sets FOUND (their paths, oldest first)
 FOUND=
 wait_kinds() {
@@ -127,16 +115,6 @@ for part in m.walk():
 PY
 }
 texts_differ() { ! cmp -s <(text_of "$1") <(text_of "$2") || { text_of "$1"; return 1; }; }
-# known_bug NAME CMD...: a check pec-milter does not meet yet; STRICT=0 prints KNOWN BUG and counts
-# nothing when it fails (default STRICT=1: a failure like any other), as in e2e-reception.sh.
-known_bug() {
-  if [ "${STRICT:-1}" = 1 ]; then ok "$@"; return; fi
-  local name=$1; shift
-  local out; out=$(mktemp)
-  if "$@" >"$out" 2>&1; then pass "$name (known bug fixed? remove known_bug)"
-  else printf 'KNOWN BUG - %s\n' "$name"; tail -n 5 "$out" | sed 's/^/#   /'; fi
-  rm -f "$out"; return 0
-}
 # not_before FILE START SECS: FILE (its Maildir mtime) arrived at least SECS after START in
 # whole seconds: the PEC transaction time (Date:, daticert, the timers' origin) has
 # one-second precision, so a submission at 12.8 s counts from 12 s.
@@ -174,7 +152,13 @@ EOF
   "$BIN" check-config --config "$D/pec-milter.toml" >/dev/null && "$BIN" init-demo --config "$D/pec-milter.toml"
 }
 
-_veth_del() { ip link del "$VA" 2>/dev/null; return 0; }
+# _veth_del: deletes the veth pair (from A's side: B's end goes with it); 0 once neither end is
+# left (in the namespaces or on the host).
+_veth_del() {
+  ip -n "$NSA" link del "$VA" 2>/dev/null || ip link del "$VA" 2>/dev/null
+  ! ip -n "$NSA" link show "$VA" >/dev/null 2>&1 && ! ip -n "$NSB" link show "$VB" >/dev/null 2>&1 &&
+    ! ip link show "$VA" >/dev/null 2>&1
+}
 veth_up() {
   rig_defer _veth_del
   ip link add "$VA" type veth peer name "$VB" || return 1
@@ -189,7 +173,7 @@ ok "veth pair $IPA ($NSA) <-> $IPB ($NSB)" veth_up || exit 1
 ok "no default route in either namespace" no_default_route
 ok "A: config + identity (init-demo)" config "$A" "$A_NAME" "$A_DOM" redis || exit 1
 ok "B: config + identity (init-demo)" config "$B" "$B_NAME" "$B_DOM" embedded "lmtp 127.0.0.1:$DOVECOT_PORT" || exit 1
-cat "$CAA" "$CAB" > "$RIG_BASE/both-ca.pem"
+cat "$CAA" "$CAB" > "$CA"
 rm -f "$LDIF"
 {
   igpec_root_entry
@@ -248,22 +232,22 @@ _log "(1) consegna after $(rig_elapsed "$TS") s"
 ok "(1) A's mailReceipt box gets B's presa-in-carico" wait_kinds "$ARIC_MD" 1 presa-in-carico 20; PIC=$FOUND
 ok "(1) accettazione came first" first_is "$MARIO_MD" accettazione
 if [ -n "$ACC" ]; then
-  ok "(1) accettazione: openssl cms -verify with A's CA" cms_ok "$CAA" "$ACC"
+  ok "(1) accettazione: openssl cms -verify with A's CA" cms_ok "$ACC" "$CAA"
 fi
 if [ -n "$ENV" ]; then
-  ok "(1) envelope: openssl cms -verify with A's CA" cms_ok "$CAA" "$ENV"
+  ok "(1) envelope: openssl cms -verify with A's CA" cms_ok "$ENV" "$CAA"
   ok "(1) envelope: subject carries the token" bash -c "grep -q '$TOK' '$ENV'"
   ok "(1) envelope: X-TipoRicevuta: completa (default)" hdr_is "$ENV" X-TipoRicevuta completa
 fi
 if [ -n "$CONS" ]; then
-  ok "(1) consegna: openssl cms -verify with B's CA" cms_ok "$CAB" "$CONS"
-  ok "(1) consegna: daticert <ricevuta tipo=\"completa\">" is "$CONS" 'd["daticert"]["ricevuta"]' completa
-  ok "(1) consegna: postacert present" is "$CONS" 'd["postacert"] is not None' True
-  ok "(1) consegna: gestore-emittente is B" is "$CONS" 'd["daticert"]["gestore_emittente"]' "$B_NAME"
-  ok "(1) consegna: consegna = anna" is "$CONS" 'd["daticert"]["consegna"]' "$ANNA"
+  ok "(1) consegna: openssl cms -verify with B's CA" cms_ok "$CONS" "$CAB"
+  ok "(1) consegna: daticert <ricevuta tipo=\"completa\">" field_is "$CONS" 'd["daticert"]["ricevuta"]' completa
+  ok "(1) consegna: postacert present" field_is "$CONS" 'd["postacert"] is not None' True
+  ok "(1) consegna: gestore-emittente is B" field_is "$CONS" 'd["daticert"]["gestore_emittente"]' "$B_NAME"
+  ok "(1) consegna: consegna = anna" field_is "$CONS" 'd["daticert"]["consegna"]' "$ANNA"
 fi
 if [ -n "$PIC" ]; then
-  ok "(1) presa-in-carico: openssl cms -verify with B's CA" cms_ok "$CAB" "$PIC"
+  ok "(1) presa-in-carico: openssl cms -verify with B's CA" cms_ok "$PIC" "$CAB"
 fi
 ok "(1) nothing else for mario" new_count_is "$MARIO_MD" 2
 ok "(1) nothing in Postfix's vmail at A" bash -c "[ -z \"\$(find '$A/pf/vmail' -type f)\" ]"
@@ -289,13 +273,13 @@ for T in breve sintetica; do
     ok "(2 $T) envelope carries the attachment" grep -qF "$ATT64" "$ENV"
   fi
   if [ -n "$CONS" ]; then
-    ok "(2 $T) consegna: daticert <ricevuta tipo=\"$T\">" is "$CONS" 'd["daticert"]["ricevuta"]' "$T"
-    ok "(2 $T) consegna: openssl cms -verify with B's CA" cms_ok "$CAB" "$CONS"
+    ok "(2 $T) consegna: daticert <ricevuta tipo=\"$T\">" field_is "$CONS" 'd["daticert"]["ricevuta"]' "$T"
+    ok "(2 $T) consegna: openssl cms -verify with B's CA" cms_ok "$CONS" "$CAB"
     fail "(2 $T) consegna: the attachment's content is not in it" grep -qF "$ATT64" "$CONS"
     if [ "$T" = sintetica ]; then
-      ok "(2 $T) consegna: no postacert" is "$CONS" 'd["postacert"] is None' True
+      ok "(2 $T) consegna: no postacert" field_is "$CONS" 'd["postacert"] is None' True
     else
-      ok "(2 $T) consegna: postacert present (attachments hashed)" is "$CONS" 'd["postacert"] is not None' True
+      ok "(2 $T) consegna: postacert present (attachments hashed)" field_is "$CONS" 'd["postacert"] is not None' True
     fi
   fi
 done
@@ -309,8 +293,8 @@ ok "(3) mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20
 ok "(3) mario gets errore-consegna" wait_kinds "$MARIO_MD" 1 errore-consegna 20; ERR=$FOUND
 _log "(3) errore-consegna after $(rig_elapsed "$TS") s"
 if [ -n "$ERR" ]; then
-  ok "(3) errore-consegna: errore no-dest" is "$ERR" 'd["daticert"]["errore"]' no-dest
-  ok "(3) errore-consegna: openssl cms -verify with B's CA" cms_ok "$CAB" "$ERR"
+  ok "(3) errore-consegna: errore no-dest" field_is "$ERR" 'd["daticert"]["errore"]' no-dest
+  ok "(3) errore-consegna: openssl cms -verify with B's CA" cms_ok "$ERR" "$CAB"
 fi
 sleep 2
 ok "(3) exactly one accettazione and one errore-consegna" counts_are "$MARIO_MD" accettazione 1 errore-consegna 1
@@ -331,13 +315,13 @@ ok "(4) mario gets preavviso and final notice (2 x preavviso-errore-consegna)" \
   wait_kinds "$MARIO_MD" 2 preavviso-errore-consegna 40; NOTICES=$FOUND
 _log "(4) both notices after $(rig_elapsed "$TS") s"
 for f in $NOTICES; do
-  ok "(4) notice ${f##*/}: openssl cms -verify with A's CA" cms_ok "$CAA" "$f"
-  _log "(4) notice: errore=$(jget "$f" 'd["daticert"]["errore"]') subject=$(jget "$f" 'd["subject"]')"
+  ok "(4) notice ${f##*/}: openssl cms -verify with A's CA" cms_ok "$f" "$CAA"
+  _log "(4) notice: errore=$(inspect_get "$f" 'd["daticert"]["errore"]') subject=$(inspect_get "$f" 'd["subject"]')"
 done
 if [ -n "$NOTICES" ]; then
   N1=$(echo "$NOTICES" | sed -n 1p) N2=$(echo "$NOTICES" | sed -n 2p)
-  ok "(4) notice 1: the original is not included (no postacert)" is "$N1" 'd["postacert"] is None' True
-  ok "(4) notice 2: the original is not included (no postacert)" is "$N2" 'd["postacert"] is None' True
+  ok "(4) notice 1: the original is not included (no postacert)" field_is "$N1" 'd["postacert"] is None' True
+  ok "(4) notice 2: the original is not included (no postacert)" field_is "$N2" 'd["postacert"] is None' True
   ok "(4) notices: first (12 h) and final (24 h) texts differ" texts_differ "$N1" "$N2"
   ok "(4) preavviso not before [timers] first ($T_FIRST) after the submission" not_before "$N1" "$TS4" "${T_FIRST%s}"
   ok "(4) final notice not before [timers] last ($T_LAST) after the submission" not_before "$N2" "$TS4" "${T_LAST%s}"
@@ -363,10 +347,10 @@ ok "(5) mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20
 ok "(5) mario gets errore-consegna (mailbox over quota)" wait_kinds "$MARIO_MD" 1 errore-consegna 20; ERR=$FOUND
 _log "(5) errore-consegna after $(rig_elapsed "$TS") s"
 if [ -n "$ERR" ]; then
-  ok "(5) errore-consegna: errore altro" is "$ERR" 'd["daticert"]["errore"]' altro
-  ok "(5) errore-consegna: errore-esteso mentions 5.2.2" is "$ERR" '"5.2.2" in (d["daticert"]["errore_esteso"] or "")' True
-  _log "(5) errore-esteso: $(jget "$ERR" 'd["daticert"]["errore_esteso"]')"
-  ok "(5) errore-consegna: openssl cms -verify with B's CA" cms_ok "$CAB" "$ERR"
+  ok "(5) errore-consegna: errore altro" field_is "$ERR" 'd["daticert"]["errore"]' altro
+  ok "(5) errore-consegna: errore-esteso mentions 5.2.2" field_is "$ERR" '"5.2.2" in (d["daticert"]["errore_esteso"] or "")' True
+  _log "(5) errore-esteso: $(inspect_get "$ERR" 'd["daticert"]["errore_esteso"]')"
+  ok "(5) errore-consegna: openssl cms -verify with B's CA" cms_ok "$ERR" "$CAB"
 fi
 sleep 2
 ok "(5) exactly one accettazione and one errore-consegna" counts_are "$MARIO_MD" accettazione 1 errore-consegna 1
@@ -385,19 +369,19 @@ submit "$O/6.txt" "scenario 6 $TOK" "$ANNA,$EXT"
 ok "(6) submission accepted" eod_250 "$O/6.txt"
 ok "(6) mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20; ACC=$FOUND
 if [ -n "$ACC" ]; then
-  ok "(6) accettazione: anna certificato, esterno@ esterno" is "$ACC" \
+  ok "(6) accettazione: anna certificato, esterno@ esterno" field_is "$ACC" \
     'sorted((x["address"], x["tipo"]) for x in d["daticert"]["destinatari"])' \
     "[('$ANNA', 'certificato'), ('$EXT', 'esterno')]"
 fi
 ok "(6) anna gets the envelope" wait_kinds "$ANNA_MD" 1 posta-certificata 20
 ok "(6) the external recipient gets the envelope" wait_kinds "$EXT_MD" 1 posta-certificata 20; XENV=$FOUND
 if [ -n "$XENV" ]; then
-  ok "(6) external envelope: openssl cms -verify with A's CA" cms_ok "$CAA" "$XENV"
+  ok "(6) external envelope: openssl cms -verify with A's CA" cms_ok "$XENV" "$CAA"
   ok "(6) external envelope: subject carries the token" grep -q "$TOK" "$XENV"
 fi
 ok "(6) mario gets avvenuta-consegna (anna)" wait_kinds "$MARIO_MD" 1 avvenuta-consegna 20; CONS=$FOUND
 if [ -n "$CONS" ]; then
-  ok "(6) consegna: consegna = anna" is "$CONS" 'd["daticert"]["consegna"]' "$ANNA"
+  ok "(6) consegna: consegna = anna" field_is "$CONS" 'd["daticert"]["consegna"]' "$ANNA"
 fi
 LEFT=$(awk -v a="$TS6" -v b="$EPOCHREALTIME" -v s="$(( ${T_LAST%s} + 2 ))" 'BEGIN { r = s - (b - a); printf "%.2f", (r > 0 ? r : 0) }')
 _log "(6) all in after $(rig_elapsed "$TS6") s; waiting $LEFT s more ([timers] last + 2 s)"

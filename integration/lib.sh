@@ -12,15 +12,18 @@
 # machine even if some component tried DNS: the namespace's /etc/resolv.conf points to
 # 127.0.0.1 (nothing listens on 53 there) and there is no route but loopback.
 # Every *_up registers its *_down with the rig's cleanup stack, run by the EXIT trap even when
-# the script fails or is interrupted. Every *_down is idempotent.
+# the script fails or is interrupted. Every *_down is idempotent, and returns 0 only when what it
+# stops is really gone (its process exited, its ports closed), so `ok "x stops" x_down DIR` checks.
 #
 # Functions (details above each one):
 #   rig_begin PREFIX | rig_finish | rig_defer CMD... | rig_cleanup | die MSG | ns_exec CMD...
 #   netns_up NAME | netns_down NAME
 #   pf_instance DIR [KEY=VALUE...] | pf_up DIR | pf_down DIR
+#   pf_main_cf DIR | pf_sasl DIR "ADDR:PW..." | pf_master_cf REINJECT < LISTENERS | pf_spool_check DIR
+#                                                     (the pieces of pf_instance, for bench/run.sh too)
 #   redis_up DIR PORT | redis_down DIR
 #   clamd_up DIR PORT | clamd_down DIR | clamd_instream FILE [PORT] | eicar_string
-#   pec_milter_up DIR CONFIG | pec_milter_down DIR
+#   need_pec_milter [SUBCOMMAND...] | pec_milter_up DIR CONFIG | pec_milter_down DIR
 #   slapd_up DIR PORT LDIF | slapd_down DIR          (providers' index, o=postacert)
 #   igpec_root_entry | ldap_providers PORT [ATTRS...]
 #   write_config DIR [embedded|redis]                (env INDEX=ldap|ldif ... adds [index]/[reception])
@@ -28,8 +31,11 @@
 #   wait_port HOST PORT [SECS] | wait_closed HOST PORT [SECS]
 #   maildir_wait MAILDIR COUNT [SECS] | maildir_count MAILDIR | maildir_files MAILDIR | pf_queue_empty DIR
 #   swaks_submit USER PASS FROM TO [SWAKS ARGS...] | swaks_plain PORT FROM TO [SWAKS ARGS...]
-#   hdr_block FILE | hdr_get FILE NAME
-#   ok NAME CMD... | fail NAME [CMD...] | pass NAME | summary
+#   hdr_block FILE | hdr_get FILE NAME | hdr_is FILE NAME VALUE | hdr_absent FILE NAME
+#   inspect_get FILE PYEXPR [TRUST] | kind_is FILE KIND | field_is FILE PYEXPR VALUE
+#   verify_ok FILE | cms_ok FILE [CAFILE] | postacert_body_has ENVELOPE TOKEN
+#   quarantine_count_is DIR N | no_pids_in_netns
+#   ok NAME CMD... | fail NAME [--code N] [CMD...] | known_bug NAME CMD... | pass NAME | summary
 
 RIG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -166,23 +172,55 @@ ok() {
   return "$rc"
 }
 
-# fail NAME CMD...: passes when CMD exits non-zero (a negative assertion).
-# fail NAME       : with no command, records a failure (use after your own check).
+# fail NAME CMD...          : a negative assertion: passes when CMD exits 1 exactly (grep found
+#                             nothing, test or [ was false, a function returned 1). Any other
+#                             status is a failure: 0, but also 2 (grep's own error, e.g. a missing
+#                             file), 124 (timeout), 126/127 (cannot run / command not found), 128+N
+#                             (killed by signal N): a check that could not run proves nothing.
+# fail NAME --code N CMD... : passes when CMD exits N exactly, for a command whose refusal has a
+#                             status of its own (swaks: 24 no RCPT accepted, 28 AUTH refused, ...;
+#                             getent: 2 key not found). Output of CMD is shown only on failure.
+# fail NAME                 : with no command, records a failure (use after your own check).
 fail() {
-  local name=$1; shift
+  local name=$1 want=1; shift
   if [ $# = 0 ]; then
     printf 'FAIL - %s\n' "$name"; RIG_FAILED=$((RIG_FAILED + 1)); return 1
+  fi
+  if [ "$1" = --code ]; then
+    if [ $# -lt 3 ] || ! [[ $2 =~ ^[0-9]+$ ]]; then
+      printf 'FAIL - %s (fail: --code needs a number and a command: %s)\n' "$name" "$*"
+      RIG_FAILED=$((RIG_FAILED + 1)); return 1
+    fi
+    want=$2; shift 2
   fi
   local out rc t=$EPOCHREALTIME
   out=$(mktemp)
   "$@" >"$out" 2>&1; rc=$?
   [ "${RIG_TIMING:-0}" = 1 ] && name="$name [$(rig_elapsed "$t") s]"
-  if [ "$rc" != 0 ]; then
+  if [ "$rc" = "$want" ]; then
     printf 'ok - %s\n' "$name"; RIG_PASSED=$((RIG_PASSED + 1)); rm -f "$out"; return 0
   fi
-  printf 'FAIL - %s (expected failure, got exit 0: %s)\n' "$name" "$*"
+  printf 'FAIL - %s (expected exit %s, got exit %s: %s)\n' "$name" "$want" "$rc" "$*"
   tail -n 20 "$out" | sed 's/^/#   /'
   RIG_FAILED=$((RIG_FAILED + 1)); rm -f "$out"; return 1
+}
+
+# known_bug NAME CMD...: a check of the documented behaviour that pec-milter does not meet yet.
+# With STRICT=1 (the default) it is `ok NAME CMD...`. With STRICT=0 it passes when CMD passes
+# and, when CMD fails, prints "KNOWN BUG - NAME", counts nothing and adds 1 to KNOWN_BUGS_SEEN.
+KNOWN_BUGS_SEEN=0
+known_bug() {
+  if [ "${STRICT:-1}" = 1 ]; then ok "$@"; return; fi
+  local name=$1; shift
+  local out; out=$(mktemp)
+  if "$@" >"$out" 2>&1; then
+    pass "$name (known bug fixed? remove known_bug)"
+  else
+    printf 'KNOWN BUG - %s (%s)\n' "$name" "$*"; tail -n 5 "$out" | sed 's/^/#   /'
+    KNOWN_BUGS_SEEN=$((KNOWN_BUGS_SEEN + 1))
+  fi
+  rm -f "$out"
+  return 0
 }
 
 # pass NAME: records a pass.
@@ -202,7 +240,7 @@ summary() {
 # Sets RIG_NETNS=NAME and registers netns_down.
 netns_up() {
   local ns=$1
-  if ip netns list | awk '{print $1}' | grep -qx "$ns"; then netns_down "$ns"; fi
+  if _netns_exists "$ns"; then netns_down "$ns" || return 1; fi
   mkdir -p "/etc/netns/$ns"
   printf '127.0.0.1\tlocalhost mx.pec.demo.test mx.pec.test\n::1\tlocalhost\n' > "/etc/netns/$ns/hosts"
   printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' > "/etc/netns/$ns/resolv.conf"
@@ -212,23 +250,32 @@ netns_up() {
   rig_defer netns_down "$ns"
 }
 
-# netns_down NAME: kills (by pid) anything still running in NAME, deletes it and /etc/netns/NAME.
+# netns_down NAME: kills (by pid) anything still running in NAME (TERM, then KILL after 1 s),
+# deletes it and /etc/netns/NAME. Returns 0 only when no process is left in it and its name is
+# gone (a process that survives SIGKILL keeps the namespace alive, nameless).
 netns_down() {
-  local ns=$1 pids p
-  if ip netns list | awk '{print $1}' | grep -qx "$ns"; then
+  local ns=$1 pids p i rc=0
+  if _netns_exists "$ns"; then
     pids=$(ip netns pids "$ns" 2>/dev/null)
     if [ -n "$pids" ]; then
       _log "netns_down $ns: left-over processes: $(for p in $pids; do printf '%s(%s) ' "$p" "$(cat /proc/"$p"/comm 2>/dev/null)"; done)"
       for p in $pids; do kill -TERM "$p" 2>/dev/null; done
-      sleep 0.5
+      for ((i = 0; i < 20; i++)); do [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && break; sleep 0.05; done
       for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+      for ((i = 0; i < 40; i++)); do [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && break; sleep 0.05; done
+      pids=$(ip netns pids "$ns" 2>/dev/null)
+      if [ -n "$pids" ]; then echo "netns_down $ns: processes survive SIGKILL: $pids" >&2; rc=1; fi
     fi
-    ip netns del "$ns"
+    ip netns del "$ns" || rc=1
+    if _netns_exists "$ns"; then echo "netns_down $ns: still listed by ip netns list" >&2; rc=1; fi
   fi
   rm -rf "/etc/netns/$ns"
-  [ "$RIG_NETNS" = "$ns" ] && RIG_NETNS=
-  return 0
+  if [ "$RIG_NETNS" = "$ns" ]; then RIG_NETNS=; fi
+  return "$rc"
 }
+
+# _netns_exists NAME: `ip netns list` lists NAME.
+_netns_exists() { ip netns list | awk '{print $1}' | grep -qx -- "$1"; }
 
 # ---------------------------------------------------------------- waiting
 
@@ -265,20 +312,56 @@ _alive() {
   [ -n "$st" ] && [ "$st" != Z ]
 }
 
-# _kill_pidfile FILE [SECS=10]: TERM the pid in FILE, wait, KILL if needed, remove FILE.
+# _stop_pid PID [SECS=10] [WHAT]: TERM PID, wait up to SECS, then KILL and wait 2 s more.
+# Returns 0 once PID is gone (or was not running), 1 when it survives SIGKILL.
+_stop_pid() {
+  local pid=$1 secs=${2:-10} what=${3:-process} i
+  _alive "$pid" || return 0
+  kill -TERM "$pid" 2>/dev/null
+  for ((i = 0; i < secs * 20; i++)); do _alive "$pid" || return 0; sleep 0.05; done
+  _log "$what: pid $pid ignored SIGTERM for ${secs}s; killing"
+  kill -KILL "$pid" 2>/dev/null
+  for ((i = 0; i < 40; i++)); do _alive "$pid" || return 0; sleep 0.05; done
+  echo "$what: pid $pid still running after SIGKILL" >&2
+  return 1
+}
+
+# _kill_pidfile FILE [SECS=10]: _stop_pid on the pid of FILE's first line, then removes FILE.
+# Returns 0 when that process is gone (or FILE names none), 1 when it is still running (FILE kept).
 _kill_pidfile() {
-  local f=$1 secs=${2:-10} pid i
+  local f=$1 secs=${2:-10} pid
   [ -s "$f" ] || return 0
-  pid=$(cat "$f")
-  if _alive "$pid"; then
-    kill -TERM "$pid" 2>/dev/null
-    for ((i = 0; i < secs * 20; i++)); do _alive "$pid" || break; sleep 0.05; done
-    if _alive "$pid"; then
-      _log "pid $pid ($f) ignored SIGTERM; killing"
-      kill -KILL "$pid" 2>/dev/null
-    fi
-  fi
+  pid=$(head -n 1 "$f" | tr -d ' \t')
+  _stop_pid "$pid" "$secs" "$f" || return 1
   rm -f "$f"
+}
+
+# _daemon_down DIR NAME [SECS=10]: stops the daemon of DIR/NAME.pid (_kill_pidfile) and, when
+# DIR/NAME.port exists and the rig has a namespace, waits (5 s) until nothing listens on
+# 127.0.0.1:PORT there. Returns 0 only when the process is gone and the port closed.
+_daemon_down() {
+  local D=$1 name=$2 rc=0
+  _kill_pidfile "$D/$name.pid" "${3:-10}" || rc=1
+  if [ -s "$D/$name.port" ] && [ -n "$RIG_NETNS" ]; then
+    wait_closed 127.0.0.1 "$(cat "$D/$name.port")" 5 || rc=1
+  fi
+  return "$rc"
+}
+
+# _wait_listening NAME PID PORT LOG...: until PID (a daemon just started in the background)
+# accepts connections on 127.0.0.1:PORT in the netns (10 s). Fails, with the tail of LOG..., when
+# PID exits first or after 10 s.
+_wait_listening() {
+  local name=$1 pid=$2 port=$3 i; shift 3
+  for ((i = 0; i < 200; i++)); do
+    if ! _alive "$pid"; then
+      echo "${name}_up: $name exited at start; log:" >&2; tail -n 20 "$@" >&2; return 1
+    fi
+    ns_exec bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "${name}_up: not listening on 127.0.0.1:$port after 10s; log:" >&2; tail -n 20 "$@" >&2
+  return 1
 }
 
 # ---------------------------------------------------------------- Postfix
@@ -316,39 +399,22 @@ pf_instance() {
   chown postfix:postfix "$D"/data
   chown 65534:65534 "$D"/vmail     # virtual(8) delivers as nobody (uid >= virtual_minimum_uid)
 
-  cat > "$D"/etc/main.cf <<EOF
-compatibility_level = 3.6
-queue_directory = $D/spool
-data_directory = $D/data
-mail_owner = postfix
-setgid_group = postdrop
-# no syslog: postlogd writes here (the prefix must be whitelisted)
-maillog_file = $D/maillog
-maillog_file_prefixes = $D
+  { pf_main_cf "$D"; cat <<EOF; } > "$D"/etc/main.cf
 myhostname = $HOST
 mydomain = ${DOMAINS%% *}
 myorigin = \$mydomain
 mydestination = localhost
 inet_interfaces = ${SUBMIT%:*}, ${REINJECT%:*}${INBOUND:+, ${INBOUND%:*}}
-inet_protocols = ipv4
 mynetworks = $MYNETWORKS
-smtpd_banner = \$myhostname ESMTP
 # tests provoke errors on purpose: no 1 s tarpit after each one
 smtpd_error_sleep_time = 0s
 # only mynetworks or SASL-authenticated clients may relay
 smtpd_relay_restrictions = permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination
-# never DNS: literal [ip]:port next hops only, foreign domains go to error:
-smtp_dns_support_level = disabled
-smtp_host_lookup = native
+# never DNS (pf_main_cf): literal [ip]:port next hops only, foreign domains go to error:
 lmtp_host_lookup = native
-smtpd_peername_lookup = no
 default_transport = error:5.7.1 outbound mail disabled in test instance
 relay_transport = error:5.7.1 outbound mail disabled in test instance
-transport_maps = texthash:$D/etc/transport
-biff = no
 recipient_delimiter = +
-alias_maps =
-alias_database =
 # final delivery: one Maildir per address (texthash: virtual(8) refuses regexp \$1)
 virtual_mailbox_domains = $DOMAINS
 virtual_mailbox_base = $D/vmail
@@ -356,28 +422,11 @@ virtual_mailbox_maps = texthash:$D/etc/vmailbox
 virtual_uid_maps = static:65534
 virtual_transport = $VTRANSPORT
 virtual_gid_maps = static:65534
-# PEC: up to 100 MB; no 8bit->QP conversion after the milter signed the message
+# PEC: up to 100 MB
 message_size_limit = 104857600
 virtual_mailbox_limit = 0
-mailbox_size_limit = 0
-disable_mime_output_conversion = yes
-# milters: only on the submission listener (master.cf -o smtpd_milters=...)
-smtpd_milters =
-non_smtpd_milters =
-milter_protocol = 6
-milter_default_action = tempfail
-milter_macro_daemon_name = \$myhostname
-milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}
-milter_connect_timeout = 30s
-milter_command_timeout = 30s
-milter_content_timeout = 600s
-# SASL (Cyrus: $D/etc/sasl/smtpd.conf -> sasldb $D/sasl/sasldb2; enabled per listener in master.cf)
-smtpd_sasl_type = cyrus
-smtpd_sasl_path = smtpd
-cyrus_sasl_config_path = $D/etc/sasl
-smtpd_sasl_security_options = noanonymous
+# SASL on the submission listener only (master.cf)
 smtpd_sasl_local_domain =
-smtpd_tls_security_level = none
 smtpd_tls_auth_only = no
 broken_sasl_auth_clients = yes
 EOF
@@ -388,7 +437,71 @@ EOF
   } > "$D"/etc/vmailbox
   printf '%s\n' "$TRANSPORT" > "$D"/etc/transport
 
-  # Cyrus SASL: smtpd (user postfix, not chrooted) reads $D/etc/sasl/smtpd.conf and the sasldb.
+  pf_sasl "$D" "$SASL_USERS" || return 1
+  {
+    printf '%s inet n - n - - smtpd\n  -o syslog_name=postfix/submission\n  -o smtpd_sasl_auth_enable=yes\n' "$SUBMIT"
+    printf '  -o smtpd_milters=%s\n  -o milter_macro_daemon_name=ORIGINATING\n' "$MILTERS"
+    if [ -n "$INBOUND" ]; then
+      printf '%s inet n - n - - smtpd\n  -o syslog_name=postfix/inbound\n  -o smtpd_sasl_auth_enable=no\n' "$INBOUND"
+      printf '  -o smtpd_milters=%s\n' "$MILTERS"
+    fi
+  } | pf_master_cf "$REINJECT" > "$D"/etc/master.cf || return 1
+  pf_spool_check "$D"
+}
+
+# pf_main_cf DIR: prints the main.cf lines that every test Postfix instance in DIR shares (the
+# caller appends its names, addresses, domains and transports): its own queue, data and log
+# (postlogd: no syslog), never DNS, transport_maps DIR/etc/transport, no 8bit->QP conversion
+# after a milter signed the message, milters only per listener (master.cf) with tempfail when
+# one is down, Cyrus SASL (pf_sasl) where a listener enables it.
+pf_main_cf() {
+  cat <<EOF
+compatibility_level = 3.6
+queue_directory = $1/spool
+data_directory = $1/data
+mail_owner = postfix
+setgid_group = postdrop
+# no syslog: postlogd writes here (the prefix must be whitelisted)
+maillog_file = $1/maillog
+maillog_file_prefixes = $1
+inet_protocols = ipv4
+smtpd_banner = \$myhostname ESMTP
+# never DNS: literal [ip]:port next hops only
+smtp_dns_support_level = disabled
+smtp_host_lookup = native
+smtpd_peername_lookup = no
+transport_maps = texthash:$1/etc/transport
+biff = no
+alias_maps =
+alias_database =
+mailbox_size_limit = 0
+disable_mime_output_conversion = yes
+# milters: only per listener (master.cf -o smtpd_milters=...)
+smtpd_milters =
+non_smtpd_milters =
+milter_protocol = 6
+milter_default_action = tempfail
+milter_macro_daemon_name = \$myhostname
+milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}
+milter_connect_timeout = 30s
+milter_command_timeout = 30s
+milter_content_timeout = 600s
+# SASL (Cyrus: $1/etc/sasl/smtpd.conf -> sasldb $1/sasl/sasldb2; enabled per listener in master.cf)
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+cyrus_sasl_config_path = $1/etc/sasl
+smtpd_sasl_security_options = noanonymous
+smtpd_tls_security_level = none
+EOF
+}
+
+# pf_sasl DIR "ADDR:PW ...": Cyrus SASL for the smtpd listeners of the instance in DIR:
+# DIR/etc/sasl/smtpd.conf (auxprop, sasldb, PLAIN LOGIN) and the accounts in DIR/sasl/sasldb2
+# (login = the full address, realm = its domain).
+pf_sasl() {
+  local D=$1 up u
+  mkdir -p "$D"/etc/sasl || return 1
+  # smtpd (user postfix, not chrooted) reads $D/etc/sasl/smtpd.conf and the sasldb.
   cat > "$D"/etc/sasl/smtpd.conf <<EOF
 pwcheck_method: auxprop
 auxprop_plugin: sasldb
@@ -399,32 +512,28 @@ EOF
   # (user postfix) only reads it, so root:postfix 0640.
   mkdir -p "$D"/sasl; chmod 755 "$D"/sasl
   rm -f "$D"/sasl/sasldb2*
-  local up
-  for up in $SASL_USERS; do
+  for up in $2; do
     u=${up%%:*}
     printf '%s' "${up#*:}" | saslpasswd2 -f "$D"/sasl/sasldb2 -p -c -u "${u#*@}" "${u%@*}" || return 1
   done
-  [ -e "$D"/sasl/sasldb2 ] && { chown root:postfix "$D"/sasl/sasldb2; chmod 640 "$D"/sasl/sasldb2; }
+  if [ -e "$D"/sasl/sasldb2 ]; then chown root:postfix "$D"/sasl/sasldb2; chmod 640 "$D"/sasl/sasldb2; fi
+}
 
-  cat > "$D"/etc/master.cf <<EOF
-# service type  private unpriv chroot wakeup maxproc command
-$SUBMIT inet n - n - - smtpd
-  -o syslog_name=postfix/submission
-  -o smtpd_sasl_auth_enable=yes
-  -o smtpd_milters=$MILTERS
-  -o milter_macro_daemon_name=ORIGINATING
-$REINJECT inet n - n - - smtpd
+# pf_master_cf REINJECT < LISTENERS: prints a master.cf: the listener entries read from stdin
+# (as they are), the milter-free reinjection smtpd on REINJECT (ip:port; no AUTH, no milters,
+# relay for 127.0.0.0/8 only: pec-milter's receipts), then Postfix's own services.
+pf_master_cf() {
+  printf '# service type  private unpriv chroot wakeup maxproc command\n'
+  cat
+  cat <<EOF
+$1 inet n - n - - smtpd
   -o syslog_name=postfix/reinject
   -o smtpd_sasl_auth_enable=no
   -o smtpd_milters=
   -o receive_override_options=no_milters
   -o mynetworks=127.0.0.0/8
   -o smtpd_relay_restrictions=permit_mynetworks,reject
-${INBOUND:+$INBOUND inet n - n - - smtpd
-  -o syslog_name=postfix/inbound
-  -o smtpd_sasl_auth_enable=no
-  -o smtpd_milters=$MILTERS
-}pickup    unix  n       -       n       60      1       pickup
+pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
@@ -449,6 +558,12 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
+}
+
+# pf_spool_check DIR: the queue directories of the instance in DIR (whose etc/main.cf and
+# etc/master.cf are written), then `postfix check`.
+pf_spool_check() {
+  local D=$1
   # queue directories as postfix-files wants them: `postfix check` would create them too, but
   # its post-install create-missing costs ~2 s; this costs nothing
   local q
@@ -466,7 +581,7 @@ EOF
   # on failure, run it again under script(1) (which costs ~1 s, so not on the happy path).
   if ! ns_exec postfix -c "$D/etc" check >/dev/null 2>&1; then
     ns_exec script -qec "postfix -c $D/etc check" /dev/null >&2
-    echo "pf_instance: postfix check failed for $D" >&2; return 1
+    echo "postfix check failed for $D" >&2; return 1
   fi
 }
 
@@ -479,23 +594,37 @@ pf_up() {
     ns_exec script -qec "postfix -c $D/etc check" /dev/null >&2
     echo "pf_up: postfix start failed ($D); see $D/maillog" >&2; return 1
   fi
-  sub=$(postconf -c "$D/etc" -M | awk '$2 == "inet" && $1 ~ /:/ {print $1}')
+  sub=$(_pf_listeners "$D")
   for rein in $sub; do wait_port "${rein%:*}" "${rein##*:}" 10 || return 1; done
 }
 
-# pf_down DIR: stops the instance (graceful, then abort/kill) and waits for its master to exit.
+# _pf_listeners DIR: the ip:port of every inet listener in the master.cf of the instance in DIR.
+_pf_listeners() { postconf -c "$1/etc" -M 2>/dev/null | awk '$2 == "inet" && $1 ~ /:/ {print $1}'; }
+
+# pf_down DIR: stops the instance (postfix stop; after 10 s abort, then KILL of the master) and
+# waits for its master to exit and every inet listener of its master.cf to close (5 s each).
+# Returns 0 only when the master is gone and the listeners are closed.
 pf_down() {
-  local D=$1 pidf pid i
+  local D=$1 pidf pid i l rc=0
+  D=$(realpath -m "$D")
   pidf=$D/spool/pid/master.pid
-  [ -s "$pidf" ] || return 0
-  pid=$(tr -d ' ' < "$pidf")
-  _alive "$pid" || return 0
-  ns_exec postfix -c "$D/etc" stop >/dev/null 2>&1
-  for ((i = 0; i < 200; i++)); do _alive "$pid" || return 0; sleep 0.05; done
-  ns_exec postfix -c "$D/etc" abort >/dev/null 2>&1
-  sleep 0.5
-  kill -KILL "$pid" 2>/dev/null
-  return 0
+  if [ -s "$pidf" ]; then pid=$(tr -d ' ' < "$pidf"); else pid=; fi
+  if _alive "$pid"; then
+    ns_exec postfix -c "$D/etc" stop >/dev/null 2>&1
+    for ((i = 0; i < 200; i++)); do _alive "$pid" || break; sleep 0.05; done
+    if _alive "$pid"; then
+      _log "pf_down $D: master $pid still running 10 s after postfix stop; aborting"
+      ns_exec postfix -c "$D/etc" abort >/dev/null 2>&1
+      sleep 0.5
+      kill -KILL "$pid" 2>/dev/null
+      for ((i = 0; i < 40; i++)); do _alive "$pid" || break; sleep 0.05; done
+      if _alive "$pid"; then echo "pf_down: master $pid of $D survives SIGKILL" >&2; return 1; fi
+    fi
+  fi
+  if [ -n "$RIG_NETNS" ]; then
+    for l in $(_pf_listeners "$D"); do wait_closed "${l%:*}" "${l##*:}" 5 || rc=1; done
+  fi
+  return "$rc"
 }
 
 # ---------------------------------------------------------------- Redis
@@ -511,13 +640,8 @@ redis_up() {
   wait_port 127.0.0.1 "$port" 10
 }
 
-# redis_down DIR: stops it and waits until its port is closed.
-redis_down() {
-  local D=$1
-  _kill_pidfile "$D/redis.pid" 10
-  if [ -s "$D/redis.port" ] && [ -n "$RIG_NETNS" ]; then wait_closed 127.0.0.1 "$(cat "$D/redis.port")" 5; fi
-  return 0
-}
+# redis_down DIR: stops it and waits until its port is closed (0 only when both are true).
+redis_down() { _daemon_down "$1" redis; }
 
 # ---------------------------------------------------------------- clamd
 
@@ -567,13 +691,8 @@ clamd_instream() {
     tr "\0" "\n" <&3' _ "$port" "$f"
 }
 
-# clamd_down DIR
-clamd_down() {
-  local D=$1
-  _kill_pidfile "$D/clamd.pid" 10
-  if [ -s "$D/clamd.port" ] && [ -n "$RIG_NETNS" ]; then wait_closed 127.0.0.1 "$(cat "$D/clamd.port")" 5; fi
-  return 0
-}
+# clamd_down DIR: stops it and waits until its port is closed (0 only when both are true).
+clamd_down() { _daemon_down "$1" clamd; }
 
 # ---------------------------------------------------------------- pec-milter
 
@@ -581,6 +700,17 @@ pec_milter_bin() {
   local b=${PEC_MILTER_BIN:-target/debug/pec-milter}
   case $b in /*) ;; */*) b=$RIG_ROOT/$b ;; *) b=$(command -v "$b" || echo "$b") ;; esac
   printf '%s' "$b"
+}
+
+# need_pec_milter [SUBCOMMAND...]: dies (one failure, then the summary) unless the pec-milter
+# binary (pec_milter_bin) is built and has each SUBCOMMAND (`BIN SUBCOMMAND --help` runs).
+need_pec_milter() {
+  local bin sub
+  bin=$(pec_milter_bin)
+  [ -x "$bin" ] || die "pec-milter binary $bin not found: build it first (cargo build)"
+  for sub in "$@"; do
+    "$bin" "$sub" --help >/dev/null 2>&1 || die "$bin has no \`$sub\` subcommand (not built yet?)"
+  done
 }
 
 # pec_milter_up DIR CONFIG: starts `${PEC_MILTER_BIN:-target/debug/pec-milter} run --config CONFIG`
@@ -603,6 +733,7 @@ pec_milter_up() {
   NO_COLOR=1 ip netns exec "$RIG_NETNS" "$bin" run --config "$cfg" >>"$D/pec-milter.log" 2>&1 &
   pid=$!
   echo "$pid" > "$D/pec-milter.pid"
+  echo "$listen" > "$D/pec-milter.listen"
   rig_defer pec_milter_down "$D"
   for ((i = 0; i < 300; i++)); do
     if ! _alive "$pid"; then
@@ -621,21 +752,45 @@ pec_milter_up() {
   return 1
 }
 
-# pec_milter_down DIR: SIGTERM, waits up to 15 s; returns 0 only when it exited with status 0
-# (KILLed after the timeout, returns 1). The exit status is also written to DIR/pec-milter.exit.
+# pec_milter_down DIR: stops the pec-milter started by pec_milter_up DIR: SIGTERM, waits up to
+# 15 s. Returns 0 only for a real stop: it was running, it is a child of this shell (so that its
+# exit status is known), it exited with status 0 on the signal, and its inet listen address is
+# closed. Returns 1 when it had exited before (whatever the status), exited non-zero (127: a
+# command that could not run), ignored SIGTERM (KILLed after 15 s), or is not a child of this
+# shell. With no pid file (nothing started, or already stopped) only the listen address is
+# checked. What happened is written to DIR/pec-milter.exit (the status, `killed`, ...).
 pec_milter_down() {
-  local D=$1 pid i rc
-  [ -s "$D/pec-milter.pid" ] || return 0
-  pid=$(cat "$D/pec-milter.pid"); rm -f "$D/pec-milter.pid"
-  kill -TERM "$pid" 2>/dev/null
-  for ((i = 0; i < 300; i++)); do _alive "$pid" || break; sleep 0.05; done
-  if _alive "$pid"; then
-    echo "pec_milter_down: still running 15 s after SIGTERM; killing" >&2
-    kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; echo killed > "$D/pec-milter.exit"; return 1
+  local D=$1 pid ppid i rc listen hp
+  if [ -s "$D/pec-milter.pid" ]; then
+    pid=$(cat "$D/pec-milter.pid"); rm -f "$D/pec-milter.pid"
+    if ! _alive "$pid"; then
+      wait "$pid" 2>/dev/null; rc=$?
+      echo "exited-before:$rc" > "$D/pec-milter.exit"
+      echo "pec_milter_down: pec-milter (pid $pid) was not running any more (wait: status $rc)" >&2
+      return 1
+    fi
+    ppid=$(awk '{ sub(/^.*\) /, ""); print $2 }' "/proc/$pid/stat" 2>/dev/null)
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < 300; i++)); do _alive "$pid" || break; sleep 0.05; done
+    if _alive "$pid"; then
+      echo "pec_milter_down: still running 15 s after SIGTERM; killing" >&2
+      kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; echo killed > "$D/pec-milter.exit"; return 1
+    fi
+    if [ "$ppid" != "$BASHPID" ]; then
+      echo unknown > "$D/pec-milter.exit"
+      echo "pec_milter_down: pid $pid stopped, but it is not a child of this shell: exit status unknown" >&2
+      return 1
+    fi
+    wait "$pid" 2>/dev/null; rc=$?
+    echo "$rc" > "$D/pec-milter.exit"
+    if [ "$rc" != 0 ]; then echo "pec_milter_down: pec-milter exited with status $rc" >&2; return 1; fi
   fi
-  wait "$pid" 2>/dev/null; rc=$?   # 127 when not our child (started by another shell)
-  echo "$rc" > "$D/pec-milter.exit"
-  [ "$rc" = 0 ] || [ "$rc" = 127 ]
+  listen=$(cat "$D/pec-milter.listen" 2>/dev/null)
+  case $listen in
+    inet:*) hp=${listen#inet:}
+            if [ -n "$RIG_NETNS" ]; then wait_closed "${hp%:*}" "${hp##*:}" 5 || return 1; fi ;;
+  esac
+  return 0
 }
 
 # write_config DIR [embedded|redis]: writes DIR/pec-milter.toml (format of milter-conf/pec-milter.toml)
@@ -824,6 +979,62 @@ hdr_get() {
     END { if (cur != "") print cur }'
 }
 
+# hdr_is FILE NAME VALUE: the top-level header NAME is VALUE (one field). hdr_absent FILE NAME:
+# there is none. Both print what they found (shown when the check fails).
+hdr_is() { local v; v=$(hdr_get "$1" "$2"); echo "$2: $v"; [ "$v" = "$3" ]; }
+hdr_absent() { local v; v=$(hdr_get "$1" "$2"); echo "$2: $v"; [ -z "$v" ]; }
+
+# ---------------------------------------------------------------- PEC messages (pec-milter, openssl, Python)
+
+# inspect_get FILE PYEXPR [TRUST=$CA]: PYEXPR evaluated on `d`, the object that
+# `pec-milter inspect --json --trust TRUST FILE` prints (its first line when it prints several,
+# the first item when it is a list). TRUST is a PEM file of trust anchors; $CA is the script's.
+inspect_get() {
+  "$(pec_milter_bin)" inspect --json --trust "${3:-$CA}" "$1" | python3 -c '
+import json, sys
+t = sys.stdin.read().strip()
+try:
+    d = json.loads(t)
+except ValueError:
+    d = json.loads(t.splitlines()[0])
+if isinstance(d, list):
+    d = d[0]
+print(eval(sys.argv[1]))' "$2"
+}
+# kind_is FILE KIND: inspect's kind (posta-certificata, accettazione, ...) is KIND.
+kind_is() { local k; k=$(inspect_get "$1" 'd["kind"]'); echo "kind: $k"; [ "$k" = "$2" ]; }
+# field_is FILE PYEXPR VALUE: inspect_get FILE PYEXPR prints VALUE.
+field_is() { local v; v=$(inspect_get "$1" "$2"); echo "$2 = $v"; [ "$v" = "$3" ]; }
+# verify_ok FILE: `pec-milter verify --trust $CA FILE` accepts it.
+verify_ok() { "$(pec_milter_bin)" verify --trust "$CA" "$1"; }
+# cms_ok FILE [CAFILE=$CA]: `openssl cms -verify` accepts the S/MIME signature and its chain to CAFILE.
+cms_ok() { openssl cms -verify -purpose any -CAfile "${2:-$CA}" -in "$1" -out /dev/null; }
+
+# postacert_body_has ENVELOPE TOKEN: the message carried as postacert.eml (message/rfc822) has
+# TOKEN in its body (any leaf part, transfer encoding decoded).
+postacert_body_has() {
+  python3 - "$1" "$2" <<'EOF'
+import email, sys
+from email import policy
+m = email.message_from_binary_file(open(sys.argv[1], 'rb'), policy=policy.compat32)
+for part in m.walk():
+    if part.get_filename() == 'postacert.eml' or part.get_content_type() == 'message/rfc822':
+        p = part.get_payload()
+        inner = p[0] if isinstance(p, list) else email.message_from_string(p)
+        for q in inner.walk():
+            if not q.is_multipart() and sys.argv[2].encode() in (q.get_payload(decode=True) or b''):
+                sys.exit(0)
+        print("postacert.eml found, token not in its body", file=sys.stderr); sys.exit(1)
+print("no postacert.eml part", file=sys.stderr); sys.exit(1)
+EOF
+}
+
+# quarantine_count_is DIR N: DIR (a quarantine directory) holds N files.
+quarantine_count_is() { local n; n=$(find "$1" -type f | wc -l); echo "quarantine: $n files"; [ "$n" -eq "$2" ]; }
+
+# no_pids_in_netns: no process is left in the rig's namespace.
+no_pids_in_netns() { local p; p=$(ip netns pids "$RIG_NETNS"); [ -z "$p" ] || { echo "left in $RIG_NETNS: $p"; return 1; }; }
+
 # ---------------------------------------------------------------- SMTP clients (swaks, in the netns)
 
 # swaks_submit USER PASS FROM TO [SWAKS ARGS...]: AUTH PLAIN on the submission port, no DNS
@@ -853,7 +1064,7 @@ swaks_plain() {
 # Runs in the foreground (-d stats: no syslog here) in the background of this shell; log
 # DIR/slapd.log, pid DIR/slapd.pid. Registers slapd_down.
 slapd_up() {
-  local D=$1 port=$2 ldif=$3 bin out pid i
+  local D=$1 port=$2 ldif=$3 bin out pid
   D=$(realpath -m "$D")
   bin=$(command -v slapd || echo /usr/sbin/slapd)
   [ -x "$bin" ] || { echo "slapd_up: slapd not installed (integration/deps.sh installs slapd ldap-utils)" >&2; return 1; }
@@ -875,25 +1086,14 @@ slapd_up() {
   pid=$!
   echo "$pid" > "$D/slapd.pid"
   rig_defer slapd_down "$D"
-  for ((i = 0; i < 200; i++)); do
-    if ! _alive "$pid"; then
-      echo "slapd_up: slapd exited at start; log:" >&2; tail -n 20 "$D/slapd.log" >&2
-      rm -f "$D/slapd.pid"; return 1
-    fi
-    ns_exec bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "slapd_up: not listening on 127.0.0.1:$port after 10s; log:" >&2; tail -n 20 "$D/slapd.log" >&2
+  _wait_listening slapd "$pid" "$port" "$D/slapd.log" && return 0
+  _alive "$pid" || rm -f "$D/slapd.pid"
   return 1
 }
 
-# slapd_down DIR: stops it (TERM, then KILL after 10 s) and waits until its port is closed.
-slapd_down() {
-  local D=$1
-  _kill_pidfile "$D/slapd.pid" 10
-  if [ -s "$D/slapd.port" ] && [ -n "$RIG_NETNS" ]; then wait_closed 127.0.0.1 "$(cat "$D/slapd.port")" 5; fi
-  return 0
-}
+# slapd_down DIR: stops it (TERM, then KILL after 10 s) and waits until its port is closed
+# (0 only when both are true).
+slapd_down() { _daemon_down "$1" slapd; }
 
 # igpec_root_entry: the `dn: o=postacert` root entry of a providers' index LDIF (PEC-RULES §5.3,
 # without LDIFLocationURL), followed by a blank line. slapadd needs it before the provider entries;
@@ -923,7 +1123,7 @@ ldap_providers() {
 # foreground (-F) in the background of this shell; config DIR/dovecot.conf, log DIR/dovecot.log,
 # pid DIR/dovecot.pid. Registers dovecot_down.
 dovecot_up() {
-  local D=$1 port=$2 bin u addr quota pid i
+  local D=$1 port=$2 bin u addr quota pid
   D=$(realpath -m "$D")
   bin=$(command -v dovecot || echo /usr/sbin/dovecot)
   if [ ! -x "$bin" ] || [ ! -x /usr/lib/dovecot/lmtp ]; then
@@ -978,23 +1178,11 @@ EOC
   pid=$!
   echo "$pid" > "$D/dovecot.pid"
   rig_defer dovecot_down "$D"
-  for ((i = 0; i < 200; i++)); do
-    if ! _alive "$pid"; then
-      echo "dovecot_up: dovecot exited at start; log:" >&2; tail -n 20 "$D/dovecot.out" "$D/dovecot.log" >&2
-      rm -f "$D/dovecot.pid"; return 1
-    fi
-    ns_exec bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "dovecot_up: not listening on 127.0.0.1:$port after 10s; log:" >&2; tail -n 20 "$D/dovecot.log" >&2
+  _wait_listening dovecot "$pid" "$port" "$D/dovecot.out" "$D/dovecot.log" && return 0
+  _alive "$pid" || rm -f "$D/dovecot.pid"
   return 1
 }
 
 # dovecot_down DIR: stops it (TERM, then KILL after 10 s; Dovecot takes ~1 s to stop its
-# children) and waits until its port is closed.
-dovecot_down() {
-  local D=$1
-  _kill_pidfile "$D/dovecot.pid" 10
-  if [ -s "$D/dovecot.port" ] && [ -n "$RIG_NETNS" ]; then wait_closed 127.0.0.1 "$(cat "$D/dovecot.port")" 5; fi
-  return 0
-}
+# children) and waits until its port is closed (0 only when both are true).
+dovecot_down() { _daemon_down "$1" dovecot; }

@@ -15,7 +15,8 @@ SUB=$RIG_SUBMIT_PORT REIN=$RIG_REINJECT_PORT
 # ---- the namespace
 ok "netns has only lo" bash -c "[ \"\$(ip -n $RIG_NETNS -o link show | awk -F': ' '{print \$2}')\" = lo ]"
 ok "netns has no default route" bash -c "! ip -n $RIG_NETNS route show | grep -q default"
-fail "no DNS inside the netns (getent hosts example.org)" ns_exec timeout 5 getent hosts example.org
+# getent exits 2 when the name does not resolve (124 would be the timeout: a DNS server that hangs)
+fail "no DNS inside the netns (getent hosts example.org)" --code 2 ns_exec timeout 5 getent hosts example.org
 
 # ---- start everything
 ok "postfix instance written (postfix check)" pf_instance "$PF" || die "setup: postfix instance (giving up)"
@@ -43,10 +44,11 @@ ok "(a) body arrived intact" bash -c "grep -q selftest-token-a $MB/pec.other.tes
 ok "(a) maillog shows sasl_username=$MARIO" grep -q "sasl_method=PLAIN, sasl_username=$MARIO" "$PF/maillog"
 
 # ---- (b) wrong password -> 535, nothing queued
-fail "(b) swaks fails with a wrong password" swaks_submit "$MARIO" wrong-pw "$MARIO" "$ANNA" --body x
+# swaks exits 28 when AUTH fails
+fail "(b) swaks fails with a wrong password" --code 28 swaks_submit "$MARIO" wrong-pw "$MARIO" "$ANNA" --body x
 swaks_submit "$MARIO" wrong-pw "$MARIO" "$ANNA" --body x > "$OUT/b.txt" 2>&1
 ok "(b) AUTH refused with 535" grep -qE '^<\*\* +535 ' "$OUT/b.txt"
-fail "(b) unknown user refused too" swaks_submit nobody@pec.demo.test "$MARIO_PW" "$MARIO" "$ANNA" --body x
+fail "(b) unknown user refused too" --code 28 swaks_submit nobody@pec.demo.test "$MARIO_PW" "$MARIO" "$ANNA" --body x
 
 # ---- (c) foreign destinations never leave
 # c1: unauthenticated client outside mynetworks (127.0.0.2): relay denied; local delivery still allowed
@@ -125,6 +127,33 @@ ok "milter-conf/postfix snippets: postfix check passes, no warnings" apply_snipp
 ok "snippets: submission has smtpd_milters = pec-milter" bash -c "postconf -c $SN/etc -P | grep -qx 'submission/inet/smtpd_milters = inet:127.0.0.1:8891'"
 ok "snippets: reinjection 127.0.0.1:10025 has no milters" bash -c "postconf -c $SN/etc -P | grep -qx '127.0.0.1:10025/inet/receive_override_options = no_milters'"
 ok "snippets: milter_content_timeout = 600s, queue lifetimes 1d" bash -c "[ \"\$(postconf -c $SN/etc -h milter_content_timeout maximal_queue_lifetime bounce_queue_lifetime | paste -sd' ')\" = '600s 1d 1d' ]"
+
+# ---- the rig's own assertions: a check that could not run is not a pass, a *_down passes
+# only when its daemon really stopped
+# counts_are "P F" CMD...: CMD (ok/fail calls) in a subshell with fresh counters adds P passes, F failures.
+counts_are() { local c; c=$( (RIG_PASSED=0 RIG_FAILED=0; "${@:2}" >/dev/null; echo "$RIG_PASSED $RIG_FAILED") ); echo "got: $c"; [ "$c" = "$1" ]; }
+ok "rig: fail passes on exit 1 (grep finds nothing)" counts_are "1 0" fail x grep -q no-such-text "$PF/etc/main.cf"
+ok "rig: fail does not pass on exit 2 (grep of a missing file)" counts_are "0 1" fail x grep -q x "$RIG_BASE/no-such-file"
+ok "rig: fail does not pass on exit 127 (command not found)" counts_are "0 1" fail x no-such-command-pec-milter
+ok "rig: fail does not pass on exit 0" counts_are "0 1" fail x true
+ok "rig: fail --code 28 passes on 28 only" counts_are "1 2" eval 'fail x --code 28 bash -c "exit 28"; fail y --code 28 false; fail z --code 28 true'
+# a stale pid file while something still listens on the port: redis_down must not pass
+FK=$RIG_BASE/fake; mkdir -p "$FK"
+ip netns exec "$RIG_NETNS" python3 -c 'import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 6390)); s.listen(); time.sleep(60)' &
+FKL=$!
+bash -c 'exit 0' & FKP=$!; wait "$FKP"; echo "$FKP" > "$FK/redis.pid"; echo 6390 > "$FK/redis.port"
+ok "rig: fake listener on 6390" wait_port 127.0.0.1 6390 5
+fail "rig: redis_down fails while its port is still open (stale pid file)" redis_down "$FK"
+kill "$FKL"; wait "$FKL" 2>/dev/null
+ok "rig: redis_down passes once the port is closed" redis_down "$FK"
+# pec_milter_down: only a child that exits 0 on SIGTERM is a clean stop
+bash -c 'trap "exit 0" TERM; while :; do sleep 0.05; done' & echo $! > "$FK/pec-milter.pid"
+ok "rig: pec_milter_down passes when the process exits 0 on SIGTERM" pec_milter_down "$FK"
+bash -c 'trap "exit 127" TERM; while :; do sleep 0.05; done' & echo $! > "$FK/pec-milter.pid"
+fail "rig: pec_milter_down fails when the process exits 127 on SIGTERM" pec_milter_down "$FK"
+bash -c 'exit 0' & FKP=$!; sleep 0.2; echo "$FKP" > "$FK/pec-milter.pid"
+fail "rig: pec_milter_down fails when the process had exited before it was asked to stop" pec_milter_down "$FK"
 
 # ---- teardown, checked
 NS=$RIG_NETNS

@@ -161,108 +161,36 @@ ossl_best() { local r b=0 v; for r in "${OSSL_RUNS[@]}"; do v=$(cut -d' ' -f"$1"
 # bench_pf DIR: one Postfix for every setup. Listeners (SASL AUTH allowed; mynetworks may relay
 # without it, for smtp-source): 2600.. as in PORT[], each with its own smtpd_milters; 10025
 # reinjection (no milter). Everything is relayed to smtp-sink on [127.0.0.1]:2525, except
-# check.test -> [127.0.0.1]:2526. No DNS, no local delivery.
+# check.test -> [127.0.0.1]:2526. No DNS, no local delivery. The common main.cf lines, SASL,
+# master.cf services and queue directories as lib.sh's pf_instance writes them (pf_main_cf,
+# pf_sasl, pf_master_cf, pf_spool_check).
 bench_pf() {
-  local D=$1 m u up
+  local D=$1 m
   mkdir -p "$D"/etc/sasl "$D"/spool "$D"/data "$D"/sasl
   chmod 755 "$D" "$D"/etc "$D"/etc/sasl "$D"/sasl; chown postfix:postfix "$D"/data
-  cat > "$D"/etc/main.cf <<EOF
-compatibility_level = 3.6
-queue_directory = $D/spool
-data_directory = $D/data
-mail_owner = postfix
-setgid_group = postdrop
-maillog_file = $D/maillog
-maillog_file_prefixes = $D
+  { pf_main_cf "$D"; cat <<EOF; } > "$D"/etc/main.cf
 myhostname = mx.pec.demo.test
 mydomain = pec.demo.test
 myorigin = \$mydomain
 mydestination =
 inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
-smtpd_banner = \$myhostname ESMTP
 smtpd_relay_restrictions = permit_sasl_authenticated, permit_mynetworks, reject
-smtp_dns_support_level = disabled
-smtp_host_lookup = native
-smtpd_peername_lookup = no
 relayhost = [127.0.0.1]:$SINK_PORT
 default_transport = smtp
-transport_maps = texthash:$D/etc/transport
-alias_maps =
-alias_database =
-biff = no
 # a 100 MB original grows a little inside the envelope
 message_size_limit = 314572800
-mailbox_size_limit = 0
-disable_mime_output_conversion = yes
-smtpd_milters =
-non_smtpd_milters =
-milter_protocol = 6
-milter_default_action = tempfail
-milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}
-milter_content_timeout = 600s
-smtpd_sasl_type = cyrus
-smtpd_sasl_path = smtpd
-cyrus_sasl_config_path = $D/etc/sasl
-smtpd_sasl_security_options = noanonymous
-smtpd_tls_security_level = none
 EOF
   # experiments: extra main.cf lines, e.g. BENCH_POSTCONF='milter_data_macros ='
   [ -n "${BENCH_POSTCONF:-}" ] && printf '%s\n' "$BENCH_POSTCONF" >> "$D"/etc/main.cf
   echo "check.test smtp:[127.0.0.1]:$CHECK_PORT" > "$D"/etc/transport
-  printf 'pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: %s\nmech_list: PLAIN LOGIN\n' \
-    "$D/sasl/sasldb2" > "$D"/etc/sasl/smtpd.conf
-  rm -f "$D"/sasl/sasldb2*
-  printf '%s' "$HOLDER_PW" | saslpasswd2 -f "$D"/sasl/sasldb2 -p -c -u "${HOLDER#*@}" "${HOLDER%@*}" || return 1
-  chown root:postfix "$D"/sasl/sasldb2; chmod 640 "$D"/sasl/sasldb2
-  {
-    for m in none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis pec-hsm; do
-      printf '127.0.0.1:%s inet n - n - - smtpd\n  -o syslog_name=postfix/%s\n  -o smtpd_sasl_auth_enable=yes\n  -o smtpd_milters=%s\n' \
-        "${PORT[$m]}" "$m" "$(milter_of "$m")"
-    done
-    cat <<EOF
-127.0.0.1:$RIG_REINJECT_PORT inet n - n - - smtpd
-  -o syslog_name=postfix/reinject
-  -o smtpd_sasl_auth_enable=no
-  -o smtpd_milters=
-  -o receive_override_options=no_milters
-  -o smtpd_relay_restrictions=permit_mynetworks,reject
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
-  } > "$D"/etc/master.cf
-  local q
-  for q in active bounce corrupt defer deferred flush hold incoming private saved trace; do
-    install -d -o postfix -g root -m 700 "$D/spool/$q"
-  done
-  install -d -o postfix -g postdrop -m 730 "$D/spool/maildrop"
-  install -d -o postfix -g postdrop -m 710 "$D/spool/public"
-  install -d -o root -g root -m 755 "$D/spool/pid"
-  chmod 755 "$D/spool"; chmod 700 "$D/data"
-  touch -d '-10 seconds' "$D"/etc/main.cf "$D"/etc/master.cf
-  if ! ns_exec postfix -c "$D/etc" check >/dev/null 2>&1; then
-    ns_exec script -qec "postfix -c $D/etc check" /dev/null >&2; return 1
-  fi
+  pf_sasl "$D" "$HOLDER:$HOLDER_PW" || return 1
+  # the listeners, then lib.sh's reinjection listener and Postfix's own services
+  for m in none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis pec-hsm; do
+    printf '127.0.0.1:%s inet n - n - - smtpd\n  -o syslog_name=postfix/%s\n  -o smtpd_sasl_auth_enable=yes\n  -o smtpd_milters=%s\n' \
+      "${PORT[$m]}" "$m" "$(milter_of "$m")"
+  done | pf_master_cf "127.0.0.1:$RIG_REINJECT_PORT" > "$D"/etc/master.cf || return 1
+  pf_spool_check "$D"
 }
 
 milter_of() {
