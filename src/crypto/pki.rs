@@ -210,6 +210,6 @@ impl Pki {
     /// colons), the key of the providers' index.
     pub fn cert_sha1_hex(&self) -> Result<String, CryptoError> {
         let d = self.cert()?.digest(MessageDigest::sha1())?;
-        Ok(hex::encode_upper(&d))
+        Ok(hex::encode_upper(d))
     }
 }

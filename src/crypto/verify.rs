@@ -640,7 +640,7 @@ pub fn verify_detached(
             if signer.is_none() && matches_sid(&p.signer.sid, der, &cert) {
                 report.signer_sha1 = openssl::hash::hash(MessageDigest::sha1(), der)
                     .ok()
-                    .map(|d| hex::encode_upper(&d));
+                    .map(hex::encode_upper);
                 report.signer_subject = Some(name_to_string(cert.subject_name()));
                 report.signer_issuer = Some(name_to_string(cert.issuer_name()));
                 report.signer_email = first_email(&cert);

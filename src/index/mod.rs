@@ -192,7 +192,7 @@ pub(crate) fn entry_from_attrs(
 
 /// Uppercase hex SHA-1 of a certificate's DER (the `providerCertificateHash` form).
 pub fn certificate_hash(der: &[u8]) -> String {
-    hex::encode_upper(&digest(DigestAlg::Sha1, der))
+    hex::encode_upper(digest(DigestAlg::Sha1, der))
 }
 
 /// One immutable copy of the index.

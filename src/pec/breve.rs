@@ -18,7 +18,7 @@ const MAX_DEPTH: usize = 32;
 
 /// The SHA-1 of a part body as lowercase hex.
 pub fn part_hash(body: &[u8]) -> String {
-    hex::encode(&digest(DigestAlg::Sha1, body))
+    hex::encode(digest(DigestAlg::Sha1, body))
 }
 
 /// Replace attachments by their hashes. `message` is canonical CRLF.

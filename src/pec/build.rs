@@ -921,7 +921,6 @@ fn signed_envelope_body<B: Body + ?Sized, W: Write + ?Sized>(
         sink.signed(p)?;
     }
     sink.signed(format!("\r\n--{b2}--\r\n").as_bytes())?;
-    drop(sink);
 
     let digest = hasher.finish()?;
     let p7s = crypto::cms_sign::sign_detached(signer.key, signer.digest, &digest, time.into())?;

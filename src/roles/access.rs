@@ -414,7 +414,7 @@ pub fn submission_key(sub: &Submission) -> std::io::Result<String> {
         h.update(c);
         Ok(())
     })?;
-    Ok(hex::encode(&h.finish()))
+    Ok(hex::encode(h.finish()))
 }
 
 /// A new PEC msgid: `pec.<UTC time>.<64 random bits>@<provider domain>`.
@@ -426,7 +426,7 @@ pub fn new_pec_id(domain: &str, now: DateTime<Utc>) -> String {
         rnd[..4].copy_from_slice(&n);
         rnd[4..].copy_from_slice(&std::process::id().to_be_bytes());
     }
-    let hex = hex::encode(&rnd);
+    let hex = hex::encode(rnd);
     format!("pec.{}.{hex}@{domain}", now.format("%Y%m%d%H%M%S"))
 }
 
@@ -470,6 +470,6 @@ mod tests {
         assert_eq!(submission_key(&on_disk).expect("key"), key(vec!["b@y"]));
         let mut whole = openssl::sha::Sha256::new();
         whole.update(b"u\0a@x\0b@y\0Subject: m\r\n\r\nbody\r\n");
-        assert_eq!(key(vec!["b@y"]), hex::encode(&whole.finish()));
+        assert_eq!(key(vec!["b@y"]), hex::encode(whole.finish()));
     }
 }

@@ -97,7 +97,7 @@ struct Built {
 fn once_key(pec_id: &str, rcpt: &str) -> String {
     format!(
         "consegna:{}",
-        hex(&crypto::digest(
+        hex(crypto::digest(
             DigestAlg::Sha256,
             format!("{pec_id}\0{}", rcpt.to_ascii_lowercase()).as_bytes()
         ))
@@ -307,7 +307,7 @@ impl DeliveryPoint {
         let message_id = format!(
             "{}.{local}.{}@{}",
             ricevuta.tipo(),
-            hex(&crypto::digest(
+            hex(crypto::digest(
                 DigestAlg::Sha1,
                 rcpt.to_ascii_lowercase().as_bytes()
             ))
@@ -506,7 +506,7 @@ fn pending_put(
     let name = format!(
         "{}.{}",
         pec_id,
-        hex(&crypto::digest(
+        hex(crypto::digest(
             DigestAlg::Sha1,
             rcpt.to_ascii_lowercase().as_bytes()
         ))

@@ -300,7 +300,7 @@ impl ReceptionPoint {
             // same message makes the same anomaly envelope.
             let id = format!(
                 "anomalia.{}@{}",
-                &hex(&digest_message(b"", &inbound.message)?)[..24],
+                &hex(digest_message(b"", &inbound.message)?)[..24],
                 self.provider.domain
             );
             let emission = Emission {
@@ -372,7 +372,7 @@ impl ReceptionPoint {
             ),
         };
         let local = d.identificativo.split('@').next().unwrap_or("id");
-        let rcpt_hash = &hex(&crypto::digest(
+        let rcpt_hash = &hex(crypto::digest(
             DigestAlg::Sha1,
             inbound.rcpts.join(",").to_ascii_lowercase().as_bytes(),
         ))[..12];
@@ -529,7 +529,7 @@ fn inbound_key(inbound: &Inbound) -> Result<String, TempFail> {
         prefix.extend_from_slice(r.as_bytes());
         prefix.push(0);
     }
-    Ok(hex(&digest_message(&prefix, &inbound.message)?))
+    Ok(hex(digest_message(&prefix, &inbound.message)?))
 }
 
 /// SHA-256 of `prefix` and then the message (header, empty line, body),
