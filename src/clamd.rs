@@ -1,11 +1,29 @@
 //! Virus scanning through a running `clamd`, with the `INSTREAM` protocol.
 //!
-//! The message is streamed to clamd over TCP or a unix socket (`zINSTREAM\0`,
-//! then chunks `<u32 big-endian length><bytes>`, then a zero-length chunk),
-//! so clamd never needs access to our files. The reply is parsed strictly:
-//! only `stream: OK` is clean; anything clamd says that is neither `OK` nor
-//! `<name> FOUND` (for instance `INSTREAM size limit exceeded. ERROR`) is an
-//! error, never a clean verdict.
+//! The protocol is spoken by the `clamav-client` crate (2.3.0, feature
+//! `tokio-stream`): [`clamav_client::tokio::scan_stream`] sends `zINSTREAM\0`,
+//! the chunks `<u32 big-endian length><bytes>` and the zero-length end chunk,
+//! and [`clamav_client::tokio::ping`] sends `zPING\0`. The message is fed to it
+//! as a stream of 64 KiB chunks read from the spool
+//! ([`tokio_util::io::ReaderStream`]), so it is never held whole in memory,
+//! and clamd never needs access to our files. Around the crate we keep:
+//!
+//! - our own connection (TCP with `TCP_NODELAY`, or a unix socket), opened
+//!   before the crate is called and lent to it through its
+//!   `TransportProtocol` trait, so a failed connect stays a distinct
+//!   [`ClamdError::Connect`] (the crate reports every failure as one
+//!   `io::Error`);
+//! - the reply framing: the crate reads the reply to EOF with no size limit;
+//!   our connection ends it at clamd's NUL terminator and after 8 KiB, so a
+//!   server that keeps talking is a protocol error, not unbounded memory;
+//! - clamd's last word: when clamd closes early (past `StreamMaxLength`) the
+//!   crate returns the write error and drops what clamd said; we still own
+//!   the connection and read `INSTREAM size limit exceeded. ERROR` from it;
+//! - strict parsing of the raw reply bytes the crate returns: only
+//!   `stream: OK` is clean; anything clamd says that is neither `OK` nor
+//!   `<name> FOUND` is an error, never a clean verdict. The crate's `clean()`
+//!   helper is not used: it calls any reply that contains `OK` and not
+//!   `FOUND` clean, `stream: OK ERROR` included.
 //!
 //! Every operation is bounded by the timeout given to [`Clamd::new`]: connect,
 //! streaming and waiting for the verdict together.
@@ -13,11 +31,16 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Mutex;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use clamav_client::tokio::TransportProtocol;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::io::ReaderStream;
 
 use crate::roles::{Original, ScanError as PortScanError, Scanner, Verdict};
 
@@ -173,11 +196,11 @@ impl Clamd {
                 match &self.addr {
                     ClamdAddress::Tcp(hp) => {
                         let stream = self.connect_tcp(hp).await?;
-                        command(stream, b"zPING\0").await
+                        ping(Conn::new(stream)).await
                     }
                     ClamdAddress::Unix(path) => {
                         let stream = self.connect_unix(path).await?;
-                        command(stream, b"zPING\0").await
+                        ping(Conn::new(stream)).await
                     }
                 }
             })
@@ -232,115 +255,162 @@ impl Clamd {
     }
 }
 
-/// Send one command and read its reply.
-async fn command<S>(mut stream: S, cmd: &[u8]) -> Result<String, ClamdError>
+/// `zPING\0` through clamav-client; returns the reply text.
+async fn ping<S>(mut conn: Conn<S>) -> Result<String, ClamdError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    stream.write_all(cmd).await?;
-    stream.flush().await?;
-    read_reply(&mut stream).await
+    let raw = clamav_client::tokio::ping(Lent::new(&mut conn)).await?;
+    reply_text(&raw)
 }
 
-/// Run `zINSTREAM` over `stream` with the bytes of `data`; returns the reply.
-async fn instream<S, R>(mut stream: S, data: R) -> Result<String, ClamdError>
+/// `zINSTREAM` with the bytes of `data`, through clamav-client; returns the
+/// reply text.
+async fn instream<S, R>(conn: S, data: R) -> Result<String, ClamdError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
-    R: AsyncRead + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    R: AsyncRead + Unpin + Send,
 {
-    match send_instream(&mut stream, data).await {
-        Ok(()) => read_reply(&mut stream).await,
-        Err(SendError::Source(e)) => Err(ClamdError::Io(e)),
-        Err(SendError::Socket(e)) => {
-            // clamd closes the connection early when it gives up, e.g. past
-            // StreamMaxLength ("INSTREAM size limit exceeded. ERROR"): report
-            // what it said if it said anything, else the write error.
-            match read_reply(&mut stream).await {
-                Ok(reply) if !reply.is_empty() => Ok(reply),
+    let chunks = ReaderStream::with_capacity(data, CHUNK_SIZE);
+    // clamav-client writes each chunk's 4-byte length and its bytes apart;
+    // buffered, they leave as one write (one TCP segment run, not a tiny
+    // packet per chunk).
+    let mut conn = Conn::new(BufWriter::with_capacity(4 + CHUNK_SIZE, conn));
+    let sent =
+        clamav_client::tokio::scan_stream(chunks, Lent::new(&mut conn), Some(CHUNK_SIZE)).await;
+    match sent {
+        Ok(raw) => reply_text(&raw),
+        // clamd closes the connection early when it gives up, e.g. past
+        // StreamMaxLength ("INSTREAM size limit exceeded. ERROR"): report
+        // what it said if it said anything, else the write error.
+        Err(e) if conn.write_failed => {
+            let mut raw = Vec::new();
+            match conn.read_to_end(&mut raw).await {
+                Ok(_) if !raw.is_empty() => reply_text(&raw),
                 _ => Err(ClamdError::Io(e)),
             }
         }
+        // Reading the data to scan failed, or reading the reply did.
+        Err(e) => Err(ClamdError::Io(e)),
     }
 }
 
-enum SendError {
-    /// Reading the data to scan failed.
-    Source(io::Error),
-    /// Writing to clamd failed.
-    Socket(io::Error),
+/// The raw reply (clamav-client returns clamd's bytes as they came) as text,
+/// without the NUL terminator and trailing whitespace.
+fn reply_text(raw: &[u8]) -> Result<String, ClamdError> {
+    let reply = raw.split(|&b| b == 0).next().unwrap_or_default();
+    if reply.len() > MAX_REPLY {
+        let text = String::from_utf8_lossy(&reply[..MAX_REPLY]);
+        return Err(ClamdError::Protocol(format!("reply too long: {text}...")));
+    }
+    Ok(String::from_utf8_lossy(reply).trim_end().to_owned())
 }
 
-async fn send_instream<S, R>(stream: &mut S, mut data: R) -> Result<(), SendError>
-where
-    S: AsyncWrite + Unpin,
-    R: AsyncRead + Unpin,
-{
-    stream
-        .write_all(b"zINSTREAM\0")
-        .await
-        .map_err(SendError::Socket)?;
-    // One buffer: 4-byte length header followed by the payload, so each chunk
-    // goes out in a single write.
-    let mut buf = vec![0u8; 4 + CHUNK_SIZE];
-    loop {
-        let mut filled = 0;
-        while filled < CHUNK_SIZE {
-            let n = data
-                .read(&mut buf[4 + filled..])
-                .await
-                .map_err(SendError::Source)?;
-            if n == 0 {
-                break;
+/// Our connection to clamd, as clamav-client sees it. Writes pass through
+/// (a failure is remembered, to look for clamd's last word afterwards);
+/// reads end at the reply's NUL terminator or past [`MAX_REPLY`] bytes,
+/// since clamav-client reads the reply to EOF, unbounded.
+struct Conn<S> {
+    stream: S,
+    write_failed: bool,
+    reply_len: usize,
+    reply_done: bool,
+}
+
+impl<S> Conn<S> {
+    fn new(stream: S) -> Self {
+        Self {
+            stream,
+            write_failed: false,
+            reply_len: 0,
+            reply_done: false,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // One byte past the limit tells "too long" from "exactly the limit".
+        let room = (MAX_REPLY + 1)
+            .saturating_sub(this.reply_len)
+            .min(buf.remaining());
+        if this.reply_done || room == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let mut tmp = [0u8; 1024];
+        let mut rb = ReadBuf::new(&mut tmp[..room.min(1024)]);
+        ready!(Pin::new(&mut this.stream).poll_read(cx, &mut rb))?;
+        let got = rb.filled();
+        let n = match got.iter().position(|&b| b == 0) {
+            Some(nul) => {
+                this.reply_done = true;
+                nul + 1
             }
-            filled += n;
-        }
-        if filled == 0 {
-            break;
-        }
-        // filled <= CHUNK_SIZE (64 KiB), always fits in u32.
-        let len = u32::try_from(filled).unwrap_or(u32::MAX);
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        stream
-            .write_all(&buf[..4 + filled])
-            .await
-            .map_err(SendError::Socket)?;
-        if filled < CHUNK_SIZE {
-            break;
-        }
+            None => got.len(),
+        };
+        buf.put_slice(&got[..n]);
+        this.reply_len += n;
+        Poll::Ready(Ok(()))
     }
-    stream
-        .write_all(&0u32.to_be_bytes())
-        .await
-        .map_err(SendError::Socket)?;
-    stream.flush().await.map_err(SendError::Socket)
 }
 
-/// Read a NUL-terminated reply (or up to EOF), without the terminator and
-/// trailing whitespace.
-async fn read_reply<S>(stream: &mut S) -> Result<String, ClamdError>
-where
-    S: AsyncRead + Unpin,
-{
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        if let Some(pos) = buf[..n].iter().position(|&b| b == 0) {
-            reply.extend_from_slice(&buf[..pos]);
-            break;
-        }
-        reply.extend_from_slice(&buf[..n]);
-        if reply.len() > MAX_REPLY {
-            reply.truncate(MAX_REPLY);
-            let text = String::from_utf8_lossy(&reply);
-            return Err(ClamdError::Protocol(format!("reply too long: {text}...")));
-        }
+impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = ready!(Pin::new(&mut this.stream).poll_write(cx, buf));
+        this.write_failed |= r.is_err();
+        Poll::Ready(r)
     }
-    let text = String::from_utf8_lossy(&reply);
-    Ok(text.trim_end().to_owned())
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = ready!(Pin::new(&mut this.stream).poll_flush(cx));
+        this.write_failed |= r.is_err();
+        Poll::Ready(r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Lends our already open connection to clamav-client as its transport: its
+/// `connect` hands over `&mut Conn` (once; the mutex only lets `&self` take
+/// it), so connect errors are ours to report and the connection is still
+/// ours when the crate returns.
+struct Lent<'a, S>(Mutex<Option<&'a mut Conn<S>>>);
+
+impl<'a, S> Lent<'a, S> {
+    fn new(conn: &'a mut Conn<S>) -> Self {
+        Self(Mutex::new(Some(conn)))
+    }
+}
+
+impl<'a, S> TransportProtocol for Lent<'a, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    type Stream = &'a mut Conn<S>;
+
+    fn connect(&self) -> impl Future<Output = io::Result<Self::Stream>> {
+        let conn = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        std::future::ready(
+            conn.ok_or_else(|| io::Error::other("clamd connection already handed over")),
+        )
+    }
 }
 
 /// `stream: OK` → Clean, `stream: NAME FOUND` → Infected(NAME), else error.
@@ -373,7 +443,6 @@ impl Scanner for Clamd {
     }
 
     async fn scan_original(&self, message: &Original) -> Result<Verdict, PortScanError> {
-        use tokio::io::AsyncReadExt;
         let reader = (&message.header[..])
             .chain(&b"\r\n"[..])
             .chain(message.body.async_reader());
@@ -386,6 +455,7 @@ impl Scanner for Clamd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     #[test]
     fn parses_replies() {
@@ -409,6 +479,41 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn reply_text_drops_the_terminator() {
+        assert_eq!(reply_text(b"stream: OK\0").unwrap(), "stream: OK");
+        assert_eq!(reply_text(b"PONG\n\0").unwrap(), "PONG");
+        assert_eq!(reply_text(b"PONG").unwrap(), "PONG");
+        assert_eq!(reply_text(b"").unwrap(), "");
+        assert!(reply_text(&[b'x'; MAX_REPLY]).is_ok());
+        let mut longest = vec![b'x'; MAX_REPLY];
+        longest.push(0);
+        assert!(reply_text(&longest).is_ok());
+        assert!(matches!(
+            reply_text(&[b'x'; MAX_REPLY + 1]),
+            Err(ClamdError::Protocol(_))
+        ));
+    }
+
+    /// What clamav-client reads to EOF ends at clamd's NUL, or one byte past
+    /// the limit, even if the peer keeps the connection open.
+    #[tokio::test]
+    async fn conn_ends_the_reply() {
+        let (ours, mut theirs) = tokio::io::duplex(4 * MAX_REPLY);
+        let mut conn = Conn::new(ours);
+        theirs.write_all(b"stream: OK\0more").await.unwrap();
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).await.unwrap();
+        assert_eq!(raw, b"stream: OK\0");
+
+        let (ours, mut theirs) = tokio::io::duplex(4 * MAX_REPLY);
+        let mut conn = Conn::new(ours);
+        theirs.write_all(&[b'x'; 2 * MAX_REPLY]).await.unwrap();
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).await.unwrap();
+        assert_eq!(raw.len(), MAX_REPLY + 1);
     }
 
     #[test]

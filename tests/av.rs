@@ -452,6 +452,149 @@ async fn garbage_replies_are_protocol_errors() {
     clamd.ping().await.unwrap();
 }
 
+/// A server that answers `reply` to whatever comes, then keeps the
+/// connection open without a word more (clamd closes it; we must not need
+/// that to read the verdict).
+async fn lingering_server(reply: &'static [u8]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                while !(got.ends_with(b"zPING\0")
+                    || (got.starts_with(b"zINSTREAM\0") && got.ends_with(&[0, 0, 0, 0])))
+                {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = sock.write_all(reply).await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    addr.to_string()
+}
+
+#[tokio::test]
+async fn verdict_is_read_at_the_nul_without_waiting_for_close() {
+    let timeout = Duration::from_secs(5);
+    let clamd = Clamd::new(
+        ClamdAddress::Tcp(lingering_server(b"stream: OK\0").await),
+        timeout,
+    );
+    let started = Instant::now();
+    assert_eq!(clamd.scan_bytes(CLEAN_TEXT).await.unwrap(), Verdict::Clean);
+    let clamd = Clamd::new(
+        ClamdAddress::Tcp(lingering_server(b"stream: Eicar-Test-Signature FOUND\0").await),
+        timeout,
+    );
+    assert_eq!(
+        clamd.scan_bytes(CLEAN_TEXT).await.unwrap(),
+        Verdict::Infected("Eicar-Test-Signature".into())
+    );
+    let clamd = Clamd::new(
+        ClamdAddress::Tcp(lingering_server(b"PONG\0").await),
+        timeout,
+    );
+    clamd.ping().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn endless_reply_is_a_protocol_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            // Talks without end and never sends a NUL.
+            tokio::spawn(async move {
+                let line = vec![b'z'; 4096];
+                while sock.write_all(&line).await.is_ok() {}
+            });
+        }
+    });
+    let clamd = Clamd::new(ClamdAddress::Tcp(addr.to_string()), Duration::from_secs(5));
+    for r in [
+        clamd.scan_bytes(CLEAN_TEXT).await,
+        clamd.ping().await.map(|()| Verdict::Clean),
+    ] {
+        match r {
+            Err(ClamdError::Protocol(reply)) => {
+                assert!(reply.starts_with("reply too long"), "{reply:.40}");
+                assert!(reply.len() < 9 * 1024, "{}", reply.len());
+            }
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+}
+
+/// A fake clamd that decodes the INSTREAM chunks, publishes how many payload
+/// bytes it has received so far and the largest chunk, and answers OK.
+async fn counting_server() -> (String, tokio::sync::watch::Receiver<(usize, usize)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel((0usize, 0usize));
+    tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let mut sock = tokio::io::BufReader::new(sock);
+        let mut cmd = [0u8; 10];
+        sock.read_exact(&mut cmd).await.unwrap();
+        assert_eq!(&cmd, b"zINSTREAM\0");
+        let (mut total, mut largest) = (0usize, 0usize);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let len = sock.read_u32().await.unwrap() as usize;
+            if len == 0 {
+                break;
+            }
+            sock.read_exact(&mut buf[..len]).await.unwrap();
+            total += len;
+            largest = largest.max(len);
+            tx.send_replace((total, largest));
+        }
+        sock.get_mut().write_all(b"stream: OK\0").await.unwrap();
+        let _ = sock.get_mut().shutdown().await;
+    });
+    (addr.to_string(), rx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn message_is_streamed_while_it_is_read() {
+    let (addr, mut progress) = counting_server().await;
+    let clamd = Clamd::new(ClamdAddress::Tcp(addr), TIMEOUT);
+    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+    let scan = tokio::spawn(async move { clamd.scan_reader(rx).await });
+    // 8 MB go out and (but for the last chunk or so still in flight) reach
+    // clamd while the message has not ended yet: the client forwards chunks
+    // as it reads them, it does not gather the whole message.
+    let sent = 8 * 1024 * 1024;
+    tx.write_all(&vec![b'm'; sent]).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        progress.wait_for(|&(total, _)| total >= sent - 256 * 1024),
+    )
+    .await
+    .expect("data not forwarded before the end of the message")
+    .unwrap();
+    assert!(!scan.is_finished());
+    tx.write_all(b"tail").await.unwrap();
+    drop(tx);
+    assert_eq!(scan.await.unwrap().unwrap(), Verdict::Clean);
+    let (total, largest) = *progress.borrow();
+    assert_eq!(total, sent + 4);
+    assert!(largest <= 64 * 1024, "chunk of {largest} bytes");
+}
+
 #[test]
 fn address_syntax() {
     assert_eq!(
