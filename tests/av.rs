@@ -4,13 +4,15 @@
 //! Needs the `clamd` binary (Debian package clamav-daemon): run
 //! `integration/deps.sh` as root.
 
+mod common;
+
 use std::io::Write as _;
-use std::net::TcpListener as StdTcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::{free_port, installed};
 use pec_milter::clamd::{Clamd, ClamdAddress, ClamdError};
 use pec_milter::roles::Verdict;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,32 +30,7 @@ const EICAR_BODY: &str = concat!("EICAR-STANDARD-", "ANTIVIRUS-TEST-FILE");
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn clamd_binary() -> PathBuf {
-    for p in ["/usr/sbin/clamd", "/usr/local/sbin/clamd"] {
-        if Path::new(p).is_file() {
-            return PathBuf::from(p);
-        }
-    }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let p = dir.join("clamd");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "clamd not found (Debian package clamav-daemon): run integration/deps.sh as root \
-         to install it (it installs clamav-daemon clamdscan)"
-    );
-}
-
-fn free_port() -> u16 {
-    let l = StdTcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn hex(data: &[u8]) -> String {
-    data.iter().map(|b| format!("{b:02x}")).collect()
+    installed("clamd", "clamav-daemon")
 }
 
 /// A clamd child process in a temp dir; killed on drop.
@@ -81,12 +58,15 @@ impl ClamdServer {
             openssl::hash::hash(openssl::hash::MessageDigest::md5(), EICAR.as_bytes()).unwrap();
         std::fs::write(
             db.join("pectest.hdb"),
-            format!("{}:{}:PEC.Test.EICAR.HDB\n", hex(&md5), EICAR.len()),
+            format!("{}:{}:PEC.Test.EICAR.HDB\n", hex::encode(md5), EICAR.len()),
         )
         .unwrap();
         std::fs::write(
             db.join("pectest.ndb"),
-            format!("PEC.Test.EICAR.NDB:0:*:{}\n", hex(EICAR_BODY.as_bytes())),
+            format!(
+                "PEC.Test.EICAR.NDB:0:*:{}\n",
+                hex::encode(EICAR_BODY.as_bytes())
+            ),
         )
         .unwrap();
         let port = free_port();

@@ -3,6 +3,8 @@
 //! `integration/ldap/igpec.schema`), and the live index's refresh rules (a
 //! failed or empty load never replaces the last good copy).
 
+mod common;
+
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::{free_port, installed};
 use pec_milter::crypto::pki::Pki;
 use pec_milter::index::ldap::LdapSource;
 use pec_milter::index::{
@@ -580,27 +583,6 @@ fn snapshot_refuses_zero_entries() {
 // ---------------------------------------------------------------------------
 // A throwaway slapd
 
-fn find_tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs =
-        std::env::split_paths(&path).chain(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from));
-    for d in dirs {
-        let p = d.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "{name} not found (PATH, /usr/sbin, /usr/bin): the LDAP tests need OpenLDAP's \
-         slapd and ldap-utils; install them with integration/deps.sh (as root)"
-    );
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
 /// An OpenLDAP slapd on 127.0.0.1, loaded with `slapadd` before it starts,
 /// running in the foreground (`-d 0`) as our child; killed on drop.
 struct Slapd {
@@ -611,9 +593,9 @@ struct Slapd {
 
 impl Slapd {
     fn start(data: &str) -> Slapd {
-        let slapd = find_tool("slapd");
-        let slapadd = find_tool("slapadd");
-        let slaptest = find_tool("slaptest");
+        let slapd = installed("slapd", "slapd");
+        let slapadd = installed("slapadd", "slapd");
+        let slaptest = installed("slaptest", "slapd");
         let dir = tempfile::tempdir().expect("tempdir for slapd");
         std::fs::create_dir(dir.path().join("db")).expect("db dir");
         let template = std::fs::read_to_string(root().join("integration/ldap/slapd.conf.template"))

@@ -15,13 +15,15 @@
 //! 127.0.0.1 only; the Postfix instance never does DNS (`default_transport
 //! = error:`, no relayhost, literal next hop).
 
-use std::net::TcpListener as StdTcpListener;
+mod common;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{free_port, installed, is_root, require_root};
 use pec_milter::lmtp::client::LmtpClient;
 use pec_milter::lmtp::maildir::Maildir;
 use pec_milter::lmtp::server::{self, LmtpHandler, ServerConfig, serve, serve_with};
@@ -35,43 +37,6 @@ use tokio::task::JoinHandle;
 const T: Duration = Duration::from_secs(20);
 
 // ------------------------------------------------------------------ helpers
-
-fn free_port() -> u16 {
-    let l = StdTcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn require_root(what: &str) {
-    assert!(
-        is_root(),
-        "{what} must run as root (it starts its own daemon in a temp dir); \
-         run the tests as root after integration/deps.sh"
-    );
-}
-
-/// An installed program, or a failure naming integration/deps.sh.
-fn binary(name: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "{name} not found (Debian package {package}): run integration/deps.sh as root to install it"
-    );
-}
 
 fn tempdir_755() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
@@ -251,6 +216,13 @@ impl Raw<TcpStream> {
     async fn connect(port: u16) -> Self {
         Raw::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap())
     }
+
+    /// Connected, and the 220 greeting read.
+    async fn greeted(port: u16) -> Self {
+        let mut c = Self::connect(port).await;
+        c.expect(220).await;
+        c
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite> Raw<S> {
@@ -296,6 +268,32 @@ impl<S: AsyncRead + AsyncWrite> Raw<S> {
                 return Some((code, lines));
             }
         }
+    }
+
+    /// In one write (pipelined): LHLO x (with `lhlo`), MAIL FROM:<a@b.test>,
+    /// RCPT TO for each of `rcpts`, DATA; then 250 for each command and 354.
+    /// Returns the LHLO reply (empty without `lhlo`).
+    async fn open_data(&mut self, lhlo: bool, rcpts: &[&str]) -> Vec<String> {
+        let mut cmds = String::new();
+        if lhlo {
+            cmds.push_str("LHLO x\r\n");
+        }
+        cmds.push_str("MAIL FROM:<a@b.test>\r\n");
+        for r in rcpts {
+            cmds.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        }
+        cmds.push_str("DATA\r\n");
+        self.send(&cmds).await;
+        let lhlo = if lhlo {
+            self.expect(250).await
+        } else {
+            Vec::new()
+        };
+        for _ in 0..=rcpts.len() {
+            self.expect(250).await;
+        }
+        self.expect(354).await;
+        lhlo
     }
 
     async fn expect(&mut self, code: u16) -> Vec<String> {
@@ -433,8 +431,7 @@ async fn server_refuses_bad_input_without_dying() {
         ],
     ];
     for cases in groups {
-        let mut c = Raw::connect(srv.port).await;
-        c.expect(220).await;
+        let mut c = Raw::greeted(srv.port).await;
         for (cmd, code) in cases.iter() {
             c.send(&format!("{cmd}\r\n")).await;
             let (got, lines) = c.reply().await;
@@ -448,8 +445,7 @@ async fn server_refuses_bad_input_without_dying() {
         }
     }
     // Binary garbage and an endless line.
-    let mut c = Raw::connect(srv.port).await;
-    c.expect(220).await;
+    let mut c = Raw::greeted(srv.port).await;
     c.send_bytes(b"\xff\xfe\x00\x01garbage\r\n").await;
     c.expect(500).await;
     c.send_bytes(&vec![b'A'; 100_000]).await;
@@ -466,8 +462,7 @@ async fn server_refuses_bad_input_without_dying() {
 #[tokio::test]
 async fn server_closes_after_too_many_errors() {
     let srv = TestServer::default().await;
-    let mut c = Raw::connect(srv.port).await;
-    c.expect(220).await;
+    let mut c = Raw::greeted(srv.port).await;
     for _ in 0..19 {
         c.send("BOGUS\r\n").await;
         c.expect(500).await;
@@ -489,14 +484,8 @@ async fn server_spools_large_messages_and_answers_4xx_when_the_spool_fails() {
         memory_limit: 0,
     };
     let srv = TestServer::start(TestHandler::default(), cfg).await;
-    let mut c = Raw::connect(srv.port).await;
-    c.expect(220).await;
-    c.send("LHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<one@pec.b.test>\r\nDATA\r\n")
-        .await;
-    c.expect(250).await;
-    c.expect(250).await;
-    c.expect(250).await;
-    c.expect(354).await;
+    let mut c = Raw::greeted(srv.port).await;
+    c.open_data(true, &["one@pec.b.test"]).await;
     let mut big = b"Subject: big\r\n\r\n".to_vec();
     while big.len() < 300_000 {
         big.extend_from_slice(b"0123456789abcdefghijklmnopqrstuvwxyz\r\n");
@@ -518,14 +507,9 @@ async fn server_spools_large_messages_and_answers_4xx_when_the_spool_fails() {
         memory_limit: 0,
     };
     let srv = TestServer::start(TestHandler::default(), cfg).await;
-    let mut c = Raw::connect(srv.port).await;
-    c.expect(220).await;
-    c.send("LHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<one@pec.b.test>\r\nRCPT TO:<two@pec.b.test>\r\nDATA\r\n")
+    let mut c = Raw::greeted(srv.port).await;
+    c.open_data(true, &["one@pec.b.test", "two@pec.b.test"])
         .await;
-    for _ in 0..4 {
-        c.expect(250).await;
-    }
-    c.expect(354).await;
     c.send("Subject: x\r\n\r\nbody\r\n.\r\n").await;
     for _ in 0..2 {
         assert_eq!(
@@ -539,16 +523,11 @@ async fn server_spools_large_messages_and_answers_4xx_when_the_spool_fails() {
 #[tokio::test]
 async fn server_refuses_oversize_messages_per_recipient() {
     let srv = TestServer::start(TestHandler::default(), config(1000)).await;
-    let mut c = Raw::connect(srv.port).await;
-    c.expect(220).await;
-    c.send("LHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<one@pec.b.test>\r\nRCPT TO:<two@pec.b.test>\r\nDATA\r\n")
+    let mut c = Raw::greeted(srv.port).await;
+    let lhlo = c
+        .open_data(true, &["one@pec.b.test", "two@pec.b.test"])
         .await;
-    let lhlo = c.expect(250).await;
     assert_eq!(lhlo.last().unwrap(), "250 SIZE 1000");
-    c.expect(250).await;
-    c.expect(250).await;
-    c.expect(250).await;
-    c.expect(354).await;
     let big = big_message("big", 5000);
     c.send_bytes(&big).await;
     c.send(".\r\n").await;
@@ -559,11 +538,7 @@ async fn server_refuses_oversize_messages_per_recipient() {
         );
     }
     // Exactly at the limit is accepted.
-    c.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<one@pec.b.test>\r\nDATA\r\n")
-        .await;
-    c.expect(250).await;
-    c.expect(250).await;
-    c.expect(354).await;
+    c.open_data(false, &["one@pec.b.test"]).await;
     let line = format!("{}\r\n", "x".repeat(98));
     c.send(&line.repeat(10)).await; // 10 * 100 = 1000 octets
     c.send(".\r\n").await;
@@ -586,10 +561,8 @@ async fn server_shutdown_finishes_the_transaction_in_progress() {
     };
     let srv = TestServer::start(handler, config(1_000_000)).await;
     let port = srv.port;
-    let mut busy = Raw::connect(port).await;
-    busy.expect(220).await;
-    let mut idle = Raw::connect(port).await;
-    idle.expect(220).await;
+    let mut busy = Raw::greeted(port).await;
+    let mut idle = Raw::greeted(port).await;
     busy.send("LHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<ok@pec.b.test>\r\n")
         .await;
     busy.expect(250).await;
@@ -628,21 +601,14 @@ async fn server_times_out_idle_clients() {
     cfg.command_timeout = Duration::from_millis(300);
     cfg.data_timeout = Duration::from_millis(300);
     let srv = TestServer::start(TestHandler::default(), cfg).await;
-    let mut c = Raw::connect(srv.port).await;
-    c.expect(220).await;
+    let mut c = Raw::greeted(srv.port).await;
     let lines = c.expect(421).await;
     assert!(lines[0].starts_with("421 4.4.2"), "{lines:?}");
     c.expect_closed().await;
 
     // Stalled in the middle of DATA.
-    let mut c = Raw::connect(srv.port).await;
-    c.expect(220).await;
-    c.send("LHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<ok@pec.b.test>\r\nDATA\r\n")
-        .await;
-    for _ in 0..3 {
-        c.expect(250).await;
-    }
-    c.expect(354).await;
+    let mut c = Raw::greeted(srv.port).await;
+    c.open_data(true, &["ok@pec.b.test"]).await;
     c.send("half a mess").await;
     c.expect(421).await;
     c.expect_closed().await;
@@ -653,14 +619,9 @@ async fn server_times_out_idle_clients() {
 #[tokio::test]
 async fn server_survives_a_panicking_handler() {
     let srv = TestServer::default().await;
-    let mut c = Raw::connect(srv.port).await;
-    c.expect(220).await;
-    c.send("LHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<ok@pec.b.test>\r\nRCPT TO:<panic@pec.b.test>\r\nDATA\r\n")
+    let mut c = Raw::greeted(srv.port).await;
+    c.open_data(true, &["ok@pec.b.test", "panic@pec.b.test"])
         .await;
-    for _ in 0..4 {
-        c.expect(250).await;
-    }
-    c.expect(354).await;
     c.send("x\r\n.\r\n").await;
     for _ in 0..2 {
         let l = c.expect(451).await;
@@ -689,12 +650,7 @@ async fn server_on_a_unix_socket() {
     }));
     let mut c = Raw::new(tokio::net::UnixStream::connect(&path).await.unwrap());
     c.expect(220).await;
-    c.send("LHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<ok@pec.b.test>\r\nDATA\r\n")
-        .await;
-    for _ in 0..3 {
-        c.expect(250).await;
-    }
-    c.expect(354).await;
+    c.open_data(true, &["ok@pec.b.test"]).await;
     c.send("over unix\r\n.\r\nQUIT\r\n").await;
     c.expect(250).await;
     c.expect(221).await;
@@ -1134,7 +1090,7 @@ struct Dovecot {
 impl Dovecot {
     fn start() -> Self {
         require_root("the Dovecot test");
-        let bin = binary("dovecot", "dovecot-lmtpd");
+        let bin = installed("dovecot", "dovecot-lmtpd");
         // The lmtp service itself is a separate package.
         assert!(
             Path::new("/usr/lib/dovecot/lmtp").is_file(),
@@ -1419,7 +1375,7 @@ struct Postfix {
 impl Postfix {
     fn start(lmtp_port: u16) -> Self {
         require_root("the Postfix test");
-        let postfix = binary("postfix", "postfix");
+        let postfix = installed("postfix", "postfix");
         let dir = tempdir_755();
         let d = dir.path().display().to_string();
         let smtp = free_port();
@@ -1581,7 +1537,7 @@ impl Drop for Postfix {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postfix_delivers_over_lmtp_and_obeys_our_replies() {
-    let swaks = binary("swaks", "swaks");
+    let swaks = installed("swaks", "swaks");
     let srv = TestServer::default().await;
     let pf = tokio::task::spawn_blocking({
         let port = srv.port;

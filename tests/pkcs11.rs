@@ -6,8 +6,9 @@
 //! random, so tokens are found by label) in one temporary SoftHSM2 token
 //! directory for this test binary (SOFTHSM2_CONF).
 //!
-//! Skipped, with a message, only when /usr/lib/softhsm/libsofthsm2.so is
-//! absent (integration/deps.sh installs softhsm2 and opensc; CI has them).
+//! When /usr/lib/softhsm/libsofthsm2.so is absent, each test fails under CI
+//! (`CI=true`) and is skipped with a message elsewhere (`common::require`;
+//! integration/deps.sh installs softhsm2 and opensc).
 
 mod common;
 
@@ -32,11 +33,18 @@ struct Hsm {
     dir: tempfile::TempDir,
 }
 
-static HSM: OnceLock<Option<Hsm>> = OnceLock::new();
+static HSM: OnceLock<Hsm> = OnceLock::new();
 static TURN: Mutex<()> = Mutex::new(());
 
-/// The lock and the environment, or None (test skipped) without SoftHSM2.
+/// The lock and the environment, or None (test skipped) without SoftHSM2
+/// outside CI; under CI, no SoftHSM2 fails the test.
 fn hsm() -> Option<(MutexGuard<'static, ()>, &'static Hsm)> {
+    if !require(
+        &format!("SoftHSM2 ({MODULE}; apt-get install softhsm2 opensc)"),
+        Path::new(MODULE).exists(),
+    ) {
+        return None;
+    }
     let guard = TURN.lock().unwrap_or_else(|p| p.into_inner());
     // The backend's log lines, shown with a failing test's output.
     let _ = tracing_subscriber::fmt()
@@ -47,9 +55,6 @@ fn hsm() -> Option<(MutexGuard<'static, ()>, &'static Hsm)> {
         .with_test_writer()
         .try_init();
     let hsm = HSM.get_or_init(|| {
-        if !Path::new(MODULE).exists() {
-            return None;
-        }
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::create_dir_all(dir.path().join("tokens")).expect("tokens dir");
         let conf = dir.path().join("softhsm2.conf");
@@ -64,15 +69,9 @@ fn hsm() -> Option<(MutexGuard<'static, ()>, &'static Hsm)> {
         // SAFETY: set once, while holding TURN; every test of this binary
         // takes TURN before anything reads the environment for SoftHSM2.
         unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
-        Some(Hsm { dir })
+        Hsm { dir }
     });
-    match hsm {
-        Some(h) => Some((guard, h)),
-        None => {
-            eprintln!("SKIPPED: {MODULE} is absent (apt-get install softhsm2 opensc)");
-            None
-        }
-    }
+    Some((guard, hsm))
 }
 
 fn run(cmd: &mut Command) -> String {

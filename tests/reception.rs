@@ -255,6 +255,29 @@ fn on_disk(message: &[u8]) -> Original {
     }
 }
 
+/// `got` is `want`, byte for byte; on a difference, says where.
+fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got == want {
+        return;
+    }
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let around = |b: &[u8]| {
+        String::from_utf8_lossy(&b[at.saturating_sub(40)..(at + 40).min(b.len())]).into_owned()
+    };
+    panic!(
+        "{what}: the carried original differs from the received one at byte {at} \
+         ({} bytes carried, {} received):\ncarried:  {:?}\nreceived: {:?}",
+        got.len(),
+        want.len(),
+        around(got),
+        around(want)
+    );
+}
+
 fn anomaly_of(o: &Outcome) -> Vec<u8> {
     match o {
         Outcome::Rewrite { message, .. } => message.to_bytes().expect("envelope bytes"),
@@ -325,15 +348,11 @@ async fn tampered_rogue_and_foreign_domain_envelopes_become_anomalies() {
                 .unwrap_or_default()
                 .starts_with("ANOMALIA MESSAGGIO: ")
         );
-        // the received message is carried whole
+        // the received message is carried whole: the same bytes (CRLF line
+        // ends, no trailing blank lines)
         let post = read(&out).expect("r").postacert.expect("postacert");
-        assert_eq!(
-            post.len(),
-            pec_milter::pec::mime::canonicalize_crlf(&msg)
-                .trim_ascii_end()
-                .len(),
-            "{what}"
-        );
+        let want = pec_milter::pec::mime::canonicalize_crlf(&msg);
+        assert_same_bytes(&post, want.trim_ascii_end(), what);
     }
     assert!(r.injected.all().is_empty(), "no take-charge receipt");
 }

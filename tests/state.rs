@@ -14,8 +14,9 @@ use pec_milter::state::{
     Claim, EnvelopeRecord, RecipientState, RecipientStatus, StateError, StateStore,
 };
 
-mod redis_server;
-use redis_server::{RedisServer, free_port};
+mod common;
+use common::redis::{RedisServer, key_ttl, raw_connection};
+use common::{free_port, tracked_ids, winners};
 
 // ---------------------------------------------------------------------------
 // The behavioural suite, for any backend.
@@ -422,31 +423,38 @@ async fn embedded_behaviour() {
     behaviour_suite(Arc::new(store), open_other).await;
 }
 
+/// Two stores on one backend (`across`: two processes, two nodes): 20
+/// concurrent claims of a key, half on each, give exactly one New, five
+/// times over; and what one writes, the other reads.
+async fn two_stores_share_claims(a: &Arc<dyn StateStore>, b: &Arc<dyn StateStore>, across: &str) {
+    for round in 0..5 {
+        let key = format!("shared-{round}");
+        let new = winners(20, |i| {
+            let store = Arc::clone(if i % 2 == 0 { a } else { b });
+            let key = key.clone();
+            let at = i64::try_from(i).expect("small");
+            async move {
+                store
+                    .claim(&key, &format!("id-{i}"), at, 60)
+                    .await
+                    .expect("claim")
+                    == Claim::New
+            }
+        })
+        .await;
+        assert_eq!(new, 1, "round {round}: exactly one New across {across}");
+    }
+    let rec = envelope("shared@x", 2);
+    a.put_envelope(&rec, 60).await.expect("put");
+    assert_eq!(b.get_envelope("shared@x").await.expect("get"), Some(rec));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_two_processes_share_claims() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open a"));
     let b: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open b"));
-    for round in 0..5 {
-        let key = format!("shared-{round}");
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..20 {
-            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
-            let key = key.clone();
-            tasks.spawn(async move { store.claim(&key, &format!("id-{i}"), i, 60).await });
-        }
-        let mut new = 0;
-        while let Some(res) = tasks.join_next().await {
-            if res.expect("task").expect("claim") == Claim::New {
-                new += 1;
-            }
-        }
-        assert_eq!(new, 1, "round {round}: exactly one New across both stores");
-    }
-    // What one wrote, the other reads.
-    let rec = envelope("shared@x", 2);
-    a.put_envelope(&rec, 60).await.expect("put");
-    assert_eq!(b.get_envelope("shared@x").await.expect("get"), Some(rec));
+    two_stores_share_claims(&a, &b, "both stores").await;
 }
 
 /// The database of a store directory, opened beside the store (as an
@@ -658,14 +666,7 @@ async fn embedded_imports_the_earlier_file_layout() {
         store.get_envelope("old-env@x").await.expect("get"),
         Some(rec.clone())
     );
-    let tracked: Vec<String> = store
-        .tracked(i64::MAX)
-        .await
-        .expect("tracked")
-        .into_iter()
-        .map(|r| r.pec_id)
-        .collect();
-    assert_eq!(tracked, ["old-env@x"]);
+    assert_eq!(tracked_ids(&store).await, ["old-env@x"]);
     assert!(store.confirmed("mk").await.expect("confirmed"));
     for sub in ["claims", "envelopes", "tracked", "marks"] {
         assert!(!d.join(sub).exists(), "{sub}/ moved away");
@@ -688,7 +689,7 @@ async fn embedded_imports_the_earlier_file_layout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_behaviour() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), "pec:").expect("connect");
+    let store = server.store("pec:");
     let url = server.url();
     let open_other: OpenOther =
         Arc::new(move || Box::new(RedisStore::connect(&url, "pec:").expect("connect other")));
@@ -698,43 +699,27 @@ async fn redis_behaviour() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_key_layout_and_corrupt_values() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), "t1:").expect("connect");
+    let store = server.store("t1:");
     store.claim("k", "id", 5, 100).await.expect("claim");
     store
         .put_envelope(&envelope("e@x", 1), 100)
         .await
         .expect("put");
 
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut raw = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
-    let ttl: i64 = redis::cmd("TTL")
-        .arg("t1:claim:k")
-        .query_async(&mut raw)
-        .await
-        .expect("TTL");
+    let mut raw = raw_connection(&server.url()).await;
+    let ttl = key_ttl(&mut raw, "t1:claim:k").await;
     assert!((1..=100).contains(&ttl), "claim TTL {ttl}");
     store.mark_receipt_sent("k").await.expect("mark");
-    let ttl: i64 = redis::cmd("TTL")
-        .arg("t1:claim:k")
-        .query_async(&mut raw)
-        .await
-        .expect("TTL");
+    let ttl = key_ttl(&mut raw, "t1:claim:k").await;
     assert!(
         (1..=100).contains(&ttl),
         "mark_receipt_sent kept the TTL: {ttl}"
     );
-    let ttl: i64 = redis::cmd("TTL")
-        .arg("t1:env:e@x")
-        .query_async(&mut raw)
-        .await
-        .expect("TTL");
+    let ttl = key_ttl(&mut raw, "t1:env:e@x").await;
     assert!((1..=100).contains(&ttl), "envelope TTL {ttl}");
 
     // Another prefix is another namespace.
-    let other = RedisStore::connect(&server.url(), "t2:").expect("connect");
+    let other = server.store("t2:");
     assert_eq!(
         other.claim("k", "id2", 6, 100).await.expect("claim"),
         Claim::New
@@ -765,34 +750,14 @@ async fn redis_key_layout_and_corrupt_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_two_nodes_share_claims() {
     let server = RedisServer::start();
-    let a: Arc<dyn StateStore> =
-        Arc::new(RedisStore::connect(&server.url(), "pec:").expect("connect a"));
-    let b: Arc<dyn StateStore> =
-        Arc::new(RedisStore::connect(&server.url(), "pec:").expect("connect b"));
-    for round in 0..5 {
-        let key = format!("shared-{round}");
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..20 {
-            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
-            let key = key.clone();
-            tasks.spawn(async move { store.claim(&key, &format!("id-{i}"), i, 60).await });
-        }
-        let mut new = 0;
-        while let Some(res) = tasks.join_next().await {
-            if res.expect("task").expect("claim") == Claim::New {
-                new += 1;
-            }
-        }
-        assert_eq!(new, 1, "round {round}: exactly one New across both nodes");
-    }
+    let a: Arc<dyn StateStore> = Arc::new(server.store("pec:"));
+    let b: Arc<dyn StateStore> = Arc::new(server.store("pec:"));
+    two_stores_share_claims(&a, &b, "both nodes").await;
     a.mark_receipt_sent("shared-0").await.expect("mark");
     match b.claim("shared-0", "x", 0, 60).await.expect("claim") {
         Claim::Existing { receipt_sent, .. } => assert!(receipt_sent),
         Claim::New => panic!("node b lost node a's claim"),
     }
-    let rec = envelope("shared@x", 2);
-    a.put_envelope(&rec, 60).await.expect("put");
-    assert_eq!(b.get_envelope("shared@x").await.expect("get"), Some(rec));
 }
 
 /// Retry `op` until it succeeds, for up to `limit`.
@@ -835,7 +800,7 @@ async fn assert_unavailable<T: std::fmt::Debug>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stop_and_restart() {
     let mut server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), "pec:").expect("connect");
+    let store = server.store("pec:");
     assert_eq!(
         store.claim("before", "id", 1, 60).await.expect("claim"),
         Claim::New
@@ -889,8 +854,8 @@ async fn redis_connect_is_lazy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_hung_server_times_out() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), "pec:")
-        .expect("connect")
+    let store = server
+        .store("pec:")
         .with_timeout(Duration::from_millis(500));
     assert_eq!(store.timeout(), Duration::from_millis(500));
     store.ping().await.expect("ping");

@@ -20,13 +20,15 @@ use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
 use pec_milter::roles::tracking::{Sent, Tracker, TrackerConfig, marker_key, notice_message_id};
 use pec_milter::roles::{InjectError, Injector};
 use pec_milter::state::embedded::EmbeddedStore;
-use pec_milter::state::redis::RedisStore;
 use pec_milter::state::{EnvelopeRecord, RecipientState, RecipientStatus, StateStore};
 
+use RecipientStatus::{Consegnato, Errore, PresaInCarico};
+use Step::{Confirmed, FailNext, InjectedSoFar, Receipt, Status, Tick, Tracked};
 use TipoDestinatario::{Certificato, Esterno};
 
-mod redis_server;
-use redis_server::RedisServer;
+mod common;
+use common::redis::{RedisServer, key_ttl, raw_connection};
+use common::{tracked_ids, winners};
 
 // ---------------------------------------------------------------------------
 // Fixtures.
@@ -174,18 +176,6 @@ async fn receipt(store: &dyn StateStore, pec_id: &str, rcpt: &str, status: Recip
     store.put_envelope(&rec, RETENTION).await.expect("put");
 }
 
-async fn tracked_ids(store: &dyn StateStore) -> Vec<String> {
-    let mut ids: Vec<String> = store
-        .tracked(i64::MAX)
-        .await
-        .expect("tracked")
-        .into_iter()
-        .map(|r| r.pec_id)
-        .collect();
-    ids.sort();
-    ids
-}
-
 async fn status_of(store: &dyn StateStore, pec_id: &str, rcpt: &str) -> RecipientStatus {
     let rec = store
         .get_envelope(pec_id)
@@ -283,17 +273,11 @@ async fn suite_markers(store: Arc<dyn StateStore>) {
     );
 
     // Exactly one winner among concurrent callers.
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..20 {
+    let won = winners(20, |_| {
         let store = Arc::clone(&store);
-        tasks.spawn(async move { store.once("race", 60).await.expect("once") });
-    }
-    let mut won = 0;
-    while let Some(r) = tasks.join_next().await {
-        if r.expect("task") {
-            won += 1;
-        }
-    }
+        async move { store.once("race", 60).await.expect("once") }
+    })
+    .await;
     assert_eq!(won, 1);
 
     // Expiry: a lease of 1 s is free again after it.
@@ -377,18 +361,12 @@ async fn embedded_markers_shared_by_two_stores() {
     let b: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(dir.path()).expect("open b"));
     for round in 0..5 {
         let key = format!("shared-{round}");
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..20 {
+        let won = winners(20, |i| {
             let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
             let key = key.clone();
-            tasks.spawn(async move { store.once(&key, 60).await.expect("once") });
-        }
-        let mut won = 0;
-        while let Some(r) = tasks.join_next().await {
-            if r.expect("task") {
-                won += 1;
-            }
-        }
+            async move { store.once(&key, 60).await.expect("once") }
+        })
+        .await;
         assert_eq!(won, 1, "round {round}");
     }
 }
@@ -396,17 +374,12 @@ async fn embedded_markers_shared_by_two_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_markers_and_tracking() {
     let server = RedisServer::start();
-    let store: Arc<dyn StateStore> =
-        Arc::new(RedisStore::connect(&server.url(), "pec:").expect("connect"));
+    let store: Arc<dyn StateStore> = Arc::new(server.store("pec:"));
     suite_markers(Arc::clone(&store)).await;
     suite_tracked(Arc::clone(&store)).await;
 
     // The key layout: a sorted set scored by the send time.
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut raw = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
+    let mut raw = raw_connection(&server.url()).await;
     let members: Vec<(String, i64)> = redis::cmd("ZRANGE")
         .arg("pec:tracked")
         .arg(0)
@@ -416,15 +389,11 @@ async fn redis_markers_and_tracking() {
         .await
         .expect("ZRANGE");
     assert_eq!(members, vec![("a@x".to_owned(), 1000)]);
-    let ttl: i64 = redis::cmd("TTL")
-        .arg("pec:once:m1")
-        .query_async(&mut raw)
-        .await
-        .expect("TTL");
+    let ttl = key_ttl(&mut raw, "pec:once:m1").await;
     assert!((1..=60).contains(&ttl), "marker TTL {ttl}");
 
     // Another prefix, another namespace.
-    let other = RedisStore::connect(&server.url(), "other:").expect("connect");
+    let other = server.store("other:");
     assert!(other.tracked(i64::MAX).await.expect("tracked").is_empty());
     assert!(other.once("m1", 60).await.expect("once"));
 }
@@ -432,13 +401,167 @@ async fn redis_markers_and_tracking() {
 // ---------------------------------------------------------------------------
 // The rules of §2.9, for any backend.
 
-/// Nothing ever comes back → the preavviso at 12 h and the final notice
-/// at 24 h, each once; then the transaction is over.
-async fn case_nothing(store: &Arc<dyn StateStore>) {
+/// One step of a scenario on one envelope to one certified recipient.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// A receipt for the recipient arrives (the reception point records it).
+    Receipt(RecipientStatus),
+    /// The injector fails its next `n` calls.
+    FailNext(usize),
+    /// The notice went out but the record was not updated: its marker is
+    /// confirmed in the store.
+    Confirmed { finale: bool },
+    /// A pass at t0 + `secs` sends these notices (their `finale`), in order.
+    Tick(i64, &'static [bool]),
+    /// The envelope is the one tracked (true), or nothing is (false).
+    Tracked(bool),
+    /// The recipient's recorded status.
+    Status(RecipientStatus),
+    /// How many messages the injector holds so far.
+    InjectedSoFar(usize),
+}
+
+/// A rule of §2.9 as a scenario: `steps` on a fresh envelope `pec_id`, sent
+/// at t0 to one certified recipient; `notices` is every message injected
+/// meanwhile (its `finale`), in order, each sent exactly once.
+struct Scenario {
+    rule: &'static str,
+    pec_id: &'static str,
+    steps: &'static [Step],
+    notices: &'static [bool],
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        rule: "nothing ever comes back: the preavviso at 12 h and the final notice \
+               at 24 h, each once; then the transaction is over",
+        pec_id: "opec-nothing@pec.acme.test",
+        steps: &[
+            Tick(0, &[]),
+            Tick(H, &[]),
+            Tick(12 * H - 1, &[]),
+            Tick(12 * H, &[false]),
+            Tick(12 * H, &[]),
+            Tick(13 * H, &[]),
+            Tick(24 * H - 1, &[]),
+            Tracked(true),
+            Tick(24 * H, &[true]),
+            Tick(30 * H, &[]),
+            Status(Errore),
+            Tracked(false),
+        ],
+        notices: &[false, true],
+    },
+    Scenario {
+        rule: "presa in carico within 12 h, no consegna: only the 24 h notice",
+        pec_id: "opec-presa@pec.acme.test",
+        steps: &[
+            Receipt(PresaInCarico),
+            Tick(12 * H, &[]),
+            Tick(23 * H, &[]),
+            Tracked(true),
+            Tick(24 * H, &[true]),
+            Tick(25 * H, &[]),
+            Status(Errore),
+            Tracked(false),
+        ],
+        notices: &[true],
+    },
+    Scenario {
+        rule: "no presa in carico, consegna between 12 h and 24 h: only the 12 h notice",
+        pec_id: "opec-late@pec.acme.test",
+        steps: &[
+            Tick(12 * H + 30, &[false]),
+            Receipt(Consegnato),
+            Tracked(false),
+            Tick(24 * H, &[]),
+            Tick(48 * H, &[]),
+            Status(Consegnato),
+        ],
+        notices: &[false],
+    },
+    Scenario {
+        rule: "consegna within 12 h: no notice at all",
+        pec_id: "opec-early@pec.acme.test",
+        steps: &[
+            Tick(H, &[]),
+            Receipt(PresaInCarico),
+            Receipt(Consegnato),
+            Tracked(false),
+            Tick(12 * H, &[]),
+            Tick(24 * H, &[]),
+            Tick(40 * H, &[]),
+            InjectedSoFar(0),
+        ],
+        notices: &[],
+    },
+    Scenario {
+        rule: "a pass that comes late (the node was down) sends what is due, the \
+               preavviso before the final notice",
+        pec_id: "opec-latepass@pec.acme.test",
+        steps: &[
+            Tick(30 * H, &[false, true]),
+            Tick(31 * H, &[]),
+            Tracked(false),
+        ],
+        notices: &[false, true],
+    },
+    Scenario {
+        rule: "the injector fails: nothing is lost, the next pass sends it, once; \
+               while the final notice fails the recipient stays tracked",
+        pec_id: "opec-fail@pec.acme.test",
+        steps: &[
+            FailNext(1),
+            Tick(12 * H, &[]),
+            InjectedSoFar(0),
+            Tick(12 * H + 60, &[false]),
+            Tick(12 * H + 120, &[]),
+            // The final notice fails twice.
+            FailNext(2),
+            Tick(24 * H, &[]),
+            Tick(24 * H + 60, &[]),
+            Status(RecipientStatus::Sent),
+            Tracked(true),
+            Tick(24 * H + 120, &[true]),
+            Tick(25 * H, &[]),
+            Status(Errore),
+            Tracked(false),
+        ],
+        notices: &[false, true],
+    },
+    Scenario {
+        rule: "when the preavviso cannot go, the final notice waits for it",
+        pec_id: "opec-fail2@pec.acme.test",
+        steps: &[
+            FailNext(1),
+            Tick(30 * H, &[]),
+            Tick(30 * H + 60, &[false, true]),
+        ],
+        notices: &[false, true],
+    },
+    Scenario {
+        rule: "the final notice went out but the record was not updated (a crash or \
+               a store failure in between): the next pass finishes the transaction \
+               without sending again",
+        pec_id: "opec-half@pec.acme.test",
+        steps: &[
+            Confirmed { finale: false },
+            Confirmed { finale: true },
+            Tick(25 * H, &[]),
+            InjectedSoFar(0),
+            Status(Errore),
+            Tracked(false),
+        ],
+        notices: &[],
+    },
+];
+
+/// Runs one scenario on `store` with a tracker and an injector of its own.
+async fn run_scenario(store: &Arc<dyn StateStore>, sc: &Scenario) {
     let inj = Arc::new(Recorder::default());
     let t = tracker(store, &inj, config());
     let t0 = t0();
-    let id = "opec-nothing@pec.acme.test";
+    let id = sc.pec_id;
     let rcpt = "dest@pec.other.it";
     store
         .put_envelope(
@@ -447,113 +570,45 @@ async fn case_nothing(store: &Arc<dyn StateStore>) {
         )
         .await
         .expect("put");
-
-    for s in [0, H, 12 * H - 1] {
-        assert!(t.tick(at(t0, s)).await.expect("tick").is_empty(), "at {s}");
+    for (n, step) in sc.steps.iter().enumerate() {
+        let ctx = format!("{}: step {n}, {step:?}", sc.rule);
+        match *step {
+            Receipt(status) => receipt(&**store, id, rcpt, status).await,
+            FailNext(k) => inj.fail_next(k),
+            Confirmed { finale } => store
+                .confirm(&marker_key(id, rcpt, finale), RETENTION)
+                .await
+                .expect("confirm"),
+            Tick(secs, want) => {
+                let sent = t.tick(at(t0, secs)).await.expect("tick");
+                let want: Vec<(String, bool)> =
+                    want.iter().map(|&f| (rcpt.to_owned(), f)).collect();
+                assert_eq!(what(&sent), want, "{ctx}");
+                for s in &sent {
+                    assert_eq!(s.to, SENDER, "{ctx}");
+                    assert_eq!(
+                        s.message_id,
+                        notice_message_id(id, rcpt, s.finale, DOMAIN),
+                        "{ctx}"
+                    );
+                }
+            }
+            Tracked(true) => assert_eq!(tracked_ids(&**store).await, [id], "{ctx}"),
+            Tracked(false) => assert!(tracked_ids(&**store).await.is_empty(), "{ctx}"),
+            Status(want) => assert_eq!(status_of(&**store, id, rcpt).await, want, "{ctx}"),
+            InjectedSoFar(k) => assert_eq!(inj.len(), k, "{ctx}"),
+        }
     }
-    let sent = t.tick(at(t0, 12 * H)).await.expect("tick");
-    assert_eq!(what(&sent), [(rcpt.to_owned(), false)]);
-    assert_eq!(sent[0].to, SENDER);
+    let all = inj.all();
     assert_eq!(
-        sent[0].message_id,
-        notice_message_id(id, rcpt, false, DOMAIN)
+        all.len(),
+        sc.notices.len(),
+        "{}: each notice exactly once",
+        sc.rule
     );
-    for s in [12 * H, 13 * H, 24 * H - 1] {
-        assert!(t.tick(at(t0, s)).await.expect("tick").is_empty(), "at {s}");
+    for (msg, &finale) in all.iter().zip(sc.notices) {
+        check_notice(msg, id, rcpt, finale);
     }
-    assert_eq!(tracked_ids(&**store).await, [id]);
-    let sent = t.tick(at(t0, 24 * H)).await.expect("tick");
-    assert_eq!(what(&sent), [(rcpt.to_owned(), true)]);
-    assert!(t.tick(at(t0, 30 * H)).await.expect("tick").is_empty());
-
-    assert_eq!(status_of(&**store, id, rcpt).await, RecipientStatus::Errore);
-    assert!(tracked_ids(&**store).await.is_empty(), "tracking stopped");
-    let all = inj.all();
-    assert_eq!(all.len(), 2);
-    check_notice(&all[0], id, rcpt, false);
-    check_notice(&all[1], id, rcpt, true);
-}
-
-/// Presa in carico within 12 h, no consegna → only the 24 h notice.
-async fn case_presa_in_carico(store: &Arc<dyn StateStore>) {
-    let inj = Arc::new(Recorder::default());
-    let t = tracker(store, &inj, config());
-    let t0 = t0();
-    let id = "opec-presa@pec.acme.test";
-    let rcpt = "dest@pec.other.it";
-    store
-        .put_envelope(
-            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
-            RETENTION,
-        )
-        .await
-        .expect("put");
-    receipt(&**store, id, rcpt, RecipientStatus::PresaInCarico).await;
-    assert!(t.tick(at(t0, 12 * H)).await.expect("tick").is_empty());
-    assert!(t.tick(at(t0, 23 * H)).await.expect("tick").is_empty());
-    assert_eq!(tracked_ids(&**store).await, [id]);
-    let sent = t.tick(at(t0, 24 * H)).await.expect("tick");
-    assert_eq!(what(&sent), [(rcpt.to_owned(), true)]);
-    assert!(t.tick(at(t0, 25 * H)).await.expect("tick").is_empty());
-    assert_eq!(status_of(&**store, id, rcpt).await, RecipientStatus::Errore);
-    assert!(tracked_ids(&**store).await.is_empty());
-    let all = inj.all();
-    assert_eq!(all.len(), 1);
-    check_notice(&all[0], id, rcpt, true);
-}
-
-/// No presa in carico, consegna between 12 h and 24 h → only the 12 h
-/// notice.
-async fn case_consegna_late(store: &Arc<dyn StateStore>) {
-    let inj = Arc::new(Recorder::default());
-    let t = tracker(store, &inj, config());
-    let t0 = t0();
-    let id = "opec-late@pec.acme.test";
-    let rcpt = "dest@pec.other.it";
-    store
-        .put_envelope(
-            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
-            RETENTION,
-        )
-        .await
-        .expect("put");
-    let sent = t.tick(at(t0, 12 * H + 30)).await.expect("tick");
-    assert_eq!(what(&sent), [(rcpt.to_owned(), false)]);
-    receipt(&**store, id, rcpt, RecipientStatus::Consegnato).await;
-    assert!(tracked_ids(&**store).await.is_empty());
-    assert!(t.tick(at(t0, 24 * H)).await.expect("tick").is_empty());
-    assert!(t.tick(at(t0, 48 * H)).await.expect("tick").is_empty());
-    assert_eq!(
-        status_of(&**store, id, rcpt).await,
-        RecipientStatus::Consegnato
-    );
-    let all = inj.all();
-    assert_eq!(all.len(), 1);
-    check_notice(&all[0], id, rcpt, false);
-}
-
-/// Consegna within 12 h → no notice at all.
-async fn case_consegna_early(store: &Arc<dyn StateStore>) {
-    let inj = Arc::new(Recorder::default());
-    let t = tracker(store, &inj, config());
-    let t0 = t0();
-    let id = "opec-early@pec.acme.test";
-    let rcpt = "dest@pec.other.it";
-    store
-        .put_envelope(
-            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
-            RETENTION,
-        )
-        .await
-        .expect("put");
-    assert!(t.tick(at(t0, H)).await.expect("tick").is_empty());
-    receipt(&**store, id, rcpt, RecipientStatus::PresaInCarico).await;
-    receipt(&**store, id, rcpt, RecipientStatus::Consegnato).await;
-    assert!(tracked_ids(&**store).await.is_empty());
-    for s in [12 * H, 24 * H, 40 * H] {
-        assert!(t.tick(at(t0, s)).await.expect("tick").is_empty());
-    }
-    assert_eq!(inj.len(), 0);
 }
 
 /// Esterno recipients get no notices; in a mixed envelope only the
@@ -638,118 +693,6 @@ async fn case_esterno_and_mixed(store: &Arc<dyn StateStore>) {
     );
 }
 
-/// A pass that comes late (the node was down) sends what is due, the
-/// preavviso before the final notice.
-async fn case_late_pass(store: &Arc<dyn StateStore>) {
-    let inj = Arc::new(Recorder::default());
-    let t = tracker(store, &inj, config());
-    let t0 = t0();
-    let id = "opec-latepass@pec.acme.test";
-    let rcpt = "dest@pec.other.it";
-    store
-        .put_envelope(
-            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
-            RETENTION,
-        )
-        .await
-        .expect("put");
-    let sent = t.tick(at(t0, 30 * H)).await.expect("tick");
-    assert_eq!(
-        what(&sent),
-        [(rcpt.to_owned(), false), (rcpt.to_owned(), true)]
-    );
-    assert!(t.tick(at(t0, 31 * H)).await.expect("tick").is_empty());
-    assert!(tracked_ids(&**store).await.is_empty());
-    let all = inj.all();
-    check_notice(&all[0], id, rcpt, false);
-    check_notice(&all[1], id, rcpt, true);
-}
-
-/// The injector fails: nothing is lost, the next pass sends it, once.
-async fn case_injector_failure(store: &Arc<dyn StateStore>) {
-    let inj = Arc::new(Recorder::default());
-    let t = tracker(store, &inj, config());
-    let t0 = t0();
-    let id = "opec-fail@pec.acme.test";
-    let rcpt = "dest@pec.other.it";
-    store
-        .put_envelope(
-            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
-            RETENTION,
-        )
-        .await
-        .expect("put");
-
-    inj.fail_next(1);
-    assert!(t.tick(at(t0, 12 * H)).await.expect("tick").is_empty());
-    assert_eq!(inj.len(), 0);
-    let sent = t.tick(at(t0, 12 * H + 60)).await.expect("tick");
-    assert_eq!(what(&sent), [(rcpt.to_owned(), false)]);
-    assert!(t.tick(at(t0, 12 * H + 120)).await.expect("tick").is_empty());
-
-    // The final notice fails twice: the recipient stays tracked meanwhile.
-    inj.fail_next(2);
-    assert!(t.tick(at(t0, 24 * H)).await.expect("tick").is_empty());
-    assert!(t.tick(at(t0, 24 * H + 60)).await.expect("tick").is_empty());
-    assert_eq!(status_of(&**store, id, rcpt).await, RecipientStatus::Sent);
-    assert_eq!(tracked_ids(&**store).await, [id]);
-    let sent = t.tick(at(t0, 24 * H + 120)).await.expect("tick");
-    assert_eq!(what(&sent), [(rcpt.to_owned(), true)]);
-    assert!(t.tick(at(t0, 25 * H)).await.expect("tick").is_empty());
-    assert_eq!(status_of(&**store, id, rcpt).await, RecipientStatus::Errore);
-    assert!(tracked_ids(&**store).await.is_empty());
-
-    // When the preavviso cannot go, the final notice waits for it.
-    let id2 = "opec-fail2@pec.acme.test";
-    store
-        .put_envelope(
-            &record(id2, t0.timestamp(), &[(rcpt, Certificato)]),
-            RETENTION,
-        )
-        .await
-        .expect("put");
-    inj.fail_next(1);
-    assert!(t.tick(at(t0, 30 * H)).await.expect("tick").is_empty());
-    let sent = t.tick(at(t0, 30 * H + 60)).await.expect("tick");
-    assert_eq!(
-        what(&sent),
-        [(rcpt.to_owned(), false), (rcpt.to_owned(), true)]
-    );
-
-    let all = inj.all();
-    assert_eq!(all.len(), 4, "each notice exactly once");
-    check_notice(&all[0], id, rcpt, false);
-    check_notice(&all[1], id, rcpt, true);
-}
-
-/// The final notice went out but the record was not updated (a crash or
-/// a store failure in between): the next pass finishes the transaction
-/// without sending again.
-async fn case_confirmed_but_not_recorded(store: &Arc<dyn StateStore>) {
-    let inj = Arc::new(Recorder::default());
-    let t = tracker(store, &inj, config());
-    let t0 = t0();
-    let id = "opec-half@pec.acme.test";
-    let rcpt = "dest@pec.other.it";
-    store
-        .put_envelope(
-            &record(id, t0.timestamp(), &[(rcpt, Certificato)]),
-            RETENTION,
-        )
-        .await
-        .expect("put");
-    for finale in [false, true] {
-        store
-            .confirm(&marker_key(id, rcpt, finale), RETENTION)
-            .await
-            .expect("confirm");
-    }
-    assert!(t.tick(at(t0, 25 * H)).await.expect("tick").is_empty());
-    assert_eq!(inj.len(), 0);
-    assert_eq!(status_of(&**store, id, rcpt).await, RecipientStatus::Errore);
-    assert!(tracked_ids(&**store).await.is_empty());
-}
-
 /// Two nodes (two stores on the same backend, two trackers) tick together
 /// at the same instants: every notice leaves exactly once.
 async fn case_two_nodes(a: &Arc<dyn StateStore>, b: &Arc<dyn StateStore>) {
@@ -813,14 +756,10 @@ async fn case_two_nodes(a: &Arc<dyn StateStore>, b: &Arc<dyn StateStore>) {
 }
 
 async fn rules_suite(store: Arc<dyn StateStore>) {
-    case_nothing(&store).await;
-    case_presa_in_carico(&store).await;
-    case_consegna_late(&store).await;
-    case_consegna_early(&store).await;
+    for sc in SCENARIOS {
+        run_scenario(&store, sc).await;
+    }
     case_esterno_and_mixed(&store).await;
-    case_late_pass(&store).await;
-    case_injector_failure(&store).await;
-    case_confirmed_but_not_recorded(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -833,18 +772,15 @@ async fn embedded_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_rules() {
     let server = RedisServer::start();
-    let store: Arc<dyn StateStore> =
-        Arc::new(RedisStore::connect(&server.url(), "pec:").expect("connect"));
+    let store: Arc<dyn StateStore> = Arc::new(server.store("pec:"));
     rules_suite(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_two_nodes_send_each_notice_once() {
     let server = RedisServer::start();
-    let a: Arc<dyn StateStore> =
-        Arc::new(RedisStore::connect(&server.url(), "pec:").expect("connect a"));
-    let b: Arc<dyn StateStore> =
-        Arc::new(RedisStore::connect(&server.url(), "pec:").expect("connect b"));
+    let a: Arc<dyn StateStore> = Arc::new(server.store("pec:"));
+    let b: Arc<dyn StateStore> = Arc::new(server.store("pec:"));
     case_two_nodes(&a, &b).await;
 }
 

@@ -1,8 +1,14 @@
 //! Shared helpers for the integration tests: a test PKI made at test time,
-//! facts for a transaction, and the independent checkers (openssl, xmllint,
-//! Python's email package).
+//! facts for a transaction, the independent checkers (openssl, xmllint,
+//! Python's email package), and the machine: a free loopback port, the root
+//! check, installed programs, the rule for a missing component
+//! ([`require`]), races of tasks, the state stores and a throwaway
+//! `redis-server` ([`redis`]).
 #![allow(dead_code)]
 
+pub mod redis;
+
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -13,10 +19,130 @@ use pec_milter::crypto::pki::Pki;
 use pec_milter::crypto::verify::TrustStore;
 use pec_milter::pec::build::{Provider, Transaction};
 use pec_milter::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
+use pec_milter::state::StateStore;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
+
+// ---------------------------------------------------------------------------
+// The machine.
+
+/// A loopback port that was free a moment ago (bound to 127.0.0.1:0, then
+/// released).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Whether the tests run with effective uid 0 (from /proc/self/status).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Fails the test unless it runs as root (`what` starts its own daemon).
+pub fn require_root(what: &str) {
+    assert!(
+        is_root(),
+        "{what} must run as root (it starts its own daemon in a temp dir); \
+         run the tests as root after integration/deps.sh"
+    );
+}
+
+/// Whether the tests run under CI: the `CI` environment variable is `true`.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// The one rule for a test that needs an optional `component`: true when it
+/// is `available`. When it is not, under CI (`CI=true`) the test fails here,
+/// naming the component (a skipped test must never pass in CI); elsewhere a
+/// note is printed and false is returned, for the test to return early.
+pub fn require(component: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "{component} is missing and CI=true: under CI a test may not skip \
+         (integration/deps.sh installs it)"
+    );
+    eprintln!(
+        "SKIPPED: {component} is missing (integration/deps.sh installs it; under CI=true this fails)"
+    );
+    false
+}
+
+/// An installed program: in PATH or the usual system directories, or a
+/// failure naming its Debian package and integration/deps.sh.
+pub fn installed(name: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(
+        [
+            "/usr/sbin",
+            "/usr/bin",
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/sbin",
+        ]
+        .map(PathBuf::from),
+    );
+    for dir in dirs {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "{name} not found (Debian package {package}): run integration/deps.sh as root to install it"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Races and the state stores.
+
+/// Runs `op(0)` .. `op(n - 1)` at once as tokio tasks and counts those
+/// that returned true: how many won a race.
+pub async fn winners<F, Fut>(n: usize, op: F) -> usize
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        tasks.spawn(op(i));
+    }
+    let mut won = 0;
+    while let Some(r) = tasks.join_next().await {
+        if r.expect("task") {
+            won += 1;
+        }
+    }
+    won
+}
+
+/// The PEC ids a state store tracks (any send time), sorted.
+pub async fn tracked_ids(store: &dyn StateStore) -> Vec<String> {
+    let mut ids: Vec<String> = store
+        .tracked(i64::MAX)
+        .await
+        .expect("tracked")
+        .into_iter()
+        .map(|r| r.pec_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+// ---------------------------------------------------------------------------
+// The test PKI and the facts of a transaction.
 
 pub struct TestPki {
     pub pki: Pki,
@@ -136,6 +262,41 @@ pub fn xmllint_valid(xml: &[u8]) -> Result<(), String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+/// The decoded bytes of the one MIME part named `filename` in a message, as
+/// Python's standard email package finds and decodes it (Content-Disposition
+/// or Content-Type name; base64 / quoted-printable undone). Looks through
+/// the multipart tree only, not inside attached messages (message/rfc822),
+/// and fails unless exactly one part has that name.
+pub fn python_part(message: &[u8], filename: &str) -> Vec<u8> {
+    let f = write_tmp(message);
+    let script = r#"
+import email, email.policy, sys
+m = email.message_from_bytes(open(sys.argv[1], 'rb').read(), policy=email.policy.default)
+def parts(p):
+    yield p
+    if p.get_content_maintype() == 'multipart':
+        for sub in p.iter_parts():
+            yield from parts(sub)
+found = [p for p in parts(m) if p.get_filename() == sys.argv[2]]
+if len(found) != 1:
+    sys.exit('%d parts named %s' % (len(found), sys.argv[2]))
+sys.stdout.buffer.write(found[0].get_payload(decode=True))
+"#;
+    let out = tool("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(f.path())
+        .arg(filename)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python email, part {filename}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// What Python's standard email package sees: JSON with the content

@@ -1,26 +1,23 @@
 //! A throwaway `redis-server` for the tests that use the Redis state store
 //! (tests/state.rs, tests/timers.rs): on 127.0.0.1, a free port, no
 //! persistence, killed on drop.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pec_milter::state::redis::RedisStore;
 use tempfile::TempDir;
+
+use super::free_port;
 
 /// A `redis-server` child process on 127.0.0.1, killed on drop.
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
-}
-
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
 }
 
 impl RedisServer {
@@ -98,6 +95,12 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Our Redis state store on this server, its keys under `prefix` (what a
+    /// node opens; several are several nodes).
+    pub fn store(&self, prefix: &str) -> RedisStore {
+        RedisStore::connect(&self.url(), prefix).expect("connect")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("redis-server running").id()
     }
@@ -130,6 +133,26 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A raw connection to the server (the redis crate alone, none of our
+/// code), to look at the keys the store wrote.
+pub async fn raw_connection(url: &str) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(url)
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection")
+}
+
+/// `TTL key` over a raw connection: seconds left, -1 without expiry, -2
+/// when absent.
+pub async fn key_ttl(raw: &mut ::redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    ::redis::cmd("TTL")
+        .arg(key)
+        .query_async(raw)
+        .await
+        .expect("TTL")
 }
 
 /// A raw `PING` over TCP (no client library involved).
