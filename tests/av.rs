@@ -358,16 +358,17 @@ async fn silent_server_times_out() {
     server.abort();
 }
 
-/// A server that reads the request and answers `reply`.
-async fn answering_server(reply: &'static [u8]) -> String {
+/// A fake clamd that reads the request (PING, or INSTREAM up to the
+/// zero-length chunk) and answers `reply`; then it closes its side and
+/// drains, or with `linger` keeps the connection open without a word more
+/// (clamd closes it; we must not need that to read the verdict).
+async fn fake_clamd(reply: &'static [u8], linger: bool) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (mut sock, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                // Read the whole request (PING, or INSTREAM up to the
-                // zero-length chunk), answer, close our side, drain.
                 let mut got = Vec::new();
                 let mut buf = vec![0u8; 65536];
                 while !(got.ends_with(b"zPING\0")
@@ -379,6 +380,10 @@ async fn answering_server(reply: &'static [u8]) -> String {
                     }
                 }
                 let _ = sock.write_all(reply).await;
+                if linger {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return;
+                }
                 let _ = sock.shutdown().await;
                 while let Ok(n) = sock.read(&mut buf).await {
                     if n == 0 {
@@ -389,6 +394,11 @@ async fn answering_server(reply: &'static [u8]) -> String {
         }
     });
     addr.to_string()
+}
+
+/// [`fake_clamd`] that closes after its answer.
+async fn answering_server(reply: &'static [u8]) -> String {
+    fake_clamd(reply, false).await
 }
 
 #[tokio::test]
@@ -432,32 +442,9 @@ async fn garbage_replies_are_protocol_errors() {
     clamd.ping().await.unwrap();
 }
 
-/// A server that answers `reply` to whatever comes, then keeps the
-/// connection open without a word more (clamd closes it; we must not need
-/// that to read the verdict).
+/// [`fake_clamd`] that keeps the connection open after its answer.
 async fn lingering_server(reply: &'static [u8]) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = vec![0u8; 65536];
-                while !(got.ends_with(b"zPING\0")
-                    || (got.starts_with(b"zINSTREAM\0") && got.ends_with(&[0, 0, 0, 0])))
-                {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = sock.write_all(reply).await;
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-            });
-        }
-    });
-    addr.to_string()
+    fake_clamd(reply, true).await
 }
 
 #[tokio::test]

@@ -24,8 +24,7 @@ use crate::pec::build::{
 use crate::pec::facts::Facts;
 use crate::roles::TempFail;
 use crate::roles::message::{Original, Outcome, SpooledMessage, Submission};
-use crate::roles::ports::{Injector, RecipientDirectory};
-use crate::roles::ports::{Scanner, Verdict};
+use crate::roles::ports::{Injector, RecipientDirectory, Scanner, Verdict};
 use crate::rt::off_worker_unless;
 use crate::spool::{SpoolOptions, SpoolWriter};
 use crate::state::{Claim, EnvelopeRecord, RecipientState, RecipientStatus, StateStore};
