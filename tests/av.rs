@@ -396,11 +396,6 @@ async fn fake_clamd(reply: &'static [u8], linger: bool) -> String {
     addr.to_string()
 }
 
-/// [`fake_clamd`] that closes after its answer.
-async fn answering_server(reply: &'static [u8]) -> String {
-    fake_clamd(reply, false).await
-}
-
 #[tokio::test]
 async fn garbage_replies_are_protocol_errors() {
     for reply in [
@@ -411,7 +406,7 @@ async fn garbage_replies_are_protocol_errors() {
         b"stream: FOUND\0",
         b"",
     ] {
-        let addr = answering_server(reply).await;
+        let addr = fake_clamd(reply, false).await;
         let clamd = Clamd::new(ClamdAddress::Tcp(addr), Duration::from_secs(5));
         let r = clamd.scan_bytes(CLEAN_TEXT).await;
         assert!(
@@ -422,53 +417,37 @@ async fn garbage_replies_are_protocol_errors() {
         assert!(matches!(clamd.ping().await, Err(ClamdError::Protocol(_))));
     }
     // And the well-formed answers of a fake server are understood.
+    well_formed_answers_are_understood(false, TIMEOUT).await;
+}
+
+/// `stream: OK`, `stream: NAME FOUND` and `PONG` from a [`fake_clamd`]
+/// that closes (or, with `linger`, keeps open) after its answer.
+async fn well_formed_answers_are_understood(linger: bool, timeout: Duration) {
     let clamd = Clamd::new(
-        ClamdAddress::Tcp(answering_server(b"stream: OK\0").await),
-        TIMEOUT,
+        ClamdAddress::Tcp(fake_clamd(b"stream: OK\0", linger).await),
+        timeout,
     );
     assert_eq!(clamd.scan_bytes(CLEAN_TEXT).await.unwrap(), Verdict::Clean);
     let clamd = Clamd::new(
-        ClamdAddress::Tcp(answering_server(b"stream: Eicar-Test-Signature FOUND\0").await),
-        TIMEOUT,
+        ClamdAddress::Tcp(fake_clamd(b"stream: Eicar-Test-Signature FOUND\0", linger).await),
+        timeout,
     );
     assert_eq!(
         clamd.scan_bytes(CLEAN_TEXT).await.unwrap(),
         Verdict::Infected("Eicar-Test-Signature".into())
     );
     let clamd = Clamd::new(
-        ClamdAddress::Tcp(answering_server(b"PONG\0").await),
-        TIMEOUT,
+        ClamdAddress::Tcp(fake_clamd(b"PONG\0", linger).await),
+        timeout,
     );
     clamd.ping().await.unwrap();
-}
-
-/// [`fake_clamd`] that keeps the connection open after its answer.
-async fn lingering_server(reply: &'static [u8]) -> String {
-    fake_clamd(reply, true).await
 }
 
 #[tokio::test]
 async fn verdict_is_read_at_the_nul_without_waiting_for_close() {
     let timeout = Duration::from_secs(5);
-    let clamd = Clamd::new(
-        ClamdAddress::Tcp(lingering_server(b"stream: OK\0").await),
-        timeout,
-    );
     let started = Instant::now();
-    assert_eq!(clamd.scan_bytes(CLEAN_TEXT).await.unwrap(), Verdict::Clean);
-    let clamd = Clamd::new(
-        ClamdAddress::Tcp(lingering_server(b"stream: Eicar-Test-Signature FOUND\0").await),
-        timeout,
-    );
-    assert_eq!(
-        clamd.scan_bytes(CLEAN_TEXT).await.unwrap(),
-        Verdict::Infected("Eicar-Test-Signature".into())
-    );
-    let clamd = Clamd::new(
-        ClamdAddress::Tcp(lingering_server(b"PONG\0").await),
-        timeout,
-    );
-    clamd.ping().await.unwrap();
+    well_formed_answers_are_understood(true, timeout).await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
