@@ -12,6 +12,8 @@
 #       non-accettazione, -> anna (upa) accepted
 #   (5) redis only: redis down -> 4xx at end of DATA and nothing delivered; redis back, the
 #       very same message (same Message-ID) -> exactly one envelope and one accettazione
+#   (7) a login sends only as itself: cittadino (a holder of our domain) and anna (a login of
+#       another domain) sending as mario -> 553 5.7.1 at MAIL, nothing signed, nothing relayed
 #   (6) embedded only: a 30 MB 8-bit original through the spool -> the envelope verifies and
 #       carries it byte for byte, the spool directory is empty afterwards
 # Env: BACKENDS="embedded redis" (default), PEC_MILTER_BIN (default target/debug/pec-milter),
@@ -154,6 +156,25 @@ run_backend() {
   ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$CITT_MD" | head -1)
   [ -n "$ENV" ] && ok "[$BACKEND] (4b) anna's is a posta-certificata" kind_is "$ENV" posta-certificata
   [ -n "$RCPT" ] && ok "[$BACKEND] (4b) cittadino's is an accettazione" kind_is "$RCPT" accettazione
+
+  # ---- (7) the sender belongs to the login: 553 at MAIL, nothing signed, nothing relayed
+  TOK=s7-$BACKEND-$RANDOM$RANDOM
+  mark "$CITT_MD" "$MARIO_MD" "$ANNA_MD"
+  local who pw login
+  for who in cittadino anna; do
+    if [ $who = cittadino ]; then pw=$CITTADINO_PW; login=$CITTADINO; else pw=$ANNA_PW; login=$ANNA; fi
+    swaks_submit "$login" "$pw" "$MARIO" "$ANNA" --header "Subject: scenario 7 $who $TOK" \
+      --body "not mine $TOK" > "$O/7-$who.txt" 2>&1
+    ok "[$BACKEND] (7) $who logged in sending as mario: 553 5.7.1 at MAIL" \
+      grep -qE '^<\*\* +553 5\.7\.1 PEC: the login .* may not send as ' "$O/7-$who.txt"
+    ok "[$BACKEND] (7) $who: pec-milter logged login and sender" \
+      grep -qE "login=$login sender=$MARIO.*does not own the sender address|does not own the sender address.*login=$login sender=$MARIO" "$DIR/pec-milter.log"
+  done
+  sleep 1
+  ok "[$BACKEND] (7) nothing reaches anna" expect_new "$ANNA_MD" 0
+  ok "[$BACKEND] (7) nothing to mario (no receipt)" expect_new "$MARIO_MD" 0
+  ok "[$BACKEND] (7) nothing to cittadino" expect_new "$CITT_MD" 0
+  ok "[$BACKEND] (7) postfix queue empty (nothing relayed)" pf_queue_empty "$PF" 10
 
   # ---- (5) redis only: the state store is down -> tempfail; back -> exactly once
   if [ "$BACKEND" = redis ]; then

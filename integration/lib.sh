@@ -50,10 +50,10 @@ RIG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Test identities. SASL login = the full address (Cyrus realm = the domain).
 MARIO=mario.rossi@pec.demo.test        MARIO_PW=mario-pw
 CITTADINO=cittadino@pec.demo.test      CITTADINO_PW=cittadino-pw
-ANNA=anna.bianchi@pec.other.test
+ANNA=anna.bianchi@pec.other.test      ANNA_PW=anna-pw
 : "${RIG_DOMAINS:=pec.demo.test pec.other.test}"
 : "${RIG_USERS:=$MARIO $CITTADINO $ANNA}"
-: "${RIG_SASL_USERS:=$MARIO:$MARIO_PW $CITTADINO:$CITTADINO_PW}"
+: "${RIG_SASL_USERS:=$MARIO:$MARIO_PW $CITTADINO:$CITTADINO_PW $ANNA:$ANNA_PW}"
 
 RIG_PASSED=0 RIG_FAILED=0 RIG_FINISHED=0
 RIG_CLEANUP=()
@@ -1186,3 +1186,52 @@ EOC
 # dovecot_down DIR: stops it (TERM, then KILL after 10 s; Dovecot takes ~1 s to stop its
 # children) and waits until its port is closed (0 only when both are true).
 dovecot_down() { _daemon_down "$1" dovecot; }
+
+# ---------------------------------------------------------------- LMTP client, forged envelopes
+
+# lmtp_send PORT FROM TO FILE: hands FILE to the LMTP server on 127.0.0.1:PORT in the rig's
+# namespace, as Postfix's lmtp client would but past every milter (Python's smtplib.LMTP: LHLO,
+# MAIL FROM, one RCPT TO, DATA; CRLF line ends, dot-stuffed). Prints the server's reply to the
+# data; 0 when it is 2xx, 1 when it is 4xx/5xx, 2 when no session could be made.
+lmtp_send() {
+  ns_exec python3 - "$@" <<'PY'
+import smtplib, sys
+port, frm, to, path = sys.argv[1:5]
+data = open(path, 'rb').read()
+try:
+    s = smtplib.LMTP('127.0.0.1', int(port), timeout=60)
+    s.ehlo_or_helo_if_needed()
+    code, msg = s.mail(frm)
+    if code != 250:
+        print('MAIL FROM: %d %s' % (code, msg.decode(errors='replace'))); sys.exit(1)
+    code, msg = s.rcpt(to)
+    if code not in (250, 251):
+        print('RCPT TO: %d %s' % (code, msg.decode(errors='replace'))); sys.exit(1)
+    code, msg = s.data(data)
+    print('DATA: %d %s' % (code, msg.decode(errors='replace')))
+    s.quit()
+except (OSError, smtplib.SMTPException) as e:
+    print('lmtp_send: %r' % (e,), file=sys.stderr); sys.exit(2)
+sys.exit(0 if 200 <= code < 300 else 1)
+PY
+}
+
+# strip_signature IN OUT: OUT is the S/MIME message IN (multipart/signed) without its signature
+# part (smime.p7s): the signed content is kept byte for byte, then the closing delimiter. Fails
+# when IN is not multipart/signed with two parts.
+strip_signature() {
+  python3 - "$1" "$2" <<'PY'
+import email, sys
+raw = open(sys.argv[1], 'rb').read()
+m = email.message_from_bytes(raw)
+if m.get_content_type() != 'multipart/signed' or not m.get_boundary():
+    sys.exit('strip_signature: %s is not multipart/signed' % sys.argv[1])
+b = m.get_boundary().encode()
+nl = b'\r\n' if b'\r\n' in raw else b'\n'
+delim = nl + b'--' + b + nl
+cut = raw.rfind(delim)
+if cut < 0 or cut == raw.find(delim):   # the opening delimiter only: one part
+    sys.exit('strip_signature: %s has no signature part' % sys.argv[1])
+open(sys.argv[2], 'wb').write(raw[:cut] + nl + b'--' + b + b'--' + nl)
+PY
+}

@@ -2,6 +2,7 @@
 //! Unknown keys are errors; every error names the key and the line.
 //! See `milter-conf/pec-milter.toml` for the annotated defaults.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -484,6 +485,13 @@ pub struct HoldersConfig {
     pub upa: Vec<String>,
     pub upa1: Vec<String>,
     pub upr: Vec<String>,
+    /// A file of lines `login address...`: SASL logins that are not the
+    /// address they send as (a login is always allowed its own address).
+    /// Read by [`Config::load`].
+    pub logins: Option<PathBuf>,
+    /// What `logins` says, lowercased: login -> the addresses it owns.
+    #[serde(skip)]
+    pub login_map: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for HoldersConfig {
@@ -493,11 +501,55 @@ impl Default for HoldersConfig {
             upa: Vec::new(),
             upa1: Vec::new(),
             upr: Vec::new(),
+            logins: None,
+            login_map: BTreeMap::new(),
         }
     }
 }
 
+/// Read a login map: one line per login, `login address [address...]`,
+/// separated by blanks; `#` starts a comment. Every address must look like
+/// one (`local@domain`).
+pub fn parse_login_map(text: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let login = words.next().unwrap_or_default().to_ascii_lowercase();
+        let addresses: Vec<String> = words.map(str::to_ascii_lowercase).collect();
+        if addresses.is_empty() {
+            return Err(format!("line {}: {login:?} owns no address", n + 1));
+        }
+        if let Some(bad) = addresses.iter().find(|a| {
+            a.split_once('@')
+                .is_none_or(|(l, d)| l.is_empty() || d.is_empty() || d.contains('@'))
+        }) {
+            return Err(format!("line {}: {bad:?} is not an address", n + 1));
+        }
+        map.entry(login).or_default().extend(addresses);
+    }
+    Ok(map)
+}
+
 impl HoldersConfig {
+    /// Does the SASL `login` own `address`, i.e. may it submit with that
+    /// `MAIL FROM`? The login itself (PEC logins are addresses), or an
+    /// address the login map gives it. Case-insensitive.
+    pub fn owns(&self, login: &str, address: &str) -> bool {
+        let (login, address) = (login.trim(), address.trim());
+        if address.is_empty() {
+            return false;
+        }
+        login.eq_ignore_ascii_case(address)
+            || self
+                .login_map
+                .get(&login.to_ascii_lowercase())
+                .is_some_and(|owned| owned.iter().any(|a| a.eq_ignore_ascii_case(address)))
+    }
+
     /// The class of an address: a whole-address entry wins over an
     /// `@domain` entry; otherwise the default class. Case-insensitive.
     pub fn class_of(&self, address: &str) -> HolderClass {
@@ -536,11 +588,22 @@ impl Config {
 
     /// Parse and check configuration text; `path` is used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: describe_toml_error(text, &e),
         })?;
         cfg.check(path)?;
+        if let Some(file) = &cfg.holders.logins {
+            let invalid = |reason: String| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "holders.logins",
+                reason,
+            };
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| invalid(format!("{}: {e}", file.display())))?;
+            cfg.holders.login_map =
+                parse_login_map(&text).map_err(|e| invalid(format!("{}: {e}", file.display())))?;
+        }
         Ok(cfg)
     }
 
@@ -852,9 +915,35 @@ mod tests {
             upa: vec!["@comune.test".into()],
             upa1: vec![],
             upr: vec!["Cittadino@comune.test".into()],
+            ..HoldersConfig::default()
         };
         assert_eq!(h.class_of("cittadino@COMUNE.test"), HolderClass::Upr);
         assert_eq!(h.class_of("sindaco@comune.test"), HolderClass::Upa);
         assert_eq!(h.class_of("x@altro.test"), HolderClass::Upa1);
+    }
+
+    #[test]
+    fn a_login_owns_its_address_and_what_the_map_gives_it() {
+        let mut h = HoldersConfig::default();
+        assert!(h.owns("Alice@pec.demo.test", "alice@PEC.demo.test"));
+        assert!(!h.owns("alice@pec.demo.test", "bob@pec.demo.test"));
+        assert!(!h.owns("alice", "alice@pec.demo.test"));
+        assert!(!h.owns("alice@pec.demo.test", ""));
+        h.login_map = parse_login_map(
+            "# login address...\nALICE  alice@pec.demo.test  segreteria@pec.demo.test\n\nufficio ufficio@pec.demo.test # shared\n",
+        )
+        .expect("map");
+        assert!(h.owns("alice", "Segreteria@pec.demo.test"));
+        assert!(h.owns("alice", "alice@pec.demo.test"));
+        assert!(!h.owns("alice", "bob@pec.demo.test"));
+        assert!(!h.owns("ufficio", "alice@pec.demo.test"));
+        assert!(!h.owns("bob", "segreteria@pec.demo.test"));
+        assert!(parse_login_map("alice\n").unwrap_err().contains("line 1"));
+        assert!(
+            parse_login_map("\nalice bob\n")
+                .unwrap_err()
+                .contains("line 2")
+        );
+        assert!(parse_login_map("alice a@b@c\n").is_err());
     }
 }

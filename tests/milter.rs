@@ -131,6 +131,7 @@ async fn rig_with(state: Option<Arc<dyn StateStore>>) -> Rig {
             upa: vec!["@pec.other.test".into()],
             upa1: vec![],
             upr: vec!["cittadino@pec.acme.test".into()],
+            ..HoldersConfig::default()
         },
         max_recipients: 50,
         max_product: 100 << 20,
@@ -182,7 +183,8 @@ struct Msg<'a> {
 
 fn msg<'a>(from: &'a str, rcpts: &'a [&'a str]) -> Msg<'a> {
     Msg {
-        auth: Some("holder"),
+        // PEC logins are addresses: the holder logs in as itself
+        auth: Some(from),
         from,
         rcpts,
         headers: vec![
@@ -368,6 +370,83 @@ async fn holder_submission_becomes_a_signed_envelope_and_an_acceptance_receipt()
             ("luca@example.org".to_string(), "esterno".to_string())
         ]
     );
+}
+
+/// The accettazione certifies the sender: a login may send only as an
+/// address it owns. Refused at MAIL with 553 5.7.1; nothing signed, nothing
+/// injected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_sends_only_as_itself() {
+    let rig = rig().await;
+    let rcpts = ["anna@pec.other.test"];
+    for login in [
+        "alice@pec.acme.test",   // another holder of the same domain
+        "someone@example.org",   // a login of another domain
+        "mario",                 // a bare login no map gives the address
+        "MARIO@pec.acme.test.x", // close, but not the address
+    ] {
+        let mut m = msg("mario@pec.acme.test", &rcpts);
+        m.auth = Some(login);
+        let mut conn = TestConnection::configure()
+            .open_tcp(rig.addr.as_str())
+            .await
+            .expect("connect to milter");
+        conn.macros(MacroStage::Mail, [("{auth_authen}", login)])
+            .await
+            .expect("macros");
+        let st = conn.mail(["<mario@pec.acme.test>"]).await.expect("mail");
+        match &st {
+            Status::Reject {
+                message: Some(text),
+            } => {
+                let text = text.to_string_lossy();
+                assert!(
+                    text.starts_with("553 5.7.1 ") && text.contains(login),
+                    "{login}: {text}"
+                );
+            }
+            other => panic!("{login}: {other:?}"),
+        }
+        let _ = conn.close().await;
+        assert!(
+            matches!(submit(&rig, &m).await.0, Status::Reject { .. }),
+            "{login}"
+        );
+    }
+    assert!(rig.injected.messages().is_empty(), "nothing injected");
+    // the address itself, in any case, is its own login
+    let mut m = msg("mario@pec.acme.test", &rcpts);
+    m.auth = Some("Mario@PEC.acme.test");
+    let (st, actions) = submit(&rig, &m).await;
+    assert_eq!(st, Status::Accept);
+    let out = apply(&m, &actions.expect("actions"));
+    assert!(String::from_utf8_lossy(&out).contains("X-Trasporto: posta-certificata"));
+    assert_eq!(rig.injected.messages().len(), 1, "the accettazione");
+}
+
+/// An authenticated sender outside our PEC domains: its mail passes, less
+/// the fields only a provider writes (X-TipoRicevuta included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_only_fields_of_a_non_holder_are_removed() {
+    let rig = rig().await;
+    let rcpts = ["anna@pec.acme.test"];
+    let mut m = msg("someone@example.org", &rcpts);
+    m.auth = Some("someone@example.org");
+    m.headers.push(("X-Ricevuta", "accettazione".into()));
+    m.headers.push(("X-Trasporto", "posta-certificata".into()));
+    m.headers.push(("x-tiporicevuta", "breve".into()));
+    m.headers.push(("X-Ricevuta", "avvenuta-consegna".into()));
+    m.headers.push(("X-Mailer", "kept".into()));
+    let (st, actions) = submit(&rig, &m).await;
+    assert_eq!(st, Status::Accept);
+    let out = String::from_utf8_lossy(&apply(&m, &actions.expect("actions"))).into_owned();
+    for gone in ["X-Ricevuta", "X-Trasporto", "x-tiporicevuta"] {
+        assert!(!out.contains(gone), "{gone} left in:\n{out}");
+    }
+    assert!(out.contains("X-Mailer: kept"));
+    assert!(out.contains("Subject: Convocazione"));
+    assert!(out.contains("la riunione"), "body unchanged");
+    assert!(rig.injected.messages().is_empty(), "nothing signed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

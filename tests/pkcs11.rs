@@ -530,9 +530,7 @@ fn the_access_point_tempfails_and_sends_nothing_while_the_token_is_gone() {
         directory: Arc::new(StaticDirectory::new(&["pec.other.test".into()])),
         holders: HoldersConfig {
             default_class: HolderClass::Upa,
-            upa: vec![],
-            upa1: vec![],
-            upr: vec![],
+            ..HoldersConfig::default()
         },
         max_recipients: 50,
         max_product: 100 << 20,

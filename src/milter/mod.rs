@@ -19,9 +19,9 @@ use indymilter::{
     ProtoOpts, SetErrorReply, Status,
 };
 
-use crate::pec::facts::is_inherited;
+use crate::pec::facts::{PROVIDER_ONLY_HEADERS, is_inherited};
 use crate::pec::mime::header_fields;
-use crate::roles::access::AccessPoint;
+use crate::roles::access::{AccessPoint, Admission, not_owner_text};
 use crate::roles::reception::ReceptionPoint;
 use crate::roles::{Inbound, Original, Outcome, Submission};
 use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
@@ -44,6 +44,9 @@ enum Mode {
     Pass,
     Access,
     Reception,
+    /// An authenticated sender outside our PEC domains: delivered as it
+    /// is, less the fields only a provider writes.
+    Strip,
 }
 
 /// The state of one SMTP session as the milter sees it.
@@ -153,17 +156,28 @@ fn mail(cx: &mut Context<Session>, args: &[CString], roles: &Roles) -> Status {
         .first()
         .map(|a| bare_path(&cstr(a)))
         .unwrap_or_default();
-    match auth {
-        Some(user) if ap.serves(&from) => {
+    match auth.map(|user| (ap.admit(&user, &from), user)) {
+        Some((Admission::Holder, user)) => {
             session.mode = Mode::Access;
             session.auth_user = user;
             session.mail_from = from;
             Status::Continue
         }
-        Some(_) => {
-            // Authenticated, but not a holder of our PEC domains.
-            tracing::debug!(sender = %from, "authenticated non-holder: accepted unchanged");
-            Status::Accept
+        Some((Admission::NotOwner, user)) => {
+            tracing::warn!(login = %user, sender = %from,
+                "access point: the login does not own the sender address: 553, nothing signed");
+            let text = not_owner_text(&user, &from);
+            let _ = cx
+                .reply
+                .set_error_reply("553", Some("5.7.1"), [text.as_str()]);
+            Status::Reject
+        }
+        Some((Admission::Outsider, _)) => {
+            // Authenticated, not PEC: passes, less the provider's fields.
+            tracing::debug!(sender = %from, "authenticated non-holder: provider-only fields removed");
+            session.mode = Mode::Strip;
+            session.mail_from = from;
+            Status::Continue
         }
         None if roles.reception.is_some() => {
             // Inbound: the reception point decides once the recipients are known.
@@ -214,7 +228,7 @@ fn body(cx: &mut Context<Session>, chunk: Bytes, spool: SpoolOptions) -> Status 
     let Some(s) = cx.data.as_mut() else {
         return Status::Continue;
     };
-    if s.mode == Mode::Pass || s.spool_error.is_some() {
+    if matches!(s.mode, Mode::Pass | Mode::Strip) || s.spool_error.is_some() {
         return s.go_on(ProtoOpts::NOREPLY_BODY);
     }
     // Past the memory limit this writes to the spool file: small blocking
@@ -247,6 +261,16 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
     s.mode = Mode::Pass;
     if mode == Mode::Pass {
         return Status::Accept;
+    }
+    if mode == Mode::Strip {
+        let header = std::mem::take(&mut s.header);
+        return match strip_provider_fields(cx, &header).await {
+            Ok(()) => Status::Accept,
+            Err(e) => {
+                tracing::error!(error = %e, "removing provider-only header fields failed");
+                tempfail(cx, "message could not be checked, try again later")
+            }
+        };
     }
     if let Some(e) = s.spool_error.take() {
         s.body = None;
@@ -357,6 +381,52 @@ enum RewriteError {
     Spool(#[from] std::io::Error),
 }
 
+/// The fields of the header block `head` that `delete` names, as milter
+/// deletions: (name, occurrence index of that name, from 1), the highest
+/// index of a name first so that each deletion leaves the others' indices.
+fn deletions(head: &[u8], delete: impl Fn(&str) -> bool) -> Vec<(String, i32)> {
+    let mut seen: Vec<(String, i32)> = Vec::new();
+    let mut out: Vec<(String, i32)> = Vec::new();
+    for f in header_fields(head) {
+        let lname = f.name.to_ascii_lowercase();
+        let idx = match seen.iter_mut().find(|(n, _)| *n == lname) {
+            Some((_, i)) => {
+                *i += 1;
+                *i
+            }
+            None => {
+                seen.push((lname, 1));
+                1
+            }
+        };
+        if delete(f.name) {
+            out.push((f.name.to_string(), idx));
+        }
+    }
+    out.sort_by_key(|d| std::cmp::Reverse(d.1));
+    out
+}
+
+/// Mail of an authenticated sender outside our PEC domains: the fields
+/// only a provider writes are deleted (nobody else may emit them).
+async fn strip_provider_fields(
+    cx: &EomContext<Session>,
+    head: &[u8],
+) -> Result<(), indymilter::ActionError> {
+    let removed = deletions(head, |name| {
+        PROVIDER_ONLY_HEADERS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name))
+    });
+    if !removed.is_empty() {
+        tracing::warn!(fields = ?removed, "authenticated non-holder wrote provider-only header fields: removed");
+    }
+    for (name, idx) in removed {
+        cx.actions.change_header(name, idx, None::<CString>).await?;
+    }
+    Ok(())
+}
+
 /// Delete the original's header fields (`head`: its header block) the
 /// envelope does not inherit, add the envelope's own, replace the body
 /// (streamed from the spool in pieces of at most 64 KiB).
@@ -367,28 +437,7 @@ async fn rewrite(
     body: &Spooled,
     keep_message_id: bool,
 ) -> Result<(), RewriteError> {
-    let fields = header_fields(head);
-    // (name, occurrence index) to delete, highest index first per name
-    let mut seen: Vec<(String, i32)> = Vec::new();
-    let mut deletions: Vec<(String, i32)> = Vec::new();
-    for f in &fields {
-        let lname = f.name.to_ascii_lowercase();
-        let idx = match seen.iter_mut().find(|(n, _)| *n == lname) {
-            Some((_, i)) => {
-                *i += 1;
-                *i
-            }
-            None => {
-                seen.push((lname.clone(), 1));
-                1
-            }
-        };
-        if !is_inherited(f.name, keep_message_id) {
-            deletions.push((f.name.to_string(), idx));
-        }
-    }
-    deletions.sort_by_key(|d| std::cmp::Reverse(d.1));
-    for (name, idx) in deletions {
+    for (name, idx) in deletions(head, |name| !is_inherited(name, keep_message_id)) {
         cx.actions.change_header(name, idx, None::<CString>).await?;
     }
     for h in new_headers {

@@ -18,6 +18,18 @@ pub const PEC_MARKER_HEADERS: &[&str] = &[
     "X-Mittente",
 ];
 
+/// What only a provider writes, for mail that is not a holder's PEC
+/// submission: the marker fields and `X-TipoRicevuta` (a holder chooses
+/// the receipt kind with it; anyone else has no receipt to choose).
+pub const PROVIDER_ONLY_HEADERS: &[&str] = &[
+    "X-Trasporto",
+    "X-Ricevuta",
+    "X-VerificaSicurezza",
+    "X-Riferimento-Message-ID",
+    "X-Mittente",
+    "X-TipoRicevuta",
+];
+
 /// What one header block says, read in one pass over its fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facts {

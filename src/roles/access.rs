@@ -29,6 +29,21 @@ use crate::rt::off_worker_unless;
 use crate::spool::{SpoolOptions, SpoolWriter};
 use crate::state::{Claim, EnvelopeRecord, RecipientState, RecipientStatus, StateStore};
 
+/// Who may submit a message with a given `MAIL FROM` (decided at MAIL,
+/// and again before anything is signed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A holder of one of our PEC domains, sending as an address its login
+    /// owns: the access point takes the message.
+    Holder,
+    /// `MAIL FROM` in our PEC domains, but the login does not own it:
+    /// refused (`553 5.7.1`), nothing signed.
+    NotOwner,
+    /// `MAIL FROM` outside our PEC domains: not PEC, passes (without the
+    /// fields only a provider writes).
+    Outsider,
+}
+
 /// Everything the access point needs.
 pub struct AccessPoint {
     pub provider: Provider,
@@ -56,6 +71,17 @@ impl AccessPoint {
             .is_some_and(|(_, d)| self.domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
     }
 
+    /// May the SASL `login` submit with `mail_from`? See [`Admission`].
+    pub fn admit(&self, login: &str, mail_from: &str) -> Admission {
+        if !self.serves(mail_from) {
+            Admission::Outsider
+        } else if self.holders.owns(login, mail_from) {
+            Admission::Holder
+        } else {
+            Admission::NotOwner
+        }
+    }
+
     /// Decide what happens to a submission. `now` is the transaction time
     /// for a new submission (an MTA retry reuses the first one).
     pub async fn process(&self, sub: &Submission, now: DateTime<Utc>) -> Outcome {
@@ -75,7 +101,8 @@ impl AccessPoint {
                         reason = %reason, "non-accettazione: original not sent"
                     ),
                     Outcome::Reject { code, text, .. } => tracing::info!(
-                        queue_id = qid, sender = %sub.mail_from, code, text = %text, "rejected"
+                        queue_id = qid, login = %sub.auth_user, sender = %sub.mail_from,
+                        code, text = %text, "rejected"
                     ),
                     Outcome::Tempfail { reason } => tracing::warn!(
                         queue_id = qid, sender = %sub.mail_from, reason = %reason, "temporary failure"
@@ -102,6 +129,16 @@ impl AccessPoint {
                 code: 550,
                 xcode: "5.7.1".into(),
                 text: "PEC: a holder cannot submit with an empty sender".into(),
+            });
+        }
+        // The sender is what the accettazione certifies: only the login
+        // that owns the address may use it (the milter refuses at MAIL
+        // already; this holds for any edge).
+        if self.admit(&sub.auth_user, &sub.mail_from) != Admission::Holder {
+            return Ok(Outcome::Reject {
+                code: 553,
+                xcode: "5.7.1".into(),
+                text: not_owner_text(&sub.auth_user, &sub.mail_from),
             });
         }
         // The header is read once: every fact below, and the header the
@@ -382,6 +419,11 @@ impl AccessPoint {
             .map(|_| ())
             .map_err(TempFail::Quarantine)
     }
+}
+
+/// The reply to a login that sends as an address it does not own.
+pub fn not_owner_text(login: &str, mail_from: &str) -> String {
+    format!("PEC: the login {login} may not send as {mail_from}")
 }
 
 /// Messages up to this size are digested and enveloped on the async
