@@ -15,7 +15,8 @@
 #     B/dovecot/mail/<dom>/<user>/Maildir; piena@pec.other.test has a 2K quota) — so one
 #     provider runs with Dovecot LMTP, the other with the embedded Maildir writer.
 #   One providers' index LDIF lists A and B (identities made by `pec-milter init-demo`, entries by
-#   `pec-milter index-entry`); both trust both demo CAs. Timers shortened (first/last/interval below).
+#   `pec-milter index-entry`); both trust both demo CAs, and the CA of R, a third demo identity
+#   that no index lists (scenario 8). Timers shortened (first/last/interval below).
 #
 # Scenarios:
 #   (1) mario (AUTH on A) -> anna@B: mario gets accettazione then avvenuta-consegna (completa,
@@ -38,6 +39,12 @@
 #       delivery 2425), B's Postfix stopped -> mario gets exactly one preavviso and one final
 #       notice (distinct Message-IDs), 2 "injected" log lines in all over both logs, and the
 #       process that did not send the preavviso logged it as already sent; B back, A2 stopped
+#   (8) forged envelopes handed straight to B's delivery point (LMTP 127.0.0.1:2424 in B's netns,
+#       past B's reception point): (8a) a genuine envelope of A's with its smime.p7s part
+#       stripped, (8b) an envelope as A signed by R's key (R's CA trusted, R in no index) ->
+#       each is stored in anna's Maildir as a busta di anomalia signed by B with
+#       X-VerificaSicurezza: errore, no avvenuta-consegna (nothing at all) reaches mario, B
+#       injects no receipt, and B's log has one line naming the envelope and why
 # Env: PEC_MILTER_BIN, KEEP=1, RIG_TIMING=1, T_FIRST/T_LAST/T_INTERVAL (default 4s/8s/1s, whole
 # seconds), STRICT=0 (a check wrapped in known_bug prints KNOWN BUG and does not count; none is now).
 # lib.sh: RIG_DEFER_NS=1, pf_instance INBOUND= and VTRANSPORT=, dovecot_up. Takes ~60 s.
@@ -70,6 +77,7 @@ EXT_DOM=posta.demo.test EXT=esterno@posta.demo.test   # a plain (non-PEC) domain
 DOVECOT_PORT=24
 A=$RIG_BASE/A B=$RIG_BASE/B LDIF=$RIG_BASE/igpec.ldif O=$RIG_BASE/out
 CAA=$A/demo/ca.pem CAB=$B/demo/ca.pem
+R=$RIG_BASE/R CAR=$RIG_BASE/R/ca.pem   # a third identity: its CA trusted by A and B, in no index (8)
 mkdir -p "$O"
 
 inA() { local RIG_NETNS=$NSA; "$@"; }
@@ -128,7 +136,7 @@ first_is() { local k; k=$(kinds_since "$1" | head -1 | cut -f2); echo "first: $k
 # config DIR NAME DOMAIN STATE: write_config + [provider] for NAME/DOMAIN + [delivery] + [timers]
 config() {   # optional 5th arg: "lmtp HOST:PORT" (Dovecot) instead of the Maildir writer
   local D=$1 name=$2 dom=$3 state=$4 store=${5:-maildir} store_line
-  INDEX=ldif INDEX_LDIF=$LDIF TRUST="$CAA $CAB" write_config "$D" "$state" || return 1
+  INDEX=ldif INDEX_LDIF=$LDIF TRUST="$CAA $CAB $CAR" write_config "$D" "$state" || return 1
   sed -i -e "s/^name = \"Demo PEC S.p.A.\"/name = \"$name\"/" -e "s/^domain = \"pec.demo.test\"/domain = \"$dom\"/" \
     -e "s/^domains = \[\"pec.demo.test\"\]/domains = [\"$dom\"]/" "$D/pec-milter.toml"
   mkdir -p "$D/mail" "$D/outbox"
@@ -168,8 +176,24 @@ veth_up() {
 }
 no_default_route() { [ -z "$(ip -n "$NSA" route show default)" ] && [ -z "$(ip -n "$NSB" route show default)" ]; }
 
+# rogue_identity: R, a provider identity (key, certificate, ca.pem in $R) made by init-demo, as
+# pec.demo.test; its CA goes into both trust stores, its certificate into no index.
+rogue_identity() {
+  mkdir -p "$R" && cat > "$R/id.toml" <<EOF
+[provider]
+name = "$A_NAME"
+domain = "$A_DOM"
+domains = ["$A_DOM"]
+[signing]
+key = "$R/provider.key"
+cert = "$R/provider.crt"
+EOF
+  "$BIN" init-demo --config "$R/id.toml" 2>&1 && test -s "$R/provider.key" && test -s "$CAR"
+}
+
 # ------------------------------------------------------------------ setup
 ok "veth pair $IPA ($NSA) <-> $IPB ($NSB)" veth_up || exit 1
+ok "R: a third identity (init-demo), its CA trusted by A and B, in no index" rogue_identity || exit 1
 ok "no default route in either namespace" no_default_route
 ok "A: config + identity (init-demo)" config "$A" "$A_NAME" "$A_DOM" redis || exit 1
 ok "B: config + identity (init-demo)" config "$B" "$B_NAME" "$B_DOM" embedded "lmtp 127.0.0.1:$DOVECOT_PORT" || exit 1
@@ -490,6 +514,66 @@ ok "(7) A and A2 both ran on the Redis state" bash -c "grep -q 'pec-milter ready
 ok "(7) A2's timer task ran (\"timers: stopped\" at its shutdown)" grep -q 'timers: stopped' "$A2/pec-milter.log"
 ok "(7) still exactly 2 notices" count_is "$MARIO_MD" preavviso-errore-consegna 2
 ok "(7) A's queue drains" pf_queue_empty "$A/pf" 20
+
+# ------------------------------------------------------------------ (8)
+# B's delivery point receipts only genuine envelopes: it verifies what carries PEC marker fields
+# as the reception point does. Two forged envelopes go straight to its LMTP port, past B's
+# reception point (as a compromised or misrouted hop would hand them over).
+# orig8 OUT TOKEN: mario's message to anna (CRLF).
+orig8() {
+  { printf 'From: <%s>\r\nTo: <%s>\r\nSubject: scenario 8 %s\r\n' "$MARIO" "$ANNA" "$2"
+    printf 'Message-ID: <%s@client.test>\r\nDate: %s\r\nMIME-Version: 1.0\r\n' "$2" "$(LC_ALL=C date -R)"
+    printf 'Content-Type: text/plain; charset=us-ascii\r\n\r\nbody of scenario 8 %s\r\n' "$2"; } > "$1"
+}
+# env8 OUT ORIG KEYDIR ID: the busta di trasporto of ORIG as provider A, signed with the key and
+# certificate in KEYDIR, PEC id ID.
+env8() {
+  "$BIN" envelope --key "$3/provider.key" --cert "$3/provider.crt" --gestore "$A_NAME" --domain "$A_DOM" \
+    --certified "$A_DOM,$B_DOM" --id "$4" "$2" > "$1" && [ -s "$1" ]
+}
+# forged_logged ID ERE: B's log has the delivery point's warning for PEC id ID, its reason
+# matching ERE.
+forged_logged() {
+  local l; l=$(grep -F 'not a genuine PEC message' "$B/pec-milter.log" | grep -F "pec_id=$1")
+  echo "$l"; [ -n "$l" ] && printf '%s' "$l" | grep -qE "$2"
+}
+# receipt_logged ID: B's log shows a receipt injected for PEC id ID.
+receipt_logged() { grep -F 'receipt injected' "$B/pec-milter.log" | grep -qF "pec_id=$1"; }
+for CASE in a b; do
+  TOK=s8$CASE-$RANDOM ID8=opec.s8$CASE.$RANDOM$RANDOM@$A_DOM
+  orig8 "$O/8$CASE.orig" "$TOK"
+  if [ "$CASE" = a ]; then
+    WHAT="A's genuine envelope, smime.p7s stripped" WHY='firma non valida'
+    ok "(8a) a genuine envelope of A's (pec-milter envelope, A's key)" env8 "$O/8a.signed" "$O/8a.orig" "$A/demo" "$ID8"
+    ok "(8a) it verifies before its signature part is stripped" cms_ok "$O/8a.signed" "$CAA"
+    ok "(8a) smime.p7s stripped" strip_signature "$O/8a.signed" "$O/8a.env"
+    fail "(8a) the stripped envelope no longer verifies" verify_ok "$O/8a.env"
+  else
+    WHAT="an envelope signed by R (trusted CA, in no index)" WHY="nell'indice dei gestori"
+    ok "(8b) an envelope as A signed by R's key" env8 "$O/8b.env" "$O/8b.orig" "$R" "$ID8"
+    ok "(8b) its signature and chain hold (R's CA)" cms_ok "$O/8b.env" "$CAR"
+  fi
+  mark "$MARIO_MD" "$ARIC_MD" "$ANNA_MD"
+  ok "(8$CASE) $WHAT straight to B's delivery point (LMTP 2424): 250" \
+    inB lmtp_send 2424 "posta-certificata@$A_DOM" "$ANNA" "$O/8$CASE.env"
+  ok "(8$CASE) anna's Maildir gets a busta di anomalia" wait_kinds "$ANNA_MD" 1 errore 20; AN=$FOUND
+  if [ -n "$AN" ]; then
+    ok "(8$CASE) anomaly: X-VerificaSicurezza: errore" hdr_is "$AN" X-VerificaSicurezza errore
+    ok "(8$CASE) anomaly: openssl cms -verify with B's CA (signed by B)" cms_ok "$AN" "$CAB"
+    ok "(8$CASE) anomaly: carries the forged envelope" field_is "$AN" 'd["postacert"]["subject"]' "POSTA CERTIFICATA: scenario 8 $TOK"
+  fi
+  ok "(8$CASE) anna got nothing else (not the forged envelope itself)" new_count_is "$ANNA_MD" 1
+  ok "(8$CASE) B's log names the envelope and why ($WHY)" forged_logged "$ID8" "$WHY"
+  # a receipt signed by B's delivery point would reach mario within a second or two (B's
+  # reinjection, A's inbound, A's delivery point): wait, and let both queues drain
+  sleep 4
+  ok "(8$CASE) B's queue drains" pf_queue_empty "$B/pf" 20
+  ok "(8$CASE) A's queue drains" pf_queue_empty "$A/pf" 20
+  fail "(8$CASE) B injected no receipt for it" receipt_logged "$ID8"
+  ok "(8$CASE) no avvenuta-consegna reaches mario" count_is "$MARIO_MD" avvenuta-consegna 0
+  ok "(8$CASE) nothing at all reaches mario" new_count_is "$MARIO_MD" 0
+  ok "(8$CASE) nothing reaches A's mailReceipt box" new_count_is "$ARIC_MD" 0
+done
 
 _log "total $(rig_elapsed "$T0") s"
 rig_finish

@@ -327,10 +327,34 @@ pub fn access_point(cfg: &Config, d: &Deps, directory: Arc<dyn RecipientDirector
     }
 }
 
-/// The delivery point, when `[delivery] listen` is set.
-pub fn delivery_point(cfg: &Config, d: &Deps) -> Option<DeliveryPoint> {
+/// The trust anchors provider signatures are checked against: `[reception]
+/// trust` (empty: the system store) with the CRLs of `crls`. The reception
+/// point and the delivery point verify against the same store.
+pub fn trust_store(cfg: &Config) -> Result<TrustStore, DaemonError> {
+    let trust = if cfg.reception.trust.is_empty() {
+        TrustStore::system()?
+    } else {
+        TrustStore::from_pem_files(&cfg.reception.trust)?
+    };
+    Ok(trust.with_crl_files(&cfg.reception.crls)?)
+}
+
+/// The delivery point, when `[delivery] listen` is set. It verifies what
+/// carries PEC marker fields as the reception point does: against the same
+/// trust store, `verify_at` and providers' `index`.
+pub fn delivery_point(
+    cfg: &Config,
+    d: &Deps,
+    index: Option<Arc<ProviderIndex>>,
+) -> Result<Option<DeliveryPoint>, DaemonError> {
     if cfg.delivery.listen.is_empty() {
-        return None;
+        return Ok(None);
+    }
+    if index.is_none() {
+        tracing::warn!(
+            "no providers' index ([index] source = \"none\"): the delivery point cannot verify PEC \
+             messages and answers them 4xx (ordinary mail is stored); configure [index]"
+        );
     }
     let store: Arc<dyn MailboxStore> = match cfg.delivery.store {
         MailboxStoreKind::Maildir => Arc::new(Maildir::new(
@@ -343,7 +367,7 @@ pub fn delivery_point(cfg: &Config, d: &Deps) -> Option<DeliveryPoint> {
             cfg.delivery.timeout,
         )),
     };
-    Some(DeliveryPoint {
+    Ok(Some(DeliveryPoint {
         provider: provider(cfg),
         key: d.key.clone(),
         digest: cfg.provider.digest,
@@ -353,7 +377,10 @@ pub fn delivery_point(cfg: &Config, d: &Deps) -> Option<DeliveryPoint> {
         outbox: cfg.delivery.outbox.clone(),
         retention_secs: cfg.state.retention.as_secs(),
         spool: cfg.spool.options(),
-    })
+        trust: trust_store(cfg)?,
+        verify_at: cfg.reception.verify_at,
+        index,
+    }))
 }
 
 /// Build the roles (access point, and reception point when there is a
@@ -375,12 +402,7 @@ pub fn roles(
             None
         }
         Some(index) => {
-            let trust = if cfg.reception.trust.is_empty() {
-                TrustStore::system()?
-            } else {
-                TrustStore::from_pem_files(&cfg.reception.trust)?
-            }
-            .with_crl_files(&cfg.reception.crls)?;
+            let trust = trust_store(cfg)?;
             Some(ReceptionPoint {
                 provider: provider(cfg),
                 key: d.key.clone(),
@@ -445,7 +467,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     });
     let mut lmtp_task = None;
-    if let Some(dp) = delivery_point(&cfg, &d) {
+    if let Some(dp) = delivery_point(&cfg, &d, index.clone())? {
         let listener = crate::lmtp::server::bind(&cfg.delivery.listen)
             .await
             .map_err(|source| DaemonError::Listen {

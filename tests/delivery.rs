@@ -2,6 +2,12 @@
 //! into the right receipt (completa / breve / sintetica for Cc, errore-consegna
 //! with no-dest), once per (envelope, recipient), also across retries. The
 //! store is the embedded Maildir writer on a temp dir; receipts are recorded.
+//!
+//! It receipts only genuine envelopes: one whose signature part was removed,
+//! one signed by a key the providers' index does not list, one signed by a
+//! listed provider for a domain it does not manage are stored as a signed
+//! busta di anomalia (`X-VerificaSicurezza: errore`) with no receipt; with
+//! no copy of the index loaded, 4xx and nothing stored.
 
 mod common;
 
@@ -9,10 +15,13 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use pec_milter::crypto::DigestAlg;
+use pec_milter::crypto::pem::PemKey;
 use pec_milter::crypto::verify::{SignatureStatus, VerifyAt};
+use pec_milter::index::{IndexSource, ProviderEntry, ProviderIndex, ldif};
 use pec_milter::lmtp::maildir::Maildir;
-use pec_milter::pec::build::{Signer, build_busta_trasporto};
+use pec_milter::pec::build::{Provider, Signer, build_busta_trasporto};
 use pec_milter::pec::inspect::inspect;
+use pec_milter::pec::reader::read;
 use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
 use pec_milter::roles::delivery::DeliveryPoint;
 use pec_milter::roles::{InjectError, Injector};
@@ -38,7 +47,33 @@ impl Injector for Recorder {
     }
 }
 
-fn setup(dir: &std::path::Path) -> (DeliveryPoint, Arc<Recorder>) {
+/// The providers' index of these tests, an LDIF file in `dir`: ACME, the
+/// sender's provider (the test PKI's provider certificate, pec.acme.test
+/// only); loaded when `load`.
+async fn index(dir: &std::path::Path, load: bool) -> Arc<ProviderIndex> {
+    let der = pki().pki.cert().expect("cert").to_der().expect("der");
+    let entries = [ProviderEntry::for_certificate(
+        "ACME PEC S.p.A.",
+        der,
+        "ricevute@pec.acme.test".into(),
+        &["pec.acme.test".into()],
+    )];
+    let path = dir.join("igpec.ldif");
+    std::fs::write(&path, ldif::write(&entries)).expect("write ldif");
+    let index = Arc::new(ProviderIndex::new(IndexSource::Ldif(path)));
+    if load {
+        index.refresh().await.expect("index loads");
+    }
+    index
+}
+
+async fn setup(dir: &std::path::Path) -> (DeliveryPoint, Arc<Recorder>) {
+    setup_with(dir, true).await
+}
+
+/// The delivery point of provider pec.other.test over a Maildir in `dir`;
+/// its providers' index loaded when `load`.
+async fn setup_with(dir: &std::path::Path, load: bool) -> (DeliveryPoint, Arc<Recorder>) {
     for user in ["anna.bianchi", "carlo"] {
         std::fs::create_dir_all(dir.join("mail/pec.other.test").join(user)).expect("mailbox");
     }
@@ -61,11 +96,20 @@ fn setup(dir: &std::path::Path) -> (DeliveryPoint, Arc<Recorder>) {
             dir: dir.join("spool"),
             memory_limit: 1024,
         },
+        trust: pki().trust.clone(),
+        verify_at: VerifyAt::Now,
+        index: Some(index(dir, load).await),
     };
     (dp, rec)
 }
 
 fn envelope(asked: TipoRicevuta) -> Vec<u8> {
+    envelope_signed(asked, &pki().key, "pec.acme.test")
+}
+
+/// The envelope of [`envelope`] signed with `key` as the provider of
+/// `domain` (its `From:` is posta-certificata@`domain`).
+fn envelope_signed(asked: TipoRicevuta, key: &PemKey, domain: &str) -> Vec<u8> {
     let orig = format!(
         "From: mario.rossi@pec.acme.test\r\nTo: anna.bianchi@pec.other.test, nobody@pec.other.test\r\nCc: carlo@pec.other.test\r\nSubject: Fattura n. 42\r\nMessage-ID: <abc.123@client.example>\r\nX-TipoRicevuta: {asked}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XYZ\"\r\n\r\n--XYZ\r\nContent-Type: text/plain\r\n\r\nciao\r\n--XYZ\r\nContent-Type: application/pdf; name=\"f.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--XYZ--\r\n"
     );
@@ -79,12 +123,15 @@ fn envelope(asked: TipoRicevuta) -> Vec<u8> {
     );
     tx.ricevuta = asked;
     build_busta_trasporto(
-        &provider(),
+        &Provider {
+            domain: domain.into(),
+            ..provider()
+        },
         &tx,
         orig.as_bytes(),
         when(),
         Signer {
-            key: &pki().key,
+            key,
             digest: DigestAlg::Sha256,
         },
     )
@@ -111,7 +158,7 @@ async fn receipts_follow_the_real_delivery_outcome_once() {
         TipoRicevuta::Sintetica,
     ] {
         let dir = tempfile::tempdir().expect("tmp");
-        let (dp, rec) = setup(dir.path());
+        let (dp, rec) = setup(dir.path()).await;
         let env = envelope(asked);
         let replies = dp
             .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
@@ -183,7 +230,7 @@ async fn receipts_follow_the_real_delivery_outcome_once() {
 #[tokio::test]
 async fn over_quota_gives_errore_consegna_and_a_failed_injection_waits_in_the_outbox() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (dp, rec) = setup(dir.path());
+    let (dp, rec) = setup(dir.path()).await;
     // fill anna's mailbox past the 64 KiB quota
     let new = dir.path().join("mail/pec.other.test/anna.bianchi/new");
     std::fs::create_dir_all(&new).expect("new");
@@ -247,8 +294,11 @@ impl pec_milter::crypto::SigningKey for FlakyKey {
     }
 }
 
-fn flaky_setup(dir: &std::path::Path, left: i64) -> (DeliveryPoint, Arc<Recorder>, Arc<FlakyKey>) {
-    let (mut dp, rec) = setup(dir);
+async fn flaky_setup(
+    dir: &std::path::Path,
+    left: i64,
+) -> (DeliveryPoint, Arc<Recorder>, Arc<FlakyKey>) {
+    let (mut dp, rec) = setup(dir).await;
     let key = Arc::new(FlakyKey {
         inner: pki().pki.signing_key().expect("key"),
         left: std::sync::atomic::AtomicI64::new(left),
@@ -269,7 +319,7 @@ fn stored(dir: &std::path::Path, user: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_signature_no_delivery_then_the_retry_goes_through() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (dp, rec, key) = flaky_setup(dir.path(), 0);
+    let (dp, rec, key) = flaky_setup(dir.path(), 0).await;
     let env = envelope(TipoRicevuta::Completa);
     let r = dp
         .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
@@ -296,7 +346,7 @@ async fn no_signature_no_delivery_then_the_retry_goes_through() {
 async fn a_key_failing_after_storage_keeps_the_receipts_pending_until_it_signs() {
     let dir = tempfile::tempdir().expect("tmp");
     // one signature: the probe
-    let (dp, rec, key) = flaky_setup(dir.path(), 1);
+    let (dp, rec, key) = flaky_setup(dir.path(), 1).await;
     let env = envelope(TipoRicevuta::Completa);
     let r = dp
         .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
@@ -361,4 +411,194 @@ async fn a_key_failing_after_storage_keeps_the_receipts_pending_until_it_signs()
         .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
         .await;
     assert_eq!(rec.0.lock().map(|v| v.len()).unwrap_or(0), 3);
+}
+
+// ------------------------------------------------------------------ genuine envelopes only
+
+/// `env` with its signature part removed: the multipart/signed keeps only
+/// its signed content.
+fn without_signature(env: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(env);
+    let at = text.find("boundary=\"").expect("boundary") + "boundary=\"".len();
+    let boundary = &text[at..at + text[at..].find('"').expect("closing quote")];
+    // the delimiter before the last part, the signature
+    let delim = format!("\r\n--{boundary}\r\n");
+    let last = text.rfind(&delim).expect("the signature part's delimiter");
+    let mut out = env[..last].to_vec();
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let msg = read(&out).expect("read");
+    let signed = msg.signed.expect("still multipart/signed");
+    assert!(
+        signed.p7s.is_none(),
+        "signature part left: {:?}",
+        signed.problem
+    );
+    assert!(msg.postacert.is_some(), "the signed content is whole");
+    out
+}
+
+/// The messages stored for `user`, oldest first.
+fn stored_messages(dir: &std::path::Path, user: &str) -> Vec<Vec<u8>> {
+    let Ok(rd) = std::fs::read_dir(dir.join("mail/pec.other.test").join(user).join("new")) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| std::fs::read(p).expect("read"))
+        .collect()
+}
+
+/// The readable text of a busta di anomalia (its first text/plain part,
+/// decoded), by mail-parser.
+fn anomaly_text(msg: &[u8]) -> String {
+    let parsed = mail_parser::MessageParser::default()
+        .parse(msg)
+        .expect("parses");
+    parsed
+        .body_text(0)
+        .map(|t| t.into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn forged_envelopes_are_stored_as_anomalies_and_never_receipted() {
+    // a certificate of the same CA (its chain holds) that the index does not list
+    let (rogue_cert, rogue_key) = pki()
+        .pki
+        .issue_leaf("ACME PEC S.p.A.", "pec.acme.test", 30)
+        .expect("rogue");
+    let rogue = PemKey::from_pem(&rogue_key, &rogue_cert).expect("rogue key");
+    let genuine = envelope(TipoRicevuta::Completa);
+    let cases = [
+        (
+            "signature part removed",
+            without_signature(&genuine),
+            "firma non valida",
+        ),
+        (
+            "signed by a key the index does not list",
+            envelope_signed(TipoRicevuta::Completa, &rogue, "pec.acme.test"),
+            "il certificato del firmatario non è nell'indice dei gestori",
+        ),
+        (
+            "signed by a listed provider for a domain it does not manage",
+            envelope_signed(TipoRicevuta::Completa, &pki().key, "pec.c.test"),
+            "il dominio del mittente pec.c.test non è gestito da ACME PEC S.p.A.",
+        ),
+    ];
+    for (what, env, why) in cases {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (dp, rec) = setup(dir.path()).await;
+        let replies = dp
+            .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
+            .await;
+        assert!(replies[0].starts_with("250"), "{what}: {replies:?}");
+        assert!(replies[1].starts_with("250"), "{what}: {replies:?}");
+        // no mailbox: the store's own refusal, no errore-consegna either
+        assert!(replies[2].starts_with("550 5.1.1"), "{what}: {replies:?}");
+        for user in ["anna.bianchi", "carlo"] {
+            let stored = stored_messages(dir.path(), user);
+            assert_eq!(stored.len(), 1, "{what}: {user}");
+            let i = inspect(&stored[0], &pki().trust, VerifyAt::Now).expect("inspect");
+            assert_eq!(i.kind, "errore", "{what}: a busta di anomalia");
+            assert_eq!(i.verifica_sicurezza.as_deref(), Some("errore"), "{what}");
+            assert_eq!(
+                i.signature.status,
+                SignatureStatus::Valid,
+                "{what}: signed by the delivery point's provider"
+            );
+            assert!(
+                i.subject
+                    .as_deref()
+                    .unwrap_or_default()
+                    .starts_with("ANOMALIA MESSAGGIO: "),
+                "{what}: {:?}",
+                i.subject
+            );
+            let text = anomaly_text(&stored[0]);
+            assert!(text.contains(why), "{what}: {why:?} not in {text:?}");
+            // what arrived is carried whole
+            let post = read(&stored[0])
+                .expect("read")
+                .postacert
+                .expect("postacert")
+                .into_owned();
+            assert_eq!(post, env.trim_ascii_end(), "{what}: the carried message");
+        }
+        assert!(
+            rec.0.lock().map(|v| v.is_empty()).unwrap_or(false),
+            "{what}: no receipt"
+        );
+        // nothing waits in the outbox either, and a retry changes nothing
+        assert!(
+            std::fs::read_dir(dir.path().join("outbox"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true),
+            "{what}: outbox"
+        );
+        dp.handle("posta-certificata@pec.acme.test", &rcpts(), &env)
+            .await;
+        assert!(
+            rec.0.lock().map(|v| v.is_empty()).unwrap_or(false),
+            "{what}: no receipt on a retry"
+        );
+    }
+}
+
+/// No copy of the providers' index: nothing can be verified, so nothing is
+/// stored and every recipient gets 4xx; once the index is loaded, Postfix's
+/// retry goes through with its receipts.
+#[tokio::test]
+async fn without_a_loaded_index_nothing_is_stored_and_nothing_receipted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (dp, rec) = setup_with(dir.path(), false).await;
+    let env = envelope(TipoRicevuta::Completa);
+    let r = dp
+        .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
+        .await;
+    assert_eq!(r.len(), 3);
+    assert!(r.iter().all(|l| l.starts_with("451 4.3.0")), "{r:?}");
+    assert_eq!(stored(dir.path(), "anna.bianchi"), 0);
+    assert_eq!(stored(dir.path(), "carlo"), 0);
+    assert!(rec.0.lock().map(|v| v.is_empty()).unwrap_or(false));
+
+    // no index configured at all: the same
+    let mut unconfigured = setup_with(dir.path(), true).await.0;
+    unconfigured.index = None;
+    let r = unconfigured
+        .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
+        .await;
+    assert!(r.iter().all(|l| l.starts_with("451 4.3.0")), "{r:?}");
+    assert_eq!(stored(dir.path(), "anna.bianchi"), 0);
+
+    dp.index
+        .as_ref()
+        .expect("index")
+        .refresh()
+        .await
+        .expect("loads");
+    let r = dp
+        .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
+        .await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+    assert_eq!(stored(dir.path(), "anna.bianchi"), 1);
+    assert_eq!(rec.0.lock().map(|v| v.len()).unwrap_or(0), 3);
+}
+
+/// Ordinary mail (no PEC marker field) is stored as it is, without receipt,
+/// also before the index is loaded.
+#[tokio::test]
+async fn ordinary_mail_is_stored_as_it_is_without_receipt() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (dp, rec) = setup_with(dir.path(), false).await;
+    let plain = b"From: someone@example.org\r\nTo: anna.bianchi@pec.other.test\r\nSubject: ciao\r\nMessage-ID: <p@example.org>\r\n\r\nhello\r\n";
+    let r = dp.handle("someone@example.org", &rcpts()[..1], plain).await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+    assert_eq!(
+        stored_messages(dir.path(), "anna.bianchi"),
+        vec![plain.to_vec()]
+    );
+    assert!(rec.0.lock().map(|v| v.is_empty()).unwrap_or(false));
 }

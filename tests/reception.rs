@@ -582,3 +582,110 @@ async fn a_revoked_provider_certificate_is_refused_per_the_configured_crls() {
         }
     }
 }
+
+/// A verified receipt changes the record of a recipient only when its
+/// signer serves that recipient: B's avvenuta-consegna about a recipient of
+/// a domain B does not manage leaves the record (and so the 12 h / 24 h
+/// notices) unchanged; B's receipt about its own recipient is recorded.
+#[tokio::test]
+async fn a_receipt_about_a_recipient_its_signer_does_not_serve_changes_nothing() {
+    use pec_milter::pec::build::{Emission, Ricevuta, build_ricevuta};
+    use pec_milter::state::{EnvelopeRecord, RecipientState, RecipientStatus};
+    let r = rig(OrdinaryMail::Anomaly, VerifyAt::Now, true).await;
+    let recipient = |address: &str| RecipientState {
+        address: address.into(),
+        tipo: TipoDestinatario::Certificato,
+        status: RecipientStatus::Sent,
+        updated_at: 0,
+    };
+    // our envelope to a holder at C (not B's) and one at B
+    let rec = EnvelopeRecord {
+        pec_id: "opec.20261125093015.1234.1@pec.acme.test".into(),
+        original_msgid: Some("<abc.123@client.example>".into()),
+        sender: "mario.rossi@pec.acme.test".into(),
+        subject: "Fattura".into(),
+        recipients: vec![
+            recipient("carla@pec.c.test"),
+            recipient("anna.bianchi@pec.b.test"),
+        ],
+        ricevuta: TipoRicevuta::Completa,
+        submitted_at: 0,
+    };
+    r.state.put_envelope(&rec, 3600).await.expect("put");
+    let prov_b = Provider {
+        name: "Beta PEC S.p.A.".into(),
+        domain: "pec.b.test".into(),
+    };
+    // B's avvenuta-consegna, signed by B, listed in the index: valid
+    let consegna = |to: &str, n: u32| {
+        let tx = transaction("Fattura", &[(to, TipoDestinatario::Certificato)]);
+        build_ricevuta(
+            &prov_b,
+            &tx,
+            &Ricevuta::AvvenutaConsegna {
+                consegna: to.into(),
+                tipo: TipoRicevuta::Sintetica,
+                original: b"",
+            },
+            &Emission {
+                time: Utc::now(),
+                message_id: format!("consegna.{n}@pec.b.test"),
+            },
+            Signer {
+                key: &other().key,
+                digest: DigestAlg::Sha256,
+            },
+        )
+        .expect("build")
+        .to_bytes()
+    };
+    let status_of = |rec: &EnvelopeRecord, who: &str| {
+        rec.recipients
+            .iter()
+            .find(|x| x.address == who)
+            .map(|x| x.status)
+    };
+    let mut ib = inbound(consegna("carla@pec.c.test", 1));
+    ib.rcpts = vec!["mario.rossi@pec.acme.test".into()];
+    let o = r.rp.process(&ib, Utc::now()).await;
+    // delivered to our holder as it is (it is a valid receipt of B's) ...
+    assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
+    // ... but it does not speak for carla: her record stays as it was
+    let got = r
+        .state
+        .get_envelope("opec.20261125093015.1234.1@pec.acme.test")
+        .await
+        .expect("get")
+        .expect("record");
+    assert_eq!(got, rec, "the record is unchanged");
+    assert_eq!(
+        status_of(&got, "carla@pec.c.test"),
+        Some(RecipientStatus::Sent)
+    );
+    // still tracked: the 12 h / 24 h notices stay due for her
+    assert!(
+        tracked_ids(r.state.as_ref()).await.contains(&rec.pec_id),
+        "still tracked"
+    );
+
+    // B's receipt about its own holder is recorded
+    let mut ib = inbound(consegna("anna.bianchi@pec.b.test", 2));
+    ib.rcpts = vec!["mario.rossi@pec.acme.test".into()];
+    let o = r.rp.process(&ib, Utc::now()).await;
+    assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
+    let got = r
+        .state
+        .get_envelope("opec.20261125093015.1234.1@pec.acme.test")
+        .await
+        .expect("get")
+        .expect("record");
+    assert_eq!(
+        status_of(&got, "anna.bianchi@pec.b.test"),
+        Some(RecipientStatus::Consegnato)
+    );
+    assert_eq!(
+        status_of(&got, "carla@pec.c.test"),
+        Some(RecipientStatus::Sent)
+    );
+    assert!(r.injected.all().is_empty());
+}

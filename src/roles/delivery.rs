@@ -10,6 +10,18 @@
 //!   (`no-dest` for an unknown user, else `altro`) and `errore-esteso`;
 //! - temporary failure: LMTP 4xx, no receipt yet (Postfix retries).
 //!
+//! Nothing is certified that was not checked: a message carrying PEC
+//! marker fields (`X-Trasporto`, `X-Ricevuta`) is verified first, with the
+//! reception point's own checks ([`verify_pec`]: signature and chain to
+//! `[reception] trust`, signer listed in the providers' index, `From:`
+//! domain managed by that provider, daticert and postacert). One that
+//! fails is not PEC: it is stored as the reception point would have
+//! delivered it, wrapped in a signed busta di anomalia with
+//! `X-VerificaSicurezza: errore`, and no receipt is issued (one warning
+//! names why). With no copy of the index loaded yet nothing can be
+//! verified: 4xx, nothing stored. Ordinary mail is stored as it is, without
+//! receipt.
+//!
 //! A receipt is issued once per (envelope, recipient), also across
 //! retries. If the receipt cannot be injected right away, it is kept in an
 //! outbox on disk and retried: the message is already in the mailbox, so
@@ -31,9 +43,11 @@ use chrono::{DateTime, Utc};
 
 use hex::encode as hex;
 
+use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{self, CryptoError, DigestAlg, SigningKey};
+use crate::index::{ProviderEntry, ProviderIndex};
 use crate::pec::build::{
-    Emission, Provider, Ricevuta, Signer, Transaction, receipt_variant, write_ricevuta,
+    BuildError, Emission, Provider, Ricevuta, Signer, Transaction, receipt_variant, write_ricevuta,
 };
 use crate::pec::facts::Facts;
 use crate::pec::reader::{self, PecMessage};
@@ -41,6 +55,7 @@ use crate::pec::{Errore, MessageKind, mime};
 use crate::roles::message::SpooledMessage;
 use crate::roles::ports::{Injector, MailboxStore, RcptOutcome};
 use crate::roles::receipts::record_receipt;
+use crate::roles::verify::{Problem, anomalia_of, anomaly_envelope, verify_pec};
 use crate::rt::off_runtime_if;
 use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
 use crate::state::{Claim, StateStore};
@@ -66,6 +81,30 @@ pub struct DeliveryPoint {
     /// Where large receipts (an avvenuta consegna completa carries the
     /// whole message) are built (`[spool]`).
     pub spool: SpoolOptions,
+    /// Trust anchors (and CRLs) for provider signatures: the reception
+    /// point's (`[reception] trust`, `crls`).
+    pub trust: TrustStore,
+    /// When a provider's certificate chain is checked (`[reception]
+    /// verify_at`).
+    pub verify_at: VerifyAt,
+    /// The providers' index (`[index]`), shared with the reception point.
+    /// `None` when none is configured: then nothing carrying PEC marker
+    /// fields can be verified, and it is answered 4xx like before the
+    /// first copy is loaded.
+    pub index: Option<Arc<ProviderIndex>>,
+}
+
+/// What the delivery point found a message to be.
+enum Checked {
+    /// No PEC marker fields (or not a mail message at all): stored as it
+    /// is, no receipt.
+    Ordinary,
+    /// A genuine PEC message signed by this provider of the index.
+    Genuine(ProviderEntry),
+    /// Carries PEC marker fields but fails the checks: not PEC.
+    Forged(Problem),
+    /// Cannot be checked now: no copy of the providers' index.
+    NoIndex,
 }
 
 /// Is `rcpt` a primary (To:) recipient of the envelope? A recipient only
@@ -140,7 +179,36 @@ impl DeliveryPoint {
         spooled: Option<&Spooled>,
     ) -> Vec<String> {
         let now = Utc::now();
-        let msg = off_runtime_if(self.is_large(message), || reader::read(message).ok());
+        let large = self.is_large(message);
+        let msg = off_runtime_if(large, || reader::read(message).ok());
+        let entry = match self.check(msg.as_ref(), large) {
+            Checked::Ordinary => None,
+            Checked::Genuine(entry) => Some(entry),
+            Checked::NoIndex => {
+                tracing::warn!(recipients = rcpts.len(), message_id = ?msg.as_ref().and_then(|m| m.message_id.as_deref()),
+                    "delivery: no copy of the providers' index loaded: a PEC message cannot be verified: nothing stored, 4xx");
+                return rcpts
+                    .iter()
+                    .map(|_| {
+                        "451 4.3.0 PEC providers' index not loaded, the message cannot be verified: try again later"
+                            .to_string()
+                    })
+                    .collect();
+            }
+            Checked::Forged(problem) => {
+                return match &msg {
+                    Some(m) => {
+                        self.store_anomaly(mail_from, rcpts, message, m, &problem, now)
+                            .await
+                    }
+                    // `check` finds a forgery only in a message it read
+                    None => rcpts
+                        .iter()
+                        .map(|_| "451 4.3.0 PEC verification failed, try again later".to_string())
+                        .collect(),
+                };
+            }
+        };
         if msg
             .as_ref()
             .is_some_and(|m| m.kind == MessageKind::BustaTrasporto)
@@ -171,9 +239,13 @@ impl DeliveryPoint {
                 enhanced: "4.3.0".into(),
                 text: "no answer from the mailbox store".into(),
             });
-            let issued = match &msg {
-                Some(m) => self.after_delivery(m, message, rcpt, &outcome, now).await,
-                None => false,
+            // Receipts only about what was verified.
+            let issued = match (&msg, &entry) {
+                (Some(m), Some(e)) => {
+                    self.after_delivery(m, e, message, rcpt, &outcome, now)
+                        .await
+                }
+                _ => false,
             };
             tracing::info!(recipient = %rcpt, outcome = %outcome.reply_line(), "delivery");
             match &outcome {
@@ -189,9 +261,118 @@ impl DeliveryPoint {
         replies
     }
 
+    /// What `msg` is: ordinary, a genuine PEC message (and its signer), a
+    /// forged one (and why), or not checkable now. Verification is CPU
+    /// work over the whole message: off the async worker when `large`.
+    fn check(&self, msg: Option<&PecMessage<'_>>, large: bool) -> Checked {
+        let Some(msg) = msg.filter(|m| m.kind != MessageKind::None) else {
+            return Checked::Ordinary;
+        };
+        let Some(snapshot) = self.index.as_ref().and_then(|i| i.snapshot()) else {
+            return Checked::NoIndex;
+        };
+        match off_runtime_if(large, || {
+            verify_pec(msg, &self.trust, self.verify_at, &snapshot)
+        }) {
+            Ok(entry) => Checked::Genuine(entry),
+            Err(problem) => Checked::Forged(problem),
+        }
+    }
+
+    /// A message that carries PEC marker fields but is not genuine: stored
+    /// as the reception point would have delivered it, in a signed busta di
+    /// anomalia with `X-VerificaSicurezza: errore`; no receipt. When the
+    /// anomaly envelope cannot be made (the key cannot sign, the spool):
+    /// 4xx, nothing stored.
+    async fn store_anomaly(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        raw: &[u8],
+        msg: &PecMessage<'_>,
+        problem: &Problem,
+        now: DateTime<Utc>,
+    ) -> Vec<String> {
+        let pec_id = match &msg.daticert {
+            Some(Ok(d)) => d.identificativo.clone(),
+            _ => "-".to_string(),
+        };
+        let message_id = msg.message_id.as_deref().unwrap_or("-");
+        let anomalia = anomalia_of(Some(msg), mail_from, &problem.reason, true);
+        let built = off_runtime_if(self.is_large(raw), || {
+            let canon = mime::canonicalize_crlf(raw);
+            let (header, body) = mime::split_header_body(&canon);
+            let (id, envelope) = anomaly_envelope(
+                &self.provider,
+                self.signer(),
+                self.spool.clone(),
+                header,
+                body,
+                &anomalia,
+                now,
+            )?;
+            Ok::<_, BuildError>((id, envelope.into_spooled(self.spool.clone())?))
+        });
+        let (id, envelope) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, pec_id = %pec_id, message_id = %message_id,
+                    recipients = %rcpts.join(","), reason = %problem,
+                    "delivery: not a genuine PEC message, and its busta di anomalia cannot be made: nothing stored, 4xx");
+                return rcpts
+                    .iter()
+                    .map(|_| {
+                        "451 4.3.0 PEC anomaly envelope cannot be made now: try again later"
+                            .to_string()
+                    })
+                    .collect();
+            }
+        };
+        let view = match envelope.view() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, pec_id = %pec_id, "delivery: the anomaly envelope cannot be read back from the spool: 4xx");
+                return rcpts
+                    .iter()
+                    .map(|_| {
+                        "451 4.3.0 Cannot read the spooled message, try again later".to_string()
+                    })
+                    .collect();
+            }
+        };
+        let outcomes = self
+            .store
+            .deliver_spooled(mail_from, rcpts, &envelope, &view)
+            .await;
+        tracing::warn!(pec_id = %pec_id, message_id = %message_id, kind = %msg.kind,
+            recipients = %rcpts.join(","), reason = %problem, anomaly = %id,
+            "delivery: not a genuine PEC message: stored as a busta di anomalia (X-VerificaSicurezza: errore), no receipt");
+        rcpts
+            .iter()
+            .enumerate()
+            .map(|(i, rcpt)| {
+                let outcome = outcomes.get(i).cloned().unwrap_or(RcptOutcome::Temporary {
+                    code: 451,
+                    enhanced: "4.3.0".into(),
+                    text: "no answer from the mailbox store".into(),
+                });
+                tracing::info!(recipient = %rcpt, outcome = %outcome.reply_line(), anomaly = %id, "delivery");
+                outcome.reply_line()
+            })
+            .collect()
+    }
+
+    fn signer(&self) -> Signer<'_> {
+        Signer {
+            key: self.key.as_ref(),
+            digest: self.digest,
+        }
+    }
+
     async fn after_delivery(
         &self,
         msg: &PecMessage<'_>,
+        signer: &ProviderEntry,
         raw: &[u8],
         rcpt: &str,
         outcome: &RcptOutcome,
@@ -204,7 +385,8 @@ impl DeliveryPoint {
                 // holder of ours writing to a holder of ours).
                 if let (RcptOutcome::Delivered, Some(Ok(d))) = (outcome, &msg.daticert)
                     && let Err(e) =
-                        record_receipt(self.state.as_ref(), d, t, now, self.retention_secs).await
+                        record_receipt(self.state.as_ref(), d, t, signer, now, self.retention_secs)
+                            .await
                 {
                     tracing::warn!(error = %e, pec_id = %d.identificativo, "receipt not recorded");
                 }
@@ -274,7 +456,7 @@ impl DeliveryPoint {
         rcpt: &str,
         outcome: &RcptOutcome,
         now: DateTime<Utc>,
-    ) -> Result<Option<Built>, crate::pec::build::BuildError> {
+    ) -> Result<Option<Built>, BuildError> {
         if msg.kind != MessageKind::BustaTrasporto {
             return Ok(None);
         }
@@ -315,10 +497,6 @@ impl DeliveryPoint {
             .unwrap_or("r"),
             self.provider.domain
         );
-        let signer = Signer {
-            key: self.key.as_ref(),
-            digest: self.digest,
-        };
         let mut out = SpoolWriter::raw(self.spool.clone());
         let headers = write_ricevuta(
             &self.provider,
@@ -328,7 +506,7 @@ impl DeliveryPoint {
                 time: now,
                 message_id: message_id.clone(),
             },
-            signer,
+            self.signer(),
             &mut out,
         )?;
         let message = SpooledMessage {

@@ -14,6 +14,7 @@ pub mod ports;
 pub mod receipts;
 pub mod reception;
 pub mod tracking;
+pub mod verify;
 
 pub use message::{Inbound, Original, Outcome, SpooledMessage, Submission};
 pub use ports::{

@@ -1,19 +1,41 @@
 //! The sender side's record of what happened to each of our envelopes,
 //! per recipient, as receipts arrive (reception point) or are issued
 //! (delivery point of the same provider).
+//!
+//! A receipt speaks for the recipients of the provider that signed it: a
+//! verified receipt from provider B changes the status of a recipient only
+//! when B manages that recipient's domain (its `managedDomains` in the
+//! providers' index). A provider cannot close, with its own signature, the
+//! 12 h / 24 h tracking of a recipient another provider serves.
+
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 
+use crate::index::ProviderEntry;
 use crate::pec::{DatiCert, Tipo};
 use crate::state::{EnvelopeRecord, RecipientStatus, StateError, StateStore};
 
-/// Apply a receipt about one of our envelopes to its record (per
-/// recipient: presa in carico, consegna, errore; final states stay).
+/// Whether `signer` serves `address` (its domain is one of the signer's
+/// `managedDomains`).
+fn serves(signer: &ProviderEntry, address: &str) -> bool {
+    let address = address.trim().trim_start_matches('<').trim_end_matches('>');
+    address
+        .rsplit_once('@')
+        .is_some_and(|(_, domain)| signer.manages(domain))
+}
+
+/// Apply a verified receipt about one of our envelopes, signed by the
+/// provider `signer` (its entry in the providers' index), to its record
+/// (per recipient: presa in carico, consegna, errore; final states stay).
+/// Only the recipients `signer` serves change; one it does not serve that
+/// the receipt would have changed is left as it is and a warning logged.
 /// Returns the updated record when something changed.
 pub async fn record_receipt(
     state: &dyn StateStore,
     d: &DatiCert,
     tipo: Tipo,
+    signer: &ProviderEntry,
     now: DateTime<Utc>,
     retention_secs: u64,
 ) -> Result<Option<EnvelopeRecord>, StateError> {
@@ -30,11 +52,15 @@ pub async fn record_receipt(
         _ => return Ok(None),
     };
     let at = now.timestamp();
+    // Recipients the receipt names but its signer does not serve, that it
+    // would have changed (filled by the last run of `update`).
+    let refused: Mutex<Vec<String>> = Mutex::new(Vec::new());
     // Compare-and-set: a 24 h notice finishing the same envelope at the
     // same instant (crate::roles::tracking) cannot overwrite this update, nor this
     // one a status that notice set.
     let update = |rec: &mut EnvelopeRecord| {
         let mut changed = false;
+        let mut not_served = Vec::new();
         for r in rec.recipients.iter_mut() {
             if !who.iter().any(|w| w.eq_ignore_ascii_case(&r.address)) {
                 continue;
@@ -48,18 +74,27 @@ pub async fn record_receipt(
                         RecipientStatus::PresaInCarico
                     )
             );
-            if upgrade {
+            if upgrade && !serves(signer, &r.address) {
+                not_served.push(r.address.clone());
+            } else if upgrade {
                 r.status = status;
                 r.updated_at = at;
                 changed = true;
             }
         }
+        *refused.lock().unwrap_or_else(|e| e.into_inner()) = not_served;
         changed
     };
-    let Some(rec) = state
+    let updated = state
         .update_envelope(&d.identificativo, retention_secs, &update)
-        .await?
-    else {
+        .await?;
+    let refused = refused.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !refused.is_empty() {
+        tracing::warn!(pec_id = %d.identificativo, kind = %tipo, signer = %signer.name,
+            recipients = ?refused, managed = ?signer.managed_domains,
+            "receipt about recipients its signer does not serve: their record is left unchanged");
+    }
+    let Some(rec) = updated else {
         tracing::debug!(pec_id = %d.identificativo, kind = %tipo,
             "receipt changes nothing we track (unknown envelope, or outcome already recorded)");
         return Ok(None);

@@ -10,12 +10,16 @@
 //!   recipient to the sending provider, the envelope quarantined, not
 //!   delivered.
 //! - A correct receipt or notice: delivered as is; the sender-side record
-//!   of our envelope is updated per recipient.
+//!   of our envelope is updated per recipient, for the recipients whose
+//!   domain its signer manages.
 //! - Anything claiming to be PEC that fails a check: a signed busta di
 //!   anomalia with `X-VerificaSicurezza: errore`.
 //! - Ordinary mail: a busta di anomalia, or a rejection (configuration).
 //! - A check that cannot be made now (index not loaded, clamd or state
 //!   store down): 4xx.
+//!
+//! The checks are [`verify_pec`], the delivery point's too; the anomaly
+//! envelope is [`anomaly_envelope`], built the same way there.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,23 +29,20 @@ use chrono::{DateTime, Utc};
 use hex::encode as hex;
 
 use crate::config::OrdinaryMail;
-use crate::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
+use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{self, DigestAlg, SigningKey};
 use crate::index::{ProviderEntry, ProviderIndex};
-use crate::pec::build::{
-    Anomalia, BuildError, Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta,
-    write_busta_anomalia,
-};
+use crate::pec::build::{Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta};
 use crate::pec::facts::Facts;
-use crate::pec::inspect::check_signature;
 use crate::pec::reader::{self, PecMessage};
 use crate::pec::{MessageKind, Tipo, mime};
 use crate::roles::TempFail;
-use crate::roles::message::{Inbound, Original, Outcome, SpooledMessage};
+use crate::roles::message::{Inbound, Original, Outcome};
 use crate::roles::ports::{Injector, Scanner, Verdict};
 use crate::roles::receipts::record_receipt;
+use crate::roles::verify::{anomalia_of, anomaly_envelope, digest_message, verify_pec};
 use crate::rt::off_runtime_if;
-use crate::spool::{SpoolOptions, SpoolWriter};
+use crate::spool::SpoolOptions;
 use crate::state::{Claim, StateStore};
 
 /// The reception point: what it verifies against and what it signs with.
@@ -60,41 +61,6 @@ pub struct ReceptionPoint {
     pub retention_secs: u64,
     /// Where anomaly envelopes of large messages are written (`[spool]`).
     pub spool: SpoolOptions,
-}
-
-/// Why a message that claims to be PEC is not a correct one.
-fn structure_problem(msg: &PecMessage<'_>) -> Option<String> {
-    let d = match &msg.daticert {
-        Some(Ok(d)) => d,
-        Some(Err(e)) => return Some(format!("daticert.xml non valido: {e}")),
-        None => {
-            if msg.kind == MessageKind::BustaAnomalia {
-                return None;
-            }
-            return Some("daticert.xml assente".into());
-        }
-    };
-    match msg.kind {
-        MessageKind::BustaTrasporto => {
-            if d.tipo != Tipo::PostaCertificata {
-                return Some(format!("tipo {} in una busta di trasporto", d.tipo));
-            }
-            if msg.postacert.is_none() {
-                return Some("postacert.eml assente".into());
-            }
-            None
-        }
-        MessageKind::Ricevuta(t) if d.tipo != t => {
-            Some(format!("X-Ricevuta {t} ma daticert tipo {}", d.tipo))
-        }
-        _ => None,
-    }
-}
-
-fn domain_of(address: &str) -> Option<String> {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
 }
 
 impl ReceptionPoint {
@@ -159,71 +125,33 @@ impl ReceptionPoint {
 
         // It claims to be PEC: every check must hold (PEC-RULES §4.3).
         let snapshot = self.index.snapshot().ok_or(TempFail::NoIndex)?;
-        let sig = off_runtime_if(large, || check_signature(&msg, &self.trust, self.verify_at));
-        let mut problem: Option<String> = None;
-        let mut entry: Option<ProviderEntry> = None;
-        // Signed by a provider listed in the index (whatever else is wrong).
-        let mut signer_listed = false;
-        if sig.status != SignatureStatus::Valid {
-            problem = Some(format!(
-                "firma non valida ({})",
-                sig.reason.as_deref().unwrap_or("verifica fallita")
-            ));
-        } else {
-            match sig
-                .signer_der
-                .as_deref()
-                .and_then(|d| snapshot.provider_for_certificate(d))
-            {
-                None => {
-                    problem =
-                        Some("il certificato del firmatario non è nell'indice dei gestori".into())
+        let verified = off_runtime_if(large, || {
+            verify_pec(&msg, &self.trust, self.verify_at, &snapshot)
+        });
+        let entry = match verified {
+            Ok(entry) => entry,
+            Err(problem) => {
+                // Not from a provider (bad signature, signer not listed):
+                // that is ordinary mail, refused when the policy says so.
+                // Signed by a listed provider but not conformant: always an
+                // anomaly envelope (PEC-RULES §4.3).
+                if !problem.signer_listed && self.ordinary_mail == OrdinaryMail::Reject {
+                    return Ok(Outcome::Reject {
+                        code: 550,
+                        xcode: "5.7.1".into(),
+                        text: format!("PEC: messaggio non accettato: {problem}"),
+                    });
                 }
-                Some(e) => {
-                    signer_listed = true;
-                    let from_domain = msg
-                        .from
-                        .as_deref()
-                        .and_then(mime::addr_spec)
-                        .and_then(|a| domain_of(&a));
-                    match from_domain {
-                        Some(d) if e.managed_domains.iter().any(|m| m.eq_ignore_ascii_case(&d)) => {
-                            entry = Some(e.clone());
-                        }
-                        other => {
-                            problem = Some(format!(
-                                "il dominio del mittente {} non è gestito da {}",
-                                other.unwrap_or_else(|| "?".into()),
-                                e.name
-                            ))
-                        }
-                    }
-                }
+                return self
+                    .anomaly(inbound, &msg, now, &problem.reason, true)
+                    .await;
             }
-        }
-        if problem.is_none() {
-            problem = structure_problem(&msg);
-        }
-        let (Some(entry), None) = (entry, &problem) else {
-            let why = problem.unwrap_or_else(|| "verifica non superata".into());
-            // Not from a provider (bad signature, signer not listed): that
-            // is ordinary mail, refused when the policy says so. Signed by
-            // a listed provider but not conformant: always an anomaly
-            // envelope (PEC-RULES §4.3).
-            if !signer_listed && self.ordinary_mail == OrdinaryMail::Reject {
-                return Ok(Outcome::Reject {
-                    code: 550,
-                    xcode: "5.7.1".into(),
-                    text: format!("PEC: messaggio non accettato: {why}"),
-                });
-            }
-            return self.anomaly(inbound, &msg, now, &why, true).await;
         };
 
         match msg.kind {
             MessageKind::BustaTrasporto => self.envelope(inbound, &msg, &entry, now).await,
             MessageKind::Ricevuta(t) => {
-                self.receipt(&msg, t, now).await?;
+                self.receipt(&msg, t, &entry, now).await?;
                 Ok(Outcome::Deliver {
                     note: format!("{t} from {}", entry.name),
                 })
@@ -282,43 +210,19 @@ impl ReceptionPoint {
         why: &str,
         sicurezza: bool,
     ) -> Result<Outcome, TempFail> {
-        let mittente = msg
-            .and_then(|m| m.from.as_deref())
-            .and_then(mime::addr_spec)
-            .unwrap_or_else(|| inbound.mail_from.clone());
-        let oggetto = msg.and_then(|m| m.subject.clone()).unwrap_or_default();
-        let anomalia = Anomalia {
-            mittente,
-            oggetto,
-            errore: why.to_string(),
-            sicurezza,
-        };
+        let anomalia = anomalia_of(msg, &inbound.mail_from, why, sicurezza);
         // A body on disk means file I/O and hashing of megabytes: off the
         // async worker.
         let (id, built) = off_runtime_if(inbound.message.body.is_on_disk(), || {
-            // The id is the digest of what arrived: the MTA's retry of the
-            // same message makes the same anomaly envelope.
-            let id = format!(
-                "anomalia.{}@{}",
-                &hex(digest_message(b"", &inbound.message)?)[..24],
-                self.provider.domain
-            );
-            let emission = Emission {
-                time: now,
-                message_id: id.clone(),
-            };
-            let mut out = SpoolWriter::raw(self.spool.clone());
-            let headers = write_busta_anomalia(
+            anomaly_envelope(
                 &self.provider,
-                &anomalia,
+                self.signer(),
+                self.spool.clone(),
                 &inbound.message.header,
                 &inbound.message.body,
-                &emission,
-                self.signer(),
-                &mut out,
-            )?;
-            let body = out.finish()?;
-            Ok::<_, BuildError>((id, SpooledMessage { headers, body }))
+                &anomalia,
+                now,
+            )
         })?;
         let head = mime::canonicalize_crlf(&inbound.message.header);
         Ok(Outcome::Rewrite {
@@ -466,13 +370,21 @@ impl ReceptionPoint {
         &self,
         msg: &PecMessage<'_>,
         tipo: Tipo,
+        signer: &ProviderEntry,
         now: DateTime<Utc>,
     ) -> Result<(), TempFail> {
         let Some(Ok(d)) = &msg.daticert else {
             return Ok(());
         };
-        let Some(rec) =
-            record_receipt(self.state.as_ref(), d, tipo, now, self.retention_secs).await?
+        let Some(rec) = record_receipt(
+            self.state.as_ref(),
+            d,
+            tipo,
+            signer,
+            now,
+            self.retention_secs,
+        )
+        .await?
         else {
             return Ok(());
         };
@@ -529,14 +441,9 @@ fn inbound_key(inbound: &Inbound) -> Result<String, TempFail> {
         prefix.extend_from_slice(r.as_bytes());
         prefix.push(0);
     }
-    Ok(hex(digest_message(&prefix, &inbound.message)?))
-}
-
-/// SHA-256 of `prefix` and then the message (header, empty line, body),
-/// read in pieces.
-fn digest_message(prefix: &[u8], message: &Original) -> Result<Vec<u8>, BuildError> {
-    let mut h = crypto::ContentHasher::new(DigestAlg::Sha256)?;
-    h.update(prefix)?;
-    message.for_each_chunk::<BuildError>(|c| Ok(h.update(c)?))?;
-    Ok(h.finish()?)
+    Ok(hex(digest_message(
+        &prefix,
+        &inbound.message.header,
+        &inbound.message.body,
+    )?))
 }

@@ -1,0 +1,201 @@
+//! Is this PEC? The checks the reception point and the delivery point both
+//! make before they certify anything about a message that carries PEC
+//! marker fields (PEC-RULES §4.3): one function, so that the two roles
+//! cannot drift. And what both do with a message that fails them: the
+//! signed busta di anomalia (PEC-RULES §2.3), built the same way by both.
+
+use chrono::{DateTime, Utc};
+use hex::encode as hex;
+
+use crate::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
+use crate::crypto::{self, DigestAlg};
+use crate::index::{IndexSnapshot, ProviderEntry};
+use crate::pec::body::Body;
+use crate::pec::build::{Anomalia, BuildError, Emission, Provider, Signer, write_busta_anomalia};
+use crate::pec::inspect::check_signature;
+use crate::pec::reader::PecMessage;
+use crate::pec::{MessageKind, Tipo, mime};
+use crate::roles::message::SpooledMessage;
+use crate::spool::{SpoolOptions, SpoolWriter};
+
+/// Why a message that claims to be PEC is not a correct one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What failed, in the words the busta di anomalia carries.
+    pub reason: String,
+    /// The signature is valid and its signer is a provider listed in the
+    /// index (whatever else is wrong): a provider's non-conformant message
+    /// rather than ordinary mail (PEC-RULES §4.3, outcome).
+    pub signer_listed: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// The checks of PEC-RULES §4.3 on a message that carries PEC marker
+/// fields: the S/MIME signature valid with its chain to `trust` (at
+/// `verify_at`), the signer's certificate listed in the providers' index
+/// (SHA-1, then the DER byte-compared), the `From:` domain managed by that
+/// provider, and the structure (daticert.xml present and of the kind the
+/// marker fields say; postacert.eml in a busta di trasporto). The index
+/// entry of the signer when every check holds.
+///
+/// Pure but for the signature check's CPU work: a caller holding a large
+/// message runs it off the async workers.
+pub fn verify_pec(
+    msg: &PecMessage<'_>,
+    trust: &TrustStore,
+    verify_at: VerifyAt,
+    snapshot: &IndexSnapshot,
+) -> Result<ProviderEntry, Problem> {
+    let sig = check_signature(msg, trust, verify_at);
+    if sig.status != SignatureStatus::Valid {
+        return Err(Problem {
+            reason: format!(
+                "firma non valida ({})",
+                sig.reason.as_deref().unwrap_or("verifica fallita")
+            ),
+            signer_listed: false,
+        });
+    }
+    let Some(entry) = sig
+        .signer_der
+        .as_deref()
+        .and_then(|d| snapshot.provider_for_certificate(d))
+    else {
+        return Err(Problem {
+            reason: "il certificato del firmatario non è nell'indice dei gestori".into(),
+            signer_listed: false,
+        });
+    };
+    let from_domain = msg
+        .from
+        .as_deref()
+        .and_then(mime::addr_spec)
+        .and_then(|a| domain_of(&a));
+    match from_domain {
+        Some(d) if entry.manages(&d) => {}
+        other => {
+            return Err(Problem {
+                reason: format!(
+                    "il dominio del mittente {} non è gestito da {}",
+                    other.unwrap_or_else(|| "?".into()),
+                    entry.name
+                ),
+                signer_listed: true,
+            });
+        }
+    }
+    if let Some(reason) = structure_problem(msg) {
+        return Err(Problem {
+            reason,
+            signer_listed: true,
+        });
+    }
+    Ok(entry.clone())
+}
+
+/// Why a message that claims to be PEC is not formally correct.
+fn structure_problem(msg: &PecMessage<'_>) -> Option<String> {
+    let d = match &msg.daticert {
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return Some(format!("daticert.xml non valido: {e}")),
+        None => {
+            if msg.kind == MessageKind::BustaAnomalia {
+                return None;
+            }
+            return Some("daticert.xml assente".into());
+        }
+    };
+    match msg.kind {
+        MessageKind::BustaTrasporto => {
+            if d.tipo != Tipo::PostaCertificata {
+                return Some(format!("tipo {} in una busta di trasporto", d.tipo));
+            }
+            if msg.postacert.is_none() {
+                return Some("postacert.eml assente".into());
+            }
+            None
+        }
+        MessageKind::Ricevuta(t) if d.tipo != t => {
+            Some(format!("X-Ricevuta {t} ma daticert tipo {}", d.tipo))
+        }
+        _ => None,
+    }
+}
+
+/// The domain of an address, lowercase.
+fn domain_of(address: &str) -> Option<String> {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
+}
+
+/// SHA-256 of `prefix` and then the message (`header`, the empty line,
+/// `body`), read in pieces (blocking reads for a body on disk).
+pub fn digest_message<B: Body + ?Sized>(
+    prefix: &[u8],
+    header: &[u8],
+    body: &B,
+) -> Result<Vec<u8>, BuildError> {
+    let mut h = crypto::ContentHasher::new(DigestAlg::Sha256)?;
+    h.update(prefix)?;
+    h.update(header)?;
+    h.update(b"\r\n")?;
+    body.for_range::<BuildError>(0, body.len(), |c| Ok(h.update(c)?))?;
+    Ok(h.finish()?)
+}
+
+/// The signed busta di anomalia around a received message (`header`, its
+/// header block; `body`), written into a spool file of `spool` when large,
+/// and its id: `anomalia.<digest of the received bytes>@<our domain>`, so
+/// that a retry of the same message makes the same envelope, at the
+/// reception point or the delivery point alike. Blocking I/O for a body on
+/// disk: a caller holding one runs it off the async workers.
+pub fn anomaly_envelope<B: Body + ?Sized>(
+    provider: &Provider,
+    signer: Signer<'_>,
+    spool: SpoolOptions,
+    header: &[u8],
+    body: &B,
+    anomalia: &Anomalia,
+    now: DateTime<Utc>,
+) -> Result<(String, SpooledMessage), BuildError> {
+    let id = format!(
+        "anomalia.{}@{}",
+        &hex(digest_message(b"", header, body)?)[..24],
+        provider.domain
+    );
+    let emission = Emission {
+        time: now,
+        message_id: id.clone(),
+    };
+    let mut out = SpoolWriter::raw(spool);
+    let headers = write_busta_anomalia(
+        provider, anomalia, header, body, &emission, signer, &mut out,
+    )?;
+    let body = out.finish()?;
+    Ok((id, SpooledMessage { headers, body }))
+}
+
+/// The facts of the busta di anomalia for a message: who sent it (its
+/// `From:`, else the SMTP reverse path) and its subject.
+pub fn anomalia_of(
+    msg: Option<&PecMessage<'_>>,
+    mail_from: &str,
+    why: &str,
+    sicurezza: bool,
+) -> Anomalia {
+    Anomalia {
+        mittente: msg
+            .and_then(|m| m.from.as_deref())
+            .and_then(mime::addr_spec)
+            .unwrap_or_else(|| mail_from.to_string()),
+        oggetto: msg.and_then(|m| m.subject.clone()).unwrap_or_default(),
+        errore: why.to_string(),
+        sicurezza,
+    }
+}
