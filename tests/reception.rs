@@ -43,12 +43,17 @@ impl Scanner for FakeScanner {
 
 type Injected = (String, Vec<String>, Vec<u8>);
 
+/// Records every injection; `down` makes injections fail (the reinjection
+/// listener is down).
 #[derive(Default)]
-struct Recorder(Mutex<Vec<Injected>>);
+struct Recorder(Mutex<Vec<Injected>>, std::sync::atomic::AtomicBool);
 
 #[async_trait::async_trait]
 impl Injector for Recorder {
     async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), InjectError> {
+        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("reinjection listener down (test)".into());
+        }
         self.0.lock().map_err(|e| e.to_string())?.push((
             from.into(),
             to.to_vec(),
@@ -59,6 +64,10 @@ impl Injector for Recorder {
 }
 
 impl Recorder {
+    fn set_down(&self, down: bool) {
+        self.1.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn all(&self) -> Vec<Injected> {
         self.0.lock().map(|v| v.clone()).unwrap_or_default()
     }
@@ -380,12 +389,22 @@ async fn a_virus_in_an_envelope_is_reported_to_the_sending_provider() {
         &other().key,
         "pec.b.test",
     );
+    let o = r.rp.process(&inbound(env.clone()), Utc::now()).await;
+    assert!(matches!(o, Outcome::Discard { .. }), "{o:?}");
+    // An infected envelope is still a correct one (PEC-RULES §7.3): its
+    // presa in carico first, then the rilevazione-virus, both to B.
+    let sent = r.injected.all();
+    assert_eq!(sent.len(), 2);
+    for s in &sent {
+        assert_eq!(s.1, vec!["ricevute@pec.b.test".to_string()]);
+    }
+    let first = inspect(&sent[0].2, &pki().trust, VerifyAt::Now).expect("inspect");
+    assert_eq!(first.kind, "presa-in-carico");
+    // the MTA's retry of the same envelope sends nothing again
     let o = r.rp.process(&inbound(env), Utc::now()).await;
     assert!(matches!(o, Outcome::Discard { .. }), "{o:?}");
-    let sent = r.injected.all();
-    assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].1, vec!["ricevute@pec.b.test".to_string()]);
-    let i = inspect(&sent[0].2, &pki().trust, VerifyAt::Now).expect("inspect");
+    assert_eq!(r.injected.all().len(), 2);
+    let i = inspect(&sent[1].2, &pki().trust, VerifyAt::Now).expect("inspect");
     assert_eq!(i.kind, "rilevazione-virus");
     assert_eq!(i.mittente.as_deref(), Some("luigi@pec.b.test"));
     let d = i.daticert.expect("d");
@@ -688,4 +707,93 @@ async fn a_receipt_about_a_recipient_its_signer_does_not_serve_changes_nothing()
         Some(RecipientStatus::Sent)
     );
     assert!(r.injected.all().is_empty());
+}
+
+/// B's rilevazione-virus about our envelope: the avviso di mancata
+/// consegna per virus goes to our sender before the record changes, so a
+/// failed first injection (4xx, the MTA retries) does not lose it; once
+/// sent, the record says errore and a repeat sends nothing more.
+#[tokio::test]
+async fn a_virus_notice_is_not_lost_when_its_first_injection_fails() {
+    use pec_milter::pec::build::{Emission, Ricevuta, build_ricevuta};
+    use pec_milter::state::{EnvelopeRecord, RecipientState, RecipientStatus};
+    let r = rig(OrdinaryMail::Anomaly, VerifyAt::Now, true).await;
+    let pec_id = "opec.20261125093015.1234.2@pec.acme.test";
+    let rec = EnvelopeRecord {
+        pec_id: pec_id.into(),
+        original_msgid: Some("<abc.124@client.example>".into()),
+        sender: "mario.rossi@pec.acme.test".into(),
+        subject: "Fattura".into(),
+        recipients: vec![RecipientState {
+            address: "anna.bianchi@pec.b.test".into(),
+            tipo: TipoDestinatario::Certificato,
+            status: RecipientStatus::Sent,
+            updated_at: 0,
+        }],
+        ricevuta: TipoRicevuta::Completa,
+        submitted_at: 0,
+    };
+    r.state.put_envelope(&rec, 3600).await.expect("put");
+    let tx = Transaction {
+        identificativo: pec_id.into(),
+        ..transaction(
+            "Fattura",
+            &[("anna.bianchi@pec.b.test", TipoDestinatario::Certificato)],
+        )
+    };
+    let prov_b = Provider {
+        name: "Beta PEC S.p.A.".into(),
+        domain: "pec.b.test".into(),
+    };
+    let rv = build_ricevuta(
+        &prov_b,
+        &tx,
+        &Ricevuta::RilevazioneVirus {
+            mail_receipt: "ricevute@pec.acme.test".into(),
+            consegna: "anna.bianchi@pec.b.test".into(),
+            virus: "Eicar-Test-Signature".into(),
+        },
+        &Emission {
+            time: Utc::now(),
+            message_id: "rv.1@pec.b.test".into(),
+        },
+        Signer {
+            key: &other().key,
+            digest: DigestAlg::Sha256,
+        },
+    )
+    .expect("build")
+    .to_bytes();
+    let mut ib = inbound(rv);
+    ib.rcpts = vec!["ricevute@pec.acme.test".into()];
+    let status = || async {
+        r.state
+            .get_envelope(pec_id)
+            .await
+            .expect("get")
+            .expect("record")
+            .recipients[0]
+            .status
+    };
+    // the reinjection listener is down: 4xx, the record unchanged
+    r.injected.set_down(true);
+    let o = r.rp.process(&ib, Utc::now()).await;
+    assert!(matches!(o, Outcome::Tempfail { .. }), "{o:?}");
+    assert_eq!(status().await, RecipientStatus::Sent);
+    assert!(r.injected.all().is_empty());
+    // the MTA's retry: the notice goes to mario, then the record changes
+    r.injected.set_down(false);
+    let o = r.rp.process(&ib, Utc::now()).await;
+    assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
+    let sent = r.injected.all();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1, vec!["mario.rossi@pec.acme.test".to_string()]);
+    let i = inspect(&sent[0].2, &pki().trust, VerifyAt::Now).expect("inspect");
+    assert_eq!(i.kind, "errore-consegna");
+    assert_eq!(i.daticert.expect("d").errore, "virus");
+    assert_eq!(status().await, RecipientStatus::Errore);
+    // a repeat of the rilevazione-virus changes nothing and sends nothing
+    let o = r.rp.process(&ib, Utc::now()).await;
+    assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
+    assert_eq!(r.injected.all().len(), 1);
 }

@@ -23,7 +23,7 @@ use crate::pec::facts::{PROVIDER_ONLY_HEADERS, is_inherited};
 use crate::pec::mime::header_fields;
 use crate::roles::access::{AccessPoint, Admission, not_owner_text};
 use crate::roles::reception::ReceptionPoint;
-use crate::roles::{Inbound, Original, Outcome, Submission};
+use crate::roles::{Inbound, Original, Outcome, SpooledMessage, Submission};
 use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
 
 pub mod listener;
@@ -297,6 +297,11 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
                 message: Original { header, body },
             };
             let outcome = roles.access.process(&sub, Utc::now()).await;
+            if let (Outcome::Rewrite { message, .. }, Some(rp)) = (&outcome, &roles.reception)
+                && let Err(status) = take_in_charge_here(cx, roles, rp, &sub, message).await
+            {
+                return status;
+            }
             apply(cx, &sub.message.header, outcome).await
         }
         (Mode::Reception, Some(rp)) => {
@@ -317,6 +322,55 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
             apply(cx, &inbound.message.header, outcome).await
         }
         _ => Status::Accept,
+    }
+}
+
+/// Mail between holders of our own domains goes through full processing
+/// (PEC-RULES §1.1): the envelope the access point just built never passes
+/// our port 25, so the reception point takes it in charge here, for the
+/// recipients in our domains (its checks, then the presa in carico to our
+/// own service mailbox, once per envelope). `Err` is the status to answer
+/// when that cannot be done now (4xx; the MTA's retry rebuilds the same
+/// envelope and sends no second accettazione).
+async fn take_in_charge_here(
+    cx: &mut EomContext<Session>,
+    roles: &Roles,
+    rp: &ReceptionPoint,
+    sub: &Submission,
+    envelope: &SpooledMessage,
+) -> Result<(), Status> {
+    let ours: Vec<String> = sub
+        .rcpts
+        .iter()
+        .filter(|r| roles.access.serves(r))
+        .cloned()
+        .collect();
+    if ours.is_empty() {
+        return Ok(());
+    }
+    let inbound = Inbound {
+        queue_id: sub.queue_id.clone(),
+        mail_from: sub.mail_from.clone(),
+        rcpts: ours,
+        message: Original {
+            header: envelope.headers.concat().into_bytes(),
+            body: envelope.body.clone(),
+        },
+    };
+    match rp.process(&inbound, Utc::now()).await {
+        Outcome::Deliver { .. } => Ok(()),
+        Outcome::Tempfail { reason } => Err(tempfail(
+            cx,
+            &format!("PEC service temporarily unavailable: {}", one_line(&reason)),
+        )),
+        other => {
+            // Our own envelope fails our own checks: a configuration
+            // error (our certificate not in the index, or not trusted).
+            // The delivery point will not certify it either.
+            tracing::error!(outcome = ?other, recipients = ?inbound.rcpts,
+                "our own envelope does not pass our reception checks: is our certificate in the providers' index and under [reception] trust?");
+            Ok(())
+        }
     }
 }
 

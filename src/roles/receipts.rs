@@ -25,6 +25,71 @@ fn serves(signer: &ProviderEntry, address: &str) -> bool {
         .is_some_and(|(_, domain)| signer.manages(domain))
 }
 
+/// What a receipt of kind `tipo` says: the status it gives and the
+/// recipients it speaks of; `None` for a kind that changes no record.
+fn says(d: &DatiCert, tipo: Tipo) -> Option<(RecipientStatus, Vec<String>)> {
+    Some(match tipo {
+        Tipo::PresaInCarico => (RecipientStatus::PresaInCarico, d.ricezione.clone()),
+        Tipo::AvvenutaConsegna => (
+            RecipientStatus::Consegnato,
+            d.consegna.iter().cloned().collect(),
+        ),
+        Tipo::ErroreConsegna | Tipo::RilevazioneVirus => (
+            RecipientStatus::Errore,
+            d.consegna.iter().cloned().collect(),
+        ),
+        _ => return None,
+    })
+}
+
+/// Apply `status` for the recipients `who` to `rec` as `signer` may (final
+/// states stay, presa in carico does not repeat, only recipients `signer`
+/// serves). Returns whether anything changed, and the recipients it would
+/// have changed that `signer` does not serve.
+fn apply(
+    rec: &mut EnvelopeRecord,
+    status: RecipientStatus,
+    who: &[String],
+    signer: &ProviderEntry,
+    at: i64,
+) -> (bool, Vec<String>) {
+    let mut changed = false;
+    let mut not_served = Vec::new();
+    for r in rec.recipients.iter_mut() {
+        if !who.iter().any(|w| w.eq_ignore_ascii_case(&r.address)) {
+            continue;
+        }
+        let upgrade = !matches!(
+            (r.status, status),
+            (RecipientStatus::Consegnato | RecipientStatus::Errore, _)
+                | (
+                    RecipientStatus::PresaInCarico,
+                    RecipientStatus::PresaInCarico
+                )
+        );
+        if upgrade && !serves(signer, &r.address) {
+            not_served.push(r.address.clone());
+        } else if upgrade {
+            r.status = status;
+            r.updated_at = at;
+            changed = true;
+        }
+    }
+    (changed, not_served)
+}
+
+/// Would the receipt change `rec` ([`record_receipt`]'s rules, nothing
+/// written)? A sender-side notice due because of a receipt is sent before
+/// the record changes, so that it is never lost to a failure in between.
+pub fn would_change(
+    rec: &EnvelopeRecord,
+    d: &DatiCert,
+    tipo: Tipo,
+    signer: &ProviderEntry,
+) -> bool {
+    says(d, tipo).is_some_and(|(status, who)| apply(&mut rec.clone(), status, &who, signer, 0).0)
+}
+
 /// Apply a verified receipt about one of our envelopes, signed by the
 /// provider `signer` (its entry in the providers' index), to its record
 /// (per recipient: presa in carico, consegna, errore; final states stay).
@@ -39,17 +104,8 @@ pub async fn record_receipt(
     now: DateTime<Utc>,
     retention_secs: u64,
 ) -> Result<Option<EnvelopeRecord>, StateError> {
-    let (status, who): (RecipientStatus, Vec<String>) = match tipo {
-        Tipo::PresaInCarico => (RecipientStatus::PresaInCarico, d.ricezione.clone()),
-        Tipo::AvvenutaConsegna => (
-            RecipientStatus::Consegnato,
-            d.consegna.iter().cloned().collect(),
-        ),
-        Tipo::ErroreConsegna | Tipo::RilevazioneVirus => (
-            RecipientStatus::Errore,
-            d.consegna.iter().cloned().collect(),
-        ),
-        _ => return Ok(None),
+    let Some((status, who)) = says(d, tipo) else {
+        return Ok(None);
     };
     let at = now.timestamp();
     // Recipients the receipt names but its signer does not serve, that it
@@ -59,29 +115,7 @@ pub async fn record_receipt(
     // same instant (crate::roles::tracking) cannot overwrite this update, nor this
     // one a status that notice set.
     let update = |rec: &mut EnvelopeRecord| {
-        let mut changed = false;
-        let mut not_served = Vec::new();
-        for r in rec.recipients.iter_mut() {
-            if !who.iter().any(|w| w.eq_ignore_ascii_case(&r.address)) {
-                continue;
-            }
-            // final states stay; presa in carico does not repeat
-            let upgrade = !matches!(
-                (r.status, status),
-                (RecipientStatus::Consegnato | RecipientStatus::Errore, _)
-                    | (
-                        RecipientStatus::PresaInCarico,
-                        RecipientStatus::PresaInCarico
-                    )
-            );
-            if upgrade && !serves(signer, &r.address) {
-                not_served.push(r.address.clone());
-            } else if upgrade {
-                r.status = status;
-                r.updated_at = at;
-                changed = true;
-            }
-        }
+        let (changed, not_served) = apply(rec, status, &who, signer, at);
         *refused.lock().unwrap_or_else(|e| e.into_inner()) = not_served;
         changed
     };

@@ -39,7 +39,7 @@ use crate::pec::{MessageKind, Tipo, mime};
 use crate::roles::TempFail;
 use crate::roles::message::{Inbound, Original, Outcome};
 use crate::roles::ports::{Injector, Scanner, Verdict};
-use crate::roles::receipts::record_receipt;
+use crate::roles::receipts::{record_receipt, would_change};
 use crate::roles::verify::{anomalia_of, anomaly_envelope, digest_message, verify_pec};
 use crate::rt::off_runtime_if;
 use crate::spool::SpoolOptions;
@@ -281,39 +281,28 @@ impl ReceptionPoint {
             inbound.rcpts.join(",").to_ascii_lowercase().as_bytes(),
         ))[..12];
 
-        if let Some(scanner) = &self.scanner {
-            let verdict = match msg.postacert.as_deref() {
-                Some(content) => scanner.scan(content).await,
-                None => scanner.scan_original(&inbound.message).await,
-            };
-            if let Verdict::Infected(virus) = verdict.map_err(TempFail::Scan)? {
-                self.quarantine(&d.identificativo, &inbound.message).await?;
-                if !sent {
-                    for r in &inbound.rcpts {
-                        let ric = Ricevuta::RilevazioneVirus {
-                            mail_receipt: entry.mail_receipt.clone(),
-                            consegna: r.clone(),
-                            virus: virus.clone(),
-                        };
-                        let id = format!(
-                            "rilevazione-virus.{local}.{rcpt_hash}.{}@{}",
-                            hex(r.as_bytes()).get(..16).unwrap_or("r"),
-                            self.provider.domain
-                        );
-                        self.send(&tx, &ric, time, id, &entry.mail_receipt).await?;
-                    }
-                    self.state.mark_receipt_sent(&key).await?;
+        // The envelope is correct (its checks passed): the presa in carico
+        // is due whatever it carries (PEC-RULES §7.3); a virus inside then
+        // stops it here with a rilevazione-virus per recipient.
+        let virus = match &self.scanner {
+            Some(scanner) => {
+                let verdict = match msg.postacert.as_deref() {
+                    Some(content) => scanner.scan(content).await,
+                    None => scanner.scan_original(&inbound.message).await,
+                };
+                match verdict.map_err(TempFail::Scan)? {
+                    Verdict::Infected(virus) => Some(virus),
+                    Verdict::Clean => None,
                 }
-                return Ok(Outcome::Discard {
-                    pec_id: d.identificativo.clone(),
-                    reason: format!(
-                        "virus {virus}: rilevazione-virus sent to {}",
-                        entry.mail_receipt
-                    ),
-                });
             }
+            None => None,
+        };
+        if virus.is_some() {
+            self.quarantine(&d.identificativo, &inbound.message).await?;
         }
-        if !sent {
+        if sent {
+            tracing::info!(pec_id = %d.identificativo, "presa-in-carico already sent for this envelope: not sent again");
+        } else {
             let ric = Ricevuta::PresaInCarico {
                 mail_receipt: entry.mail_receipt.clone(),
                 ricezione: inbound.rcpts.clone(),
@@ -323,9 +312,34 @@ impl ReceptionPoint {
                 self.provider.domain
             );
             self.send(&tx, &ric, time, id, &entry.mail_receipt).await?;
+            if let Some(virus) = &virus {
+                for r in &inbound.rcpts {
+                    let ric = Ricevuta::RilevazioneVirus {
+                        mail_receipt: entry.mail_receipt.clone(),
+                        consegna: r.clone(),
+                        virus: virus.clone(),
+                    };
+                    let id = format!(
+                        "rilevazione-virus.{local}.{rcpt_hash}.{}@{}",
+                        hex(r.as_bytes()).get(..16).unwrap_or("r"),
+                        self.provider.domain
+                    );
+                    self.send(&tx, &ric, time, id, &entry.mail_receipt).await?;
+                }
+            }
+            // A failure before this point answers 4xx and the MTA's retry
+            // sends again the notices already sent, with the same
+            // Message-IDs (the outbox of a later issue makes it once).
             self.state.mark_receipt_sent(&key).await?;
-        } else {
-            tracing::info!(pec_id = %d.identificativo, "presa-in-carico already sent for this envelope: not sent again");
+        }
+        if let Some(virus) = virus {
+            return Ok(Outcome::Discard {
+                pec_id: d.identificativo.clone(),
+                reason: format!(
+                    "virus {virus}: presa-in-carico and rilevazione-virus sent to {}",
+                    entry.mail_receipt
+                ),
+            });
         }
         Ok(Outcome::Deliver {
             note: format!(
@@ -376,7 +390,31 @@ impl ReceptionPoint {
         let Some(Ok(d)) = &msg.daticert else {
             return Ok(());
         };
-        let Some(rec) = record_receipt(
+        // The sending side's answer to a rilevazione-virus (PEC-RULES
+        // §2.11): sent before the record changes, so that a failed
+        // injection (4xx, the MTA retries the receipt) never loses it.
+        if tipo == Tipo::RilevazioneVirus
+            && let Some(c) = &d.consegna
+            && let Some(rec) = self.state.get_envelope(&d.identificativo).await?
+            && would_change(&rec, d, tipo, signer)
+        {
+            let tx = Transaction {
+                mittente: rec.sender.clone(),
+                ..Transaction::from_daticert(d)
+            };
+            let ric = Ricevuta::ErroreConsegnaVirus {
+                consegna: c.clone(),
+                virus: d.errore_esteso.clone().unwrap_or_else(|| "virus".into()),
+            };
+            let local = rec.pec_id.split('@').next().unwrap_or("id");
+            let id = format!(
+                "errore-consegna-virus.{local}.{}@{}",
+                hex(c.as_bytes()).get(..16).unwrap_or("r"),
+                self.provider.domain
+            );
+            self.send(&tx, &ric, now, id, &rec.sender).await?;
+        }
+        record_receipt(
             self.state.as_ref(),
             d,
             tipo,
@@ -384,31 +422,7 @@ impl ReceptionPoint {
             now,
             self.retention_secs,
         )
-        .await?
-        else {
-            return Ok(());
-        };
-        // The sending side's answer to a rilevazione-virus (PEC-RULES §2.11).
-        if tipo == Tipo::RilevazioneVirus {
-            let tx = Transaction::from_daticert(d);
-            let tx = Transaction {
-                mittente: rec.sender.clone(),
-                ..tx
-            };
-            if let Some(c) = &d.consegna {
-                let ric = Ricevuta::ErroreConsegnaVirus {
-                    consegna: c.clone(),
-                    virus: d.errore_esteso.clone().unwrap_or_else(|| "virus".into()),
-                };
-                let local = rec.pec_id.split('@').next().unwrap_or("id");
-                let id = format!(
-                    "errore-consegna-virus.{local}.{}@{}",
-                    hex(c.as_bytes()).get(..16).unwrap_or("r"),
-                    self.provider.domain
-                );
-                self.send(&tx, &ric, now, id, &rec.sender).await?;
-            }
-        }
+        .await?;
         Ok(())
     }
 
