@@ -2,24 +2,41 @@
 # integration/e2e-sendmail.sh — pec-milter behind a real Sendmail 8.17, configured with the
 # shipped snippet milter-conf/sendmail/pec-milter.mc.snippet (INPUT_MAIL_FILTER on
 # inet:8891@127.0.0.1 with F=T, the milter-free reinjection daemon on 127.0.0.1:10025, the
-# macros). Sendmail is unpacked under /opt/sendmail by integration/deps.sh (its packages
-# conflict with postfix). It runs in the rig's network namespace (only lo) and UTS namespace
-# (hostname mx.pec.test: with an unqualified name it sleeps 60 s at start), its config and
-# queue under /var/lib (sendmail refuses world-writable path components such as /tmp), and
-# relays everything to an smtp-sink on 127.0.0.2:2527 that keeps each message (127.0.0.1
-# would be "local" to sendmail, which then ignores the smart host).
+# macros, SMTP AUTH PLAIN/LOGIN trusted for relaying, the LMTP mailer "peclmtp" and the
+# mailertable) and Cyrus SASL configured with the shipped milter-conf/sendmail/Sendmail.conf (plus
+# the test's sasldb_path). Sendmail is unpacked under /opt/sendmail by integration/deps.sh (its
+# packages conflict with postfix). It runs in the rig's network namespace (only lo) and UTS
+# namespace (hostname mx.pec.test: with an unqualified name it sleeps 60 s at start), its config,
+# maps (MAIL_SETTINGS_DIR), sasldb and queue under /var/lib (sendmail refuses world-writable path
+# components such as /tmp), and relays everything else to an smtp-sink on 127.0.0.2:2527 that
+# keeps each message (127.0.0.1 would be "local" to sendmail, which then ignores the smart host).
+# Daemons: MTA on 127.0.0.1:2526 (other providers' MTAs), MSA on 127.0.0.1:587 (M=Ea: AUTH
+# required), reinject on 127.0.0.1:10025 (the snippet's). Sendmail relays for 127.0.0.1 by itself
+# (pec-milter's reinjection, the no-AUTH scenarios); the clients of (4) and (5) connect from
+# 127.0.0.3, for which only AUTH (the snippet's TRUST_AUTH_MECH) or relay-domains (pec.demo.test,
+# as the snippet tells an admin) lets Sendmail accept.
 #
 # We are provider A (pec.demo.test); provider B (pec.other.test) is made with init-demo and
-# listed in the providers' index (LDIF). Scenarios, with no AUTH (another provider's MTA):
-#   (1) B's busta di trasporto for mario -> relayed unchanged (B's signature still verifies),
-#       and our signed presa-in-carico for B's mailReceipt, reinjected through Sendmail's
-#       milter-free port 10025 and relayed too (it verifies against our CA)
-#   (2) ordinary mail for mario -> a busta di anomalia (X-Trasporto: errore, our signature, the
-#       received message inside)
+# listed in the providers' index (LDIF). Scenarios (1)-(4) run with an empty mailertable (the PEC
+# domain's mailboxes on another host, which the smart host stands for); (5) with the mailertable
+# line the snippet documents (pec.demo.test -> peclmtp:[127.0.0.1], pec-milter's delivery point).
+#   (1) B's busta di trasporto for mario (no AUTH) -> relayed unchanged (B's signature still
+#       verifies), and our signed presa-in-carico for B's mailReceipt, reinjected through
+#       Sendmail's milter-free port 10025 and relayed too (it verifies against our CA)
+#   (2) ordinary mail for mario (no AUTH) -> a busta di anomalia (X-Trasporto: errore, our
+#       signature, the received message inside)
 #   (3) pec-milter stopped -> Sendmail answers 4xx (F=T: never pass unchecked mail off), nothing
-#       relayed
-# Not covered here: the access point (it needs an SMTP AUTH holder, i.e. Cyrus SASL in
-# Sendmail; the Postfix end-to-end tests cover it).
+#       relayed; then pec-milter started again for (4) and (5)
+#   (4) the access point through Sendmail's submission daemon with Cyrus SASL (sasldb): mario
+#       logged in as himself (AUTH PLAIN) -> anna: the signed busta di trasporto relayed to anna,
+#       our signed accettazione reinjected through 10025 and relayed to mario; cittadino (another
+#       holder, AUTH PLAIN) and anna (a login of another domain, AUTH LOGIN) sending as mario ->
+#       553 5.7.1 at MAIL ({auth_authen} reaches pec-milter at MAIL), nothing relayed
+#   (5) the delivery point: mailertable -> peclmtp, Sendmail restarted; B's busta di trasporto
+#       for mario (no AUTH) -> presa-in-carico relayed to B; Sendmail delivers the envelope over
+#       LMTP to pec-milter's delivery point, which stores it unchanged in mario's Maildir
+#       (embedded writer) and sends our signed avvenuta-consegna to B's sender (reinjected,
+#       relayed); Sendmail's queue empty afterwards
 # Env: PEC_MILTER_BIN (default target/debug/pec-milter), KEEP=1. Needs root.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -27,6 +44,7 @@ set -uo pipefail
 BIN=$(pec_milter_bin)
 SM=/opt/sendmail
 SMBIN=$SM/usr/libexec/sendmail/sendmail
+MAKEMAP=$SM/usr/libexec/sendmail/makemap
 rig_begin pecsm
 T0=$EPOCHREALTIME
 need_pec_milter
@@ -40,6 +58,16 @@ rig_defer rm -rf "$SD"
 SINK=$W/sink
 mkdir -p "$SINK"
 chown nobody "$SINK"
+
+# Test-only values, in one place (what a site sets its own way; the shipped snippet and
+# Sendmail.conf are used as they are):
+SM_MTA_PORT=2526            # Sendmail's MTA daemon (other providers' MTAs; no AUTH)
+SM_SUBMIT_PORT=587          # Sendmail's submission daemon (M=Ea: AUTH required)
+SM_SASL=$SD/sasl            # Cyrus SASL: Sendmail.conf (the shipped one + sasldb_path) and sasldb2
+SM_SASL_USERS=$RIG_SASL_USERS   # "address:password ..." (mario, cittadino, anna)
+OUTSIDE=127.0.0.3           # a client address Sendmail does not relay for by itself
+SINK_HOST=127.0.0.2 SINK_PORT=2527   # the smart host (smtp-sink; not 127.0.0.1, "local" to Sendmail)
+LMTP_PORT=2424              # pec-milter's [delivery] listen (the snippet's A=TCP $h 2424)
 
 # ------------------------------------------------------------------ providers and pec-milter
 
@@ -59,7 +87,11 @@ INDEX=ldif INDEX_LDIF=$W/igpec.ldif TRUST="$B/ca.pem" write_config "$D" embedded
 # clamd is covered by the Postfix tests; here the MTA integration is what is tested
 awk '/^\[/ { sec = $0 } sec == "[clamd]" && /^enabled *=/ { print "enabled = false"; next } { print }' \
   "$D/pec-milter.toml" > "$D/t" && mv "$D/t" "$D/pec-milter.toml"
-printf '\n[delivery]\nlisten = ""\noutbox = "%s/outbox"\n\n[timers]\nenabled = false\n' "$D" >> "$D/pec-milter.toml"
+# the delivery point (LMTP, embedded Maildir writer): Sendmail delivers to it in (5)
+printf '\n[delivery]\nlisten = "inet:127.0.0.1:%s"\nstore = "maildir"\nmaildir = "%s/mail"\noutbox = "%s/outbox"\n\n[timers]\nenabled = false\n' \
+  "$LMTP_PORT" "$D" "$D" >> "$D/pec-milter.toml"
+MARIO_MD=$D/mail/pec.demo.test/mario.rossi
+mkdir -p "$MARIO_MD" "$D/outbox"
 CA=$D/demo/ca.pem
 
 # ------------------------------------------------------------------ Sendmail
@@ -68,6 +100,8 @@ sendmail_cf() {
   printf '127.0.0.1 localhost mx.pec.test\n' > "$SD/hosts"
   printf 'hosts files\naliases files\n' > "$SD/service.switch"
   printf 'postmaster: root\n' > "$SD/aliases"
+  # relay-domains (MAIL_SETTINGS_DIR): our PEC domain, as the snippet tells an admin
+  printf 'pec.demo.test\n' > "$SD/relay-domains"
   {
     cat <<EOF
 divert(-1)dnl
@@ -75,6 +109,7 @@ divert(0)dnl
 include(\`$SM/usr/share/sendmail/cf/m4/cf.m4')dnl
 VERSIONID(\`pec-milter e2e')dnl
 OSTYPE(\`linux')dnl
+define(\`MAIL_SETTINGS_DIR', \`$SD/')dnl
 define(\`confDOMAIN_NAME', \`mx.pec.test')dnl
 define(\`QUEUE_DIR', \`$SD/mqueue')dnl
 define(\`STATUS_FILE', \`$SD/sendmail.st')dnl
@@ -85,48 +120,75 @@ define(\`confHOSTS_FILE', \`$SD/hosts')dnl
 define(\`confHELP_FILE', \`$SM/etc/mail/helpfile')dnl
 define(\`confDONT_PROBE_INTERFACES', \`True')dnl
 define(\`confDEF_USER_ID', \`nobody:nogroup')dnl
-define(\`SMART_HOST', \`[127.0.0.2]')dnl
-define(\`RELAY_MAILER_ARGS', \`TCP \$h 2527')dnl
-define(\`ESMTP_MAILER_ARGS', \`TCP \$h 2527')dnl
+define(\`SMART_HOST', \`[$SINK_HOST]')dnl
+define(\`RELAY_MAILER_ARGS', \`TCP \$h $SINK_PORT')dnl
+define(\`ESMTP_MAILER_ARGS', \`TCP \$h $SINK_PORT')dnl
 FEATURE(\`nocanonify')dnl
 FEATURE(\`accept_unresolvable_domains')dnl
-FEATURE(\`promiscuous_relay')dnl
 FEATURE(\`no_default_msa')dnl
-DAEMON_OPTIONS(\`Port=2526, Addr=127.0.0.1, Name=MTA')dnl
+DAEMON_OPTIONS(\`Port=$SM_MTA_PORT, Addr=127.0.0.1, Name=MTA')dnl
+DAEMON_OPTIONS(\`Port=$SM_SUBMIT_PORT, Addr=127.0.0.1, Name=MSA, M=Ea')dnl
 EOF
     # the shipped snippet, unchanged
     cat "$RIG_ROOT/milter-conf/sendmail/pec-milter.mc.snippet"
     printf "MAILER(\`local')dnl\nMAILER(\`smtp')dnl\n"
+    # Cyrus SASL finds Sendmail.conf here (E: Sendmail puts it in its own environment)
+    printf 'LOCAL_CONFIG\nESASL_CONF_PATH=%s\n' "$SM_SASL"
   } > "$SD/sendmail.mc"
   m4 "$SD/sendmail.mc" > "$SD/sendmail.cf" 2>"$SD/m4.err" || { cat "$SD/m4.err" >&2; return 1; }
+  [ ! -s "$SD/m4.err" ] || { cat "$SD/m4.err" >&2; return 1; }
+  # (1)-(4): no mailertable entry (the PEC domain's mailboxes elsewhere: the smart host)
+  : > "$SD/mailertable"
+  "$MAKEMAP" -C "$SD/sendmail.cf" hash "$SD/mailertable" < "$SD/mailertable" || return 1
   # the alias database; with the host's unqualified name sendmail would sleep 60 s first
   ip netns exec "$RIG_NETNS" unshare --uts sh -c \
     "hostname mx.pec.test; exec $SMBIN -C $SD/sendmail.cf -bi" >/dev/null
 }
+# sasl_setup: Cyrus SASL for Sendmail: the shipped Sendmail.conf as it is, plus the test's
+# sasldb_path; the accounts of $SM_SASL_USERS (login = the address, realm = its domain) in a
+# root-only sasldb2 (Sendmail refuses a group- or world-readable one).
+sasl_setup() {
+  local up u
+  mkdir -p "$SM_SASL" && chmod 755 "$SM_SASL" || return 1
+  { cat "$RIG_ROOT/milter-conf/sendmail/Sendmail.conf"; printf 'sasldb_path: %s/sasldb2\n' "$SM_SASL"; } \
+    > "$SM_SASL/Sendmail.conf" || return 1
+  rm -f "$SM_SASL"/sasldb2*
+  for up in $SM_SASL_USERS; do
+    u=${up%%:*}
+    printf '%s' "${up#*:}" | saslpasswd2 -f "$SM_SASL/sasldb2" -p -c -u "${u#*@}" "${u%@*}" || return 1
+  done
+  chown root:root "$SM_SASL/sasldb2" && chmod 600 "$SM_SASL/sasldb2"
+}
 ok "sendmail.cf from the shipped snippet (m4)" sendmail_cf || exit 1
 ok "the snippet's milter and reinjection daemon are in sendmail.cf" \
   grep -q '^Xpec-milter, S=inet:8891@127.0.0.1, F=T' "$SD/sendmail.cf"
+ok "the snippet's {auth_authen} at MAIL, AUTH PLAIN LOGIN and LMTP mailer are in sendmail.cf" \
+  sh -c 'grep -q "^O Milter.macros.envfrom=.*{auth_authen}" "$1" && grep -q "^O AuthMechanisms=PLAIN LOGIN" "$1" &&
+         grep -q "^C{TrustAuthMech}PLAIN LOGIN" "$1" && grep -q "^Kmailertable hash $2/mailertable" "$1" &&
+         grep -qE "^Mpeclmtp,[[:space:]]+P=\[IPC\], F=[^,]*z" "$1" && grep -q "A=TCP \$h 2424" "$1"' _ "$SD/sendmail.cf" "$SD"
+ok "Cyrus SASL for Sendmail: the shipped Sendmail.conf, sasldb with mario, cittadino, anna" sasl_setup || exit 1
 
 sendmail_up() {
   ip netns exec "$RIG_NETNS" unshare --uts sh -c \
     "hostname mx.pec.test; exec $SMBIN -C $SD/sendmail.cf -bd -q10s" >"$SD/start.log" 2>&1 || return 1
-  wait_port 127.0.0.1 2526 15 && wait_port 127.0.0.1 10025 15
+  wait_port 127.0.0.1 "$SM_MTA_PORT" 15 && wait_port 127.0.0.1 10025 15 && wait_port 127.0.0.1 "$SM_SUBMIT_PORT" 15
 }
 # sendmail_down: stops the daemon (the pid on the first line of its pid file; TERM, KILL after
-# 10 s); 0 only when it is gone and nothing listens on 2526 and 10025 any more.
+# 10 s); 0 only when it is gone and nothing listens on its ports any more.
 sendmail_down() {
   local rc=0
   _kill_pidfile "$SD/sendmail.pid" 10 || rc=1
-  wait_closed 127.0.0.1 2526 5 || rc=1
+  wait_closed 127.0.0.1 "$SM_MTA_PORT" 5 || rc=1
   wait_closed 127.0.0.1 10025 5 || rc=1
+  wait_closed 127.0.0.1 "$SM_SUBMIT_PORT" 5 || rc=1
   return "$rc"
 }
 # a simple command (not a function) in the background: $! is smtp-sink itself
-ip netns exec "$RIG_NETNS" smtp-sink -u nobody -d "$SINK/%H%M%S." 127.0.0.2:2527 64 >"$W/sink.out" 2>&1 &
+ip netns exec "$RIG_NETNS" smtp-sink -u nobody -d "$SINK/%H%M%S." "$SINK_HOST:$SINK_PORT" 64 >"$W/sink.out" 2>&1 &
 echo $! > "$W/sink.pid"; rig_defer _kill_pidfile "$W/sink.pid" 5
-ok "smtp-sink (smart host, keeps each message) on 127.0.0.2:2527" wait_port 127.0.0.2 2527 10 || exit 1
+ok "smtp-sink (smart host, keeps each message) on $SINK_HOST:$SINK_PORT" wait_port "$SINK_HOST" "$SINK_PORT" 10 || exit 1
 ok "pec-milter (reception role, index from LDIF) on inet:127.0.0.1:8891" pec_milter_up "$D" "$D/pec-milter.toml" || exit 1
-ok "Sendmail 8.17 daemon on 127.0.0.1:2526 (MTA) and :10025 (reinjection, no milter)" sendmail_up || exit 1
+ok "Sendmail 8.17 daemon on 127.0.0.1:$SM_MTA_PORT (MTA) and :10025 (reinjection, no milter)" sendmail_up || exit 1
 rig_defer sendmail_down
 
 # ------------------------------------------------------------------ helpers
@@ -161,16 +223,41 @@ as_message() {
   awk 'st == 0 && /^X-(Client-Addr|Client-Proto|Helo-Args|Mail-Args|Rcpt-Args):/ { next }
        st == 0 && /^Received:/ { skip = 1; next } skip && /^[ \t]/ { next } { skip = 0; st = 1; print }' "$1" > "$2"
 }
+# b_envelope TAG OUT: B's genuine busta di trasporto from luigi.verdi to mario, PEC id
+# opec.TAG@pec.other.test, the original's Message-ID <TAG@client.pec.other.test>.
+b_envelope() {
+  local tag=$1 out=$2
+  printf 'From: <luigi.verdi@pec.other.test>\r\nTo: <%s>\r\nSubject: via Sendmail\r\nMessage-ID: <%s@client.pec.other.test>\r\nDate: Mon, 01 Dec 2025 10:00:00 +0100\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nDa B a mario, attraverso Sendmail.\r\n' \
+    "$MARIO" "$tag" > "$out.orig" &&
+  "$BIN" envelope --key "$B/provider.key" --cert "$B/provider.crt" --gestore 'Beta PEC S.p.A.' \
+    --domain pec.other.test --certified pec.demo.test --id "opec.$tag@pec.other.test" "$out.orig" > "$out"
+}
+# sm_submit MECH LOGIN PASSWORD FROM TO [SWAKS ARGS...]: SMTP AUTH MECH on Sendmail's submission
+# daemon from $OUTSIDE (only the AUTH lets Sendmail relay for it); swaks' exit status.
+sm_submit() {
+  local mech=$1 user=$2 pw=$3 from=$4 to=$5; shift 5
+  ns_exec swaks --server "127.0.0.1:$SM_SUBMIT_PORT" --local-interface "$OUTSIDE" \
+    --helo client.pec.demo.test --auth "$mech" --auth-user "$user" --auth-password "$pw" \
+    --from "$from" --to "$to" --timeout 60 "$@"
+}
+# sm_queue_empty [SECS=20]: until Sendmail's queue directory holds no file (seen twice).
+sm_queue_empty() {
+  local secs=${1:-20} i seen=0
+  for ((i = 0; i < secs * 10; i++)); do
+    if [ -z "$(find "$SD/mqueue" -type f | head -1)" ]; then
+      seen=$((seen + 1)); [ "$seen" -ge 2 ] && return 0
+    else
+      seen=0
+    fi
+    sleep 0.1
+  done
+  echo "Sendmail's queue not empty after ${secs}s:" >&2; find "$SD/mqueue" -type f >&2; return 1
+}
 
 # ------------------------------------------------------------------ (1) B's envelope
 
-ORIG=$W/orig.eml
-printf 'From: <luigi.verdi@pec.other.test>\r\nTo: <%s>\r\nSubject: via Sendmail\r\nMessage-ID: <sm.%s@client.pec.other.test>\r\nDate: Mon, 01 Dec 2025 10:00:00 +0100\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nDa B a mario, attraverso Sendmail.\r\n' \
-  "$MARIO" "$$" > "$ORIG"
-"$BIN" envelope --key "$B/provider.key" --cert "$B/provider.crt" --gestore 'Beta PEC S.p.A.' \
-  --domain pec.other.test --certified pec.demo.test --id "opec.sm.$$@pec.other.test" "$ORIG" > "$W/busta.eml" ||
-  die "pec-milter envelope"
-ok "(1) B's envelope: Sendmail answers 250" swaks_plain 2526 posta-certificata@pec.other.test "$MARIO" \
+b_envelope "sm.$$" "$W/busta.eml" || die "pec-milter envelope"
+ok "(1) B's envelope: Sendmail answers 250" swaks_plain "$SM_MTA_PORT" posta-certificata@pec.other.test "$MARIO" \
   --data "$W/busta.eml"
 ok "(1) the envelope and one receipt reach the smart host" wait_sink 2
 ENV=$(sink_with '^X-Trasporto: posta-certificata') || fail "(1) envelope relayed"
@@ -191,7 +278,7 @@ fi
 # ------------------------------------------------------------------ (2) ordinary mail
 
 before=$(sink_count)
-ok "(2) ordinary mail: Sendmail answers 250" swaks_plain 2526 someone@other.example "$MARIO" \
+ok "(2) ordinary mail: Sendmail answers 250" swaks_plain "$SM_MTA_PORT" someone@other.example "$MARIO" \
   --header "Subject: posta ordinaria via Sendmail" --body "Non sono PEC."
 ok "(2) one message reaches the smart host" wait_sink $((before + 1))
 ANOM=$(sink_with '^X-Trasporto: errore') || fail "(2) busta di anomalia relayed"
@@ -207,12 +294,113 @@ fi
 ok "(3) pec-milter stopped" pec_milter_down "$D"
 before=$(sink_count)
 # F=T with the milter unreachable: Sendmail answers 451 4.3.2 at MAIL FROM (swaks exit 23)
-fail "(3) Sendmail does not accept the message (F=T)" --code 23 swaks_plain 2526 someone@other.example "$MARIO" \
+fail "(3) Sendmail does not accept the message (F=T)" --code 23 swaks_plain "$SM_MTA_PORT" someone@other.example "$MARIO" \
   --body "Milter assente."
-out=$(swaks_plain 2526 someone@other.example "$MARIO" --body "Milter assente." 2>&1)
+out=$(swaks_plain "$SM_MTA_PORT" someone@other.example "$MARIO" --body "Milter assente." 2>&1)
 ok "(3) ... with a 4xx" grep -qE '<\*\* 4[0-9][0-9]|<- 4[0-9][0-9]' <<< "$out"
 sleep 1
 ok "(3) nothing relayed" test "$(sink_count)" -eq "$before"
+ok "(3) pec-milter started again (access, reception and delivery point)" pec_milter_up "$D" "$D/pec-milter.toml" || exit 1
+
+# ------------------------------------------------------------------ (4) the access point (Cyrus SASL)
+
+ehlo=$(ns_exec swaks --server "127.0.0.1:$SM_SUBMIT_PORT" --local-interface "$OUTSIDE" --helo client.pec.demo.test \
+  --quit-after EHLO 2>&1)
+ok "(4) Sendmail's submission daemon offers AUTH PLAIN and LOGIN (Cyrus SASL)" \
+  grep -qE '^<- +250-AUTH( [A-Z0-9-]+)*( LOGIN( [A-Z0-9-]+)* PLAIN| PLAIN( [A-Z0-9-]+)* LOGIN)' <<< "$ehlo"
+TOK=sm4-$$-$RANDOM
+before=$(sink_count)
+sm_submit PLAIN "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --header "Subject: accesso via Sendmail $TOK" \
+  --body "Da mario ad anna, attraverso Sendmail: $TOK" > "$W/4-mario.txt" 2>&1
+ok "(4) mario logged in as himself (AUTH PLAIN) -> anna: Sendmail answers 250" eod_is "$W/4-mario.txt" '^<- +250 '
+ok "(4) the envelope and the accettazione reach the smart host" wait_sink $((before + 2))
+ENV4=$(sink_with "^Subject: POSTA CERTIFICATA: accesso via Sendmail $TOK") || fail "(4) envelope relayed"
+ACC=$(sink_with '^X-Ricevuta: accettazione') || fail "(4) accettazione relayed"
+if [ -n "${ENV4:-}" ]; then
+  as_message "$ENV4" "$W/env4.eml"
+  ok "(4) busta di trasporto signed by us" "$BIN" verify --trust "$CA" "$W/env4.eml"
+  ok "(4) ... openssl cms -verify accepts it" cms_ok "$W/env4.eml"
+  ok "(4) ... inspect: posta-certificata from mario" field_is "$W/env4.eml" \
+    'd["kind"] + " " + d["daticert"]["mittente"]' "posta-certificata $MARIO"
+  ok "(4) ... postacert.eml carries the original" postacert_body_has "$W/env4.eml" "$TOK"
+  ok "(4) ... to anna" grep -q "Rcpt-Args: <$ANNA>" "$ENV4"
+fi
+if [ -n "${ACC:-}" ]; then
+  as_message "$ACC" "$W/acc.eml"
+  ok "(4) accettazione signed by us" "$BIN" verify --trust "$CA" "$W/acc.eml"
+  ok "(4) ... for this envelope, listing anna" field_is "$W/acc.eml" \
+    'd["kind"] + " " + " ".join(x["address"] for x in d["daticert"]["destinatari"])' "accettazione $ANNA"
+  [ -n "${ENV4:-}" ] && ok "(4) ... its identificativo is the envelope's" field_is "$W/acc.eml" \
+    'd["daticert"]["identificativo"]' "$(inspect_get "$W/env4.eml" 'd["daticert"]["identificativo"]')"
+  ok "(4) ... to mario" grep -q "Rcpt-Args: <$MARIO>" "$ACC"
+  ok "(4) ... injected by pec-milter through the reinjection daemon" \
+    grep -q 'receipt injected.*kind=accettazione' "$D/pec-milter.log"
+fi
+# a login sends only as itself: another holder of ours, and a login of another domain
+before=$(sink_count)
+for who in cittadino anna; do
+  case $who in
+    cittadino) login=$CITTADINO pw=$CITTADINO_PW mech=PLAIN ;;
+    anna) login=$ANNA pw=$ANNA_PW mech=LOGIN ;;
+  esac
+  sm_submit "$mech" "$login" "$pw" "$MARIO" "$ANNA" --header "Subject: non mio $TOK" \
+    --body "not mine $TOK" > "$W/4-$who.txt" 2>&1
+  # Sendmail puts the address in front of the milter's text: "553 5.7.1 <addr>... PEC: ..."
+  ok "(4) $who logged in (AUTH $mech) sending as mario: 553 5.7.1 at MAIL" \
+    grep -qE "^<\*\* +553 5\.7\.1 (<$MARIO>\.\.\. )?PEC: the login $login may not send as $MARIO\$" "$W/4-$who.txt"
+  ok "(4) $who: pec-milter logged login and sender" \
+    grep -qE "login=$login sender=$MARIO.*does not own the sender address|does not own the sender address.*login=$login sender=$MARIO" "$D/pec-milter.log"
+done
+sleep 1
+ok "(4) nothing relayed for them" test "$(sink_count)" -eq "$before"
+
+# ------------------------------------------------------------------ (5) the delivery point (LMTP)
+
+# mailertable_lmtp: the mailertable line the snippet documents, then Sendmail restarted on it.
+mailertable_lmtp() {
+  printf 'pec.demo.test\tpeclmtp:[127.0.0.1]\n' > "$SD/mailertable" &&
+  "$MAKEMAP" -C "$SD/sendmail.cf" hash "$SD/mailertable" < "$SD/mailertable" && sendmail_down && sendmail_up
+}
+ok "(5) mailertable: pec.demo.test -> peclmtp:[127.0.0.1] (makemap), Sendmail restarted" mailertable_lmtp || exit 1
+out=$(printf '/parse %s\n' "$MARIO" | ip netns exec "$RIG_NETNS" unshare --uts sh -c \
+  "hostname mx.pec.test; exec $SMBIN -C $SD/sendmail.cf -bt" 2>&1)
+ok "(5) sendmail -bt: mario resolves to mailer peclmtp, host [127.0.0.1]" \
+  grep -qE '^mailer peclmtp, host \[127\.0\.0\.1\], user '"$MARIO"'$' <<< "$out"
+ID5=opec.sm5.$$@pec.other.test
+b_envelope "sm5.$$" "$W/busta5.eml" || die "pec-milter envelope"
+before=$(sink_count)
+ok "(5) B's envelope from outside: Sendmail answers 250" swaks_plain "$SM_MTA_PORT" posta-certificata@pec.other.test \
+  "$MARIO" --local-interface "$OUTSIDE" --data "$W/busta5.eml"
+ok "(5) Sendmail delivers it over LMTP into mario's Maildir (pec-milter's delivery point)" maildir_wait "$MARIO_MD" 1 30
+ok "(5) ... the delivery point answered Sendmail 250 for mario (the Maildir writer's reply)" \
+  grep -qE "delivery recipient=$MARIO outcome=250 " "$D/pec-milter.log"
+STORED=$(maildir_files "$MARIO_MD" | head -1)
+if [ -n "$STORED" ]; then
+  ok "(5) ... stored unchanged: B's signature verifies" "$BIN" verify --trust "$B/ca.pem" "$STORED"
+  ok "(5) ... inspect: B's posta-certificata $ID5" field_is "$STORED" \
+    'd["kind"] + " " + d["daticert"]["identificativo"]' "posta-certificata $ID5"
+fi
+ok "(5) the presa-in-carico and the avvenuta-consegna reach the smart host" wait_sink $((before + 2))
+PIC=$(sink_with '^X-Ricevuta: presa-in-carico') || fail "(5) presa-in-carico relayed"
+AVV=$(sink_with '^X-Ricevuta: avvenuta-consegna') || fail "(5) avvenuta-consegna relayed"
+if [ -n "${PIC:-}" ]; then
+  as_message "$PIC" "$W/pic5.eml"
+  ok "(5) presa-in-carico signed by us, for $ID5" field_is "$W/pic5.eml" \
+    'd["signature"]["status"] + " " + d["kind"] + " " + d["daticert"]["identificativo"]' "valid presa-in-carico $ID5"
+  ok "(5) ... to B's mailReceipt" grep -q "Rcpt-Args: <ricevute@pec.other.test>" "$PIC"
+fi
+if [ -n "${AVV:-}" ]; then
+  as_message "$AVV" "$W/avv5.eml"
+  ok "(5) avvenuta-consegna signed by us" "$BIN" verify --trust "$CA" "$W/avv5.eml"
+  ok "(5) ... openssl cms -verify accepts it" cms_ok "$W/avv5.eml"
+  ok "(5) ... for $ID5, consegna = mario" field_is "$W/avv5.eml" \
+    'd["kind"] + " " + d["daticert"]["identificativo"] + " " + d["daticert"]["consegna"]' "avvenuta-consegna $ID5 $MARIO"
+  ok "(5) ... to B's sender" grep -q "Rcpt-Args: <luigi.verdi@pec.other.test>" "$AVV"
+  ok "(5) ... injected by pec-milter's delivery point through the reinjection daemon" \
+    grep -qE "receipt injected.*pec_id=$ID5.*kind=avvenuta-consegna|receipt injected.*kind=avvenuta-consegna.*pec_id=$ID5" "$D/pec-milter.log"
+fi
+ok "(5) mario's Maildir holds only the envelope" test "$(maildir_count "$MARIO_MD")" -eq 1
+ok "(5) Sendmail's queue is empty (nothing deferred)" sm_queue_empty 20
 
 fail "no panic in pec-milter's log" grep -q 'panicked' "$D/pec-milter.log"
 _log "e2e-sendmail took $(rig_elapsed "$T0") s"
