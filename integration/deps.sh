@@ -6,7 +6,7 @@ pkgs=(
   build-essential pkg-config libssl-dev ca-certificates openssl
   libxml2-utils python3 redis-server
   clamav-daemon clamdscan postfix
-  swaks sasl2-bin libsasl2-modules libsasl2-modules-db iproute2
+  swaks libnet-ssleay-perl sasl2-bin libsasl2-modules libsasl2-modules-db iproute2
   slapd ldap-utils
   dovecot-lmtpd
   softhsm2 opensc libengine-pkcs11-openssl gnutls-bin

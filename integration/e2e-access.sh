@@ -13,7 +13,11 @@
 #   (5) redis only: redis down -> 4xx at end of DATA and nothing delivered; redis back, the
 #       very same message (same Message-ID) -> exactly one envelope and one accettazione
 #   (7) a login sends only as itself: cittadino (a holder of our domain) and anna (a login of
-#       another domain) sending as mario -> 553 5.7.1 at MAIL, nothing signed, nothing relayed
+#       another domain) sending as mario -> 553 5.7.1 at MAIL, nothing signed, nothing relayed.
+#       The submission service has Postfix's own check as shipped (reject_sender_login_mismatch):
+#       it runs at RCPT (smtpd_delay_reject = yes), after the milter's MAIL stage, so the 553 at
+#       MAIL is pec-milter's alone, and Postfix's check must not have fired (selftest (s) tests
+#       Postfix's check alone, with no milter)
 #   (6) embedded only: a 30 MB 8-bit original through the spool -> the envelope verifies and
 #       carries it byte for byte, the spool directory is empty afterwards
 # Env: BACKENDS="embedded redis" (default), PEC_MILTER_BIN (default target/debug/pec-milter),
@@ -157,9 +161,13 @@ run_backend() {
   [ -n "$ENV" ] && ok "[$BACKEND] (4b) anna's is a posta-certificata" kind_is "$ENV" posta-certificata
   [ -n "$RCPT" ] && ok "[$BACKEND] (4b) cittadino's is an accettazione" kind_is "$RCPT" accettazione
 
-  # ---- (7) the sender belongs to the login: 553 at MAIL, nothing signed, nothing relayed
+  # ---- (7) the sender belongs to the login: 553 at MAIL, nothing signed, nothing relayed.
+  # Postfix's second line (reject_sender_login_mismatch, as shipped) is on this listener too;
+  # it answers at RCPT, after pec-milter's MAIL stage: the refusal at MAIL is pec-milter's.
   TOK=s7-$BACKEND-$RANDOM$RANDOM
   mark "$CITT_MD" "$MARIO_MD" "$ANNA_MD"
+  ok "[$BACKEND] (7) submission has Postfix's sender-login check too (as shipped)" bash -c \
+    "postconf -c $PF/etc -P | grep -qxF '127.0.0.1:$RIG_SUBMIT_PORT/inet/smtpd_sender_restrictions = reject_sender_login_mismatch'"
   local who pw login
   for who in cittadino anna; do
     if [ $who = cittadino ]; then pw=$CITTADINO_PW; login=$CITTADINO; else pw=$ANNA_PW; login=$ANNA; fi
@@ -169,6 +177,10 @@ run_backend() {
       grep -qE '^<\*\* +553 5\.7\.1 PEC: the login .* may not send as ' "$O/7-$who.txt"
     ok "[$BACKEND] (7) $who: pec-milter logged login and sender" \
       grep -qE "login=$login sender=$MARIO.*does not own the sender address|does not own the sender address.*login=$login sender=$MARIO" "$DIR/pec-milter.log"
+    ok "[$BACKEND] (7) $who: Postfix logged pec-milter's refusal at MAIL (milter-reject)" \
+      grep -qF "milter-reject: MAIL from unknown[127.0.0.1]: 553 5.7.1 PEC: the login $login may not send as $MARIO" "$PF/maillog"
+    fail "[$BACKEND] (7) $who: Postfix's own check did not answer (pec-milter alone refused)" \
+      grep -qF "Sender address rejected: not owned by user $login" "$PF/maillog"
   done
   sleep 1
   ok "[$BACKEND] (7) nothing reaches anna" expect_new "$ANNA_MD" 0

@@ -4,8 +4,9 @@
 # We are provider A ("Demo PEC S.p.A.", pec.demo.test, identity DIR/demo made by init-demo).
 # Provider B ("Beta PEC S.p.A.", pec.other.test, DIR/b) and a third identity "Gamma PEC S.p.A."
 # (pec.third.test, DIR/c) are made with `pec-milter init-demo`; their envelopes with
-# `pec-milter envelope`, delivered without AUTH to the submission listener 127.0.0.1:587 (the
-# one with the milter), as another provider's MTA would. Receipts are reinjected on 10025 and
+# `pec-milter envelope`, delivered without AUTH to the MX listener 127.0.0.1:25 (the shipped
+# smtp service, with the milter: the reception point), as another provider's MTA would.
+# Receipts are reinjected on 10025 and
 # delivered locally: B's mailReceipt ricevute@pec.other.test, Aruba's aruba-ricevute@pec.other.test,
 # Gamma's gamma-ricevute@pec.other.test are Maildirs of this Postfix.
 # The providers' index lists A, B and Aruba (cert extracted from the real 2014 sample); Gamma
@@ -25,9 +26,11 @@
 #       X-VerificaSicurezza: errore, our signature, the received message carried whole, the
 #       reason in its text); no presa-in-carico
 #   (4) plain mail from someone@pec.other.test -> anomaly without X-VerificaSicurezza; with
-#       ordinary_mail = "reject": 5xx at end of DATA, nothing delivered
-#   (5) envelope from B carrying EICAR -> rilevazione-virus at ricevute (consegna = mario),
-#       nothing to mario, one file in the quarantine; (5m) two recipients: one notice each
+#       ordinary_mail = "reject": 5xx at end of DATA, nothing delivered; (4s) the same plain
+#       mail through sendmail(1) (non_smtpd_milters) -> an anomaly too
+#   (5) envelope from B carrying EICAR -> presa-in-carico (the envelope is correct), then
+#       rilevazione-virus at ricevute (consegna = mario), nothing to mario, one file in the
+#       quarantine; (5m) two recipients: one presa-in-carico, one rilevazione-virus each
 #   (6) the real Aruba envelopes (2014) with verify_at = signing-time -> delivered as is,
 #       presa-in-carico at aruba-ricevute; with verify_at = "now" -> anomaly (chain expired)
 #   (AP) mario -> anna.bianchi@pec.other.test: the accettazione lists anna as certificato
@@ -150,13 +153,13 @@ envelope() {
 }
 # send FILE MAIL_FROM OUT: an unauthenticated delivery of FILE to mario (another provider's MTA).
 # (swaks sends an empty line before the final dot: use send_exact where the bytes matter.)
-send() { swaks_plain "$RIG_SUBMIT_PORT" "$2" "$MARIO" --data "@$1" > "$3" 2>&1; }
+send() { swaks_plain "$RIG_SMTP_PORT" "$2" "$MARIO" --data "@$1" > "$3" 2>&1; }
 # send_exact FILE MAIL_FROM OUT: the same with the raw client smtp_session: exactly FILE's lines
 # (CRLF, dot-stuffed) then ".". Transcript in OUT; see session_eod_is.
 send_exact() {
   touch "$3.go"
   ip netns exec "$RIG_NETNS" bash -c "$(declare -f smtp_session); smtp_session \"\$@\"" _ \
-    "$RIG_SUBMIT_PORT" "$2" "$MARIO" "$1" "$3.go" > "$3" 2>&1
+    "$RIG_SMTP_PORT" "$2" "$MARIO" "$1" "$3.go" > "$3" 2>&1
 }
 # session_eod_is TRANSCRIPT ERE: the reply to the final dot of a smtp_session matches ERE.
 session_eod_is() {
@@ -203,7 +206,7 @@ session_start() {
   local out=$1 file=$2 from=$3 go=$4 i
   rm -f "$go"
   ip netns exec "$RIG_NETNS" bash -c "$(declare -f smtp_session); smtp_session \"\$@\"" _ \
-    "$RIG_SUBMIT_PORT" "$from" "$MARIO" "$file" "$go" > "$out" 2>&1 &
+    "$RIG_SMTP_PORT" "$from" "$MARIO" "$file" "$go" > "$out" 2>&1 &
   SESSION_PID=$!
   for ((i = 0; i < 300; i++)); do
     grep -q '^PAUSED' "$out" && return 0
@@ -358,7 +361,7 @@ run_source() {
   } > "$O/2m.orig"
   envelope "$O/2m.env" "$BDIR" "$B_NAME" "$B_DOMAIN" "$O/2m.orig" "$ID"
   mark "$MARIO_MD" "$CITT_MD" "$RIC_MD"
-  swaks_plain "$RIG_SUBMIT_PORT" "$B_SERVICE" "$MARIO,$CITTADINO" --data "@$O/2m.env" > "$O/2m.txt" 2>&1
+  swaks_plain "$RIG_SMTP_PORT" "$B_SERVICE" "$MARIO,$CITTADINO" --data "@$O/2m.env" > "$O/2m.txt" 2>&1
   ok "$P (2m) two recipients: accepted (250)" eod_is "$O/2m.txt" '^<- +250 '
   ok "$P (2m) mario gets the envelope" expect_new "$MARIO_MD" 1
   ok "$P (2m) cittadino gets the envelope" expect_new "$CITT_MD" 1
@@ -409,7 +412,7 @@ run_source() {
   # ---- (4a) plain mail
   TOK=s4-$SRC-$RANDOM$RANDOM
   mark "$MARIO_MD" "$RIC_MD"
-  swaks_plain "$RIG_SUBMIT_PORT" "$SOMEONE" "$MARIO" --header "Subject: scenario 4 $TOK" \
+  swaks_plain "$RIG_SMTP_PORT" "$SOMEONE" "$MARIO" --header "Subject: scenario 4 $TOK" \
     --header "Message-Id: <$TOK@pec.other.test>" --body "plain body-$TOK" > "$O/4a.txt" 2>&1
   ok "$P (4a) plain mail: accepted (250)" eod_is "$O/4a.txt" '^<- +250 '
   ok "$P (4a) mario gets exactly one message" expect_new "$MARIO_MD" 1
@@ -426,6 +429,25 @@ run_source() {
     fail "$P (4a) anomaly checks (nothing delivered)"
   fi
 
+  # ---- (4s) the same through sendmail(1) (pickup; non_smtpd_milters as shipped): local
+  # submission reaches a PEC mailbox only through the reception point, as port 25 does
+  TOK=s4s-$SRC-$RANDOM$RANDOM
+  mark "$MARIO_MD" "$RIC_MD"
+  printf 'From: <%s>\nTo: <%s>\nSubject: scenario 4s %s\nMessage-Id: <%s@pec.other.test>\n\nlocal body-%s\n' \
+    "$SOMEONE" "$MARIO" "$TOK" "$TOK" "$TOK" > "$O/4s.eml"
+  ok "$P (4s) sendmail(1) takes a plain message for mario" \
+    ns_exec /usr/sbin/sendmail -C "$PF/etc" -f "$SOMEONE" "$MARIO" < "$O/4s.eml"
+  ok "$P (4s) mario gets exactly one message" expect_new "$MARIO_MD" 1
+  ok "$P (4s) nothing at ricevute@" expect_new "$RIC_MD" 0
+  E=$(new_files "$MARIO_MD" | head -1)
+  if [ -n "$E" ]; then
+    ok "$P (4s) kind errore (busta di anomalia)" kind_is "$E" errore
+    ok "$P (4s) our signature valid" verify_with "$CA" "$E"
+    ok "$P (4s) carries the local message (its body)" postacert_body_has "$E" "local body-$TOK"
+  else
+    fail "$P (4s) anomaly checks (nothing delivered)"
+  fi
+
   # ---- (5) EICAR inside an envelope from B
   TOK=s5-$SRC-$RANDOM$RANDOM ID=opec.$TOK@$B_DOMAIN
   original "$O/5.orig" "$LUIGI" "$MARIO" "scenario 5 $TOK" "$(eicar_string)"
@@ -434,9 +456,26 @@ run_source() {
   mark "$MARIO_MD" "$RIC_MD"
   send "$O/5.env" "$B_SERVICE" "$O/5.txt"
   _log "$P (5) end-of-DATA reply: $(eod_reply "$O/5.txt")"
-  ok "$P (5) ricevute@ gets exactly one message" expect_new "$RIC_MD" 1
+  # an infected envelope is still a correct one (PEC-RULES §7.3): its presa in carico, then
+  # the rilevazione-virus
+  ok "$P (5) ricevute@ gets exactly two messages" expect_new "$RIC_MD" 2
   ok "$P (5) nothing delivered to mario" expect_new "$MARIO_MD" 0
-  R=$(new_files "$RIC_MD" | head -1)
+  ok "$P (5) a presa-in-carico and a rilevazione-virus" \
+    last_kinds_are "$RIC_MD" 2 'd["kind"]' "presa-in-carico rilevazione-virus"
+  local PIC5=""
+  R=""
+  for f in $(new_files "$RIC_MD"); do
+    case $(inspect_get "$f" 'd["kind"]') in
+      presa-in-carico) PIC5=$f ;;
+      rilevazione-virus) R=$f ;;
+    esac
+  done
+  if [ -n "$PIC5" ]; then
+    ok "$P (5) presa-in-carico: our signature valid" verify_with "$CA" "$PIC5"
+    ok "$P (5) presa-in-carico: identificativo = the envelope's" field_is "$PIC5" 'd["daticert"]["identificativo"]' "$ID"
+  else
+    fail "$P (5) presa-in-carico checks (no receipt)"
+  fi
   if [ -n "$R" ]; then
     ok "$P (5) kind rilevazione-virus" kind_is "$R" rilevazione-virus
     ok "$P (5) our signature valid" verify_with "$CA" "$R"
@@ -458,12 +497,12 @@ run_source() {
   } > "$O/5m.orig"
   envelope "$O/5m.env" "$BDIR" "$B_NAME" "$B_DOMAIN" "$O/5m.orig" "$ID"
   mark "$MARIO_MD" "$CITT_MD" "$RIC_MD"
-  swaks_plain "$RIG_SUBMIT_PORT" "$B_SERVICE" "$MARIO,$CITTADINO" --data "@$O/5m.env" > "$O/5m.txt" 2>&1
-  ok "$P (5m) two recipients: two rilevazione-virus at ricevute@" expect_new "$RIC_MD" 2
+  swaks_plain "$RIG_SMTP_PORT" "$B_SERVICE" "$MARIO,$CITTADINO" --data "@$O/5m.env" > "$O/5m.txt" 2>&1
+  ok "$P (5m) two recipients: one presa-in-carico and two rilevazione-virus at ricevute@" expect_new "$RIC_MD" 3
   ok "$P (5m) nothing to mario" expect_new "$MARIO_MD" 0
   ok "$P (5m) nothing to cittadino" expect_new "$CITT_MD" 0
-  ok "$P (5m) one rilevazione-virus per recipient (consegna)" \
-    last_kinds_are "$RIC_MD" 2 'd["kind"] + ":" + d["daticert"]["consegna"]' "rilevazione-virus:$CITTADINO rilevazione-virus:$MARIO"
+  ok "$P (5m) one rilevazione-virus per recipient (consegna), after one presa-in-carico" \
+    last_kinds_are "$RIC_MD" 3 'd["kind"] + ":" + (d["daticert"]["consegna"] or "-")' "presa-in-carico:- rilevazione-virus:$CITTADINO rilevazione-virus:$MARIO"
   ok "$P (5m) the quarantine now holds two envelopes" quarantine_count_is "$DIR/quarantine" 2
 
   # ---- (6) the real Aruba envelopes, verified at their signing time
@@ -534,7 +573,7 @@ run_source() {
   ok "$P (4b) pec-milter restarted with ordinary_mail = reject" restart_milter "$DIR" "$DIR/reject.toml"
   TOK=s4b-$SRC-$RANDOM$RANDOM
   mark "$MARIO_MD" "$RIC_MD"
-  swaks_plain "$RIG_SUBMIT_PORT" "$SOMEONE" "$MARIO" --header "Subject: scenario 4b $TOK" \
+  swaks_plain "$RIG_SMTP_PORT" "$SOMEONE" "$MARIO" --header "Subject: scenario 4b $TOK" \
     --body "plain body-$TOK" > "$O/4b.txt" 2>&1
   ok "$P (4b) plain mail: 5xx at end of DATA" eod_is "$O/4b.txt" '^<\*\* +5[0-9][0-9] '
   ok "$P (4b) nothing delivered to mario" expect_new "$MARIO_MD" 0

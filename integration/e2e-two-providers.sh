@@ -39,6 +39,8 @@
 #       delivery 2425), B's Postfix stopped -> mario gets exactly one preavviso and one final
 #       notice (distinct Message-IDs), 2 "injected" log lines in all over both logs, and the
 #       process that did not send the preavviso logged it as already sent; B back, A2 stopped
+#   (9) holder to holder at A (mario -> luigi): accettazione, A's own presa in carico to its
+#       mailReceipt, the envelope in luigi's Maildir, avvenuta consegna: full processing
 #   (8) forged envelopes handed straight to B's delivery point (LMTP 127.0.0.1:2424 in B's netns,
 #       past B's reception point): (8a) a genuine envelope of A's with its smime.p7s part
 #       stripped, (8b) an envelope as A signed by R's key (R's CA trusted, R in no index) ->
@@ -212,7 +214,8 @@ MARIO_MD=$A/mail/$A_DOM/mario.rossi  ARIC_MD=$A/mail/$A_DOM/ricevute
 ANNA_MD=$B/dovecot/mail/$B_DOM/anna.bianchi/Maildir  BRIC_MD=$B/dovecot/mail/$B_DOM/ricevute/Maildir
 FULL_MD=$B/dovecot/mail/$B_DOM/piena/Maildir
 EXT_MD=$A/pf/vmail/$EXT_DOM/esterno
-mkdir -p "$MARIO_MD" "$ARIC_MD" "$A/mail/$A_DOM/posta-certificata"
+LUIGI=luigi.verdi@$A_DOM  LUIGI_MD=$A/mail/$A_DOM/luigi.verdi   # a second holder at A (9)
+mkdir -p "$MARIO_MD" "$ARIC_MD" "$LUIGI_MD" "$A/mail/$A_DOM/posta-certificata"
 
 # A's Postfix also hosts EXT_DOM, a plain domain not in the providers' index, delivered by
 # Postfix's own virtual(8) (transport_maps), never through pec-milter's delivery point
@@ -574,6 +577,41 @@ for CASE in a b; do
   ok "(8$CASE) nothing at all reaches mario" new_count_is "$MARIO_MD" 0
   ok "(8$CASE) nothing reaches A's mailReceipt box" new_count_is "$ARIC_MD" 0
 done
+
+# ------------------------------------------------------------------ (9)
+# Holder to holder in one domain (PEC-RULES §1.1: full processing even so): mario -> luigi,
+# both at A. The envelope never passes A's port 25; the reception point takes it in charge
+# at the end of mario's submission: accettazione, presa in carico (to A's own mailReceipt),
+# then the delivery point's avvenuta consegna.
+TOK=s9-$RANDOM
+mark "$MARIO_MD" "$ARIC_MD" "$LUIGI_MD" "$ANNA_MD"
+submit "$O/9.txt" "scenario 9 $TOK" "$LUIGI"
+ok "(9) submission accepted" eod_250 "$O/9.txt"
+ok "(9) mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20; ACC=$FOUND
+ok "(9) luigi gets the envelope" wait_kinds "$LUIGI_MD" 1 posta-certificata 20; ENV=$FOUND
+ok "(9) A's mailReceipt box gets A's presa-in-carico" wait_kinds "$ARIC_MD" 1 presa-in-carico 20; PIC=$FOUND
+ok "(9) mario gets avvenuta-consegna" wait_kinds "$MARIO_MD" 1 avvenuta-consegna 20; CONS=$FOUND
+ok "(9) accettazione came first" first_is "$MARIO_MD" accettazione
+if [ -n "$ENV" ]; then
+  ok "(9) envelope: openssl cms -verify with A's CA" cms_ok "$ENV" "$CAA"
+  ok "(9) envelope: subject carries the token" bash -c "grep -q '$TOK' '$ENV'"
+fi
+if [ -n "$PIC" ]; then
+  ok "(9) presa-in-carico: openssl cms -verify with A's CA" cms_ok "$PIC" "$CAA"
+  ok "(9) presa-in-carico: gestore-emittente is A" field_is "$PIC" 'd["daticert"]["gestore_emittente"]' "$A_NAME"
+  ok "(9) presa-in-carico: about this envelope" bash -c "grep -q '$TOK' '$PIC'"
+fi
+if [ -n "$CONS" ]; then
+  ok "(9) consegna: openssl cms -verify with A's CA" cms_ok "$CONS" "$CAA"
+  ok "(9) consegna: consegna = luigi" field_is "$CONS" 'd["daticert"]["consegna"]' "$LUIGI"
+fi
+sleep 2
+ok "(9) exactly accettazione and avvenuta-consegna for mario" counts_are "$MARIO_MD" accettazione 1 avvenuta-consegna 1
+ok "(9) nothing else for mario" new_count_is "$MARIO_MD" 2
+ok "(9) one presa-in-carico in A's mailReceipt box" new_count_is "$ARIC_MD" 1
+ok "(9) luigi got the envelope once" new_count_is "$LUIGI_MD" 1
+ok "(9) nothing went to B" new_count_is "$ANNA_MD" 0
+ok "(9) A's queue drains" pf_queue_empty "$A/pf" 20
 
 _log "total $(rig_elapsed "$T0") s"
 rig_finish

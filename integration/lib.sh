@@ -19,8 +19,11 @@
 #   rig_begin PREFIX | rig_finish | rig_defer CMD... | rig_cleanup | die MSG | ns_exec CMD...
 #   netns_up NAME | netns_down NAME
 #   pf_instance DIR [KEY=VALUE...] | pf_up DIR | pf_down DIR
-#   pf_main_cf DIR | pf_sasl DIR "ADDR:PW..." | pf_master_cf REINJECT < LISTENERS | pf_spool_check DIR
-#                                                     (the pieces of pf_instance, for bench/run.sh too)
+#   pf_common_main_cf DIR | pf_debian_services | pf_shipped_files DIR | pf_listen DIR INBOUND SUBMIT REINJECT
+#   pf_sasl DIR "ADDR:PW..." | pf_tls DIR HOST | pf_spool_check DIR
+#                                                     (the pieces of pf_instance, for bench/run.sh too;
+#                                                     the Postfix TEST-ONLY VALUES block says what differs
+#                                                     from milter-conf/postfix/ as shipped)
 #   redis_up DIR PORT | redis_down DIR
 #   clamd_up DIR PORT | clamd_down DIR | clamd_instream FILE [PORT] | eicar_string
 #   need_pec_milter [SUBCOMMAND...] | pec_milter_up DIR CONFIG | pec_milter_down DIR
@@ -40,7 +43,8 @@
 RIG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Fixed ports: every namespace has its own loopback, so the standard ports are free there.
-: "${RIG_SUBMIT_PORT:=587}"       # submission listener: SASL AUTH + smtpd_milters
+: "${RIG_SMTP_PORT:=25}"          # MX listener (the shipped smtp service): no AUTH, smtpd_milters (reception)
+: "${RIG_SUBMIT_PORT:=587}"       # submission listener: STARTTLS, SASL AUTH, smtpd_milters (access point)
 : "${RIG_REINJECT_PORT:=10025}"   # milter-free reinjection listener (pec-milter's receipts)
 : "${RIG_MILTER_PORT:=8891}"      # pec-milter
 : "${RIG_REDIS_PORT:=6379}"
@@ -366,70 +370,190 @@ _wait_listening() {
 
 # ---------------------------------------------------------------- Postfix
 
-# pf_instance DIR [KEY=VALUE...]: writes (does not start) a Postfix instance in DIR:
-#   SUBMIT=127.0.0.1:587     submission listener: SASL AUTH, smtpd_milters=$MILTERS
-#   REINJECT=127.0.0.1:10025 milter-free smtpd for pec-milter's reinjection (mynetworks only)
+# ================================================================ Postfix: TEST-ONLY VALUES
+# Every test Postfix is built from milter-conf/postfix/ AS SHIPPED — main.cf.snippet and
+# master.cf.snippet appended to the instance's main.cf and master.cf, pec-sender-login.regexp
+# copied unchanged into its config directory — plus what this block says, and nothing else.
+# An admin who copies the snippets gets the system the tests ran. Each value below exists
+# only because a test instance runs as a throwaway next to others, in a network namespace
+# without DNS, without a root-owned /etc/postfix and without syslog (its comment says which);
+# (a) is the complete list of shipped settings a test changes. integration/selftest.sh
+# compares a test instance's `postconf -n`, `postconf -M` and `postconf -P` with the
+# snippets and fails on any difference this block does not name.
+#
+# (a) The shipped settings a test changes, applied with postconf on the copy (pf_instance keys):
+#     - master.cf, `postconf -F -e NAME/inet/service=ADDR`: the listen address of each shipped
+#       smtpd service (the namespace's loopback or veth; see _pf_services);
+#     - master.cf, `postconf -P -e`: smtpd_milters of the smtp and submission services and
+#       main.cf non_smtpd_milters = MILTERS, the milter address (the e2e scripts pass the
+#       shipped one, inet:127.0.0.1:$RIG_MILTER_PORT; selftest none: it runs no milter);
+#     - main.cf, `postconf -e`: virtual_mailbox_domains = DOMAINS (the test identities'
+#       domains) and virtual_transport = VTRANSPORT (where mail is delivered: virtual(8)
+#       Maildirs in DIR/vmail for the scripts that run no delivery point, else the shipped
+#       lmtp:inet:127.0.0.1:2424).
+RIG_PF_SHIPPED=$RIG_ROOT/milter-conf/postfix
+RIG_PF_MAIN_OVERRIDES="non_smtpd_milters virtual_mailbox_domains virtual_transport"
+RIG_PF_MASTER_OVERRIDES="smtpd_milters"
+# _pf_services INBOUND SUBMIT REINJECT: "shipped-service/type test-listen-address", one a line.
+_pf_services() { printf '%s\n' "smtp/inet $1" "submission/inet $2" "127.0.0.1:10025/inet $3"; }
+#
+# (b) main.cf lines the snippet does not set, standing in for the admin's own main.cf
+#     (pf_common_main_cf, and pf_instance's _pf_site_main_cf for its keys). Never a setting of
+#     the snippet: a second assignment would override it (and postconf warns).
+# (c) master.cf: Postfix's own services, as in Debian's master.cf but unchrooted
+#     (pf_debian_services): a test queue directory has no copies of /etc files.
+# (d) Files: a Cyrus sasldb with the test accounts (pf_sasl) and a throwaway self-signed
+#     certificate for the submission service's TLS (pf_tls), both in DIR.
+
+# pf_common_main_cf DIR: the test-only main.cf lines every test instance in DIR has (see (b)).
+pf_common_main_cf() {
+  cat <<EOF
+# ---- test-only (integration/lib.sh pf_common_main_cf): instance in $1, no DNS, no syslog
+# as in Debian's main.cf
+compatibility_level = 3.6
+# the instance's own queue and data directories (not /var/spool/postfix, /var/lib/postfix)
+queue_directory = $1/spool
+data_directory = $1/data
+# no syslog in the test: postlogd writes the log here (the prefix must be whitelisted)
+maillog_file = $1/maillog
+maillog_file_prefixes = $1
+# the namespace has IPv4 loopback (and veths) only
+inet_protocols = ipv4
+# no DNS in the namespace: next hops are literal [ip]:port (transport_maps), never looked up
+smtp_dns_support_level = disabled
+smtp_host_lookup = native
+lmtp_host_lookup = native
+smtpd_peername_lookup = no
+transport_maps = texthash:$1/etc/transport
+# no /etc/aliases
+alias_maps =
+alias_database =
+# SASL (Postfix's default Cyrus, service "smtpd"): the instance's smtpd.conf and sasldb (pf_sasl)
+cyrus_sasl_config_path = $1/etc/sasl
+# logins are full addresses: no realm appended
+smtpd_sasl_local_domain =
+# the certificate of the submission service's TLS: a throwaway self-signed one (pf_tls)
+smtpd_tls_cert_file = $1/etc/tls/cert.pem
+smtpd_tls_key_file = $1/etc/tls/key.pem
+# tests provoke errors on purpose: no 1 s tarpit after each one
+smtpd_error_sleep_time = 0s
+EOF
+}
+
+# _pf_site_main_cf DIR: pf_common_main_cf, then the lines that depend on pf_instance's keys
+# (HOST, DOMAINS, MYNETWORKS, the listen addresses; read from pf_instance's scope).
+_pf_site_main_cf() {
+  local ips ip
+  ips=$(for ip in "${INBOUND%:*}" "${SUBMIT%:*}" "${REINJECT%:*}"; do echo "$ip"; done | awk '!seen[$0]++' | paste -sd, | sed 's/,/, /g')
+  pf_common_main_cf "$1"
+  cat <<EOF
+# ---- test-only (integration/lib.sh pf_instance): names, addresses, Maildirs
+myhostname = $HOST
+mydomain = ${DOMAINS%% *}
+myorigin = \$mydomain
+mydestination = localhost
+# only the addresses of this instance's listeners (several instances may share a namespace)
+inet_interfaces = $ips
+mynetworks = $MYNETWORKS
+# nothing leaves the test: a domain without a transport_maps next hop is refused (no DNS)
+default_transport = error:5.7.1 outbound mail disabled in test instance
+relay_transport = error:5.7.1 outbound mail disabled in test instance
+recipient_delimiter = +
+# virtual(8) Maildirs (VTRANSPORT=virtual): one per address under DIR/vmail, as uid 65534
+# (texthash: virtual(8) refuses regexp \$1); the catch-all lists every address, as the
+# shipped configuration (no virtual_mailbox_maps) does
+virtual_mailbox_base = $1/vmail
+virtual_mailbox_maps = texthash:$1/etc/vmailbox
+virtual_uid_maps = static:65534
+virtual_gid_maps = static:65534
+EOF
+}
+
+# pf_debian_services: Postfix's own master.cf services (Debian's master.cf, see (c)), unchrooted.
+pf_debian_services() {
+  cat <<'EOF'
+# ---- test-only (integration/lib.sh pf_debian_services): Postfix's own services as in
+# Debian's master.cf, unchrooted (a test queue directory has no copies of /etc files)
+# service type  private unpriv chroot wakeup maxproc command
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+}
+# ============================================================ end of Postfix test-only values
+
+# pf_instance DIR [KEY=VALUE...]: writes (does not start) a Postfix instance in DIR, built from
+# milter-conf/postfix/ as shipped plus the test-only values above:
+#   INBOUND=127.0.0.1:25     listen address of the shipped smtp service (port 25: no AUTH,
+#                            smtpd_milters=$MILTERS, the reception point; mail for DOMAINS
+#                            only), e.g. 10.99.0.1:25 on a veth (e2e-two-providers)
+#   SUBMIT=127.0.0.1:587     listen address of the shipped submission service (STARTTLS
+#                            required, SASL AUTH, sender-login check, smtpd_milters=$MILTERS)
+#   REINJECT=127.0.0.1:10025 listen address of the shipped milter-free reinjection service
+#   MILTERS=                 the milter address of smtp, submission and non_smtpd_milters
+#                            (as shipped: inet:127.0.0.1:8891; empty: no milter anywhere)
 #   HOST=mx.pec.demo.test    myhostname
-#   DOMAINS="pec.demo.test pec.other.test"   virtual mailbox domains, Maildirs under DIR/vmail/DOMAIN/
+#   DOMAINS="pec.demo.test pec.other.test"   virtual_mailbox_domains
 #   USERS="a@dom ..."        addresses with their own Maildir DIR/vmail/DOM/LOCAL/ (others: .../catchall/)
 #   SASL_USERS="addr:pw ..." SASL accounts (Cyrus sasldb DIR/sasl/sasldb2; login = full address)
-#   MILTERS=                 smtpd_milters of the submission listener, e.g. inet:127.0.0.1:8891
-#   MYNETWORKS=127.0.0.1/32  clients that may relay without AUTH (127.0.0.2.. are "outside")
-#   TRANSPORT="dom smtp:[ip]:port"   optional transport_maps line (literal next hops only)
-#   INBOUND=                 optional inbound MX listener ip:port (no AUTH, smtpd_milters=$MILTERS),
-#                            e.g. 10.99.0.1:25 on a veth (e2e-two-providers)
-#   VTRANSPORT=virtual       virtual_transport, e.g. lmtp:inet:127.0.0.1:2424 (pec-milter's delivery point)
+#   MYNETWORKS=127.0.0.1/32  mynetworks (the shipped services set their own relay rules:
+#                            only the reinjection listener lets loopback relay)
+#   TRANSPORT="dom smtp:[ip]:port"   optional transport_maps lines (literal next hops only)
+#   VTRANSPORT=virtual       virtual_transport: virtual(8) Maildirs, or the shipped
+#                            lmtp:inet:127.0.0.1:2424 (pec-milter's delivery point)
 # Non-local domains go to default_transport = error: (nothing leaves, no DNS).
 # Start: pf_up DIR; stop: pf_down DIR. Log: DIR/maillog.
 pf_instance() {
   local D SUBMIT REINJECT HOST DOMAINS USERS SASL_USERS MILTERS MYNETWORKS TRANSPORT INBOUND VTRANSPORT kv
   D=$(realpath -m "$1"); shift
-  SUBMIT=127.0.0.1:$RIG_SUBMIT_PORT REINJECT=127.0.0.1:$RIG_REINJECT_PORT HOST=mx.pec.demo.test
-  DOMAINS=$RIG_DOMAINS USERS=$RIG_USERS SASL_USERS=$RIG_SASL_USERS MILTERS=
-  MYNETWORKS=127.0.0.1/32 TRANSPORT= INBOUND= VTRANSPORT=virtual
+  SUBMIT=127.0.0.1:$RIG_SUBMIT_PORT REINJECT=127.0.0.1:$RIG_REINJECT_PORT INBOUND=127.0.0.1:$RIG_SMTP_PORT
+  HOST=mx.pec.demo.test DOMAINS=$RIG_DOMAINS USERS=$RIG_USERS SASL_USERS=$RIG_SASL_USERS MILTERS=
+  MYNETWORKS=127.0.0.1/32 TRANSPORT= VTRANSPORT=virtual
   for kv in "$@"; do
     case ${kv%%=*} in
       SUBMIT|REINJECT|HOST|DOMAINS|USERS|SASL_USERS|MILTERS|MYNETWORKS|TRANSPORT|INBOUND|VTRANSPORT) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
       *) echo "pf_instance: unknown key ${kv%%=*}" >&2; return 2 ;;
     esac
   done
+  [ -n "$INBOUND" ] || INBOUND=127.0.0.1:$RIG_SMTP_PORT
 
   mkdir -p "$D"/etc/sasl "$D"/spool "$D"/data "$D"/vmail || return 1
   chmod 755 "$D" "$D"/etc "$D"/etc/sasl
   chown postfix:postfix "$D"/data
   chown 65534:65534 "$D"/vmail     # virtual(8) delivers as nobody (uid >= virtual_minimum_uid)
 
-  { pf_main_cf "$D"; cat <<EOF; } > "$D"/etc/main.cf
-myhostname = $HOST
-mydomain = ${DOMAINS%% *}
-myorigin = \$mydomain
-mydestination = localhost
-inet_interfaces = ${SUBMIT%:*}, ${REINJECT%:*}${INBOUND:+, ${INBOUND%:*}}
-mynetworks = $MYNETWORKS
-# tests provoke errors on purpose: no 1 s tarpit after each one
-smtpd_error_sleep_time = 0s
-# only mynetworks or SASL-authenticated clients may relay
-smtpd_relay_restrictions = permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination
-# never DNS (pf_main_cf): literal [ip]:port next hops only, foreign domains go to error:
-lmtp_host_lookup = native
-default_transport = error:5.7.1 outbound mail disabled in test instance
-relay_transport = error:5.7.1 outbound mail disabled in test instance
-recipient_delimiter = +
-# final delivery: one Maildir per address (texthash: virtual(8) refuses regexp \$1)
-virtual_mailbox_domains = $DOMAINS
-virtual_mailbox_base = $D/vmail
-virtual_mailbox_maps = texthash:$D/etc/vmailbox
-virtual_uid_maps = static:65534
-virtual_transport = $VTRANSPORT
-virtual_gid_maps = static:65534
-# PEC: up to 100 MB
-message_size_limit = 104857600
-virtual_mailbox_limit = 0
-# SASL on the submission listener only (master.cf)
-smtpd_sasl_local_domain =
-smtpd_tls_auth_only = no
-broken_sasl_auth_clients = yes
-EOF
+  # the admin's main.cf (here: test-only lines), then the shipped snippet appended as it is
+  { _pf_site_main_cf "$D"; echo; cat "$RIG_PF_SHIPPED/main.cf.snippet"; } > "$D"/etc/main.cf || return 1
+  # Debian's services (unchrooted), then the shipped services appended as they are
+  { pf_debian_services; echo; cat "$RIG_PF_SHIPPED/master.cf.snippet"; } > "$D"/etc/master.cf || return 1
+  pf_shipped_files "$D" || return 1
+  # (a): the only changes to the shipped settings
+  postconf -c "$D/etc" -e "non_smtpd_milters = $MILTERS" "virtual_mailbox_domains = $DOMAINS" \
+    "virtual_transport = $VTRANSPORT" || return 1
+  postconf -c "$D/etc" -P -e "smtp/inet/smtpd_milters=$MILTERS" "submission/inet/smtpd_milters=$MILTERS" || return 1
+  pf_listen "$D" "$INBOUND" "$SUBMIT" "$REINJECT" || return 1
+
   local u dom
   {
     for u in $USERS; do echo "$u ${u#*@}/${u%@*}/"; done
@@ -438,61 +562,28 @@ EOF
   printf '%s\n' "$TRANSPORT" > "$D"/etc/transport
 
   pf_sasl "$D" "$SASL_USERS" || return 1
-  {
-    printf '%s inet n - n - - smtpd\n  -o syslog_name=postfix/submission\n  -o smtpd_sasl_auth_enable=yes\n' "$SUBMIT"
-    printf '  -o smtpd_milters=%s\n  -o milter_macro_daemon_name=ORIGINATING\n' "$MILTERS"
-    if [ -n "$INBOUND" ]; then
-      printf '%s inet n - n - - smtpd\n  -o syslog_name=postfix/inbound\n  -o smtpd_sasl_auth_enable=no\n' "$INBOUND"
-      printf '  -o smtpd_milters=%s\n' "$MILTERS"
-    fi
-  } | pf_master_cf "$REINJECT" > "$D"/etc/master.cf || return 1
+  pf_tls "$D" "$HOST" || return 1
   pf_spool_check "$D"
 }
 
-# pf_main_cf DIR: prints the main.cf lines that every test Postfix instance in DIR shares (the
-# caller appends its names, addresses, domains and transports): its own queue, data and log
-# (postlogd: no syslog), never DNS, transport_maps DIR/etc/transport, no 8bit->QP conversion
-# after a milter signed the message, milters only per listener (master.cf) with tempfail when
-# one is down, Cyrus SASL (pf_sasl) where a listener enables it.
-pf_main_cf() {
-  cat <<EOF
-compatibility_level = 3.6
-queue_directory = $1/spool
-data_directory = $1/data
-mail_owner = postfix
-setgid_group = postdrop
-# no syslog: postlogd writes here (the prefix must be whitelisted)
-maillog_file = $1/maillog
-maillog_file_prefixes = $1
-inet_protocols = ipv4
-smtpd_banner = \$myhostname ESMTP
-# never DNS: literal [ip]:port next hops only
-smtp_dns_support_level = disabled
-smtp_host_lookup = native
-smtpd_peername_lookup = no
-transport_maps = texthash:$1/etc/transport
-biff = no
-alias_maps =
-alias_database =
-mailbox_size_limit = 0
-disable_mime_output_conversion = yes
-# milters: only per listener (master.cf -o smtpd_milters=...)
-smtpd_milters =
-non_smtpd_milters =
-milter_protocol = 6
-milter_default_action = tempfail
-milter_macro_daemon_name = \$myhostname
-milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}
-milter_connect_timeout = 30s
-milter_command_timeout = 30s
-milter_content_timeout = 600s
-# SASL (Cyrus: $1/etc/sasl/smtpd.conf -> sasldb $1/sasl/sasldb2; enabled per listener in master.cf)
-smtpd_sasl_type = cyrus
-smtpd_sasl_path = smtpd
-cyrus_sasl_config_path = $1/etc/sasl
-smtpd_sasl_security_options = noanonymous
-smtpd_tls_security_level = none
-EOF
+# pf_shipped_files DIR: the shipped map files, copied unchanged into the instance's config
+# directory (the snippets name them as $config_directory/FILE).
+pf_shipped_files() {
+  install -o root -g root -m 644 "$RIG_PF_SHIPPED/pec-sender-login.regexp" "$1/etc/pec-sender-login.regexp"
+}
+
+# pf_listen DIR INBOUND SUBMIT REINJECT: gives each shipped smtpd service of DIR/etc/master.cf
+# its test listen address (postconf -F -e NAME/inet/service=ADDR); an empty address deletes
+# that service (bench/run.sh keeps only the reinjection listener).
+pf_listen() {
+  local D=$1 svc addr
+  while read -r svc addr; do
+    if [ -z "$addr" ]; then
+      postconf -c "$D/etc" -M -X "$svc" || return 1
+    elif [ "${svc%/*}" != "$addr" ]; then
+      postconf -c "$D/etc" -F -e "$svc/service=$addr" || return 1
+    fi
+  done < <(_pf_services "$2" "$3" "$4")
 }
 
 # pf_sasl DIR "ADDR:PW ...": Cyrus SASL for the smtpd listeners of the instance in DIR:
@@ -519,45 +610,15 @@ EOF
   if [ -e "$D"/sasl/sasldb2 ]; then chown root:postfix "$D"/sasl/sasldb2; chmod 640 "$D"/sasl/sasldb2; fi
 }
 
-# pf_master_cf REINJECT < LISTENERS: prints a master.cf: the listener entries read from stdin
-# (as they are), the milter-free reinjection smtpd on REINJECT (ip:port; no AUTH, no milters,
-# relay for 127.0.0.0/8 only: pec-milter's receipts), then Postfix's own services.
-pf_master_cf() {
-  printf '# service type  private unpriv chroot wakeup maxproc command\n'
-  cat
-  cat <<EOF
-$1 inet n - n - - smtpd
-  -o syslog_name=postfix/reinject
-  -o smtpd_sasl_auth_enable=no
-  -o smtpd_milters=
-  -o receive_override_options=no_milters
-  -o mynetworks=127.0.0.0/8
-  -o smtpd_relay_restrictions=permit_mynetworks,reject
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
+# pf_tls DIR HOST: a throwaway self-signed certificate for HOST (P-256, 2 days) in DIR/etc/tls
+# (smtpd reads the key as root, before dropping privileges: root-only 0600).
+pf_tls() {
+  local D=$1
+  mkdir -p "$D"/etc/tls && chmod 755 "$D"/etc/tls || return 1
+  [ -s "$D"/etc/tls/cert.pem ] && [ -s "$D"/etc/tls/key.pem ] && return 0
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=$2" \
+    -keyout "$D"/etc/tls/key.pem -out "$D"/etc/tls/cert.pem >/dev/null 2>&1 || return 1
+  chmod 600 "$D"/etc/tls/key.pem; chmod 644 "$D"/etc/tls/cert.pem
 }
 
 # pf_spool_check DIR: the queue directories of the instance in DIR (whose etc/main.cf and
@@ -585,7 +646,7 @@ pf_spool_check() {
   fi
 }
 
-# pf_up DIR: starts the instance in the netns, waits for both listeners; registers pf_down.
+# pf_up DIR: starts the instance in the netns, waits for every inet listener; registers pf_down.
 pf_up() {
   local D sub rein
   D=$(realpath -m "$1")
@@ -1037,13 +1098,19 @@ no_pids_in_netns() { local p; p=$(ip netns pids "$RIG_NETNS"); [ -z "$p" ] || { 
 
 # ---------------------------------------------------------------- SMTP clients (swaks, in the netns)
 
-# swaks_submit USER PASS FROM TO [SWAKS ARGS...]: AUTH PLAIN on the submission port, no DNS
-# (--server is an IP literal, and it runs in the netns). swaks' exit status is returned.
+# swaks_submit USER PASS FROM TO [SWAKS ARGS...]: STARTTLS then AUTH PLAIN on the submission
+# port (as shipped, it requires TLS before anything else), no DNS (--server is an IP literal,
+# and it runs in the netns). swaks marks the lines it exchanges inside TLS with "~" (" ~> ",
+# "<~  ", "<~* "): they are printed with the plain-text marks (" -> ", "<-  ", "<** "), so
+# that every transcript reads the same with or without TLS ("=== TLS started ..." shows that
+# it was on). stdout and stderr both go through that filter; swaks' exit status is returned.
 swaks_submit() {
   local user=$1 pw=$2 from=$3 to=$4; shift 4
-  ns_exec swaks --server "127.0.0.1:$RIG_SUBMIT_PORT" --helo client.pec.demo.test \
+  ns_exec swaks --server "127.0.0.1:$RIG_SUBMIT_PORT" --helo client.pec.demo.test --tls \
     --auth PLAIN --auth-user "$user" --auth-password "$pw" \
-    --from "$from" --to "$to" --timeout 60 "$@"
+    --from "$from" --to "$to" --timeout 60 "$@" 2>&1 |
+    sed -u -e 's/^ ~> / -> /' -e 's/^<~\* /<** /' -e 's/^<~ /<- /'
+  return "${PIPESTATUS[0]}"
 }
 
 # swaks_plain PORT FROM TO [SWAKS ARGS...]: no AUTH (e.g. the reinjection port, or

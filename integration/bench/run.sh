@@ -158,17 +158,20 @@ ossl_best() { local r b=0 v; for r in "${OSSL_RUNS[@]}"; do v=$(cut -d' ' -f"$1"
 
 # ------------------------------------------------------------------ Postfix instance
 
-# bench_pf DIR: one Postfix for every setup. Listeners (SASL AUTH allowed; mynetworks may relay
-# without it, for smtp-source): 2600.. as in PORT[], each with its own smtpd_milters; 10025
-# reinjection (no milter). Everything is relayed to smtp-sink on [127.0.0.1]:2525, except
-# check.test -> [127.0.0.1]:2526. No DNS, no local delivery. The common main.cf lines, SASL,
-# master.cf services and queue directories as lib.sh's pf_instance writes them (pf_main_cf,
-# pf_sasl, pf_master_cf, pf_spool_check).
+# bench_pf DIR: one Postfix for every setup, built like lib.sh's pf_instance from
+# milter-conf/postfix/ as shipped (main.cf.snippet: the milter settings, timeouts and macros;
+# master.cf.snippet's reinjection service on 127.0.0.1:$RIG_REINJECT_PORT) and lib.sh's
+# test-only pieces (pf_common_main_cf, pf_debian_services, pf_sasl, pf_tls, pf_spool_check).
+# Bench-only: the listeners 2600.. as in PORT[] instead of the shipped smtp and submission
+# services (SASL AUTH allowed, no TLS; mynetworks may relay without AUTH, for smtp-source),
+# each with its own smtpd_milters; everything relayed to smtp-sink on [127.0.0.1]:2525, except
+# check.test -> [127.0.0.1]:2526. No DNS, no local delivery.
 bench_pf() {
-  local D=$1 m
+  local D=$1 m l
   mkdir -p "$D"/etc/sasl "$D"/spool "$D"/data "$D"/sasl
   chmod 755 "$D" "$D"/etc "$D"/etc/sasl "$D"/sasl; chown postfix:postfix "$D"/data
-  { pf_main_cf "$D"; cat <<EOF; } > "$D"/etc/main.cf
+  { pf_common_main_cf "$D"; cat <<EOF; echo; cat "$RIG_PF_SHIPPED/main.cf.snippet"; } > "$D"/etc/main.cf
+# ---- bench-only (integration/bench/run.sh bench_pf)
 myhostname = mx.pec.demo.test
 mydomain = pec.demo.test
 myorigin = \$mydomain
@@ -178,18 +181,30 @@ mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_sasl_authenticated, permit_mynetworks, reject
 relayhost = [127.0.0.1]:$SINK_PORT
 default_transport = smtp
-# a 100 MB original grows a little inside the envelope
-message_size_limit = 314572800
 EOF
-  # experiments: extra main.cf lines, e.g. BENCH_POSTCONF='milter_data_macros ='
-  [ -n "${BENCH_POSTCONF:-}" ] && printf '%s\n' "$BENCH_POSTCONF" >> "$D"/etc/main.cf
+  # bench-only changes of shipped settings: no PEC mailbox here (every domain, receipts
+  # included, goes to the sink), and a 100 MB original grows a little inside the envelope
+  postconf -c "$D/etc" -e "virtual_mailbox_domains =" "message_size_limit = 314572800" || return 1
+  # experiments: extra main.cf settings, one a line, e.g. BENCH_POSTCONF='milter_data_macros ='
+  if [ -n "${BENCH_POSTCONF:-}" ]; then
+    while IFS= read -r l; do [ -z "$l" ] || postconf -c "$D/etc" -e "$l" || return 1; done <<< "$BENCH_POSTCONF"
+  fi
   echo "check.test smtp:[127.0.0.1]:$CHECK_PORT" > "$D"/etc/transport
   pf_sasl "$D" "$HOLDER:$HOLDER_PW" || return 1
-  # the listeners, then lib.sh's reinjection listener and Postfix's own services
-  for m in none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis pec-hsm; do
-    printf '127.0.0.1:%s inet n - n - - smtpd\n  -o syslog_name=postfix/%s\n  -o smtpd_sasl_auth_enable=yes\n  -o smtpd_milters=%s\n' \
-      "${PORT[$m]}" "$m" "$(milter_of "$m")"
-  done | pf_master_cf "127.0.0.1:$RIG_REINJECT_PORT" > "$D"/etc/master.cf || return 1
+  pf_tls "$D" mx.pec.demo.test || return 1
+  # the bench listeners, Postfix's own services, then the shipped services of which only the
+  # reinjection listener is kept (pf_listen: smtp and submission deleted)
+  {
+    for m in none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis pec-hsm; do
+      printf '127.0.0.1:%s inet n - n - - smtpd\n  -o syslog_name=postfix/%s\n  -o smtpd_sasl_auth_enable=yes\n  -o smtpd_milters=%s\n' \
+        "${PORT[$m]}" "$m" "$(milter_of "$m")"
+    done
+    pf_debian_services
+    echo
+    cat "$RIG_PF_SHIPPED/master.cf.snippet"
+  } > "$D"/etc/master.cf || return 1
+  pf_shipped_files "$D" || return 1
+  pf_listen "$D" "" "" "127.0.0.1:$RIG_REINJECT_PORT" || return 1
   pf_spool_check "$D"
 }
 
