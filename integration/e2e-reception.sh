@@ -35,6 +35,14 @@
 #       presa-in-carico at aruba-ricevute; with verify_at = "now" -> anomaly (chain expired)
 #   (AP) mario -> anna.bianchi@pec.other.test: the accettazione lists anna as certificato
 #       (certified_domains is only pec.demo.test here: the index decides)
+#   (R) issue 14, "Must show 3": pec-milter restarted with [timers] first/last/interval =
+#       $RX_T_FIRST/$RX_T_LAST/$RX_T_INTERVAL; (AP)'s envelope, never answered, gets anna's preavviso and final
+#       notice (the timers run). mario -> anna (B's) and giulia.neri@pec.it (Aruba's in the index:
+#       certificato; a local catchall box here, nothing answers for her): B's avvenuta-consegna
+#       about giulia, signed with B's key (`pec-milter receipt`), is delivered to mario (genuine,
+#       verified) but pec-milter warns that B does not serve her and her record stays as it was:
+#       mario still gets her preavviso and final notice; the control, B's avvenuta-consegna about
+#       anna, is recorded (log) and no notice about anna follows, also after [timers] last + 2 s
 #   (7) ldap: slapd stopped, SIGHUP -> the refresh fails, the last copy stays; an SMTP session
 #       open across the SIGHUP completes with 250 and its envelope from B is taken in charge.
 #       ldif: Gamma's envelope is an anomaly; Gamma added to the LDIF, SIGHUP while an SMTP
@@ -70,6 +78,10 @@ GAMMA_RICEVUTE=gamma-ricevute@pec.other.test # Gamma's mailReceipt (scenario 7)
 LUIGI=luigi.verdi@pec.other.test             # B's holder, author of the originals
 SOMEONE=someone@pec.other.test
 RX_USERS="$RIG_USERS $RICEVUTE $ARUBA_RICEVUTE $GAMMA_RICEVUTE"
+GIULIA=giulia.neri@pec.it                    # an Aruba holder: pec.it is Aruba's in the index
+RX_DOMAINS="$RIG_DOMAINS pec.it"             # pec.it: a local catchall box here (scenario R)
+# scenario (R)'s [timers]: both receipts must be in before first (whole seconds)
+RX_T_FIRST=${RX_T_FIRST:-10s} RX_T_LAST=${RX_T_LAST:-14s} RX_T_INTERVAL=${RX_T_INTERVAL:-1s}
 
 # ------------------------------------------------------------------ helpers
 # (lib.sh: inspect_get, kind_is, field_is, hdr_is, hdr_absent, postacert_body_has,
@@ -254,7 +266,7 @@ run_source() {
   local MB=$PF/vmail
   local MARIO_MD=$MB/pec.demo.test/mario.rossi ANNA_MD=$MB/pec.other.test/anna.bianchi
   local RIC_MD=$MB/pec.other.test/ricevute ARUBA_MD=$MB/pec.other.test/aruba-ricevute
-  local GAMMA_MD=$MB/pec.other.test/gamma-ricevute
+  local GAMMA_MD=$MB/pec.other.test/gamma-ricevute GIULIA_MD=$MB/pec.it/catchall AP_ID=
   local O=$DIR/out LDIF=$DIR/igpec.ldif TOK ID F R E i
   local P="[$SRC]"
   mkdir -p "$O"
@@ -273,6 +285,8 @@ run_source() {
       CERTIFIED=pec.demo.test write_config "$DIR" embedded || return 1
     mv "$DIR/pec-milter.toml" "$DIR/$name.toml"
   done
+  ok "$P configuration with short [timers] (scenario R)" \
+    timers_config "$DIR/main.toml" "$DIR/timers.toml" "$RX_T_FIRST" "$RX_T_LAST" "$RX_T_INTERVAL" || return 1
   ok "$P configuration checks (check-config)" "$BIN" check-config --config "$DIR/main.toml" || return 1
   ok "$P our identity A (init-demo)" "$BIN" init-demo --config "$DIR/main.toml" || return 1
   rm -f "$LDIF"   # init-demo's ldif run writes a demo LDIF listing A alone: ours replaces it
@@ -288,7 +302,7 @@ run_source() {
 
   # ---- daemons
   ok "$P postfix instance with pec-milter on submission" \
-    pf_instance "$PF" MILTERS="inet:127.0.0.1:$RIG_MILTER_PORT" USERS="$RX_USERS" || return 1
+    pf_instance "$PF" MILTERS="inet:127.0.0.1:$RIG_MILTER_PORT" USERS="$RX_USERS" DOMAINS="$RX_DOMAINS" || return 1
   ok "$P postfix up" pf_up "$PF" || return 1
   ok "$P clamd up" clamd_up "$DIR/clamd" "$RIG_CLAMD_PORT" || return 1
   if [ "$SRC" = ldap ]; then
@@ -548,9 +562,87 @@ run_source() {
     ok "$P (AP) mario's: kind accettazione" kind_is "$R" accettazione
     ok "$P (AP) accettazione: anna is certificato (pec.other.test is in the index)" \
       list_eq "$R" '[x["address"] + ":" + x["tipo"] for x in d["daticert"]["destinatari"]]' "$ANNA:certificato"
+    AP_ID=$(inspect_get "$R" 'd["daticert"]["identificativo"]')
   else
     fail "$P (AP) accettazione checks (no receipt)"
   fi
+
+  # ---- (R) issue 14, "Must show 3": a receipt from B about a recipient B does not serve
+  # leaves our record, and so the 12 h / 24 h notices, unchanged
+  local RID RT0 WARN="receipt about recipients its signer does not serve: their record is left unchanged"
+  mark "$MARIO_MD"
+  ok "$P (R) pec-milter restarted with [timers] first/last/interval = $RX_T_FIRST/$RX_T_LAST/$RX_T_INTERVAL" \
+    restart_milter "$DIR" "$DIR/timers.toml"
+  if [ -n "$AP_ID" ]; then
+    ok "$P (R) the timers run: (AP)'s envelope, never answered, gets anna's preavviso and final notice" \
+      notices_are "$MARIO_MD" "$AP_ID" "first $ANNA last $ANNA" 30
+  else
+    fail "$P (R) (AP)'s PEC id unknown: the timers not checked"
+  fi
+  ok "$P (R) nothing left in the queue before the submission" pf_queue_empty "$PF" 10
+  TOK=r-$SRC-$RANDOM$RANDOM
+  mark "$MARIO_MD" "$ANNA_MD" "$GIULIA_MD"
+  RT0=$EPOCHREALTIME
+  swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA,$GIULIA" --header "Subject: receipts $TOK" \
+    --body "receipts body-$TOK" > "$O/r.txt" 2>&1
+  ok "$P (R) mario -> anna, giulia: accepted (250)" eod_is "$O/r.txt" '^<- +250 '
+  ok "$P (R) anna gets the envelope" expect_new "$ANNA_MD" 1
+  ok "$P (R) giulia (pec.it, a local box here) gets the envelope" expect_new "$GIULIA_MD" 1
+  ok "$P (R) mario gets the accettazione" expect_new "$MARIO_MD" 1
+  R=$(new_files "$MARIO_MD" | head -1) RID=
+  if [ -n "$R" ]; then
+    ok "$P (R) accettazione: both certificato (pec.other.test is B's, pec.it Aruba's)" \
+      list_eq "$R" 'sorted(x["address"] + ":" + x["tipo"] for x in d["daticert"]["destinatari"])' "$ANNA:certificato $GIULIA:certificato"
+    RID=$(inspect_get "$R" 'd["daticert"]["identificativo"]')
+  fi
+  if [ -z "$RID" ]; then
+    fail "$P (R) receipt checks (no accettazione, PEC id unknown)"
+  else
+    mark "$MARIO_MD"
+    ok "$P (R) B's avvenuta-consegna about giulia built (pec-milter receipt, B's key)" \
+      receipt_as "$O/r-giulia.eml" "$BDIR" "$B_NAME" "$B_DOMAIN" --kind avvenuta-consegna --id "$RID" \
+      --sender "$MARIO" --recipient "$GIULIA" --subject "receipts $TOK"
+    ok "$P (R) B's avvenuta-consegna about anna built (the control)" \
+      receipt_as "$O/r-anna.eml" "$BDIR" "$B_NAME" "$B_DOMAIN" --kind avvenuta-consegna --id "$RID" \
+      --sender "$MARIO" --recipient "$ANNA" --subject "receipts $TOK"
+    ok "$P (R) about giulia: B's signature and chain hold" verify_with "$BCA" "$O/r-giulia.eml"
+    local warned updated
+    warned=$(pec_milter_log_count "$DIR" "$WARN")
+    updated=$(pec_milter_log_count "$DIR" "envelope state updated")
+    send "$O/r-giulia.eml" "$B_SERVICE" "$O/r-giulia.txt"
+    ok "$P (R) about giulia: accepted (250)" eod_is "$O/r-giulia.txt" '^<- +250 '
+    ok "$P (R) about giulia: the log warns that B does not serve her" log_grows "$DIR" "$WARN" "$warned"
+    ok "$P (R) about giulia: the warning names giulia, the envelope and B" log_line_has "$DIR" "$WARN" "$GIULIA" "$RID" "$B_NAME"
+    fail "$P (R) about giulia: no record update logged" log_line_has "$DIR" "envelope state updated" "$RID"
+    send "$O/r-anna.eml" "$B_SERVICE" "$O/r-anna.txt"
+    ok "$P (R) about anna: accepted (250)" eod_is "$O/r-anna.txt" '^<- +250 '
+    ok "$P (R) about anna: recorded (envelope state updated)" log_grows "$DIR" "envelope state updated" "$updated"
+    ok "$P (R) about anna: the update names the envelope and anna" log_line_has "$DIR" "envelope state updated" "$RID" "$ANNA"
+    fail "$P (R) about anna: no warning" log_line_has "$DIR" "$WARN" "$RID" "$ANNA"
+    _log "$P (R) both receipts in $(rig_elapsed "$RT0") s after the submission"
+    ok "$P (R) both receipts in before [timers] first ($RX_T_FIRST)" \
+      awk -v a="$RT0" -v b="$EPOCHREALTIME" -v f="${RX_T_FIRST%s}" 'BEGIN { exit !(b - int(a) < f) }'
+    ok "$P (R) mario gets both receipts" expect_new "$MARIO_MD" 2
+    local f
+    for f in $(new_files "$MARIO_MD" | head -2); do
+      ok "$P (R) ${f##*/}: an avvenuta-consegna, delivered as is (B's signature verifies)" \
+        eval 'kind_is "$f" avvenuta-consegna && verify_with "$BCA" "$f"'
+    done
+    ok "$P (R) the two delivered are about giulia and anna" \
+      last_kinds_are "$MARIO_MD" 2 'd["kind"] + ":" + d["daticert"]["consegna"]' "avvenuta-consegna:$ANNA avvenuta-consegna:$GIULIA"
+    # giulia's record unchanged: still "sent", so the preavviso at first and the final notice at
+    # last; anna's closed by the control: no notice about her, also after last + 2 s
+    ok "$P (R) giulia's record unchanged: mario gets her preavviso and her final notice (none about anna)" \
+      notices_are "$MARIO_MD" "$RID" "first $GIULIA last $GIULIA" 40
+    local left
+    left=$(awk -v a="$RT0" -v b="$EPOCHREALTIME" -v l="${RX_T_LAST%s}" 'BEGIN { s = int(a) + l + 2 - b; printf "%.1f", (s > 0 ? s : 0) }')
+    sleep "$left"
+    ok "$P (R) [timers] last + 2 s after the submission: still no notice about anna" \
+      notices_are "$MARIO_MD" "$RID" "first $GIULIA last $GIULIA"
+    R=$(new_files "$MARIO_MD" | tail -1)
+    ok "$P (R) the notices are ours (our signature valid)" verify_with "$CA" "$R"
+  fi
+  ok "$P (R) nothing left in the queue" pf_queue_empty "$PF" 10
 
   # ---- (6b) verify_at = now: the 2014 chain has expired
   ok "$P (6b) pec-milter restarted with verify_at = now" restart_milter "$DIR" "$DIR/now.toml"

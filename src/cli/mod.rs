@@ -9,6 +9,7 @@ pub mod hsm_check;
 pub mod index_entry;
 pub mod init_demo;
 pub mod inspect;
+pub mod receipt;
 pub mod run;
 
 use std::io::Read;
@@ -71,6 +72,10 @@ pub enum Command {
     /// QA tool: wrap a message in a signed busta di trasporto as the given
     /// provider would (facts from its header fields), print it to stdout.
     Envelope(envelope::Args),
+    /// QA tool: sign a receipt (presa-in-carico, avvenuta-consegna,
+    /// errore-consegna) about an envelope as the given provider would,
+    /// print it to stdout. It signs whatever it is told: tests only.
+    Receipt(receipt::Args),
     /// Print an LDIF provider entry of the providers' index for a certificate.
     IndexEntry {
         /// The provider certificate (PEM or DER).
@@ -129,6 +134,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             count,
         } => bench_sign::bench_sign(&config, threads, count),
         Command::Envelope(args) => envelope::envelope(&args),
+        Command::Receipt(args) => receipt::receipt(&args),
         Command::IndexEntry {
             cert,
             name,
