@@ -47,9 +47,22 @@
 #       each is stored in anna's Maildir as a busta di anomalia signed by B with
 #       X-VerificaSicurezza: errore, no avvenuta-consegna (nothing at all) reaches mario, B
 #       injects no receipt, and B's log has one line naming the envelope and why
+#   (10) an infected envelope (issue 14, "Must show 5"): mario -> anna with a token in the body
+#       that only B's clamd knows (clamd_up_token: PEC.Test.Token.NDB), so A accepts it; A's
+#       pec-milter restarted first with [timers] first/last 120 s/240 s (no 12 h notice mixes in).
+#       (10a) B injects its presa-in-carico, then a rilevazione-virus for anna (both to A's
+#       mailReceipt, signed by B), quarantines the envelope, nothing reaches anna; A sends mario
+#       the avviso di mancata consegna per virus (signed by A; X-Ricevuta: errore-consegna,
+#       X-VerificaSicurezza: errore, errore virus, consegna anna); A's record: anna errore.
+#       (10b) the same with A's first injection of the avviso failing: B's mail for A held
+#       (defer_transports = smtp) until A's reinjection listener (127.0.0.1:10025 in master.cf)
+#       is off (reload; port 25 stays up), then B's queue flushed -> B's presa-in-carico
+#       delivered, A answers the rilevazione-virus 4xx and B defers it; mario has nothing, A's
+#       record not errore; listener back, B's hold lifted, queues flushed -> exactly one avviso
 # Env: PEC_MILTER_BIN, KEEP=1, RIG_TIMING=1, T_FIRST/T_LAST/T_INTERVAL (default 4s/8s/1s, whole
 # seconds), STRICT=0 (a check wrapped in known_bug prints KNOWN BUG and does not count; none is now).
-# lib.sh: RIG_DEFER_NS=1, pf_instance INBOUND= and VTRANSPORT=, dovecot_up. Takes ~60 s.
+# lib.sh: RIG_DEFER_NS=1, pf_instance INBOUND= and VTRANSPORT=, dovecot_up; for (10) clamd_up_token,
+# pf_service_off/on, pf_defer_transports, pf_queue_count_is, log_since. Takes ~90 s.
 # Needs Dovecot LMTP (integration/deps.sh: dovecot-lmtpd).
 # Prints "N passed, N failed" last; exit 1 if anything failed. Needs root.
 set -uo pipefail
@@ -80,6 +93,7 @@ DOVECOT_PORT=24
 A=$RIG_BASE/A B=$RIG_BASE/B LDIF=$RIG_BASE/igpec.ldif O=$RIG_BASE/out
 CAA=$A/demo/ca.pem CAB=$B/demo/ca.pem
 R=$RIG_BASE/R CAR=$RIG_BASE/R/ca.pem   # a third identity: its CA trusted by A and B, in no index (8)
+VTOK=PEC-TEST-VIRUS-TOKEN-$$-$RANDOM$RANDOM-$RANDOM   # only B's clamd has a signature for it (10)
 mkdir -p "$O"
 
 inA() { local RIG_NETNS=$NSA; "$@"; }
@@ -228,7 +242,8 @@ ok "B: postfix instance" inB pf_instance "$B/pf" HOST=mx.$B_DOM DOMAINS=$B_DOM U
   TRANSPORT="$A_DOM smtp:[$IPA]:25" VTRANSPORT=lmtp:inet:127.0.0.1:2424 || exit 1
 ok "A: redis up" inA redis_up "$A/redis" "$RIG_REDIS_PORT" || exit 1
 ok "A: clamd up" inA clamd_up "$A/clamd" "$RIG_CLAMD_PORT" || exit 1
-ok "B: clamd up" inB clamd_up "$B/clamd" "$RIG_CLAMD_PORT" || exit 1
+ok "B: clamd up, with PEC.Test.Token.NDB (a \"virus\" A's clamd does not know: scenario 10)" \
+  inB clamd_up_token "$B/clamd" "$RIG_CLAMD_PORT" "$VTOK" || exit 1
 DOVECOT_USERS="$ANNA $B_RIC posta-certificata@$B_DOM $FULL=2K" \
   ok "B: dovecot LMTP up on 127.0.0.1:$DOVECOT_PORT (B's mailbox store)" inB dovecot_up "$B/dovecot" "$DOVECOT_PORT" || exit 1
 ok "A: pec-milter up" inA pec_milter_up "$A" "$A/pec-milter.toml" || exit 1
@@ -612,6 +627,164 @@ ok "(9) one presa-in-carico in A's mailReceipt box" new_count_is "$ARIC_MD" 1
 ok "(9) luigi got the envelope once" new_count_is "$LUIGI_MD" 1
 ok "(9) nothing went to B" new_count_is "$ANNA_MD" 0
 ok "(9) A's queue drains" pf_queue_empty "$A/pf" 20
+
+# ------------------------------------------------------------------ (10)
+# An infected envelope from A's holder reaches B (issue 14, "Must show 5"). The "virus" is
+# VTOK in the body: B's clamd has a signature for it (clamd_up_token), A's has none, so A
+# accepts the submission. The envelope is correct (PEC-RULES §7.3): B sends its presa in carico
+# first, then a rilevazione-virus for anna, both to A's mailReceipt; B quarantines the envelope
+# and nothing reaches anna. A's reception point turns the rilevazione-virus into the avviso di
+# mancata consegna per virus to mario (PEC-RULES §2.11), injected before A's record changes.
+# (10b) the same, A's FIRST injection of the avviso failing: B's mail for A is held in B's queue
+# (defer_transports = smtp) until A's reinjection listener (its Postfix's 127.0.0.1:10025
+# service, A's [reinjection] address) is taken away (master.cf, reload; port 25 keeps running);
+# B's queue flushed -> A answers the rilevazione-virus 4xx, B defers it, nothing for mario,
+# A's record unchanged; listener back, queues flushed -> exactly one avviso.
+# (10b) outlasts T_FIRST: A's pec-milter is restarted with [timers] first / last = 120 s /
+# 240 s, so that no 12 h / 24 h notice (scenarios 4 and 7) mixes in.
+a_config10() {
+  sed -e '/^\[timers\]/,/^\[/{s/^first = .*/first = "120s"/;s/^last = .*/last = "240s"/}' \
+    "$A/pec-milter.toml" > "$A/pec-milter-10.toml" &&
+  grep -q '^first = "120s"' "$A/pec-milter-10.toml" && grep -q '^last = "240s"' "$A/pec-milter-10.toml" &&
+  "$BIN" check-config --config "$A/pec-milter-10.toml" >/dev/null
+}
+# text_has FILE STRING: the first text/plain part of FILE (text_of) contains STRING
+text_has() { local t; t=$(text_of "$1"); printf '%s\n' "$t" | head -3; [[ $t == *"$2"* ]]; }
+# token_file OUT: a file holding VTOK (for the clamd pre-checks)
+token_file() { printf 'some text\n%s\nmore text\n' "$VTOK" > "$1"; }
+# clamd_says_ok / clamd_finds: what the clamd of the current namespace answers for FILE
+clamd_says_ok() { local r; r=$(clamd_instream "$1"); echo "$r"; [ "$r" = "stream: OK" ]; }
+clamd_finds() { local r; r=$(clamd_instream "$1"); echo "$r"; [[ $r == *"PEC.Test.Token.NDB"*FOUND* ]]; }
+# a_status ID: the status(es) of anna in A's record of envelope ID (Redis key pec:env:ID)
+a_status() {
+  inA ns_exec redis-cli -p "$RIG_REDIS_PORT" --raw GET "pec:env:$1" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print(" ".join(r["status"] for r in d["recipients"] if r["address"].lower() == sys.argv[1].lower()))' "$ANNA"
+}
+# a_status_in ID "S1 S2...": anna's status in A's record of ID is one of S1 S2...
+a_status_in() { local s; s=$(a_status "$1"); echo "A's record of $1: anna is \"$s\""; [ -n "$s" ] && [[ " $2 " == *" $s "* ]]; }
+# b_receipts_are ID "KIND...": the receipts B's log shows injected for PEC id ID, in order
+b_receipts_are() {
+  local k
+  k=$(grep -F 'receipt injected' "$B/pec-milter.log" | grep -F "pec_id=$1" | grep -o 'kind=[^ ]*' | sed 's/^kind=//' | tr '\n' ' ')
+  echo "B injected for $1: ${k% }"; [ "${k% }" = "$2" ]
+}
+# a_avvisi_since LINE ID: "receipt injected" lines of kind errore-consegna for ID in A's log past LINE
+a_avvisi_since() { log_since "$A/pec-milter.log" "$1" | grep -F 'receipt injected' | grep -F "pec_id=$2" | grep -c 'kind=errore-consegna' || true; }
+a_avvisi_is() { local n; n=$(a_avvisi_since "$1" "$2"); echo "A injected $n errore-consegna for $2"; [ "$n" -eq "$3" ]; }
+# wait_log FILE LINE ERE [SECS=20]: until FILE past line LINE has a line matching ERE (printed)
+wait_log() {
+  local i
+  for ((i = 0; i < ${4:-20} * 5; i++)); do
+    log_since "$1" "$2" | grep -E -- "$3" && return 0
+    sleep 0.2
+  done
+  echo "no line matching '$3' in $1 after ${4:-20}s; its new lines:" >&2; log_since "$1" "$2" | tail -n 15 >&2
+  return 1
+}
+# quarantined_at_b ID [SECS=20]: until exactly one file of B's quarantine names PEC id ID
+quarantined_at_b() {
+  local i n
+  for ((i = 0; i < ${2:-20} * 5; i++)); do
+    n=$(grep -rlF -- "$1" "$B/quarantine" 2>/dev/null | grep -c . || true)
+    [ "$n" -ge 1 ] && { grep -rlF -- "$1" "$B/quarantine"; [ "$n" -eq 1 ]; return; }
+    sleep 0.2
+  done
+  echo "no file in $B/quarantine names $1" >&2; return 1
+}
+token_file "$O/10.token"
+ok "(10) A's clamd does not know the token (stream: OK)" inA clamd_says_ok "$O/10.token"
+ok "(10) B's clamd finds it (PEC.Test.Token.NDB)" inB clamd_finds "$O/10.token"
+ok "(10) A: config with [timers] first 120s / last 240s" a_config10
+ok "(10) A: pec-milter stopped" inA pec_milter_down "$A"
+ok "(10) A: pec-milter up again with the longer timers" inA pec_milter_up "$A" "$A/pec-milter-10.toml"
+for CASE in a b; do
+  P="(10$CASE)" TOK=s10$CASE-$RANDOM
+  mark "$MARIO_MD" "$ARIC_MD" "$ANNA_MD" "$BRIC_MD"
+  QN=$(find "$B/quarantine" -type f | wc -l)
+  BLOG=$(wc -l < "$B/pf/maillog") ALOG=$(wc -l < "$A/pf/maillog") AMLOG=$(wc -l < "$A/pec-milter.log")
+  if [ "$CASE" = b ]; then
+    ok "$P B holds its mail for A (defer_transports = smtp, reload)" inB pf_defer_transports "$B/pf" smtp
+  fi
+  inA swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --header "Subject: scenario 10$CASE $TOK" \
+    --body "body of scenario 10$CASE $TOK: $VTOK" > "$O/10$CASE.txt" 2>&1
+  ok "$P submission accepted (A's clamd finds nothing)" eod_250 "$O/10$CASE.txt"
+  ok "$P mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20; ACC=$FOUND
+  ID10=
+  [ -n "$ACC" ] && ID10=$(inspect_get "$ACC" 'd["daticert"]["identificativo"]')
+  _log "$P PEC id: $ID10"
+  ok "$P B quarantines the envelope (one file names its PEC id)" quarantined_at_b "${ID10:-no-id}" 20
+  if [ "$CASE" = b ]; then
+    ok "$P B's presa-in-carico and rilevazione-virus wait in B's queue" pf_queue_count_is "$B/pf" 2 20
+    ok "$P A's reinjection listener taken away (master.cf 127.0.0.1:$RIG_REINJECT_PORT/inet off, reload)" \
+      inA pf_service_off "$A/pf" "127.0.0.1:$RIG_REINJECT_PORT/inet"
+    ok "$P A's port 25 still listens (B reaches $IPA:25)" inB wait_port $IPA 25 5
+    ok "$P B's queue flushed: its mail for A goes now" inB ns_exec postqueue -c "$B/pf/etc" -f
+    ok "$P A's mailReceipt box gets B's presa-in-carico (A's port 25 works)" wait_kinds "$ARIC_MD" 1 presa-in-carico 20
+    ok "$P A answers B's rilevazione-virus 4xx: B defers it" \
+      wait_log "$B/pf/maillog" "$BLOG" "to=<$A_RIC>.*status=deferred .*said: 4[0-9][0-9] " 20
+    _log "$P A's Postfix: $(log_since "$A/pf/maillog" "$ALOG" | grep -E 'milter-(reject|tempfail)' | head -1)"
+    ok "$P the rilevazione-virus waits in B's queue (one message)" pf_queue_count_is "$B/pf" 1 10
+    sleep 2
+    ok "$P mario has no notice while A cannot inject it (the accettazione only)" new_count_is "$MARIO_MD" 1
+    ok "$P A injected no avviso" a_avvisi_is "$AMLOG" "$ID10" 0
+    ok "$P no rilevazione-virus delivered at A yet" count_is "$ARIC_MD" rilevazione-virus 0
+    ok "$P A's record unchanged: anna still pending (not errore)" a_status_in "$ID10" "sent presa-in-carico"
+    _log "$P A's record during the outage: anna $(a_status "$ID10")"
+    ok "$P A's reinjection listener back (reload)" inA pf_service_on "$A/pf"
+    ok "$P B's hold lifted (defer_transports removed, reload)" inB pf_defer_transports "$B/pf"
+    ok "$P B's queue flushed" inB ns_exec postqueue -c "$B/pf/etc" -f
+    ok "$P A's queue flushed" inA ns_exec postqueue -c "$A/pf/etc" -f
+  fi
+  ok "$P A's mailReceipt box gets B's presa-in-carico" wait_kinds "$ARIC_MD" 1 presa-in-carico 20; PIC=$FOUND
+  ok "$P A's mailReceipt box gets B's rilevazione-virus" wait_kinds "$ARIC_MD" 1 rilevazione-virus 30; RV=$FOUND
+  ok "$P mario gets the avviso di mancata consegna per virus" wait_kinds "$MARIO_MD" 1 errore-consegna 30; AV=$FOUND
+  ok "$P B injected a presa-in-carico, then a rilevazione-virus (once each)" \
+    b_receipts_are "$ID10" "presa-in-carico rilevazione-virus"
+  if [ -n "$PIC" ]; then
+    ok "$P presa-in-carico: openssl cms -verify with B's CA" cms_ok "$PIC" "$CAB"
+    ok "$P presa-in-carico: about this envelope" field_is "$PIC" 'd["daticert"]["identificativo"]' "$ID10"
+    ok "$P presa-in-carico: gestore-emittente is B" field_is "$PIC" 'd["daticert"]["gestore_emittente"]' "$B_NAME"
+  fi
+  if [ -n "$RV" ]; then
+    ok "$P rilevazione-virus: openssl cms -verify with B's CA" cms_ok "$RV" "$CAB"
+    ok "$P rilevazione-virus: about this envelope" field_is "$RV" 'd["daticert"]["identificativo"]' "$ID10"
+    ok "$P rilevazione-virus: consegna = anna" field_is "$RV" 'd["daticert"]["consegna"]' "$ANNA"
+    ok "$P rilevazione-virus: errore virus" field_is "$RV" 'd["daticert"]["errore"]' virus
+    ok "$P rilevazione-virus: gestore-emittente is B" field_is "$RV" 'd["daticert"]["gestore_emittente"]' "$B_NAME"
+    _log "$P rilevazione-virus: errore-esteso $(inspect_get "$RV" 'd["daticert"]["errore_esteso"]')"
+  fi
+  if [ -n "$AV" ]; then
+    ok "$P avviso: openssl cms -verify with A's CA" cms_ok "$AV" "$CAA"
+    ok "$P avviso: X-Ricevuta: errore-consegna" hdr_is "$AV" X-Ricevuta errore-consegna
+    ok "$P avviso: X-VerificaSicurezza: errore" hdr_is "$AV" X-VerificaSicurezza errore
+    ok "$P avviso: daticert errore = virus" field_is "$AV" 'd["daticert"]["errore"]' virus
+    ok "$P avviso: consegna = anna" field_is "$AV" 'd["daticert"]["consegna"]' "$ANNA"
+    ok "$P avviso: about this envelope" field_is "$AV" 'd["daticert"]["identificativo"]' "$ID10"
+    ok "$P avviso: gestore-emittente is A" field_is "$AV" 'd["daticert"]["gestore_emittente"]' "$A_NAME"
+    ok "$P avviso: errore-esteso names B's finding (PEC.Test.Token)" \
+      field_is "$AV" '"PEC.Test.Token" in (d["daticert"]["errore_esteso"] or "")' True
+    ok "$P avviso: subject AVVISO DI MANCATA CONSEGNA PER VIRUS" \
+      field_is "$AV" 'd["subject"].startswith("AVVISO DI MANCATA CONSEGNA PER VIRUS: ")' True
+    ok "$P avviso: text \"Avviso di mancata consegna per virus\"" text_has "$AV" "Avviso di mancata consegna per virus"
+    ok "$P avviso: the original is not included (no postacert)" field_is "$AV" 'd["postacert"] is None' True
+  fi
+  sleep 3
+  ok "$P mario: exactly accettazione + one avviso, no consegna" \
+    counts_are "$MARIO_MD" accettazione 1 errore-consegna 1 avvenuta-consegna 0
+  ok "$P nothing else for mario" new_count_is "$MARIO_MD" 2
+  ok "$P A injected exactly one avviso for it" a_avvisi_is "$AMLOG" "$ID10" 1
+  ok "$P A's mailReceipt box: the presa-in-carico and one rilevazione-virus" \
+    counts_are "$ARIC_MD" presa-in-carico 1 rilevazione-virus 1
+  ok "$P nothing else in A's mailReceipt box" new_count_is "$ARIC_MD" 2
+  ok "$P nothing reaches anna" new_count_is "$ANNA_MD" 0
+  ok "$P nothing in B's mailReceipt box" new_count_is "$BRIC_MD" 0
+  ok "$P B's quarantine: one file more" quarantine_count_is "$B/quarantine" $((QN + 1))
+  ok "$P A's record: anna errore" a_status_in "$ID10" errore
+  ok "$P B's queue drains" pf_queue_empty "$B/pf" 20
+  ok "$P A's queue drains" pf_queue_empty "$A/pf" 20
+done
 
 _log "total $(rig_elapsed "$T0") s"
 rig_finish

@@ -1302,3 +1302,133 @@ if cut < 0 or cut == raw.find(delim):   # the opening delimiter only: one part
 open(sys.argv[2], 'wb').write(raw[:cut] + nl + b'--' + b + b'--' + nl)
 PY
 }
+
+# ---- e2e-reception receipt scenario
+# (issue 14, "Must show 3": a receipt about a recipient its signer does not serve changes nothing)
+
+# receipt_as OUT IDDIR GESTORE DOMAIN RECEIPT-ARGS...: `pec-milter receipt` signed with the
+# identity in IDDIR (provider.key, provider.crt) as provider DOMAIN; OUT is the message.
+receipt_as() {
+  local out=$1 d=$2 g=$3 dom=$4; shift 4
+  "$(pec_milter_bin)" receipt --key "$d/provider.key" --cert "$d/provider.crt" --gestore "$g" \
+    --domain "$dom" "$@" > "$out" && [ -s "$out" ]
+}
+
+# timers_config IN OUT FIRST LAST INTERVAL: OUT is the pec-milter configuration IN (which has no
+# [timers] section) with [timers] first / last / interval (e.g. 8s 12s 1s).
+timers_config() {
+  grep -q '^\[timers\]' "$1" && { echo "timers_config: $1 already has [timers]" >&2; return 1; }
+  { cat "$1"; printf '\n[timers]\nenabled = true\nfirst = "%s"\nlast = "%s"\ninterval = "%s"\n' "$3" "$4" "$5"; } > "$2"
+  "$(pec_milter_bin)" check-config --config "$2" > /dev/null
+}
+
+# notices_of MAILDIR ID: the new files (since mark) of MAILDIR that are 12 h / 24 h notices
+# (preavviso-errore-consegna) about the PEC id ID, one "WHICH RECIPIENT" line each, sorted;
+# WHICH is first or last (from the notice's Message-ID, preavviso.<first|last>.<...>).
+notices_of() {
+  local f
+  for f in $(new_files "$1"); do
+    inspect_get "$f" '" ".join([d["message_id"].strip("<>").split(".")[1], d["daticert"]["consegna"] or "-"]) if d["kind"] == "preavviso-errore-consegna" and d["daticert"] and d["daticert"]["identificativo"] == "'"$2"'" else ""' 2>/dev/null
+  done | grep . | sort
+}
+# notices_are MAILDIR ID WORDS [SECS=0]: `notices_of MAILDIR ID`, joined by spaces, is WORDS (e.g.
+# "first a@x last a@x"), waiting up to SECS for it; the notices found go to stdout.
+notices_are() {
+  local t=$EPOCHREALTIME v
+  while :; do
+    v=$(notices_of "$1" "$2" | tr '\n' ' '); v=${v% }
+    [ "$v" = "$3" ] && { echo "notices about $2: $v (after $(rig_elapsed "$t") s)"; return 0; }
+    awk -v a="$t" -v b="$EPOCHREALTIME" -v s="${4:-0}" 'BEGIN { exit !(b - a >= s) }' && break
+    sleep 0.5
+  done
+  echo "notices about $2: '$v', expected '$3'" >&2; return 1
+}
+
+# log_line_has DIR STRING...: one line of DIR/pec-milter.log contains every STRING (fixed strings).
+log_line_has() {
+  local d=$1; shift
+  python3 - "$d/pec-milter.log" "$@" <<'PY'
+import sys
+need = sys.argv[2:]
+for line in open(sys.argv[1], errors='replace'):
+    if all(s in line for s in need):
+        print(line.rstrip()); sys.exit(0)
+print("no line of %s has all of %r" % (sys.argv[1], need), file=sys.stderr); sys.exit(1)
+PY
+}
+
+# ---- e2e-two-providers virus scenario
+# Helpers of e2e-two-providers.sh (10): a virus only one provider's clamd knows, a Postfix
+# service taken away and given back while the rest of the instance keeps running, a transport
+# held in the queue.
+
+# clamd_up_token DIR PORT TOKEN: clamd_up DIR PORT with one more test signature,
+# PEC.Test.Token.NDB (DIR/db/pectest-token.ndb, an NDB body signature for any file type)
+# matching the string TOKEN: a "virus" this clamd finds and another rig's clamd does not know.
+# clamd_up itself is unchanged (it writes the EICAR signatures next to this file).
+clamd_up_token() {
+  local D=$1 port=$2 tok=${3:-}
+  [ "${#tok}" -ge 16 ] || { echo "clamd_up_token: TOKEN must be at least 16 characters" >&2; return 2; }
+  mkdir -p "$D/db" || return 1
+  echo "PEC.Test.Token.NDB:0:*:$(printf '%s' "$tok" | od -An -tx1 | tr -d ' \n')" > "$D/db/pectest-token.ndb" || return 1
+  clamd_up "$D" "$port"
+}
+
+# _pf_reload DIR: postfix reload of the instance in DIR (in the netns), its config files
+# backdated first (Postfix waits for a main.cf/master.cf younger than ~2 s to settle).
+_pf_reload() {
+  touch -d '-10 seconds' "$1"/etc/main.cf "$1"/etc/master.cf
+  ns_exec postfix -c "$1/etc" reload >/dev/null 2>&1 || {
+    ns_exec script -qec "postfix -c $1/etc reload" /dev/null >&2; return 1; }
+}
+
+# pf_service_off DIR NAME/TYPE: takes one master.cf service of the running instance in DIR away
+# (postconf -M#, a copy of master.cf kept as master.cf.on), reloads, and for an inet service
+# named HOST:PORT waits until nothing listens there. The other services keep running.
+# pf_service_on DIR: master.cf.on back, reload, waits for every inet listener.
+pf_service_off() {
+  local D svc=$2 addr
+  D=$(realpath -m "$1")
+  [ -e "$D/etc/master.cf.on" ] || cp -p "$D/etc/master.cf" "$D/etc/master.cf.on" || return 1
+  postconf -c "$D/etc" -M# "$svc" || return 1
+  [ -z "$(postconf -c "$D/etc" -M "$svc" 2>/dev/null)" ] || { echo "pf_service_off: $svc still in master.cf" >&2; return 1; }
+  _pf_reload "$D" || return 1
+  addr=${svc%/*}
+  case $svc in *:*/inet) wait_closed "${addr%:*}" "${addr##*:}" 10 ;; esac
+}
+pf_service_on() {
+  local D l
+  D=$(realpath -m "$1")
+  [ -e "$D/etc/master.cf.on" ] || { echo "pf_service_on: no master.cf.on in $D/etc" >&2; return 1; }
+  mv -f "$D/etc/master.cf.on" "$D/etc/master.cf" || return 1
+  _pf_reload "$D" || return 1
+  for l in $(_pf_listeners "$D"); do wait_port "${l%:*}" "${l##*:}" 10 || return 1; done
+}
+
+# pf_defer_transports DIR [TRANSPORT...]: main.cf defer_transports of the running instance in DIR
+# (mail for those transports stays in the deferred queue until postqueue -f), then reload;
+# with no TRANSPORT the setting is removed (the shipped default).
+pf_defer_transports() {
+  local D
+  D=$(realpath -m "$1"); shift
+  if [ $# -gt 0 ]; then postconf -c "$D/etc" -e "defer_transports = $*" || return 1
+  else postconf -c "$D/etc" -X defer_transports || return 1; fi
+  _pf_reload "$D"
+}
+
+# pf_queue_count_is DIR N [SECS=20]: until the instance's queue (incoming, active, deferred, hold,
+# maildrop) holds exactly N messages, seen twice 0.2 s apart.
+pf_queue_count_is() {
+  local D=$1 n=$2 secs=${3:-20} i seen=0 have
+  for ((i = 0; i < secs * 10; i++)); do
+    have=$(find "$D"/spool/incoming "$D"/spool/active "$D"/spool/deferred "$D"/spool/hold "$D"/spool/maildrop -type f 2>/dev/null | wc -l)
+    if [ "$have" -eq "$n" ]; then seen=$((seen + 1)); [ "$seen" -ge 2 ] && { echo "$have in the queue of $D"; return 0; }
+    else seen=0; fi
+    sleep 0.1
+  done
+  echo "pf_queue_count_is: $have (not $n) in the queue of $D after ${secs}s" >&2
+  return 1
+}
+
+# log_since FILE LINE: FILE from line LINE + 1 on (LINE = its line count at an earlier moment).
+log_since() { tail -n +"$(( $2 + 1 ))" "$1" 2>/dev/null; }
