@@ -26,7 +26,8 @@
 #       X-VerificaSicurezza: errore, our signature, the received message carried whole, the
 #       reason in its text); no presa-in-carico
 #   (4) plain mail from someone@pec.other.test -> anomaly without X-VerificaSicurezza; with
-#       ordinary_mail = "reject": 5xx at end of DATA, nothing delivered; (4s) the same plain
+#       ordinary_mail = "reject": 5xx at end of DATA, nothing delivered; (4f) sendmail(1) to a
+#       recipient not ours: delivered less the provider-only fields; (4s) the same plain
 #       mail through sendmail(1) (non_smtpd_milters) -> an anomaly too
 #   (5) envelope from B carrying EICAR -> presa-in-carico (the envelope is correct), then
 #       rilevazione-virus at ricevute (consegna = mario), nothing to mario, one file in the
@@ -460,6 +461,25 @@ run_source() {
     ok "$P (4s) carries the local message (its body)" postacert_body_has "$E" "local body-$TOK"
   else
     fail "$P (4s) anomaly checks (nothing delivered)"
+  fi
+
+  # ---- (4f) sendmail(1) to a recipient that is not ours (anna, pec.other.test): not for the
+  # reception point, delivered as written, less the fields only a provider writes
+  TOK=s4f-$SRC-$RANDOM$RANDOM
+  mark "$ANNA_MD" "$MARIO_MD"
+  printf 'From: <%s>\nTo: <%s>\nSubject: scenario 4f %s\nX-Ricevuta: avvenuta-consegna\nX-Trasporto: posta-certificata\nX-Mailer: kept-%s\n\nlocal body-%s\n' \
+    "$SOMEONE" "$ANNA" "$TOK" "$TOK" "$TOK" > "$O/4f.eml"
+  ok "$P (4f) sendmail(1) takes a message with provider-only fields for anna" \
+    ns_exec /usr/sbin/sendmail -C "$PF/etc" -f "$SOMEONE" "$ANNA" < "$O/4f.eml"
+  ok "$P (4f) anna gets exactly one message" expect_new "$ANNA_MD" 1
+  ok "$P (4f) nothing to mario" expect_new "$MARIO_MD" 0
+  E=$(new_files "$ANNA_MD" | head -1)
+  if [ -n "$E" ]; then
+    ok "$P (4f) delivered as written (its body, its own fields)" bash -c "grep -q 'local body-$TOK' '$E' && grep -q 'X-Mailer: kept-$TOK' '$E'"
+    ok "$P (4f) no X-Ricevuta" hdr_absent "$E" X-Ricevuta
+    ok "$P (4f) no X-Trasporto" hdr_absent "$E" X-Trasporto
+  else
+    fail "$P (4f) checks (nothing delivered)"
   fi
 
   # ---- (5) EICAR inside an envelope from B

@@ -10,14 +10,16 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use indymilter::MacroStage;
 use indymilter_test::{EomAction, EomActions, Status, TestConnection};
-use pec_milter::config::{HolderClass, HoldersConfig};
+use pec_milter::config::{HolderClass, HoldersConfig, OrdinaryMail};
 use pec_milter::crypto::DigestAlg;
-use pec_milter::crypto::verify::{SignatureStatus, VerifyAt};
+use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
+use pec_milter::index::{IndexSource, ProviderIndex};
 use pec_milter::milter::{self, MilterListener};
 use pec_milter::pec::build::Provider;
 use pec_milter::pec::inspect::inspect;
 use pec_milter::pec::reader::read;
 use pec_milter::roles::access::AccessPoint;
+use pec_milter::roles::reception::ReceptionPoint;
 use pec_milter::roles::{InjectError, Injector, ScanError, Scanner, StaticDirectory, Verdict};
 use pec_milter::spool::SpoolOptions;
 use pec_milter::state::embedded::EmbeddedStore;
@@ -105,6 +107,13 @@ impl Drop for Rig {
 }
 
 async fn rig_with(state: Option<Arc<dyn StateStore>>) -> Rig {
+    rig_roles(state, false).await
+}
+
+/// The rig, with a reception point for unauthenticated mail when
+/// `reception` (its providers' index never loaded: nothing in these tests
+/// reaches its checks).
+async fn rig_roles(state: Option<Arc<dyn StateStore>>, reception: bool) -> Rig {
     let dir = tempfile::tempdir().expect("tmp");
     let state: Arc<dyn StateStore> = match state {
         Some(s) => s,
@@ -151,9 +160,26 @@ async fn rig_with(state: Option<Arc<dyn StateStore>>) -> Rig {
         .trim_start_matches("inet:")
         .to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let reception = reception.then(|| ReceptionPoint {
+        provider: ap.provider.clone(),
+        key: ap.key.clone(),
+        digest: DigestAlg::Sha256,
+        trust: TrustStore::default(),
+        verify_at: VerifyAt::Now,
+        index: Arc::new(ProviderIndex::new(IndexSource::Ldif(
+            dir.path().join("no-index.ldif"),
+        ))),
+        state: ap.state.clone(),
+        scanner: None,
+        injector: injected.clone(),
+        ordinary_mail: OrdinaryMail::Anomaly,
+        quarantine_dir: dir.path().join("quarantine"),
+        retention_secs: 3600,
+        spool: ap.spool.clone(),
+    });
     let roles = milter::Roles {
         access: ap,
-        reception: None,
+        reception,
     };
     tokio::spawn(milter::serve(
         listener,
@@ -446,6 +472,29 @@ async fn provider_only_fields_of_a_non_holder_are_removed() {
     assert!(out.contains("X-Mailer: kept"));
     assert!(out.contains("Subject: Convocazione"));
     assert!(out.contains("la riunione"), "body unchanged");
+    assert!(rig.injected.messages().is_empty(), "nothing signed");
+}
+
+/// Unauthenticated mail (port 25, or local sendmail(1) through
+/// non_smtpd_milters) for recipients none of which is ours: not for the
+/// reception point, and nobody but a provider writes the provider-only
+/// fields: they are removed, the rest passes unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_mail_for_others_loses_the_provider_only_fields() {
+    let rig = rig_roles(None, true).await;
+    let rcpts = ["someone@example.org"];
+    let mut m = msg("cron@localhost.test", &rcpts);
+    m.auth = None;
+    m.headers.push(("X-Ricevuta", "avvenuta-consegna".into()));
+    m.headers.push(("X-VerificaSicurezza", "errore".into()));
+    m.headers.push(("X-Mailer", "kept".into()));
+    let (st, actions) = submit(&rig, &m).await;
+    assert_eq!(st, Status::Accept);
+    let out = String::from_utf8_lossy(&apply(&m, &actions.expect("actions"))).into_owned();
+    for gone in ["X-Ricevuta", "X-VerificaSicurezza"] {
+        assert!(!out.contains(gone), "{gone} left in:\n{out}");
+    }
+    assert!(out.contains("X-Mailer: kept") && out.contains("la riunione"));
     assert!(rig.injected.messages().is_empty(), "nothing signed");
 }
 

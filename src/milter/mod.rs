@@ -310,7 +310,15 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
                 .filter(|r| roles.access.serves(r))
                 .collect();
             if ours.is_empty() {
-                return Status::Accept;
+                // Not for us (local sendmail(1) mail to others): not PEC,
+                // and never with the fields only a provider writes.
+                return match strip_provider_fields(cx, &header).await {
+                    Ok(()) => Status::Accept,
+                    Err(e) => {
+                        tracing::error!(error = %e, "removing provider-only header fields failed");
+                        tempfail(cx, "message could not be checked, try again later")
+                    }
+                };
             }
             let inbound = Inbound {
                 queue_id,
