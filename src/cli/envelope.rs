@@ -3,7 +3,6 @@
 //! header fields as the access point reads them.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -16,27 +15,16 @@ use pec_milter::pec::mime::{canonicalize_crlf, split_header_body};
 use pec_milter::roles::access::new_pec_id;
 use pec_milter::roles::{RecipientDirectory, StaticDirectory};
 
-use super::read_input;
+use super::{SignAs, read_input};
 
 /// The command's arguments.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Provider key and certificate (PEM).
-    #[arg(long)]
-    pub key: PathBuf,
-    #[arg(long)]
-    pub cert: PathBuf,
-    /// gestore-emittente.
-    #[arg(long)]
-    pub gestore: String,
-    /// The provider's domain (posta-certificata@DOMAIN).
-    #[arg(long)]
-    pub domain: String,
+    #[command(flatten)]
+    pub sign_as: SignAs,
     /// Recipient domains to mark "certificato" (others "esterno").
     #[arg(long, value_delimiter = ',')]
     pub certified: Vec<String>,
-    #[arg(long, default_value = "sha256")]
-    pub digest: String,
     /// The PEC msgid (default: a new one).
     #[arg(long)]
     pub id: Option<String>,
@@ -46,18 +34,20 @@ pub struct Args {
 
 pub fn envelope(a: &Args) -> Result<ExitCode> {
     let raw = read_input(&a.file)?;
-    let key = PemKey::from_files(&a.key, &a.cert, None)?;
-    let digest: DigestAlg = a
-        .digest
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--digest: use sha256 or sha1"))?;
-    let out = build(&raw, &key, digest, a)?;
+    let (provider, key, digest) = a.sign_as.open()?;
+    let out = build(&raw, &provider, &key, digest, a)?;
     std::io::stdout().write_all(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Build a busta di trasporto around `raw` as provider `a.domain`.
-fn build(raw: &[u8], key: &PemKey, digest: DigestAlg, a: &Args) -> Result<Vec<u8>> {
+/// Build a busta di trasporto around `raw` as `provider`.
+fn build(
+    raw: &[u8],
+    provider: &Provider,
+    key: &PemKey,
+    digest: DigestAlg,
+    a: &Args,
+) -> Result<Vec<u8>> {
     let canon = canonicalize_crlf(raw);
     let (head, _) = split_header_body(&canon);
     let facts = Facts::read(head);
@@ -66,13 +56,11 @@ fn build(raw: &[u8], key: &PemKey, digest: DigestAlg, a: &Args) -> Result<Vec<u8
         .clone()
         .context("the message has no From: address")?;
     let now = chrono::Utc::now();
-    let id = a.id.clone().unwrap_or_else(|| new_pec_id(&a.domain, now));
+    let id =
+        a.id.clone()
+            .unwrap_or_else(|| new_pec_id(&provider.domain, now));
     let directory = StaticDirectory::new(&a.certified);
     let tx = facts.transaction(id, &from, |r| directory.tipo(r))?;
-    let provider = Provider {
-        name: a.gestore.clone(),
-        domain: a.domain.clone(),
-    };
-    let built = build_busta_trasporto(&provider, &tx, &canon, now, Signer { key, digest })?;
+    let built = build_busta_trasporto(provider, &tx, &canon, now, Signer { key, digest })?;
     Ok(built.to_bytes())
 }

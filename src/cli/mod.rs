@@ -19,7 +19,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use pec_milter::crypto::DigestAlg;
+use pec_milter::crypto::pem::PemKey;
 use pec_milter::crypto::verify::{TrustStore, VerifyAt};
+use pec_milter::pec::build::Provider;
 
 #[derive(Parser)]
 #[command(
@@ -183,4 +186,39 @@ pub fn init_logging_to(default: &str) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+/// Who a QA tool (`envelope`, `receipt`) signs as: a provider's PEM key and
+/// certificate, its name and domain, the digest.
+#[derive(clap::Args)]
+pub struct SignAs {
+    /// Provider key and certificate (PEM).
+    #[arg(long)]
+    pub key: PathBuf,
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// gestore-emittente.
+    #[arg(long)]
+    pub gestore: String,
+    /// The provider's domain (From: posta-certificata@DOMAIN).
+    #[arg(long)]
+    pub domain: String,
+    #[arg(long, default_value = "sha256")]
+    pub digest: String,
+}
+
+impl SignAs {
+    /// The provider, its key and the digest.
+    pub fn open(&self) -> Result<(Provider, PemKey, DigestAlg)> {
+        let key = PemKey::from_files(&self.key, &self.cert, None)?;
+        let digest: DigestAlg = self
+            .digest
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--digest: use sha256 or sha1"))?;
+        let provider = Provider {
+            name: self.gestore.clone(),
+            domain: self.domain.clone(),
+        };
+        Ok((provider, key, digest))
+    }
 }

@@ -3,7 +3,6 @@
 //! signs whatever it is told: for tests only, never for real traffic.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
@@ -13,6 +12,8 @@ use pec_milter::crypto::pem::PemKey;
 use pec_milter::pec::build::{Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta};
 use pec_milter::pec::{Destinatario, Errore, TipoDestinatario, TipoRicevuta};
 use pec_milter::roles::access::new_pec_id;
+
+use super::SignAs;
 
 /// The receipt kinds the tool builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -28,17 +29,8 @@ pub enum Kind {
 /// The command's arguments.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Provider key and certificate (PEM).
-    #[arg(long)]
-    pub key: PathBuf,
-    #[arg(long)]
-    pub cert: PathBuf,
-    /// gestore-emittente.
-    #[arg(long)]
-    pub gestore: String,
-    /// The provider's domain (From: posta-certificata@DOMAIN).
-    #[arg(long)]
-    pub domain: String,
+    #[command(flatten)]
+    pub sign_as: SignAs,
     #[arg(long, value_enum)]
     pub kind: Kind,
     /// The envelope's PEC msgid (identificativo), without angle brackets.
@@ -59,17 +51,11 @@ pub struct Args {
     /// The original client Message-ID, with angle brackets.
     #[arg(long)]
     pub msgid: Option<String>,
-    #[arg(long, default_value = "sha256")]
-    pub digest: String,
 }
 
 pub fn receipt(a: &Args) -> Result<ExitCode> {
-    let key = PemKey::from_files(&a.key, &a.cert, None)?;
-    let digest: DigestAlg = a
-        .digest
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--digest: use sha256 or sha1"))?;
-    let out = build(&key, digest, a)?;
+    let (provider, key, digest) = a.sign_as.open()?;
+    let out = build(&provider, &key, digest, a)?;
     std::io::stdout().write_all(&out)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -82,7 +68,7 @@ fn consegna(a: &Args) -> Result<String> {
     }
 }
 
-fn build(key: &PemKey, digest: DigestAlg, a: &Args) -> Result<Vec<u8>> {
+fn build(provider: &Provider, key: &PemKey, digest: DigestAlg, a: &Args) -> Result<Vec<u8>> {
     let ricevuta = match a.kind {
         Kind::PresaInCarico => Ricevuta::PresaInCarico {
             mail_receipt: match &a.mail_receipt {
@@ -118,15 +104,11 @@ fn build(key: &PemKey, digest: DigestAlg, a: &Args) -> Result<Vec<u8>> {
         msgid: a.msgid.clone(),
         ricevuta: TipoRicevuta::Sintetica,
     };
-    let provider = Provider {
-        name: a.gestore.clone(),
-        domain: a.domain.clone(),
-    };
     let now = chrono::Utc::now();
     let emission = Emission {
         time: now,
-        message_id: new_pec_id(&a.domain, now),
+        message_id: new_pec_id(&provider.domain, now),
     };
-    let built = build_ricevuta(&provider, &tx, &ricevuta, &emission, Signer { key, digest })?;
+    let built = build_ricevuta(provider, &tx, &ricevuta, &emission, Signer { key, digest })?;
     Ok(built.to_bytes())
 }
