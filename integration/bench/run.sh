@@ -625,7 +625,8 @@ dx_size() {
   local file=$1 d=$W/dx port=$((PROTO_TCP_PORT + 20)) pid idle t0 t1 out
   mkdir -p "$d/mail/pec.demo.test/${MARIO%@*}"
   DELIVERY_TOML=$(printf '[delivery]\nlisten = "inet:127.0.0.1:%s"\nstore = "maildir"\nmaildir = "%s/mail"\nmax_size = "300MB"\noutbox = "%s/outbox"' "$port" "$d" "$d") \
-    STATE=embedded pec_up dx "unix:$d/pec.sock" "$PROTO_SINK_PORT" off || return 1
+    STATE=embedded INDEX=ldif INDEX_LDIF=$W/igpec.ldif TRUST="$B/ca.pem" \
+    pec_up dx "unix:$d/pec.sock" "$PROTO_SINK_PORT" off || return 1
   wait_port 127.0.0.1 "$port" 10 || return 1
   pid=$(pec_pid dx); idle=$(vm_hwm_mb "$pid")
   anon_watch "$pid" "$d/anon"
@@ -648,7 +649,7 @@ PY
   note "delivery size: ${RXSZ[delivery]}"
   pec_milter_down "$d" || true
   [ "$(kv "$out" refused)" = 0 ] && [ "$receipts" = 1 ] &&
-    [ "$(find "$d/mail/pec.demo.test/${MARIO%@*}/new" -type f -size +100M | wc -l)" = 1 ]
+    [ "$(find "$d/mail/pec.demo.test/${MARIO%@*}/new" -type f -size +$((BIG_SIZE / 1048576))M | wc -l)" = 1 ]
 }
 # rx_size_files: a BIG_SIZE original (ordinary mail: the anomaly path) and provider B's
 # busta di trasporto of it (verification, presa in carico, delivered as is).
