@@ -264,13 +264,7 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
     }
     if mode == Mode::Strip {
         let header = std::mem::take(&mut s.header);
-        return match strip_provider_fields(cx, &header).await {
-            Ok(()) => Status::Accept,
-            Err(e) => {
-                tracing::error!(error = %e, "removing provider-only header fields failed");
-                tempfail(cx, "message could not be checked, try again later")
-            }
-        };
+        return strip_provider_fields(cx, &header).await;
     }
     if let Some(e) = s.spool_error.take() {
         s.body = None;
@@ -312,13 +306,7 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
             if ours.is_empty() {
                 // Not for us (local sendmail(1) mail to others): not PEC,
                 // and never with the fields only a provider writes.
-                return match strip_provider_fields(cx, &header).await {
-                    Ok(()) => Status::Accept,
-                    Err(e) => {
-                        tracing::error!(error = %e, "removing provider-only header fields failed");
-                        tempfail(cx, "message could not be checked, try again later")
-                    }
-                };
+                return strip_provider_fields(cx, &header).await;
             }
             let inbound = Inbound {
                 queue_id,
@@ -469,24 +457,26 @@ fn deletions(head: &[u8], delete: impl Fn(&str) -> bool) -> Vec<(String, i32)> {
     out
 }
 
-/// Mail of an authenticated sender outside our PEC domains: the fields
-/// only a provider writes are deleted (nobody else may emit them).
-async fn strip_provider_fields(
-    cx: &EomContext<Session>,
-    head: &[u8],
-) -> Result<(), indymilter::ActionError> {
+/// Mail that is not PEC (an authenticated sender outside our PEC domains,
+/// unauthenticated mail none of whose recipients is ours): the fields only
+/// a provider writes are deleted (nobody else may emit them), the rest is
+/// accepted; 4xx when the MTA refuses the deletions.
+async fn strip_provider_fields(cx: &mut EomContext<Session>, head: &[u8]) -> Status {
     let removed = deletions(head, |name| {
         PROVIDER_ONLY_HEADERS
             .iter()
             .any(|p| p.eq_ignore_ascii_case(name))
     });
     if !removed.is_empty() {
-        tracing::warn!(fields = ?removed, "authenticated non-holder wrote provider-only header fields: removed");
+        tracing::warn!(fields = ?removed, "provider-only header fields in mail that is not PEC: removed");
     }
     for (name, idx) in removed {
-        cx.actions.change_header(name, idx, None::<CString>).await?;
+        if let Err(e) = cx.actions.change_header(name, idx, None::<CString>).await {
+            tracing::error!(error = %e, "removing provider-only header fields failed");
+            return tempfail(cx, "message could not be checked, try again later");
+        }
     }
-    Ok(())
+    Status::Accept
 }
 
 /// Delete the original's header fields (`head`: its header block) the
