@@ -511,12 +511,7 @@ async fn a_take_charge_receipt_for_our_envelope_updates_its_state() {
     ib.rcpts = vec!["ricevute@pec.acme.test".into()];
     let o = r.rp.process(&ib, Utc::now()).await;
     assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
-    let got = r
-        .state
-        .get_envelope("opec.20261125093015.1234.1@pec.acme.test")
-        .await
-        .expect("get")
-        .expect("record");
+    let got = record(&r, "opec.20261125093015.1234.1@pec.acme.test").await;
     assert_eq!(got.recipients[0].status, RecipientStatus::PresaInCarico);
     assert!(r.injected.all().is_empty());
 }
@@ -670,12 +665,7 @@ async fn a_receipt_about_a_recipient_its_signer_does_not_serve_changes_nothing()
     // delivered to our holder as it is (it is a valid receipt of B's) ...
     assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
     // ... but it does not speak for carla: her record stays as it was
-    let got = r
-        .state
-        .get_envelope("opec.20261125093015.1234.1@pec.acme.test")
-        .await
-        .expect("get")
-        .expect("record");
+    let got = record(&r, "opec.20261125093015.1234.1@pec.acme.test").await;
     assert_eq!(got, rec, "the record is unchanged");
     assert_eq!(
         status_of(&got, "carla@pec.c.test"),
@@ -692,12 +682,7 @@ async fn a_receipt_about_a_recipient_its_signer_does_not_serve_changes_nothing()
     ib.rcpts = vec!["mario.rossi@pec.acme.test".into()];
     let o = r.rp.process(&ib, Utc::now()).await;
     assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
-    let got = r
-        .state
-        .get_envelope("opec.20261125093015.1234.1@pec.acme.test")
-        .await
-        .expect("get")
-        .expect("record");
+    let got = record(&r, "opec.20261125093015.1234.1@pec.acme.test").await;
     assert_eq!(
         status_of(&got, "anna.bianchi@pec.b.test"),
         Some(RecipientStatus::Consegnato)
@@ -766,15 +751,7 @@ async fn a_virus_notice_is_not_lost_when_its_first_injection_fails() {
     .to_bytes();
     let mut ib = inbound(rv);
     ib.rcpts = vec!["ricevute@pec.acme.test".into()];
-    let status = || async {
-        r.state
-            .get_envelope(pec_id)
-            .await
-            .expect("get")
-            .expect("record")
-            .recipients[0]
-            .status
-    };
+    let status = || async { record(&r, pec_id).await.recipients[0].status };
     // the reinjection listener is down: 4xx, the record unchanged
     r.injected.set_down(true);
     let o = r.rp.process(&ib, Utc::now()).await;
@@ -796,4 +773,13 @@ async fn a_virus_notice_is_not_lost_when_its_first_injection_fails() {
     let o = r.rp.process(&ib, Utc::now()).await;
     assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
     assert_eq!(r.injected.all().len(), 1);
+}
+
+/// Our envelope record `pec_id`, which must exist.
+async fn record(r: &Rig, pec_id: &str) -> pec_milter::state::EnvelopeRecord {
+    r.state
+        .get_envelope(pec_id)
+        .await
+        .expect("get")
+        .expect("record")
 }
