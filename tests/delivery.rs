@@ -324,11 +324,7 @@ async fn no_signature_no_delivery_then_the_retry_goes_through() {
     let r = dp
         .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
         .await;
-    assert_eq!(r.len(), 3);
-    assert!(r.iter().all(|l| l.starts_with("451 4.3.0")), "{r:?}");
-    assert_eq!(stored(dir.path(), "anna.bianchi"), 0);
-    assert_eq!(stored(dir.path(), "carlo"), 0);
-    assert!(rec.0.lock().map(|v| v.is_empty()).unwrap_or(false));
+    nothing_done(&r, dir.path(), &rec);
 
     key.left.store(-1, std::sync::atomic::Ordering::SeqCst);
     let r = dp
@@ -558,11 +554,7 @@ async fn without_a_loaded_index_nothing_is_stored_and_nothing_receipted() {
     let r = dp
         .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
         .await;
-    assert_eq!(r.len(), 3);
-    assert!(r.iter().all(|l| l.starts_with("451 4.3.0")), "{r:?}");
-    assert_eq!(stored(dir.path(), "anna.bianchi"), 0);
-    assert_eq!(stored(dir.path(), "carlo"), 0);
-    assert!(rec.0.lock().map(|v| v.is_empty()).unwrap_or(false));
+    nothing_done(&r, dir.path(), &rec);
 
     // no index configured at all: the same
     let mut unconfigured = setup_with(dir.path(), true).await.0;
@@ -600,5 +592,18 @@ async fn ordinary_mail_is_stored_as_it_is_without_receipt() {
         stored_messages(dir.path(), "anna.bianchi"),
         vec![plain.to_vec()]
     );
+    assert!(rec.0.lock().map(|v| v.is_empty()).unwrap_or(false));
+}
+
+/// The delivery point answered 4xx for each of the three recipients of
+/// `rcpts()`, stored nothing and injected nothing.
+fn nothing_done(replies: &[String], dir: &std::path::Path, rec: &Recorder) {
+    assert_eq!(replies.len(), 3);
+    assert!(
+        replies.iter().all(|l| l.starts_with("451 4.3.0")),
+        "{replies:?}"
+    );
+    assert_eq!(stored(dir, "anna.bianchi"), 0);
+    assert_eq!(stored(dir, "carlo"), 0);
     assert!(rec.0.lock().map(|v| v.is_empty()).unwrap_or(false));
 }
