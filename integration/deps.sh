@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(
   build-essential pkg-config libssl-dev ca-certificates openssl
   libxml2-utils python3 redis-server
-  clamav-daemon clamdscan postfix
+  clamav-daemon clamdscan postfix postfix-ldap
   swaks libnet-ssleay-perl sasl2-bin libsasl2-modules libsasl2-modules-db iproute2
   slapd ldap-utils
   dovecot-lmtpd

@@ -20,6 +20,11 @@
 #       Postfix's check alone, with no milter)
 #   (6) embedded only: a 30 MB 8-bit original through the spool -> the envelope verifies and
 #       carries it byte for byte, the spool directory is empty afterwards
+#   (8) embedded only: holders kept in LDAP. slapd holds uid=mrossi (mail: mario's address);
+#       pec-milter has [holders.ldap], Postfix the shipped "#ldap-holders:" submission variant
+#       (pec-sender-login-ldap.cf). mrossi as mario -> envelope + accettazione; mrossi as
+#       cittadino -> 553 5.7.1 at MAIL from pec-milter; slapd stopped -> 451 4.3.0 at MAIL from
+#       pec-milter (cannot tell who owns the sender), nothing signed, nothing relayed
 # Env: BACKENDS="embedded redis" (default), PEC_MILTER_BIN (default target/debug/pec-milter),
 # KEEP=1 keeps the work dir. Prints "N passed, N failed" last; exit 1 if anything failed.
 set -uo pipefail
@@ -34,6 +39,19 @@ need_pec_milter run
 # ------------------------------------------------------------------ helpers
 # (lib.sh: inspect_get, kind_is, verify_ok, cms_ok, postacert_body_has, hdr_is, hdr_absent,
 # quarantine_count_is, no_pids_in_netns; they trust $CA, set per backend below)
+
+# holders_ldif: the holders' directory of (8): uid=mrossi owns mario's address.
+holders_ldif() {
+  printf 'dn: o=postacert\nobjectClass: organization\no: postacert\n\n'
+  printf 'dn: ou=holders,o=postacert\nobjectClass: organizationalUnit\nou: holders\n\n'
+  printf 'dn: uid=mrossi,ou=holders,o=postacert\nobjectClass: inetOrgPerson\nuid: mrossi\n'
+  printf 'cn: Mario Rossi\nsn: Rossi\nmail: %s\n' "$MARIO"
+}
+# holders_search_has FILTER LINE: an anonymous search of the holders (in the netns) prints LINE.
+holders_search_has() {
+  ns_exec ldapsearch -x -LLL -o ldif-wrap=no -H "ldap://127.0.0.1:$RIG_LDAP_PORT" \
+    -b ou=holders,o=postacert "$1" | grep -qixF "$2"
+}
 
 destinatari_has() { inspect_get "$1" '" ".join(x["address"] for x in d["daticert"]["destinatari"])' | tr ' ' '\n' | grep -qx "$2"; }
 
@@ -50,12 +68,25 @@ run_backend() {
   mkdir -p "$O"
   echo "# ==== backend: $BACKEND"
 
+  # (8) embedded: holders in LDAP, for pec-milter and for Postfix's second line
+  local HL_URL=ldap://127.0.0.1:$RIG_LDAP_PORT HL_BASE=ou=holders,o=postacert MROSSI_PW=mr-$RANDOM$RANDOM
+  local -a PF_LDAP=()
+  if [ "$BACKEND" = embedded ]; then
+    holders_ldif > "$DIR/holders.ldif"
+    ok "[$BACKEND] slapd up with the holders (uid=mrossi)" slapd_up "$DIR/slapd" "$RIG_LDAP_PORT" "$DIR/holders.ldif" || return 1
+    PF_LDAP=(HOLDERS_LDAP="$HL_URL $HL_BASE" SASL_USERS="$RIG_SASL_USERS mrossi:$MROSSI_PW")
+  fi
   ok "[$BACKEND] postfix instance with pec-milter on submission" \
-    pf_instance "$PF" MILTERS="inet:127.0.0.1:$RIG_MILTER_PORT" || return 1
+    pf_instance "$PF" MILTERS="inet:127.0.0.1:$RIG_MILTER_PORT" "${PF_LDAP[@]}" || return 1
   ok "[$BACKEND] postfix up" pf_up "$PF" || return 1
   ok "[$BACKEND] clamd up" clamd_up "$DIR/clamd" "$RIG_CLAMD_PORT" || return 1
   if [ "$BACKEND" = redis ]; then ok "[$BACKEND] redis up" redis_up "$DIR/redis" "$RIG_REDIS_PORT" || return 1; fi
-  ok "[$BACKEND] config written" write_config "$DIR" "$BACKEND" || return 1
+  if [ "$BACKEND" = embedded ]; then
+    HOLDERS_LDAP_URL=$HL_URL HOLDERS_LDAP_BASE=$HL_BASE \
+      ok "[$BACKEND] config written (with [holders.ldap])" write_config "$DIR" "$BACKEND" || return 1
+  else
+    ok "[$BACKEND] config written" write_config "$DIR" "$BACKEND" || return 1
+  fi
   ok "[$BACKEND] pec-milter run --config listens" pec_milter_up "$DIR" "$DIR/pec-milter.toml" || return 1
   ok "[$BACKEND] demo CA created by init_demo ($CA)" test -s "$CA" || return 1
 
@@ -250,6 +281,46 @@ sys.exit(0 if orig.rstrip(b"\n") in env else 1)' "$O/6.eml" "$ENV"
     fi
     ok "[$BACKEND] (6) nothing left in the spool directory" test -z "$(ls -A "$DIR/spool")"
     _log "[$BACKEND] (6) pec-milter $(grep VmHWM "/proc/$(cat "$DIR/pec-milter.pid")/status" | tr -s ' \t' ' ') after the 30 MB message"
+  fi
+
+  # ---- (8) embedded only: holders kept in LDAP. Last: it stops slapd, and Postfix's second line
+  # (the unionmap with the ldap table) then answers 451 for every sender.
+  if [ "$BACKEND" = embedded ]; then
+    TOK=s8-$BACKEND-$RANDOM$RANDOM
+    ok "[$BACKEND] (8) ldapsearch: uid=mrossi lists mario's address" holders_search_has '(uid=mrossi)' "mail: $MARIO"
+    ok "[$BACKEND] (8) pec-milter asks LDAP for the holders' logins" \
+      grep -qF "holders' logins: LDAP" "$DIR/pec-milter.log"
+    ok "[$BACKEND] (8) submission: the shipped #ldap-holders: sender-login maps" bash -c \
+      "postconf -c $PF/etc -P | grep -qxF '127.0.0.1:$RIG_SUBMIT_PORT/inet/smtpd_sender_login_maps = unionmap:{ldap:\$config_directory/pec-sender-login-ldap.cf,regexp:\$config_directory/pec-sender-login.regexp}'"
+    mark "$MARIO_MD" "$ANNA_MD" "$CITT_MD"
+    swaks_submit mrossi "$MROSSI_PW" "$MARIO" "$ANNA" --header "Subject: scenario 8 $TOK" \
+      --body "sent by login mrossi body-$TOK" > "$O/8a.txt" 2>&1
+    ok "[$BACKEND] (8a) login mrossi as mario: accepted (250 at end of DATA)" eod_is "$O/8a.txt" '^<- +250 '
+    ok "[$BACKEND] (8a) Postfix: sasl_username=mrossi" grep -qF "sasl_username=mrossi" "$PF/maillog"
+    ok "[$BACKEND] (8a) anna gets exactly one message" expect_new "$ANNA_MD" 1
+    ok "[$BACKEND] (8a) mario gets exactly one message" expect_new "$MARIO_MD" 1
+    ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$MARIO_MD" | head -1)
+    [ -n "$ENV" ] && ok "[$BACKEND] (8a) anna's: a posta-certificata that verifies" verify_ok "$ENV"
+    [ -n "$ENV" ] && ok "[$BACKEND] (8a) carrying the original" postacert_body_has "$ENV" "body-$TOK"
+    [ -n "$RCPT" ] && ok "[$BACKEND] (8a) mario's: an accettazione" kind_is "$RCPT" accettazione
+    mark "$MARIO_MD" "$ANNA_MD" "$CITT_MD"
+    swaks_submit mrossi "$MROSSI_PW" "$CITTADINO" "$ANNA" --header "Subject: scenario 8b $TOK" \
+      --body "not mine $TOK" > "$O/8b.txt" 2>&1
+    ok "[$BACKEND] (8b) login mrossi as cittadino (not in its entry): 553 5.7.1 at MAIL" \
+      grep -qE '^<\*\* +553 5\.7\.1 PEC: the login mrossi may not send as ' "$O/8b.txt"
+    ok "[$BACKEND] (8b) Postfix logged pec-milter's refusal at MAIL" \
+      grep -qF "milter-reject: MAIL from unknown[127.0.0.1]: 553 5.7.1 PEC: the login mrossi may not send as $CITTADINO" "$PF/maillog"
+    ok "[$BACKEND] (8) slapd stopped" slapd_down "$DIR/slapd"
+    swaks_submit mrossi "$MROSSI_PW" "$MARIO" "$ANNA" --header "Subject: scenario 8c $TOK" \
+      --body "directory down $TOK" > "$O/8c.txt" 2>&1
+    ok "[$BACKEND] (8c) slapd down: 451 4.3.0 at MAIL from pec-milter" \
+      grep -qE "^<\*\* +451 4\.3\.0 PEC: cannot check the sender's owner now" "$O/8c.txt"
+    ok "[$BACKEND] (8c) pec-milter logged why (login, sender, the LDAP error)" \
+      grep -qE "cannot tell whether the login owns the sender.*login=mrossi|login=mrossi.*cannot tell whether the login owns the sender" "$DIR/pec-milter.log"
+    sleep 1
+    ok "[$BACKEND] (8) nothing more reaches anna" expect_new "$ANNA_MD" 0
+    ok "[$BACKEND] (8) nothing more to mario (no receipt)" expect_new "$MARIO_MD" 0
+    ok "[$BACKEND] (8) nothing to cittadino" expect_new "$CITT_MD" 0
   fi
 
   # ---- teardown of this backend (the cleanup stack would do it too; here it is checked)

@@ -394,6 +394,10 @@ _wait_listening() {
 RIG_PF_SHIPPED=$RIG_ROOT/milter-conf/postfix
 RIG_PF_MAIN_OVERRIDES="non_smtpd_milters virtual_mailbox_domains virtual_transport"
 RIG_PF_MASTER_OVERRIDES="smtpd_milters"
+#     - holders kept in LDAP (pf_instance HOLDERS_LDAP="URL BASE", e2e-access.sh): the
+#       submission service's smtpd_sender_login_maps becomes the shipped "#ldap-holders:" line of
+#       master.cf.snippet, and pec-sender-login-ldap.cf gets server_host = URL and search_base
+#       = BASE (pf_holders_ldap). selftest.sh builds no such instance.
 # _pf_services INBOUND SUBMIT REINJECT: "shipped-service/type test-listen-address", one a line.
 _pf_services() { printf '%s\n' "smtp/inet $1" "submission/inet $2" "127.0.0.1:10025/inet $3"; }
 #
@@ -516,7 +520,10 @@ EOF
 #   HOST=mx.pec.demo.test    myhostname
 #   DOMAINS="pec.demo.test pec.other.test"   virtual_mailbox_domains
 #   USERS="a@dom ..."        addresses with their own Maildir DIR/vmail/DOM/LOCAL/ (others: .../catchall/)
-#   SASL_USERS="addr:pw ..." SASL accounts (Cyrus sasldb DIR/sasl/sasldb2; login = full address)
+#   SASL_USERS="addr:pw ..." SASL accounts (Cyrus sasldb DIR/sasl/sasldb2; login = full address,
+#                            or a bare login, e.g. mrossi:pw, in realm HOST)
+#   HOLDERS_LDAP="URL BASE"  the shipped "#ldap-holders:" submission variant (holders in LDAP;
+#                            pf_holders_ldap); empty: the shipped regexp map alone
 #   MYNETWORKS=127.0.0.1/32  mynetworks (the shipped services set their own relay rules:
 #                            only the reinjection listener lets loopback relay)
 #   TRANSPORT="dom smtp:[ip]:port"   optional transport_maps lines (literal next hops only)
@@ -525,14 +532,14 @@ EOF
 # Non-local domains go to default_transport = error: (nothing leaves, no DNS).
 # Start: pf_up DIR; stop: pf_down DIR. Log: DIR/maillog.
 pf_instance() {
-  local D SUBMIT REINJECT HOST DOMAINS USERS SASL_USERS MILTERS MYNETWORKS TRANSPORT INBOUND VTRANSPORT kv
+  local D SUBMIT REINJECT HOST DOMAINS USERS SASL_USERS MILTERS MYNETWORKS TRANSPORT INBOUND VTRANSPORT HOLDERS_LDAP kv
   D=$(realpath -m "$1"); shift
   SUBMIT=127.0.0.1:$RIG_SUBMIT_PORT REINJECT=127.0.0.1:$RIG_REINJECT_PORT INBOUND=127.0.0.1:$RIG_SMTP_PORT
   HOST=mx.pec.demo.test DOMAINS=$RIG_DOMAINS USERS=$RIG_USERS SASL_USERS=$RIG_SASL_USERS MILTERS=
-  MYNETWORKS=127.0.0.1/32 TRANSPORT= VTRANSPORT=virtual
+  MYNETWORKS=127.0.0.1/32 TRANSPORT= VTRANSPORT=virtual HOLDERS_LDAP=
   for kv in "$@"; do
     case ${kv%%=*} in
-      SUBMIT|REINJECT|HOST|DOMAINS|USERS|SASL_USERS|MILTERS|MYNETWORKS|TRANSPORT|INBOUND|VTRANSPORT) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
+      SUBMIT|REINJECT|HOST|DOMAINS|USERS|SASL_USERS|MILTERS|MYNETWORKS|TRANSPORT|INBOUND|VTRANSPORT|HOLDERS_LDAP) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
       *) echo "pf_instance: unknown key ${kv%%=*}" >&2; return 2 ;;
     esac
   done
@@ -552,6 +559,7 @@ pf_instance() {
   postconf -c "$D/etc" -e "non_smtpd_milters = $MILTERS" "virtual_mailbox_domains = $DOMAINS" \
     "virtual_transport = $VTRANSPORT" || return 1
   postconf -c "$D/etc" -P -e "smtp/inet/smtpd_milters=$MILTERS" "submission/inet/smtpd_milters=$MILTERS" || return 1
+  if [ -n "$HOLDERS_LDAP" ]; then pf_holders_ldap "$D" $HOLDERS_LDAP || return 1; fi
   pf_listen "$D" "$INBOUND" "$SUBMIT" "$REINJECT" || return 1
 
   local u dom
@@ -561,7 +569,7 @@ pf_instance() {
   } > "$D"/etc/vmailbox
   printf '%s\n' "$TRANSPORT" > "$D"/etc/transport
 
-  pf_sasl "$D" "$SASL_USERS" || return 1
+  pf_sasl "$D" "$SASL_USERS" "$HOST" || return 1
   pf_tls "$D" "$HOST" || return 1
   pf_spool_check "$D"
 }
@@ -570,6 +578,21 @@ pf_instance() {
 # directory (the snippets name them as $config_directory/FILE).
 pf_shipped_files() {
   install -o root -g root -m 644 "$RIG_PF_SHIPPED/pec-sender-login.regexp" "$1/etc/pec-sender-login.regexp"
+  install -o root -g root -m 644 "$RIG_PF_SHIPPED/pec-sender-login-ldap.cf" "$1/etc/pec-sender-login-ldap.cf"
+}
+
+# pf_holders_ldap DIR URL BASE: the shipped "#ldap-holders:" variant of the submission service
+# (holders kept in LDAP; see (a)): its smtpd_sender_login_maps line, read from
+# master.cf.snippet as shipped, and pec-sender-login-ldap.cf with server_host = URL and
+# search_base = BASE.
+pf_holders_ldap() {
+  local D=$1 url=$2 base=$3 maps
+  postconf -c "$D/etc" -m | grep -qx ldap || { echo "pf_holders_ldap: Postfix has no ldap table (integration/deps.sh installs postfix-ldap)" >&2; return 1; }
+  maps=$(sed -n 's/^ *#ldap-holders: -o smtpd_sender_login_maps=//p' "$RIG_PF_SHIPPED/master.cf.snippet")
+  [ -n "$maps" ] || { echo "pf_holders_ldap: no #ldap-holders: line in master.cf.snippet" >&2; return 1; }
+  sed -i -e "s|^server_host = .*|server_host = $url|" -e "s|^search_base = .*|search_base = $base|" \
+    "$D/etc/pec-sender-login-ldap.cf" || return 1
+  postconf -c "$D/etc" -P -e "submission/inet/smtpd_sender_login_maps=$maps"
 }
 
 # pf_listen DIR INBOUND SUBMIT REINJECT: gives each shipped smtpd service of DIR/etc/master.cf
@@ -586,11 +609,11 @@ pf_listen() {
   done < <(_pf_services "$2" "$3" "$4")
 }
 
-# pf_sasl DIR "ADDR:PW ...": Cyrus SASL for the smtpd listeners of the instance in DIR:
+# pf_sasl DIR "ADDR:PW ..." HOST: Cyrus SASL for the smtpd listeners of the instance in DIR:
 # DIR/etc/sasl/smtpd.conf (auxprop, sasldb, PLAIN LOGIN) and the accounts in DIR/sasl/sasldb2
-# (login = the full address, realm = its domain).
+# (login = the full address, realm = its domain; a bare login in realm HOST).
 pf_sasl() {
-  local D=$1 up u
+  local D=$1 up u realm
   mkdir -p "$D"/etc/sasl || return 1
   # smtpd (user postfix, not chrooted) reads $D/etc/sasl/smtpd.conf and the sasldb.
   cat > "$D"/etc/sasl/smtpd.conf <<EOF
@@ -605,7 +628,9 @@ EOF
   rm -f "$D"/sasl/sasldb2*
   for up in $2; do
     u=${up%%:*}
-    printf '%s' "${up#*:}" | saslpasswd2 -f "$D"/sasl/sasldb2 -p -c -u "${u#*@}" "${u%@*}" || return 1
+    # a login that is not an address (holders in LDAP) is in the server's realm, myhostname
+    if [ "${u#*@}" = "$u" ]; then realm=$3; else realm=${u#*@}; fi
+    printf '%s' "${up#*:}" | saslpasswd2 -f "$D"/sasl/sasldb2 -p -c -u "$realm" "${u%@*}" || return 1
   done
   if [ -e "$D"/sasl/sasldb2 ]; then chown root:postfix "$D"/sasl/sasldb2; chmod 640 "$D"/sasl/sasldb2; fi
 }
@@ -869,6 +894,7 @@ pec_milter_down() {
 #   VERIFY_AT=now|signing-time   [reception] verify_at (default now)
 #   ORDINARY=anomaly|reject      [reception] ordinary_mail (default anomaly)
 #   CERTIFIED="d1 d2"      [recipients] certified_domains (default "pec.demo.test pec.other.test")
+#   HOLDERS_LDAP_URL, HOLDERS_LDAP_BASE   appends [holders.ldap] (filter (uid=%s), attribute mail, no cache)
 write_config() {
   local D=$1 backend=${2:-embedded}
   case $backend in embedded|redis) ;; *) echo "write_config: backend must be embedded or redis" >&2; return 2 ;; esac
@@ -932,6 +958,19 @@ upa = ["@pec.other.test"]
 upa1 = []
 upr = ["$CITTADINO"]
 EOF
+  if [ -n "${HOLDERS_LDAP_URL:-}" ]; then
+    # no cache here, so that e2e-access (8c) sees the directory go away at once
+    cat >> "$D/pec-milter.toml" <<EOF
+
+[holders.ldap]
+url = "$HOLDERS_LDAP_URL"
+base = "$HOLDERS_LDAP_BASE"
+filter = "(uid=%s)"
+attribute = "mail"
+timeout = "5s"
+cache = "0s"
+EOF
+  fi
   [ -n "${INDEX:-}" ] || return 0
   local trust=${TRUST-$D/demo/ca.pem}
   cat >> "$D/pec-milter.toml" <<EOF

@@ -492,6 +492,52 @@ pub struct HoldersConfig {
     /// What `logins` says, lowercased: login -> the addresses it owns.
     #[serde(skip)]
     pub login_map: BTreeMap<String, Vec<String>>,
+    /// Where the site keeps its holders in LDAP: asked for a login's
+    /// addresses when neither the login itself nor `logins` gives them.
+    pub ldap: Option<HoldersLdapConfig>,
+}
+
+/// `[holders.ldap]`: one search per login (cached), `filter` with `%s`
+/// standing for the login, the addresses in `attribute`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldersLdapConfig {
+    /// `ldap://host:port` or `ldaps://host:port`.
+    pub url: String,
+    /// Search base (subtree), e.g. `ou=holders,dc=pec,dc=example,dc=it`.
+    pub base: String,
+    /// The search filter; `%s` is the login (escaped, RFC 4515).
+    #[serde(default = "default_login_filter")]
+    pub filter: String,
+    /// The attribute listing the addresses a login owns.
+    #[serde(default = "default_login_attribute")]
+    pub attribute: String,
+    /// Simple bind DN; anonymous when absent.
+    pub bind_dn: Option<String>,
+    /// File holding the bind password (never the password itself here).
+    pub password_file: Option<PathBuf>,
+    /// Bound on one search; past it the MAIL gets 451.
+    #[serde(default = "default_login_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// How long an answer is kept (`0`: ask at every MAIL).
+    #[serde(default = "default_login_cache", deserialize_with = "duration")]
+    pub cache: Duration,
+}
+
+fn default_login_filter() -> String {
+    "(uid=%s)".into()
+}
+
+fn default_login_attribute() -> String {
+    "mail".into()
+}
+
+fn default_login_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_login_cache() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Default for HoldersConfig {
@@ -503,6 +549,7 @@ impl Default for HoldersConfig {
             upr: Vec::new(),
             logins: None,
             login_map: BTreeMap::new(),
+            ldap: None,
         }
     }
 }
@@ -643,6 +690,29 @@ impl Config {
         }
         if self.state.backend == StateBackend::Redis && !self.state.url.starts_with("redis") {
             return Err(invalid("state.url", "must be a redis:// or rediss:// URL"));
+        }
+        if let Some(l) = &self.holders.ldap {
+            if !(l.url.starts_with("ldap://") || l.url.starts_with("ldaps://")) {
+                return Err(invalid(
+                    "holders.ldap.url",
+                    "use ldap://HOST:PORT or ldaps://HOST:PORT",
+                ));
+            }
+            if !(l.filter.contains("%s") && l.filter.starts_with('(') && l.filter.ends_with(')')) {
+                return Err(invalid(
+                    "holders.ldap.filter",
+                    "a parenthesised LDAP filter with %s for the login, e.g. (uid=%s)",
+                ));
+            }
+            if l.attribute.trim().is_empty() || l.attribute.contains([' ', '(', ')', ',']) {
+                return Err(invalid(
+                    "holders.ldap.attribute",
+                    "one attribute name, e.g. mail",
+                ));
+            }
+            if l.timeout.is_zero() {
+                return Err(invalid("holders.ldap.timeout", "must be more than 0"));
+            }
         }
         self.check_pkcs11(path)
     }
@@ -920,6 +990,60 @@ mod tests {
         assert_eq!(h.class_of("cittadino@COMUNE.test"), HolderClass::Upr);
         assert_eq!(h.class_of("sindaco@comune.test"), HolderClass::Upa);
         assert_eq!(h.class_of("x@altro.test"), HolderClass::Upa1);
+    }
+
+    #[test]
+    fn holders_in_ldap() {
+        let base = "[provider]\ndomain = \"pec.demo.test\"\nname = \"Demo\"\ndomains = [\"pec.demo.test\"]\n";
+        let cfg = Config::parse(
+            &format!("{base}[holders.ldap]\nurl = \"ldap://127.0.0.1:389\"\nbase = \"ou=holders,dc=pec\"\n"),
+            Path::new("t.toml"),
+        )
+        .expect("defaults");
+        let l = cfg.holders.ldap.expect("ldap");
+        assert_eq!(
+            (l.filter.as_str(), l.attribute.as_str()),
+            ("(uid=%s)", "mail")
+        );
+        assert_eq!(
+            (l.timeout, l.cache),
+            (Duration::from_secs(5), Duration::from_secs(300))
+        );
+        for (bad, key) in [
+            ("url = \"http://x\"\nbase = \"o=x\"", "holders.ldap.url"),
+            (
+                "url = \"ldap://x\"\nbase = \"o=x\"\nfilter = \"(uid=mrossi)\"",
+                "holders.ldap.filter",
+            ),
+            (
+                "url = \"ldap://x\"\nbase = \"o=x\"\nfilter = \"uid=%s\"",
+                "holders.ldap.filter",
+            ),
+            (
+                "url = \"ldap://x\"\nbase = \"o=x\"\nattribute = \"mail uid\"",
+                "holders.ldap.attribute",
+            ),
+            (
+                "url = \"ldap://x\"\nbase = \"o=x\"\ntimeout = 0",
+                "holders.ldap.timeout",
+            ),
+        ] {
+            match Config::parse(
+                &format!("{base}[holders.ldap]\n{bad}\n"),
+                Path::new("t.toml"),
+            ) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // base is required
+        assert!(
+            Config::parse(
+                &format!("{base}[holders.ldap]\nurl = \"ldap://x\"\n"),
+                Path::new("t.toml")
+            )
+            .is_err()
+        );
     }
 
     #[test]

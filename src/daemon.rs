@@ -15,9 +15,11 @@ use crate::crypto::verify::TrustStore;
 use crate::crypto::{CryptoError, SigningKey};
 use crate::index::ldap::LdapSource;
 use crate::index::{IndexSource, ProviderEntry, ProviderIndex};
+use crate::ldap::LdapServer;
 use crate::lmtp::client::LmtpClient;
 use crate::lmtp::maildir::Maildir;
 use crate::lmtp::server::LmtpHandler;
+use crate::logins::{CachedLogins, LdapLogins};
 use crate::milter::{self, MilterListener, Roles};
 use crate::pec::TipoDestinatario;
 use crate::pec::build::Provider;
@@ -26,7 +28,9 @@ use crate::roles::access::AccessPoint;
 use crate::roles::delivery::DeliveryPoint;
 use crate::roles::reception::ReceptionPoint;
 use crate::roles::tracking::{Tracker, TrackerConfig};
-use crate::roles::{DirectoryError, Injector, MailboxStore, RecipientDirectory, Scanner};
+use crate::roles::{
+    DirectoryError, Injector, LoginDirectory, MailboxStore, RecipientDirectory, Scanner,
+};
 use crate::smtp::Submitter;
 use crate::state::StateStore;
 use crate::state::embedded::EmbeddedStore;
@@ -59,8 +63,9 @@ pub enum DaemonError {
     },
     #[error("milter: {0}")]
     Milter(std::io::Error),
-    #[error("index.password_file {path}: {source}")]
+    #[error("{key} {path}: {source}")]
     Password {
+        key: &'static str,
         path: String,
         #[source]
         source: std::io::Error,
@@ -232,18 +237,8 @@ pub fn provider_index(cfg: &Config) -> Result<Option<Arc<ProviderIndex>>, Daemon
         IndexSourceKind::None => return Ok(None),
         IndexSourceKind::Ldif => IndexSource::Ldif(cfg.index.ldif.clone()),
         IndexSourceKind::Ldap => {
-            let password = match &cfg.index.password_file {
-                Some(p) => Some(
-                    std::fs::read_to_string(p)
-                        .map_err(|source| DaemonError::Password {
-                            path: p.display().to_string(),
-                            source,
-                        })?
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string(),
-                ),
-                None => None,
-            };
+            let password =
+                read_password("index.password_file", cfg.index.password_file.as_deref())?;
             IndexSource::Ldap(LdapSource {
                 url: cfg.index.url.clone(),
                 base: cfg.index.base.clone(),
@@ -256,12 +251,50 @@ pub fn provider_index(cfg: &Config) -> Result<Option<Arc<ProviderIndex>>, Daemon
     Ok(Some(Arc::new(ProviderIndex::new(source))))
 }
 
+/// A bind password from its file (trailing newline removed), if one is named.
+fn read_password(key: &'static str, path: Option<&Path>) -> Result<Option<String>, DaemonError> {
+    path.map(|p| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|source| DaemonError::Password {
+                key,
+                path: p.display().to_string(),
+                source,
+            })
+    })
+    .transpose()
+}
+
+/// The holders' directory of `[holders.ldap]`, if the site keeps its
+/// holders there (asked at MAIL, answers cached).
+pub fn holders_directory(cfg: &Config) -> Result<Option<Arc<dyn LoginDirectory>>, DaemonError> {
+    let Some(l) = &cfg.holders.ldap else {
+        return Ok(None);
+    };
+    let directory = LdapLogins {
+        server: LdapServer {
+            url: l.url.clone(),
+            bind_dn: l.bind_dn.clone(),
+            password: read_password("holders.ldap.password_file", l.password_file.as_deref())?,
+            timeout: l.timeout,
+        },
+        base: l.base.clone(),
+        filter: l.filter.clone(),
+        attribute: l.attribute.clone(),
+    };
+    tracing::info!(url = %l.url, base = %l.base, filter = %l.filter, attribute = %l.attribute,
+        cache = ?l.cache, "holders' logins: LDAP");
+    Ok(Some(Arc::new(CachedLogins::new(directory, l.cache))))
+}
+
 /// The dependencies every role shares.
 pub struct Deps {
     pub key: Arc<dyn SigningKey>,
     pub state: Arc<dyn StateStore>,
     pub scanner: Option<Arc<dyn Scanner>>,
     pub injector: Arc<dyn Injector>,
+    /// `[holders.ldap]`, for the access point.
+    pub logins: Option<Arc<dyn LoginDirectory>>,
 }
 
 /// Open the signing key, the state store, clamd and the reinjection client.
@@ -296,6 +329,7 @@ pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
         state,
         scanner,
         injector,
+        logins: holders_directory(cfg)?,
     })
 }
 
@@ -319,6 +353,7 @@ pub fn access_point(cfg: &Config, d: &Deps, directory: Arc<dyn RecipientDirector
         injector: d.injector.clone(),
         directory,
         holders: cfg.holders.clone(),
+        logins: d.logins.clone(),
         max_recipients: cfg.limits.max_recipients,
         max_product: cfg.limits.max_product,
         quarantine_dir: cfg.quarantine.dir.clone(),

@@ -8,10 +8,11 @@
 //! - [`roles`]: the access, reception and delivery points and the 12 h /
 //!   24 h tracker, deciding over the ports of [`roles::ports`].
 //! - The edges, each implementing ports or serving roles: [`milter`] (the
-//!   MTA), [`lmtp`] (mailbox delivery), [`smtp`] (reinjection), [`clamd`].
+//!   MTA), [`lmtp`] (mailbox delivery), [`smtp`] (reinjection), [`clamd`],
+//!   [`logins`] (the holders kept in LDAP).
 //! - [`state`], [`index`]: the state store (Redis or embedded) and the
 //!   providers' index; [`config`]; [`daemon`]: the composition root.
-//! - Support: [`spool`], [`keep`], [`rt`], [`listen`].
+//! - Support: [`spool`], [`keep`], [`rt`], [`listen`], [`ldap`].
 //!
 //! README "Architecture" gives the arrows allowed; `tests/layers.rs` keeps
 //! them.
@@ -22,8 +23,10 @@ pub mod crypto;
 pub mod daemon;
 pub mod index;
 pub mod keep;
+pub mod ldap;
 pub mod listen;
 pub mod lmtp;
+pub mod logins;
 pub mod milter;
 pub mod pec;
 pub mod roles;

@@ -20,7 +20,9 @@ use pec_milter::pec::inspect::inspect;
 use pec_milter::pec::reader::read;
 use pec_milter::roles::access::AccessPoint;
 use pec_milter::roles::reception::ReceptionPoint;
-use pec_milter::roles::{InjectError, Injector, ScanError, Scanner, StaticDirectory, Verdict};
+use pec_milter::roles::{
+    InjectError, Injector, LoginDirectory, LoginError, ScanError, Scanner, StaticDirectory, Verdict,
+};
 use pec_milter::spool::SpoolOptions;
 use pec_milter::state::embedded::EmbeddedStore;
 use pec_milter::state::{Claim, EnvelopeRecord, StateError, StateStore};
@@ -106,6 +108,24 @@ impl Drop for Rig {
     }
 }
 
+/// A holders' directory: `mrossi` owns mario's address and the office's;
+/// `directory-down` cannot be answered for.
+struct FakeLogins;
+
+#[async_trait::async_trait]
+impl LoginDirectory for FakeLogins {
+    async fn owned_by(&self, login: &str) -> Result<Vec<String>, LoginError> {
+        match login {
+            "mrossi" => Ok(vec![
+                "Mario@pec.acme.test".into(),
+                "ufficio@pec.acme.test".into(),
+            ]),
+            "directory-down" => Err(LoginError("LDAP: connect refused".into())),
+            _ => Ok(vec![]),
+        }
+    }
+}
+
 async fn rig_with(state: Option<Arc<dyn StateStore>>) -> Rig {
     rig_roles(state, false).await
 }
@@ -142,6 +162,7 @@ async fn rig_roles(state: Option<Arc<dyn StateStore>>, reception: bool) -> Rig {
             upr: vec!["cittadino@pec.acme.test".into()],
             ..HoldersConfig::default()
         },
+        logins: Some(Arc::new(FakeLogins)),
         max_recipients: 50,
         max_product: 100 << 20,
         quarantine_dir: dir.path().join("quarantine"),
@@ -448,6 +469,60 @@ async fn a_login_sends_only_as_itself() {
     let out = apply(&m, &actions.expect("actions"));
     assert!(String::from_utf8_lossy(&out).contains("X-Trasporto: posta-certificata"));
     assert_eq!(rig.injected.messages().len(), 1, "the accettazione");
+}
+
+/// Holders kept in a directory: a login that is not an address sends as
+/// the addresses the directory lists for it, and only those; when the
+/// directory cannot answer, MAIL gets 451 4.3.0 (never a guess).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_login_sends_as_what_the_directory_lists() {
+    let rig = rig().await;
+    let rcpts = ["anna@pec.other.test"];
+    let mail_status = |login: &'static str, from: &'static str| {
+        let addr = rig.addr.clone();
+        async move {
+            let mut conn = TestConnection::configure()
+                .open_tcp(addr.as_str())
+                .await
+                .expect("connect to milter");
+            conn.macros(MacroStage::Mail, [("{auth_authen}", login)])
+                .await
+                .expect("macros");
+            let st = conn.mail([format!("<{from}>")]).await.expect("mail");
+            let _ = conn.close().await;
+            st
+        }
+    };
+    let text = |st: &Status| match st {
+        Status::Reject { message: Some(t) } | Status::Tempfail { message: Some(t) } => {
+            t.to_string_lossy().into_owned()
+        }
+        other => format!("{other:?}"),
+    };
+    // not listed for mrossi: 553, like any login that does not own it
+    let st = mail_status("mrossi", "alice@pec.acme.test").await;
+    assert!(text(&st).starts_with("553 5.7.1 "), "{}", text(&st));
+    // the directory cannot tell: 451, nothing decided
+    let st = mail_status("directory-down", "mario@pec.acme.test").await;
+    assert!(
+        matches!(st, Status::Tempfail { .. }) && text(&st).starts_with("451 4.3.0 "),
+        "{}",
+        text(&st)
+    );
+    // the login of the address itself never needs the directory
+    let st = mail_status("alice@pec.acme.test", "alice@pec.acme.test").await;
+    assert_eq!(st, Status::Continue);
+    assert!(rig.injected.messages().is_empty(), "nothing injected");
+    // listed (any case): the whole submission is enveloped and receipted
+    for from in ["mario@pec.acme.test", "ufficio@pec.acme.test"] {
+        let mut m = msg(from, &rcpts);
+        m.auth = Some("mrossi");
+        let (st, actions) = submit(&rig, &m).await;
+        assert_eq!(st, Status::Accept, "{from}");
+        let out = apply(&m, &actions.expect("actions"));
+        assert!(String::from_utf8_lossy(&out).contains("X-Trasporto: posta-certificata"));
+    }
+    assert_eq!(rig.injected.messages().len(), 2, "two accettazioni");
 }
 
 /// An authenticated sender outside our PEC domains: its mail passes, less

@@ -532,6 +532,7 @@ fn the_access_point_tempfails_and_sends_nothing_while_the_token_is_gone() {
             default_class: HolderClass::Upa,
             ..HoldersConfig::default()
         },
+        logins: None,
         max_recipients: 50,
         max_product: 100 << 20,
         quarantine_dir: work.path().join("quarantine"),

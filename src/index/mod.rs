@@ -128,9 +128,6 @@ fn attr_base(name: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// An entry's attributes as a source gives them: (description, raw value).
-pub(crate) type RawAttrs = Vec<(String, Vec<u8>)>;
-
 /// Builds a [`ProviderEntry`] from the attributes of one entry (names as the
 /// source gave them, any case, options allowed; values raw). Errors name the
 /// problem; callers add the entry's position.

@@ -107,7 +107,7 @@ pub fn callbacks(roles: Arc<Roles>) -> Callbacks<Session> {
         .on_negotiate(|cx, _, mta_opts| Box::pin(negotiate(cx, mta_opts)))
         .on_mail(move |cx, args| {
             let ap = ap_mail.clone();
-            Box::pin(async move { mail(cx, &args, &ap) })
+            Box::pin(async move { mail(cx, &args, &ap).await })
         })
         .on_rcpt(|cx, args| Box::pin(async move { rcpt(cx, &args) }))
         .on_header(|cx, name, value| Box::pin(async move { header(cx, &name, &value) }))
@@ -143,10 +143,9 @@ async fn negotiate(cx: &mut NegotiateContext<Session>, mta_opts: ProtoOpts) -> S
     Status::Continue
 }
 
-fn mail(cx: &mut Context<Session>, args: &[CString], roles: &Roles) -> Status {
+async fn mail(cx: &mut Context<Session>, args: &[CString], roles: &Roles) -> Status {
     let ap = &roles.access;
-    let session = cx.data.get_or_insert_with(Session::default);
-    session.reset();
+    cx.data.get_or_insert_with(Session::default).reset();
     let auth = cx
         .macros
         .get(c"{auth_authen}")
@@ -156,7 +155,24 @@ fn mail(cx: &mut Context<Session>, args: &[CString], roles: &Roles) -> Status {
         .first()
         .map(|a| bare_path(&cstr(a)))
         .unwrap_or_default();
-    match auth.map(|user| (ap.admit(&user, &from), user)) {
+    let admission = match &auth {
+        Some(user) => match ap.admit(user, &from).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(login = %user, sender = %from, reason = %e,
+                    "access point: cannot tell whether the login owns the sender: 451, nothing signed");
+                let _ = cx.reply.set_error_reply(
+                    "451",
+                    Some("4.3.0"),
+                    ["PEC: cannot check the sender's owner now, try again later"],
+                );
+                return Status::Tempfail;
+            }
+        },
+        None => None,
+    };
+    let session = cx.data.get_or_insert_with(Session::default);
+    match admission.zip(auth) {
         Some((Admission::Holder, user)) => {
             session.mode = Mode::Access;
             session.auth_user = user;

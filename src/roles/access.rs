@@ -24,7 +24,7 @@ use crate::pec::build::{
 use crate::pec::facts::Facts;
 use crate::roles::TempFail;
 use crate::roles::message::{Original, Outcome, SpooledMessage, Submission};
-use crate::roles::ports::{Injector, RecipientDirectory, Scanner, Verdict};
+use crate::roles::ports::{Injector, LoginDirectory, RecipientDirectory, Scanner, Verdict};
 use crate::rt::off_worker_unless;
 use crate::spool::{SpoolOptions, SpoolWriter};
 use crate::state::{Claim, EnvelopeRecord, RecipientState, RecipientStatus, StateStore};
@@ -55,6 +55,9 @@ pub struct AccessPoint {
     pub injector: Arc<dyn Injector>,
     pub directory: Arc<dyn RecipientDirectory>,
     pub holders: HoldersConfig,
+    /// Where the site keeps its holders (`[holders.ldap]`): asked for the
+    /// addresses of a login the `logins` file does not give.
+    pub logins: Option<Arc<dyn LoginDirectory>>,
     pub max_recipients: usize,
     pub max_product: u64,
     pub quarantine_dir: PathBuf,
@@ -72,14 +75,31 @@ impl AccessPoint {
     }
 
     /// May the SASL `login` submit with `mail_from`? See [`Admission`].
-    pub fn admit(&self, login: &str, mail_from: &str) -> Admission {
+    /// The login itself and the `logins` file answer first; the holders'
+    /// directory only for what they do not give. A directory that cannot
+    /// answer is a temporary failure, never an admission.
+    pub async fn admit(&self, login: &str, mail_from: &str) -> Result<Admission, TempFail> {
         if !self.serves(mail_from) {
-            Admission::Outsider
-        } else if self.holders.owns(login, mail_from) {
-            Admission::Holder
-        } else {
-            Admission::NotOwner
+            return Ok(Admission::Outsider);
         }
+        if self.holders.owns(login, mail_from) {
+            return Ok(Admission::Holder);
+        }
+        let Some(directory) = &self.logins else {
+            return Ok(Admission::NotOwner);
+        };
+        let (login, address) = (login.trim(), mail_from.trim());
+        if login.is_empty() {
+            return Ok(Admission::NotOwner);
+        }
+        let owned = directory.owned_by(login).await?;
+        Ok(
+            if owned.iter().any(|a| a.trim().eq_ignore_ascii_case(address)) {
+                Admission::Holder
+            } else {
+                Admission::NotOwner
+            },
+        )
     }
 
     /// Decide what happens to a submission. `now` is the transaction time
@@ -134,7 +154,7 @@ impl AccessPoint {
         // The sender is what the accettazione certifies: only the login
         // that owns the address may use it (the milter refuses at MAIL
         // already; this holds for any edge).
-        if self.admit(&sub.auth_user, &sub.mail_from) != Admission::Holder {
+        if self.admit(&sub.auth_user, &sub.mail_from).await? != Admission::Holder {
             return Ok(Outcome::Reject {
                 code: 553,
                 xcode: "5.7.1".into(),

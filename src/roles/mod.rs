@@ -18,8 +18,8 @@ pub mod verify;
 
 pub use message::{Inbound, Original, Outcome, SpooledMessage, Submission};
 pub use ports::{
-    BoxError, DirectoryError, InjectError, Injector, MailboxStore, RcptOutcome, RecipientDirectory,
-    ScanError, Scanner, StaticDirectory, Verdict,
+    BoxError, DirectoryError, InjectError, Injector, LoginDirectory, LoginError, MailboxStore,
+    RcptOutcome, RecipientDirectory, ScanError, Scanner, StaticDirectory, Verdict,
 };
 
 /// Why a role cannot decide now: a dependency failed. The edge answers
@@ -36,6 +36,8 @@ pub enum TempFail {
     Build(#[from] crate::pec::build::BuildError),
     #[error("recipient directory: {0}")]
     Directory(#[from] DirectoryError),
+    #[error("holders' directory: {0}")]
+    Logins(#[from] LoginError),
     #[error("providers' index not loaded yet")]
     NoIndex,
     #[error("quarantine: {0}")]

@@ -1,6 +1,6 @@
 //! The ports: what the roles need from the world, as traits the edges
-//! implement (clamd, SMTP reinjection, the providers' index, the mailbox
-//! store), each with a typed error. An error always means "cannot tell
+//! implement (clamd, SMTP reinjection, the providers' index, the holders'
+//! directory, the mailbox store), each with a typed error. An error always means "cannot tell
 //! now": the role answers 4xx and the MTA retries; it never guesses.
 
 use std::fmt;
@@ -47,6 +47,12 @@ impl From<&str> for InjectError {
 #[error("{0}")]
 pub struct DirectoryError(pub BoxError);
 
+/// Why the holders' directory cannot say now which addresses a login owns
+/// (the server is down, slow, or answered with an error).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoginError(pub BoxError);
+
 /// The antivirus verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -78,6 +84,17 @@ pub trait Injector: Send + Sync {
 /// answer is unknown now (never guess "esterno").
 pub trait RecipientDirectory: Send + Sync {
     fn tipo(&self, address: &str) -> Result<TipoDestinatario, DirectoryError>;
+}
+
+/// Which sender addresses a SASL login owns, where the site keeps its
+/// holders in a directory (LDAP). Asked only when neither the login itself
+/// nor the `[holders] logins` file gives the address. An error means
+/// "cannot tell now": the access point answers 4xx, never "owned".
+#[async_trait::async_trait]
+pub trait LoginDirectory: Send + Sync {
+    /// The addresses `login` may submit as (any case; none when the
+    /// directory does not know the login).
+    async fn owned_by(&self, login: &str) -> Result<Vec<String>, LoginError>;
 }
 
 /// A fixed list of certified domains from the configuration (until the
