@@ -110,6 +110,12 @@ fn envelope(asked: TipoRicevuta) -> Vec<u8> {
 /// The envelope of [`envelope`] signed with `key` as the provider of
 /// `domain` (its `From:` is posta-certificata@`domain`).
 fn envelope_signed(asked: TipoRicevuta, key: &PemKey, domain: &str) -> Vec<u8> {
+    envelope_for(asked, key, domain, "mario.rossi@pec.acme.test")
+}
+
+/// A busta di trasporto signed by `key` as the provider of `domain` (its
+/// `From:`), whose daticert names `mittente`.
+fn envelope_for(asked: TipoRicevuta, key: &PemKey, domain: &str, mittente: &str) -> Vec<u8> {
     let orig = format!(
         "From: mario.rossi@pec.acme.test\r\nTo: anna.bianchi@pec.other.test, nobody@pec.other.test\r\nCc: carlo@pec.other.test\r\nSubject: Fattura n. 42\r\nMessage-ID: <abc.123@client.example>\r\nX-TipoRicevuta: {asked}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XYZ\"\r\n\r\n--XYZ\r\nContent-Type: text/plain\r\n\r\nciao\r\n--XYZ\r\nContent-Type: application/pdf; name=\"f.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--XYZ--\r\n"
     );
@@ -122,6 +128,7 @@ fn envelope_signed(asked: TipoRicevuta, key: &PemKey, domain: &str) -> Vec<u8> {
         ],
     );
     tx.ricevuta = asked;
+    tx.mittente = mittente.into();
     build_busta_trasporto(
         &Provider {
             domain: domain.into(),
@@ -482,6 +489,16 @@ async fn forged_envelopes_are_stored_as_anomalies_and_never_receipted() {
             "signed by a listed provider for a domain it does not manage",
             envelope_signed(TipoRicevuta::Completa, &pki().key, "pec.c.test"),
             "il dominio del mittente pec.c.test non è gestito da ACME PEC S.p.A.",
+        ),
+        (
+            "signed by a listed provider on behalf of another provider's holder",
+            envelope_for(
+                TipoRicevuta::Completa,
+                &pki().key,
+                "pec.acme.test",
+                "giulia@pec.c.test",
+            ),
+            "il dominio del mittente pec.c.test (daticert) non è gestito da ACME PEC S.p.A.",
         ),
     ];
     for (what, env, why) in cases {

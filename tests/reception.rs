@@ -154,7 +154,9 @@ async fn rig(ordinary: OrdinaryMail, verify_at: VerifyAt, load: bool) -> Rig {
             &sample_signer_pem(
                 "OCA+l10n-italy__l10n_it_fatturapa_pec__POSTA_CERTIFICATA__Invio_File_7339338.txt",
             ),
-            &["pcert.sogei.it"],
+            // the SDI writes from pec.fatturapa.it, a domain Sogei manages: the
+            // daticert mittente of its envelopes is there
+            &["pcert.sogei.it", "pec.fatturapa.it"],
             "ricevute@pcert.sogei.it",
         ),
     ];

@@ -39,8 +39,10 @@ impl std::fmt::Display for Problem {
 /// fields: the S/MIME signature valid with its chain to `trust` (at
 /// `verify_at`), the signer's certificate listed in the providers' index
 /// (SHA-1, then the DER byte-compared), the `From:` domain managed by that
-/// provider, and the structure (daticert.xml present and of the kind the
-/// marker fields say; postacert.eml in a busta di trasporto). The index
+/// provider, the structure (daticert.xml present and of the kind the
+/// marker fields say; postacert.eml in a busta di trasporto), and for a
+/// busta di trasporto the daticert mittente's domain managed by the signer
+/// too. The index
 /// entry of the signer when every check holds.
 ///
 /// Pure but for the signature check's CPU work: a caller holding a large
@@ -94,6 +96,27 @@ pub fn verify_pec(
             reason,
             signer_listed: true,
         });
+    }
+    // A busta di trasporto speaks for its mittente: only the provider of
+    // the mittente's domain may sign one (a listed provider cannot send on
+    // behalf of another provider's holders). The `From:` check above is
+    // the rules' (RFC 6109 §7); this one is ours (PEC-RULES §4.3 [INF]).
+    if msg.kind == MessageKind::BustaTrasporto
+        && let Some(Ok(d)) = &msg.daticert
+    {
+        match domain_of(&d.mittente) {
+            Some(dom) if entry.manages(&dom) => {}
+            other => {
+                return Err(Problem {
+                    reason: format!(
+                        "il dominio del mittente {} (daticert) non è gestito da {}",
+                        other.unwrap_or_else(|| "?".into()),
+                        entry.name
+                    ),
+                    signer_listed: true,
+                });
+            }
+        }
     }
     Ok(entry.clone())
 }
