@@ -2,13 +2,16 @@
 # integration/e2e-sendmail.sh — pec-milter behind a real Sendmail 8.17, configured with the
 # shipped snippet milter-conf/sendmail/pec-milter.mc.snippet (INPUT_MAIL_FILTER on
 # inet:8891@127.0.0.1 with F=T, the milter-free reinjection daemon on 127.0.0.1:10025, the
-# macros, SMTP AUTH PLAIN/LOGIN trusted for relaying, the LMTP mailer "peclmtp" and the
+# macros, SMTP AUTH PLAIN/LOGIN trusted for relaying and offered only under STARTTLS (AuthOptions
+# A p), STARTTLS with the certificate and key of /etc/mail/tls/, the LMTP mailer "peclmtp" and the
 # mailertable) and Cyrus SASL configured with the shipped milter-conf/sendmail/Sendmail.conf (plus
-# the test's sasldb_path). Sendmail is unpacked under /opt/sendmail by integration/deps.sh (its
-# packages conflict with postfix). It runs in the rig's network namespace (only lo) and UTS
-# namespace (hostname mx.pec.test: with an unqualified name it sleeps 60 s at start), its config,
-# maps (MAIL_SETTINGS_DIR), sasldb and queue under /var/lib (sendmail refuses world-writable path
-# components such as /tmp), and relays everything else to an smtp-sink on 127.0.0.2:2527 that
+# the test's sasldb_path). The test changes one thing in the snippet: the directory
+# /etc/mail/tls/ becomes the test's SM_TLS, holding a throwaway self-signed certificate under the
+# snippet's file names (see the test-only block). Sendmail is unpacked under /opt/sendmail by
+# integration/deps.sh (its packages conflict with postfix). It runs in the rig's network
+# namespace (only lo) and UTS namespace (hostname mx.pec.test: with an unqualified name it sleeps
+# 60 s at start), its config, maps (MAIL_SETTINGS_DIR), sasldb, certificate and queue under
+# /var/lib (sendmail refuses world-writable path components such as /tmp), and relays everything else to an smtp-sink on 127.0.0.2:2527 that
 # keeps each message (127.0.0.1 would be "local" to sendmail, which then ignores the smart host).
 # Daemons: MTA on 127.0.0.1:2526 (other providers' MTAs), MSA on 127.0.0.1:587 (M=Ea: AUTH
 # required), reinject on 127.0.0.1:10025 (the snippet's). Sendmail relays for 127.0.0.1 by itself
@@ -27,11 +30,15 @@
 #       signature, the received message inside)
 #   (3) pec-milter stopped -> Sendmail answers 4xx (F=T: never pass unchecked mail off), nothing
 #       relayed; then pec-milter started again for (4) and (5)
-#   (4) the access point through Sendmail's submission daemon with Cyrus SASL (sasldb): mario
-#       logged in as himself (AUTH PLAIN) -> anna: the signed busta di trasporto relayed to anna,
-#       our signed accettazione reinjected through 10025 and relayed to mario; cittadino (another
-#       holder, AUTH PLAIN) and anna (a login of another domain, AUTH LOGIN) sending as mario ->
-#       553 5.7.1 at MAIL ({auth_authen} reaches pec-milter at MAIL), nothing relayed
+#   (4) the access point through Sendmail's submission daemon with Cyrus SASL (sasldb):
+#       without STARTTLS, EHLO offers STARTTLS but no AUTH PLAIN/LOGIN, swaks --auth PLAIN gives
+#       up (28), an AUTH PLAIN sent all the same with mario's password is refused (5xx) and so is
+#       his MAIL (M=a), nothing relayed; with STARTTLS (the snippet's certificate) EHLO offers
+#       AUTH PLAIN and LOGIN, and every login below is made under TLS: mario logged in as himself
+#       (AUTH PLAIN) -> anna: the signed busta di trasporto relayed to anna, our signed
+#       accettazione reinjected through 10025 and relayed to mario; cittadino (another holder,
+#       AUTH PLAIN) and anna (a login of another domain, AUTH LOGIN) sending as mario -> 553 5.7.1
+#       at MAIL ({auth_authen} reaches pec-milter at MAIL), nothing relayed
 #   (5) the delivery point: mailertable -> peclmtp, Sendmail restarted; B's busta di trasporto
 #       for mario (no AUTH) -> presa-in-carico relayed to B; Sendmail delivers the envelope over
 #       LMTP to pec-milter's delivery point, which stores it unchanged in mario's Maildir
@@ -68,6 +75,10 @@ SM_SASL_USERS=$RIG_SASL_USERS   # "address:password ..." (mario, cittadino, anna
 OUTSIDE=127.0.0.3           # a client address Sendmail does not relay for by itself
 SINK_HOST=127.0.0.2 SINK_PORT=2527   # the smart host (smtp-sink; not 127.0.0.1, "local" to Sendmail)
 LMTP_PORT=2424              # pec-milter's [delivery] listen (the snippet's A=TCP $h 2424)
+SM_TLS=$SD/tls              # stands for the snippet's /etc/mail/tls/ (sendmail_cf replaces that
+                            # directory, and nothing else, in the snippet's text): pec-server.crt,
+                            # pec-server.key and pec-ca.crt, a throwaway self-signed certificate
+                            # for mx.pec.test (sm_tls); confCACERT_PATH stays /etc/ssl/certs
 
 # ------------------------------------------------------------------ providers and pec-milter
 
@@ -129,8 +140,8 @@ FEATURE(\`no_default_msa')dnl
 DAEMON_OPTIONS(\`Port=$SM_MTA_PORT, Addr=127.0.0.1, Name=MTA')dnl
 DAEMON_OPTIONS(\`Port=$SM_SUBMIT_PORT, Addr=127.0.0.1, Name=MSA, M=Ea')dnl
 EOF
-    # the shipped snippet, unchanged
-    cat "$RIG_ROOT/milter-conf/sendmail/pec-milter.mc.snippet"
+    # the shipped snippet, its /etc/mail/tls/ replaced by $SM_TLS (the test-only block)
+    sed "s|/etc/mail/tls/|$SM_TLS/|g" "$RIG_ROOT/milter-conf/sendmail/pec-milter.mc.snippet"
     printf "MAILER(\`local')dnl\nMAILER(\`smtp')dnl\n"
     # Cyrus SASL finds Sendmail.conf here (E: Sendmail puts it in its own environment)
     printf 'LOCAL_CONFIG\nESASL_CONF_PATH=%s\n' "$SM_SASL"
@@ -143,6 +154,16 @@ EOF
   # the alias database; with the host's unqualified name sendmail would sleep 60 s first
   ip netns exec "$RIG_NETNS" unshare --uts sh -c \
     "hostname mx.pec.test; exec $SMBIN -C $SD/sendmail.cf -bi" >/dev/null
+}
+# sm_tls: the snippet's STARTTLS files under $SM_TLS (names as shipped): a throwaway self-signed
+# certificate for mx.pec.test (P-256, 2 days, as lib.sh's pf_tls), which is also its own CA
+# (pec-ca.crt); the key root-only 0600, as the snippet tells an admin (Sendmail refuses more).
+sm_tls() {
+  mkdir -p "$SM_TLS" && chmod 755 "$SM_TLS" || return 1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=mx.pec.test" \
+    -keyout "$SM_TLS/pec-server.key" -out "$SM_TLS/pec-server.crt" >/dev/null 2>&1 || return 1
+  cp "$SM_TLS/pec-server.crt" "$SM_TLS/pec-ca.crt" &&
+  chmod 600 "$SM_TLS/pec-server.key" && chmod 644 "$SM_TLS/pec-server.crt" "$SM_TLS/pec-ca.crt"
 }
 # sasl_setup: Cyrus SASL for Sendmail: the shipped Sendmail.conf as it is, plus the test's
 # sasldb_path; the accounts of $SM_SASL_USERS (login = the address, realm = its domain) in a
@@ -166,6 +187,11 @@ ok "the snippet's {auth_authen} at MAIL, AUTH PLAIN LOGIN and LMTP mailer are in
   sh -c 'grep -q "^O Milter.macros.envfrom=.*{auth_authen}" "$1" && grep -q "^O AuthMechanisms=PLAIN LOGIN" "$1" &&
          grep -q "^C{TrustAuthMech}PLAIN LOGIN" "$1" && grep -q "^Kmailertable hash $2/mailertable" "$1" &&
          grep -qE "^Mpeclmtp,[[:space:]]+P=\[IPC\], F=[^,]*z" "$1" && grep -q "A=TCP \$h 2424" "$1"' _ "$SD/sendmail.cf" "$SD"
+ok "the snippet's STARTTLS files and AuthOptions A p are in sendmail.cf (files under the test's SM_TLS)" \
+  sh -c 'grep -qx "O CACertPath=/etc/ssl/certs" "$1" && grep -qx "O CACertFile=$2/pec-ca.crt" "$1" &&
+         grep -qx "O ServerCertFile=$2/pec-server.crt" "$1" && grep -qx "O ServerKeyFile=$2/pec-server.key" "$1" &&
+         grep -qx "O AuthOptions=A p" "$1"' _ "$SD/sendmail.cf" "$SM_TLS"
+ok "a throwaway self-signed certificate for mx.pec.test as the snippet's pec-server.crt/.key, pec-ca.crt" sm_tls || exit 1
 ok "Cyrus SASL for Sendmail: the shipped Sendmail.conf, sasldb with mario, cittadino, anna" sasl_setup || exit 1
 
 sendmail_up() {
@@ -232,13 +258,46 @@ b_envelope() {
   "$BIN" envelope --key "$B/provider.key" --cert "$B/provider.crt" --gestore 'Beta PEC S.p.A.' \
     --domain pec.other.test --certified pec.demo.test --id "opec.$tag@pec.other.test" "$out.orig" > "$out"
 }
-# sm_submit MECH LOGIN PASSWORD FROM TO [SWAKS ARGS...]: SMTP AUTH MECH on Sendmail's submission
-# daemon from $OUTSIDE (only the AUTH lets Sendmail relay for it); swaks' exit status.
+# sm_swaks [SWAKS ARGS...]: swaks to Sendmail's submission daemon from $OUTSIDE (only AUTH lets
+# Sendmail relay for it), with its output as it is (under TLS "<~ " and " ~> "); swaks' status.
+sm_swaks() {
+  ns_exec swaks --server "127.0.0.1:$SM_SUBMIT_PORT" --local-interface "$OUTSIDE" \
+    --helo client.pec.demo.test --timeout 60 "$@"
+}
+# sm_submit MECH LOGIN PASSWORD FROM TO [SWAKS ARGS...]: STARTTLS, then SMTP AUTH MECH and the
+# message, on Sendmail's submission daemon (sm_swaks); the TLS lines shown as the others (as
+# lib.sh's swaks_submit, for eod_is); swaks' exit status.
 sm_submit() {
   local mech=$1 user=$2 pw=$3 from=$4 to=$5; shift 5
-  ns_exec swaks --server "127.0.0.1:$SM_SUBMIT_PORT" --local-interface "$OUTSIDE" \
-    --helo client.pec.demo.test --auth "$mech" --auth-user "$user" --auth-password "$pw" \
-    --from "$from" --to "$to" --timeout 60 "$@"
+  sm_swaks --tls --auth "$mech" --auth-user "$user" --auth-password "$pw" --from "$from" --to "$to" "$@" 2>&1 |
+    sed -u -e 's/^ ~> / -> /' -e 's/^<~\* /<** /' -e 's/^<~ /<- /'
+  return "${PIPESTATUS[0]}"
+}
+# tls_then_235 SWAKS_OUTPUT: TLS was started before the server accepted the AUTH (235).
+tls_then_235() { awk '/^=== TLS started/ { tls = 1 } /^<- +235 / { exit !tls } END { if (!tls) exit 1 }' "$1"; }
+# sm_clear_auth LOGIN PASSWORD FROM TO: without STARTTLS, AUTH PLAIN sent all the same (swaks
+# sends none the server does not offer), then MAIL and RCPT, from $OUTSIDE; one line a reply,
+# "VERB CODE TEXT".
+sm_clear_auth() {
+  ns_exec python3 - "$OUTSIDE" "$SM_SUBMIT_PORT" "$@" <<'EOF'
+import base64, smtplib, sys
+src, port, user, pw, frm, to = sys.argv[1:]
+s = smtplib.SMTP("127.0.0.1", int(port), local_hostname="client.pec.demo.test",
+                 source_address=(src, 0), timeout=60)
+s.ehlo()
+tok = base64.b64encode(b"\0" + user.encode() + b"\0" + pw.encode()).decode()
+for verb, arg in (("AUTH", "PLAIN " + tok), ("MAIL", "FROM:<%s>" % frm), ("RCPT", "TO:<%s>" % to)):
+    code, msg = s.docmd(verb, arg)
+    print(verb, code, msg.decode().replace("\n", " "))
+s.quit()
+EOF
+}
+# sm_received_esmtpsa FILE: Sendmail's Received: field in FILE (a message as relayed) says it
+# took the message from $OUTSIDE, authenticated, under TLS ("with ESMTPSA", "version=TLS...").
+sm_received_esmtpsa() {
+  awk '/^\r?$/ { exit } { sub(/\r$/, "") } /^[ \t]/ { printf " %s", $0; next } NR > 1 { print "" } { printf "%s", $0 }
+       END { print "" }' "$1" |
+    grep -E "^Received: from [^ ]+ \(\[$OUTSIDE\]\)[[:space:]]+\(authenticated .* with ESMTPSA id .*\(version=TLSv1\.[23] "
 }
 # sm_queue_empty [SECS=20]: until Sendmail's queue directory holds no file (seen twice).
 sm_queue_empty() {
@@ -304,14 +363,37 @@ ok "(3) pec-milter started again (access, reception and delivery point)" pec_mil
 
 # ------------------------------------------------------------------ (4) the access point (Cyrus SASL)
 
-ehlo=$(ns_exec swaks --server "127.0.0.1:$SM_SUBMIT_PORT" --local-interface "$OUTSIDE" --helo client.pec.demo.test \
-  --quit-after EHLO 2>&1)
-ok "(4) Sendmail's submission daemon offers AUTH PLAIN and LOGIN (Cyrus SASL)" \
-  grep -qE '^<- +250-AUTH( [A-Z0-9-]+)*( LOGIN( [A-Z0-9-]+)* PLAIN| PLAIN( [A-Z0-9-]+)* LOGIN)' <<< "$ehlo"
+# without STARTTLS: no PLAIN or LOGIN (AuthOptions p), so nothing is taken from a holder
+before=$(sink_count)
+ehlo=$(sm_swaks --quit-after EHLO 2>&1)
+ok "(4) without STARTTLS the submission daemon offers STARTTLS" grep -qE '^<- +250[- ]STARTTLS$' <<< "$ehlo"
+fail "(4) ... but not AUTH PLAIN or LOGIN (the snippet's AuthOptions p)" \
+  grep -qE '^<- +250[- ]AUTH( [A-Z0-9-]+)* (PLAIN|LOGIN)( |$)' <<< "$ehlo"
+sm_swaks --auth PLAIN --auth-user "$MARIO" --auth-password "$MARIO_PW" --from "$MARIO" --to "$ANNA" \
+  --body "in chiaro" > "$W/4-clear.txt" 2>&1; rc=$?
+ok "(4) mario with swaks --auth PLAIN, no --tls: swaks gives up, AUTH not offered (exit 28)" \
+  sh -c '[ "$1" = 28 ] && grep -q "Host did not advertise authentication" "$2"' _ "$rc" "$W/4-clear.txt"
+sm_clear_auth "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" > "$W/4-clear-raw.txt" 2>&1
+ok "(4) AUTH PLAIN sent without STARTTLS, mario's right password: refused (5xx)" \
+  grep -qE '^AUTH 5[0-9][0-9] ' "$W/4-clear-raw.txt"
+ok "(4) ... and his MAIL refused (the submission daemon's M=a: authentication required)" \
+  grep -qE '^MAIL 5[0-9][0-9] ' "$W/4-clear-raw.txt"
+sleep 1
+ok "(4) nothing relayed without STARTTLS" test "$(sink_count)" -eq "$before"
+
+# with STARTTLS: the snippet's certificate, then AUTH PLAIN and LOGIN
+sm_swaks --tls --quit-after TLS --tls-get-peer-cert "$W/peer.pem" > "$W/4-tls.txt" 2>&1
+ok "(4) STARTTLS: Sendmail presents the snippet's pec-server.crt (the test's certificate)" \
+  sh -c '[ -s "$1" ] && [ "$(openssl x509 -noout -fingerprint -sha256 -in "$1")" = "$(openssl x509 -noout -fingerprint -sha256 -in "$2")" ]' \
+  _ "$W/peer.pem" "$SM_TLS/pec-server.crt"
+ehlo=$(sm_swaks --tls --quit-after EHLO 2>&1)
+ok "(4) after STARTTLS the submission daemon offers AUTH PLAIN and LOGIN (Cyrus SASL)" \
+  grep -qE '^<~ +250-AUTH( [A-Z0-9-]+)*( LOGIN( [A-Z0-9-]+)* PLAIN| PLAIN( [A-Z0-9-]+)* LOGIN)' <<< "$ehlo"
 TOK=sm4-$$-$RANDOM
 before=$(sink_count)
 sm_submit PLAIN "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --header "Subject: accesso via Sendmail $TOK" \
   --body "Da mario ad anna, attraverso Sendmail: $TOK" > "$W/4-mario.txt" 2>&1
+ok "(4) mario: STARTTLS, then AUTH PLAIN accepted (235)" tls_then_235 "$W/4-mario.txt"
 ok "(4) mario logged in as himself (AUTH PLAIN) -> anna: Sendmail answers 250" eod_is "$W/4-mario.txt" '^<- +250 '
 ok "(4) the envelope and the accettazione reach the smart host" wait_sink $((before + 2))
 ENV4=$(sink_with "^Subject: POSTA CERTIFICATA: accesso via Sendmail $TOK") || fail "(4) envelope relayed"
@@ -324,6 +406,8 @@ if [ -n "${ENV4:-}" ]; then
     'd["kind"] + " " + d["daticert"]["mittente"]' "posta-certificata $MARIO"
   ok "(4) ... postacert.eml carries the original" postacert_body_has "$W/env4.eml" "$TOK"
   ok "(4) ... to anna" grep -q "Rcpt-Args: <$ANNA>" "$ENV4"
+  ok "(4) ... Sendmail's Received: field: taken from $OUTSIDE authenticated and under TLS (ESMTPSA)" \
+    sm_received_esmtpsa "$ENV4"
 fi
 if [ -n "${ACC:-}" ]; then
   as_message "$ACC" "$W/acc.eml"
@@ -345,6 +429,7 @@ for who in cittadino anna; do
   esac
   sm_submit "$mech" "$login" "$pw" "$MARIO" "$ANNA" --header "Subject: non mio $TOK" \
     --body "not mine $TOK" > "$W/4-$who.txt" 2>&1
+  ok "(4) $who: STARTTLS, then AUTH $mech accepted (235)" tls_then_235 "$W/4-$who.txt"
   # Sendmail puts the address in front of the milter's text: "553 5.7.1 <addr>... PEC: ..."
   ok "(4) $who logged in (AUTH $mech) sending as mario: 553 5.7.1 at MAIL" \
     grep -qE "^<\*\* +553 5\.7\.1 (<$MARIO>\.\.\. )?PEC: the login $login may not send as $MARIO\$" "$W/4-$who.txt"
