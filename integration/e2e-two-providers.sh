@@ -43,10 +43,16 @@
 #       mailReceipt, the envelope in luigi's Maildir, avvenuta consegna: full processing
 #   (8) forged envelopes handed straight to B's delivery point (LMTP 127.0.0.1:2424 in B's netns,
 #       past B's reception point): (8a) a genuine envelope of A's with its smime.p7s part
-#       stripped, (8b) an envelope as A signed by R's key (R's CA trusted, R in no index) ->
-#       each is stored in anna's Maildir as a busta di anomalia signed by B with
-#       X-VerificaSicurezza: errore, no avvenuta-consegna (nothing at all) reaches mario, B
-#       injects no receipt, and B's log has one line naming the envelope and why
+#       stripped, (8b) an envelope as A signed by R's key (R's CA trusted, R in no index),
+#       (8c) an envelope signed by A's own key (valid, chain to A's CA, A listed in the index)
+#       but as pec.other.test, for a sender at pec.other.test (anna writing to herself): a
+#       domain the index assigns to B, not to A ->
+#       each is stored in anna's Maildir as a busta di anomalia signed by B (X-Trasporto:
+#       errore, X-VerificaSicurezza: errore, Subject ANOMALIA MESSAGGIO: ..., its text says
+#       why), no avvenuta-consegna (nothing at all) reaches mario, A's mailReceipt box or (8c's
+#       claimed sender) anna, neither B nor A injects a receipt, and B's log has one line naming
+#       the envelope and why ((8c): "il dominio del mittente pec.other.test non è gestito da
+#       Demo PEC S.p.A."). The same (8c) case through port 25: e2e-reception.sh (3).
 #   (10) an infected envelope (issue 14, "Must show 5"): mario -> anna with a token in the body
 #       that only B's clamd knows (clamd_up_token: PEC.Test.Token.NDB), so A accepts it; A's
 #       pec-milter restarted first with [timers] first/last 120 s/240 s (no 12 h notice mixes in).
@@ -535,18 +541,18 @@ ok "(7) A's queue drains" pf_queue_empty "$A/pf" 20
 
 # ------------------------------------------------------------------ (8)
 # B's delivery point receipts only genuine envelopes: it verifies what carries PEC marker fields
-# as the reception point does. Two forged envelopes go straight to its LMTP port, past B's
+# as the reception point does. Three forged envelopes go straight to its LMTP port, past B's
 # reception point (as a compromised or misrouted hop would hand them over).
-# orig8 OUT TOKEN: mario's message to anna (CRLF).
+# orig8 OUT TOKEN [FROM=$MARIO]: FROM's message to anna (CRLF).
 orig8() {
-  { printf 'From: <%s>\r\nTo: <%s>\r\nSubject: scenario 8 %s\r\n' "$MARIO" "$ANNA" "$2"
+  { printf 'From: <%s>\r\nTo: <%s>\r\nSubject: scenario 8 %s\r\n' "${3:-$MARIO}" "$ANNA" "$2"
     printf 'Message-ID: <%s@client.test>\r\nDate: %s\r\nMIME-Version: 1.0\r\n' "$2" "$(LC_ALL=C date -R)"
     printf 'Content-Type: text/plain; charset=us-ascii\r\n\r\nbody of scenario 8 %s\r\n' "$2"; } > "$1"
 }
-# env8 OUT ORIG KEYDIR ID: the busta di trasporto of ORIG as provider A, signed with the key and
-# certificate in KEYDIR, PEC id ID.
+# env8 OUT ORIG KEYDIR ID [DOMAIN=$A_DOM]: the busta di trasporto of ORIG as provider A (From:
+# posta-certificata@DOMAIN), signed with the key and certificate in KEYDIR, PEC id ID.
 env8() {
-  "$BIN" envelope --key "$3/provider.key" --cert "$3/provider.crt" --gestore "$A_NAME" --domain "$A_DOM" \
+  "$BIN" envelope --key "$3/provider.key" --cert "$3/provider.crt" --gestore "$A_NAME" --domain "${5:-$A_DOM}" \
     --certified "$A_DOM,$B_DOM" --id "$4" "$2" > "$1" && [ -s "$1" ]
 }
 # forged_logged ID ERE: B's log has the delivery point's warning for PEC id ID, its reason
@@ -555,42 +561,95 @@ forged_logged() {
   local l; l=$(grep -F 'not a genuine PEC message' "$B/pec-milter.log" | grep -F "pec_id=$1")
   echo "$l"; [ -n "$l" ] && printf '%s' "$l" | grep -qE "$2"
 }
-# receipt_logged ID: B's log shows a receipt injected for PEC id ID.
-receipt_logged() { grep -F 'receipt injected' "$B/pec-milter.log" | grep -qF "pec_id=$1"; }
-for CASE in a b; do
-  TOK=s8$CASE-$RANDOM ID8=opec.s8$CASE.$RANDOM$RANDOM@$A_DOM
-  orig8 "$O/8$CASE.orig" "$TOK"
+# receipt_logged ID [LOG=B's]: the log shows a receipt injected for PEC id ID.
+receipt_logged() { grep -F 'receipt injected' "${2:-$B/pec-milter.log}" | grep -qF "pec_id=$1"; }
+# index_entry SHA1: the index LDIF's entry whose providerCertificateHash is SHA1 (hex, any
+# case): prints "providerName<TAB>managedDomains..."; 1 when there is none.
+index_entry() {
+  awk -v h="$(printf '%s' "$1" | tr 'a-z' 'A-Z')" 'BEGIN { RS = "" }
+    { name = ""; doms = ""; hit = 0; n = split($0, L, "\n")
+      for (i = 1; i <= n; i++) {
+        if (L[i] ~ /^providerName: /) name = substr(L[i], 15)
+        if (L[i] ~ /^managedDomains: /) doms = doms " " substr(L[i], 17)
+        if (L[i] ~ /^providerCertificateHash: /) hit = (toupper(substr(L[i], 26)) == h) }
+      if (h != "" && hit) { print name "\t" substr(doms, 2); found = 1 } }
+    END { exit !found }' "$LDIF"
+}
+# signer_sha1 SIGNED: SHA-1 of the certificate that signed SIGNED (pec-milter inspect).
+signer_sha1() { inspect_get "$1" 'd["signature"]["signer_sha1"]'; }
+# cert_sha1 CERT: SHA-1 of the PEM certificate CERT, hex.
+cert_sha1() { openssl x509 -in "$1" -noout -fingerprint -sha1 | sed -e 's/.*=//' -e 's/://g'; }
+# entry_is SHA1 NAME: the index lists the certificate SHA1, as provider NAME.
+entry_is() {
+  local e; e=$(index_entry "$1") || { echo "no entry of $LDIF has hash '$1'"; return 1; }
+  echo "$e"; [ "${e%%$'\t'*}" = "$2" ]
+}
+# entry_serves SHA1 DOMAIN: the index entry of the certificate SHA1 lists DOMAIN in its
+# managedDomains (1 when it does not; 2 when no entry has that certificate).
+entry_serves() {
+  local e; e=$(index_entry "$1") || { echo "no entry of $LDIF has hash '$1'"; return 2; }
+  echo "$e"; [[ " ${e#*$'\t'} " == *" $2 "* ]]
+}
+# text_has FILE STRING: the first readable text/plain part of FILE (decoded) contains STRING.
+text_has() { local t; t=$(text_of "$1"); printf '%s\n' "$t"; printf '%s' "$t" | grep -qF -- "$2"; }
+for CASE in a b c; do
+  # (8a), (8b) claim A's domain (sender mario); (8c) B's: From: posta-certificata@$B_DOM (the
+  # domain verify_pec checks against the signer's managedDomains, RFC 6109 §7) and sender anna
+  DOM8=$A_DOM FROM8=$MARIO
+  [ "$CASE" = c ] && DOM8=$B_DOM FROM8=$ANNA
+  TOK=s8$CASE-$RANDOM ID8=opec.s8$CASE.$RANDOM$RANDOM@$DOM8
+  orig8 "$O/8$CASE.orig" "$TOK" "$FROM8"
   if [ "$CASE" = a ]; then
     WHAT="A's genuine envelope, smime.p7s stripped" WHY='firma non valida'
     ok "(8a) a genuine envelope of A's (pec-milter envelope, A's key)" env8 "$O/8a.signed" "$O/8a.orig" "$A/demo" "$ID8"
     ok "(8a) it verifies before its signature part is stripped" cms_ok "$O/8a.signed" "$CAA"
     ok "(8a) smime.p7s stripped" strip_signature "$O/8a.signed" "$O/8a.env"
     fail "(8a) the stripped envelope no longer verifies" verify_ok "$O/8a.env"
-  else
+  elif [ "$CASE" = b ]; then
     WHAT="an envelope signed by R (trusted CA, in no index)" WHY="nell'indice dei gestori"
     ok "(8b) an envelope as A signed by R's key" env8 "$O/8b.env" "$O/8b.orig" "$R" "$ID8"
     ok "(8b) its signature and chain hold (R's CA)" cms_ok "$O/8b.env" "$CAR"
+  else
+    WHAT="an envelope signed by A (listed) as $B_DOM" WHY="il dominio del mittente $B_DOM non è gestito da $A_NAME"
+    ok "(8c) an envelope from anna as $B_DOM signed by A's key" env8 "$O/8c.env" "$O/8c.orig" "$A/demo" "$ID8" "$B_DOM"
+    ok "(8c) its signature and chain hold (A's CA)" cms_ok "$O/8c.env" "$CAA"
+    ok "(8c) pec-milter verify accepts its signature and chain" verify_ok "$O/8c.env"
+    S8=$(signer_sha1 "$O/8c.env")
+    ok "(8c) its signer is A's certificate" test -n "$S8" -a "$S8" = "$(cert_sha1 "$A/demo/provider.crt")"
+    ok "(8c) the index lists it, as A" entry_is "$S8" "$A_NAME"
+    fail "(8c) A's index entry does not serve $B_DOM" entry_serves "$S8" "$B_DOM"
+    ok "(8c) B's index entry does" entry_serves "$(cert_sha1 "$B/demo/provider.crt")" "$B_DOM"
+    ok "(8c) From: ... <posta-certificata@$B_DOM>" field_is "$O/8c.env" 'd["from"]' "\"Per conto di: $ANNA\" <posta-certificata@$B_DOM>"
+    ok "(8c) daticert mittente $ANNA" field_is "$O/8c.env" 'd["daticert"]["mittente"]' "$ANNA"
   fi
   mark "$MARIO_MD" "$ARIC_MD" "$ANNA_MD"
   ok "(8$CASE) $WHAT straight to B's delivery point (LMTP 2424): 250" \
-    inB lmtp_send 2424 "posta-certificata@$A_DOM" "$ANNA" "$O/8$CASE.env"
+    inB lmtp_send 2424 "posta-certificata@$DOM8" "$ANNA" "$O/8$CASE.env"
   ok "(8$CASE) anna's Maildir gets a busta di anomalia" wait_kinds "$ANNA_MD" 1 errore 20; AN=$FOUND
   if [ -n "$AN" ]; then
+    ok "(8$CASE) anomaly: X-Trasporto: errore" hdr_is "$AN" X-Trasporto errore
     ok "(8$CASE) anomaly: X-VerificaSicurezza: errore" hdr_is "$AN" X-VerificaSicurezza errore
+    ok "(8$CASE) anomaly: Subject: ANOMALIA MESSAGGIO: ..." hdr_is "$AN" Subject "ANOMALIA MESSAGGIO: POSTA CERTIFICATA: scenario 8 $TOK"
+    ok "(8$CASE) anomaly: its text says why ($WHY)" text_has "$AN" "$WHY"
     ok "(8$CASE) anomaly: openssl cms -verify with B's CA (signed by B)" cms_ok "$AN" "$CAB"
     ok "(8$CASE) anomaly: carries the forged envelope" field_is "$AN" 'd["postacert"]["subject"]' "POSTA CERTIFICATA: scenario 8 $TOK"
   fi
   ok "(8$CASE) anna got nothing else (not the forged envelope itself)" new_count_is "$ANNA_MD" 1
   ok "(8$CASE) B's log names the envelope and why ($WHY)" forged_logged "$ID8" "$WHY"
-  # a receipt signed by B's delivery point would reach mario within a second or two (B's
-  # reinjection, A's inbound, A's delivery point): wait, and let both queues drain
+  # a receipt signed by B's delivery point would reach the sender within a second or two (mario:
+  # B's reinjection, A's inbound, A's delivery point; (8c)'s anna: B's reinjection, B's delivery
+  # point): wait, and let both queues drain
   sleep 4
   ok "(8$CASE) B's queue drains" pf_queue_empty "$B/pf" 20
   ok "(8$CASE) A's queue drains" pf_queue_empty "$A/pf" 20
   fail "(8$CASE) B injected no receipt for it" receipt_logged "$ID8"
+  fail "(8$CASE) A injected no receipt for it" receipt_logged "$ID8" "$A/pec-milter.log"
   ok "(8$CASE) no avvenuta-consegna reaches mario" count_is "$MARIO_MD" avvenuta-consegna 0
   ok "(8$CASE) nothing at all reaches mario" new_count_is "$MARIO_MD" 0
   ok "(8$CASE) nothing reaches A's mailReceipt box" new_count_is "$ARIC_MD" 0
+  # (8c)'s daticert mittente is anna: a receipt about it would come back to her Maildir at B
+  ok "(8$CASE) no avvenuta-consegna reaches anna" count_is "$ANNA_MD" avvenuta-consegna 0
+  ok "(8$CASE) anna still has the busta di anomalia only" new_count_is "$ANNA_MD" 1
 done
 
 # ------------------------------------------------------------------ (9)
