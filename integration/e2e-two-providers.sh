@@ -53,6 +53,9 @@
 #       claimed sender) anna, neither B nor A injects a receipt, and B's log has one line naming
 #       the envelope and why ((8c): "il dominio del mittente pec.other.test non è gestito da
 #       Demo PEC S.p.A."). The same (8c) case through port 25: e2e-reception.sh (3).
+#       (8d) an envelope signed by A with A's own From: domain but a daticert mittente of B's
+#       (anna): a listed provider writing on behalf of another provider's holder -> the same
+#       outcome, why: "il dominio del mittente pec.other.test (daticert) non è gestito da ..."
 #   (10) an infected envelope (issue 14, "Must show 5"): mario -> anna with a token in the body
 #       that only B's clamd knows (clamd_up_token: PEC.Test.Token.NDB), so A accepts it; A's
 #       pec-milter restarted first with [timers] first/last 120 s/240 s (no 12 h notice mixes in).
@@ -555,11 +558,11 @@ env8() {
   "$BIN" envelope --key "$3/provider.key" --cert "$3/provider.crt" --gestore "$A_NAME" --domain "${5:-$A_DOM}" \
     --certified "$A_DOM,$B_DOM" --id "$4" "$2" > "$1" && [ -s "$1" ]
 }
-# forged_logged ID ERE: B's log has the delivery point's warning for PEC id ID, its reason
-# matching ERE.
+# forged_logged ID STRING: B's log has the delivery point's warning for PEC id ID, its reason
+# containing STRING.
 forged_logged() {
   local l; l=$(grep -F 'not a genuine PEC message' "$B/pec-milter.log" | grep -F "pec_id=$1")
-  echo "$l"; [ -n "$l" ] && printf '%s' "$l" | grep -qE "$2"
+  echo "$l"; [ -n "$l" ] && printf '%s' "$l" | grep -qF -- "$2"
 }
 # receipt_logged ID [LOG=B's]: the log shows a receipt injected for PEC id ID.
 receipt_logged() { grep -F 'receipt injected' "${2:-$B/pec-milter.log}" | grep -qF "pec_id=$1"; }
@@ -592,11 +595,14 @@ entry_serves() {
 }
 # text_has FILE STRING: the first readable text/plain part of FILE (decoded) contains STRING.
 text_has() { local t; t=$(text_of "$1"); printf '%s\n' "$t"; printf '%s' "$t" | grep -qF -- "$2"; }
-for CASE in a b c; do
+for CASE in a b c d; do
   # (8a), (8b) claim A's domain (sender mario); (8c) B's: From: posta-certificata@$B_DOM (the
-  # domain verify_pec checks against the signer's managedDomains, RFC 6109 §7) and sender anna
+  # domain verify_pec checks against the signer's managedDomains, RFC 6109 §7) and sender anna;
+  # (8d) A's own From: domain, but a daticert mittente of B's (anna): A writing on behalf of
+  # another provider's holder
   DOM8=$A_DOM FROM8=$MARIO
   [ "$CASE" = c ] && DOM8=$B_DOM FROM8=$ANNA
+  [ "$CASE" = d ] && FROM8=$ANNA
   TOK=s8$CASE-$RANDOM ID8=opec.s8$CASE.$RANDOM$RANDOM@$DOM8
   orig8 "$O/8$CASE.orig" "$TOK" "$FROM8"
   if [ "$CASE" = a ]; then
@@ -609,7 +615,7 @@ for CASE in a b c; do
     WHAT="an envelope signed by R (trusted CA, in no index)" WHY="nell'indice dei gestori"
     ok "(8b) an envelope as A signed by R's key" env8 "$O/8b.env" "$O/8b.orig" "$R" "$ID8"
     ok "(8b) its signature and chain hold (R's CA)" cms_ok "$O/8b.env" "$CAR"
-  else
+  elif [ "$CASE" = c ]; then
     WHAT="an envelope signed by A (listed) as $B_DOM" WHY="il dominio del mittente $B_DOM non è gestito da $A_NAME"
     ok "(8c) an envelope from anna as $B_DOM signed by A's key" env8 "$O/8c.env" "$O/8c.orig" "$A/demo" "$ID8" "$B_DOM"
     ok "(8c) its signature and chain hold (A's CA)" cms_ok "$O/8c.env" "$CAA"
@@ -621,6 +627,12 @@ for CASE in a b c; do
     ok "(8c) B's index entry does" entry_serves "$(cert_sha1 "$B/demo/provider.crt")" "$B_DOM"
     ok "(8c) From: ... <posta-certificata@$B_DOM>" field_is "$O/8c.env" 'd["from"]' "\"Per conto di: $ANNA\" <posta-certificata@$B_DOM>"
     ok "(8c) daticert mittente $ANNA" field_is "$O/8c.env" 'd["daticert"]["mittente"]' "$ANNA"
+  elif [ "$CASE" = d ]; then
+    WHAT="an envelope signed by A (listed) as $A_DOM for B's holder anna" WHY="il dominio del mittente $B_DOM (daticert) non è gestito da $A_NAME"
+    ok "(8d) an envelope from anna as $A_DOM signed by A's key" env8 "$O/8d.env" "$O/8d.orig" "$A/demo" "$ID8"
+    ok "(8d) its signature and chain hold (A's CA)" cms_ok "$O/8d.env" "$CAA"
+    ok "(8d) From: ... <posta-certificata@$A_DOM> (a domain A serves)" field_is "$O/8d.env" 'd["from"]' "\"Per conto di: $ANNA\" <posta-certificata@$A_DOM>"
+    ok "(8d) daticert mittente $ANNA (B's)" field_is "$O/8d.env" 'd["daticert"]["mittente"]' "$ANNA"
   fi
   mark "$MARIO_MD" "$ARIC_MD" "$ANNA_MD"
   ok "(8$CASE) $WHAT straight to B's delivery point (LMTP 2424): 250" \

@@ -30,7 +30,8 @@
 #   RX_N                                reception: signed envelopes made and verified
 #   BIG_SIZE, FAN_SIZE, FAN_RCPTS       size runs (100 MiB, also inbound; 2 MiB x 50)
 #   SPEED_SECS                          openssl speed -seconds
-#   PHASES="smtp proto rx size"         which phases run
+#   PHASES="smtp proto rx size"         which phases run (also "dx": RX_N small envelopes through
+#                                       the delivery point over LMTP, not in the default set)
 #   BENCH_HSM_SIGNING=FILE              a TOML [signing] section (e.g. backend = "pkcs11" ...,
 #                                       with SOFTHSM2_CONF exported): adds the rows
 #                                       "pec-milter HSM" (SMTP, unix socket) and "proto HSM".
@@ -502,7 +503,7 @@ PROTO_INSTANCES=(
 )
 [ -n "${BENCH_HSM_SIGNING:-}" ] && PROTO_INSTANCES+=("redis-hsm  unix:$W/redis-hsm/pec.sock  redis  off")
 declare -A P_LISTEN
-if [[ " $PHASES " == *" proto "* ]] || [[ " $PHASES " == *" rx "* ]]; then
+if [[ " $PHASES " == *" proto "* ]] || [[ " $PHASES " == *" rx "* ]] || [[ " $PHASES " == *" dx "* ]]; then
   ok "openssl speed rsa2048 before the protocol level (1 process and -multi 2, ${SPEED_SECS}s)" openssl_speed
   ok "smtp-sink for the protocol-level receipts on $PROTO_SINK_PORT" sink_up protosink "$PROTO_SINK_PORT"
   B=$W/b
@@ -678,6 +679,58 @@ if [[ " $PHASES " == *" rx "* ]]; then
     dx_size "$W/rxsize-busta.eml"
 fi
 
+# ------------------------------------------------------------------ phase: dx (delivery point, small)
+
+# dx_run: provider B's RX_N small envelopes (make_envelopes, SIZE bytes each) handed one after
+# the other over one LMTP connection (Python's smtplib.LMTP) to a fresh delivery point
+# (Maildir store, embedded state, clamd off), which verifies each one (signature, chain, signer
+# in the index for the domain), stores it and sends its avvenuta consegna completa to the
+# protocol sink. Messages per second until the last receipt is injected, milter CPU per
+# message, receipts counted in its log.
+DX=
+dx_run() {
+  local d=$W/dxn port=$((PROTO_TCP_PORT + 21)) pid cpu0 t0 t1 out before got i
+  rm -rf "$d"; mkdir -p "$d/mail/pec.demo.test/${MARIO%@*}"
+  DELIVERY_TOML=$(printf '[delivery]\nlisten = "inet:127.0.0.1:%s"\nstore = "maildir"\nmaildir = "%s/mail"\noutbox = "%s/outbox"' "$port" "$d" "$d") \
+    STATE=embedded INDEX=ldif INDEX_LDIF=$W/igpec.ldif TRUST="$B/ca.pem" \
+    pec_up dxn "unix:$d/pec.sock" "$PROTO_SINK_PORT" off || return 1
+  wait_port 127.0.0.1 "$port" 10 || return 1
+  pid=$(pec_pid dxn); cpu0=$(proc_cpu "$pid")
+  before=$(pec_milter_log_count "$d" "receipt injected")
+  t0=$EPOCHREALTIME
+  out=$(ns_exec python3 - "$port" "$MARIO" "$W/rx" <<'PY' 2>&1
+import glob, os, smtplib, sys
+port, rcpt, d = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+files = sorted(glob.glob(os.path.join(d, '*.eml')))
+c = smtplib.LMTP('127.0.0.1', port, timeout=600)
+refused = 0
+for f in files:
+    with open(f, 'rb') as fh:
+        refused += len(c.sendmail('posta-certificata@pec.other.test', [rcpt], fh.read()))
+c.quit()
+print('sent=%d refused=%d' % (len(files), refused))
+PY
+)
+  for ((i = 0; i < 600; i++)); do
+    got=$(( $(pec_milter_log_count "$d" "receipt injected") - before ))
+    [ "$got" -ge "$RX_N" ] && break
+    sleep 0.1
+  done
+  t1=$EPOCHREALTIME
+  local el cpu
+  el=$(calc "$t1 - $t0" 3); cpu=$(calc "$(proc_cpu "$pid") - $cpu0" 2)
+  DX="n=$RX_N size=$SIZE s=$el msgs_per_s=$(calc "$RX_N / $el" 1) cpu_s=$cpu cpu_ms_per_msg=$(calc "1000 * $cpu / $RX_N" 2) receipts=$got $out"
+  note "dx: $DX"
+  pec_milter_down "$d" || true
+  [ "$(kv "$out" sent)" = "$RX_N" ] && [ "$(kv "$out" refused)" = 0 ] && [ "$got" = "$RX_N" ]
+}
+if [[ " $PHASES " == *" dx "* ]]; then
+  if [ "$(find "$W/rx" -maxdepth 1 -name '*.eml' 2>/dev/null | wc -l)" -ne "$RX_N" ]; then
+    ok "$RX_N envelopes signed by provider B (pec-milter envelope)" make_envelopes "$W/rx" "$RX_N"
+  fi
+  ok "dx: delivery point verifies, stores and receipts $RX_N envelopes (one LMTP connection)" dx_run
+fi
+
 # ------------------------------------------------------------------ phase: size (peak RSS)
 
 declare -A SZ
@@ -782,6 +835,14 @@ report() {
     done
     say ""
     say "RssAnon: heap and stacks, sampled every 20 ms. VmHWM also counts the spool file's pages the reception point maps (page cache, given back under memory pressure)."
+  fi
+  if [ -n "$DX" ]; then
+    say ""
+    say "### Delivery point, small envelopes (no MTA, one LMTP connection, Maildir, embedded state)"
+    say ""
+    say "| envelopes | original bytes | s (to the last receipt) | msgs/s | milter CPU s | milter CPU ms / msg | receipts |"
+    say "|---:|---:|---:|---:|---:|---:|---:|"
+    say "| $(kv "$DX" n) | $(kv "$DX" size) | $(kv "$DX" s) | $(kv "$DX" msgs_per_s) | $(kv "$DX" cpu_s) | $(kv "$DX" cpu_ms_per_msg) | $(kv "$DX" receipts) |"
   fi
   if [[ " $PHASES " == *" size "* ]]; then
     say ""
