@@ -56,6 +56,9 @@
 #       (8d) an envelope signed by A with A's own From: domain but a daticert mittente of B's
 #       (anna): a listed provider writing on behalf of another provider's holder -> the same
 #       outcome, why: "il dominio del mittente pec.other.test (daticert) non è gestito da ..."
+#   (L) the legal message log: A's, A2's and B's chains verify; the holder's extract of (1)
+#       across A's and B's logs: accettazione, busta-trasporto (A), presa-in-carico,
+#       avvenuta-consegna (B) with every field, in time order; a changed byte is named
 #   (10) an infected envelope (issue 14, "Must show 5"): mario -> anna with a token in the body
 #       that only B's clamd knows (clamd_up_token: PEC.Test.Token.NDB), so A accepts it; A's
 #       pec-milter restarted first with [timers] first/last 120 s/240 s (no 12 h notice mixes in).
@@ -272,7 +275,7 @@ submit() {   # submit OUT SUBJECT TO [SWAKS ARGS...]
 eod_250() { grep -qE '^<- +250 .*(queued|Ok)' "$1" || { cat "$1"; return 1; }; }
 
 # ------------------------------------------------------------------ (1)
-TS=$EPOCHREALTIME TOK=s1-$RANDOM
+TS=$EPOCHREALTIME TOK=s1-$RANDOM S1_SUBJ="scenario 1 $TOK"
 mark "$MARIO_MD" "$ARIC_MD" "$ANNA_MD" "$BRIC_MD"
 submit "$O/1.txt" "scenario 1 $TOK" "$ANNA"
 ok "(1) submission accepted" eod_250 "$O/1.txt"
@@ -445,15 +448,17 @@ ok "(6) A's queue drains" pf_queue_empty "$A/pf" 20
 
 # ------------------------------------------------------------------ (7)
 # Two pec-milter processes on A sharing A's one Redis (issue "Must show 5"): a second one (A2)
-# with a copy of A's config, only the listen addresses (milter 8892, delivery 2425) and the
-# spool differing; same [state] Redis, same [timers], same key/cert. Both run the 12 h / 24 h
+# with a copy of A's config, only the listen addresses (milter 8892, delivery 2425), the
+# spool and the message log (its own node, A2) differing; same [state] Redis, same [timers], same key/cert. Both run the 12 h / 24 h
 # timers over the shared state: with B's Postfix stopped each notice is still sent exactly once.
 A2=$RIG_BASE/A2
 a2_config() {
   mkdir -p "$A2/spool" &&
   sed -e '/^\[milter\]/,/^\[/s#^listen = "inet:127.0.0.1:[0-9]*"#listen = "inet:127.0.0.1:8892"#' \
       -e '/^\[delivery\]/,/^\[/s#^listen = "inet:127.0.0.1:2424"#listen = "inet:127.0.0.1:2425"#' \
-      -e '/^\[spool\]/,/^\[/s#^dir = .*#dir = "'"$A2/spool"'"#' "$A/pec-milter.toml" > "$A2/pec-milter.toml" &&
+      -e '/^\[spool\]/,/^\[/s#^dir = .*#dir = "'"$A2/spool"'"#' \
+      -e '/^\[log\]/,/^\[/s#^dir = .*#dir = "'"$A2/log"'"#' \
+      -e '/^\[log\]/,/^\[/s#^node = .*#node = "A2"#' "$A/pec-milter.toml" > "$A2/pec-milter.toml" &&
   grep -q '127.0.0.1:8892' "$A2/pec-milter.toml" && grep -q '127.0.0.1:2425' "$A2/pec-milter.toml" &&
   "$BIN" check-config --config "$A2/pec-milter.toml" >/dev/null
 }
@@ -856,6 +861,41 @@ for CASE in a b; do
   ok "$P B's queue drains" pf_queue_empty "$B/pf" 20
   ok "$P A's queue drains" pf_queue_empty "$A/pf" 20
 done
+
+# ------------------------------------------------------------------ (L)
+# The legal message log (issue 15): every node's chain verifies after all of the above (A's
+# pec-milter was restarted in between: its chain continues); the holder's extract of (1)
+# across A's and B's logs lists accettazione (A), presa in carico and avvenuta consegna (B),
+# in time order, with every field; one changed byte is found and named.
+LOGS=("$A/log" "$A2/log" "$B/log")
+ok "(L) log verify: A's, A2's and B's chains hold" "$BIN" log verify "${LOGS[@]}"
+ok "(L) extract of (1) (mario -> anna, today, its subject), JSON" bash -c \
+  "'$BIN' log extract --sender '$MARIO' --recipient '$ANNA' --date \"\$(TZ=Europe/Rome date +%F)\" --subject '$S1_SUBJ' --json ${LOGS[*]} > '$O/L.json'"
+ok "(L) extract of (1): accettazione (A), presa-in-carico (B), avvenuta-consegna (B), in time order, every field" \
+  python3 - "$O/L.json" "$MARIO" "$ANNA" "$S1_SUBJ" "$A_NAME" <<'PY'
+import json, sys
+recs = json.load(open(sys.argv[1])); mario, anna, subj, a_name = sys.argv[2:6]
+seen = [(r["event"], r["node"]) for r in recs]
+print(seen)
+want = [("accettazione", "A"), ("busta-trasporto", "A"), ("presa-in-carico", "B"), ("avvenuta-consegna", "B")]
+assert seen == want, seen
+for r in recs:
+    assert r["sender"] == mario and r["subject"] == subj, r
+    assert [(d["address"], d["tipo"]) for d in r["recipients"]] == [(anna, "certificato")], r
+    assert r["pec_id"] == recs[0]["pec_id"] and r["pec_id"].endswith("@pec.demo.test"), r
+    assert r["msgid"] and r["related"] and r["local"] and r["hash"] and r["prev"], r
+    assert r["provider"] == a_name, r   # the sending provider, at A and at B
+assert recs[3]["about"] == anna and recs[3]["outcome"] == "completa", recs[3]
+times = [r["time"] for r in recs]
+assert times == sorted(times), times
+PY
+ok "(L) extract as text names the events" bash -c \
+  "'$BIN' log extract --sender '$MARIO' --recipient '$ANNA' --date \"\$(TZ=Europe/Rome date +%F)\" --subject '$S1_SUBJ' ${LOGS[*]} | grep -c -E '  (accettazione|presa-in-carico|avvenuta-consegna)\$' | grep -qx 3"
+rm -rf "$O/Lcopy"; cp -a "$B/log" "$O/Lcopy"
+LF=$(ls "$O"/Lcopy/*/*.jsonl | head -1)
+sed -i '2s/pec.demo.test/pec.demO.test/' "$LF"
+fail "(L) one byte changed in a copy of B's log: log verify fails (exit 1)" "$BIN" log verify "$O/Lcopy"
+ok "(L) ... and names the file and line" bash -c "'$BIN' log verify '$O/Lcopy' 2>&1 | grep -qF '${LF##*/}:2: its hash does not match'"
 
 _log "total $(rig_elapsed "$T0") s"
 rig_finish

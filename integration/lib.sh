@@ -895,6 +895,7 @@ pec_milter_down() {
 #   ORDINARY=anomaly|reject      [reception] ordinary_mail (default anomaly)
 #   CERTIFIED="d1 d2"      [recipients] certified_domains (default "pec.demo.test pec.other.test")
 #   HOLDERS_LDAP_URL, HOLDERS_LDAP_BASE   appends [holders.ldap] (filter (uid=%s), attribute mail, no cache)
+#   LOG_NODE               [log] node (default: the name of DIR); [log] dir is always DIR/log
 write_config() {
   local D=$1 backend=${2:-embedded}
   case $backend in embedded|redis) ;; *) echo "write_config: backend must be embedded or redis" >&2; return 2 ;; esac
@@ -957,6 +958,10 @@ default_class = "upa1"
 upa = ["@pec.other.test"]
 upa1 = []
 upr = ["$CITTADINO"]
+
+[log]
+dir = "$D/log"
+node = "${LOG_NODE:-${D##*/}}"
 EOF
   if [ -n "${HOLDERS_LDAP_URL:-}" ]; then
     # no cache here, so that e2e-access (8c) sees the directory go away at once

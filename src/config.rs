@@ -48,6 +48,47 @@ pub struct Config {
     pub reception: ReceptionConfig,
     pub delivery: DeliveryConfig,
     pub timers: TimersConfig,
+    pub log: LogConfig,
+}
+
+/// `[log]`: the legal message log (PEC-RULES §7.1).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Record every event (`false` only for tools and tests: a provider
+    /// must keep the log).
+    pub enabled: bool,
+    /// The log directory; this node writes in `dir/NODE/`.
+    pub dir: PathBuf,
+    /// This node's name (its directory); empty: the host name.
+    pub node: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            enabled: true,
+            dir: "/var/lib/pec-milter/log".into(),
+            node: String::new(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// The node name: `node`, or the host name, or "node".
+    pub fn node_name(&self) -> String {
+        let n = if self.node.trim().is_empty() {
+            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default()
+        } else {
+            self.node.clone()
+        };
+        let n = n.trim();
+        if n.is_empty() {
+            "node".into()
+        } else {
+            n.to_string()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -690,6 +731,9 @@ impl Config {
         }
         if self.state.backend == StateBackend::Redis && !self.state.url.starts_with("redis") {
             return Err(invalid("state.url", "must be a redis:// or rediss:// URL"));
+        }
+        if self.log.node.contains(['/', '\\']) || self.log.node.trim() == ".." {
+            return Err(invalid("log.node", "a directory name: no / or \\"));
         }
         if let Some(l) = &self.holders.ldap {
             if !(l.url.starts_with("ldap://") || l.url.starts_with("ldaps://")) {

@@ -19,6 +19,8 @@ use crate::ldap::LdapServer;
 use crate::lmtp::client::LmtpClient;
 use crate::lmtp::maildir::Maildir;
 use crate::lmtp::server::LmtpHandler;
+use crate::log::writer::{FileLog, LogOptions};
+use crate::log::{EventLog, LogError, NoLog};
 use crate::logins::{CachedLogins, LdapLogins};
 use crate::milter::{self, MilterListener, Roles};
 use crate::pec::TipoDestinatario;
@@ -63,6 +65,8 @@ pub enum DaemonError {
     },
     #[error("milter: {0}")]
     Milter(std::io::Error),
+    #[error("message log: {0}")]
+    Log(#[from] LogError),
     #[error("{key} {path}: {source}")]
     Password {
         key: &'static str,
@@ -287,6 +291,22 @@ pub fn holders_directory(cfg: &Config) -> Result<Option<Arc<dyn LoginDirectory>>
     Ok(Some(Arc::new(CachedLogins::new(directory, l.cache))))
 }
 
+/// The legal message log of `[log]`: this node's files under `dir/NODE/`,
+/// opened (and the last one checked) before any mail is taken.
+pub fn message_log(cfg: &Config) -> Result<Arc<dyn EventLog>, DaemonError> {
+    if !cfg.log.enabled {
+        tracing::warn!("[log] enabled = false: NO legal message log is kept (not for a provider)");
+        return Ok(Arc::new(NoLog));
+    }
+    let opts = LogOptions {
+        dir: cfg.log.dir.clone(),
+        node: cfg.log.node_name(),
+    };
+    let log = FileLog::open(&opts)?;
+    tracing::info!(dir = %log.node_dir().display(), "message log: this node's records");
+    Ok(Arc::new(log))
+}
+
 /// The dependencies every role shares.
 pub struct Deps {
     pub key: Arc<dyn SigningKey>,
@@ -295,6 +315,8 @@ pub struct Deps {
     pub injector: Arc<dyn Injector>,
     /// `[holders.ldap]`, for the access point.
     pub logins: Option<Arc<dyn LoginDirectory>>,
+    /// The legal message log (`[log]`).
+    pub log: Arc<dyn EventLog>,
 }
 
 /// Open the signing key, the state store, clamd and the reinjection client.
@@ -330,6 +352,7 @@ pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
         scanner,
         injector,
         logins: holders_directory(cfg)?,
+        log: message_log(cfg)?,
     })
 }
 
@@ -354,6 +377,7 @@ pub fn access_point(cfg: &Config, d: &Deps, directory: Arc<dyn RecipientDirector
         directory,
         holders: cfg.holders.clone(),
         logins: d.logins.clone(),
+        log: d.log.clone(),
         max_recipients: cfg.limits.max_recipients,
         max_product: cfg.limits.max_product,
         quarantine_dir: cfg.quarantine.dir.clone(),
@@ -409,6 +433,7 @@ pub fn delivery_point(
         store,
         state: d.state.clone(),
         injector: d.injector.clone(),
+        log: d.log.clone(),
         outbox: cfg.delivery.outbox.clone(),
         retention_secs: cfg.state.retention.as_secs(),
         spool: cfg.spool.options(),
@@ -448,6 +473,7 @@ pub fn roles(
                 state: d.state.clone(),
                 scanner: d.scanner.clone(),
                 injector: d.injector.clone(),
+                log: d.log.clone(),
                 ordinary_mail: cfg.reception.ordinary_mail,
                 quarantine_dir: cfg.quarantine.dir.clone(),
                 retention_secs: cfg.state.retention.as_secs(),
@@ -469,20 +495,23 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut timers_task = None;
     if cfg.timers.enabled {
-        let tracker = Arc::new(Tracker::new(
-            d.state.clone(),
-            d.injector.clone(),
-            provider(&cfg),
-            d.key.clone(),
-            cfg.provider.digest,
-            TrackerConfig {
-                first: cfg.timers.first,
-                last: cfg.timers.last,
-                interval: cfg.timers.interval,
-                ..TrackerConfig::default()
-            },
-            cfg.state.retention.as_secs(),
-        ));
+        let tracker = Arc::new(
+            Tracker::new(
+                d.state.clone(),
+                d.injector.clone(),
+                provider(&cfg),
+                d.key.clone(),
+                cfg.provider.digest,
+                TrackerConfig {
+                    first: cfg.timers.first,
+                    last: cfg.timers.last,
+                    interval: cfg.timers.interval,
+                    ..TrackerConfig::default()
+                },
+                cfg.state.retention.as_secs(),
+            )
+            .with_log(d.log.clone()),
+        );
         timers_task = Some(tracker.spawn(stop_rx.clone()));
     }
     // Expired state rows are ignored as soon as they expire; this hourly

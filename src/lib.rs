@@ -10,8 +10,9 @@
 //! - The edges, each implementing ports or serving roles: [`milter`] (the
 //!   MTA), [`lmtp`] (mailbox delivery), [`smtp`] (reinjection), [`clamd`],
 //!   [`logins`] (the holders kept in LDAP).
-//! - [`state`], [`index`]: the state store (Redis or embedded) and the
-//!   providers' index; [`config`]; [`daemon`]: the composition root.
+//! - [`state`], [`index`], [`log`]: the state store (Redis or embedded),
+//!   the providers' index and the legal message log; [`config`];
+//!   [`daemon`]: the composition root.
 //! - Support: [`spool`], [`keep`], [`rt`], [`listen`], [`ldap`].
 //!
 //! README "Architecture" gives the arrows allowed; `tests/layers.rs` keeps
@@ -26,6 +27,7 @@ pub mod keep;
 pub mod ldap;
 pub mod listen;
 pub mod lmtp;
+pub mod log;
 pub mod logins;
 pub mod milter;
 pub mod pec;

@@ -88,6 +88,20 @@ async fn setup_with(dir: &std::path::Path, load: bool) -> (DeliveryPoint, Arc<Re
         store: Arc::new(Maildir::new(dir.join("mail"), Some(64 * 1024))),
         state: Arc::new(EmbeddedStore::open(&dir.join("state")).expect("state")),
         injector: rec.clone(),
+        // node "dp"; a second delivery point on the same directory (one
+        // test has two) writes as "dp-2"
+        log: Arc::new(
+            ["dp", "dp-2"]
+                .iter()
+                .find_map(|node| {
+                    pec_milter::log::writer::FileLog::open(&pec_milter::log::writer::LogOptions {
+                        dir: dir.join("log"),
+                        node: node.to_string(),
+                    })
+                    .ok()
+                })
+                .expect("message log"),
+        ),
         outbox: dir.join("outbox"),
         retention_secs: 3600,
         // receipts over 1 KiB are built in spool files: the file path is
@@ -231,7 +245,94 @@ async fn receipts_follow_the_real_delivery_outcome_once() {
         dp.handle("posta-certificata@pec.acme.test", &rcpts(), &env)
             .await;
         assert_eq!(rec.0.lock().map(|v| v.len()).unwrap_or(0), 3);
+        // each receipt's event in the message log, once
+        let mut logged = logged_events(&dir.path().join("log/dp"));
+        logged.sort();
+        assert_eq!(
+            logged,
+            [
+                (
+                    "avvenuta-consegna".to_string(),
+                    "anna.bianchi@pec.other.test".to_string()
+                ),
+                (
+                    "avvenuta-consegna".to_string(),
+                    "carlo@pec.other.test".to_string()
+                ),
+                (
+                    "errore-consegna".to_string(),
+                    "nobody@pec.other.test".to_string()
+                ),
+            ],
+            "{asked}"
+        );
     }
+}
+
+/// (event, about) of every record in a node's message log.
+fn logged_events(node_dir: &std::path::Path) -> Vec<(String, String)> {
+    pec_milter::log::writer::chain_files(node_dir)
+        .expect("files")
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .expect("read")
+                .lines()
+                .map(|l| pec_milter::log::chain::open_line(l).expect("line").0.event)
+                .filter(|e| !e.pec_id.is_empty())
+                .map(|e| (e.event.wire().to_string(), e.about.unwrap_or_default()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A message log that cannot write (a full disk).
+struct FullDisk;
+
+#[async_trait::async_trait]
+impl pec_milter::log::EventLog for FullDisk {
+    async fn record(
+        &self,
+        _events: Vec<pec_milter::log::Event>,
+    ) -> Result<(), pec_milter::log::LogError> {
+        Err(pec_milter::log::LogError::Io {
+            path: "log".into(),
+            source: std::io::Error::other("No space left on device"),
+        })
+    }
+}
+
+/// Stored, but the receipt's event cannot be recorded: no receipt leaves
+/// unrecorded, the recipient gets 451 (the MTA retries); once the log is
+/// back, the retry issues the receipt, once.
+#[tokio::test]
+async fn no_receipt_without_its_record() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut dp, rec) = setup(dir.path()).await;
+    let good_log = std::mem::replace(&mut dp.log, Arc::new(FullDisk));
+    let env = envelope(TipoRicevuta::Completa);
+    let one = vec!["anna.bianchi@pec.other.test".to_string()];
+    let replies = dp
+        .handle("posta-certificata@pec.acme.test", &one, &env)
+        .await;
+    assert!(replies[0].starts_with("451 4.3.0"), "{replies:?}");
+    assert!(
+        rec.0.lock().map(|v| v.is_empty()).unwrap_or(false),
+        "nothing sent"
+    );
+    dp.log = good_log;
+    let replies = dp
+        .handle("posta-certificata@pec.acme.test", &one, &env)
+        .await;
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    assert_eq!(rec.0.lock().map(|v| v.len()).unwrap_or(0), 1, "one receipt");
+    assert_eq!(
+        logged_events(&dir.path().join("log/dp")),
+        [(
+            "avvenuta-consegna".to_string(),
+            "anna.bianchi@pec.other.test".to_string()
+        )]
+    );
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //!   imports only `crypto` and `rt`.
 //! - support (`spool`, `keep`, `rt`, `listen`, `ldap`) imports only the wire
 //!   format, `crypto` and other support modules.
-//! - `state` and `index` import no role, edge, config or daemon.
+//! - `state`, `index` and `log` import no role, edge, config or daemon.
 //! - `config` imports no role, edge or daemon.
 //! - A role (`roles/access`, `reception`, `delivery`, `tracking`) imports
 //!   `pec`, `crypto`, support but `listen`, `state`, `index`, `config` and
@@ -51,7 +51,7 @@ fn layer_of(path: &[String]) -> Layer {
     match first {
         "pec" => Layer::Pec,
         "crypto" => Layer::Crypto,
-        "state" => Layer::State,
+        "state" | "log" => Layer::State,
         "index" => Layer::Index,
         "config" => Layer::Config,
         "daemon" | "cli" | "" => Layer::Root,

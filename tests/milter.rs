@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -14,6 +15,9 @@ use pec_milter::config::{HolderClass, HoldersConfig, OrdinaryMail};
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
 use pec_milter::index::{IndexSource, ProviderIndex};
+use pec_milter::log::chain::open_line;
+use pec_milter::log::writer::{FileLog, LogOptions};
+use pec_milter::log::{Event, EventLog, LogError};
 use pec_milter::milter::{self, MilterListener};
 use pec_milter::pec::build::Provider;
 use pec_milter::pec::inspect::inspect;
@@ -96,6 +100,7 @@ impl StateStore for DownStore {
 struct Rig {
     addr: String,
     injected: Arc<Recorder>,
+    log: Arc<TestLog>,
     dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -105,6 +110,44 @@ impl Drop for Rig {
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
+    }
+}
+
+/// The message log of the rig: a real one in its directory, that can be
+/// made to fail (a full disk).
+struct TestLog {
+    fail: AtomicBool,
+    inner: FileLog,
+}
+
+#[async_trait::async_trait]
+impl EventLog for TestLog {
+    async fn record(&self, events: Vec<Event>) -> Result<(), LogError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(LogError::Io {
+                path: "log".into(),
+                source: std::io::Error::other("No space left on device"),
+            });
+        }
+        self.inner.record(events).await
+    }
+}
+
+impl TestLog {
+    /// The events recorded so far (wire names), in order.
+    fn events(&self) -> Vec<String> {
+        let files = pec_milter::log::writer::chain_files(self.inner.node_dir()).expect("files");
+        files
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .expect("read")
+                    .lines()
+                    .map(|l| open_line(l).expect("line").0.event.event.wire().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|e| e != "apertura" && e != "chiusura")
+            .collect()
     }
 }
 
@@ -140,6 +183,14 @@ async fn rig_roles(state: Option<Arc<dyn StateStore>>, reception: bool) -> Rig {
         None => Arc::new(EmbeddedStore::open(&dir.path().join("state")).expect("state")),
     };
     let injected = Arc::new(Recorder::default());
+    let log = Arc::new(TestLog {
+        fail: AtomicBool::new(false),
+        inner: FileLog::open(&LogOptions {
+            dir: dir.path().join("log"),
+            node: "mx".into(),
+        })
+        .expect("message log"),
+    });
     let ap = AccessPoint {
         provider: Provider {
             name: "ACME PEC S.p.A.".into(),
@@ -163,6 +214,7 @@ async fn rig_roles(state: Option<Arc<dyn StateStore>>, reception: bool) -> Rig {
             ..HoldersConfig::default()
         },
         logins: Some(Arc::new(FakeLogins)),
+        log: log.clone(),
         max_recipients: 50,
         max_product: 100 << 20,
         quarantine_dir: dir.path().join("quarantine"),
@@ -193,6 +245,7 @@ async fn rig_roles(state: Option<Arc<dyn StateStore>>, reception: bool) -> Rig {
         state: ap.state.clone(),
         scanner: None,
         injector: injected.clone(),
+        log: Arc::new(pec_milter::log::NoLog),
         ordinary_mail: OrdinaryMail::Anomaly,
         quarantine_dir: dir.path().join("quarantine"),
         retention_secs: 3600,
@@ -211,6 +264,7 @@ async fn rig_roles(state: Option<Arc<dyn StateStore>>, reception: bool) -> Rig {
     Rig {
         addr,
         injected,
+        log,
         dir,
         shutdown: Some(tx),
     }
@@ -707,6 +761,41 @@ async fn an_mta_retry_never_yields_a_second_receipt() {
     };
     assert_eq!(id(&a1.expect("a1")), id(&a2.expect("a2")));
     assert_eq!(rig.injected.messages().len(), 1);
+}
+
+/// No accettazione without its record: when the message log cannot be
+/// written the submission gets 4xx and nothing is signed or sent; the
+/// MTA's retry, once the log is back, records the accettazione and the
+/// busta di trasporto once, and another retry records nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accettazione_without_its_record_and_one_record_per_event() {
+    let rig = rig().await;
+    let rcpts = ["anna@pec.other.test"];
+    let m = msg("mario@pec.acme.test", &rcpts);
+    rig.log.fail.store(true, Ordering::SeqCst);
+    let (st, _) = submit(&rig, &m).await;
+    assert!(matches!(st, Status::Tempfail { .. }), "{st:?}");
+    assert!(
+        rig.injected.messages().is_empty(),
+        "nothing sent unrecorded"
+    );
+    assert!(rig.log.events().is_empty());
+    rig.log.fail.store(false, Ordering::SeqCst);
+    for _ in 0..2 {
+        let (st, _) = submit(&rig, &m).await;
+        assert_eq!(st, Status::Accept);
+    }
+    assert_eq!(rig.injected.messages().len(), 1, "one accettazione");
+    assert_eq!(rig.log.events(), ["accettazione", "busta-trasporto"]);
+    // a refused one is recorded with its cause
+    let mut bad = msg("mario@pec.acme.test", &rcpts);
+    bad.headers.push(("Bcc", "x@pec.other.test".into()));
+    let (st, _) = submit(&rig, &bad).await;
+    assert_eq!(st, Status::Discard);
+    assert_eq!(
+        rig.log.events(),
+        ["accettazione", "busta-trasporto", "non-accettazione"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -533,6 +533,7 @@ fn the_access_point_tempfails_and_sends_nothing_while_the_token_is_gone() {
             ..HoldersConfig::default()
         },
         logins: None,
+        log: Arc::new(pec_milter::log::NoLog),
         max_recipients: 50,
         max_product: 100 << 20,
         quarantine_dir: work.path().join("quarantine"),

@@ -9,6 +9,7 @@ pub mod hsm_check;
 pub mod index_entry;
 pub mod init_demo;
 pub mod inspect;
+pub mod log;
 pub mod receipt;
 pub mod run;
 
@@ -110,6 +111,9 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// The legal message log: verify its chains, extract a message's events.
+    #[command(subcommand)]
+    Log(log::LogCommand),
     /// Exit 0 only when the S/MIME signature and its chain hold.
     Verify {
         /// Trust anchors (PEM); default: the system store /etc/ssl/certs.
@@ -138,6 +142,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => bench_sign::bench_sign(&config, threads, count),
         Command::Envelope(args) => envelope::envelope(&args),
         Command::Receipt(args) => receipt::receipt(&args),
+        Command::Log(cmd) => log::log(&cmd),
         Command::IndexEntry {
             cert,
             name,

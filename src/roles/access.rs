@@ -17,6 +17,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::config::{HolderClass, HoldersConfig};
 use crate::crypto::{DigestAlg, SigningKey};
+use crate::log::{EventLog, Evento, event_for};
 use crate::pec::build::{
     BuildError, Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta,
     write_busta_trasporto,
@@ -58,6 +59,9 @@ pub struct AccessPoint {
     /// Where the site keeps its holders (`[holders.ldap]`): asked for the
     /// addresses of a login the `logins` file does not give.
     pub logins: Option<Arc<dyn LoginDirectory>>,
+    /// The legal message log: every receipt's event is recorded before
+    /// the receipt leaves (and so before the MTA hears the answer).
+    pub log: Arc<dyn EventLog>,
     pub max_recipients: usize,
     pub max_product: u64,
     pub quarantine_dir: PathBuf,
@@ -356,6 +360,22 @@ impl AccessPoint {
             digest: self.digest,
         };
         let msg = build_ricevuta(&self.provider, tx, &ricevuta, &emission, signer)?;
+        // The record first: an event not recorded is a 4xx and nothing
+        // leaves; a retry after a failed injection finds it recorded.
+        let mut events = vec![event_for(
+            tx,
+            &ricevuta,
+            &self.provider.name,
+            time,
+            &emission.message_id,
+        )];
+        if ricevuta == Ricevuta::Accettazione {
+            let mut busta = events[0].clone();
+            busta.event = Evento::BustaTrasporto;
+            busta.related = vec![format!("<{}>", tx.identificativo)];
+            events.push(busta);
+        }
+        self.log.record(events).await?;
         self.injector
             .inject(
                 &self.provider.service_address(),

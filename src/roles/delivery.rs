@@ -46,6 +46,7 @@ use hex::encode as hex;
 use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{self, CryptoError, DigestAlg, SigningKey};
 use crate::index::{ProviderEntry, ProviderIndex};
+use crate::log::{Event, EventLog, LogError, event_for};
 use crate::pec::build::{
     BuildError, Emission, Provider, Ricevuta, Signer, Transaction, receipt_variant, write_ricevuta,
 };
@@ -76,6 +77,9 @@ pub struct DeliveryPoint {
     pub store: Arc<dyn MailboxStore>,
     pub state: Arc<dyn StateStore>,
     pub injector: Arc<dyn Injector>,
+    /// The legal message log: a receipt's event is recorded before the
+    /// receipt leaves.
+    pub log: Arc<dyn EventLog>,
     pub outbox: PathBuf,
     pub retention_secs: u64,
     /// Where large receipts (an avvenuta consegna completa carries the
@@ -125,6 +129,8 @@ fn errore_of(enhanced: &str) -> Errore {
 
 /// A receipt ready to leave.
 struct Built {
+    /// Its record in the message log.
+    event: Event,
     message_id: String,
     to: String,
     tipo: crate::pec::Tipo,
@@ -242,8 +248,24 @@ impl DeliveryPoint {
             // Receipts only about what was verified.
             let issued = match (&msg, &entry) {
                 (Some(m), Some(e)) => {
-                    self.after_delivery(m, e, message, rcpt, &outcome, now)
+                    match self
+                        .after_delivery(m, e, message, rcpt, &outcome, now)
                         .await
+                    {
+                        Ok(issued) => issued,
+                        Err(e) => {
+                            // Stored, but its receipt's event cannot be
+                            // recorded: no receipt without its record. 4xx:
+                            // the MTA retries (the mailbox may then hold a
+                            // second copy; the receipt is still issued once).
+                            tracing::error!(recipient = %rcpt, error = %e,
+                                "delivery: the message log cannot record the receipt: 451, nothing sent");
+                            replies.push(
+                                "451 4.3.0 PEC: message log unavailable, try again later".into(),
+                            );
+                            continue;
+                        }
+                    }
                 }
                 _ => false,
             };
@@ -377,7 +399,7 @@ impl DeliveryPoint {
         rcpt: &str,
         outcome: &RcptOutcome,
         now: DateTime<Utc>,
-    ) -> bool {
+    ) -> Result<bool, LogError> {
         match msg.kind {
             MessageKind::BustaTrasporto => {}
             MessageKind::Ricevuta(t) => {
@@ -390,15 +412,15 @@ impl DeliveryPoint {
                 {
                     tracing::warn!(error = %e, pec_id = %d.identificativo, "receipt not recorded");
                 }
-                return false;
+                return Ok(false);
             }
-            _ => return false,
+            _ => return Ok(false),
         }
         let Some(Ok(d)) = &msg.daticert else {
-            return false;
+            return Ok(false);
         };
         if matches!(outcome, RcptOutcome::Temporary { .. }) {
-            return false;
+            return Ok(false);
         }
         let key = once_key(&d.identificativo, rcpt);
         let sent = match self
@@ -423,13 +445,17 @@ impl DeliveryPoint {
         };
         if sent {
             tracing::info!(pec_id = %d.identificativo, recipient = %rcpt, "receipt already issued: not again");
-            return true;
+            return Ok(true);
         }
         let built = match off_runtime_if(self.is_large(raw), || {
             self.build(msg, raw, rcpt, outcome, now)
         }) {
-            Ok(Some(b)) => b,
-            Ok(None) => return false,
+            Ok(Some(mut b)) => {
+                // the sending provider: the envelope's signer
+                b.event.provider = signer.name.clone();
+                b
+            }
+            Ok(None) => return Ok(false),
             Err(e) => {
                 // The probe signed a moment ago: keep the facts, sign later.
                 tracing::error!(error = %e, pec_id = %d.identificativo, recipient = %rcpt,
@@ -439,9 +465,9 @@ impl DeliveryPoint {
                 {
                     tracing::error!(error = %e, pec_id = %d.identificativo, recipient = %rcpt,
                         "receipt facts could not be kept in the outbox: RECEIPT LOST");
-                    return false;
+                    return Ok(false);
                 }
-                return true;
+                return Ok(true);
             }
         };
         self.send(&key, &d.identificativo, rcpt, built).await
@@ -514,7 +540,9 @@ impl DeliveryPoint {
             body: out.finish()?,
         }
         .into_spooled(self.spool.clone())?;
+        let event = event_for(&tx, &ricevuta, &self.provider.name, now, &message_id);
         Ok(Some(Built {
+            event,
             message_id,
             to: tx.mittente,
             tipo: ricevuta.tipo(),
@@ -522,16 +550,18 @@ impl DeliveryPoint {
         }))
     }
 
-    /// Inject a built receipt (into the outbox when that fails) and mark it
-    /// sent. `false` when it could be neither sent nor kept.
-    async fn send(&self, key: &str, pec_id: &str, rcpt: &str, b: Built) -> bool {
+    /// Record a built receipt's event, inject it (into the outbox when
+    /// that fails) and mark it sent. `false` when it could be neither sent
+    /// nor kept; an error when its event cannot be recorded (nothing sent).
+    async fn send(&self, key: &str, pec_id: &str, rcpt: &str, b: Built) -> Result<bool, LogError> {
+        self.log.record(vec![b.event.clone()]).await?;
         let to = vec![b.to.clone()];
         let bytes = match b.message.view() {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, pec_id = %pec_id, recipient = %rcpt,
                     "built receipt cannot be read back from the spool: not sent");
-                return false;
+                return Ok(false);
             }
         };
         match self
@@ -546,14 +576,14 @@ impl DeliveryPoint {
                 tracing::warn!(error = %e, pec_id = %pec_id, "receipt injection failed: kept in the outbox");
                 if let Err(e) = outbox_put(&self.outbox, &b.message_id, &b.to, &bytes) {
                     tracing::error!(error = %e, pec_id = %pec_id, "receipt could not be kept in the outbox");
-                    return false;
+                    return Ok(false);
                 }
             }
         }
         if let Err(e) = self.state.mark_receipt_sent(key).await {
             tracing::warn!(error = %e, "receipt sent but not marked");
         }
-        true
+        Ok(true)
     }
 
     /// Sign and send the receipts whose facts wait in the outbox
@@ -581,13 +611,19 @@ impl DeliveryPoint {
             };
             match self.build(&msg, f.raw, &f.rcpt, &f.outcome, f.time) {
                 Ok(Some(b)) => {
-                    if self
+                    match self
                         .send(&once_key(&f.pec_id, &f.rcpt), &f.pec_id, &f.rcpt, b)
                         .await
                     {
-                        let _ = std::fs::remove_file(&p);
-                        done += 1;
-                        tracing::info!(file = %p.display(), pec_id = %f.pec_id, recipient = %f.rcpt, "pending receipt signed and sent");
+                        Ok(true) => {
+                            let _ = std::fs::remove_file(&p);
+                            done += 1;
+                            tracing::info!(file = %p.display(), pec_id = %f.pec_id, recipient = %f.rcpt, "pending receipt signed and sent");
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, file = %p.display(), "pending receipt: its event cannot be recorded: retried later");
+                        }
                     }
                 }
                 Ok(None) => {

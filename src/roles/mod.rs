@@ -38,6 +38,8 @@ pub enum TempFail {
     Directory(#[from] DirectoryError),
     #[error("holders' directory: {0}")]
     Logins(#[from] LoginError),
+    #[error("message log: {0}")]
+    Log(#[from] crate::log::LogError),
     #[error("providers' index not loaded yet")]
     NoIndex,
     #[error("quarantine: {0}")]

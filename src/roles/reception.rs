@@ -32,6 +32,7 @@ use crate::config::OrdinaryMail;
 use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{self, DigestAlg, SigningKey};
 use crate::index::{ProviderEntry, ProviderIndex};
+use crate::log::{EventLog, event_for};
 use crate::pec::build::{Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta};
 use crate::pec::facts::Facts;
 use crate::pec::reader::{self, PecMessage};
@@ -56,6 +57,9 @@ pub struct ReceptionPoint {
     pub state: Arc<dyn StateStore>,
     pub scanner: Option<Arc<dyn Scanner>>,
     pub injector: Arc<dyn Injector>,
+    /// The legal message log: a receipt's event is recorded before it
+    /// leaves.
+    pub log: Arc<dyn EventLog>,
     pub ordinary_mail: OrdinaryMail,
     pub quarantine_dir: PathBuf,
     pub retention_secs: u64,
@@ -311,7 +315,8 @@ impl ReceptionPoint {
                 "presa-in-carico.{local}.{rcpt_hash}@{}",
                 self.provider.domain
             );
-            self.send(&tx, &ric, time, id, &entry.mail_receipt).await?;
+            self.send(&tx, &ric, time, id, &entry.mail_receipt, &entry.name)
+                .await?;
             if let Some(virus) = &virus {
                 for r in &inbound.rcpts {
                     let ric = Ricevuta::RilevazioneVirus {
@@ -324,7 +329,8 @@ impl ReceptionPoint {
                         hex(r.as_bytes()).get(..16).unwrap_or("r"),
                         self.provider.domain
                     );
-                    self.send(&tx, &ric, time, id, &entry.mail_receipt).await?;
+                    self.send(&tx, &ric, time, id, &entry.mail_receipt, &entry.name)
+                        .await?;
                 }
             }
             // A failure before this point answers 4xx and the MTA's retry
@@ -349,6 +355,8 @@ impl ReceptionPoint {
         })
     }
 
+    /// Record the event of `ric` (about a message sent by `sending`, a
+    /// provider's name), then build, sign and inject it.
     async fn send(
         &self,
         tx: &Transaction,
@@ -356,6 +364,7 @@ impl ReceptionPoint {
         time: DateTime<Utc>,
         message_id: String,
         to: &str,
+        sending: &str,
     ) -> Result<(), TempFail> {
         let built = build_ricevuta(
             &self.provider,
@@ -367,6 +376,9 @@ impl ReceptionPoint {
             },
             self.signer(),
         )?;
+        self.log
+            .record(vec![event_for(tx, ric, sending, time, &message_id)])
+            .await?;
         self.injector
             .inject(
                 &self.provider.service_address(),
@@ -412,7 +424,8 @@ impl ReceptionPoint {
                 hex(c.as_bytes()).get(..16).unwrap_or("r"),
                 self.provider.domain
             );
-            self.send(&tx, &ric, now, id, &rec.sender).await?;
+            self.send(&tx, &ric, now, id, &rec.sender, &self.provider.name)
+                .await?;
         }
         record_receipt(
             self.state.as_ref(),

@@ -62,6 +62,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::crypto::{DigestAlg, SigningKey};
+use crate::log::{EventLog, NoLog, event_for};
 use crate::pec::Destinatario;
 use crate::pec::build::{Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta};
 use crate::roles::ports::Injector;
@@ -154,6 +155,7 @@ pub struct Tracker {
     digest: DigestAlg,
     cfg: TrackerConfig,
     retention_secs: u64,
+    log: Arc<dyn EventLog>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -188,7 +190,15 @@ impl Tracker {
             digest,
             cfg,
             retention_secs,
+            log: Arc::new(NoLog),
         }
+    }
+
+    /// Record every notice's event in `log` before it leaves (without
+    /// one, nothing is recorded).
+    pub fn with_log(mut self, log: Arc<dyn EventLog>) -> Self {
+        self.log = log;
+        self
     }
 
     pub fn config(&self) -> &TrackerConfig {
@@ -358,6 +368,7 @@ impl Tracker {
             consegna: recipient.to_owned(),
             finale,
         };
+        let event = event_for(&tx, &ricevuta, &self.provider.name, now, &message_id);
         let provider = self.provider.clone();
         let key = Arc::clone(&self.key);
         let digest = self.digest;
@@ -372,6 +383,10 @@ impl Tracker {
         .await
         .map_err(|e| format!("signing task failed: {e}"))?
         .map_err(|e| format!("building the notice: {e}"))?;
+        self.log
+            .record(vec![event])
+            .await
+            .map_err(|e| format!("message log: {e}"))?;
         let to = vec![rec.sender.clone()];
         let bound = (self.cfg.lease / 2).max(Duration::from_secs(1));
         match tokio::time::timeout(

@@ -1,0 +1,122 @@
+//! `pec-milter log verify` (every chain of the given nodes' directories)
+//! and `pec-milter log extract` (the holder's extract of one message).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use chrono::NaiveDate;
+use clap::Subcommand;
+
+use pec_milter::log::extract::{Query, extract, to_text};
+use pec_milter::log::verify::{node_dirs, verify_node};
+
+#[derive(Subcommand)]
+pub enum LogCommand {
+    /// Check every record of every file (hash, order, the link between
+    /// files) of the node directories under each DIR; exit 1 naming the
+    /// first bad record or missing file.
+    Verify {
+        /// Log directories ([log] dir) or node directories in them.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
+    /// The holder's extract: every event of the messages from SENDER to
+    /// RECIPIENT sent on DATE (local time), across the given log
+    /// directories (each chain is verified first), in time order.
+    Extract {
+        #[arg(long)]
+        sender: String,
+        #[arg(long)]
+        recipient: String,
+        /// YYYY-MM-DD, the provider's local day.
+        #[arg(long)]
+        date: NaiveDate,
+        /// Only messages with this subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only the message with this Message-ID or PEC id.
+        #[arg(long)]
+        message_id: Option<String>,
+        /// One JSON array of records instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Log directories ([log] dir) or node directories.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
+}
+
+pub fn log(cmd: &LogCommand) -> Result<ExitCode> {
+    match cmd {
+        LogCommand::Verify { dirs } => verify(dirs),
+        LogCommand::Extract {
+            sender,
+            recipient,
+            date,
+            subject,
+            message_id,
+            json,
+            dirs,
+        } => {
+            let q = Query {
+                sender: sender.clone(),
+                recipient: recipient.clone(),
+                date: *date,
+                subject: subject.clone(),
+                message_id: message_id.clone(),
+            };
+            let paths: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
+            match extract(&paths, &q) {
+                Ok(records) => {
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&records)?);
+                    } else {
+                        print!("{}", to_text(&records));
+                    }
+                    if records.is_empty() {
+                        eprintln!("pec-milter: no event matches");
+                        return Ok(ExitCode::from(3));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("pec-milter: log not verified, no extract: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}
+
+fn verify(dirs: &[PathBuf]) -> Result<ExitCode> {
+    let mut any = false;
+    for dir in dirs {
+        let nodes = node_dirs(dir).with_context(|| format!("reading {}", dir.display()))?;
+        if nodes.is_empty() {
+            eprintln!("{}: no log files", dir.display());
+            return Ok(ExitCode::from(1));
+        }
+        for node in nodes {
+            any = true;
+            match verify_node(&node) {
+                Ok(v) => println!(
+                    "{}: ok, {} files ({} closed), {} records",
+                    node.display(),
+                    v.files,
+                    v.closed.len(),
+                    v.records
+                ),
+                Err(e) => {
+                    eprintln!("NOT VERIFIED: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+    }
+    Ok(if any {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
