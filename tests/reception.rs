@@ -187,6 +187,13 @@ async fn rig(ordinary: OrdinaryMail, verify_at: VerifyAt, load: bool) -> Rig {
         state: state.clone(),
         scanner: Some(Arc::new(FakeScanner)),
         injector: injected.clone(),
+        log: Arc::new(
+            pec_milter::log::writer::FileLog::open(&pec_milter::log::writer::LogOptions {
+                dir: dir.path().join("log"),
+                node: "rx".into(),
+            })
+            .expect("message log"),
+        ),
         ordinary_mail: ordinary,
         quarantine_dir: dir.path().join("quarantine"),
         retention_secs: 3600,
