@@ -62,6 +62,19 @@ pub struct LogConfig {
     pub dir: PathBuf,
     /// This node's name (its directory); empty: the host name.
     pub node: String,
+    /// The Time Stamping Authority (RFC 3161 over HTTP) that seals each
+    /// closed file; empty: files are chained but wait for their seal.
+    pub tsa_url: String,
+    /// The TSA's trust anchors (PEM): a seal is kept only when its
+    /// signature chains to one of them.
+    pub tsa_trust: Vec<PathBuf>,
+    /// Bound on one request to the TSA.
+    #[serde(deserialize_with = "duration")]
+    pub tsa_timeout: Duration,
+    /// How often files waiting for their seal are tried again (the first
+    /// retry; doubled after each failure, up to an hour).
+    #[serde(deserialize_with = "duration")]
+    pub seal_retry: Duration,
 }
 
 impl Default for LogConfig {
@@ -70,6 +83,10 @@ impl Default for LogConfig {
             enabled: true,
             dir: "/var/lib/pec-milter/log".into(),
             node: String::new(),
+            tsa_url: String::new(),
+            tsa_trust: Vec::new(),
+            tsa_timeout: Duration::from_secs(30),
+            seal_retry: Duration::from_secs(60),
         }
     }
 }
@@ -734,6 +751,22 @@ impl Config {
         }
         if self.log.node.contains(['/', '\\']) || self.log.node.trim() == ".." {
             return Err(invalid("log.node", "a directory name: no / or \\"));
+        }
+        let tsa = &self.log.tsa_url;
+        if !(tsa.is_empty() || tsa.starts_with("http://") || tsa.starts_with("https://")) {
+            return Err(invalid(
+                "log.tsa_url",
+                "an http:// or https:// URL, or \"\"",
+            ));
+        }
+        if !tsa.is_empty() && self.log.tsa_trust.is_empty() {
+            return Err(invalid(
+                "log.tsa_trust",
+                "the TSA's trust anchors (PEM files): a seal is kept only when it is checked",
+            ));
+        }
+        if self.log.seal_retry.is_zero() {
+            return Err(invalid("log.seal_retry", "must be more than 0"));
         }
         if let Some(l) = &self.holders.ldap {
             if !(l.url.starts_with("ldap://") || l.url.starts_with("ldaps://")) {

@@ -19,6 +19,7 @@ use crate::ldap::LdapServer;
 use crate::lmtp::client::LmtpClient;
 use crate::lmtp::maildir::Maildir;
 use crate::lmtp::server::LmtpHandler;
+use crate::log::seal::{SealError, Tsa, read_pems, unsealed};
 use crate::log::writer::{FileLog, LogOptions};
 use crate::log::{EventLog, LogError, NoLog};
 use crate::logins::{CachedLogins, LdapLogins};
@@ -67,6 +68,8 @@ pub enum DaemonError {
     Milter(std::io::Error),
     #[error("message log: {0}")]
     Log(#[from] LogError),
+    #[error("message log seal: {0}")]
+    Seal(SealError),
     #[error("{key} {path}: {source}")]
     Password {
         key: &'static str,
@@ -293,10 +296,10 @@ pub fn holders_directory(cfg: &Config) -> Result<Option<Arc<dyn LoginDirectory>>
 
 /// The legal message log of `[log]`: this node's files under `dir/NODE/`,
 /// opened (and the last one checked) before any mail is taken.
-pub fn message_log(cfg: &Config) -> Result<Arc<dyn EventLog>, DaemonError> {
+pub fn message_log(cfg: &Config) -> Result<Option<FileLog>, DaemonError> {
     if !cfg.log.enabled {
         tracing::warn!("[log] enabled = false: NO legal message log is kept (not for a provider)");
-        return Ok(Arc::new(NoLog));
+        return Ok(None);
     }
     let opts = LogOptions {
         dir: cfg.log.dir.clone(),
@@ -304,7 +307,93 @@ pub fn message_log(cfg: &Config) -> Result<Arc<dyn EventLog>, DaemonError> {
     };
     let log = FileLog::open(&opts)?;
     tracing::info!(dir = %log.node_dir().display(), "message log: this node's records");
-    Ok(Arc::new(log))
+    Ok(Some(log))
+}
+
+/// The seal of the closed log files: every `seal_retry` (doubled after a
+/// failure, up to an hour) and when `now` is notified, each closed file
+/// without its `.tsr` is timestamped by the TSA. Mail never waits for it.
+/// SIGUSR1 closes the current file at once and seals it (`log seal`).
+fn spawn_sealer(
+    cfg: &Config,
+    log: FileLog,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let tsa = if cfg.log.tsa_url.is_empty() {
+        tracing::warn!(
+            "[log] tsa_url is empty: closed log files are chained but NOT sealed (RFC 3161) until a TSA is configured"
+        );
+        None
+    } else {
+        let trust = read_pems(&cfg.log.tsa_trust).map_err(DaemonError::Seal)?;
+        Some(Arc::new(
+            Tsa::new(cfg.log.tsa_url.clone(), cfg.log.tsa_timeout, &trust)
+                .map_err(DaemonError::Seal)?,
+        ))
+    };
+    let now = Arc::new(tokio::sync::Notify::new());
+    {
+        let (log, now) = (log.clone(), now.clone());
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::user_defined1()) {
+                Ok(mut usr1) => {
+                    while usr1.recv().await.is_some() {
+                        match log.seal().await {
+                            Ok(f) => {
+                                tracing::info!(file = %f.display(), "SIGUSR1: message log file closed, to be sealed now")
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "SIGUSR1: the message log file could not be closed")
+                            }
+                        }
+                        now.notify_one();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot listen for SIGUSR1"),
+            }
+        });
+    }
+    let Some(tsa) = tsa else {
+        return Ok(());
+    };
+    let first = cfg.log.seal_retry;
+    let node_dir = log.node_dir().to_path_buf();
+    tokio::spawn(async move {
+        let mut wait = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = now.notified() => {}
+                _ = stop.changed() => break,
+            }
+            let (tsa, dir) = (tsa.clone(), node_dir.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                let files = unsealed(&dir)?;
+                let waiting = files.len();
+                for f in files {
+                    tsa.seal(&f)?;
+                }
+                Ok::<_, SealError>(waiting)
+            })
+            .await;
+            wait = match result {
+                Ok(Ok(_)) => first,
+                Ok(Err(e)) => {
+                    let next = (wait * 2).clamp(first, Duration::from_secs(3600));
+                    let waiting = unsealed(&node_dir).map(|v| v.len()).unwrap_or(0);
+                    tracing::error!(error = %e, files_waiting = waiting, retry_in = ?next,
+                        "message log: SEAL FAILED (RFC 3161): the closed files wait for their timestamp; mail keeps flowing");
+                    next
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "message log: the seal task failed");
+                    first
+                }
+            };
+        }
+    });
+    Ok(())
 }
 
 /// The dependencies every role shares.
@@ -317,10 +406,13 @@ pub struct Deps {
     pub logins: Option<Arc<dyn LoginDirectory>>,
     /// The legal message log (`[log]`).
     pub log: Arc<dyn EventLog>,
+    /// The same, as files to seal (`None` when the log is off).
+    pub log_files: Option<FileLog>,
 }
 
 /// Open the signing key, the state store, clamd and the reinjection client.
 pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
+    let log_files = message_log(cfg)?;
     let key = load_key(cfg)?;
     let state = open_state(cfg)?;
     let scanner: Option<Arc<dyn Scanner>> = if cfg.clamd.enabled {
@@ -352,7 +444,11 @@ pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
         scanner,
         injector,
         logins: holders_directory(cfg)?,
-        log: message_log(cfg)?,
+        log: match &log_files {
+            Some(f) => Arc::new(f.clone()),
+            None => Arc::new(NoLog),
+        },
+        log_files,
     })
 }
 
@@ -493,6 +589,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let d = deps(&cfg)?;
     let roles = Arc::new(roles(&cfg, index.clone(), &d)?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(files) = &d.log_files {
+        spawn_sealer(&cfg, files.clone(), stop_rx.clone())?;
+    }
     let mut timers_task = None;
     if cfg.timers.enabled {
         let tracker = Arc::new(

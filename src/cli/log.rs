@@ -9,6 +9,7 @@ use chrono::NaiveDate;
 use clap::Subcommand;
 
 use pec_milter::log::extract::{Query, extract, to_text};
+use pec_milter::log::seal::{read_pems, tsa_store, tsr_path, verify_seal};
 use pec_milter::log::verify::{node_dirs, verify_node};
 
 #[derive(Subcommand)]
@@ -17,6 +18,13 @@ pub enum LogCommand {
     /// files) of the node directories under each DIR; exit 1 naming the
     /// first bad record or missing file.
     Verify {
+        /// The TSA's trust anchors (PEM): each closed file's seal
+        /// (FILE.tsr) is checked against its file and them.
+        #[arg(long, value_name = "PEM")]
+        tsa_trust: Vec<PathBuf>,
+        /// A closed file without its seal is an error (not only a note).
+        #[arg(long)]
+        require_seals: bool,
         /// Log directories ([log] dir) or node directories in them.
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
@@ -49,7 +57,11 @@ pub enum LogCommand {
 
 pub fn log(cmd: &LogCommand) -> Result<ExitCode> {
     match cmd {
-        LogCommand::Verify { dirs } => verify(dirs),
+        LogCommand::Verify {
+            tsa_trust,
+            require_seals,
+            dirs,
+        } => verify(dirs, tsa_trust, *require_seals),
         LogCommand::Extract {
             sender,
             recipient,
@@ -89,7 +101,12 @@ pub fn log(cmd: &LogCommand) -> Result<ExitCode> {
     }
 }
 
-fn verify(dirs: &[PathBuf]) -> Result<ExitCode> {
+fn verify(dirs: &[PathBuf], tsa_trust: &[PathBuf], require_seals: bool) -> Result<ExitCode> {
+    let store = if tsa_trust.is_empty() {
+        None
+    } else {
+        Some(tsa_store(&read_pems(tsa_trust)?)?)
+    };
     let mut any = false;
     for dir in dirs {
         let nodes = node_dirs(dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -100,13 +117,35 @@ fn verify(dirs: &[PathBuf]) -> Result<ExitCode> {
         for node in nodes {
             any = true;
             match verify_node(&node) {
-                Ok(v) => println!(
-                    "{}: ok, {} files ({} closed), {} records",
-                    node.display(),
-                    v.files,
-                    v.closed.len(),
-                    v.records
-                ),
+                Ok(v) => {
+                    println!(
+                        "{}: ok, {} files ({} closed), {} records",
+                        node.display(),
+                        v.files,
+                        v.closed.len(),
+                        v.records
+                    );
+                    for f in &v.closed {
+                        let has = tsr_path(f).exists();
+                        match (&store, has) {
+                            (Some(store), true) => match verify_seal(f, store) {
+                                Ok(time) => println!("{}: sealed at {time}", f.display()),
+                                Err(e) => {
+                                    eprintln!("NOT VERIFIED: {}: seal: {e}", f.display());
+                                    return Ok(ExitCode::from(1));
+                                }
+                            },
+                            (None, true) => {
+                                println!("{}: sealed (not checked: no --tsa-trust)", f.display())
+                            }
+                            (_, false) if require_seals => {
+                                eprintln!("NOT VERIFIED: {}: closed but not sealed", f.display());
+                                return Ok(ExitCode::from(1));
+                            }
+                            (_, false) => println!("{}: not sealed yet", f.display()),
+                        }
+                    }
+                }
                 Err(e) => {
                     eprintln!("NOT VERIFIED: {e}");
                     return Ok(ExitCode::from(1));
