@@ -75,6 +75,9 @@ pub struct LogConfig {
     /// retry; doubled after each failure, up to an hour).
     #[serde(deserialize_with = "duration")]
     pub seal_retry: Duration,
+    /// How long the log files, their seals and the quarantined messages
+    /// are kept (PEC-RULES §7.1: 30 months); removed once a day after.
+    pub retention_months: u32,
 }
 
 impl Default for LogConfig {
@@ -87,6 +90,7 @@ impl Default for LogConfig {
             tsa_trust: Vec::new(),
             tsa_timeout: Duration::from_secs(30),
             seal_retry: Duration::from_secs(60),
+            retention_months: 30,
         }
     }
 }
@@ -763,6 +767,12 @@ impl Config {
             return Err(invalid(
                 "log.tsa_trust",
                 "the TSA's trust anchors (PEM files): a seal is kept only when it is checked",
+            ));
+        }
+        if self.log.retention_months < 30 {
+            return Err(invalid(
+                "log.retention_months",
+                "at least 30 (the rules keep the log 30 months)",
             ));
         }
         if self.log.seal_retry.is_zero() {

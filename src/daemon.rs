@@ -591,6 +591,35 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(files) = &d.log_files {
         spawn_sealer(&cfg, files.clone(), stop_rx.clone())?;
+        // Retention: at start, then once a day.
+        let (log_dir, quarantine, months) = (
+            cfg.log.dir.clone(),
+            cfg.quarantine.dir.clone(),
+            cfg.log.retention_months,
+        );
+        let job = move || {
+            let (log_dir, quarantine) = (log_dir.clone(), quarantine.clone());
+            async move {
+                let today = crate::log::writer::local_date(chrono::Utc::now());
+                let cut = crate::log::retain::cutoff(today, months);
+                match tokio::task::spawn_blocking(move || {
+                    crate::log::retain::retain(&log_dir, &quarantine, cut, false)
+                })
+                .await
+                {
+                    Ok(Ok(removed)) if !removed.is_empty() => {
+                        tracing::info!(removed = removed.len(), %cut, "retention: files older than the period removed")
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "retention: failed (retried tomorrow)")
+                    }
+                    Err(e) => tracing::error!(error = %e, "retention: task failed"),
+                }
+            }
+        };
+        job().await;
+        spawn_every(Duration::from_secs(86400), stop_rx.clone(), job);
     }
     let mut timers_task = None;
     if cfg.timers.enabled {

@@ -29,6 +29,16 @@ pub enum LogCommand {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
+    /// Remove the log files (with their seals) and quarantined messages
+    /// older than [log] retention_months, never a node's newest file;
+    /// print each path removed. The daemon does the same once a day.
+    Retain {
+        #[arg(long, default_value = super::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Only print what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The holder's extract: every event of the messages from SENDER to
     /// RECIPIENT sent on DATE (local time), across the given log
     /// directories (each chain is verified first), in time order.
@@ -62,6 +72,27 @@ pub fn log(cmd: &LogCommand) -> Result<ExitCode> {
             require_seals,
             dirs,
         } => verify(dirs, tsa_trust, *require_seals),
+        LogCommand::Retain { config, dry_run } => {
+            let cfg = pec_milter::config::Config::load(config)?;
+            let today = pec_milter::log::writer::local_date(chrono::Utc::now());
+            let cut = pec_milter::log::retain::cutoff(today, cfg.log.retention_months);
+            let removed =
+                pec_milter::log::retain::retain(&cfg.log.dir, &cfg.quarantine.dir, cut, *dry_run)
+                    .with_context(|| format!("retention under {}", cfg.log.dir.display()))?;
+            for p in &removed {
+                println!(
+                    "{} {}",
+                    if *dry_run { "would remove" } else { "removed" },
+                    p.display()
+                );
+            }
+            eprintln!(
+                "retention: {} files older than {cut} ({} months)",
+                removed.len(),
+                cfg.log.retention_months
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         LogCommand::Extract {
             sender,
             recipient,

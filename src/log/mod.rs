@@ -17,6 +17,7 @@
 
 pub mod chain;
 pub mod extract;
+pub mod retain;
 pub mod seal;
 pub mod verify;
 pub mod writer;

@@ -130,7 +130,14 @@ impl Tsa {
             url: self.url.clone(),
             reason,
         };
+        // https through the system's OpenSSL and its CA store, like every
+        // other TLS path of pec-milter
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::NativeTls)
+            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+            .build();
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .timeout_global(Some(self.timeout))
             .http_status_as_error(false)
             .build()
