@@ -38,6 +38,7 @@
 #   inspect_get FILE PYEXPR [TRUST] | kind_is FILE KIND | field_is FILE PYEXPR VALUE
 #   verify_ok FILE | cms_ok FILE [CAFILE] | postacert_body_has ENVELOPE TOKEN
 #   quarantine_count_is DIR N | no_pids_in_netns
+#   tsa_pki DIR | tsa_up DIR PORT | tsa_down DIR | tsa_stamp_file FILE DIR PORT OUT | tsa_verify REPLY FILE DIR | tsa_post PORT BODY OUT [CTYPE [METHOD]]
 #   ok NAME CMD... | fail NAME [--code N] [CMD...] | known_bug NAME CMD... | pass NAME | summary
 
 RIG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -1476,3 +1477,298 @@ pf_queue_count_is() {
 
 # log_since FILE LINE: FILE from line LINE + 1 on (LINE = its line count at an earlier moment).
 log_since() { tail -n +"$(( $2 + 1 ))" "$1" 2>/dev/null; }
+
+# ---- RFC 3161 TSA (openssl ts behind a small HTTP handler)
+# A real Time Stamping Authority for the tests that stamp files (the legal log's daily seal):
+# `openssl ts -reply` does the RFC 3161 work, a Python stdlib HTTP/1.1 server in the rig's
+# namespace carries it (RFC 3161 §3.4: POST application/timestamp-query, answer
+# application/timestamp-reply). Its PKI is a throwaway root and one TSA certificate (EKU
+# timeStamping, critical, as RFC 3161 §2.3 requires), RSA-2048: every verifier knows it.
+# Verify a reply (TimeStampResp) with
+#   openssl ts -verify -in REPLY -data FILE -CAfile DIR/tsa-ca.pem -untrusted DIR/tsa.pem
+# (a bare TimeStampToken: add -token_in; print one: openssl ts -reply -in REPLY -text).
+: "${RIG_TSA_PORT:=3161}"   # inside the namespace, like the other fixed ports
+
+# tsa_pki DIR: once (kept while its certificate has more than an hour to live), a TSA root
+# (DIR/tsa-ca.pem, .key), the TSA certificate it issues (DIR/tsa.pem, DIR/tsa.key; 2 days), the
+# chain for replies (DIR/tsa-chain.pem: the root), the serial file DIR/tsaserial and DIR/tsa.cnf,
+# whose [tsa] section makes `openssl ts -reply -config DIR/tsa.cnf -queryfile Q -out R` work.
+# A fresh set is proven on a sample (query, reply, `openssl ts -verify -queryfile`) before use.
+tsa_pki() {
+  local D out s
+  D=$(realpath -m "$1")
+  mkdir -p "$D" || return 1
+  if [ -s "$D/tsa.cnf" ] && [ -s "$D/tsa-ca.key" ] && [ -s "$D/tsa.key" ] && [ -s "$D/tsa-chain.pem" ] &&
+     openssl x509 -checkend 3600 -noout -in "$D/tsa.pem" >/dev/null 2>&1 &&
+     openssl verify -CAfile "$D/tsa-ca.pem" "$D/tsa.pem" >/dev/null 2>&1; then
+    return 0
+  fi
+  # openssl prints key-generation progress on stderr: shown only when a step fails
+  out=$(openssl req -x509 -newkey rsa:2048 -nodes -keyout "$D/tsa-ca.key" -out "$D/tsa-ca.pem" -days 2 \
+          -subj "/O=pec-milter tests/CN=pec-milter test TSA root" \
+          -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+          -addext subjectKeyIdentifier=hash 2>&1) || { echo "tsa_pki: root CA: $out" >&2; return 1; }
+  cat > "$D/tsa-ext.cnf" <<EOF
+[tsa_ext]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = critical,timeStamping
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+EOF
+  out=$(openssl req -new -newkey rsa:2048 -nodes -keyout "$D/tsa.key" -out "$D/tsa.csr" \
+          -subj "/O=pec-milter tests/CN=pec-milter test TSA" 2>&1) || { echo "tsa_pki: TSA key: $out" >&2; return 1; }
+  out=$(openssl x509 -req -in "$D/tsa.csr" -CA "$D/tsa-ca.pem" -CAkey "$D/tsa-ca.key" -days 2 \
+          -set_serial "0x$(openssl rand -hex 8)" -extfile "$D/tsa-ext.cnf" -extensions tsa_ext \
+          -out "$D/tsa.pem" 2>&1) || { echo "tsa_pki: TSA certificate: $out" >&2; return 1; }
+  chmod 600 "$D/tsa-ca.key" "$D/tsa.key"
+  cp "$D/tsa-ca.pem" "$D/tsa-chain.pem"
+  # kept across tsa_down/tsa_up: the serial numbers of one TSA never repeat
+  [ -s "$D/tsaserial" ] || echo 01 > "$D/tsaserial"
+  # signer_digest is not in the brief's list but OpenSSL 3.0 refuses to sign without it
+  cat > "$D/tsa.cnf" <<EOF
+# integration/lib.sh tsa_pki: the test TSA of $D (openssl ts -reply -config $D/tsa.cnf)
+[tsa]
+default_tsa = tsa_config1
+
+[tsa_config1]
+serial = $D/tsaserial
+crypto_device = builtin
+signer_cert = $D/tsa.pem
+signer_key = $D/tsa.key
+signer_digest = sha256
+certs = $D/tsa-chain.pem
+default_policy = 1.2.3.4.1
+other_policies = 1.2.3.4.5.6, 1.2.3.4.5.7
+digests = sha256, sha384, sha512
+accuracy = secs:1
+ordering = yes
+tsa_name = yes
+ess_cert_id_chain = no
+ess_cert_id_alg = sha256
+EOF
+  s=$D/pki-sample
+  mkdir -p "$s" && echo "tsa_pki sample $EPOCHREALTIME" > "$s/data" || return 1
+  out=$( { openssl ts -query -data "$s/data" -sha256 -cert -out "$s/q.tsq" &&
+           openssl ts -reply -config "$D/tsa.cnf" -queryfile "$s/q.tsq" -out "$s/r.tsr" &&
+           openssl ts -verify -in "$s/r.tsr" -queryfile "$s/q.tsq" -CAfile "$D/tsa-ca.pem" -untrusted "$D/tsa.pem"; } 2>&1) ||
+    { echo "tsa_pki: the sample reply does not verify: $out" >&2; rm -f "$D/tsa.cnf"; return 1; }
+}
+
+# tsa_up DIR PORT: the TSA of DIR (tsa_pki DIR first, if needed) on http://127.0.0.1:PORT/ in the
+# netns: POST / with Content-Type application/timestamp-query -> 200 application/timestamp-reply
+# (DER TimeStampResp; a query openssl refuses gets a "rejection" reply, 200 as RFC 3161 wants);
+# another content type 400, another method 405, another path 404, no Content-Length 411, a body
+# over 64 KiB 413, openssl failing 500. One line per request in DIR/tsa.log (time, client,
+# method, path, bytes in, status, bytes out, PKIStatus or error); the server's own stderr in
+# DIR/tsa.out; pid DIR/tsa.pid, port DIR/tsa.port. Registers tsa_down. Refuses (1) while the
+# TSA of DIR still runs; after tsa_down it starts again on the same port (SO_REUSEADDR).
+tsa_up() {
+  local D port=$2 py pid
+  D=$(realpath -m "$1")
+  [ -n "$RIG_NETNS" ] || { echo "tsa_up: no network namespace" >&2; return 2; }
+  [[ $port =~ ^[0-9]+$ ]] || { echo "tsa_up: bad port '$port'" >&2; return 2; }
+  if [ -s "$D/tsa.pid" ] && _alive "$(cat "$D/tsa.pid")"; then
+    echo "tsa_up: the TSA of $D already runs (pid $(cat "$D/tsa.pid"))" >&2; return 1
+  fi
+  tsa_pki "$D" || return 1
+  cat > "$D/tsa-server.py" <<'PY'
+# integration/lib.sh tsa_up: RFC 3161 over HTTP, each query answered by `openssl ts -reply`.
+import http.server, os, signal, subprocess, sys, tempfile, threading, time
+
+D, PORT = sys.argv[1], int(sys.argv[2])
+CNF, LOG = os.path.join(D, 'tsa.cnf'), os.path.join(D, 'tsa.log')
+MAX = 64 * 1024                    # a TimeStampReq is ~100 bytes: anything this big is not one
+SIGN = threading.Lock()            # openssl ts reads and rewrites the serial file unlocked:
+                                   # two at once could issue the same serial number
+LOGW = threading.Lock()
+PKISTATUS = ['granted', 'grantedWithMods', 'rejection', 'waiting', 'revocationWarning',
+             'revocationNotification']
+
+def der_len(b, i):                 # (length, index after it) of the DER length at b[i]
+    n = b[i]
+    if n < 0x80:
+        return n, i + 1
+    k = n & 0x7f
+    return int.from_bytes(b[i + 1:i + 1 + k], 'big'), i + 1 + k
+
+def pki_status(r):                 # TimeStampResp ::= SEQUENCE { status PKIStatusInfo ::= SEQUENCE { INTEGER ...
+    try:
+        assert r[0] == 0x30
+        _, i = der_len(r, 1)
+        assert r[i] == 0x30
+        _, i = der_len(r, i + 1)
+        assert r[i] == 0x02
+        n, i = der_len(r, i + 1)
+        v = int.from_bytes(r[i:i + n], 'big')
+        return PKISTATUS[v] if v < len(PKISTATUS) else 'status-%d' % v
+    except (AssertionError, IndexError):
+        return 'unparsable-reply'
+
+class TSA(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'  # keep-alive, as real TSA clients expect; every answer has a length
+    server_version = 'pec-milter-test-tsa/1'
+
+    def log_request(self, code='-', size='-'):
+        pass                       # tsa.log has our own line; malformed requests still reach stderr
+
+    def answer(self, status, body, ctype='text/plain', n_in=0, note=''):
+        if isinstance(body, str):
+            body = (body + '\n').encode()
+        self.send_response(status)
+        self.send_header('Content-Type', ctype)
+        self.send_header('Content-Length', str(len(body)))
+        if status == 405:
+            self.send_header('Allow', 'POST')
+        if status != 200:
+            self.close_connection = True
+            self.send_header('Connection', 'close')
+        self.end_headers()
+        if self.command == 'HEAD':
+            body = b''
+        self.wfile.write(body)
+        line = '%s %s %s %s in=%d status=%d out=%d %s' % (
+            time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), self.client_address[0],
+            self.command, self.path, n_in, status, len(body), note)
+        with LOGW, open(LOG, 'a') as f:
+            f.write(line.rstrip() + '\n')
+
+    def body(self, required=True):
+        # the whole body is read even for a refusal: unread bytes left in the socket make
+        # the kernel reset the connection, and the client would lose our answer
+        n = self.headers.get('Content-Length')
+        if n is None and not required:
+            return b'', 200
+        if n is None or not n.strip().isdigit():
+            return None, 411
+        n = int(n)
+        if n > MAX:
+            return None, 413
+        data = self.rfile.read(n)
+        return data, (200 if len(data) == n else 400)
+
+    def refuse(self):
+        data, st = self.body(required=False)
+        n_in = len(data or b'')
+        if st != 200:
+            return self.answer(st, 'bad request body', n_in=n_in)
+        if self.path != '/':
+            return self.answer(404, 'no such path: POST /', n_in=n_in)
+        self.answer(405, 'POST only', n_in=n_in)
+
+    do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = refuse
+
+    def do_POST(self):
+        data, st = self.body()
+        n_in = len(data or b'')
+        if st != 200:
+            return self.answer(st, {411: 'Content-Length required', 413: 'query too large'}.get(st, 'short body'), n_in=n_in)
+        if self.path != '/':
+            return self.answer(404, 'no such path: POST /', n_in=n_in)
+        ctype = (self.headers.get('Content-Type') or '').split(';')[0].strip().lower()
+        if ctype != 'application/timestamp-query':
+            return self.answer(400, 'Content-Type must be application/timestamp-query', n_in=n_in,
+                               note='content-type=%r' % ctype)
+        with tempfile.TemporaryDirectory(dir=D, prefix='req.') as t:
+            q, r = os.path.join(t, 'q.tsq'), os.path.join(t, 'r.tsr')
+            with open(q, 'wb') as f:
+                f.write(data)
+            try:
+                with SIGN:
+                    p = subprocess.run(['openssl', 'ts', '-reply', '-config', CNF, '-queryfile', q, '-out', r],
+                                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+                rc, err = p.returncode, p.stderr.decode(errors='replace')
+            except (OSError, subprocess.TimeoutExpired) as e:
+                rc, err = -1, repr(e)
+            reply = open(r, 'rb').read() if rc == 0 and os.path.exists(r) else b''
+        if not reply:
+            last = [l for l in err.splitlines() if l.strip()][-1:] or ['no reply written']
+            return self.answer(500, 'openssl ts -reply failed', n_in=n_in,
+                               note='openssl exit %s: %s' % (rc, last[0]))
+        self.answer(200, reply, 'application/timestamp-reply', n_in=n_in, note=pki_status(reply))
+
+def stop(signum, frame):
+    raise SystemExit(0)            # exit 0 on SIGTERM: a clean stop, no "Terminated" job report
+
+signal.signal(signal.SIGTERM, stop)
+srv = http.server.ThreadingHTTPServer(('127.0.0.1', PORT), TSA)   # allow_reuse_address: up again at once
+print('tsa: pid %d listening on 127.0.0.1:%d' % (os.getpid(), PORT), file=sys.stderr, flush=True)
+try:
+    srv.serve_forever()
+finally:
+    srv.server_close()
+    print('tsa: pid %d stopped' % os.getpid(), file=sys.stderr, flush=True)
+PY
+  echo "$port" > "$D/tsa.port"
+  # the interpreter itself, not a pyenv-style shim (a script that execs it): a simple
+  # command, not ns_exec, and `ip netns exec` execs, so $! is the server's own pid
+  py=$(python3 -c 'import sys; print(sys.executable)') || return 1
+  ip netns exec "$RIG_NETNS" "$py" "$D/tsa-server.py" "$D" "$port" </dev/null >>"$D/tsa.out" 2>&1 &
+  pid=$!
+  echo "$pid" > "$D/tsa.pid"
+  rig_defer tsa_down "$D"
+  _wait_listening tsa "$pid" "$port" "$D/tsa.out" && return 0
+  _alive "$pid" || rm -f "$D/tsa.pid"
+  return 1
+}
+
+# tsa_down DIR: stops the TSA of DIR (TERM, then KILL after 10 s) and waits until its port is
+# closed; 0 only when both are true (nothing started, or already stopped: 0 once the port is closed).
+tsa_down() {
+  local pid
+  pid=$(cat "$1/tsa.pid" 2>/dev/null)
+  _daemon_down "$1" tsa || return 1
+  # reaped when it is a child of this shell (tsa_up ran here): no zombie left behind
+  if [ -n "$pid" ]; then wait "$pid" 2>/dev/null; fi
+  return 0
+}
+
+# tsa_post PORT BODY OUT [CONTENT-TYPE [METHOD]]: sends the file BODY (default content type
+# application/timestamp-query, method POST) to http://127.0.0.1:PORT/ in the netns (Python
+# http.client: no proxy whatever the environment), the answer's body to OUT; prints
+# "HTTP STATUS CONTENT-TYPE N bytes". Exit 0 for 200 application/timestamp-reply with a right
+# Content-Length, 1 for any other answer, 2 when there is no answer (refused, reset, timeout).
+tsa_post() {
+  ns_exec python3 - "$@" <<'PY'
+import http.client, sys
+port, path, out = sys.argv[1:4]
+ctype = sys.argv[4] if len(sys.argv) > 4 else 'application/timestamp-query'
+method = sys.argv[5] if len(sys.argv) > 5 else 'POST'
+body = open(path, 'rb').read()
+try:
+    c = http.client.HTTPConnection('127.0.0.1', int(port), timeout=60)
+    c.request(method, '/', body=body, headers={'Content-Type': ctype})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+except (OSError, http.client.HTTPException) as e:
+    print('tsa_post: no answer from 127.0.0.1:%s: %r' % (port, e), file=sys.stderr); sys.exit(2)
+open(out, 'wb').write(data)
+rt = r.getheader('Content-Type')
+print('HTTP %d %s %d bytes' % (r.status, rt, len(data)))
+sys.exit(0 if r.status == 200 and rt == 'application/timestamp-reply'
+         and r.getheader('Content-Length') == str(len(data)) and data else 1)
+PY
+}
+
+# tsa_verify REPLY FILE DIR: the RFC 3161 reply REPLY is a granted token, signed by the TSA of DIR
+# (chain to DIR/tsa-ca.pem, EKU timeStamping), over the SHA-2 digest of FILE. openssl's status:
+# 0 verified, 1 not.
+tsa_verify() { openssl ts -verify -in "$1" -data "$2" -CAfile "$3/tsa-ca.pem" -untrusted "$3/tsa.pem"; }
+
+# tsa_stamp_file FILE DIR PORT OUT: stamps FILE at the TSA of DIR on 127.0.0.1:PORT (the responder's
+# self-test): a SHA-256 query with nonce and certReq (OUT.tsq), posted with tsa_post, the reply in
+# OUT. Exit 0 when the reply answers that query (nonce, imprint: -queryfile) and tsa_verify OUT
+# FILE DIR passes; 1 when the TSA answered something else (HTTP error, rejection, a token that
+# does not verify); 2 when the TSA did not answer (down: `fail --code 2` checks that); 3 when no
+# query could be made (FILE unreadable).
+tsa_stamp_file() {
+  local f=$1 D=$2 port=$3 out=$4 rc
+  [ -r "$f" ] || { echo "tsa_stamp_file: cannot read $f" >&2; return 3; }
+  openssl ts -query -data "$f" -sha256 -cert -out "$out.tsq" || return 3
+  rm -f "$out"
+  tsa_post "$port" "$out.tsq" "$out"; rc=$?
+  [ "$rc" = 0 ] || return "$rc"
+  openssl ts -verify -in "$out" -queryfile "$out.tsq" -CAfile "$D/tsa-ca.pem" -untrusted "$D/tsa.pem" || return 1
+  tsa_verify "$out" "$f" "$D" || return 1
+}

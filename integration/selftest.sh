@@ -303,6 +303,30 @@ fail "rig: pec_milter_down fails when the process exits 127 on SIGTERM" pec_milt
 bash -c 'exit 0' & FKP=$!; sleep 0.2; echo "$FKP" > "$FK/pec-milter.pid"
 fail "rig: pec_milter_down fails when the process had exited before it was asked to stop" pec_milter_down "$FK"
 
+# ---- (t) the RFC 3161 TSA of lib.sh (tsa_*): openssl ts behind an HTTP handler in the netns.
+# A token verifies for the file it stamps and for no other; a stopped TSA does not answer, and
+# starts again on the same port. Before the teardown: its checks want the netns empty.
+TSA=$RIG_BASE/tsa
+ok "(t) TSA PKI + openssl ts config (a sample reply verifies)" tsa_pki "$TSA"
+ok "(t) TSA started on 127.0.0.1:$RIG_TSA_PORT" tsa_up "$TSA" "$RIG_TSA_PORT"
+printf 'selftest-token-t\n' > "$OUT/t.txt"
+ok "(t) a token for a file, over HTTP, verifies (tsa_stamp_file)" tsa_stamp_file "$OUT/t.txt" "$TSA" "$RIG_TSA_PORT" "$OUT/t.tsr"
+sed 's/t$/u/' "$OUT/t.txt" > "$OUT/t-changed.txt"   # one byte changed
+fail "(t) the token does not verify for the file with one byte changed" tsa_verify "$OUT/t.tsr" "$OUT/t-changed.txt" "$TSA"
+tsa_status_is() { local s; s=$(tsa_post "${@:2}"); echo "$s"; [[ $s == "HTTP $1 "* ]]; }   # tsa_status_is CODE TSA_POST-ARGS...
+ok "(t) another content type -> 400" tsa_status_is 400 "$RIG_TSA_PORT" "$OUT/t.tsr.tsq" "$OUT/t-400" text/plain
+ok "(t) GET -> 405" tsa_status_is 405 "$RIG_TSA_PORT" "$OUT/t.tsr.tsq" "$OUT/t-405" application/timestamp-query GET
+mv "$TSA/tsa.key" "$TSA/tsa.key.off"   # openssl ts -reply cannot sign
+ok "(t) openssl failing -> 500" tsa_status_is 500 "$RIG_TSA_PORT" "$OUT/t.tsr.tsq" "$OUT/t-500"
+mv "$TSA/tsa.key.off" "$TSA/tsa.key"
+ok "(t) tsa.log: one line per request, with its status" bash -c \
+  "[ \"\$(grep -oE 'status=[0-9]+' $TSA/tsa.log | paste -sd' ')\" = 'status=200 status=400 status=405 status=500' ]"
+ok "(t) TSA stops (process gone, port closed)" tsa_down "$TSA"
+fail "(t) TSA down: no answer (tsa_stamp_file exit 2)" --code 2 tsa_stamp_file "$OUT/t.txt" "$TSA" "$RIG_TSA_PORT" "$OUT/t2.tsr"
+ok "(t) TSA up again on the same port" tsa_up "$TSA" "$RIG_TSA_PORT"
+ok "(t) ... and stamps again" tsa_stamp_file "$OUT/t.txt" "$TSA" "$RIG_TSA_PORT" "$OUT/t3.tsr"
+ok "(t) TSA stops again" tsa_down "$TSA"
+
 # ---- teardown, checked
 NS=$RIG_NETNS
 ok "postfix stops" pf_down "$PF"
