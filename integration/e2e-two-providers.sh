@@ -58,7 +58,14 @@
 #       outcome, why: "il dominio del mittente pec.other.test (daticert) non è gestito da ..."
 #   (L) the legal message log: A's, A2's and B's chains verify; the holder's extract of (1)
 #       across A's and B's logs: accettazione, busta-trasporto (A), presa-in-carico,
-#       avvenuta-consegna (B) with every field, in time order; a changed byte is named
+#       avvenuta-consegna (B) with every field, in time order; a changed byte is named.
+#       The seal: each provider has its own TSA (openssl ts -reply, lib.sh tsa_up); SIGUSR1
+#       closes each node's file, its seal (.tsr) passes openssl ts -verify and log verify
+#       --tsa-trust --require-seals; with A's TSA stopped mail still flows, the closed file
+#       waits (SEAL FAILED logged, --require-seals fails) and is sealed once the TSA is back.
+#       Retention: a log file dated 30 months ago (with its seal) and a message quarantined
+#       31 months ago are removed by `log retain`, one quarantined 29 months ago and every
+#       current file stay
 #   (10) an infected envelope (issue 14, "Must show 5"): mario -> anna with a token in the body
 #       that only B's clamd knows (clamd_up_token: PEC.Test.Token.NDB), so A accepts it; A's
 #       pec-milter restarted first with [timers] first/last 120 s/240 s (no 12 h notice mixes in).
@@ -223,8 +230,14 @@ EOF
 ok "veth pair $IPA ($NSA) <-> $IPB ($NSB)" veth_up || exit 1
 ok "R: a third identity (init-demo), its CA trusted by A and B, in no index" rogue_identity || exit 1
 ok "no default route in either namespace" no_default_route
-ok "A: config + identity (init-demo)" config "$A" "$A_NAME" "$A_DOM" redis || exit 1
-ok "B: config + identity (init-demo)" config "$B" "$B_NAME" "$B_DOM" embedded "lmtp 127.0.0.1:$DOVECOT_PORT" || exit 1
+# each provider seals its message log with its own TSA (a real RFC 3161 responder on its loopback)
+TSAA=$RIG_BASE/tsaA TSAB=$RIG_BASE/tsaB
+ok "A: its TSA's PKI (openssl ts)" tsa_pki "$TSAA" || exit 1
+ok "B: its TSA's PKI (openssl ts)" tsa_pki "$TSAB" || exit 1
+LOG_TSA_URL=http://127.0.0.1:$RIG_TSA_PORT/ LOG_TSA_TRUST=$TSAA/tsa-ca.pem \
+  ok "A: config + identity (init-demo)" config "$A" "$A_NAME" "$A_DOM" redis || exit 1
+LOG_TSA_URL=http://127.0.0.1:$RIG_TSA_PORT/ LOG_TSA_TRUST=$TSAB/tsa-ca.pem \
+  ok "B: config + identity (init-demo)" config "$B" "$B_NAME" "$B_DOM" embedded "lmtp 127.0.0.1:$DOVECOT_PORT" || exit 1
 cat "$CAA" "$CAB" > "$CA"
 rm -f "$LDIF"
 {
@@ -259,6 +272,8 @@ ok "B: clamd up, with PEC.Test.Token.NDB (a \"virus\" A's clamd does not know: s
 DOVECOT_USERS="$ANNA $B_RIC posta-certificata@$B_DOM $FULL=2K" \
   ok "B: dovecot LMTP up on 127.0.0.1:$DOVECOT_PORT (B's mailbox store)" inB dovecot_up "$B/dovecot" "$DOVECOT_PORT" || exit 1
 ok "A: pec-milter up" inA pec_milter_up "$A" "$A/pec-milter.toml" || exit 1
+ok "A: TSA up on 127.0.0.1:$RIG_TSA_PORT" inA tsa_up "$TSAA" "$RIG_TSA_PORT" || exit 1
+ok "B: TSA up on 127.0.0.1:$RIG_TSA_PORT" inB tsa_up "$TSAB" "$RIG_TSA_PORT" || exit 1
 ok "B: pec-milter up" inB pec_milter_up "$B" "$B/pec-milter.toml" || exit 1
 ok "A: postfix up" inA pf_up "$A/pf" || exit 1
 ok "B: postfix up" inB pf_up "$B/pf" || exit 1
@@ -896,6 +911,64 @@ LF=$(ls "$O"/Lcopy/*/*.jsonl | head -1)
 sed -i '2s/pec.demo.test/pec.demO.test/' "$LF"
 fail "(L) one byte changed in a copy of B's log: log verify fails (exit 1)" "$BIN" log verify "$O/Lcopy"
 ok "(L) ... and names the file and line" bash -c "'$BIN' log verify '$O/Lcopy' 2>&1 | grep -qF '${LF##*/}:2: its hash does not match'"
+
+# The daily seal: SIGUSR1 closes each node's current file now (as midnight does); its TSA
+# timestamps it; openssl ts -verify accepts each reply against its file.
+# seal_wait DIR N: DIR (a node's log) holds N seals (.tsr) within 40 s
+seal_wait() {
+  local i n
+  for ((i = 0; i < 400; i++)); do
+    n=$(find "$1" -name '*.tsr' | wc -l); [ "$n" -ge "$2" ] && { echo "$n seals"; return 0; }
+    sleep 0.1
+  done
+  echo "$(find "$1" -name '*.tsr' | wc -l) seals after 40 s, expected $2"; return 1
+}
+# seals_verify DIR TSADIR: every seal of DIR passes openssl ts -verify against its file
+seals_verify() {
+  local t n=0
+  for t in $(find "$1" -name '*.tsr'); do tsa_verify "$t" "${t%.tsr}" "$2" || return 1; n=$((n + 1)); done
+  echo "$n verified"; [ "$n" -gt 0 ]
+}
+ok "(L) SIGUSR1 to A's and B's pec-milter" kill -USR1 "$(cat "$A/pec-milter.pid")" "$(cat "$B/pec-milter.pid")"
+ok "(L) A's closed file sealed" seal_wait "$A/log" 1
+ok "(L) B's closed file sealed" seal_wait "$B/log" 1
+ok "(L) openssl ts -verify accepts A's seal against its file (A's TSA CA)" seals_verify "$A/log" "$TSAA"
+ok "(L) openssl ts -verify accepts B's seal against its file (B's TSA CA)" seals_verify "$B/log" "$TSAB"
+ok "(L) log verify --tsa-trust --require-seals: A" "$BIN" log verify --tsa-trust "$TSAA/tsa-ca.pem" --require-seals "$A/log"
+ok "(L) log verify --tsa-trust --require-seals: B" "$BIN" log verify --tsa-trust "$TSAB/tsa-ca.pem" --require-seals "$B/log"
+fail "(L) B's seal does not verify with A's TSA CA (the trust is checked)" \
+  "$BIN" log verify --tsa-trust "$TSAA/tsa-ca.pem" --require-seals "$B/log"
+# The TSA down: mail still flows, the closed file waits, the seal is made once it is back.
+ok "(L) A's TSA stopped" inA tsa_down "$TSAA"
+TOK=sL-$RANDOM
+mark "$MARIO_MD" "$ANNA_MD"
+submit "$O/L.txt" "scenario L $TOK" "$ANNA"
+ok "(L) TSA down: a submission is accepted" eod_250 "$O/L.txt"
+ok "(L) TSA down: mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20
+ok "(L) TSA down: anna gets the envelope" wait_kinds "$ANNA_MD" 1 posta-certificata 20
+ok "(L) SIGUSR1 to A: its file closed" kill -USR1 "$(cat "$A/pec-milter.pid")"
+ok "(L) A logs the failed seal, loudly" bash -c "sleep 2; grep -q 'SEAL FAILED' '$A/pec-milter.log'"
+fail "(L) TSA down: log verify --require-seals fails on A's unsealed closed file" \
+  "$BIN" log verify --tsa-trust "$TSAA/tsa-ca.pem" --require-seals "$A/log"
+ok "(L) A's TSA up again" inA tsa_up "$TSAA" "$RIG_TSA_PORT"
+ok "(L) the waiting file is sealed once the TSA is back" seal_wait "$A/log" 2
+ok "(L) openssl ts -verify accepts both of A's seals" seals_verify "$A/log" "$TSAA"
+ok "(L) log verify --tsa-trust --require-seals: A again" "$BIN" log verify --tsa-trust "$TSAA/tsa-ca.pem" --require-seals "$A/log"
+# Retention (30 months): files with old dates made here go, nothing younger does.
+OLDF=$A/log/A/000000_2024-06-06.jsonl
+printf '{}\n' > "$OLDF"; printf 'x' > "$OLDF.tsr"
+mkdir -p "$A/quarantine"; printf 'old' > "$A/quarantine/old-test.eml"; printf 'young' > "$A/quarantine/young-test.eml"
+touch -d "$(date -d '-31 months' +%F)" "$A/quarantine/old-test.eml"
+touch -d "$(date -d '-29 months' +%F)" "$A/quarantine/young-test.eml"
+NLOG=$(find "$A/log/A" -name '0000[0-9][1-9]_*' | wc -l)
+ok "(L) log retain --dry-run lists the old file, its seal and the old quarantined message" bash -c \
+  "'$BIN' log retain --config '$A/pec-milter.toml' --dry-run > '$O/Lret.txt' 2>&1; cat '$O/Lret.txt'; [ \$(grep -c '^would remove' '$O/Lret.txt') = 3 ] && grep -q 'old-test.eml' '$O/Lret.txt' && [ -e '$OLDF' ]"
+ok "(L) log retain removes exactly those three" bash -c \
+  "'$BIN' log retain --config '$A/pec-milter.toml' | tee /dev/stderr | [ \$(grep -c '^removed') = 3 ]"
+ok "(L) ... the old ones are gone" bash -c "[ ! -e '$OLDF' ] && [ ! -e '$OLDF.tsr' ] && [ ! -e '$A/quarantine/old-test.eml' ]"
+ok "(L) ... nothing younger went (the 29-month message, every current log file)" bash -c \
+  "[ -e '$A/quarantine/young-test.eml' ] && [ \$(find '$A/log/A' -name '0000[0-9][1-9]_*' | wc -l) = $NLOG ]"
+ok "(L) A's chain still verifies" "$BIN" log verify --tsa-trust "$TSAA/tsa-ca.pem" --require-seals "$A/log"
 
 _log "total $(rig_elapsed "$T0") s"
 rig_finish

@@ -897,6 +897,7 @@ pec_milter_down() {
 #   CERTIFIED="d1 d2"      [recipients] certified_domains (default "pec.demo.test pec.other.test")
 #   HOLDERS_LDAP_URL, HOLDERS_LDAP_BASE   appends [holders.ldap] (filter (uid=%s), attribute mail, no cache)
 #   LOG_NODE               [log] node (default: the name of DIR); [log] dir is always DIR/log
+#   LOG_TSA_URL, LOG_TSA_TRUST   [log] tsa_url and tsa_trust (one PEM), seal_retry "1s"
 write_config() {
   local D=$1 backend=${2:-embedded}
   case $backend in embedded|redis) ;; *) echo "write_config: backend must be embedded or redis" >&2; return 2 ;; esac
@@ -963,6 +964,9 @@ upr = ["$CITTADINO"]
 [log]
 dir = "$D/log"
 node = "${LOG_NODE:-${D##*/}}"
+${LOG_TSA_URL:+tsa_url = \"$LOG_TSA_URL\"}
+${LOG_TSA_URL:+tsa_trust = [\"$LOG_TSA_TRUST\"]}
+${LOG_TSA_URL:+seal_retry = \"1s\"}
 EOF
   if [ -n "${HOLDERS_LDAP_URL:-}" ]; then
     # no cache here, so that e2e-access (8c) sees the directory go away at once

@@ -10,7 +10,8 @@
 #                 the heap at its peak, by allocation site (what the size runs' VmHWM is made of)
 #   TOOL=none     just the run (figures only)
 # Env: STATE=embedded|redis (default embedded), LISTEN=unix|tcp (default unix), COUNT=1000,
-# CONC=8, SIZE=10240, WORKERS=n ([milter] workers; the rig's default 2), QUICKACK=1 (no delayed ACK on lo), KEEP=1. Release build expected (cargo build --release --locked --examples).
+# CONC=8, SIZE=10240, WORKERS=n ([milter] workers; the rig's default 2), QUICKACK=1 (no delayed ACK on lo),
+# LOG=off (no legal message log; default on), KEEP=1. Release build expected (cargo build --release --locked --examples).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib.sh"
@@ -35,6 +36,8 @@ if [ "$LISTEN" = unix ]; then CONNECT=unix:$D/pec.sock; else CONNECT=inet:127.0.
 sed -i -e "s#^listen = .*#listen = \"$CONNECT\"#" -e "s#^address = \"127.0.0.1:$RIG_REINJECT_PORT\"#address = \"127.0.0.1:10026\"#" \
   -e 's#^enabled = true#enabled = false#' "$D/pec-milter.toml"
 [ -n "${WORKERS:-}" ] && sed -i "s#^workers = .*#workers = $WORKERS#" "$D/pec-milter.toml"
+# LOG=off: the legal message log switched off (the A/B of its cost; on by default)
+[ "${LOG:-on}" = off ] && sed -i '/^\[log\]/a enabled = false' "$D/pec-milter.toml"
 printf '\n[delivery]\nlisten = ""\noutbox = "%s/outbox"\n\n[timers]\nenabled = false\n' "$D" >> "$D/pec-milter.toml"
 if [ "$TOOL" = massif ]; then
   REAL=$BIN
