@@ -17,7 +17,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::config::{HolderClass, HoldersConfig};
 use crate::crypto::{DigestAlg, SigningKey};
-use crate::log::{EventLog, Evento, event_for};
+use crate::log::{Event, EventLog, Evento, event_for};
 use crate::pec::build::{
     BuildError, Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta,
     write_busta_trasporto,
@@ -253,7 +253,11 @@ impl AccessPoint {
         // The signed envelope, then the receipt, then the record. For a
         // large original (file I/O, milliseconds of hashing): off the async
         // workers; a small one costs about one signature, like the receipt.
-        let envelope = {
+        // The message log records the accettazione and the busta while the
+        // envelope is signed (its sync hidden behind the signature); both
+        // must succeed before the receipt leaves.
+        let logged = self.log.record(self.acceptance_events(&tx, time));
+        let envelope = async {
             let (provider, tx, cleaned) = (self.provider.clone(), tx.clone(), cleaned.clone());
             let (key, digest, spool) = (Arc::clone(&self.key), self.digest, self.spool.clone());
             off_worker_unless(small, move || {
@@ -277,8 +281,12 @@ impl AccessPoint {
                 })
             })
             .await
-            .map_err(|e| TempFail::Spool(format!("envelope task failed: {e}")))??
+            .map_err(|e| TempFail::Spool(format!("envelope task failed: {e}")))?
+            .map_err(TempFail::from)
         };
+        let (logged, envelope) = tokio::join!(logged, envelope);
+        let envelope = envelope?;
+        logged?;
         let inherited = facts.inherited;
         let record = EnvelopeRecord {
             pec_id: pec_id.clone(),
@@ -327,6 +335,15 @@ impl AccessPoint {
         key: &str,
         receipt_sent: bool,
     ) -> Result<(), TempFail> {
+        // recorded before it leaves (an MTA retry's record is not repeated)
+        let event = event_for(
+            tx,
+            &ricevuta,
+            &self.provider.name,
+            time,
+            &self.receipt_msgid(tx, &ricevuta),
+        );
+        self.log.record(vec![event]).await?;
         if self.send_receipt(tx, ricevuta, time, receipt_sent).await? {
             self.state.mark_receipt_sent(key).await?;
         }
@@ -346,36 +363,15 @@ impl AccessPoint {
             tracing::info!(pec_id = %tx.identificativo, kind = %ricevuta.tipo(), "receipt already sent for this submission: not sent again");
             return Ok(false);
         }
-        let local = tx
-            .identificativo
-            .split('@')
-            .next()
-            .unwrap_or(&tx.identificativo);
         let emission = Emission {
             time,
-            message_id: format!("{}.{}@{}", ricevuta.tipo(), local, self.provider.domain),
+            message_id: self.receipt_msgid(tx, &ricevuta),
         };
         let signer = Signer {
             key: self.key.as_ref(),
             digest: self.digest,
         };
         let msg = build_ricevuta(&self.provider, tx, &ricevuta, &emission, signer)?;
-        // The record first: an event not recorded is a 4xx and nothing
-        // leaves; a retry after a failed injection finds it recorded.
-        let mut events = vec![event_for(
-            tx,
-            &ricevuta,
-            &self.provider.name,
-            time,
-            &emission.message_id,
-        )];
-        if ricevuta == Ricevuta::Accettazione {
-            let mut busta = events[0].clone();
-            busta.event = Evento::BustaTrasporto;
-            busta.related = vec![format!("<{}>", tx.identificativo)];
-            events.push(busta);
-        }
-        self.log.record(events).await?;
         self.injector
             .inject(
                 &self.provider.service_address(),
@@ -385,6 +381,33 @@ impl AccessPoint {
             .await?;
         tracing::info!(pec_id = %tx.identificativo, kind = %ricevuta.tipo(), to = %tx.mittente, message_id = %emission.message_id, "receipt injected");
         Ok(true)
+    }
+
+    /// The Message-ID of our receipt of kind `ricevuta` for `tx`.
+    fn receipt_msgid(&self, tx: &Transaction, ricevuta: &Ricevuta<'_>) -> String {
+        let local = tx
+            .identificativo
+            .split('@')
+            .next()
+            .unwrap_or(&tx.identificativo);
+        format!("{}.{}@{}", ricevuta.tipo(), local, self.provider.domain)
+    }
+
+    /// The message log's records of an accettazione: the receipt and the
+    /// busta di trasporto.
+    fn acceptance_events(&self, tx: &Transaction, time: DateTime<Utc>) -> Vec<Event> {
+        let r = Ricevuta::Accettazione;
+        let acc = event_for(
+            tx,
+            &r,
+            &self.provider.name,
+            time,
+            &self.receipt_msgid(tx, &r),
+        );
+        let mut busta = acc.clone();
+        busta.event = Evento::BustaTrasporto;
+        busta.related = vec![format!("<{}>", tx.identificativo)];
+        vec![acc, busta]
     }
 
     /// PEC-RULES §7.4: From, To, reverse path = From, every forward path
