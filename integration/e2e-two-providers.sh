@@ -58,7 +58,8 @@
 #       outcome, why: "il dominio del mittente pec.other.test (daticert) non è gestito da ..."
 #   (L) the legal message log: A's, A2's and B's chains verify; the holder's extract of (1)
 #       across A's and B's logs: accettazione, busta-trasporto (A), presa-in-carico,
-#       avvenuta-consegna (B) with every field, in time order; a changed byte is named.
+#       avvenuta-consegna (B), the two receipts as received at A, with every field, in time
+#       order; a changed byte is named.
 #       The seal: each provider has its own TSA (openssl ts -reply, lib.sh tsa_up); SIGUSR1
 #       closes each node's file, its seal (.tsr) passes openssl ts -verify and log verify
 #       --tsa-trust --require-seals; with A's TSA stopped mail still flows, the closed file
@@ -886,21 +887,26 @@ LOGS=("$A/log" "$A2/log" "$B/log")
 ok "(L) log verify: A's, A2's and B's chains hold" "$BIN" log verify "${LOGS[@]}"
 ok "(L) extract of (1) (mario -> anna, today, its subject), JSON" bash -c \
   "'$BIN' log extract --sender '$MARIO' --recipient '$ANNA' --date \"\$(TZ=Europe/Rome date +%F)\" --subject '$S1_SUBJ' --json ${LOGS[*]} > '$O/L.json'"
-ok "(L) extract of (1): accettazione (A), presa-in-carico (B), avvenuta-consegna (B), in time order, every field" \
-  python3 - "$O/L.json" "$MARIO" "$ANNA" "$S1_SUBJ" "$A_NAME" <<'PY'
+ok "(L) extract of (1): accettazione, busta (A), presa-in-carico, avvenuta-consegna (B) and both as received at A, in time order, every field" \
+  python3 - "$O/L.json" "$MARIO" "$ANNA" "$S1_SUBJ" "$A_NAME" "$B_NAME" <<'PY'
 import json, sys
-recs = json.load(open(sys.argv[1])); mario, anna, subj, a_name = sys.argv[2:6]
-seen = [(r["event"], r["node"]) for r in recs]
+recs = json.load(open(sys.argv[1])); mario, anna, subj, a_name, b_name = sys.argv[2:7]
+seen = [(r["event"], r["node"], r["outcome"]) for r in recs]
 print(seen)
-want = [("accettazione", "A"), ("busta-trasporto", "A"), ("presa-in-carico", "B"), ("avvenuta-consegna", "B")]
-assert seen == want, seen
+# at A: what it issued, then B's receipts as received; at B: what B issued
+assert [(e, o) for e, n, o in seen if n == "A" and e != "ricevuta-ricevuta"] == [("accettazione", "ok"), ("busta-trasporto", "ok")], seen
+assert sorted(o for e, n, o in seen if n == "A" and e == "ricevuta-ricevuta") == ["avvenuta-consegna", "presa-in-carico"], seen
+assert [e for e, n, o in seen if n == "B"] == ["presa-in-carico", "avvenuta-consegna"], seen
 for r in recs:
     assert r["sender"] == mario and r["subject"] == subj, r
     assert [(d["address"], d["tipo"]) for d in r["recipients"]] == [(anna, "certificato")], r
     assert r["pec_id"] == recs[0]["pec_id"] and r["pec_id"].endswith("@pec.demo.test"), r
-    assert r["msgid"] and r["related"] and r["local"] and r["hash"] and r["prev"], r
-    assert r["provider"] == a_name, r   # the sending provider, at A and at B
-assert recs[3]["about"] == anna and recs[3]["outcome"] == "completa", recs[3]
+    assert r["msgid"] and r["local"] and r["hash"] and r["prev"], r
+    # the sending provider: A for what concerns A's envelope, B for the receipts B signed
+    assert r["provider"] == (b_name if r["event"] == "ricevuta-ricevuta" else a_name), r
+    assert r["related"] or r["event"] == "ricevuta-ricevuta", r
+cons = [r for r in recs if r["event"] == "avvenuta-consegna"][0]
+assert cons["about"] == anna and cons["outcome"] == "completa", cons
 times = [r["time"] for r in recs]
 assert times == sorted(times), times
 PY

@@ -127,6 +127,23 @@ struct Rig {
     state: Arc<dyn StateStore>,
 }
 
+/// (event, outcome) of every record in the rig's message log.
+fn logged(r: &Rig) -> Vec<(String, String)> {
+    pec_milter::log::writer::chain_files(&r._dir.path().join("log/rx"))
+        .expect("files")
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .expect("read")
+                .lines()
+                .map(|l| pec_milter::log::chain::open_line(l).expect("line").0.event)
+                .filter(|e| !e.pec_id.is_empty())
+                .map(|e| (e.event.wire().to_string(), e.outcome))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 async fn rig(ordinary: OrdinaryMail, verify_at: VerifyAt, load: bool) -> Rig {
     let dir = tempfile::tempdir().expect("tmp");
     let ldif_path = dir.path().join("igpec.ldif");
@@ -325,6 +342,11 @@ async fn a_correct_envelope_from_another_provider_is_taken_in_charge() {
     let o2 = r.rp.process(&first, Utc::now()).await;
     assert!(matches!(o1, Outcome::Deliver { .. }) && matches!(o2, Outcome::Deliver { .. }));
     assert_eq!(r.injected.all().len(), 2);
+    // the presa in carico recorded before it left, once for this PEC id
+    let log = logged(&r);
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].0, "presa-in-carico");
+    assert!(log[0].1.contains("mario@pec.acme.test"), "{log:?}");
 }
 
 #[tokio::test]
@@ -373,6 +395,13 @@ async fn tampered_rogue_and_foreign_domain_envelopes_become_anomalies() {
         assert_same_bytes(&post, want.trim_ascii_end(), what);
     }
     assert!(r.injected.all().is_empty(), "no take-charge receipt");
+    // each anomaly recorded, with why
+    let log = logged(&r);
+    let kinds: Vec<&str> = log.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(kinds, ["anomalia", "anomalia", "anomalia"], "{log:?}");
+    assert!(log[0].1.contains("firma non valida"), "{log:?}");
+    assert!(log[1].1.contains("indice dei gestori"), "{log:?}");
+    assert!(log[2].1.contains("non è gestito"), "{log:?}");
 }
 
 #[tokio::test]

@@ -25,7 +25,9 @@ pub mod writer;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::pec::build::{Ricevuta, Transaction};
+use crate::pec::Tipo;
+use crate::pec::build::{Anomalia, Ricevuta, Transaction};
+use crate::pec::daticert::DatiCert;
 
 /// Why an event could not be recorded. The message is not accepted
 /// without its record: the edge answers 4xx.
@@ -250,5 +252,63 @@ pub fn event_for(
         provider: provider.to_string(),
         outcome,
         about,
+    }
+}
+
+/// The event of a busta di anomalia we made (`anomaly_id`) of a message
+/// for `recipients` (its original Message-ID `msgid`).
+pub fn event_anomaly(
+    anomalia: &Anomalia,
+    anomaly_id: &str,
+    msgid: Option<String>,
+    recipients: &[String],
+    provider: &str,
+    time: DateTime<Utc>,
+) -> Event {
+    Event {
+        event: Evento::Anomalia,
+        time,
+        pec_id: anomaly_id.to_string(),
+        msgid,
+        related: vec![format!("<{anomaly_id}>")],
+        sender: anomalia.mittente.clone(),
+        recipients: recipients
+            .iter()
+            .map(|a| Destinatario {
+                address: a.clone(),
+                tipo: "certificato".into(),
+            })
+            .collect(),
+        subject: anomalia.oggetto.clone(),
+        provider: provider.to_string(),
+        outcome: anomalia.errore.clone(),
+        about: None,
+    }
+}
+
+/// The event of a receipt received about one of our envelopes: `tipo`
+/// signed by the provider named `signer`.
+pub fn event_received(d: &DatiCert, tipo: Tipo, signer: &str, time: DateTime<Utc>) -> Event {
+    let about = d.consegna.clone().unwrap_or_else(|| signer.to_string());
+    Event {
+        event: Evento::RicevutaRicevuta,
+        time,
+        pec_id: d.identificativo.clone(),
+        msgid: d.msgid.clone(),
+        related: Vec::new(),
+        sender: d.mittente.clone(),
+        recipients: d
+            .destinatari
+            .iter()
+            .map(|x| Destinatario {
+                address: x.address.clone(),
+                tipo: x.tipo.wire().to_string(),
+            })
+            .collect(),
+        subject: d.oggetto.clone().unwrap_or_default(),
+        provider: signer.to_string(),
+        outcome: tipo.wire().to_string(),
+        // one record per receipt: its kind and whom it is about
+        about: Some(format!("{} {about}", tipo.wire())),
     }
 }

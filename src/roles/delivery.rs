@@ -46,7 +46,7 @@ use hex::encode as hex;
 use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{self, CryptoError, DigestAlg, SigningKey};
 use crate::index::{ProviderEntry, ProviderIndex};
-use crate::log::{Event, EventLog, LogError, event_for};
+use crate::log::{Event, EventLog, LogError, event_anomaly, event_for, event_received};
 use crate::pec::build::{
     BuildError, Emission, Provider, Ricevuta, Signer, Transaction, receipt_variant, write_ricevuta,
 };
@@ -350,6 +350,22 @@ impl DeliveryPoint {
                     .collect();
             }
         };
+        // recorded before it is stored (and so before the MTA hears the answer)
+        let event = event_anomaly(
+            &anomalia,
+            &id,
+            msg.message_id.clone(),
+            rcpts,
+            &self.provider.name,
+            now,
+        );
+        if let Err(e) = self.log.record(vec![event]).await {
+            tracing::error!(error = %e, pec_id = %pec_id, "delivery: the message log cannot record the anomaly: nothing stored, 4xx");
+            return rcpts
+                .iter()
+                .map(|_| "451 4.3.0 PEC: message log unavailable, try again later".to_string())
+                .collect();
+        }
         let view = match envelope.view() {
             Ok(v) => v,
             Err(e) => {
@@ -405,6 +421,12 @@ impl DeliveryPoint {
             MessageKind::Ricevuta(t) => {
                 // A receipt about one of our envelopes (also our own, for a
                 // holder of ours writing to a holder of ours).
+                if let (RcptOutcome::Delivered, Some(Ok(d))) = (outcome, &msg.daticert) {
+                    // every receipt received, recorded (once) before it counts
+                    self.log
+                        .record(vec![event_received(d, t, &signer.name, now)])
+                        .await?;
+                }
                 if let (RcptOutcome::Delivered, Some(Ok(d))) = (outcome, &msg.daticert)
                     && let Err(e) =
                         record_receipt(self.state.as_ref(), d, t, signer, now, self.retention_secs)

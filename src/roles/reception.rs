@@ -32,7 +32,7 @@ use crate::config::OrdinaryMail;
 use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{self, DigestAlg, SigningKey};
 use crate::index::{ProviderEntry, ProviderIndex};
-use crate::log::{EventLog, event_for};
+use crate::log::{EventLog, event_anomaly, event_for, event_received};
 use crate::pec::build::{Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta};
 use crate::pec::facts::Facts;
 use crate::pec::reader::{self, PecMessage};
@@ -229,10 +229,22 @@ impl ReceptionPoint {
             )
         })?;
         let head = mime::canonicalize_crlf(&inbound.message.header);
+        let facts = Facts::read(&head);
+        // recorded before the MTA hears the answer
+        self.log
+            .record(vec![event_anomaly(
+                &anomalia,
+                &id,
+                facts.msgid.clone(),
+                &inbound.rcpts,
+                &self.provider.name,
+                now,
+            )])
+            .await?;
         Ok(Outcome::Rewrite {
             pec_id: id,
             message: built,
-            inherited: Facts::read(&head).inherited_with_msgid,
+            inherited: facts.inherited_with_msgid,
             keep_message_id: true,
         })
     }
@@ -402,6 +414,10 @@ impl ReceptionPoint {
         let Some(Ok(d)) = &msg.daticert else {
             return Ok(());
         };
+        // Every receipt received about one of ours, recorded first.
+        self.log
+            .record(vec![event_received(d, tipo, &signer.name, now)])
+            .await?;
         // The sending side's answer to a rilevazione-virus (PEC-RULES
         // §2.11): sent before the record changes, so that a failed
         // injection (4xx, the MTA retries the receipt) never loses it.
