@@ -20,6 +20,10 @@
 #       Postfix's check alone, with no milter)
 #   (6) embedded only: a 30 MB 8-bit original through the spool -> the envelope verifies and
 #       carries it byte for byte, the spool directory is empty afterwards
+#   (9) embedded only: the message log on a 2 MiB tmpfs, filled (and its file closed by
+#       SIGUSR1, so that the next record needs a new file): a submission gets 4xx, nothing
+#       signed or sent; with room again the MTA's retry gives one envelope, one accettazione,
+#       one record, and `log verify` passes
 #   (8) embedded only: holders kept in LDAP. slapd holds uid=mrossi (mail: mario's address);
 #       pec-milter has [holders.ldap], Postfix the shipped "#ldap-holders:" submission variant
 #       (pec-sender-login-ldap.cf). mrossi as mario -> envelope + accettazione; mrossi as
@@ -86,6 +90,12 @@ run_backend() {
       ok "[$BACKEND] config written (with [holders.ldap])" write_config "$DIR" "$BACKEND" || return 1
   else
     ok "[$BACKEND] config written" write_config "$DIR" "$BACKEND" || return 1
+  fi
+  if [ "$BACKEND" = embedded ]; then
+    # (9): the message log on a small filesystem of its own, to fill it
+    mkdir -p "$DIR/log"
+    ok "[$BACKEND] the message log's directory on a 2 MiB tmpfs" mount -t tmpfs -o size=2m pectestlog "$DIR/log" || return 1
+    rig_defer umount "$DIR/log"
   fi
   ok "[$BACKEND] pec-milter run --config listens" pec_milter_up "$DIR" "$DIR/pec-milter.toml" || return 1
   ok "[$BACKEND] demo CA created by init_demo ($CA)" test -s "$CA" || return 1
@@ -281,6 +291,38 @@ sys.exit(0 if orig.rstrip(b"\n") in env else 1)' "$O/6.eml" "$ENV"
     fi
     ok "[$BACKEND] (6) nothing left in the spool directory" test -z "$(ls -A "$DIR/spool")"
     _log "[$BACKEND] (6) pec-milter $(grep VmHWM "/proc/$(cat "$DIR/pec-milter.pid")/status" | tr -s ' \t' ' ') after the 30 MB message"
+  fi
+
+  # ---- (9) embedded only: the message log's disk is full -> 4xx at end of DATA, nothing signed,
+  # nothing relayed, no receipt; room again -> the MTA's retry of the same message gives one
+  # envelope and one accettazione, and the log verifies
+  if [ "$BACKEND" = embedded ]; then
+    TOK=s9-$BACKEND-$RANDOM$RANDOM
+    {
+      printf 'From: <%s>\r\nTo: <%s>\r\nSubject: scenario 9 %s\r\nMessage-ID: <%s@pec.demo.test>\r\n' "$MARIO" "$ANNA" "$TOK" "$TOK"
+      printf 'Date: %s\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nlog disk full body-%s\r\n' "$(LC_ALL=C date -R)" "$TOK"
+    } > "$O/9.eml"
+    dd if=/dev/zero of="$DIR/log/filler" bs=4k >/dev/null 2>&1
+    ok "[$BACKEND] (9) the log's filesystem is full" bash -c "[ \$(df --output=avail -B1 '$DIR/log' | tail -1) -lt 4096 ]"
+    # the current file's last page may still take a few records: close it (SIGUSR1, as
+    # midnight does) so that the next record needs a new file, and there is no room for one
+    ok "[$BACKEND] (9) SIGUSR1: the current log file closed" kill -USR1 "$(cat "$DIR/pec-milter.pid")"
+    sleep 0.5
+    mark "$MARIO_MD" "$ANNA_MD"
+    swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/9.eml" > "$O/9a.txt" 2>&1
+    ok "[$BACKEND] (9) log disk full: 4xx at end of DATA" eod_is "$O/9a.txt" '^<\*\* +4[0-9][0-9] '
+    ok "[$BACKEND] (9) pec-milter logged why (the message log)" grep -q "message log" "$DIR/pec-milter.log"
+    sleep 1
+    ok "[$BACKEND] (9) log disk full: nothing for anna" expect_new "$ANNA_MD" 0
+    ok "[$BACKEND] (9) log disk full: no accettazione for mario" expect_new "$MARIO_MD" 0
+    rm -f "$DIR/log/filler"
+    swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/9.eml" > "$O/9b.txt" 2>&1
+    ok "[$BACKEND] (9) room again, the same message: 250" eod_is "$O/9b.txt" '^<- +250 '
+    ok "[$BACKEND] (9) exactly one envelope for anna" expect_new "$ANNA_MD" 1
+    ok "[$BACKEND] (9) exactly one accettazione for mario" expect_new "$MARIO_MD" 1
+    ok "[$BACKEND] (9) the log verifies" "$BIN" log verify "$DIR/log"
+    ok "[$BACKEND] (9) its accettazione is recorded once" bash -c \
+      "[ \$(grep -h 'scenario 9 $TOK' '$DIR'/log/*/*.jsonl | grep -c '\"event\":\"accettazione\"') = 1 ]"
   fi
 
   # ---- (8) embedded only: holders kept in LDAP. Last: it stops slapd, and Postfix's second line

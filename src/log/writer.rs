@@ -178,6 +178,9 @@ struct Writer {
     /// Keys of the events in the current file, and in the previous one.
     keys: HashSet<String>,
     prev_keys: HashSet<String>,
+    /// The file has its chiusura but the next one could not be opened yet
+    /// (a full disk): nothing is written until it is.
+    closed: bool,
 }
 
 /// A file read back: its records' keys, last seq and hash, whether it is
@@ -298,6 +301,7 @@ impl Writer {
             good_len: rb.good_len,
             keys: rb.keys,
             prev_keys,
+            closed: false,
         };
         w.rotate_if_due(now)?;
         Ok(w)
@@ -332,9 +336,14 @@ impl Writer {
             good_len: 0,
             keys: HashSet::new(),
             prev_keys,
+            closed: false,
         };
         let apertura = w.marker(Evento::Apertura, now, "ok".into());
-        w.write_records(vec![(apertura, prev_file)], now)?;
+        if let Err(e) = w.write_records(vec![(apertura, prev_file)], now) {
+            // an empty file would block the next attempt (create_new)
+            let _ = std::fs::remove_file(&w.path);
+            return Err(e);
+        }
         if let Ok(d) = File::open(node_dir) {
             // the new name itself durable
             let _ = d.sync_all();
@@ -367,6 +376,12 @@ impl Writer {
         events: Vec<(Event, Option<String>)>,
         now: DateTime<Utc>,
     ) -> Result<(), LogError> {
+        if self.closed {
+            return Err(LogError::Corrupt {
+                path: self.path.display().to_string(),
+                reason: "the file is closed and the next one is not open".into(),
+            });
+        }
         let mut buf = String::new();
         let (mut seq, mut hash) = (self.seq, self.last_hash.clone());
         let mut new_keys = Vec::new();
@@ -412,6 +427,10 @@ impl Writer {
 
     /// Record the events not recorded yet (one sync for all).
     fn append(&mut self, events: Vec<Event>, now: DateTime<Utc>) -> Result<(), LogError> {
+        if self.closed {
+            // the next file could not be opened before: try again now
+            self.rotate(now)?;
+        }
         let mut seen = HashSet::new();
         let fresh: Vec<(Event, Option<String>)> = events
             .into_iter()
@@ -429,11 +448,16 @@ impl Writer {
 
     /// Close the current file and open the next; the closed file's path.
     fn rotate(&mut self, now: DateTime<Utc>) -> Result<PathBuf, LogError> {
-        let records = self.seq + 1;
-        let chiusura = self.marker(Evento::Chiusura, now, format!("records={records}"));
-        self.write_records(vec![(chiusura, None)], now)?;
+        if !self.closed {
+            let records = self.seq + 1;
+            let chiusura = self.marker(Evento::Chiusura, now, format!("records={records}"));
+            self.write_records(vec![(chiusura, None)], now)?;
+            self.closed = true;
+            tracing::info!(file = %self.path.display(), records, "message log: file closed");
+        }
         let closed = self.path.clone();
-        let keys = std::mem::take(&mut self.keys);
+        // On failure (a full disk) this file stays closed and current:
+        // the next batch tries again, and gets an error until it works.
         let next = Writer::create(
             &self.node_dir,
             &self.node,
@@ -441,15 +465,14 @@ impl Writer {
             now,
             Some(file_name_of(&closed)),
             self.last_hash.clone(),
-            keys,
+            self.keys.clone(),
         )?;
         *self = next;
-        tracing::info!(file = %closed.display(), records, "message log: file closed");
         Ok(closed)
     }
 
     fn rotate_if_due(&mut self, now: DateTime<Utc>) -> Result<(), LogError> {
-        if local_date(now) != self.date {
+        if self.closed || local_date(now) != self.date {
             self.rotate(now)?;
         }
         Ok(())
@@ -655,6 +678,31 @@ mod tests {
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("a broken file was continued"),
         }
+    }
+
+    #[test]
+    fn a_file_closed_while_the_next_cannot_open_takes_nothing_until_it_does() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let now = Utc::now();
+        let mut w = Writer::resume(dir.path(), "mx1", now).expect("open");
+        w.append(vec![ev("a", Evento::Accettazione, None)], now)
+            .expect("a");
+        // the next file's name is taken by a directory: it cannot be created
+        let next = dir.path().join(format!("000002_{}.jsonl", local_date(now)));
+        std::fs::create_dir(&next).expect("block");
+        assert!(w.rotate(now).is_err());
+        assert!(w.closed);
+        assert!(
+            w.append(vec![ev("b", Evento::Accettazione, None)], now)
+                .is_err(),
+            "nothing after the chiusura"
+        );
+        std::fs::remove_dir(&next).expect("unblock");
+        w.append(vec![ev("b", Evento::Accettazione, None)], now)
+            .expect("b, in the next file");
+        assert_eq!(w.path, next);
+        let dirs = crate::log::verify::verify_node(dir.path()).expect("the chain holds");
+        assert_eq!(dirs.files, 2);
     }
 
     #[test]
