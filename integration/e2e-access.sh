@@ -311,7 +311,7 @@ sys.exit(0 if orig.rstrip(b"\n") in env else 1)' "$O/6.eml" "$ENV"
     mark "$MARIO_MD" "$ANNA_MD"
     swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/9.eml" > "$O/9a.txt" 2>&1
     ok "[$BACKEND] (9) log disk full: 4xx at end of DATA" eod_is "$O/9a.txt" '^<\*\* +4[0-9][0-9] '
-    ok "[$BACKEND] (9) pec-milter logged why (the message log)" grep -q "message log" "$DIR/pec-milter.log"
+    ok "[$BACKEND] (9) pec-milter logged why (the message log: no space left)" grep -qE "temporary failure.*message log.*No space left on device" "$DIR/pec-milter.log"
     sleep 1
     ok "[$BACKEND] (9) log disk full: nothing for anna" expect_new "$ANNA_MD" 0
     ok "[$BACKEND] (9) log disk full: no accettazione for mario" expect_new "$MARIO_MD" 0
