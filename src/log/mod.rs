@@ -287,15 +287,22 @@ pub fn event_anomaly(
 }
 
 /// The event of a receipt received about one of our envelopes: `tipo`
-/// signed by the provider named `signer`.
-pub fn event_received(d: &DatiCert, tipo: Tipo, signer: &str, time: DateTime<Utc>) -> Event {
+/// signed by the provider named `signer`, its own Message-ID
+/// `receipt_msgid`.
+pub fn event_received(
+    d: &DatiCert,
+    tipo: Tipo,
+    signer: &str,
+    receipt_msgid: Option<&str>,
+    time: DateTime<Utc>,
+) -> Event {
     let about = d.consegna.clone().unwrap_or_else(|| signer.to_string());
     Event {
         event: Evento::RicevutaRicevuta,
         time,
         pec_id: d.identificativo.clone(),
         msgid: d.msgid.clone(),
-        related: Vec::new(),
+        related: receipt_msgid.map(String::from).into_iter().collect(),
         sender: d.mittente.clone(),
         recipients: d
             .destinatari

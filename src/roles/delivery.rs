@@ -421,10 +421,19 @@ impl DeliveryPoint {
             MessageKind::Ricevuta(t) => {
                 // A receipt about one of our envelopes (also our own, for a
                 // holder of ours writing to a holder of ours).
-                if let (RcptOutcome::Delivered, Some(Ok(d))) = (outcome, &msg.daticert) {
-                    // every receipt received, recorded (once) before it counts
+                if let (RcptOutcome::Delivered, Some(Ok(d))) = (outcome, &msg.daticert)
+                    && !signer.manages(&self.provider.domain)
+                {
+                    // every receipt received from another provider, recorded
+                    // (once) before it counts (ours were recorded when issued)
                     self.log
-                        .record(vec![event_received(d, t, &signer.name, now)])
+                        .record(vec![event_received(
+                            d,
+                            t,
+                            &signer.name,
+                            msg.message_id.as_deref(),
+                            now,
+                        )])
                         .await?;
                 }
                 if let (RcptOutcome::Delivered, Some(Ok(d))) = (outcome, &msg.daticert)

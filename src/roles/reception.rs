@@ -416,7 +416,13 @@ impl ReceptionPoint {
         };
         // Every receipt received about one of ours, recorded first.
         self.log
-            .record(vec![event_received(d, tipo, &signer.name, now)])
+            .record(vec![event_received(
+                d,
+                tipo,
+                &signer.name,
+                msg.message_id.as_deref(),
+                now,
+            )])
             .await?;
         // The sending side's answer to a rilevazione-virus (PEC-RULES
         // §2.11): sent before the record changes, so that a failed
