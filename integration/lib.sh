@@ -830,7 +830,8 @@ pec_milter_up() {
     case $listen in
       inet:*) local hp=${listen#inet:}
               ns_exec bash -c "exec 3<>/dev/tcp/${hp%:*}/${hp##*:}" 2>/dev/null && return 0 ;;
-      unix:*) [ -S "${listen#unix:}" ] && return 0 ;;
+      # connectable, not just present: a stale socket of a killed process is there already
+      unix:*) [ -S "${listen#unix:}" ] && python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' "${listen#unix:}" 2>/dev/null && return 0 ;;
       *) echo "pec_milter_up: cannot parse listen = $listen" >&2; return 1 ;;
     esac
     sleep 0.05

@@ -19,6 +19,8 @@ bash integration/e2e-reception.sh
 # End to end: two providers in two network namespaces (access, reception,
 # delivery over LMTP, receipts, 12 h / 24 h notices with short timers).
 bash integration/e2e-two-providers.sh
+# End to end: the message log under SIGKILL in the middle of 1000 submissions.
+bash integration/e2e-crash.sh
 # End to end: the provider key in SoftHSM2 (PKCS#11), hsm-check, token removed and restored.
 bash integration/e2e-hsm.sh
 # End to end behind Sendmail 8.17 with the shipped .mc snippet: the reception role, receipts

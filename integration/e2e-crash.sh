@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# integration/e2e-crash.sh — the legal message log under a crash (issue 15, "Must show 6"), in a
+# netns with only lo: pec-milter (access point, embedded state, clamd off) reinjects its receipts
+# into an smtp-sink that keeps every message; examples/milter_load submits 1000 messages over
+# the milter protocol (8 connections) and pec-milter is killed with SIGKILL in the middle of it.
+# Then pec-milter starts again on the same log and state (the log's torn last line, if any, is
+# cut), takes another 100 submissions, and stops. Checks:
+#   (1) the kill happened mid-load (some accepted, not all; pec-milter gone);
+#   (2) it starts again on the same directories and takes the second load;
+#   (3) `pec-milter log verify` passes on the log;
+#   (4) every accettazione that reached the sink has exactly one accettazione record in the log,
+#       and no accettazione is recorded twice.
+# Env: PEC_MILTER_BIN (default target/debug/pec-milter), MILTER_LOAD (default
+# target/debug/examples/milter_load, built by `cargo test --all-targets`), KEEP=1.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+
+BIN=$(pec_milter_bin)
+LOAD=${MILTER_LOAD:-$RIG_ROOT/target/debug/examples/milter_load}
+rig_begin pecko
+T0=$EPOCHREALTIME
+need_pec_milter run
+[ -x "$LOAD" ] || die "$LOAD missing: cargo test --all-targets (or cargo build --examples) builds it"
+
+D=$RIG_BASE/pec SINK=$RIG_BASE/sink
+mkdir -p "$D" "$SINK" && chmod 777 "$SINK"
+# the receipts' sink keeps each message (smtp-sink -d: one file per transaction)
+ip netns exec "$RIG_NETNS" smtp-sink -u nobody -d "$SINK/m." 127.0.0.1:10026 1024 >/dev/null 2>&1 &
+echo $! > "$RIG_BASE/sink.pid"; rig_defer _kill_pidfile "$RIG_BASE/sink.pid" 5
+ok "smtp-sink keeping the receipts on 127.0.0.1:10026" wait_port 127.0.0.1 10026 10 || rig_finish
+
+ok "config written" write_config "$D" embedded || rig_finish
+sed -i -e "s#^listen = .*#listen = \"unix:$D/pec.sock\"#" \
+  -e "s#^address = \"127.0.0.1:$RIG_REINJECT_PORT\"#address = \"127.0.0.1:10026\"#" \
+  -e '/^\[clamd\]/,/^\[/s#^enabled = true#enabled = false#' "$D/pec-milter.toml"
+printf '\n[delivery]\nlisten = ""\noutbox = "%s/outbox"\n\n[timers]\nenabled = false\n' "$D" >> "$D/pec-milter.toml"
+ok "config checks" "$BIN" check-config --config "$D/pec-milter.toml" || rig_finish
+ok "pec-milter up" pec_milter_up "$D" "$D/pec-milter.toml" || rig_finish
+
+# accettazione records in the log so far
+acc_records() { cat "$D"/log/*/*.jsonl 2>/dev/null | grep -c '"event":"accettazione"'; }
+LOADARGS=(--connect "unix:$D/pec.sock" --concurrency 8 --size 2048 --auth "$MARIO" --from "$MARIO"
+  --to "$ANNA" --max-seconds 120)
+
+# ---- (1) SIGKILL in the middle of 1000 submissions
+ns_exec "$LOAD" "${LOADARGS[@]}" --count 1000 > "$RIG_BASE/load1.txt" 2>&1 &
+LOADPID=$!
+for ((i = 0; i < 600; i++)); do [ "$(acc_records)" -ge 150 ] && break; sleep 0.05; done
+PID=$(cat "$D/pec-milter.pid")
+ok "(1) SIGKILL to pec-milter after $(acc_records) records" kill -9 "$PID"
+wait "$LOADPID"
+_log "(1) load 1: $(grep -oE 'sent=[0-9]+ accept=[0-9]+ tempfail=[0-9]+' "$RIG_BASE/load1.txt" | head -1) $(grep -oE 'errors=[0-9]+' "$RIG_BASE/load1.txt" | head -1)"
+ok "(1) pec-milter is gone" bash -c "! kill -0 $PID 2>/dev/null"
+ACC1=$(grep -oE 'accept=[0-9]+' "$RIG_BASE/load1.txt" | head -1 | cut -d= -f2)
+ok "(1) killed mid-load: some accepted, not all 1000 (accept=${ACC1:-?})" test "${ACC1:-0}" -gt 0 -a "${ACC1:-0}" -lt 1000
+
+# ---- (2) started again on the same log and state
+ok "(2) pec-milter up again" pec_milter_up "$D" "$D/pec-milter.toml" || rig_finish
+ns_exec "$LOAD" "${LOADARGS[@]}" --count 100 > "$RIG_BASE/load2.txt" 2>&1
+ok "(2) 100 more submissions, all accepted" grep -qE 'accept=100 ' "$RIG_BASE/load2.txt"
+sleep 1
+ok "(2) pec-milter stops (SIGTERM)" pec_milter_down "$D"
+fail "(2) no panic in pec-milter's log" grep -q 'panicked' "$D/pec-milter.log"
+
+# ---- (3), (4)
+ok "(3) log verify passes" "$BIN" log verify "$D/log"
+ok "(4) every accettazione in the sink has exactly one record, none is recorded twice" \
+  python3 - "$SINK" "$D/log" <<'PY'
+import collections, glob, json, os, re, sys
+sink, logdir = sys.argv[1:3]
+sent = []
+for f in glob.glob(os.path.join(sink, "**", "*"), recursive=True):
+    if not os.path.isfile(f):
+        continue
+    text = open(f, "rb").read().decode("latin-1")
+    if re.search(r"^X-Ricevuta: accettazione\r?$", text, re.M | re.I):
+        # the accettazione refers to the original's Message-ID
+        m = re.search(r"^X-Riferimento-Message-ID: <([^>]+)>", text, re.M | re.I)
+        assert m, f
+        sent.append(m.group(1))
+recs = collections.Counter()
+for f in glob.glob(os.path.join(logdir, "*", "*.jsonl")):
+    for line in open(f, encoding="utf-8"):
+        if '"event":"accettazione"' in line:
+            recs[json.loads(line)["msgid"].strip("<>")] += 1
+dup_sent = [k for k, n in collections.Counter(sent).items() if n > 1]
+print(f"accettazioni in the sink: {len(sent)} ({len(set(sent))} distinct, sent twice: {len(dup_sent)}); "
+      f"accettazione records: {sum(recs.values())} ({len(recs)} distinct)")
+assert sent, "no accettazione reached the sink"
+missing = [p for p in set(sent) if recs[p] != 1]
+assert not missing, f"{len(missing)} accettazioni without exactly one record, e.g. {missing[:3]}"
+twice = [p for p, n in recs.items() if n > 1]
+assert not twice, f"recorded twice: {twice[:3]}"
+PY
+
+_log "e2e-crash took $(rig_elapsed "$T0") s"
+rig_finish
