@@ -43,6 +43,10 @@ pub enum LogError {
     Corrupt { path: String, reason: String },
     #[error("the message log writer has stopped")]
     Stopped,
+    /// The failure of the batch this caller's events were in, as the
+    /// writer saw it (every caller of that batch gets it).
+    #[error("{0}")]
+    Batch(String),
 }
 
 /// The kinds of event, by their wire names where the rules name them.

@@ -519,10 +519,9 @@ impl Writer {
             let rotated = self.rotate_if_due(now);
             if !batch.is_empty() {
                 let result = match &rotated {
-                    Err(e) => Err(LogError::Corrupt {
-                        path: self.path.display().to_string(),
-                        reason: format!("rotation failed: {e}"),
-                    }),
+                    Err(e) => Err(LogError::Batch(format!(
+                        "the next file cannot be opened: {e}"
+                    ))),
                     Ok(()) => {
                         let all: Vec<Event> =
                             batch.iter().flat_map(|(e, _)| e.iter().cloned()).collect();
@@ -536,10 +535,7 @@ impl Writer {
                 for (_, done) in batch {
                     let _ = done.send(match &result {
                         Ok(()) => Ok(()),
-                        Err(e) => Err(LogError::Corrupt {
-                            path: self.path.display().to_string(),
-                            reason: e.to_string(),
-                        }),
+                        Err(e) => Err(LogError::Batch(e.to_string())),
                     });
                 }
             }
