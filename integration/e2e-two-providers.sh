@@ -59,7 +59,8 @@
 #   (L) the legal message log: A's, A2's and B's chains verify; the holder's extract of (1)
 #       across A's and B's logs: accettazione, busta-trasporto (A), presa-in-carico,
 #       avvenuta-consegna (B), the two receipts as received at A, with every field, in time
-#       order; a changed byte is named.
+#       order; issued signed (--sign) it passes pec-milter verify and openssl cms -verify;
+#       a changed byte is named.
 #       The seal: each provider has its own TSA (openssl ts -reply, lib.sh tsa_up); SIGUSR1
 #       closes each node's file, its seal (.tsr) passes openssl ts -verify and log verify
 #       --tsa-trust --require-seals; with A's TSA stopped mail still flows, the closed file
@@ -912,6 +913,19 @@ assert times == sorted(times), times
 PY
 ok "(L) extract as text names the events" bash -c \
   "'$BIN' log extract --sender '$MARIO' --recipient '$ANNA' --date \"\$(TZ=Europe/Rome date +%F)\" --subject '$S1_SUBJ' ${LOGS[*]} | grep -c -E '^[0-9-]+T[^ ]+  (accettazione|presa-in-carico|avvenuta-consegna)\$' | grep -qx 3"
+ok "(L) the extract issued signed (--sign, A's key, to mario)" bash -c \
+  "'$BIN' log extract --sender '$MARIO' --recipient '$ANNA' --date \"\$(TZ=Europe/Rome date +%F)\" --subject '$S1_SUBJ' --sign --config '$A/pec-milter.toml' ${LOGS[*]} > '$O/Lsigned.eml'"
+ok "(L) ... pec-milter verify accepts it (A's CA)" "$BIN" verify --trust "$CAA" "$O/Lsigned.eml"
+ok "(L) ... openssl cms -verify accepts it (A's CA)" cms_ok "$O/Lsigned.eml" "$CAA"
+ok "(L) ... it carries the events, to mario" python3 - "$O/Lsigned.eml" "$MARIO" <<'PY'
+import email, sys
+m = email.message_from_binary_file(open(sys.argv[1], "rb"))
+assert m["To"] == "<%s>" % sys.argv[2], m["To"]
+text = [p for p in m.walk() if p.get_content_type() == "text/plain"][0].get_payload(decode=True).decode()
+for e in ("accettazione", "presa-in-carico", "avvenuta-consegna"):
+    assert "  " + e + "\n" in text, e
+print(m["Subject"])
+PY
 rm -rf "$O/Lcopy"; cp -a "$B/log" "$O/Lcopy"
 LF=$(ls "$O"/Lcopy/*/*.jsonl | head -1)
 sed -i '2s/pec.demo.test/pec.demO.test/' "$LF"

@@ -639,3 +639,47 @@ fn busta_trasporto_spooled_equals_in_memory() {
     // Nothing left behind in the spool directory (unnamed files).
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
 }
+
+/// The holder's extract of the message log, issued signed: openssl and our
+/// own check accept the signature; the text reads back; a changed byte of
+/// the text breaks it; a header field cannot be smuggled in.
+#[test]
+fn a_signed_text_verifies_and_a_changed_byte_does_not() {
+    use pec_milter::pec::build::build_signed_text;
+    let text =
+        "2026-12-07T10:00:00+01:00  accettazione\n  pec id:  opec.1@pec.acme.test\n  città\n";
+    let bytes = build_signed_text(
+        &provider(),
+        "mario@pec.acme.test",
+        "Estratto del log dei messaggi",
+        text,
+        &emission("estratto.1@pec.acme.test"),
+        signer(DigestAlg::Sha256),
+    )
+    .expect("build");
+    openssl_verify(&bytes, pki().ca_file.path()).expect("openssl verifies");
+    let i = inspect(&bytes, &pki().trust, VerifyAt::SigningTime).expect("inspect");
+    assert_eq!(i.signature.status, SignatureStatus::Valid);
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&bytes)
+        .expect("parses");
+    assert_eq!(parsed.body_text(0).as_deref(), Some(text));
+    // one character of the base64 text changed
+    let s = String::from_utf8_lossy(&bytes).into_owned();
+    let at = s.find("base64\r\n\r\n").expect("part") + 10;
+    let mut bad = bytes.clone();
+    bad[at] = if bad[at] == b'A' { b'B' } else { b'A' };
+    let i = inspect(&bad, &pki().trust, VerifyAt::SigningTime).expect("inspect");
+    assert_ne!(i.signature.status, SignatureStatus::Valid);
+    assert!(
+        build_signed_text(
+            &provider(),
+            "x@y\r\nBcc: z@w",
+            "s",
+            "t",
+            &emission("e@x"),
+            signer(DigestAlg::Sha256)
+        )
+        .is_err()
+    );
+}

@@ -59,6 +59,12 @@ pub enum LogCommand {
         /// One JSON array of records instead of text.
         #[arg(long)]
         json: bool,
+        /// Issue the extract as an S/MIME message to the sender, signed
+        /// with the provider key of --config (`pec-milter verify` accepts it).
+        #[arg(long)]
+        sign: bool,
+        #[arg(long, default_value = super::DEFAULT_CONFIG)]
+        config: PathBuf,
         /// Log directories ([log] dir) or node directories.
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
@@ -100,6 +106,8 @@ pub fn log(cmd: &LogCommand) -> Result<ExitCode> {
             subject,
             message_id,
             json,
+            sign,
+            config,
             dirs,
         } => {
             let q = Query {
@@ -112,10 +120,16 @@ pub fn log(cmd: &LogCommand) -> Result<ExitCode> {
             let paths: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
             match extract(&paths, &q) {
                 Ok(records) => {
-                    if *json {
-                        println!("{}", serde_json::to_string_pretty(&records)?);
+                    let body = if *json {
+                        format!("{}\n", serde_json::to_string_pretty(&records)?)
                     } else {
-                        print!("{}", to_text(&records));
+                        to_text(&records)
+                    };
+                    if *sign && !records.is_empty() {
+                        let signed = signed_extract(config, &q, &body)?;
+                        std::io::Write::write_all(&mut std::io::stdout(), &signed)?;
+                    } else {
+                        print!("{body}");
                     }
                     if records.is_empty() {
                         eprintln!("pec-milter: no event matches");
@@ -130,6 +144,42 @@ pub fn log(cmd: &LogCommand) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// The extract as an S/MIME message from the provider to the holder who
+/// asked (the sender), signed with the configured key (PEM or PKCS#11).
+fn signed_extract(config: &std::path::Path, q: &Query, body: &str) -> Result<Vec<u8>> {
+    let cfg = pec_milter::config::Config::load(config)?;
+    let provider = pec_milter::daemon::provider(&cfg);
+    let key = pec_milter::daemon::load_key(&cfg)?;
+    let now = chrono::Utc::now();
+    let id = hex::encode(openssl::sha::sha256(
+        format!("{}{}{}{}", q.sender, q.recipient, q.date, now.to_rfc3339()).as_bytes(),
+    ));
+    let emission = pec_milter::pec::build::Emission {
+        time: now,
+        message_id: format!("estratto.{}@{}", &id[..24], provider.domain),
+    };
+    let subject = format!(
+        "Estratto del log dei messaggi: {} -> {}, {}",
+        q.sender, q.recipient, q.date
+    );
+    let subject = if subject.is_ascii() {
+        subject
+    } else {
+        format!("Estratto del log dei messaggi, {}", q.date)
+    };
+    Ok(pec_milter::pec::build::build_signed_text(
+        &provider,
+        &q.sender,
+        &subject,
+        body,
+        &emission,
+        pec_milter::pec::build::Signer {
+            key: key.as_ref(),
+            digest: cfg.provider.digest,
+        },
+    )?)
 }
 
 fn verify(dirs: &[PathBuf], tsa_trust: &[PathBuf], require_seals: bool) -> Result<ExitCode> {

@@ -935,6 +935,65 @@ fn signed_envelope_body<B: Body + ?Sized, W: Write + ?Sized>(
     Ok(ct)
 }
 
+/// A plain text signed by the provider (S/MIME `multipart/signed`, the
+/// text as a base64 `text/plain; charset=UTF-8` part): what the provider
+/// issues that is not a PEC message, e.g. the holder's extract of the
+/// message log. `to` is the holder's address; ASCII `subject`.
+pub fn build_signed_text(
+    provider: &Provider,
+    to: &str,
+    subject: &str,
+    text: &str,
+    emission: &Emission,
+    signer: Signer<'_>,
+) -> Result<Vec<u8>, BuildError> {
+    if !subject.is_ascii() || subject.contains(['\r', '\n']) || to.contains(['\r', '\n', '<', '>'])
+    {
+        return Err(BuildError::Input(
+            "subject or address not fit for a header".into(),
+        ));
+    }
+    let entity = format!(
+        "Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: base64\r\n\r\n{}",
+        base64_lines(text.as_bytes())
+    );
+    // the signed content ends before the CRLF that precedes the boundary
+    let signed = entity.trim_end_matches("\r\n");
+    let p7s = crypto::cms_sign::sign_content(
+        signer.key,
+        signer.digest,
+        signed.as_bytes(),
+        emission.time.into(),
+    )?;
+    let b = format!(
+        "----=_PEC_X_{}",
+        hex::encode_upper(&crypto::digest(DigestAlg::Sha1, emission.message_id.as_bytes())[..12])
+    );
+    let mut out = String::new();
+    out.push_str(&format!(
+        "From: {} <{}>\r\n",
+        mime::quote_display_name(&provider.name),
+        provider.service_address()
+    ));
+    out.push_str(&format!("To: <{to}>\r\nSubject: {subject}\r\n"));
+    out.push_str(&date_header(emission.time));
+    out.push_str(&format!(
+        "Message-ID: <{}>\r\nMIME-Version: 1.0\r\n",
+        emission.message_id
+    ));
+    out.push_str(&format!(
+        "Content-Type: multipart/signed; protocol=\"application/x-pkcs7-signature\";\r\n micalg=\"{}\"; boundary=\"{b}\"\r\n\r\n",
+        signer.digest.micalg()
+    ));
+    out.push_str(&format!(
+        "This is an S/MIME signed message\r\n\r\n--{b}\r\n{signed}\r\n--{b}\r\n"
+    ));
+    out.push_str("Content-Type: application/x-pkcs7-signature; name=\"smime.p7s\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"smime.p7s\"\r\n\r\n");
+    out.push_str(&base64_lines(&p7s));
+    out.push_str(&format!("--{b}--\r\n"));
+    Ok(out.into_bytes())
+}
+
 fn from_per_conto_di(sender: &str, provider: &Provider) -> String {
     let display = format!("Per conto di: {sender}");
     if display.is_ascii() {
