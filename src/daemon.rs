@@ -247,11 +247,13 @@ pub fn provider_index(cfg: &Config) -> Result<Option<Arc<ProviderIndex>>, Daemon
             let password =
                 read_password("index.password_file", cfg.index.password_file.as_deref())?;
             IndexSource::Ldap(LdapSource {
-                url: cfg.index.url.clone(),
+                server: LdapServer {
+                    url: cfg.index.url.clone(),
+                    bind_dn: cfg.index.bind_dn.clone(),
+                    password,
+                    timeout: cfg.index.timeout,
+                },
                 base: cfg.index.base.clone(),
-                bind_dn: cfg.index.bind_dn.clone(),
-                password,
-                timeout: cfg.index.timeout,
             })
         }
     };
@@ -368,20 +370,20 @@ fn spawn_sealer(
                 _ = stop.changed() => break,
             }
             let (tsa, dir) = (tsa.clone(), node_dir.clone());
+            // On failure: why, and how many closed files still wait.
             let result = tokio::task::spawn_blocking(move || {
-                let files = unsealed(&dir)?;
-                let waiting = files.len();
-                for f in files {
-                    tsa.seal(&f)?;
+                let files = unsealed(&dir).map_err(|e| (e, 0))?;
+                let total = files.len();
+                for (done, f) in files.iter().enumerate() {
+                    tsa.seal(f).map_err(|e| (e, total - done))?;
                 }
-                Ok::<_, SealError>(waiting)
+                Ok::<_, (SealError, usize)>(())
             })
             .await;
             wait = match result {
-                Ok(Ok(_)) => first,
-                Ok(Err(e)) => {
+                Ok(Ok(())) => first,
+                Ok(Err((e, waiting))) => {
                     let next = (wait * 2).clamp(first, Duration::from_secs(3600));
-                    let waiting = unsealed(&node_dir).map(|v| v.len()).unwrap_or(0);
                     tracing::error!(error = %e, files_waiting = waiting, retry_in = ?next,
                         "message log: SEAL FAILED (RFC 3161): the closed files wait for their timestamp; mail keeps flowing");
                     next

@@ -696,13 +696,9 @@ impl Slapd {
     }
 
     fn source(&self) -> LdapSource {
-        LdapSource {
-            url: self.url(),
-            base: "o=postacert".into(),
-            bind_dn: None,
-            password: None,
-            timeout: Duration::from_secs(3),
-        }
+        let mut src = LdapSource::new(self.url());
+        src.server.timeout = Duration::from_secs(3);
+        src
     }
 
     fn stop(&mut self) {
@@ -797,12 +793,12 @@ async fn ldap_bind_and_errors() {
     let slapd = Slapd::start(&directory_text());
 
     let mut src = slapd.source();
-    src.bind_dn = Some("cn=admin,o=postacert".into());
-    src.password = Some("secret".into());
+    src.server.bind_dn = Some("cn=admin,o=postacert".into());
+    src.server.password = Some("secret".into());
     assert_eq!(src.load().await.expect("bound load").len(), 5);
     assert!(!format!("{src:?}").contains("secret"), "password redacted");
 
-    src.password = Some("wrong".into());
+    src.server.password = Some("wrong".into());
     match src.load().await {
         Err(IndexError::Ldap(msg)) => assert!(msg.contains("bind"), "{msg}"),
         other => panic!("expected a bind error, got {other:?}"),
@@ -834,10 +830,8 @@ async fn ldap_silent_server_times_out() {
         std::thread::sleep(Duration::from_secs(3));
         drop(held);
     });
-    let src = LdapSource {
-        timeout: Duration::from_millis(700),
-        ..LdapSource::new(format!("ldap://127.0.0.1:{port}"))
-    };
+    let mut src = LdapSource::new(format!("ldap://127.0.0.1:{port}"));
+    src.server.timeout = Duration::from_millis(700);
     let t = Instant::now();
     let r = src.load().await;
     assert!(matches!(r, Err(IndexError::Timeout)), "{r:?}");
