@@ -3,16 +3,15 @@
 //! messages across the nodes' logs, in time order.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use chrono::NaiveDate;
 use serde::Serialize;
 
 use super::Evento;
-use super::chain::{Record, open_line};
-use super::verify::{Broken, node_dirs, verify_node};
-use super::writer::{chain_files, local_date};
+use super::chain::Record;
+use super::verify::{Broken, node_dirs, verify_node_with};
+use super::writer::local_date;
 
 /// What the holder asks about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,8 +60,8 @@ pub struct Extracted {
     pub hash: String,
 }
 
-/// Every record of the node directories under `dirs` (each chain
-/// verified first: an extract is never made from a broken log).
+/// Every record of the node directories under `dirs`, read as each chain
+/// is verified: an extract is never made from a broken log.
 fn all_records(dirs: &[&Path]) -> Result<Vec<Extracted>, Broken> {
     let mut out = Vec::new();
     for dir in dirs {
@@ -72,29 +71,7 @@ fn all_records(dirs: &[&Path]) -> Result<Vec<Extracted>, Broken> {
             reason: e.to_string(),
         })?;
         for node in nodes {
-            verify_node(&node)?;
-            let files = chain_files(&node).map_err(|e| Broken {
-                path: node.display().to_string(),
-                line: None,
-                reason: e.to_string(),
-            })?;
-            for path in files {
-                let f = std::fs::File::open(&path).map_err(|e| Broken {
-                    path: path.display().to_string(),
-                    line: None,
-                    reason: e.to_string(),
-                })?;
-                for (n, line) in BufReader::new(f).lines().enumerate() {
-                    let broken = |reason: String| Broken {
-                        path: path.display().to_string(),
-                        line: Some(n + 1),
-                        reason,
-                    };
-                    let line = line.map_err(|e| broken(e.to_string()))?;
-                    let (record, hash) = open_line(&line).map_err(|e| broken(e.to_string()))?;
-                    out.push(Extracted { record, hash });
-                }
-            }
+            verify_node_with(&node, |record, hash| out.push(Extracted { record, hash }))?;
         }
     }
     Ok(out)

@@ -12,19 +12,13 @@ use chrono::{DateTime, Months, NaiveDate, Utc};
 
 use super::seal::tsr_path;
 use super::verify::node_dirs;
-use super::writer::chain_files;
+use super::writer::{chain_files, file_date};
 
 /// The first day that is kept: `today` less `months`.
 pub fn cutoff(today: NaiveDate, months: u32) -> NaiveDate {
     today
         .checked_sub_months(Months::new(months))
         .unwrap_or(NaiveDate::MIN)
-}
-
-fn file_day(path: &Path) -> Option<NaiveDate> {
-    let name = path.file_name()?.to_str()?;
-    let (_, date) = name.strip_suffix(".jsonl")?.split_once('_')?;
-    NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()
 }
 
 /// What is older than `cutoff`: log files (with their seals) of every
@@ -41,7 +35,7 @@ pub fn expired(
             let files = chain_files(&node)?;
             let keep_newest = files.len().saturating_sub(1);
             for f in &files[..keep_newest] {
-                if file_day(f).is_some_and(|d| d < cutoff) {
+                if file_date(f).is_some_and(|d| d < cutoff) {
                     let tsr = tsr_path(f);
                     if tsr.exists() {
                         out.push(tsr);

@@ -299,14 +299,35 @@ pub fn unsealed(node_dir: &Path) -> Result<Vec<PathBuf>, SealError> {
     Ok(out)
 }
 
-/// Does the file end with its `chiusura`?
+/// Does the file end with its `chiusura`? Only the last line is read
+/// (from the end, in growing pieces): the sealer asks this of the day's
+/// open file at every pass, and that file may be large.
 pub fn is_closed(file: &Path) -> Result<bool, SealError> {
-    let text = std::fs::read_to_string(file).map_err(io(file))?;
-    Ok(text
-        .lines()
-        .last()
-        .and_then(|l| open_line(l).ok())
-        .is_some_and(|(r, _)| r.event.event == Evento::Chiusura))
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(file).map_err(io(file))?;
+    let len = f.metadata().map_err(io(file))?.len();
+    let mut want = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(want);
+        f.seek(SeekFrom::Start(start)).map_err(io(file))?;
+        let mut tail = Vec::new();
+        (&mut f)
+            .take(len - start)
+            .read_to_end(&mut tail)
+            .map_err(io(file))?;
+        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        let last = match body.iter().rposition(|&b| b == b'\n') {
+            Some(i) => &body[i + 1..],
+            None if start == 0 => body,
+            None => {
+                want = want.saturating_mul(2);
+                continue;
+            }
+        };
+        let last = std::str::from_utf8(last)
+            .map_err(|e| io(file)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        return Ok(open_line(last).is_ok_and(|(r, _)| r.event.event == Evento::Chiusura));
+    }
 }
 
 #[cfg(test)]
@@ -322,6 +343,53 @@ mod tests {
         assert_eq!(back.message_imprint.hashed_message.as_bytes(), &digest);
         assert_eq!(back.nonce.expect("nonce").as_bytes(), &[0x31, 0x4c]);
         assert!(back.cert_req);
+    }
+
+    #[tokio::test]
+    async fn closed_is_read_from_the_last_line_however_long() {
+        use crate::log::writer::{FileLog, LogOptions};
+        use crate::log::{Destinatario, Event, EventLog};
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = FileLog::open(&LogOptions {
+            dir: dir.path().to_path_buf(),
+            node: "mx1".into(),
+        })
+        .expect("open");
+        // records longer than the first piece read (a 150 KB subject)
+        for i in 0..3 {
+            log.record(vec![Event {
+                event: Evento::Accettazione,
+                time: chrono::Utc::now(),
+                pec_id: format!("opec.{i}@x"),
+                msgid: None,
+                related: vec![],
+                sender: "a@x".into(),
+                recipients: vec![Destinatario {
+                    address: "b@y".into(),
+                    tipo: "certificato".into(),
+                }],
+                subject: "s".repeat(150_000),
+                provider: "X".into(),
+                outcome: "ok".into(),
+                about: None,
+            }])
+            .await
+            .expect("record");
+        }
+        let open = chain_files(log.node_dir()).expect("files").remove(0);
+        assert!(
+            !is_closed(&open).expect("open file"),
+            "its last line is a record"
+        );
+        let closed = log.seal().await.expect("seal");
+        assert_eq!(closed, open);
+        assert!(is_closed(&closed).expect("closed file"));
+        let next = chain_files(log.node_dir()).expect("files").remove(1);
+        assert!(
+            !is_closed(&next).expect("new file"),
+            "one apertura line, no newline before it"
+        );
+        assert_eq!(unsealed(log.node_dir()).expect("unsealed"), vec![closed]);
     }
 
     #[test]

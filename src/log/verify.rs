@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use super::Evento;
-use super::chain::open_line;
+use super::chain::{Record, open_line};
 use super::writer::{chain_files, file_counter};
 
 /// What is wrong, and where.
@@ -49,6 +49,16 @@ pub fn node_dirs(path: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
 /// file's `apertura` linking to the file before it, every file but the
 /// last closed.
 pub fn verify_node(node_dir: &Path) -> Result<Verified, Broken> {
+    verify_node_with(node_dir, |_, _| {})
+}
+
+/// [`verify_node`], handing each record that holds, and its hash, to
+/// `each` as it is read (one pass over the files for a caller that needs
+/// the records too, like the extract).
+pub fn verify_node_with(
+    node_dir: &Path,
+    mut each: impl FnMut(Record, String),
+) -> Result<Verified, Broken> {
     let broken = |path: &Path, line: Option<usize>, reason: String| Broken {
         path: path.display().to_string(),
         line,
@@ -139,8 +149,9 @@ pub fn verify_node(node_dir: &Path) -> Result<Verified, Broken> {
             }
             closed = record.event.event == Evento::Chiusura;
             seq = record.seq;
-            hash = h;
+            hash = h.clone();
             out.records += 1;
+            each(record, h);
         }
         if seq == 0 {
             return Err(broken(path, None, "an empty log file".into()));

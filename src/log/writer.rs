@@ -65,7 +65,8 @@ pub fn file_counter(path: &Path) -> Option<u64> {
     n.parse().ok().filter(|_| n.len() == 6)
 }
 
-fn file_date(path: &Path) -> Option<NaiveDate> {
+/// The local day in a log file's name (`000012_2026-12-07.jsonl` → that day).
+pub fn file_date(path: &Path) -> Option<NaiveDate> {
     let name = path.file_name()?.to_str()?;
     let (_, date) = name.strip_suffix(".jsonl")?.split_once('_')?;
     NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()
