@@ -421,27 +421,26 @@ impl DeliveryPoint {
             MessageKind::Ricevuta(t) => {
                 // A receipt about one of our envelopes (also our own, for a
                 // holder of ours writing to a holder of ours).
-                if let (RcptOutcome::Delivered, Some(Ok(d))) = (outcome, &msg.daticert)
-                    && !signer.manages(&self.provider.domain)
-                {
+                if let (RcptOutcome::Delivered, Some(Ok(d))) = (outcome, &msg.daticert) {
                     // every receipt received from another provider, recorded
                     // (once) before it counts (ours were recorded when issued)
-                    self.log
-                        .record(vec![event_received(
-                            d,
-                            t,
-                            &signer.name,
-                            msg.message_id.as_deref(),
-                            now,
-                        )])
-                        .await?;
-                }
-                if let (RcptOutcome::Delivered, Some(Ok(d))) = (outcome, &msg.daticert)
-                    && let Err(e) =
+                    if !signer.manages(&self.provider.domain) {
+                        self.log
+                            .record(vec![event_received(
+                                d,
+                                t,
+                                &signer.name,
+                                msg.message_id.as_deref(),
+                                now,
+                            )])
+                            .await?;
+                    }
+                    if let Err(e) =
                         record_receipt(self.state.as_ref(), d, t, signer, now, self.retention_secs)
                             .await
-                {
-                    tracing::warn!(error = %e, pec_id = %d.identificativo, "receipt not recorded");
+                    {
+                        tracing::warn!(error = %e, pec_id = %d.identificativo, "receipt not recorded");
+                    }
                 }
                 return Ok(false);
             }

@@ -78,19 +78,7 @@ pub fn verify_pec(
         .as_deref()
         .and_then(mime::addr_spec)
         .and_then(|a| domain_of(&a));
-    match from_domain {
-        Some(d) if entry.manages(&d) => {}
-        other => {
-            return Err(Problem {
-                reason: format!(
-                    "il dominio del mittente {} non è gestito da {}",
-                    other.unwrap_or_else(|| "?".into()),
-                    entry.name
-                ),
-                signer_listed: true,
-            });
-        }
-    }
+    require_managed(entry, from_domain, "")?;
     if let Some(reason) = structure_problem(msg) {
         return Err(Problem {
             reason,
@@ -104,21 +92,29 @@ pub fn verify_pec(
     if msg.kind == MessageKind::BustaTrasporto
         && let Some(Ok(d)) = &msg.daticert
     {
-        match domain_of(&d.mittente) {
-            Some(dom) if entry.manages(&dom) => {}
-            other => {
-                return Err(Problem {
-                    reason: format!(
-                        "il dominio del mittente {} (daticert) non è gestito da {}",
-                        other.unwrap_or_else(|| "?".into()),
-                        entry.name
-                    ),
-                    signer_listed: true,
-                });
-            }
-        }
+        require_managed(entry, domain_of(&d.mittente), " (daticert)")?;
     }
     Ok(entry.clone())
+}
+
+/// `Ok` when `entry` manages `domain`; otherwise the problem, naming the
+/// domain (`where_` says which field it came from).
+fn require_managed(
+    entry: &ProviderEntry,
+    domain: Option<String>,
+    where_: &str,
+) -> Result<(), Problem> {
+    match domain {
+        Some(d) if entry.manages(&d) => Ok(()),
+        other => Err(Problem {
+            reason: format!(
+                "il dominio del mittente {}{where_} non è gestito da {}",
+                other.unwrap_or_else(|| "?".into()),
+                entry.name
+            ),
+            signer_listed: true,
+        }),
+    }
 }
 
 /// Why a message that claims to be PEC is not formally correct.
