@@ -160,6 +160,19 @@ fn envelope_for(asked: TipoRicevuta, key: &PemKey, domain: &str, mittente: &str)
     .to_bytes()
 }
 
+/// (receipt, recipient) that [`rcpts`] get, sorted: two delivered, one
+/// unknown (no mailbox).
+fn receipts_of_rcpts() -> Vec<(String, String)> {
+    [
+        ("avvenuta-consegna", "anna.bianchi@pec.other.test"),
+        ("avvenuta-consegna", "carlo@pec.other.test"),
+        ("errore-consegna", "nobody@pec.other.test"),
+    ]
+    .iter()
+    .map(|(k, r)| (k.to_string(), r.to_string()))
+    .collect()
+}
+
 fn rcpts() -> Vec<String> {
     [
         "anna.bianchi@pec.other.test",
@@ -248,41 +261,15 @@ async fn receipts_follow_the_real_delivery_outcome_once() {
         // each receipt's event in the message log, once
         let mut logged = logged_events(&dir.path().join("log/dp"));
         logged.sort();
-        assert_eq!(
-            logged,
-            [
-                (
-                    "avvenuta-consegna".to_string(),
-                    "anna.bianchi@pec.other.test".to_string()
-                ),
-                (
-                    "avvenuta-consegna".to_string(),
-                    "carlo@pec.other.test".to_string()
-                ),
-                (
-                    "errore-consegna".to_string(),
-                    "nobody@pec.other.test".to_string()
-                ),
-            ],
-            "{asked}"
-        );
+        assert_eq!(logged, receipts_of_rcpts(), "{asked}");
     }
 }
 
 /// (event, about) of every record in a node's message log.
 fn logged_events(node_dir: &std::path::Path) -> Vec<(String, String)> {
-    pec_milter::log::writer::chain_files(node_dir)
-        .expect("files")
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .expect("read")
-                .lines()
-                .map(|l| pec_milter::log::chain::open_line(l).expect("line").0.event)
-                .filter(|e| !e.pec_id.is_empty())
-                .map(|e| (e.event.wire().to_string(), e.about.unwrap_or_default()))
-                .collect::<Vec<_>>()
-        })
+    common::logged_events(node_dir)
+        .into_iter()
+        .map(|e| (e.event.wire().to_string(), e.about.unwrap_or_default()))
         .collect()
 }
 
@@ -493,23 +480,7 @@ async fn a_key_failing_after_storage_keeps_the_receipts_pending_until_it_signs()
         })
         .collect();
     kinds.sort();
-    assert_eq!(
-        kinds,
-        vec![
-            (
-                "avvenuta-consegna".to_string(),
-                "anna.bianchi@pec.other.test".to_string()
-            ),
-            (
-                "avvenuta-consegna".to_string(),
-                "carlo@pec.other.test".to_string()
-            ),
-            (
-                "errore-consegna".to_string(),
-                "nobody@pec.other.test".to_string()
-            ),
-        ]
-    );
+    assert_eq!(kinds, receipts_of_rcpts());
     // An MTA retry of the same delivery does not issue them again.
     let _ = dp
         .handle("posta-certificata@pec.acme.test", &rcpts(), &env)

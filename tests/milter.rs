@@ -15,7 +15,6 @@ use pec_milter::config::{HolderClass, HoldersConfig, OrdinaryMail};
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
 use pec_milter::index::{IndexSource, ProviderIndex};
-use pec_milter::log::chain::open_line;
 use pec_milter::log::writer::{FileLog, LogOptions};
 use pec_milter::log::{Event, EventLog, LogError};
 use pec_milter::milter::{self, MilterListener};
@@ -136,17 +135,9 @@ impl EventLog for TestLog {
 impl TestLog {
     /// The events recorded so far (wire names), in order.
     fn events(&self) -> Vec<String> {
-        let files = pec_milter::log::writer::chain_files(self.inner.node_dir()).expect("files");
-        files
-            .iter()
-            .flat_map(|f| {
-                std::fs::read_to_string(f)
-                    .expect("read")
-                    .lines()
-                    .map(|l| open_line(l).expect("line").0.event.event.wire().to_string())
-                    .collect::<Vec<_>>()
-            })
-            .filter(|e| e != "apertura" && e != "chiusura")
+        logged_events(self.inner.node_dir())
+            .into_iter()
+            .map(|e| e.event.wire().to_string())
             .collect()
     }
 }

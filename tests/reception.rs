@@ -129,18 +129,9 @@ struct Rig {
 
 /// (event, outcome) of every record in the rig's message log.
 fn logged(r: &Rig) -> Vec<(String, String)> {
-    pec_milter::log::writer::chain_files(&r._dir.path().join("log/rx"))
-        .expect("files")
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .expect("read")
-                .lines()
-                .map(|l| pec_milter::log::chain::open_line(l).expect("line").0.event)
-                .filter(|e| !e.pec_id.is_empty())
-                .map(|e| (e.event.wire().to_string(), e.outcome))
-                .collect::<Vec<_>>()
-        })
+    logged_events(&r._dir.path().join("log/rx"))
+        .into_iter()
+        .map(|e| (e.event.wire().to_string(), e.outcome))
         .collect()
 }
 

@@ -334,3 +334,18 @@ print(json.dumps({'types': types, 'top': m.get_content_type(), 'subject': str(m[
     );
     serde_json::from_slice(&out.stdout).expect("json from python")
 }
+
+/// The events of a node's message log, in the order written (the files'
+/// `apertura` / `chiusura` left out), read through `log verify`'s own
+/// check: a chain that does not hold fails the test.
+pub fn logged_events(node_dir: &Path) -> Vec<pec_milter::log::Event> {
+    use pec_milter::log::Evento;
+    let mut out = Vec::new();
+    pec_milter::log::verify::verify_node_with(node_dir, |r, _| {
+        if !matches!(r.event.event, Evento::Apertura | Evento::Chiusura) {
+            out.push(r.event);
+        }
+    })
+    .expect("the node's chain verifies");
+    out
+}
