@@ -61,8 +61,8 @@
 #       avvenuta-consegna (B), the two receipts as received at A, with every field, in time
 #       order; issued signed (--sign) it passes pec-milter verify and openssl cms -verify;
 #       a changed byte is named.
-#       The seal: each provider has its own TSA (openssl ts -reply, lib.sh tsa_up); SIGUSR1
-#       closes each node's file, its seal (.tsr) passes openssl ts -verify and log verify
+#       The seal: each provider has its own TSA (openssl ts -reply, lib.sh tsa_up); `log seal`
+#       (A) and SIGUSR1 (B) close each node's file, its seal (.tsr) passes openssl ts -verify and log verify
 #       --tsa-trust --require-seals; with A's TSA stopped mail still flows, the closed file
 #       waits (SEAL FAILED logged, --require-seals fails) and is sealed once the TSA is back.
 #       Retention: a log file dated 30 months ago (with its seal) and a message quarantined
@@ -932,7 +932,7 @@ sed -i '2s/pec.demo.test/pec.demO.test/' "$LF"
 fail "(L) one byte changed in a copy of B's log: log verify fails (exit 1)" "$BIN" log verify "$O/Lcopy"
 ok "(L) ... and names the file and line" bash -c "'$BIN' log verify '$O/Lcopy' 2>&1 | grep -qF '${LF##*/}:2: its hash does not match'"
 
-# The daily seal: SIGUSR1 closes each node's current file now (as midnight does); its TSA
+# The daily seal: `log seal` / SIGUSR1 closes each node's current file now (as midnight does); its TSA
 # timestamps it; openssl ts -verify accepts each reply against its file.
 # seal_wait DIR N: DIR (a node's log) holds N seals (.tsr) within 40 s
 seal_wait() {
@@ -949,7 +949,11 @@ seals_verify() {
   for t in $(find "$1" -name '*.tsr'); do tsa_verify "$t" "${t%.tsr}" "$2" || return 1; n=$((n + 1)); done
   echo "$n verified"; [ "$n" -gt 0 ]
 }
-ok "(L) SIGUSR1 to A's and B's pec-milter" kill -USR1 "$(cat "$A/pec-milter.pid")" "$(cat "$B/pec-milter.pid")"
+# A: `log seal` (it signals the daemon named in the log's lock, waits for the seal); B: the
+# signal itself
+ok "(L) log seal --config A: A's current file closed and sealed by A's pec-milter" bash -c \
+  "'$BIN' log seal --config '$A/pec-milter.toml' | tee '$O/Lseal.txt'; grep -q '^sealed .*\.tsr\$' '$O/Lseal.txt' && grep -q 'by pec-milter, pid $(cat "$A/pec-milter.pid")' '$O/Lseal.txt'"
+ok "(L) SIGUSR1 to B's pec-milter" kill -USR1 "$(cat "$B/pec-milter.pid")"
 ok "(L) A's closed file sealed" seal_wait "$A/log" 1
 ok "(L) B's closed file sealed" seal_wait "$B/log" 1
 ok "(L) openssl ts -verify accepts A's seal against its file (A's TSA CA)" seals_verify "$A/log" "$TSAA"
@@ -966,7 +970,8 @@ submit "$O/L.txt" "scenario L $TOK" "$ANNA"
 ok "(L) TSA down: a submission is accepted" eod_250 "$O/L.txt"
 ok "(L) TSA down: mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20
 ok "(L) TSA down: anna gets the envelope" wait_kinds "$ANNA_MD" 1 posta-certificata 20
-ok "(L) SIGUSR1 to A: its file closed" kill -USR1 "$(cat "$A/pec-milter.pid")"
+fail "(L) TSA down: log seal --wait 3 closes A's file but reports it unsealed (exit 1)" \
+  "$BIN" log seal --config "$A/pec-milter.toml" --wait 3
 ok "(L) A logs the failed seal, loudly" bash -c "sleep 2; grep -q 'SEAL FAILED' '$A/pec-milter.log'"
 fail "(L) TSA down: log verify --require-seals fails on A's unsealed closed file" \
   "$BIN" log verify --tsa-trust "$TSAA/tsa-ca.pem" --require-seals "$A/log"

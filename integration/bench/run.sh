@@ -10,7 +10,9 @@
 #     -> Postfix smtpd 127.0.0.1:2600 + [milter] -> qmgr -> smtp -> smtp-sink 127.0.0.1:2525
 #   listeners: 2600 no milter | 2601 OpenDKIM unix | 2602 OpenDKIM TCP | 2603 pec-milter unix |
 #              2604 pec-milter TCP | 2606 pec-milter unix with the Redis state store (the others
-#              use the default embedded store) | 2605 pec-milter with $BENCH_HSM_SIGNING (optional)
+#              use the default embedded store) | 2607 pec-milter unix with the legal message log
+#              off (the A/B of the log's cost; every other setup logs, as shipped) |
+#              2605 pec-milter with $BENCH_HSM_SIGNING (optional)
 #   pec-milter reinjects its accettazione receipts on 127.0.0.1:10025 (no milter); they go to
 #   the same sink and are counted. One check message per setup goes to check@check.test
 #   (a second sink that keeps it): its DKIM signature / PEC envelope is verified.
@@ -38,8 +40,9 @@
 #                                       The PKCS#11 backend is being written; without the
 #                                       variable the rows are absent. BENCH_HSM_CA=PEM: the CA
 #                                       that the check message's signature is verified against.
-#   MODES="none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis"  SMTP setups (order = run order;
-#                                       pec-redis = pec-milter, unix socket, Redis state store)
+#   MODES="none dkim-unix dkim-tcp pec-unix pec-nolog pec-tcp pec-redis"  SMTP setups (order =
+#                                       run order; pec-redis = pec-milter, unix socket, Redis state
+#                                       store; pec-nolog = pec-unix with [log] enabled = false)
 #   BENCH_POSTCONF='name = value'       extra main.cf lines (experiments; say so when quoting)
 #   PEC_MILTER_BIN (default target/release/pec-milter), BENCH_NO_BUILD=1 (use what is built),
 #   BENCH_OUT=FILE, KEEP=1 (keep the work dir)
@@ -71,7 +74,7 @@ T_START=$EPOCHREALTIME
 
 # ports inside the namespace
 SINK_PORT=2525 CHECK_PORT=2526 PROTO_SINK_PORT=10026 DKIM_TCP_PORT=8892 PEC_TCP_PORT=8891 PROTO_TCP_PORT=8893
-declare -A PORT=([none]=2600 [dkim-unix]=2601 [dkim-tcp]=2602 [pec-unix]=2603 [pec-tcp]=2604 [pec-redis]=2606 [pec-hsm]=2605)
+declare -A PORT=([none]=2600 [dkim-unix]=2601 [dkim-tcp]=2602 [pec-unix]=2603 [pec-tcp]=2604 [pec-redis]=2606 [pec-nolog]=2607 [pec-hsm]=2605)
 HOLDER=$MARIO HOLDER_PW=$MARIO_PW RCPT=$ANNA
 
 # ------------------------------------------------------------------ build
@@ -196,7 +199,7 @@ EOF
   # the bench listeners, Postfix's own services, then the shipped services of which only the
   # reinjection listener is kept (pf_listen: smtp and submission deleted)
   {
-    for m in none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis pec-hsm; do
+    for m in none dkim-unix dkim-tcp pec-unix pec-nolog pec-tcp pec-redis pec-hsm; do
       printf '127.0.0.1:%s inet n - n - - smtpd\n  -o syslog_name=postfix/%s\n  -o smtpd_sasl_auth_enable=yes\n  -o smtpd_milters=%s\n' \
         "${PORT[$m]}" "$m" "$(milter_of "$m")"
     done
@@ -217,6 +220,7 @@ milter_of() {
     pec-unix) printf 'unix:%s' "$W/pec-unix/pec.sock" ;;
     pec-tcp) printf 'inet:127.0.0.1:%s' "$PEC_TCP_PORT" ;;
     pec-redis) printf 'unix:%s' "$W/pec-redis/pec.sock" ;;
+    pec-nolog) printf 'unix:%s' "$W/pec-nolog/pec.sock" ;;
     pec-hsm) printf 'unix:%s' "$W/pec-hsm/pec.sock" ;;
   esac
 }
@@ -293,7 +297,8 @@ EOF
 # lib.sh write_config: PEM key made by init_demo, state ${STATE:-embedded} (redis: database
 # ${REDIS_DB:-0} of the rig's Redis), clamd) listening on LISTEN;
 # no delivery point (unless DELIVERY_TOML gives its [delivery] section), no timers (not
-# measured here); max_product raised for the size runs. Extra env INDEX/TRUST/... as for write_config. BENCH_HSM_SIGNING replaces [signing] when
+# measured here); max_product raised for the size runs; a NAME ending in "nolog" has the legal
+# message log switched off (the A/B of its cost). Extra env INDEX/TRUST/... as for write_config. BENCH_HSM_SIGNING replaces [signing] when
 # NAME is pec-hsm or proto-hsm.
 pec_up() {
   local name=$1 listen=$2 rport=${3:-$RIG_REINJECT_PORT} av=${4:-on} D=$W/$1
@@ -309,6 +314,7 @@ pec_up() {
   else printf '\n[delivery]\nlisten = ""\noutbox = "%s/outbox"\n' "$D" >> "$cfg"; fi
   printf '\n[timers]\nenabled = false\n' >> "$cfg"
   case $name in *hsm) toml_replace_section "$cfg" signing "$BENCH_HSM_SIGNING" ;; esac
+  case $name in *nolog) sed -i '/^\[log\]/a enabled = false' "$cfg" || return 1 ;; esac
   "$BIN" check-config --config "$cfg" >/dev/null || { echo "pec_up: bad config $cfg" >&2; return 1; }
   pec_milter_up "$D" "$cfg" || return 1
   # pec-milter creates its unix socket with the default mode; smtpd (user postfix) must
@@ -435,7 +441,7 @@ source_run() {
 
 note "work dir $W; quick=$QUICK N=$N WARMUP=$WARMUP SESSIONS=$SESSIONS SIZE=$SIZE REPEAT=$REPEAT"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-: "${MODES:=none dkim-unix dkim-tcp pec-unix pec-tcp pec-redis}"
+: "${MODES:=none dkim-unix dkim-tcp pec-unix pec-nolog pec-tcp pec-redis}"
 [ -n "${BENCH_HSM_SIGNING:-}" ] && MODES="$MODES pec-hsm"
 
 PF=$W/pf
@@ -452,6 +458,7 @@ if [[ " $PHASES " == *" smtp "* ]] || [[ " $PHASES " == *" size "* ]]; then
   ok "pec-milter on a unix socket" pec_up pec-unix "unix:$W/pec-unix/pec.sock" || exit 1
   ok "pec-milter on TCP $PEC_TCP_PORT" pec_up pec-tcp "inet:127.0.0.1:$PEC_TCP_PORT" || exit 1
   STATE=redis REDIS_DB=1 ok "pec-milter on a unix socket, Redis state" pec_up pec-redis "unix:$W/pec-redis/pec.sock" || exit 1
+  ok "pec-milter on a unix socket, message log off" pec_up pec-nolog "unix:$W/pec-nolog/pec.sock" || exit 1
   if [ -n "${BENCH_HSM_SIGNING:-}" ]; then
     ok "pec-milter with [signing] from $BENCH_HSM_SIGNING" pec_up pec-hsm "unix:$W/pec-hsm/pec.sock" || exit 1
   fi
@@ -496,6 +503,7 @@ proto_run() {
 #   name        listen                          state     clamd
 PROTO_INSTANCES=(
   "emb-unix   unix:$W/emb-unix/pec.sock         embedded  off"
+  "emb-nolog  unix:$W/emb-nolog/pec.sock        embedded  off"
   "emb-tcp    inet:127.0.0.1:$PROTO_TCP_PORT    embedded  off"
   "redis-unix unix:$W/redis-unix/pec.sock       redis     off"
   "redis-tcp  inet:127.0.0.1:$((PROTO_TCP_PORT + 1))    redis     off"
@@ -541,12 +549,19 @@ proto_half() {
   HALF_RATE[$1]=$rate
   proto_run "half-$1" "${P_LISTEN[$1]}" "$(pec_pid "$1")" "${PA[@]}" --count "$n" --concurrency "$PROTO_C" --rate "$rate"
 }
+# proto_again NAME: NAME's measured run once more, recorded as NAME-2.
+proto_again() {
+  proto_run "$1-2" "${P_LISTEN[$1]}" "$(pec_pid "$1")" "${PA[@]}" --count "$PROTO_N" --concurrency "$PROTO_C" --max-seconds 60
+}
 declare -A HALF_RATE
 if [[ " $PHASES " == *" proto "* ]]; then
   for inst in "${PROTO_INSTANCES[@]}"; do
     read -r name _ <<< "$inst"
     ok "proto: access point, $name, $PROTO_N messages, $PROTO_C connections" proto_max "$name"
   done
+  # the message log's A/B once more in the other order (on, off, off, on: drift cancels)
+  ok "proto: access point, emb-nolog again" proto_again emb-nolog
+  ok "proto: access point, emb-unix again" proto_again emb-unix
   for name in emb-unix emb-tcp redis-unix redis-tcp; do
     ok "proto: half load, $name" proto_half "$name"
   done
@@ -809,7 +824,7 @@ report() {
     say "| run | messages | msgs/s | x RSA bound | EOM p50 ms | p90 | p99 | max | milter CPU ms/msg | others' CPU-s |"
     say "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     local k
-    for k in emb-unix emb-tcp redis-unix redis-tcp redis-av redis-hsm half-emb-unix half-emb-tcp half-redis-unix half-redis-tcp rx-emb-unix rx-redis-unix; do
+    for k in emb-unix emb-nolog emb-unix-2 emb-nolog-2 emb-tcp redis-unix redis-tcp redis-av redis-hsm half-emb-unix half-emb-tcp half-redis-unix half-redis-tcp rx-emb-unix rx-redis-unix; do
       [ -n "${PROTO[$k]:-}" ] || continue
       local p=${PROTO[$k]} acc
       acc=$(kv "$p" accept)
@@ -863,14 +878,14 @@ label() {
   case $1 in
     none) echo "Postfix alone" ;; dkim-unix) echo "Postfix + OpenDKIM, unix socket" ;;
     dkim-tcp) echo "Postfix + OpenDKIM, TCP" ;; pec-unix) echo "Postfix + pec-milter, unix socket" ;;
-    pec-tcp) echo "Postfix + pec-milter, TCP" ;; pec-redis) echo "Postfix + pec-milter, unix socket, Redis state" ;; pec-hsm) echo "Postfix + pec-milter, HSM signing (unix)" ;;
+    pec-tcp) echo "Postfix + pec-milter, TCP" ;; pec-nolog) echo "Postfix + pec-milter, unix socket, message log off" ;; pec-redis) echo "Postfix + pec-milter, unix socket, Redis state" ;; pec-hsm) echo "Postfix + pec-milter, HSM signing (unix)" ;;
   esac
 }
 proto_label() {
   local k=$1 what=access
   case $k in half-*) what="half load (${HALF_RATE[${k#half-}]:-?}/s)"; k=${k#half-} ;; rx-*) what="reception, $RX_N envelopes"; k=${k#rx-} ;; esac
   case $k in
-    emb-unix) echo "$what, embedded state, unix" ;; emb-tcp) echo "$what, embedded state, TCP" ;;
+    emb-unix|emb-unix-2) echo "$what, embedded state, unix" ;; emb-nolog|emb-nolog-2) echo "$what, embedded state, unix, message log off" ;; emb-tcp) echo "$what, embedded state, TCP" ;;
     redis-unix) echo "$what, Redis state, unix" ;; redis-tcp) echo "$what, Redis state, TCP" ;;
     redis-av) echo "$what, Redis state, unix, clamd on" ;; redis-hsm) echo "$what, HSM signing, Redis, unix" ;;
   esac
@@ -911,6 +926,18 @@ targets() {
     local rt et
     rt=$(kv "${PROTO[redis-tcp]:-}" msgs_per_s) et=$(kv "${PROTO[emb-tcp]:-}" msgs_per_s)
     [ -n "$rt" ] && say "  (protocol level, TCP vs unix: Redis $(calc "$rt / $u") x, embedded $(calc "${et:-0} / (${e:-0} + 0.000001)") x)"
+  fi
+  # issue 15: the legal message log costs at most 5 % of the access point's throughput
+  if [ -n "${SUM_N[pec-unix]:-}" ] && [ -n "${SUM_N[pec-nolog]:-}" ]; then
+    local lon loff; lon=$(mean SUM_E2E pec-unix 3) loff=$(mean SUM_E2E pec-nolog 3)
+    say "- message log on costs <= 5 % of the access point's throughput (through Postfix, unix socket, end to end): $(calc "$lon" 1) on vs $(calc "$loff" 1) off submissions/s = $(calc "100 * (1 - $lon / $loff)" 1) % slower — $(verdict "$lon >= 0.95 * $loff")"
+    say "  (CPU ms per submission in the milter: on $(mean SUM_CPU_M pec-unix 2), off $(mean SUM_CPU_M pec-nolog 2))"
+  fi
+  if [ -n "${PROTO[emb-nolog]:-}" ] && [ -n "${PROTO[emb-nolog-2]:-}" ] && [ -n "${PROTO[emb-unix-2]:-}" ]; then
+    local pon poff
+    pon=$(calc "($(kv "${PROTO[emb-unix]}" msgs_per_s) + $(kv "${PROTO[emb-unix-2]}" msgs_per_s)) / 2" 1)
+    poff=$(calc "($(kv "${PROTO[emb-nolog]}" msgs_per_s) + $(kv "${PROTO[emb-nolog-2]}" msgs_per_s)) / 2" 1)
+    say "  (protocol level, no MTA, clamd off, embedded state, mean of two runs each: $pon on vs $poff off msgs/s = $(calc "100 * (1 - $pon / $poff)" 1) % slower — the milter alone, a stricter view than the target's)"
   fi
   if [ -n "${SZ[big]:-}" ]; then
     local h; h=$(kv "${SZ[big]}" hwm_mb)

@@ -1,16 +1,22 @@
 //! `pec-milter log verify` (every chain of the given nodes' directories)
-//! and `pec-milter log extract` (the holder's extract of one message).
+//! `pec-milter log extract` (the holder's extract of one message),
+//! `log seal` (close and seal the current file now) and `log retain`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use clap::Subcommand;
 
 use pec_milter::log::extract::{Query, extract, to_text};
-use pec_milter::log::seal::{read_pems, tsa_store, tsr_path, verify_seal};
+use pec_milter::log::seal::{
+    Tsa, is_closed, read_pems, tsa_store, tsr_path, unsealed, verify_seal,
+};
 use pec_milter::log::verify::{node_dirs, verify_node};
+use pec_milter::log::writer::{FileLog, LogOptions, chain_files, writer_pid};
+use rustix::process::{Pid, Signal, kill_process};
 
 #[derive(Subcommand)]
 pub enum LogCommand {
@@ -28,6 +34,18 @@ pub enum LogCommand {
         /// Log directories ([log] dir) or node directories in them.
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
+    },
+    /// Close this node's current log file now and seal it (RFC 3161,
+    /// through [log] tsa_url): for an operator before a migration, and for
+    /// tests. A running daemon is asked (SIGUSR1; it seals and retries as
+    /// usual) and this waits for the seal; with no daemon the file is
+    /// closed and sealed here.
+    Seal {
+        #[arg(long, default_value = super::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// How long to wait for the daemon's seal, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
     },
     /// Remove the log files (with their seals) and quarantined messages
     /// older than [log] retention_months, never a node's newest file;
@@ -78,6 +96,7 @@ pub fn log(cmd: &LogCommand) -> Result<ExitCode> {
             require_seals,
             dirs,
         } => verify(dirs, tsa_trust, *require_seals),
+        LogCommand::Seal { config, wait } => seal(config, Duration::from_secs(*wait)),
         LogCommand::Retain { config, dry_run } => {
             let cfg = pec_milter::config::Config::load(config)?;
             let today = pec_milter::log::writer::local_date(chrono::Utc::now());
@@ -180,6 +199,101 @@ fn signed_extract(config: &std::path::Path, q: &Query, body: &str) -> Result<Vec
             digest: cfg.provider.digest,
         },
     )?)
+}
+
+fn seal(config: &Path, wait: Duration) -> Result<ExitCode> {
+    let cfg = pec_milter::config::Config::load(config)?;
+    if !cfg.log.enabled {
+        eprintln!("pec-milter: [log] enabled = false in {}", config.display());
+        return Ok(ExitCode::from(1));
+    }
+    let opts = LogOptions {
+        dir: cfg.log.dir.clone(),
+        node: cfg.log.node_name(),
+    };
+    let node_dir = opts.dir.join(&opts.node);
+    let tsa = if cfg.log.tsa_url.is_empty() {
+        None
+    } else {
+        let trust = read_pems(&cfg.log.tsa_trust)?;
+        Some(Tsa::new(
+            cfg.log.tsa_url.clone(),
+            cfg.log.tsa_timeout,
+            &trust,
+        )?)
+    };
+    let current = match chain_files(&node_dir) {
+        Ok(mut files) => files.pop(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", node_dir.display())),
+    };
+    let Some(current) = current else {
+        eprintln!("pec-milter: no log file yet in {}", node_dir.display());
+        return Ok(ExitCode::SUCCESS);
+    };
+    let closed = match writer_pid(&node_dir) {
+        Some(pid) => {
+            // The daemon closes its file and seals it (its sealer, its retries).
+            let target = Pid::from_raw(i32::try_from(pid)?)
+                .with_context(|| format!("bad pid {pid} in {}", node_dir.display()))?;
+            kill_process(target, Signal::USR1)
+                .with_context(|| format!("signalling pec-milter (pid {pid})"))?;
+            let deadline = Instant::now() + wait;
+            loop {
+                let done = is_closed(&current)? && (tsa.is_none() || tsr_path(&current).exists());
+                if done {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    eprintln!(
+                        "pec-milter: {} not {} after {} s (the daemon retries: see its log)",
+                        current.display(),
+                        if is_closed(&current)? {
+                            "sealed"
+                        } else {
+                            "closed"
+                        },
+                        wait.as_secs()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            println!("closed {} (by pec-milter, pid {pid})", current.display());
+            vec![current]
+        }
+        None => {
+            // No daemon: close the current file here, then seal what waits.
+            if !is_closed(&current)? {
+                let rt = tokio::runtime::Builder::new_current_thread().build()?;
+                let log = FileLog::open(&opts)?;
+                let closed = rt.block_on(log.seal())?;
+                println!("closed {}", closed.display());
+                debug_assert_eq!(closed, current);
+            }
+            match &tsa {
+                Some(tsa) => {
+                    let waiting = unsealed(&node_dir)?;
+                    for f in &waiting {
+                        let tsr = tsa.seal(f)?;
+                        println!("sealed {} ({})", f.display(), tsr.display());
+                    }
+                    waiting
+                }
+                None => Vec::new(),
+            }
+        }
+    };
+    if tsa.is_none() {
+        eprintln!("pec-milter: [log] tsa_url is empty: the file is closed and chained, not sealed");
+    } else {
+        for f in &closed {
+            if tsr_path(f).exists() {
+                println!("sealed {}", tsr_path(f).display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn verify(dirs: &[PathBuf], tsa_trust: &[PathBuf], require_seals: bool) -> Result<ExitCode> {

@@ -33,6 +33,21 @@ use super::{Event, EventLog, Evento, LogError};
 /// At most this many events are written under one sync.
 const MAX_BATCH: usize = 4096;
 
+/// The process that writes the log of `node_dir` now (it holds the
+/// directory's lock and wrote its pid there), if one does.
+pub fn writer_pid(node_dir: &Path) -> Option<u32> {
+    let lock_path = node_dir.join(".lock");
+    let lock = File::open(&lock_path).ok()?;
+    if lock.try_lock_shared().is_ok() {
+        return None; // nobody holds it
+    }
+    std::fs::read_to_string(&lock_path)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The local day of `t` (the provider's time zone).
 pub fn local_date(t: DateTime<Utc>) -> NaiveDate {
     t.with_timezone(&Rome).date_naive()
@@ -125,6 +140,11 @@ impl FileLog {
                 ),
             });
         }
+        // Who holds it: `pec-milter log seal` signals that process.
+        let mut lock = lock;
+        lock.set_len(0)
+            .and_then(|()| writeln!(lock, "{}", std::process::id()))
+            .map_err(io_err(&lock_path))?;
         let mut state = Writer::resume(&node_dir, &opts.node, Utc::now())?;
         let (tx, rx) = mpsc::channel::<Msg>();
         std::thread::Builder::new()
@@ -575,6 +595,31 @@ mod tests {
             outcome: "ok".into(),
             about: about.map(String::from),
         }
+    }
+
+    #[test]
+    fn the_writer_names_itself_in_the_lock_while_it_runs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let opts = LogOptions {
+            dir: dir.path().to_path_buf(),
+            node: "mx1".into(),
+        };
+        let node_dir = dir.path().join("mx1");
+        let log = FileLog::open(&opts).expect("open");
+        assert_eq!(writer_pid(&node_dir), Some(std::process::id()));
+        // a second writer is refused (it would interleave two chains)
+        assert!(FileLog::open(&opts).is_err());
+        drop(log);
+        // the writer thread ends with its last sender, and lets the lock go
+        let mut gone = false;
+        for _ in 0..200 {
+            if writer_pid(&node_dir).is_none() {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(gone, "the lock is still held after the writer stopped");
     }
 
     fn lines(path: &Path) -> Vec<Record> {
