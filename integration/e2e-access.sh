@@ -312,6 +312,8 @@ sys.exit(0 if orig.rstrip(b"\n") in env else 1)' "$O/6.eml" "$ENV"
     swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/9.eml" > "$O/9a.txt" 2>&1
     ok "[$BACKEND] (9) log disk full: 4xx at end of DATA" eod_is "$O/9a.txt" '^<\*\* +4[0-9][0-9] '
     ok "[$BACKEND] (9) pec-milter logged why (the message log: no space left)" grep -qE "temporary failure.*message log.*No space left on device" "$DIR/pec-milter.log"
+    ok "[$BACKEND] (9) ... and the dependency's state once: message-log down" bash -c \
+      "[ \$(grep -cE 'dependency down.*dependency=\"message-log\"' '$DIR/pec-milter.log') = 1 ]"
     sleep 1
     ok "[$BACKEND] (9) log disk full: nothing for anna" expect_new "$ANNA_MD" 0
     ok "[$BACKEND] (9) log disk full: no accettazione for mario" expect_new "$MARIO_MD" 0
@@ -320,6 +322,7 @@ sys.exit(0 if orig.rstrip(b"\n") in env else 1)' "$O/6.eml" "$ENV"
     ok "[$BACKEND] (9) room again, the same message: 250" eod_is "$O/9b.txt" '^<- +250 '
     ok "[$BACKEND] (9) exactly one envelope for anna" expect_new "$ANNA_MD" 1
     ok "[$BACKEND] (9) exactly one accettazione for mario" expect_new "$MARIO_MD" 1
+    ok "[$BACKEND] (9) pec-milter logged the message log back" grep -qE 'dependency back.*dependency="message-log"' "$DIR/pec-milter.log"
     ok "[$BACKEND] (9) the log verifies" "$BIN" log verify "$DIR/log"
     ok "[$BACKEND] (9) its accettazione is recorded once" bash -c \
       "[ \$(grep -h 'scenario 9 $TOK' '$DIR'/log/*/*.jsonl | grep -c '\"event\":\"accettazione\"') = 1 ]"

@@ -249,6 +249,13 @@ pub struct ReinjectionConfig {
     pub helo: String,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// How often the outbox pass looks for receipts left unsent.
+    #[serde(deserialize_with = "duration")]
+    pub outbox_interval: Duration,
+    /// The pass sends only receipts queued longer ago than this (the role
+    /// that queued one is still sending it before): more than `timeout`.
+    #[serde(deserialize_with = "duration")]
+    pub outbox_grace: Duration,
 }
 
 impl Default for ReinjectionConfig {
@@ -257,6 +264,8 @@ impl Default for ReinjectionConfig {
             address: "127.0.0.1:10025".into(),
             helo: "localhost".into(),
             timeout: Duration::from_secs(30),
+            outbox_interval: Duration::from_secs(10),
+            outbox_grace: Duration::from_secs(60),
         }
     }
 }
@@ -746,6 +755,15 @@ impl Config {
                 "delivery.listen",
                 "use inet:HOST:PORT, unix:/PATH or \"\"",
             ));
+        }
+        if self.reinjection.outbox_grace <= self.reinjection.timeout {
+            return Err(invalid(
+                "reinjection.outbox_grace",
+                "must be longer than reinjection.timeout (the outbox pass would race the injection in progress)",
+            ));
+        }
+        if self.reinjection.outbox_interval.is_zero() {
+            return Err(invalid("reinjection.outbox_interval", "must not be 0"));
         }
         if self.limits.max_recipients == 0 {
             return Err(invalid("limits.max_recipients", "must be at least 1"));

@@ -13,6 +13,7 @@ use crate::crypto::pkcs11::{PinSource, Pkcs11Key, Pkcs11Options};
 use crate::crypto::pki::Pki;
 use crate::crypto::verify::TrustStore;
 use crate::crypto::{CryptoError, SigningKey};
+use crate::health::{Dependency, Health, Observed};
 use crate::index::ldap::LdapSource;
 use crate::index::{IndexSource, ProviderEntry, ProviderIndex};
 use crate::ldap::LdapServer;
@@ -319,6 +320,7 @@ pub fn message_log(cfg: &Config) -> Result<Option<FileLog>, DaemonError> {
 fn spawn_sealer(
     cfg: &Config,
     log: FileLog,
+    health: Health,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     let tsa = if cfg.log.tsa_url.is_empty() {
@@ -381,8 +383,15 @@ fn spawn_sealer(
             })
             .await;
             wait = match result {
-                Ok(Ok(())) => first,
+                Ok(Ok(())) => {
+                    health.up(Dependency::Tsa);
+                    first
+                }
                 Ok(Err((e, waiting))) => {
+                    health.down(
+                        Dependency::Tsa,
+                        format!("{e} ({waiting} closed files wait)"),
+                    );
                     let next = (wait * 2).clamp(first, Duration::from_secs(3600));
                     tracing::error!(error = %e, files_waiting = waiting, retry_in = ?next,
                         "message log: SEAL FAILED (RFC 3161): the closed files wait for their timestamp; mail keeps flowing");
@@ -410,20 +419,25 @@ pub struct Deps {
     pub log: Arc<dyn EventLog>,
     /// The same, as files to seal (`None` when the log is off).
     pub log_files: Option<FileLog>,
+    /// Each dependency's state, as the calls above find it.
+    pub health: Health,
 }
 
 /// Open the signing key, the state store, clamd and the reinjection client.
 pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
+    let health = Health::default();
     let log_files = message_log(cfg)?;
-    let key = load_key(cfg)?;
-    let state = open_state(cfg)?;
+    let key: Arc<dyn SigningKey> = Observed::new(load_key(cfg)?, &health, Dependency::SigningKey);
+    let state: Arc<dyn StateStore> =
+        Observed::new(open_state(cfg)?, &health, Dependency::StateStore);
     let scanner: Option<Arc<dyn Scanner>> = if cfg.clamd.enabled {
         let addr: ClamdAddress = cfg
             .clamd
             .address
             .parse()
             .map_err(|_| DaemonError::Clamd(cfg.clamd.address.clone()))?;
-        Some(Arc::new(Clamd::new(addr, cfg.clamd.timeout)))
+        let clamd: Arc<dyn Scanner> = Arc::new(Clamd::new(addr, cfg.clamd.timeout));
+        Some(Observed::new(clamd, &health, Dependency::Clamd))
     } else {
         tracing::warn!("clamd.enabled = false: submissions are NOT scanned for viruses");
         None
@@ -432,7 +446,7 @@ pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
     // few connections to the reinjection listener for 30 s (Postfix's
     // smtpd_timeout is 300 s) instead of connecting, greeting and EHLO-ing
     // for each one.
-    let injector: Arc<dyn Injector> = Arc::new(
+    let submitter: Arc<dyn Injector> = Arc::new(
         Submitter::new(
             cfg.reinjection.address.clone(),
             cfg.reinjection.helo.clone(),
@@ -440,6 +454,7 @@ pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
         )
         .with_reuse(REINJECTION_KEPT, Duration::from_secs(30)),
     );
+    let injector: Arc<dyn Injector> = Observed::new(submitter, &health, Dependency::Reinjection);
     Ok(Deps {
         key,
         state,
@@ -447,10 +462,14 @@ pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
         injector,
         logins: holders_directory(cfg)?,
         log: match &log_files {
-            Some(f) => Arc::new(f.clone()),
+            Some(f) => {
+                let files: Arc<dyn EventLog> = Arc::new(f.clone());
+                Observed::new(files, &health, Dependency::Log)
+            }
             None => Arc::new(NoLog),
         },
         log_files,
+        health,
     })
 }
 
@@ -592,7 +611,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let roles = Arc::new(roles(&cfg, index.clone(), &d)?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(files) = &d.log_files {
-        spawn_sealer(&cfg, files.clone(), stop_rx.clone())?;
+        spawn_sealer(&cfg, files.clone(), d.health.clone(), stop_rx.clone())?;
         // Retention: at start, then once a day.
         let (log_dir, quarantine, months) = (
             cfg.log.dir.clone(),
@@ -660,6 +679,36 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             }
         }
     });
+    // The outbox pass: receipts queued but not handed to the MTA (its
+    // listener down, a crash in between) are sent from here, once.
+    {
+        let (state, injector) = (d.state.clone(), d.injector.clone());
+        let (grace, lease) = (cfg.reinjection.outbox_grace, cfg.reinjection.outbox_grace);
+        spawn_every(
+            cfg.reinjection.outbox_interval,
+            stop_rx.clone(),
+            move || {
+                let (state, injector) = (state.clone(), injector.clone());
+                async move {
+                    let sender = crate::roles::outbox::OutboxSender {
+                        state: state.as_ref(),
+                        injector: injector.as_ref(),
+                        grace,
+                        lease,
+                    };
+                    match sender.pass(chrono::Utc::now()).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(sent = n, "outbox pass: messages left waiting sent")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "outbox pass: state store unavailable (tried again next pass)")
+                        }
+                    }
+                }
+            },
+        );
+    }
     let mut lmtp_task = None;
     if let Some(dp) = delivery_point(&cfg, &d, index.clone())? {
         let listener = crate::lmtp::server::bind(&cfg.delivery.listen)
@@ -694,11 +743,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     if let Some(index) = &index {
         // First load now (a failure is logged; the reception point answers
         // 4xx until a copy is loaded), then on schedule and on SIGHUP.
-        let _ = index.refresh_logged().await;
+        let first = index.refresh_logged().await;
+        d.health.observe(Dependency::Index, &first);
         let trigger = Arc::new(tokio::sync::Notify::new());
         index
             .clone()
-            .spawn_refresher(cfg.index.refresh, trigger.clone());
+            .spawn_refresher_reporting(cfg.index.refresh, trigger.clone(), {
+                let health = d.health.clone();
+                move |r| health.observe(Dependency::Index, &r)
+            });
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             match signal(SignalKind::hangup()) {

@@ -22,6 +22,7 @@ pub mod clamd;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
+pub mod health;
 pub mod index;
 pub mod keep;
 pub mod ldap;

@@ -696,3 +696,75 @@ fn nothing_done(replies: &[String], dir: &std::path::Path, rec: &Recorder) {
     assert_eq!(stored(dir, "carlo"), 0);
     assert!(rec.0.lock().map(|v| v.is_empty()).unwrap_or(false));
 }
+
+/// The state store down when a busta di trasporto arrives: its receipts'
+/// once-only claims cannot be taken, so nothing is stored (451, the MTA
+/// retries) and nothing is sent; with the store back, stored and one
+/// receipt.
+#[tokio::test]
+async fn state_store_down_stores_nothing_and_sends_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut dp, rec) = setup(dir.path()).await;
+    let good_state = std::mem::replace(&mut dp.state, Arc::new(DownStore));
+    let env = envelope(TipoRicevuta::Completa);
+    let one = vec!["anna.bianchi@pec.other.test".to_string()];
+    let replies = dp
+        .handle("posta-certificata@pec.acme.test", &one, &env)
+        .await;
+    assert!(replies[0].starts_with("451 4.3.0"), "{replies:?}");
+    let new = dir.path().join("mail/pec.other.test/anna.bianchi/new");
+    let stored = || std::fs::read_dir(&new).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(stored(), 0, "nothing stored");
+    assert!(
+        rec.0.lock().map(|v| v.is_empty()).unwrap_or(false),
+        "nothing sent"
+    );
+    dp.state = good_state;
+    let replies = dp
+        .handle("posta-certificata@pec.acme.test", &one, &env)
+        .await;
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    assert_eq!(stored(), 1);
+    assert_eq!(rec.0.lock().map(|v| v.len()).unwrap_or(0), 1, "one receipt");
+}
+
+/// Stored, but the receipt can be neither injected (listener down) nor
+/// kept (the outbox cannot be written): 451, never a 250 with the receipt
+/// lost. The MTA's retry stores a second copy (the side that may repeat)
+/// and issues the receipt, once.
+#[tokio::test]
+async fn a_receipt_neither_sent_nor_kept_is_a_temporary_failure() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut dp, rec) = setup(dir.path()).await;
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"a file").expect("file");
+    let good_outbox = std::mem::replace(&mut dp.outbox, blocker.join("outbox"));
+    if let Ok(mut down) = rec.1.lock() {
+        *down = true;
+    }
+    let env = envelope(TipoRicevuta::Breve);
+    let one = vec!["anna.bianchi@pec.other.test".to_string()];
+    let replies = dp
+        .handle("posta-certificata@pec.acme.test", &one, &env)
+        .await;
+    assert!(replies[0].starts_with("451 4.3.0"), "{replies:?}");
+    assert!(rec.0.lock().map(|v| v.is_empty()).unwrap_or(false));
+    dp.outbox = good_outbox;
+    if let Ok(mut down) = rec.1.lock() {
+        *down = false;
+    }
+    let replies = dp
+        .handle("posta-certificata@pec.acme.test", &one, &env)
+        .await;
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    let sent = rec.0.lock().map(|v| v.clone()).unwrap_or_default();
+    assert_eq!(sent.len(), 1, "one receipt");
+    let i = inspect(&sent[0].2, &pki().trust, VerifyAt::Now).expect("inspect");
+    assert_eq!(i.kind, "avvenuta-consegna");
+    let new = dir.path().join("mail/pec.other.test/anna.bianchi/new");
+    assert_eq!(
+        std::fs::read_dir(&new).map(|d| d.count()).unwrap_or(0),
+        2,
+        "the copy repeats"
+    );
+}

@@ -15,7 +15,8 @@
 //! - An edge (`milter`, `lmtp`, `smtp`, `clamd`, `logins`) imports the roles it
 //!   serves, the ports it implements, the wire format, support; never
 //!   another edge, never the daemon.
-//! - `daemon`, `lib`, `main` and `cli` compose everything.
+//! - `daemon`, `health` (the ports wrapped to watch them), `lib`, `main`
+//!   and `cli` compose everything.
 
 use std::path::{Path, PathBuf};
 
@@ -54,7 +55,7 @@ fn layer_of(path: &[String]) -> Layer {
         "state" | "log" => Layer::State,
         "index" => Layer::Index,
         "config" => Layer::Config,
-        "daemon" | "cli" | "" => Layer::Root,
+        "daemon" | "cli" | "health" | "" => Layer::Root,
         "roles" if ROLES.contains(&second) => Layer::Role(second.to_string()),
         "roles" => Layer::RolesShared,
         s if SUPPORT.contains(&s) => Layer::Support(s.to_string()),

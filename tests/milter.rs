@@ -27,8 +27,8 @@ use pec_milter::roles::{
     InjectError, Injector, LoginDirectory, LoginError, ScanError, Scanner, StaticDirectory, Verdict,
 };
 use pec_milter::spool::SpoolOptions;
+use pec_milter::state::StateStore;
 use pec_milter::state::embedded::EmbeddedStore;
-use pec_milter::state::{Claim, EnvelopeRecord, StateError, StateStore};
 
 struct FakeScanner;
 
@@ -74,31 +74,10 @@ impl Recorder {
     }
 }
 
-/// A state store that is down.
-struct DownStore;
-
-#[async_trait::async_trait]
-impl StateStore for DownStore {
-    async fn claim(&self, _: &str, _: &str, _: i64, _: u64) -> Result<Claim, StateError> {
-        Err(StateError::Unavailable("connection refused (test)".into()))
-    }
-    async fn mark_receipt_sent(&self, _: &str) -> Result<(), StateError> {
-        Err(StateError::Unavailable("down".into()))
-    }
-    async fn put_envelope(&self, _: &EnvelopeRecord, _: u64) -> Result<(), StateError> {
-        Err(StateError::Unavailable("down".into()))
-    }
-    async fn get_envelope(&self, _: &str) -> Result<Option<EnvelopeRecord>, StateError> {
-        Err(StateError::Unavailable("down".into()))
-    }
-    async fn ping(&self) -> Result<(), StateError> {
-        Err(StateError::Unavailable("down".into()))
-    }
-}
-
 struct Rig {
     addr: String,
     injected: Arc<Recorder>,
+    state: Arc<dyn StateStore>,
     log: Arc<TestLog>,
     dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -173,6 +152,7 @@ async fn rig_roles(state: Option<Arc<dyn StateStore>>, reception: bool) -> Rig {
         Some(s) => s,
         None => Arc::new(EmbeddedStore::open(&dir.path().join("state")).expect("state")),
     };
+    let rig_state = state.clone();
     let injected = Arc::new(Recorder::default());
     let log = Arc::new(TestLog {
         fail: AtomicBool::new(false),
@@ -190,7 +170,7 @@ async fn rig_roles(state: Option<Arc<dyn StateStore>>, reception: bool) -> Rig {
         domains: vec!["pec.acme.test".into()],
         key: Arc::new(pki().pki.signing_key().expect("key")),
         digest: DigestAlg::Sha256,
-        state,
+        state: state.clone(),
         scanner: Some(Arc::new(FakeScanner)),
         injector: injected.clone(),
         directory: Arc::new(StaticDirectory::new(&[
@@ -255,6 +235,7 @@ async fn rig_roles(state: Option<Arc<dyn StateStore>>, reception: bool) -> Rig {
     Rig {
         addr,
         injected,
+        state: rig_state,
         log,
         dir,
         shutdown: Some(tx),
@@ -789,8 +770,13 @@ async fn no_accettazione_without_its_record_and_one_record_per_event() {
     );
 }
 
+/// The reinjection listener down: the accettazione is safe in the outbox
+/// (written with the record, before the answer), so the submission is
+/// accepted; an MTA retry does not issue it again; the outbox pass sends
+/// it once the listener is back, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reinjection_down_is_a_temporary_failure_then_one_receipt() {
+async fn reinjection_down_keeps_the_receipt_in_the_outbox_then_sends_it_once() {
+    use pec_milter::roles::outbox::OutboxSender;
     let rig = rig().await;
     let rcpts = ["anna@pec.other.test"];
     let m = msg("mario@pec.acme.test", &rcpts);
@@ -798,13 +784,49 @@ async fn reinjection_down_is_a_temporary_failure_then_one_receipt() {
         *f = true;
     }
     let (status, _) = submit(&rig, &m).await;
-    assert!(matches!(status, Status::Tempfail { .. }), "{status:?}");
+    assert_eq!(status, Status::Accept);
+    assert!(rig.injected.messages().is_empty());
+    let pass = || async {
+        OutboxSender {
+            state: rig.state.as_ref(),
+            injector: rig.injected.as_ref(),
+            grace: std::time::Duration::ZERO,
+            lease: std::time::Duration::from_secs(60),
+        }
+        .pass(chrono::Utc::now())
+        .await
+        .expect("pass")
+    };
+    // still down: the pass keeps it (and leases it for a minute)
+    assert_eq!(pass().await, 0);
     if let Ok(mut f) = rig.injected.fail.lock() {
         *f = false;
     }
+    // the MTA's retry: accepted, the receipt not built again
     assert_eq!(submit(&rig, &m).await.0, Status::Accept);
+    assert!(rig.injected.messages().is_empty());
+    // the lease of the failed try holds it back: nothing yet
+    assert_eq!(pass().await, 0);
+    rig.state
+        .release(&format!("outbox:{}", accettazione_id(&rig).await))
+        .await
+        .expect("release");
+    assert_eq!(pass().await, 1);
+    assert_eq!(pass().await, 0);
     assert_eq!(submit(&rig, &m).await.0, Status::Accept);
-    assert_eq!(rig.injected.messages().len(), 1);
+    let sent = rig.injected.messages();
+    assert_eq!(sent.len(), 1);
+    assert!(
+        String::from_utf8_lossy(&sent[0].2).contains("X-Ricevuta: accettazione"),
+        "the accettazione is what was kept"
+    );
+}
+
+/// The one entry waiting in the rig's outbox: its Message-ID.
+async fn accettazione_id(rig: &Rig) -> String {
+    let due = rig.state.outbox_due(i64::MAX, 10).await.expect("due");
+    assert_eq!(due.len(), 1, "one receipt waits");
+    due[0].id.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

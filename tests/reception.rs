@@ -340,6 +340,53 @@ async fn a_correct_envelope_from_another_provider_is_taken_in_charge() {
     assert!(log[0].1.contains("mario@pec.acme.test"), "{log:?}");
 }
 
+/// The reinjection listener down when an envelope arrives: the presa in
+/// carico is queued with the claim in one write (so the envelope is
+/// delivered, its receipt safe), the MTA's retry issues none again, and
+/// the outbox pass sends it once the listener is back: exactly one.
+#[tokio::test]
+async fn a_presa_in_carico_waits_in_the_outbox_and_leaves_once() {
+    use pec_milter::roles::outbox::OutboxSender;
+    let r = rig(OrdinaryMail::Anomaly, VerifyAt::Now, true).await;
+    let ib = inbound(envelope_from_b("outbox", &other().key, "pec.b.test"));
+    r.injected.set_down(true);
+    let o = r.rp.process(&ib, Utc::now()).await;
+    assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
+    assert!(r.injected.all().is_empty());
+    let waiting = r.state.outbox_due(i64::MAX, 10).await.expect("due");
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].to, vec!["ricevute@pec.b.test".to_string()]);
+    r.injected.set_down(false);
+    let o = r.rp.process(&ib, Utc::now()).await;
+    assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
+    assert!(
+        r.injected.all().is_empty(),
+        "the retry issues nothing again"
+    );
+    let pass = OutboxSender {
+        state: r.state.as_ref(),
+        injector: r.injected.as_ref(),
+        grace: std::time::Duration::ZERO,
+        lease: std::time::Duration::from_secs(60),
+    };
+    assert_eq!(pass.pass(Utc::now()).await.expect("pass"), 1);
+    assert_eq!(pass.pass(Utc::now()).await.expect("pass"), 0);
+    let sent = r.injected.all();
+    assert_eq!(sent.len(), 1);
+    let i = inspect(&sent[0].2, &pki().trust, VerifyAt::Now).expect("inspect");
+    assert_eq!(i.kind, "presa-in-carico");
+    assert_eq!(i.signature.status, SignatureStatus::Valid);
+    assert!(
+        r.state
+            .outbox_due(i64::MAX, 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    // its event recorded once, before it was queued
+    assert_eq!(logged(&r).len(), 1);
+}
+
 #[tokio::test]
 async fn tampered_rogue_and_foreign_domain_envelopes_become_anomalies() {
     let r = rig(OrdinaryMail::Anomaly, VerifyAt::Now, true).await;

@@ -11,7 +11,7 @@ use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
 use pec_milter::state::embedded::EmbeddedStore;
 use pec_milter::state::redis::RedisStore;
 use pec_milter::state::{
-    Claim, EnvelopeRecord, RecipientState, RecipientStatus, StateError, StateStore,
+    Claim, EnvelopeRecord, OutboxEntry, RecipientState, RecipientStatus, StateError, StateStore,
 };
 
 mod common;
@@ -67,11 +67,14 @@ async fn suite_claims(store: &dyn StateStore) {
     let c = store.claim("k1", "id-2", 2000, 60).await.expect("claim");
     assert_eq!(c, existing("id-1", 1000, false));
 
-    store.mark_receipt_sent("k1").await.expect("mark");
+    store.mark_receipt_sent("k1", &[], 60).await.expect("mark");
     let c = store.claim("k1", "id-3", 3000, 60).await.expect("claim");
     assert_eq!(c, existing("id-1", 1000, true));
     // Idempotent.
-    store.mark_receipt_sent("k1").await.expect("mark again");
+    store
+        .mark_receipt_sent("k1", &[], 60)
+        .await
+        .expect("mark again");
     let c = store.claim("k1", "id-3", 3000, 60).await.expect("claim");
     assert_eq!(c, existing("id-1", 1000, true));
 
@@ -82,7 +85,7 @@ async fn suite_claims(store: &dyn StateStore) {
 
     // Marking an unknown (or expired) claim is not an error.
     store
-        .mark_receipt_sent("never-claimed")
+        .mark_receipt_sent("never-claimed", &[], 60)
         .await
         .expect("mark unknown");
 
@@ -167,7 +170,7 @@ async fn suite_expiry(store: &dyn StateStore) {
     assert_eq!(store.get_envelope(&rec.pec_id).await.expect("get"), None);
     // Marking an expired claim does not bring it back.
     store
-        .mark_receipt_sent("short")
+        .mark_receipt_sent("short", &[], 60)
         .await
         .expect("mark expired");
     let c = store.claim("short", "id-b", 2, 60).await.expect("claim");
@@ -347,7 +350,7 @@ async fn suite_acceptance(store: &dyn StateStore) {
     );
     let rec = pending_envelope("acc-1@x", 3);
     store
-        .record_acceptance("acc", &rec, 60)
+        .record_acceptance("acc", &rec, 60, &[])
         .await
         .expect("record_acceptance");
     assert_eq!(
@@ -365,7 +368,7 @@ async fn suite_acceptance(store: &dyn StateStore) {
     );
     // Again (an MTA retry after the receipt left): same state.
     store
-        .record_acceptance("acc", &rec, 60)
+        .record_acceptance("acc", &rec, 60, &[])
         .await
         .expect("record_acceptance again");
     assert_eq!(
@@ -376,7 +379,7 @@ async fn suite_acceptance(store: &dyn StateStore) {
     let mut settled = envelope("acc-2@x", 1);
     settled.recipients[0].status = RecipientStatus::Consegnato;
     store
-        .record_acceptance("never-claimed", &settled, 60)
+        .record_acceptance("never-claimed", &settled, 60, &[])
         .await
         .expect("record_acceptance without a claim");
     assert_eq!(
@@ -401,8 +404,108 @@ async fn suite_acceptance(store: &dyn StateStore) {
     );
 }
 
+fn outbox_entry(id: &str, queued_at: i64, body: &[u8]) -> OutboxEntry {
+    OutboxEntry {
+        id: id.to_owned(),
+        from: "posta-certificata@pec.example.it".to_owned(),
+        to: vec![
+            "mittente@pec.example.it".to_owned(),
+            "altro@pec.example.it".to_owned(),
+        ],
+        message: body.to_vec(),
+        queued_at,
+        pec_id: format!("pec.{id}"),
+        kind: "accettazione".to_owned(),
+    }
+}
+
+/// The outbox: entries written with the claim's flag (both calls), read
+/// back byte for byte (binary, with newlines and NULs), oldest first,
+/// only those old enough, once per id (a second write of the same id
+/// keeps the first), and gone once done.
+async fn suite_outbox(store: &dyn StateStore) {
+    let body = b"X-Ricevuta: accettazione\r\n\r\n\x00\xff\nbinary\r\n".to_vec();
+    assert_eq!(
+        store
+            .claim("ob1", "pec.ob1@x", 1_700_000_000, 60)
+            .await
+            .expect("claim"),
+        Claim::New
+    );
+    store
+        .mark_receipt_sent("ob1", &[outbox_entry("r.ob1@x", 100, &body)], 60)
+        .await
+        .expect("mark with outbox");
+    assert_eq!(
+        store
+            .claim("ob1", "other", 0, 60)
+            .await
+            .expect("claim again"),
+        existing("pec.ob1@x", 1_700_000_000, true),
+        "the flag is set by the same write"
+    );
+    assert_eq!(
+        store
+            .claim("ob2", "pec.ob2@x", 1_700_000_001, 60)
+            .await
+            .expect("claim"),
+        Claim::New
+    );
+    store
+        .record_acceptance(
+            "ob2",
+            &envelope("pec.ob2@x", 2),
+            60,
+            &[outbox_entry("r.ob2@x", 50, b"second")],
+        )
+        .await
+        .expect("acceptance with outbox");
+    // the same id again (a retry that got this far): the first stays
+    store
+        .mark_receipt_sent("ob1", &[outbox_entry("r.ob1@x", 10, b"changed")], 60)
+        .await
+        .expect("mark again");
+    let due = store.outbox_due(i64::MAX, 10).await.expect("due");
+    assert_eq!(
+        due,
+        vec![
+            outbox_entry("r.ob2@x", 50, b"second"),
+            outbox_entry("r.ob1@x", 100, &body)
+        ]
+    );
+    assert_eq!(
+        store.outbox_due(99, 10).await.expect("due").len(),
+        1,
+        "only old enough"
+    );
+    assert_eq!(
+        store.outbox_due(i64::MAX, 1).await.expect("due").len(),
+        1,
+        "the limit"
+    );
+    store.outbox_done("r.ob2@x").await.expect("done");
+    store
+        .outbox_done("r.ob2@x")
+        .await
+        .expect("done twice is fine");
+    let due = store.outbox_due(i64::MAX, 10).await.expect("due");
+    assert_eq!(
+        due.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["r.ob1@x"]
+    );
+    store.outbox_done("r.ob1@x").await.expect("done");
+    assert!(
+        store
+            .outbox_due(i64::MAX, 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+}
+
 async fn behaviour_suite(store: Arc<dyn StateStore>, open_other: OpenOther) {
     suite_claims(&*store).await;
+    suite_outbox(&*store).await;
     suite_acceptance(&*store).await;
     suite_envelopes(&*store).await;
     suite_concurrent_claims(Arc::clone(&store)).await;
@@ -530,7 +633,7 @@ async fn embedded_survives_restart() {
             store.claim("pk", "id-p", 42, 600).await.expect("claim"),
             Claim::New
         );
-        store.mark_receipt_sent("pk").await.expect("mark");
+        store.mark_receipt_sent("pk", &[], 60).await.expect("mark");
         store.put_envelope(&rec, 600).await.expect("put");
     }
     let store = EmbeddedStore::open(dir.path()).expect("reopen");
@@ -709,7 +812,7 @@ async fn redis_key_layout_and_corrupt_values() {
     let mut raw = raw_connection(&server.url()).await;
     let ttl = key_ttl(&mut raw, "t1:claim:k").await;
     assert!((1..=100).contains(&ttl), "claim TTL {ttl}");
-    store.mark_receipt_sent("k").await.expect("mark");
+    store.mark_receipt_sent("k", &[], 60).await.expect("mark");
     let ttl = key_ttl(&mut raw, "t1:claim:k").await;
     assert!(
         (1..=100).contains(&ttl),
@@ -753,7 +856,9 @@ async fn redis_two_nodes_share_claims() {
     let a: Arc<dyn StateStore> = Arc::new(server.store("pec:"));
     let b: Arc<dyn StateStore> = Arc::new(server.store("pec:"));
     two_stores_share_claims(&a, &b, "both nodes").await;
-    a.mark_receipt_sent("shared-0").await.expect("mark");
+    a.mark_receipt_sent("shared-0", &[], 60)
+        .await
+        .expect("mark");
     match b.claim("shared-0", "x", 0, 60).await.expect("claim") {
         Claim::Existing { receipt_sent, .. } => assert!(receipt_sent),
         Claim::New => panic!("node b lost node a's claim"),
@@ -808,7 +913,7 @@ async fn redis_stop_and_restart() {
 
     server.stop();
     assert_unavailable("claim", store.claim("during", "id", 1, 60)).await;
-    assert_unavailable("mark", store.mark_receipt_sent("before")).await;
+    assert_unavailable("mark", store.mark_receipt_sent("before", &[], 60)).await;
     assert_unavailable("put", store.put_envelope(&envelope("d@x", 1), 60)).await;
     assert_unavailable("get", store.get_envelope("d@x")).await;
     assert_unavailable("ping", store.ping()).await;

@@ -442,10 +442,21 @@ impl ProviderIndex {
         interval: Duration,
         trigger: Arc<tokio::sync::Notify>,
     ) -> tokio::task::JoinHandle<()> {
+        self.spawn_refresher_reporting(interval, trigger, |_| {})
+    }
+
+    /// [`spawn_refresher`](Self::spawn_refresher), telling `report` each
+    /// outcome (the daemon's dependency health).
+    pub fn spawn_refresher_reporting(
+        self: Arc<Self>,
+        interval: Duration,
+        trigger: Arc<tokio::sync::Notify>,
+        report: impl Fn(Result<(), &IndexError>) + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         let interval = interval.max(Duration::from_secs(1));
         tokio::spawn(async move {
             if self.snapshot().is_none() {
-                let _ = self.refresh_logged().await;
+                report(self.refresh_logged().await.as_ref().map(|_| ()));
             }
             let mut ticker =
                 tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -458,7 +469,7 @@ impl ProviderIndex {
                             "providers' index: refresh requested");
                     }
                 }
-                let _ = self.refresh_logged().await;
+                report(self.refresh_logged().await.as_ref().map(|_| ()));
             }
         })
     }

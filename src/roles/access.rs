@@ -25,10 +25,13 @@ use crate::pec::build::{
 use crate::pec::facts::Facts;
 use crate::roles::TempFail;
 use crate::roles::message::{Original, Outcome, SpooledMessage, Submission};
+use crate::roles::outbox::send_queued;
 use crate::roles::ports::{Injector, LoginDirectory, RecipientDirectory, Scanner, Verdict};
 use crate::rt::off_worker_unless;
 use crate::spool::{SpoolOptions, SpoolWriter};
-use crate::state::{Claim, EnvelopeRecord, RecipientState, RecipientStatus, StateStore};
+use crate::state::{
+    Claim, EnvelopeRecord, OutboxEntry, RecipientState, RecipientStatus, StateStore,
+};
 
 /// Who may submit a message with a given `MAIL FROM` (decided at MAIL,
 /// and again before anything is signed).
@@ -308,15 +311,19 @@ impl AccessPoint {
             ricevuta: tx.ricevuta,
             submitted_at: time.timestamp(),
         };
-        // The receipt, then the record and the claim's "receipt sent" in
-        // one write. A failure of that write after the injection answers
-        // 4xx and the MTA's retry sends the receipt again: the one window
-        // for a duplicate, a single write wide.
-        self.send_receipt(&tx, Ricevuta::Accettazione, time, receipt_sent)
-            .await?;
+        // The record, the claim's "receipt handed over" and the receipt
+        // itself in the outbox: one durable write (a failure answers 4xx
+        // and nothing has left). Then the receipt goes to the MTA; if it
+        // cannot, the outbox pass sends it (the submission is accepted:
+        // its receipt is safe).
+        let outbox = self
+            .receipt_entry(&tx, Ricevuta::Accettazione, time, receipt_sent)?
+            .into_iter()
+            .collect::<Vec<_>>();
         self.state
-            .record_acceptance(&key, &record, self.retention_secs)
+            .record_acceptance(&key, &record, self.retention_secs, &outbox)
             .await?;
+        send_queued(self.state.as_ref(), self.injector.as_ref(), outbox).await;
         Ok(Outcome::Rewrite {
             pec_id,
             message: envelope,
@@ -344,24 +351,28 @@ impl AccessPoint {
             &self.receipt_msgid(tx, &ricevuta),
         );
         self.log.record(vec![event]).await?;
-        if self.send_receipt(tx, ricevuta, time, receipt_sent).await? {
-            self.state.mark_receipt_sent(key).await?;
+        if let Some(entry) = self.receipt_entry(tx, ricevuta, time, receipt_sent)? {
+            let outbox = vec![entry];
+            self.state
+                .mark_receipt_sent(key, &outbox, self.retention_secs)
+                .await?;
+            send_queued(self.state.as_ref(), self.injector.as_ref(), outbox).await;
         }
         Ok(())
     }
 
-    /// Build, sign and inject a receipt or notice to the holder unless
-    /// `receipt_sent`; whether it was sent now.
-    async fn send_receipt(
+    /// Build and sign a receipt or notice to the holder, for the outbox,
+    /// unless `receipt_sent` (an MTA retry after it was queued).
+    fn receipt_entry(
         &self,
         tx: &Transaction,
         ricevuta: Ricevuta<'_>,
         time: DateTime<Utc>,
         receipt_sent: bool,
-    ) -> Result<bool, TempFail> {
+    ) -> Result<Option<OutboxEntry>, TempFail> {
         if receipt_sent {
-            tracing::info!(pec_id = %tx.identificativo, kind = %ricevuta.tipo(), "receipt already sent for this submission: not sent again");
-            return Ok(false);
+            tracing::info!(pec_id = %tx.identificativo, kind = %ricevuta.tipo(), "receipt already queued for this submission: not issued again");
+            return Ok(None);
         }
         let emission = Emission {
             time,
@@ -372,15 +383,16 @@ impl AccessPoint {
             digest: self.digest,
         };
         let msg = build_ricevuta(&self.provider, tx, &ricevuta, &emission, signer)?;
-        self.injector
-            .inject(
-                &self.provider.service_address(),
-                std::slice::from_ref(&tx.mittente),
-                &msg.to_bytes(),
-            )
-            .await?;
-        tracing::info!(pec_id = %tx.identificativo, kind = %ricevuta.tipo(), to = %tx.mittente, message_id = %emission.message_id, "receipt injected");
-        Ok(true)
+        tracing::info!(pec_id = %tx.identificativo, kind = %ricevuta.tipo(), to = %tx.mittente, message_id = %emission.message_id, "receipt signed and queued");
+        Ok(Some(OutboxEntry {
+            id: emission.message_id,
+            from: self.provider.service_address(),
+            to: vec![tx.mittente.clone()],
+            message: msg.to_bytes(),
+            queued_at: Utc::now().timestamp(),
+            pec_id: tx.identificativo.clone(),
+            kind: ricevuta.tipo().to_string(),
+        }))
     }
 
     /// The Message-ID of our receipt of kind `ricevuta` for `tx`.

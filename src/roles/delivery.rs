@@ -23,9 +23,14 @@
 //! receipt.
 //!
 //! A receipt is issued once per (envelope, recipient), also across
-//! retries. If the receipt cannot be injected right away, it is kept in an
+//! retries, and never without its once-only claim: a busta di trasporto is
+//! stored only while the state store answers (4xx otherwise, nothing
+//! stored). If the receipt cannot be injected right away, it is kept in an
 //! outbox on disk and retried: the message is already in the mailbox, so
-//! answering 4xx would deliver it twice.
+//! answering 4xx would deliver it twice. Only when it can be neither sent
+//! nor kept (nor its event recorded, nor its claim answered) is the answer
+//! 4xx after all: the MTA's retry may store a second copy and issues the
+//! receipt once; a receipt is never lost.
 //!
 //! The signature is the one dependency a receipt cannot do without: before
 //! a busta di trasporto is stored, the key makes a probe signature, and
@@ -46,13 +51,14 @@ use hex::encode as hex;
 use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{self, CryptoError, DigestAlg, SigningKey};
 use crate::index::{ProviderEntry, ProviderIndex};
-use crate::log::{Event, EventLog, LogError, event_anomaly, event_for, event_received};
+use crate::log::{Event, EventLog, event_anomaly, event_for, event_received};
 use crate::pec::build::{
     BuildError, Emission, Provider, Ricevuta, Signer, Transaction, receipt_variant, write_ricevuta,
 };
 use crate::pec::facts::Facts;
 use crate::pec::reader::{self, PecMessage};
 use crate::pec::{Errore, MessageKind, mime};
+use crate::roles::TempFail;
 use crate::roles::message::SpooledMessage;
 use crate::roles::ports::{Injector, MailboxStore, RcptOutcome};
 use crate::roles::receipts::record_receipt;
@@ -218,17 +224,32 @@ impl DeliveryPoint {
         if msg
             .as_ref()
             .is_some_and(|m| m.kind == MessageKind::BustaTrasporto)
-            && let Err(e) = self.can_sign().await
         {
-            tracing::warn!(error = %e, recipients = rcpts.len(),
-                "delivery: the key cannot sign receipts now: nothing stored, 4xx");
-            return rcpts
-                .iter()
-                .map(|_| {
-                    "451 4.3.0 PEC signing unavailable, receipt cannot be issued: try again later"
-                        .to_string()
-                })
-                .collect();
+            if let Err(e) = self.can_sign().await {
+                tracing::warn!(error = %e, recipients = rcpts.len(),
+                    "delivery: the key cannot sign receipts now: nothing stored, 4xx");
+                return rcpts
+                    .iter()
+                    .map(|_| {
+                        "451 4.3.0 PEC signing unavailable, receipt cannot be issued: try again later"
+                            .to_string()
+                    })
+                    .collect();
+            }
+            // The receipts' once-only claims live in the state store: a
+            // receipt is never issued without one, so nothing is stored
+            // while it cannot answer.
+            if let Err(e) = self.state.ping().await {
+                tracing::warn!(error = %e, recipients = rcpts.len(),
+                    "delivery: the state store cannot answer: nothing stored, 4xx");
+                return rcpts
+                    .iter()
+                    .map(|_| {
+                        "451 4.3.0 PEC state store unavailable, receipt cannot be issued once: try again later"
+                            .to_string()
+                    })
+                    .collect();
+            }
         }
         let outcomes = match spooled {
             Some(s) => {
@@ -254,15 +275,22 @@ impl DeliveryPoint {
                     {
                         Ok(issued) => issued,
                         Err(e) => {
-                            // Stored, but its receipt's event cannot be
-                            // recorded: no receipt without its record. 4xx:
+                            // Stored, but its receipt can be neither issued
+                            // nor kept (its event not recorded, its claim
+                            // not answered, the outbox not written). 4xx:
                             // the MTA retries (the mailbox may then hold a
-                            // second copy; the receipt is still issued once).
+                            // second copy; the receipt is still issued once:
+                            // the side that may repeat is the copy, never
+                            // the receipt, which is never lost).
                             tracing::error!(recipient = %rcpt, error = %e,
-                                "delivery: the message log cannot record the receipt: 451, nothing sent");
-                            replies.push(
-                                "451 4.3.0 PEC: message log unavailable, try again later".into(),
-                            );
+                                "delivery: stored, but the receipt can be neither issued nor kept: 451, the MTA retries");
+                            replies.push(match e {
+                                TempFail::Log(_) => {
+                                    "451 4.3.0 PEC: message log unavailable, try again later".into()
+                                }
+                                _ => "451 4.3.0 PEC: the receipt cannot be issued now, try again later"
+                                    .into(),
+                            });
                             continue;
                         }
                     }
@@ -415,7 +443,7 @@ impl DeliveryPoint {
         rcpt: &str,
         outcome: &RcptOutcome,
         now: DateTime<Utc>,
-    ) -> Result<bool, LogError> {
+    ) -> Result<bool, TempFail> {
         match msg.kind {
             MessageKind::BustaTrasporto => {}
             MessageKind::Ricevuta(t) => {
@@ -465,13 +493,9 @@ impl DeliveryPoint {
         {
             Ok(Claim::New) => false,
             Ok(Claim::Existing { receipt_sent, .. }) => receipt_sent,
-            Err(e) => {
-                // Delivered, but the state store is down: issue the receipt
-                // anyway (a missing legal receipt is worse than a possible
-                // duplicate on a later retry).
-                tracing::warn!(error = %e, "state store down: receipt sent without the once-only claim");
-                false
-            }
+            // Stored, but the state store went away since the check before
+            // storing: no receipt without its claim; 4xx (see the caller).
+            Err(e) => return Err(e.into()),
         };
         if sent {
             tracing::info!(pec_id = %d.identificativo, recipient = %rcpt, "receipt already issued: not again");
@@ -490,13 +514,8 @@ impl DeliveryPoint {
                 // The probe signed a moment ago: keep the facts, sign later.
                 tracing::error!(error = %e, pec_id = %d.identificativo, recipient = %rcpt,
                     "receipt could not be signed: its facts are kept in the outbox, signed and sent later");
-                if let Err(e) =
-                    pending_put(&self.outbox, &d.identificativo, rcpt, outcome, now, raw)
-                {
-                    tracing::error!(error = %e, pec_id = %d.identificativo, recipient = %rcpt,
-                        "receipt facts could not be kept in the outbox: RECEIPT LOST");
-                    return Ok(false);
-                }
+                pending_put(&self.outbox, &d.identificativo, rcpt, outcome, now, raw)
+                    .map_err(TempFail::Outbox)?;
                 return Ok(true);
             }
         };
@@ -581,9 +600,9 @@ impl DeliveryPoint {
     }
 
     /// Record a built receipt's event, inject it (into the outbox when
-    /// that fails) and mark it sent. `false` when it could be neither sent
-    /// nor kept; an error when its event cannot be recorded (nothing sent).
-    async fn send(&self, key: &str, pec_id: &str, rcpt: &str, b: Built) -> Result<bool, LogError> {
+    /// that fails) and mark it sent. An error when its event cannot be
+    /// recorded (nothing sent) or when it could be neither sent nor kept.
+    async fn send(&self, key: &str, pec_id: &str, rcpt: &str, b: Built) -> Result<bool, TempFail> {
         self.log.record(vec![b.event.clone()]).await?;
         let to = vec![b.to.clone()];
         let bytes = match b.message.view() {
@@ -605,12 +624,16 @@ impl DeliveryPoint {
             Err(e) => {
                 tracing::warn!(error = %e, pec_id = %pec_id, "receipt injection failed: kept in the outbox");
                 if let Err(e) = outbox_put(&self.outbox, &b.message_id, &b.to, &bytes) {
-                    tracing::error!(error = %e, pec_id = %pec_id, "receipt could not be kept in the outbox");
-                    return Ok(false);
+                    tracing::error!(error = %e, pec_id = %pec_id, "receipt could be neither sent nor kept in the outbox: 4xx");
+                    return Err(TempFail::Outbox(e));
                 }
             }
         }
-        if let Err(e) = self.state.mark_receipt_sent(key).await {
+        if let Err(e) = self
+            .state
+            .mark_receipt_sent(key, &[], self.retention_secs)
+            .await
+        {
             tracing::warn!(error = %e, "receipt sent but not marked");
         }
         Ok(true)
@@ -652,7 +675,7 @@ impl DeliveryPoint {
                         }
                         Ok(false) => {}
                         Err(e) => {
-                            tracing::warn!(error = %e, file = %p.display(), "pending receipt: its event cannot be recorded: retried later");
+                            tracing::warn!(error = %e, file = %p.display(), "pending receipt cannot be issued now: retried later");
                         }
                     }
                 }

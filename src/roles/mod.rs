@@ -10,6 +10,7 @@
 pub mod access;
 pub mod delivery;
 pub mod message;
+pub mod outbox;
 pub mod ports;
 pub mod receipts;
 pub mod reception;
@@ -44,6 +45,8 @@ pub enum TempFail {
     NoIndex,
     #[error("quarantine: {0}")]
     Quarantine(std::io::Error),
+    #[error("receipt outbox: {0}")]
+    Outbox(std::io::Error),
     #[error("spool: {0}")]
     Spool(String),
 }

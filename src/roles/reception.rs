@@ -32,19 +32,20 @@ use crate::config::OrdinaryMail;
 use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{self, DigestAlg, SigningKey};
 use crate::index::{ProviderEntry, ProviderIndex};
-use crate::log::{EventLog, event_anomaly, event_for, event_received};
+use crate::log::{Event, EventLog, event_anomaly, event_for, event_received};
 use crate::pec::build::{Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta};
 use crate::pec::facts::Facts;
 use crate::pec::reader::{self, PecMessage};
 use crate::pec::{MessageKind, Tipo, mime};
 use crate::roles::TempFail;
 use crate::roles::message::{Inbound, Original, Outcome};
+use crate::roles::outbox::send_queued;
 use crate::roles::ports::{Injector, Scanner, Verdict};
 use crate::roles::receipts::{record_receipt, would_change};
 use crate::roles::verify::{anomalia_of, anomaly_envelope, digest_message, verify_pec};
 use crate::rt::off_runtime_if;
 use crate::spool::SpoolOptions;
-use crate::state::{Claim, StateStore};
+use crate::state::{Claim, OutboxEntry, StateStore};
 
 /// The reception point: what it verifies against and what it signs with.
 pub struct ReceptionPoint {
@@ -327,8 +328,15 @@ impl ReceptionPoint {
                 "presa-in-carico.{local}.{rcpt_hash}@{}",
                 self.provider.domain
             );
-            self.send(&tx, &ric, time, id, &entry.mail_receipt, &entry.name)
-                .await?;
+            // Every notice signed, recorded, then queued with the claim's
+            // "sent" in one durable write, then handed to the MTA (what it
+            // cannot take now, the outbox pass sends): an MTA retry finds
+            // them queued and issues none again.
+            let mut outbox = Vec::new();
+            let mut events = Vec::new();
+            let (e, ev) = self.build(&tx, &ric, time, id, &entry.mail_receipt, &entry.name)?;
+            outbox.push(e);
+            events.push(ev);
             if let Some(virus) = &virus {
                 for r in &inbound.rcpts {
                     let ric = Ricevuta::RilevazioneVirus {
@@ -341,14 +349,17 @@ impl ReceptionPoint {
                         hex(r.as_bytes()).get(..16).unwrap_or("r"),
                         self.provider.domain
                     );
-                    self.send(&tx, &ric, time, id, &entry.mail_receipt, &entry.name)
-                        .await?;
+                    let (e, ev) =
+                        self.build(&tx, &ric, time, id, &entry.mail_receipt, &entry.name)?;
+                    outbox.push(e);
+                    events.push(ev);
                 }
             }
-            // A failure before this point answers 4xx and the MTA's retry
-            // sends again the notices already sent, with the same
-            // Message-IDs (the outbox of a later issue makes it once).
-            self.state.mark_receipt_sent(&key).await?;
+            self.log.record(events).await?;
+            self.state
+                .mark_receipt_sent(&key, &outbox, self.retention_secs)
+                .await?;
+            send_queued(self.state.as_ref(), self.injector.as_ref(), outbox).await;
         }
         if let Some(virus) = virus {
             return Ok(Outcome::Discard {
@@ -365,6 +376,43 @@ impl ReceptionPoint {
                 d.identificativo, entry.name
             ),
         })
+    }
+
+    /// Build and sign `ric` for the outbox, with its event (about a
+    /// message sent by `sending`, a provider's name).
+    fn build(
+        &self,
+        tx: &Transaction,
+        ric: &Ricevuta<'_>,
+        time: DateTime<Utc>,
+        message_id: String,
+        to: &str,
+        sending: &str,
+    ) -> Result<(OutboxEntry, Event), TempFail> {
+        let built = build_ricevuta(
+            &self.provider,
+            tx,
+            ric,
+            &Emission {
+                time,
+                message_id: message_id.clone(),
+            },
+            self.signer(),
+        )?;
+        tracing::info!(pec_id = %tx.identificativo, kind = %ric.tipo(), to = %to, message_id = %message_id, "receipt signed and queued");
+        let event = event_for(tx, ric, sending, time, &message_id);
+        Ok((
+            OutboxEntry {
+                id: message_id,
+                from: self.provider.service_address(),
+                to: vec![to.to_string()],
+                message: built.to_bytes(),
+                queued_at: Utc::now().timestamp(),
+                pec_id: tx.identificativo.clone(),
+                kind: ric.tipo().to_string(),
+            },
+            event,
+        ))
     }
 
     /// Record the event of `ric` (about a message sent by `sending`, a

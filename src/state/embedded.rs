@@ -64,7 +64,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use super::{Claim, EnvelopeRecord, StateError, StateStore};
+use super::{Claim, EnvelopeRecord, OutboxEntry, StateError, StateStore};
 
 /// The database file inside the store directory.
 pub const DB_FILE: &str = "state.sqlite";
@@ -102,6 +102,13 @@ CREATE TABLE IF NOT EXISTS marks (
     done INTEGER NOT NULL,
     expires_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT NOT NULL UNIQUE,
+    queued_at INTEGER NOT NULL,
+    entry BLOB NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_queued ON outbox (queued_at);
 ";
 
 /// Rows of each table, expired ones included (for tests and `inspect`).
@@ -111,6 +118,7 @@ pub struct Counts {
     pub envelopes: u64,
     pub tracked: u64,
     pub marks: u64,
+    pub outbox: u64,
 }
 
 /// One operation for the writer thread: runs against the connection
@@ -172,6 +180,7 @@ impl EmbeddedStore {
                 envelopes: count("SELECT count(*) FROM envelopes")?,
                 tracked: count("SELECT count(*) FROM envelopes WHERE tracked = 1")?,
                 marks: count("SELECT count(*) FROM marks")?,
+                outbox: count("SELECT count(*) FROM outbox")?,
             })
         })
         .await
@@ -411,6 +420,28 @@ fn set_receipt_sent(c: &Connection, key: &str, now: i64) -> Result<(), StateErro
     Ok(())
 }
 
+/// Keep `entries` (an id already kept is left as it is).
+fn put_outbox(
+    c: &Connection,
+    entries: &[(String, i64, Vec<u8>)],
+    expires: i64,
+) -> Result<(), StateError> {
+    let mut insert = c.prepare_cached(
+        "INSERT OR IGNORE INTO outbox (id, queued_at, entry, expires_at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (id, queued_at, bytes) in entries {
+        insert.execute(params![id, queued_at, bytes, expires])?;
+    }
+    Ok(())
+}
+
+fn encoded(outbox: &[OutboxEntry]) -> Vec<(String, i64, Vec<u8>)> {
+    outbox
+        .iter()
+        .map(|e| (e.id.clone(), e.queued_at, e.encode()))
+        .collect()
+}
+
 fn envelope_json(rec: &EnvelopeRecord) -> Result<String, StateError> {
     serde_json::to_string(rec)
         .map_err(|e| corrupt(&rec.pec_id, format!("cannot serialise envelope: {e}")))
@@ -441,10 +472,19 @@ impl StateStore for EmbeddedStore {
         .await
     }
 
-    async fn mark_receipt_sent(&self, key: &str) -> Result<(), StateError> {
-        let key = key.to_owned();
-        self.run(move |c| set_receipt_sent(c, &key, now_secs()))
-            .await
+    async fn mark_receipt_sent(
+        &self,
+        key: &str,
+        outbox: &[OutboxEntry],
+        ttl_secs: u64,
+    ) -> Result<(), StateError> {
+        let (key, entries) = (key.to_owned(), encoded(outbox));
+        self.run(move |c| {
+            let now = now_secs();
+            put_outbox(c, &entries, expires_at(now, ttl_secs))?;
+            set_receipt_sent(c, &key, now)
+        })
+        .await
     }
 
     async fn put_envelope(&self, rec: &EnvelopeRecord, ttl_secs: u64) -> Result<(), StateError> {
@@ -461,13 +501,50 @@ impl StateStore for EmbeddedStore {
         key: &str,
         rec: &EnvelopeRecord,
         ttl_secs: u64,
+        outbox: &[OutboxEntry],
     ) -> Result<(), StateError> {
         let json = envelope_json(rec)?;
-        let (key, rec) = (key.to_owned(), rec.clone());
+        let (key, rec, entries) = (key.to_owned(), rec.clone(), encoded(outbox));
         self.run(move |c| {
             let now = now_secs();
             upsert_envelope(c, &rec, &json, expires_at(now, ttl_secs))?;
+            put_outbox(c, &entries, expires_at(now, ttl_secs))?;
             set_receipt_sent(c, &key, now)
+        })
+        .await
+    }
+
+    async fn outbox_due(
+        &self,
+        queued_before: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StateError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(String, Vec<u8>)> = self
+            .run(move |c| {
+                let mut q = c.prepare_cached(
+                    "SELECT id, entry FROM outbox WHERE queued_at <= ?1 AND expires_at >= ?2
+                     ORDER BY queued_at LIMIT ?3",
+                )?;
+                let rows = q
+                    .query_map(params![queued_before, now_secs(), limit], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
+        rows.iter()
+            .map(|(id, bytes)| OutboxEntry::decode(id, bytes))
+            .collect()
+    }
+
+    async fn outbox_done(&self, id: &str) -> Result<(), StateError> {
+        let id = id.to_owned();
+        self.run(move |c| {
+            c.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                .execute([id])?;
+            Ok(())
         })
         .await
     }
@@ -609,7 +686,16 @@ impl StateStore for EmbeddedStore {
                     .prepare_cached(&format!("DELETE FROM {table} WHERE expires_at < ?1"))?
                     .execute([now])?;
             }
-            Ok(n)
+            let unsent = c
+                .prepare_cached("DELETE FROM outbox WHERE expires_at < ?1")?
+                .execute([now])?;
+            if unsent > 0 {
+                tracing::error!(
+                    unsent,
+                    "outbox: messages never handed to the MTA within the retention expired"
+                );
+            }
+            Ok(n + unsent)
         })
         .await
     }

@@ -21,6 +21,21 @@
 //! [`StateStore::update_envelope`] is the compare-and-set every change of
 //! an envelope's recipients goes through (receipts, the final notice), so
 //! concurrent writers on any node never lose each other's updates.
+//!
+//! # The outbox
+//!
+//! Every receipt and notice the roles issue for a claimed message (the
+//! accettazione and its refusals, the presa in carico and the
+//! rilevazione-virus) is an [`OutboxEntry`] written in the same durable
+//! step as the claim's "receipt handed over" flag
+//! ([`StateStore::record_acceptance`], [`StateStore::mark_receipt_sent`]):
+//! one SQLite transaction, one Redis script. The role then hands it to
+//! the MTA at once and drops it ([`StateStore::outbox_done`]); what is
+//! left (the MTA's listener down, a crash in between) is found by
+//! [`StateStore::outbox_due`] and sent by `crate::roles::outbox`. An
+//! entry is written at most once per Message-ID (stable, derived from the
+//! event), and only once the claim says so can an MTA retry never build it
+//! again.
 
 pub mod embedded;
 pub mod redis;
@@ -146,6 +161,78 @@ where
     )))
 }
 
+/// A message we send (a receipt, a notice), kept until the MTA has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Its Message-ID without angle brackets: stable (derived from the
+    /// event), the key of the entry.
+    pub id: String,
+    /// The SMTP reverse path.
+    pub from: String,
+    pub to: Vec<String>,
+    /// The whole signed message.
+    pub message: Vec<u8>,
+    /// Unix seconds when it was queued.
+    pub queued_at: i64,
+    /// What it is about (for the log lines): the PEC id and the receipt's
+    /// kind (its `X-Ricevuta`).
+    pub pec_id: String,
+    pub kind: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OutboxHead {
+    from: String,
+    to: Vec<String>,
+    queued_at: i64,
+    #[serde(default)]
+    pec_id: String,
+    #[serde(default)]
+    kind: String,
+}
+
+impl OutboxEntry {
+    /// How the backends keep it: one JSON line (reverse path, recipients,
+    /// time), then the message's bytes as they are.
+    pub fn encode(&self) -> Vec<u8> {
+        let head = OutboxHead {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            queued_at: self.queued_at,
+            pec_id: self.pec_id.clone(),
+            kind: self.kind.clone(),
+        };
+        // a struct of strings and an integer always serialises
+        let mut out = serde_json::to_vec(&head).unwrap_or_default();
+        out.push(b'\n');
+        out.extend_from_slice(&self.message);
+        out
+    }
+
+    /// Read back what [`encode`](Self::encode) wrote, for the entry `id`.
+    pub fn decode(id: &str, bytes: &[u8]) -> Result<OutboxEntry, StateError> {
+        let corrupt = |reason: String| StateError::Corrupt {
+            key: format!("outbox {id}"),
+            reason,
+        };
+        let nl = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| corrupt("no header line".into()))?;
+        let (head, message) = bytes.split_at(nl);
+        let head: OutboxHead = serde_json::from_slice(head).map_err(|e| corrupt(e.to_string()))?;
+        Ok(OutboxEntry {
+            id: id.to_string(),
+            from: head.from,
+            to: head.to,
+            message: message.get(1..).unwrap_or_default().to_vec(),
+            queued_at: head.queued_at,
+            pec_id: head.pec_id,
+            kind: head.kind,
+        })
+    }
+}
+
 /// The outcome of claiming an idempotency key for a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -178,9 +265,16 @@ pub trait StateStore: Send + Sync {
         ttl_secs: u64,
     ) -> Result<Claim, StateError>;
 
-    /// Record that the acceptance receipt of the claimed submission `key`
-    /// has been handed to the MTA.
-    async fn mark_receipt_sent(&self, key: &str) -> Result<(), StateError>;
+    /// Record that the receipts of the claimed message `key` are handed
+    /// over: `outbox` (possibly none) kept, in the same write, until
+    /// [`outbox_done`](Self::outbox_done) (at most `ttl_secs`). An entry
+    /// whose id is already kept is not written again.
+    async fn mark_receipt_sent(
+        &self,
+        key: &str,
+        outbox: &[OutboxEntry],
+        ttl_secs: u64,
+    ) -> Result<(), StateError>;
 
     /// Store (create or replace) an envelope record, kept for `ttl_secs`,
     /// and add it to the tracking index when it
@@ -190,7 +284,7 @@ pub trait StateStore: Send + Sync {
 
     /// Store the envelope record of the accepted submission `key` (as
     /// [`put_envelope`](Self::put_envelope)) and record that its acceptance
-    /// receipt has been handed to the MTA (as
+    /// receipt has been handed over with `outbox` (as
     /// [`mark_receipt_sent`](Self::mark_receipt_sent)), in one write where
     /// the backend can: the access point's last state change of a
     /// submission. The default body does the two in turn.
@@ -199,9 +293,26 @@ pub trait StateStore: Send + Sync {
         key: &str,
         rec: &EnvelopeRecord,
         ttl_secs: u64,
+        outbox: &[OutboxEntry],
     ) -> Result<(), StateError> {
         self.put_envelope(rec, ttl_secs).await?;
-        self.mark_receipt_sent(key).await
+        self.mark_receipt_sent(key, outbox, ttl_secs).await
+    }
+    /// The outbox entries queued at or before `queued_before` (Unix
+    /// seconds), oldest first, at most `limit`. The default body (test
+    /// fakes without an outbox) has none.
+    async fn outbox_due(
+        &self,
+        queued_before: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StateError> {
+        let _ = (queued_before, limit);
+        Ok(Vec::new())
+    }
+    /// The MTA has the entry `id`: drop it (absent: not an error).
+    async fn outbox_done(&self, id: &str) -> Result<(), StateError> {
+        let _ = id;
+        Ok(())
     }
 
     async fn get_envelope(&self, pec_id: &str) -> Result<Option<EnvelopeRecord>, StateError>;

@@ -54,7 +54,7 @@ use redis::{Cmd, FromRedisValue, Pipeline, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use super::{Claim, EnvelopeRecord, StateError, StateStore};
+use super::{Claim, EnvelopeRecord, OutboxEntry, StateError, StateStore};
 
 /// Default bound of one store operation.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -134,7 +134,49 @@ return 1
 /// id. Sets the claim's `receipt_sent` (keeping its TTL; a claim that has
 /// expired is not brought back). Returns 1 when the claim was there, else 0.
 /// Running it twice leaves the same keys.
-const ACCEPTANCE_SCRIPT: &str = r"
+/// The outbox part of [`ACCEPTANCE_SCRIPT`] and [`MARK_SCRIPT`]: keep `n`
+/// entries, each once (`SET NX`), indexed by time in the outbox set.
+/// KEYS[k0] is the set, KEYS[k0 + i] entry i's key; ARGV[a0] is n,
+/// ARGV[a0 + 1] the time, ARGV[a0 + 2] the TTL, then n ids, then n values.
+macro_rules! outbox_lua {
+    () => {
+        r"
+local function put_outbox(k0, a0)
+  local n = tonumber(ARGV[a0])
+  for i = 1, n do
+    if redis.call('SET', KEYS[k0 + i], ARGV[a0 + 2 + n + i], 'EX', ARGV[a0 + 2], 'NX') then
+      redis.call('ZADD', KEYS[k0], ARGV[a0 + 1], ARGV[a0 + 2 + i])
+    end
+  end
+end
+"
+    };
+}
+
+/// `mark_receipt_sent`: the outbox entries and the claim's flag in one
+/// step. KEYS: the claim, the outbox set, the entries; ARGV from 1: as
+/// [`outbox_lua`]. Returns 0 when the claim is gone (expired).
+const MARK_SCRIPT: &str = concat!(
+    outbox_lua!(),
+    r"
+put_outbox(2, 1)
+local raw = redis.call('GET', KEYS[1])
+if not raw then
+  return 0
+end
+local claim = cjson.decode(raw)
+if not claim.receipt_sent then
+  claim.receipt_sent = true
+  redis.call('SET', KEYS[1], cjson.encode(claim), 'KEEPTTL')
+end
+return 1
+"
+);
+
+const ACCEPTANCE_SCRIPT: &str = concat!(
+    outbox_lua!(),
+    r"
+put_outbox(4, 6)
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if ARGV[3] == '1' then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
@@ -151,7 +193,8 @@ if not claim.receipt_sent then
   redis.call('SET', KEYS[3], cjson.encode(claim), 'KEEPTTL')
 end
 return 1
-";
+"
+);
 
 /// One request: a command or a pipeline.
 #[derive(Clone, Copy)]
@@ -217,6 +260,27 @@ impl RedisStore {
 
     fn tracked_key(&self) -> String {
         format!("{}tracked", self.prefix)
+    }
+
+    fn outbox_key(&self) -> String {
+        format!("{}outbox", self.prefix)
+    }
+
+    fn outbox_entry_key(&self, id: &str) -> String {
+        format!("{}outbox:{id}", self.prefix)
+    }
+
+    /// The keys and arguments of [`outbox_lua`] for `outbox` (the set's
+    /// key is the caller's).
+    fn outbox_args(&self, cmd: &mut Cmd, outbox: &[OutboxEntry], ttl_secs: u64) {
+        let at = outbox.iter().map(|e| e.queued_at).max().unwrap_or(0);
+        cmd.arg(outbox.len()).arg(at).arg(ttl_secs.max(1));
+        for e in outbox {
+            cmd.arg(&e.id);
+        }
+        for e in outbox {
+            cmd.arg(e.encode());
+        }
     }
 
     fn once_key(&self, key: &str) -> String {
@@ -471,9 +535,32 @@ impl StateStore for RedisStore {
         .await
     }
 
-    async fn mark_receipt_sent(&self, key: &str) -> Result<(), StateError> {
-        self.bounded("mark_receipt_sent", self.mark_inner(key))
-            .await
+    async fn mark_receipt_sent(
+        &self,
+        key: &str,
+        outbox: &[OutboxEntry],
+        ttl_secs: u64,
+    ) -> Result<(), StateError> {
+        if outbox.is_empty() {
+            return self
+                .bounded("mark_receipt_sent", self.mark_inner(key))
+                .await;
+        }
+        // One round trip: [`MARK_SCRIPT`].
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(MARK_SCRIPT)
+            .arg(2 + outbox.len())
+            .arg(self.claim_key(key))
+            .arg(self.outbox_key());
+        for e in outbox {
+            cmd.arg(self.outbox_entry_key(&e.id));
+        }
+        self.outbox_args(&mut cmd, outbox, ttl_secs);
+        let found: i64 = self.bounded("mark_receipt_sent", self.query(&cmd)).await?;
+        if found == 0 {
+            tracing::warn!(key, "mark_receipt_sent: no claim (expired?)");
+        }
+        Ok(())
     }
 
     async fn put_envelope(&self, rec: &EnvelopeRecord, ttl_secs: u64) -> Result<(), StateError> {
@@ -512,24 +599,96 @@ impl StateStore for RedisStore {
         key: &str,
         rec: &EnvelopeRecord,
         ttl_secs: u64,
+        outbox: &[OutboxEntry],
     ) -> Result<(), StateError> {
         let value = to_json(&rec.pec_id, rec)?;
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(ACCEPTANCE_SCRIPT)
-            .arg(3)
+            .arg(4 + outbox.len())
             .arg(self.envelope_key(&rec.pec_id))
             .arg(self.tracked_key())
             .arg(self.claim_key(key))
-            .arg(value)
+            .arg(self.outbox_key());
+        for e in outbox {
+            cmd.arg(self.outbox_entry_key(&e.id));
+        }
+        cmd.arg(value)
             .arg(ttl_secs.max(1))
             .arg(if rec.is_tracked() { "1" } else { "0" })
             .arg(rec.submitted_at)
             .arg(&rec.pec_id);
+        self.outbox_args(&mut cmd, outbox, ttl_secs);
         let found: i64 = self.bounded("record_acceptance", self.query(&cmd)).await?;
         if found == 0 {
             tracing::warn!(key, "record_acceptance: no claim (expired?)");
         }
         Ok(())
+    }
+
+    async fn outbox_due(
+        &self,
+        queued_before: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StateError> {
+        let ids: Vec<String> = self
+            .bounded(
+                "outbox_due",
+                self.query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(self.outbox_key())
+                        .arg("-inf")
+                        .arg(queued_before)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit),
+                ),
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.outbox_entry_key(id)).collect();
+        let values: Vec<Option<Vec<u8>>> = self
+            .bounded("outbox_due", self.query(redis::cmd("MGET").arg(&keys)))
+            .await?;
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (id, value) in ids.iter().zip(values) {
+            match value {
+                Some(bytes) => out.push(OutboxEntry::decode(id, &bytes)?),
+                None => gone.push(id.clone()),
+            }
+        }
+        if !gone.is_empty() {
+            tracing::error!(
+                unsent = gone.len(),
+                "outbox: messages never handed to the MTA within the retention expired"
+            );
+            let _: Value = self
+                .bounded(
+                    "outbox_due",
+                    self.query(redis::cmd("ZREM").arg(self.outbox_key()).arg(&gone)),
+                )
+                .await?;
+        }
+        Ok(out)
+    }
+
+    async fn outbox_done(&self, id: &str) -> Result<(), StateError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("DEL")
+            .arg(self.outbox_entry_key(id))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.outbox_key())
+            .arg(id)
+            .ignore();
+        self.bounded("outbox_done", async {
+            let _: Value = self.query_pipe(&pipe).await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn get_envelope(&self, pec_id: &str) -> Result<Option<EnvelopeRecord>, StateError> {

@@ -19,7 +19,7 @@ use pec_milter::crypto::pki::Pki;
 use pec_milter::crypto::verify::TrustStore;
 use pec_milter::pec::build::{Provider, Transaction};
 use pec_milter::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
-use pec_milter::state::StateStore;
+use pec_milter::state::{StateError, StateStore};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -348,4 +348,44 @@ pub fn logged_events(node_dir: &Path) -> Vec<pec_milter::log::Event> {
     })
     .expect("the node's chain verifies");
     out
+}
+
+/// A state store that is down.
+pub struct DownStore;
+
+#[async_trait::async_trait]
+impl StateStore for DownStore {
+    async fn claim(
+        &self,
+        _: &str,
+        _: &str,
+        _: i64,
+        _: u64,
+    ) -> Result<pec_milter::state::Claim, StateError> {
+        Err(StateError::Unavailable("connection refused (test)".into()))
+    }
+    async fn mark_receipt_sent(
+        &self,
+        _: &str,
+        _: &[pec_milter::state::OutboxEntry],
+        _: u64,
+    ) -> Result<(), StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn put_envelope(
+        &self,
+        _: &pec_milter::state::EnvelopeRecord,
+        _: u64,
+    ) -> Result<(), StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn get_envelope(
+        &self,
+        _: &str,
+    ) -> Result<Option<pec_milter::state::EnvelopeRecord>, StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
+    async fn ping(&self) -> Result<(), StateError> {
+        Err(StateError::Unavailable("down".into()))
+    }
 }

@@ -1,0 +1,327 @@
+//! Each dependency's state as the daemon last saw it: the state store,
+//! clamd, the providers' index, the signing key, the reinjection
+//! listener, the message log and the TSA. One log line when a dependency
+//! goes down (with why) and one when it is back; never one per call.
+//! [`Health::snapshot`] is what the operations endpoint shows.
+//!
+//! The ports are watched by wrapping them ([`Observed`]): every call's
+//! outcome is the observation, so nothing polls. A failure that is the
+//! caller's input, not the dependency (a virus found, a claim that
+//! exists), is an `Ok` and counts as up.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+
+use crate::crypto::{CryptoError, DigestAlg, KeyKind, SigningKey};
+use crate::log::{Event, EventLog, LogError};
+use crate::roles::message::Original;
+use crate::roles::ports::{InjectError, Injector, ScanError, Scanner, Verdict};
+use crate::state::{Claim, EnvelopeRecord, OutboxEntry, StateError, StateStore, Update};
+
+/// What the daemon depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dependency {
+    StateStore,
+    Clamd,
+    Index,
+    SigningKey,
+    Reinjection,
+    Log,
+    Tsa,
+}
+
+impl Dependency {
+    /// Its name in log lines and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dependency::StateStore => "state-store",
+            Dependency::Clamd => "clamd",
+            Dependency::Index => "index",
+            Dependency::SigningKey => "signing-key",
+            Dependency::Reinjection => "reinjection",
+            Dependency::Log => "message-log",
+            Dependency::Tsa => "tsa",
+        }
+    }
+}
+
+/// A dependency's last known state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Up,
+    Down {
+        since: DateTime<Utc>,
+        reason: String,
+    },
+}
+
+/// The registry; cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<Mutex<BTreeMap<Dependency, Status>>>);
+
+impl Health {
+    /// `d` answered.
+    pub fn up(&self, d: Dependency) {
+        let Ok(mut map) = self.0.lock() else {
+            return;
+        };
+        if let Some(Status::Down { since, .. }) = map.insert(d, Status::Up) {
+            let secs = (Utc::now() - since).num_seconds();
+            tracing::warn!(dependency = d.name(), down_secs = secs, "dependency back");
+        }
+    }
+
+    /// `d` failed, for `reason`: logged when it was not down already.
+    pub fn down(&self, d: Dependency, reason: impl Display) {
+        let Ok(mut map) = self.0.lock() else {
+            return;
+        };
+        if matches!(map.get(&d), Some(Status::Down { .. })) {
+            return;
+        }
+        let reason = reason.to_string();
+        tracing::error!(dependency = d.name(), reason = %reason, "dependency down");
+        map.insert(
+            d,
+            Status::Down {
+                since: Utc::now(),
+                reason,
+            },
+        );
+    }
+
+    /// Record the outcome of one call to `d`.
+    pub fn observe<T, E: Display>(&self, d: Dependency, r: &Result<T, E>) {
+        match r {
+            Ok(_) => self.up(d),
+            Err(e) => self.down(d, e),
+        }
+    }
+
+    /// Every dependency seen so far and its state.
+    pub fn snapshot(&self) -> Vec<(Dependency, Status)> {
+        self.0
+            .lock()
+            .map(|m| m.iter().map(|(d, s)| (*d, s.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `d` is down now.
+    pub fn is_down(&self, d: Dependency) -> bool {
+        self.0
+            .lock()
+            .map(|m| matches!(m.get(&d), Some(Status::Down { .. })))
+            .unwrap_or(false)
+    }
+}
+
+/// A port whose calls report to [`Health`].
+pub struct Observed<T: ?Sized> {
+    pub inner: Arc<T>,
+    pub health: Health,
+    pub dependency: Dependency,
+}
+
+impl<T: ?Sized> Observed<T> {
+    pub fn new(inner: Arc<T>, health: &Health, dependency: Dependency) -> Arc<Self> {
+        Arc::new(Observed {
+            inner,
+            health: health.clone(),
+            dependency,
+        })
+    }
+
+    fn seen<R, E: Display>(&self, r: Result<R, E>) -> Result<R, E> {
+        self.health.observe(self.dependency, &r);
+        r
+    }
+}
+
+#[async_trait::async_trait]
+impl Injector for Observed<dyn Injector> {
+    async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), InjectError> {
+        self.seen(self.inner.inject(from, to, message).await)
+    }
+}
+
+#[async_trait::async_trait]
+impl Scanner for Observed<dyn Scanner> {
+    async fn scan(&self, message: &[u8]) -> Result<Verdict, ScanError> {
+        self.seen(self.inner.scan(message).await)
+    }
+    async fn scan_original(&self, message: &Original) -> Result<Verdict, ScanError> {
+        // a body that cannot be read back is ours, not clamd's
+        let r = self.inner.scan_original(message).await;
+        if !matches!(r, Err(ScanError::Read(_))) {
+            self.health.observe(self.dependency, &r);
+        }
+        r
+    }
+}
+
+impl SigningKey for Observed<dyn SigningKey> {
+    fn certificate_der(&self) -> &[u8] {
+        self.inner.certificate_der()
+    }
+    fn chain_der(&self) -> &[Vec<u8>] {
+        self.inner.chain_der()
+    }
+    fn sign(&self, digest: DigestAlg, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.seen(self.inner.sign(digest, data))
+    }
+    fn key_kind(&self) -> KeyKind {
+        self.inner.key_kind()
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for Observed<dyn EventLog> {
+    async fn record(&self, events: Vec<Event>) -> Result<(), LogError> {
+        self.seen(self.inner.record(events).await)
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for Observed<dyn StateStore> {
+    async fn claim(
+        &self,
+        key: &str,
+        pec_id: &str,
+        submitted_at: i64,
+        ttl_secs: u64,
+    ) -> Result<Claim, StateError> {
+        self.seen(self.inner.claim(key, pec_id, submitted_at, ttl_secs).await)
+    }
+    async fn mark_receipt_sent(
+        &self,
+        key: &str,
+        outbox: &[OutboxEntry],
+        ttl_secs: u64,
+    ) -> Result<(), StateError> {
+        self.seen(self.inner.mark_receipt_sent(key, outbox, ttl_secs).await)
+    }
+    async fn put_envelope(&self, rec: &EnvelopeRecord, ttl_secs: u64) -> Result<(), StateError> {
+        self.seen(self.inner.put_envelope(rec, ttl_secs).await)
+    }
+    async fn record_acceptance(
+        &self,
+        key: &str,
+        rec: &EnvelopeRecord,
+        ttl_secs: u64,
+        outbox: &[OutboxEntry],
+    ) -> Result<(), StateError> {
+        self.seen(
+            self.inner
+                .record_acceptance(key, rec, ttl_secs, outbox)
+                .await,
+        )
+    }
+    async fn outbox_due(
+        &self,
+        queued_before: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StateError> {
+        self.seen(self.inner.outbox_due(queued_before, limit).await)
+    }
+    async fn outbox_done(&self, id: &str) -> Result<(), StateError> {
+        self.seen(self.inner.outbox_done(id).await)
+    }
+    async fn get_envelope(&self, pec_id: &str) -> Result<Option<EnvelopeRecord>, StateError> {
+        self.seen(self.inner.get_envelope(pec_id).await)
+    }
+    async fn update_envelope(
+        &self,
+        pec_id: &str,
+        ttl_secs: u64,
+        f: &Update<'_>,
+    ) -> Result<Option<EnvelopeRecord>, StateError> {
+        self.seen(self.inner.update_envelope(pec_id, ttl_secs, f).await)
+    }
+    async fn purge_expired(&self) -> Result<usize, StateError> {
+        self.seen(self.inner.purge_expired().await)
+    }
+    async fn ping(&self) -> Result<(), StateError> {
+        self.seen(self.inner.ping().await)
+    }
+    async fn tracked(&self, submitted_before: i64) -> Result<Vec<EnvelopeRecord>, StateError> {
+        self.seen(self.inner.tracked(submitted_before).await)
+    }
+    async fn once(&self, key: &str, ttl_secs: u64) -> Result<bool, StateError> {
+        self.seen(self.inner.once(key, ttl_secs).await)
+    }
+    async fn confirm(&self, key: &str, ttl_secs: u64) -> Result<(), StateError> {
+        self.seen(self.inner.confirm(key, ttl_secs).await)
+    }
+    async fn confirmed(&self, key: &str) -> Result<bool, StateError> {
+        self.seen(self.inner.confirmed(key).await)
+    }
+    async fn release(&self, key: &str) -> Result<(), StateError> {
+        self.seen(self.inner.release(key).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_recorded_once_and_the_way_back_too() {
+        let h = Health::default();
+        assert!(h.snapshot().is_empty());
+        h.up(Dependency::Clamd);
+        h.down(Dependency::Clamd, "connection refused");
+        let first = h.snapshot();
+        h.down(Dependency::Clamd, "still refused");
+        assert_eq!(
+            h.snapshot(),
+            first,
+            "a repeat changes nothing (the first reason stays)"
+        );
+        assert!(h.is_down(Dependency::Clamd));
+        match &first[0].1 {
+            Status::Down { reason, .. } => assert_eq!(reason, "connection refused"),
+            Status::Up => panic!("down expected"),
+        }
+        h.observe::<(), String>(Dependency::Clamd, &Ok(()));
+        assert!(!h.is_down(Dependency::Clamd));
+        h.observe::<(), String>(Dependency::Log, &Err("disk full".into()));
+        let names: Vec<_> = h
+            .snapshot()
+            .into_iter()
+            .map(|(d, s)| (d.name(), matches!(s, Status::Up)))
+            .collect();
+        assert_eq!(names, [("clamd", true), ("message-log", false)]);
+    }
+
+    struct Flaky(std::sync::atomic::AtomicBool);
+
+    #[async_trait::async_trait]
+    impl Injector for Flaky {
+        async fn inject(&self, _: &str, _: &[String], _: &[u8]) -> Result<(), InjectError> {
+            if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(InjectError::from("connection refused"))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrapped_port_reports_each_outcome() {
+        let h = Health::default();
+        let flaky = Arc::new(Flaky(std::sync::atomic::AtomicBool::new(false)));
+        let port: Arc<dyn Injector> = flaky.clone();
+        let watched = Observed::new(port, &h, Dependency::Reinjection);
+        assert!(
+            watched.inject("a", &[], b"m").await.is_err(),
+            "the error passes through"
+        );
+        assert!(h.is_down(Dependency::Reinjection));
+        flaky.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(watched.inject("a", &[], b"m").await.is_ok());
+        assert!(!h.is_down(Dependency::Reinjection));
+    }
+}

@@ -1,0 +1,107 @@
+//! Sending what the outbox keeps (see "The outbox" in `crate::state`).
+//!
+//! A role writes its receipts into the outbox in the same durable step as
+//! the claim that says they exist, then calls [`send_queued`]: each entry
+//! goes to the MTA at once and leaves the outbox. What stays (the MTA's
+//! listener down, the process killed in between) is sent by
+//! [`OutboxSender::pass`], which the daemon runs every few seconds on every
+//! node: it takes only entries older than its grace (longer than one
+//! injection may take, so that it never races the role that queued them)
+//! and leases each one, so that one node sends it.
+//!
+//! Which side of a crash may repeat: the one between the MTA accepting an
+//! entry and the entry leaving the outbox. A crash there sends that
+//! message again, the same bytes with the same Message-ID (the legal log
+//! has its event once: it was recorded before the entry was queued). The
+//! other side cannot happen: nothing is sent before its entry is durable,
+//! and an entry is written once per Message-ID, after which the claim
+//! keeps the role from building it again — so a receipt is never lost and
+//! never issued twice by the roles themselves.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::ports::Injector;
+use crate::state::{OutboxEntry, StateError, StateStore};
+
+/// Hand `entries` (just queued) to the MTA; each one accepted leaves the
+/// outbox. How many were sent now; the rest wait for the outbox pass.
+pub async fn send_queued(
+    state: &dyn StateStore,
+    injector: &dyn Injector,
+    entries: Vec<OutboxEntry>,
+) -> usize {
+    let mut sent = 0;
+    for e in entries {
+        if send_one(state, injector, &e, "receipt injected").await {
+            sent += 1;
+        }
+    }
+    sent
+}
+
+/// Inject `e` and drop it from the outbox; whether the MTA has it.
+async fn send_one(
+    state: &dyn StateStore,
+    injector: &dyn Injector,
+    e: &OutboxEntry,
+    what: &str,
+) -> bool {
+    match injector.inject(&e.from, &e.to, &e.message).await {
+        Ok(()) => {
+            tracing::info!(pec_id = %e.pec_id, kind = %e.kind, to = ?e.to, message_id = %e.id, "{what}");
+            if let Err(err) = state.outbox_done(&e.id).await {
+                tracing::warn!(message_id = %e.id, error = %err,
+                    "sent, but still in the outbox: the outbox pass may send it again (same Message-ID)");
+            }
+            true
+        }
+        Err(err) => {
+            tracing::warn!(pec_id = %e.pec_id, kind = %e.kind, message_id = %e.id, error = %err,
+                "injection failed: the message stays in the outbox and is sent by the outbox pass");
+            false
+        }
+    }
+}
+
+/// The daemon's outbox pass.
+pub struct OutboxSender<'a> {
+    pub state: &'a dyn StateStore,
+    pub injector: &'a dyn Injector,
+    /// Entries younger than this are left to the role that queued them.
+    pub grace: Duration,
+    /// How long one node holds an entry it tries; after a failure, the
+    /// next try waits as long.
+    pub lease: Duration,
+}
+
+impl OutboxSender<'_> {
+    /// Send every entry queued more than `grace` before `now` (at most
+    /// 500 a pass); how many were sent.
+    pub async fn pass(&self, now: DateTime<Utc>) -> Result<usize, StateError> {
+        let before = now.timestamp() - i64::try_from(self.grace.as_secs()).unwrap_or(i64::MAX);
+        let due = self.state.outbox_due(before, 500).await?;
+        let mut sent = 0;
+        for e in &due {
+            if !self
+                .state
+                .once(&format!("outbox:{}", e.id), self.lease.as_secs().max(1))
+                .await?
+            {
+                continue; // another node has it now
+            }
+            if send_one(
+                self.state,
+                self.injector,
+                e,
+                "receipt injected (outbox pass: it was left waiting)",
+            )
+            .await
+            {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+}
