@@ -311,12 +311,15 @@ impl AccessPoint {
         // The receipt, then the record and the claim's "receipt sent" in
         // one write. A failure of that write after the injection answers
         // 4xx and the MTA's retry sends the receipt again: the one window
-        // for a duplicate, a single write wide.
+        // for a duplicate, a single write wide, and kept narrow through a
+        // failover of the state store by trying it again (idempotent).
         self.send_receipt(&tx, Ricevuta::Accettazione, time, receipt_sent)
             .await?;
-        self.state
-            .record_acceptance(&key, &record, self.retention_secs)
-            .await?;
+        super::after_receipt("record_acceptance", || {
+            self.state
+                .record_acceptance(&key, &record, self.retention_secs)
+        })
+        .await?;
         Ok(Outcome::Rewrite {
             pec_id,
             message: envelope,
@@ -345,7 +348,7 @@ impl AccessPoint {
         );
         self.log.record(vec![event]).await?;
         if self.send_receipt(tx, ricevuta, time, receipt_sent).await? {
-            self.state.mark_receipt_sent(key).await?;
+            super::after_receipt("mark_receipt_sent", || self.state.mark_receipt_sent(key)).await?;
         }
         Ok(())
     }

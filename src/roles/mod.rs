@@ -47,3 +47,35 @@ pub enum TempFail {
     #[error("spool: {0}")]
     Spool(String),
 }
+
+/// How long a role keeps trying the state write that follows a receipt it
+/// has already injected (a failover of a replicated state store is over in
+/// seconds): giving up answers 4xx, and the MTA's retry would send the
+/// receipt again. Well inside the MTA's end-of-message timeout (Postfix
+/// `milter_content_timeout`, 300 s).
+pub const AFTER_RECEIPT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Run the state write `op` (idempotent) again while it fails with
+/// [`StateError::Unavailable`](crate::state::StateError::Unavailable),
+/// for up to [`AFTER_RECEIPT_PATIENCE`]: for the writes after a receipt
+/// has left, where a 4xx means a duplicate receipt.
+pub async fn after_receipt<F, Fut>(what: &str, mut op: F) -> Result<(), crate::state::StateError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::state::StateError>>,
+{
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match op().await {
+            Err(crate::state::StateError::Unavailable(cause))
+                if start.elapsed() + pause < AFTER_RECEIPT_PATIENCE =>
+            {
+                tracing::warn!(what, cause = %cause, "state store unavailable after the receipt left: trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            res => return res,
+        }
+    }
+}

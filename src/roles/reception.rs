@@ -348,7 +348,8 @@ impl ReceptionPoint {
             // A failure before this point answers 4xx and the MTA's retry
             // sends again the notices already sent, with the same
             // Message-IDs (the outbox of a later issue makes it once).
-            self.state.mark_receipt_sent(&key).await?;
+            super::after_receipt("mark_receipt_sent", || self.state.mark_receipt_sent(&key))
+                .await?;
         }
         if let Some(virus) = virus {
             return Ok(Outcome::Discard {
