@@ -112,7 +112,14 @@
 //! through one failover.
 //!
 //! Every write costs one `WAIT` more in its round trip (the replica's
-//! acknowledgement, usually well under a millisecond on a LAN).
+//! acknowledgement). Measured on loopback (debug build, 8 tasks, claim +
+//! mark_receipt_sent): about 30,000 writes/s with `WAIT 1` against
+//! 30,000-50,000 without, i.e. tens of microseconds a write, nothing next
+//! to the signature a submission costs. In `integration/e2e-sentinel.sh` a
+//! `SENTINEL FAILOVER` stops writes for about 11 s (until the old primary
+//! is a replica again; the submissions in flight wait, the new ones get
+//! 4xx), a SIGKILL of the primary for about 3 s (promotion) plus the
+//! restart of the killed node.
 
 use std::future::Future;
 use std::sync::Arc;
