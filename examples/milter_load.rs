@@ -29,12 +29,20 @@
 //! Subject (the access point treats identical bytes as a retry), a text
 //! body of `--size` bytes.
 //!
+//! `--retry-tempfail N`: a message answered 4xx (or whose connection
+//! failed) is sent again, the same bytes (so the access point sees an MTA
+//! retry of one submission), up to N more times, `--retry-pause-ms` apart
+//! (default 200), as an MTA's queue would; only its last answer is counted.
+//! `--accepted-file PATH` writes the Message-ID of every accepted message,
+//! one a line (generated messages only).
+//!
 //! Output: one line of `key=value` pairs on stdout: `sent`, `accept`,
 //! `tempfail`, `reject`, `discard`, `other`, `errors`, `elapsed_s`,
 //! `msgs_per_s`, `eom_p50_ms`, `eom_p90_ms`, `eom_p99_ms`, `eom_max_ms`
 //! (end-of-message latency: from sending the end of message to the final
 //! reply, i.e. the milter's own work on the message), `tx_p50_ms`,
-//! `tx_p99_ms` (the whole transaction from connect), `client_cpu_s`.
+//! `tx_p99_ms` (the whole transaction from connect), `client_cpu_s`,
+//! `retried` (answers 4xx or failed connections that were sent again).
 //! Exit status 1 when any message was not accepted.
 
 mod common;
@@ -62,13 +70,17 @@ struct Opts {
     messages_dir: Option<PathBuf>,
     timeout: Duration,
     quiet_errors: bool,
+    retry_tempfail: usize,
+    retry_pause: Duration,
+    accepted_file: Option<PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: milter_load --connect inet:HOST:PORT|unix:PATH [--count N] [--concurrency C] \
          [--size BYTES] [--rate R] [--max-seconds S] [--auth USER] [--from ADDR] \
-         [--to A1,A2..] [--messages-dir DIR] [--timeout SECS] [--quiet-errors]"
+         [--to A1,A2..] [--messages-dir DIR] [--timeout SECS] [--quiet-errors] \
+         [--retry-tempfail N] [--retry-pause-ms MS] [--accepted-file PATH]"
     );
     std::process::exit(2)
 }
@@ -87,6 +99,9 @@ fn parse_opts() -> Opts {
         messages_dir: None,
         timeout: Duration::from_secs(120),
         quiet_errors: false,
+        retry_tempfail: 0,
+        retry_pause: Duration::from_millis(200),
+        accepted_file: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -106,6 +121,11 @@ fn parse_opts() -> Opts {
                 o.timeout = Duration::from_secs(val().parse().unwrap_or_else(|_| usage()))
             }
             "--quiet-errors" => o.quiet_errors = true,
+            "--retry-tempfail" => o.retry_tempfail = val().parse().unwrap_or_else(|_| usage()),
+            "--retry-pause-ms" => {
+                o.retry_pause = Duration::from_millis(val().parse().unwrap_or_else(|_| usage()))
+            }
+            "--accepted-file" => o.accepted_file = Some(PathBuf::from(val())),
             _ => usage(),
         }
     }
@@ -212,6 +232,8 @@ struct Tally {
     discard: usize,
     other: usize,
     errors: usize,
+    retried: usize,
+    accepted: Vec<String>,
     eom: Vec<Duration>,
     tx: Vec<Duration>,
 }
@@ -571,12 +593,37 @@ async fn run(o: Arc<Opts>) -> i32 {
                     &files[i % files.len()]
                 };
                 let t0 = Instant::now();
-                match one(&o, m, &format!("B{i:07}")).await {
+                let mut tries = 0;
+                let res = loop {
+                    let res = one(&o, m, &format!("B{i:07}")).await;
+                    let again = matches!(res, Ok((Status::Tempfail(_), _)) | Err(_));
+                    if !again || tries >= o.retry_tempfail {
+                        break res;
+                    }
+                    if !o.quiet_errors {
+                        match &res {
+                            Ok((Status::Tempfail(message), _)) => {
+                                eprintln!("milter_load: #{i} tempfail {message:?}, sending again")
+                            }
+                            Err(e) => eprintln!("milter_load: #{i}: {e}, sending again"),
+                            _ => {}
+                        }
+                    }
+                    t.retried += 1;
+                    tries += 1;
+                    tokio::time::sleep(o.retry_pause).await;
+                };
+                match res {
                     Ok((st, lat)) => {
                         t.tx.push(t0.elapsed());
                         match st {
                             Status::Accept | Status::Continue => {
                                 t.accept += 1;
+                                if let Some((_, id)) =
+                                    m.headers.iter().find(|(n, _)| n == "Message-ID")
+                                {
+                                    t.accepted.push(id.clone());
+                                }
                                 t.eom.push(lat);
                             }
                             Status::Tempfail(message) => {
@@ -614,6 +661,8 @@ async fn run(o: Arc<Opts>) -> i32 {
             all.discard += t.discard;
             all.other += t.other;
             all.errors += t.errors;
+            all.retried += t.retried;
+            all.accepted.extend(t.accepted);
             all.eom.extend(t.eom);
             all.tx.extend(t.tx);
         }
@@ -626,7 +675,7 @@ async fn run(o: Arc<Opts>) -> i32 {
     println!(
         "sent={sent} accept={} tempfail={} reject={} discard={} other={} errors={} elapsed_s={elapsed:.3} \
          msgs_per_s={:.1} eom_p50_ms={:.2} eom_p90_ms={:.2} eom_p99_ms={:.2} eom_max_ms={:.2} \
-         tx_p50_ms={:.2} tx_p99_ms={:.2} client_cpu_s={cpu:.2}",
+         tx_p50_ms={:.2} tx_p99_ms={:.2} client_cpu_s={cpu:.2} retried={}",
         all.accept,
         all.tempfail,
         all.reject,
@@ -640,6 +689,15 @@ async fn run(o: Arc<Opts>) -> i32 {
         percentile(&all.eom, 100.0),
         percentile(&all.tx, 50.0),
         percentile(&all.tx, 99.0),
+        all.retried,
     );
+    if let Some(path) = &o.accepted_file {
+        let mut text = all.accepted.join("\n");
+        text.push('\n');
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("milter_load: {}: {e}", path.display());
+            return 2;
+        }
+    }
     if all.accept == sent && sent > 0 { 0 } else { 1 }
 }

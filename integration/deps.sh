@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(
   build-essential pkg-config libssl-dev ca-certificates openssl
-  libxml2-utils python3 redis-server
+  libxml2-utils python3 redis-server redis-sentinel
   clamav-daemon clamdscan postfix postfix-ldap
   swaks libnet-ssleay-perl sasl2-bin libsasl2-modules libsasl2-modules-db iproute2
   slapd ldap-utils

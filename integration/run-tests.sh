@@ -21,6 +21,9 @@ bash integration/e2e-reception.sh
 bash integration/e2e-two-providers.sh
 # End to end: the message log under SIGKILL in the middle of 1000 submissions.
 bash integration/e2e-crash.sh
+# End to end: the Redis state store behind Sentinel, a SENTINEL FAILOVER and a SIGKILL of the
+# primary in the middle of the load: no record lost, no accettazione twice.
+bash integration/e2e-sentinel.sh
 # End to end: the provider key in SoftHSM2 (PKCS#11), hsm-check, token removed and restored.
 bash integration/e2e-hsm.sh
 # End to end behind Sendmail 8.17 with the shipped .mc snippet: the reception role, receipts

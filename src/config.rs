@@ -290,6 +290,34 @@ pub struct StateConfig {
     pub retention: Duration,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Redis Sentinel addresses (`HOST:PORT`, IPv6 as `[ADDR]:PORT`).
+    /// Non-empty: the primary of `master_name` is found through them and
+    /// followed across failovers; `url` then gives only the database
+    /// number and the credentials (its host and port are not used).
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the primary under.
+    pub master_name: String,
+    /// File holding the sentinels' password (`requirepass` of the
+    /// sentinels), if they ask for one.
+    pub sentinel_password_file: Option<PathBuf>,
+    /// File holding the data nodes' password (instead of one in `url`).
+    pub password_file: Option<PathBuf>,
+    /// How many replicas must acknowledge (Redis `WAIT`) every write
+    /// before it counts as done; unset: 1 with `sentinels`, else 0.
+    pub wait_replicas: Option<u32>,
+    /// How long one write waits for those acknowledgements (shorter than
+    /// `timeout`, which bounds the whole operation and its retries).
+    #[serde(deserialize_with = "duration")]
+    pub wait_timeout: Duration,
+}
+
+impl StateConfig {
+    /// The replicas a write waits for: `wait_replicas`, or 1 with
+    /// Sentinel and 0 without.
+    pub fn replicas_to_wait(&self) -> u32 {
+        self.wait_replicas
+            .unwrap_or(if self.sentinels.is_empty() { 0 } else { 1 })
+    }
 }
 
 impl Default for StateConfig {
@@ -301,8 +329,34 @@ impl Default for StateConfig {
             prefix: "pec:".into(),
             retention: Duration::from_secs(30 * 86400),
             timeout: Duration::from_secs(2),
+            sentinels: Vec::new(),
+            master_name: String::new(),
+            sentinel_password_file: None,
+            password_file: None,
+            wait_replicas: None,
+            wait_timeout: Duration::from_millis(500),
         }
     }
+}
+
+/// A `HOST:PORT` or `[IPV6]:PORT` address (no scheme, no path); the host
+/// and the port.
+pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:")?;
+        (h, p)
+    } else {
+        let (h, p) = s.rsplit_once(':')?;
+        if h.contains(':') {
+            return None;
+        }
+        (h, p)
+    };
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    if host.is_empty() || host.contains(['/', '@', ' ', '[', ']']) {
+        return None;
+    }
+    Some((host.to_owned(), port))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -771,6 +825,7 @@ impl Config {
         if self.state.backend == StateBackend::Redis && !self.state.url.starts_with("redis") {
             return Err(invalid("state.url", "must be a redis:// or rediss:// URL"));
         }
+        self.check_state(path)?;
         if self.log.node.contains(['/', '\\']) || self.log.node.trim() == ".." {
             return Err(invalid("log.node", "a directory name: no / or \\"));
         }
@@ -820,6 +875,58 @@ impl Config {
             }
         }
         self.check_pkcs11(path)
+    }
+
+    /// The Sentinel and replication keys of `[state]` (checked whatever
+    /// the backend, so that a switch to Redis is one line).
+    fn check_state(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let st = &self.state;
+        if let Some(bad) = st.sentinels.iter().find(|s| parse_host_port(s).is_none()) {
+            return Err(invalid(
+                "state.sentinels",
+                format!("{bad:?}: use \"HOST:PORT\" (IPv6 \"[ADDR]:PORT\"), no redis:// URL"),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = st.sentinels.iter().find(|s| !seen.insert(s.as_str())) {
+            return Err(invalid("state.sentinels", format!("{dup:?} listed twice")));
+        }
+        if !st.sentinels.is_empty() && st.master_name.trim().is_empty() {
+            return Err(invalid(
+                "state.master_name",
+                "the name the sentinels monitor the primary under (SENTINEL MONITOR <name> ...)"
+                    .into(),
+            ));
+        }
+        if st.master_name.contains(char::is_whitespace) {
+            return Err(invalid("state.master_name", "no blanks".into()));
+        }
+        if st.sentinels.is_empty() && st.sentinel_password_file.is_some() {
+            return Err(invalid(
+                "state.sentinel_password_file",
+                "only with state.sentinels".into(),
+            ));
+        }
+        if st.timeout.is_zero() {
+            return Err(invalid("state.timeout", "must be more than 0".into()));
+        }
+        if st.replicas_to_wait() > 0 && (st.wait_timeout.is_zero() || st.wait_timeout >= st.timeout)
+        {
+            return Err(invalid(
+                "state.wait_timeout",
+                format!(
+                    "more than 0 and shorter than state.timeout ({:?}), so that a write whose \
+                     replicas did not answer can be tried again on the new primary",
+                    st.timeout
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `[signing.pkcs11]` when `backend = "pkcs11"` (ignored otherwise, so
@@ -1095,6 +1202,80 @@ mod tests {
         assert_eq!(h.class_of("cittadino@COMUNE.test"), HolderClass::Upr);
         assert_eq!(h.class_of("sindaco@comune.test"), HolderClass::Upa);
         assert_eq!(h.class_of("x@altro.test"), HolderClass::Upa1);
+    }
+
+    #[test]
+    fn redis_sentinel_settings() {
+        let cfg = Config::parse(
+            "[state]\nbackend = \"redis\"\nurl = \"redis://:pw@ignored:1/3\"\n\
+             sentinels = [\"127.0.0.1:26379\", \"[::1]:26380\", \"s3.example:26381\"]\n\
+             master_name = \"pec\"\nsentinel_password_file = \"/etc/pec/sentinel.pw\"\n\
+             wait_timeout = \"300ms\"\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        let st = &cfg.state;
+        assert_eq!(st.sentinels.len(), 3);
+        assert_eq!(st.master_name, "pec");
+        assert_eq!(
+            st.sentinel_password_file.as_deref(),
+            Some(Path::new("/etc/pec/sentinel.pw"))
+        );
+        assert_eq!(st.wait_timeout, Duration::from_millis(300));
+        // WAIT for one replica by default with Sentinel, none without.
+        assert_eq!(st.replicas_to_wait(), 1);
+        assert_eq!(StateConfig::default().replicas_to_wait(), 0);
+        let cfg = Config::parse(
+            "[state]\nsentinels = [\"127.0.0.1:26379\"]\nmaster_name = \"pec\"\nwait_replicas = 0\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        assert_eq!(cfg.state.replicas_to_wait(), 0);
+
+        assert_eq!(
+            parse_host_port("[::1]:26379"),
+            Some(("::1".to_string(), 26379))
+        );
+        assert_eq!(parse_host_port("h:1"), Some(("h".to_string(), 1)));
+        for bad in [
+            "127.0.0.1",
+            "::1:26379",
+            "redis://h:1",
+            "h:0",
+            "h:x",
+            ":1",
+            "[::1]",
+        ] {
+            assert_eq!(parse_host_port(bad), None, "{bad}");
+        }
+
+        let err = |text: &str| {
+            Config::parse(text, Path::new("x.toml"))
+                .expect_err(text)
+                .to_string()
+        };
+        let e = err("[state]\nsentinels = [\"redis://127.0.0.1:26379\"]\nmaster_name = \"pec\"\n");
+        assert!(
+            e.contains("state.sentinels") && e.contains("HOST:PORT"),
+            "{e}"
+        );
+        let e =
+            err("[state]\nsentinels = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\nmaster_name = \"pec\"\n");
+        assert!(e.contains("state.sentinels") && e.contains("twice"), "{e}");
+        let e = err("[state]\nsentinels = [\"127.0.0.1:26379\"]\n");
+        assert!(e.contains("state.master_name"), "{e}");
+        let e = err("[state]\nsentinels = [\"127.0.0.1:26379\"]\nmaster_name = \"a b\"\n");
+        assert!(e.contains("state.master_name"), "{e}");
+        let e = err("[state]\nsentinel_password_file = \"/x\"\n");
+        assert!(e.contains("state.sentinel_password_file"), "{e}");
+        let e = err(
+            "[state]\nsentinels = [\"127.0.0.1:26379\"]\nmaster_name = \"pec\"\ntimeout = \"1s\"\nwait_timeout = \"1s\"\n",
+        );
+        assert!(e.contains("state.wait_timeout"), "{e}");
+        let e = err("[state]\nwait_replicas = 1\nwait_timeout = \"0s\"\n");
+        assert!(e.contains("state.wait_timeout"), "{e}");
+        let e = err("[state]\nsentinel = [\"127.0.0.1:26379\"]\n");
+        assert!(e.contains("sentinel") && e.contains("line 2"), "{e}");
     }
 
     #[test]

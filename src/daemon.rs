@@ -38,7 +38,7 @@ use crate::roles::{
 use crate::smtp::Submitter;
 use crate::state::StateStore;
 use crate::state::embedded::EmbeddedStore;
-use crate::state::redis::RedisStore;
+use crate::state::redis::{RedisOptions, RedisStore, SentinelOptions};
 
 /// Connections to the reinjection listener kept for the next receipt.
 const REINJECTION_KEPT: usize = 8;
@@ -233,9 +233,38 @@ pub fn load_key(cfg: &Config) -> Result<Arc<dyn SigningKey>, DaemonError> {
 pub fn open_state(cfg: &Config) -> Result<Arc<dyn StateStore>, DaemonError> {
     Ok(match cfg.state.backend {
         StateBackend::Embedded => Arc::new(EmbeddedStore::open(&cfg.state.path)?),
-        StateBackend::Redis => Arc::new(
-            RedisStore::connect(&cfg.state.url, &cfg.state.prefix)?.with_timeout(cfg.state.timeout),
-        ),
+        StateBackend::Redis => Arc::new(RedisStore::open(redis_options(cfg)?)?),
+    })
+}
+
+/// The Redis store's options from `[state]` (passwords read from their
+/// files).
+pub fn redis_options(cfg: &Config) -> Result<RedisOptions, DaemonError> {
+    let st = &cfg.state;
+    let sentinel = if st.sentinels.is_empty() {
+        None
+    } else {
+        Some(SentinelOptions {
+            sentinels: st
+                .sentinels
+                .iter()
+                .filter_map(|s| crate::config::parse_host_port(s))
+                .collect(),
+            master_name: st.master_name.clone(),
+            password: read_password(
+                "state.sentinel_password_file",
+                st.sentinel_password_file.as_deref(),
+            )?,
+        })
+    };
+    Ok(RedisOptions {
+        url: st.url.clone(),
+        prefix: st.prefix.clone(),
+        password: read_password("state.password_file", st.password_file.as_deref())?,
+        sentinel,
+        wait_replicas: st.replicas_to_wait(),
+        wait_timeout: st.wait_timeout,
+        timeout: Some(st.timeout),
     })
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
 use pec_milter::state::embedded::EmbeddedStore;
-use pec_milter::state::redis::RedisStore;
+use pec_milter::state::redis::{RedisOptions, RedisStore, SentinelOptions};
 use pec_milter::state::{
     Claim, EnvelopeRecord, OutboxEntry, RecipientState, RecipientStatus, StateError, StateStore,
 };
@@ -981,4 +981,235 @@ async fn redis_hung_server_times_out() {
     eventually(Duration::from_secs(5), || store.ping()).await;
     let c = eventually(Duration::from_secs(5), || store.claim("hung2", "id", 1, 60)).await;
     assert_eq!(c, Claim::New);
+}
+
+// ---------------------------------------------------------------------------
+// Redis with replicas (WAIT) and Sentinel.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_behaviour_waiting_for_a_replica() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::replica_of(primary.port);
+    replica.wait_in_sync().await;
+    let url = primary.url();
+    let open = move || {
+        RedisStore::connect(&url, "pec:")
+            .expect("connect")
+            .with_wait(1, Duration::from_millis(1000))
+            .with_timeout(Duration::from_secs(3))
+    };
+    let open2 = open.clone();
+    let open_other: OpenOther = Arc::new(move || Box::new(open2()));
+    behaviour_suite(Arc::new(open()), open_other).await;
+    // What the store wrote is on the replica.
+    let mut raw = raw_connection(&replica.url()).await;
+    let n: i64 = redis::cmd("DBSIZE")
+        .query_async(&mut raw)
+        .await
+        .expect("DBSIZE");
+    assert!(n > 10, "replica holds {n} keys");
+}
+
+/// With `wait_replicas` = 1 and no replica, a write is not reported done
+/// (Unavailable: the milter answers 4xx) although the primary took it;
+/// reads work. Once a replica is there, the same call tried again finds
+/// its own earlier write: the claim is `New` (the same PEC id), the `once`
+/// marker is its own, and another caller still sees them taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unacknowledged_writes_are_unavailable_and_retry_finds_them() {
+    let primary = RedisServer::start();
+    let store = primary
+        .store("pec:")
+        .with_wait(1, Duration::from_millis(150))
+        .with_timeout(Duration::from_millis(800));
+    assert_unavailable("claim", store.claim("w", "id-w", 7, 600)).await;
+    assert_unavailable("put", store.put_envelope(&envelope("w@x", 2), 600)).await;
+    assert_unavailable("confirm", store.confirm("done", 600)).await;
+    assert_unavailable(
+        "update",
+        store.update_envelope("w@x", 600, &set_status(1, RecipientStatus::Consegnato)),
+    )
+    .await;
+    let res = store.get_envelope("w@x").await.expect("reads work");
+    assert!(res.is_some(), "the primary took the write");
+    store.ping().await.expect("ping");
+
+    let replica = RedisServer::replica_of(primary.port);
+    replica.wait_in_sync().await;
+    // The same submission tried again: its own claim, so New.
+    assert_eq!(
+        store.claim("w", "id-w", 7, 600).await.expect("claim"),
+        Claim::New
+    );
+    // Anyone else: Existing with that PEC id.
+    assert_eq!(
+        store.claim("w", "id-other", 8, 600).await.expect("claim"),
+        existing("id-w", 7, false)
+    );
+    assert!(store.once("m", 600).await.expect("once"));
+    assert!(
+        !store
+            .once("m", 600)
+            .await
+            .expect("once again: another taker")
+    );
+    // The compare-and-set that was not acknowledged had landed.
+    let rec = store
+        .get_envelope("w@x")
+        .await
+        .expect("get")
+        .expect("there");
+    assert_eq!(rec.recipients[1].status, RecipientStatus::Consegnato);
+}
+
+async fn sentinel_knows_replica(sentinel: &RedisServer, name: &str) {
+    let mut raw = raw_connection(&sentinel.url()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
+            .arg("REPLICAS")
+            .arg(name)
+            .query_async(&mut raw)
+            .await
+            .expect("SENTINEL REPLICAS");
+        if !replicas.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sentinel never saw the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sentinel_store(sentinels: &[&RedisServer], wait: u32) -> RedisStore {
+    RedisStore::open(RedisOptions {
+        // with sentinels, only the database of the URL is used
+        url: "redis://not-used.invalid:1/0".into(),
+        prefix: "pec:".into(),
+        password: None,
+        sentinel: Some(SentinelOptions {
+            sentinels: sentinels.iter().map(|s| s.addr()).collect(),
+            master_name: "pec".into(),
+            password: None,
+        }),
+        wait_replicas: wait,
+        wait_timeout: Duration::from_millis(300),
+        timeout: Some(Duration::from_secs(3)),
+    })
+    .expect("open (lazy)")
+}
+
+/// The store finds the primary through Sentinel, follows a `SENTINEL
+/// FAILOVER` by itself and keeps every acknowledged write; a sentinel list
+/// with nobody behind it is Unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_follows_a_failover() {
+    // Nobody there: lazy open, then Unavailable.
+    let nobody = RedisStore::open(RedisOptions {
+        url: "redis://x/0".into(),
+        prefix: "pec:".into(),
+        sentinel: Some(SentinelOptions {
+            sentinels: vec![("127.0.0.1".into(), free_port())],
+            master_name: "pec".into(),
+            password: None,
+        }),
+        ..RedisOptions::default()
+    })
+    .expect("lazy");
+    assert_unavailable("ping without sentinels", nobody.ping()).await;
+
+    let primary = RedisServer::start();
+    let replica = RedisServer::replica_of(primary.port);
+    replica.wait_in_sync().await;
+    let sentinel = RedisServer::sentinel(primary.port, "pec");
+    sentinel_knows_replica(&sentinel, "pec").await;
+
+    let store = sentinel_store(&[&sentinel], 1);
+    assert_eq!(store.current_primary(), None, "lazy");
+    assert_eq!(
+        store.claim("before", "id-b", 1, 600).await.expect("claim"),
+        Claim::New
+    );
+    store
+        .put_envelope(&envelope("b@x", 1), 600)
+        .await
+        .expect("put");
+    assert_eq!(
+        store.current_primary(),
+        Some(format!("127.0.0.1:{}", primary.port))
+    );
+
+    // (-NOGOODSLAVE until the sentinel has heard from the replica itself)
+    let mut raw = raw_connection(&sentinel.url()).await;
+    let start = Instant::now();
+    loop {
+        let res: redis::RedisResult<redis::Value> = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg("pec")
+            .query_async(&mut raw)
+            .await;
+        match res {
+            Ok(_) => break,
+            Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                eprintln!("SENTINEL FAILOVER: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("SENTINEL FAILOVER: {e}"),
+        }
+    }
+    // Keep working through the switch: every answer is Ok or Unavailable,
+    // and the store ends up on the promoted replica.
+    let want = format!("127.0.0.1:{}", replica.port);
+    let start = Instant::now();
+    let mut n = 0;
+    while store.current_primary().as_deref() != Some(want.as_str()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still on {:?}",
+            store.current_primary()
+        );
+        match store.claim(&format!("during-{n}"), "id", 2, 600).await {
+            Ok(Claim::New) => n += 1,
+            Ok(other) => panic!("a fresh key claimed as {other:?}"),
+            Err(StateError::Unavailable(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What was acknowledged before and during the switch is on the new
+    // primary (reads through the store, and a raw look at the node).
+    assert_eq!(
+        eventually(Duration::from_secs(20), || store
+            .claim("before", "x", 9, 600))
+        .await,
+        existing("id-b", 1, false)
+    );
+    assert!(store.get_envelope("b@x").await.expect("get").is_some());
+    for i in 0..n {
+        assert_eq!(
+            store
+                .claim(&format!("during-{i}"), "y", 3, 600)
+                .await
+                .expect("claim"),
+            existing("id", 2, false),
+            "during-{i}"
+        );
+    }
+    let mut new_primary = raw_connection(&replica.url()).await;
+    let role: Vec<redis::Value> = redis::cmd("ROLE")
+        .query_async(&mut new_primary)
+        .await
+        .expect("ROLE");
+    assert_eq!(
+        role.first(),
+        Some(&redis::Value::BulkString(b"master".to_vec()))
+    );
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("pec:claim:before")
+        .query_async(&mut new_primary)
+        .await
+        .expect("EXISTS");
+    assert_eq!(exists, 1);
 }

@@ -18,12 +18,69 @@
 //! keeps the role from building it again — so a receipt is never lost and
 //! never issued twice by the roles themselves.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use super::ports::Injector;
 use crate::state::{OutboxEntry, StateError, StateStore};
+
+/// How long the removal of a sent entry is tried again while the state
+/// store cannot write (a failover is over in seconds): a removal given up
+/// means the outbox pass sends that message once more.
+pub const DONE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Entries this process has handed to the MTA and is still removing: the
+/// pass leaves them alone (it would send them again).
+static REMOVING: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+fn removing(id: &str, on: bool) {
+    if let Ok(mut set) = REMOVING.lock() {
+        let set = set.get_or_insert_with(HashSet::new);
+        if on {
+            set.insert(id.to_string());
+        } else {
+            set.remove(id);
+        }
+    }
+}
+
+fn is_removing(id: &str) -> bool {
+    REMOVING
+        .lock()
+        .map(|s| s.as_ref().is_some_and(|s| s.contains(id)))
+        .unwrap_or(false)
+}
+
+/// Drop the sent entry `id`, trying again for up to [`DONE_PATIENCE`]
+/// while the store cannot write.
+async fn done(state: &dyn StateStore, id: &str) -> Result<(), StateError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        match state.outbox_done(id).await {
+            Err(StateError::Unavailable(cause)) if start.elapsed() + pause < DONE_PATIENCE => {
+                if first {
+                    removing(id, true);
+                    first = false;
+                }
+                tracing::warn!(message_id = %id, cause = %cause,
+                    "sent, the outbox cannot drop it yet: trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            res => {
+                if !first {
+                    removing(id, false);
+                }
+                return res;
+            }
+        }
+    }
+}
 
 /// Hand `entries` (just queued) to the MTA; each one accepted leaves the
 /// outbox. How many were sent now; the rest wait for the outbox pass.
@@ -51,7 +108,7 @@ async fn send_one(
     match injector.inject(&e.from, &e.to, &e.message).await {
         Ok(()) => {
             tracing::info!(pec_id = %e.pec_id, kind = %e.kind, to = ?e.to, message_id = %e.id, "{what}");
-            if let Err(err) = state.outbox_done(&e.id).await {
+            if let Err(err) = done(state, &e.id).await {
                 tracing::warn!(message_id = %e.id, error = %err,
                     "sent, but still in the outbox: the outbox pass may send it again (same Message-ID)");
             }
@@ -84,6 +141,9 @@ impl OutboxSender<'_> {
         let due = self.state.outbox_due(before, 500).await?;
         let mut sent = 0;
         for e in &due {
+            if is_removing(&e.id) {
+                continue; // sent by this process a moment ago
+            }
             if !self
                 .state
                 .once(&format!("outbox:{}", e.id), self.lease.as_secs().max(1))

@@ -18,6 +18,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    /// More arguments (after the port, dir and persistence ones).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -26,14 +28,83 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, Vec::new())
+    }
+
+    fn start_with(port: u16, extra: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir for redis-server");
         let mut server = Self {
             child: None,
             port,
             dir,
+            extra,
         };
         server.spawn();
         server
+    }
+
+    /// A replica of the server on `primary_port` (syncing: see
+    /// [`wait_in_sync`](Self::wait_in_sync)).
+    pub fn replica_of(primary_port: u16) -> Self {
+        Self::start_with(
+            free_port(),
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary_port.to_string(),
+                "--repl-diskless-sync".into(),
+                "yes".into(),
+                "--repl-diskless-sync-delay".into(),
+                "0".into(),
+            ],
+        )
+    }
+
+    /// A sentinel (`redis-server --sentinel`) monitoring the primary on
+    /// `primary_port` as `name`, quorum 1, down after 1 s.
+    pub fn sentinel(primary_port: u16, name: &str) -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir for the sentinel");
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {primary_port} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 10000\n"
+            ),
+        )
+        .expect("sentinel.conf");
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+            extra: vec!["--sentinel".into()],
+        };
+        server.spawn_with_conf(Some(conf));
+        server
+    }
+
+    /// `ADDR:PORT` as a sentinel list names it.
+    pub fn addr(&self) -> (String, u16) {
+        ("127.0.0.1".into(), self.port)
+    }
+
+    /// Wait until this replica's link to its primary is up.
+    pub async fn wait_in_sync(&self) {
+        let mut raw = raw_connection(&self.url()).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let info: String = ::redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut raw)
+                .await
+                .expect("INFO");
+            if info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replica never in sync:\n{info}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -41,17 +112,27 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with_conf(None);
+    }
+
+    fn spawn_with_conf(&mut self, conf: Option<PathBuf>) {
         assert!(self.child.is_none(), "redis-server already running");
         let log = std::fs::File::create(self.log_path()).expect("redis log file");
         let log2 = log.try_clone().expect("redis log file");
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(conf) = conf {
+            // a sentinel: its config file first (it rewrites it)
+            cmd.arg(conf);
+        } else {
+            cmd.args(["--save", ""]).args(["--appendonly", "no"]);
+        }
+        let child = cmd
             .arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
