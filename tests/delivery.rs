@@ -490,28 +490,6 @@ async fn a_key_failing_after_storage_keeps_the_receipts_pending_until_it_signs()
 
 // ------------------------------------------------------------------ genuine envelopes only
 
-/// `env` with its signature part removed: the multipart/signed keeps only
-/// its signed content.
-fn without_signature(env: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(env);
-    let at = text.find("boundary=\"").expect("boundary") + "boundary=\"".len();
-    let boundary = &text[at..at + text[at..].find('"').expect("closing quote")];
-    // the delimiter before the last part, the signature
-    let delim = format!("\r\n--{boundary}\r\n");
-    let last = text.rfind(&delim).expect("the signature part's delimiter");
-    let mut out = env[..last].to_vec();
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let msg = read(&out).expect("read");
-    let signed = msg.signed.expect("still multipart/signed");
-    assert!(
-        signed.p7s.is_none(),
-        "signature part left: {:?}",
-        signed.problem
-    );
-    assert!(msg.postacert.is_some(), "the signed content is whole");
-    out
-}
-
 /// The messages stored for `user`, oldest first.
 fn stored_messages(dir: &std::path::Path, user: &str) -> Vec<Vec<u8>> {
     let Ok(rd) = std::fs::read_dir(dir.join("mail/pec.other.test").join(user).join("new")) else {

@@ -13,17 +13,16 @@ use common::*;
 use pec_milter::config::OrdinaryMail;
 use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::pem::PemKey;
-use pec_milter::crypto::pki::Pki;
 use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
-use pec_milter::index::{IndexSource, ProviderEntry, ProviderIndex, certificate_hash, ldif};
-use pec_milter::pec::build::{Provider, Signer, Transaction, build_busta_trasporto};
+use pec_milter::index::{IndexSource, ProviderIndex, ldif};
+use pec_milter::pec::build::{Provider, Signer, Transaction};
 use pec_milter::pec::inspect::inspect;
 use pec_milter::pec::reader::read;
-use pec_milter::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
+use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
+use pec_milter::roles::Inbound;
 use pec_milter::roles::reception::ReceptionPoint;
-use pec_milter::roles::{Inbound, Original};
 use pec_milter::roles::{InjectError, Injector, Outcome, ScanError, Scanner, Verdict};
-use pec_milter::spool::{SpoolOptions, SpoolWriter};
+use pec_milter::spool::SpoolOptions;
 use pec_milter::state::StateStore;
 use pec_milter::state::embedded::EmbeddedStore;
 
@@ -70,37 +69,6 @@ impl Recorder {
 
     fn all(&self) -> Vec<Injected> {
         self.0.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-}
-
-/// Provider B, another PEC provider, with its own CA.
-struct Other {
-    pki: Pki,
-    key: PemKey,
-}
-
-fn other() -> &'static Other {
-    static O: std::sync::OnceLock<Other> = std::sync::OnceLock::new();
-    O.get_or_init(|| {
-        let pki = Pki::generate("Beta PEC S.p.A.", "pec.b.test", 365).expect("pki B");
-        let key = pki.signing_key().expect("key B");
-        Other { pki, key }
-    })
-}
-
-fn entry(name: &str, cert_pem: &[u8], domains: &[&str], receipt: &str) -> ProviderEntry {
-    let der = openssl::x509::X509::from_pem(cert_pem)
-        .expect("cert")
-        .to_der()
-        .expect("der");
-    ProviderEntry {
-        dn: format!("providerName={name},o=postacert"),
-        name: name.into(),
-        unit: None,
-        cert_hashes: vec![certificate_hash(&der)],
-        certificates: vec![der],
-        mail_receipt: receipt.into(),
-        managed_domains: domains.iter().map(|d| d.to_string()).collect(),
     }
 }
 
@@ -218,66 +186,12 @@ async fn rig(ordinary: OrdinaryMail, verify_at: VerifyAt, load: bool) -> Rig {
     }
 }
 
-/// An envelope from provider B's holder to our holder.
-fn envelope_from_b(body: &str, key: &PemKey, from_domain: &str) -> Vec<u8> {
-    let original = format!(
-        "From: luigi@pec.b.test\r\nTo: mario@pec.acme.test\r\nSubject: Offerta\r\nMessage-ID: <o.1@client.b>\r\n\r\n{body}\r\n"
-    );
-    let tx = Transaction {
-        identificativo: "opec.b.1@pec.b.test".into(),
-        mittente: "luigi@pec.b.test".into(),
-        destinatari: vec![Destinatario {
-            address: "mario@pec.acme.test".into(),
-            tipo: TipoDestinatario::Certificato,
-        }],
-        risposte: "luigi@pec.b.test".into(),
-        oggetto: "Offerta".into(),
-        msgid: Some("<o.1@client.b>".into()),
-        ricevuta: TipoRicevuta::Completa,
-    };
-    let prov = Provider {
-        name: "Beta PEC S.p.A.".into(),
-        domain: from_domain.into(),
-    };
-    build_busta_trasporto(
-        &prov,
-        &tx,
-        original.as_bytes(),
-        Utc::now(),
-        Signer {
-            key,
-            digest: DigestAlg::Sha256,
-        },
-    )
-    .expect("build")
-    .to_bytes()
-}
-
 fn inbound(message: Vec<u8>) -> Inbound {
     Inbound {
         queue_id: Some("Q1".into()),
         mail_from: "posta-certificata@pec.b.test".into(),
         rcpts: vec!["mario@pec.acme.test".into()],
         message: on_disk(&message),
-    }
-}
-
-/// The message as the milter holds a large one: header in memory, body in
-/// a spool file (memory limit 0), which the reception point maps.
-fn on_disk(message: &[u8]) -> Original {
-    let mem = Original::from_bytes(message);
-    let mut w = SpoolWriter::new(SpoolOptions {
-        dir: std::env::temp_dir(),
-        memory_limit: 0,
-    });
-    mem.body
-        .for_each_chunk::<std::io::Error>(|c| w.write(c))
-        .expect("spool");
-    let body = w.finish().expect("spool");
-    assert!(body.is_on_disk() || body.is_empty());
-    Original {
-        header: mem.header,
-        body,
     }
 }
 
@@ -590,57 +504,6 @@ async fn a_take_charge_receipt_for_our_envelope_updates_its_state() {
     let got = record(&r, "opec.20261125093015.1234.1@pec.acme.test").await;
     assert_eq!(got.recipients[0].status, RecipientStatus::PresaInCarico);
     assert!(r.injected.all().is_empty());
-}
-
-/// Make a CRL for B's CA with `openssl ca`, revoking B's provider
-/// certificate when `revoke` is true.
-fn crl_for_b(dir: &std::path::Path, revoke: bool) -> std::path::PathBuf {
-    let w = |name: &str, data: &[u8]| {
-        let p = dir.join(name);
-        std::fs::write(&p, data).expect("write");
-        p
-    };
-    let ca = w("ca.pem", &other().pki.ca_cert_pem);
-    let key = w("ca.key", &other().pki.ca_key_pem);
-    let leaf = w("leaf.pem", &other().pki.cert_pem);
-    w("index.txt", b"");
-    w("crlnumber", b"01\n");
-    let cnf = w(
-        "ca.cnf",
-        format!(
-            "[ ca ]\ndefault_ca = d\n[ d ]\ndatabase = {}/index.txt\ncrlnumber = {}/crlnumber\ndefault_md = sha256\ndefault_crl_days = 30\n",
-            dir.display(),
-            dir.display()
-        )
-        .as_bytes(),
-    );
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let (cnf, key, ca, leaf) = (
-        cnf.to_string_lossy().into_owned(),
-        key.to_string_lossy().into_owned(),
-        ca.to_string_lossy().into_owned(),
-        leaf.to_string_lossy().into_owned(),
-    );
-    if revoke {
-        run(&[
-            "ca", "-config", &cnf, "-keyfile", &key, "-cert", &ca, "-revoke", &leaf,
-        ]);
-    }
-    let crl = dir.join("b.crl.pem").to_string_lossy().into_owned();
-    run(&[
-        "ca", "-config", &cnf, "-keyfile", &key, "-cert", &ca, "-gencrl", "-out", &crl,
-    ]);
-    dir.join("b.crl.pem")
 }
 
 #[tokio::test]

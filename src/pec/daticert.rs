@@ -394,14 +394,25 @@ fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
         .map(|p| p + from)
 }
 
-/// Refuse element nesting deeper than [`MAX_DEPTH`] without recursing, and
+/// Most text the internal entities of a DOCTYPE may expand into, as
+/// bounded by [`check_depth`]. A daticert has no use for more than a few
+/// hundred bytes of entity text.
+const MAX_ENTITY_EXPANSION: usize = 4 << 20;
+
+/// Refuse element nesting deeper than [`MAX_DEPTH`] without recursing,
 /// DOCTYPE internal subsets whose quoted values could expand into markup
-/// (`<` or a character reference), which would bypass this count.
+/// (`<` or a character reference), which would bypass this count, and
+/// internal entities referenced so often that their expansion could exceed
+/// [`MAX_ENTITY_EXPANSION`].
 /// Malformed input is let through: the parser reports it.
 fn check_depth(s: &[u8]) -> Result<(), DatiCertError> {
     let too_deep = || DatiCertError::Xml(format!("elements nested deeper than {MAX_DEPTH}"));
     let mut depth = 0usize;
     let mut i = 0;
+    // The longest quoted value of an internal subset, and where the DOCTYPE
+    // ends (see `check_expansion`).
+    let mut longest_value = 0usize;
+    let mut doctype_end = None;
     while let Some(lt) = find(s, i, b"<") {
         let rest = &s[lt..];
         let skip_to = |end: &[u8], from: usize| find(s, from, end).map(|p| p + end.len());
@@ -412,7 +423,9 @@ fn check_depth(s: &[u8]) -> Result<(), DatiCertError> {
         } else if rest.starts_with(b"<?") {
             skip_to(b"?>", lt + 2)
         } else if rest.starts_with(b"<!") {
-            skip_declaration(s, lt + 2)?
+            let end = skip_declaration(s, lt + 2, &mut longest_value)?;
+            doctype_end = end;
+            end
         } else if rest.starts_with(b"</") {
             depth = depth.saturating_sub(1);
             skip_to(b">", lt + 2)
@@ -434,6 +447,35 @@ fn check_depth(s: &[u8]) -> Result<(), DatiCertError> {
             None => break,
         }
     }
+    match doctype_end {
+        Some(end) if longest_value > 0 => check_expansion(&s[end..], longest_value),
+        _ => Ok(()),
+    }
+}
+
+/// Hostile input (tests/hostile.rs, a 64 KB entity referenced 20 000
+/// times): roxmltree bounds the references made *inside* entities (255 per
+/// reference of the document, 10 deep) but not the references the document
+/// itself makes, so one large entity referenced many times expanded into
+/// gigabytes of text. Each reference of the document expands to at most
+/// 256 entity values of at most `longest_value` bytes: refuse the file when
+/// that bound, over all its references to entities other than the
+/// predefined ones, exceeds [`MAX_ENTITY_EXPANSION`].
+fn check_expansion(document: &[u8], longest_value: usize) -> Result<(), DatiCertError> {
+    const PREDEFINED: [&[u8]; 5] = [b"lt;", b"gt;", b"amp;", b"quot;", b"apos;"];
+    let references = document
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| {
+            let rest = document.get(i + 1..).unwrap_or_default();
+            b == b'&' && !rest.starts_with(b"#") && !PREDEFINED.iter().any(|p| rest.starts_with(p))
+        })
+        .count();
+    if references.saturating_mul(256).saturating_mul(longest_value) > MAX_ENTITY_EXPANSION {
+        return Err(DatiCertError::Xml(format!(
+            "{references} references to DOCTYPE entities could expand beyond {MAX_ENTITY_EXPANSION} bytes"
+        )));
+    }
     Ok(())
 }
 
@@ -451,8 +493,13 @@ fn skip_tag(s: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// From after `<!` (a DOCTYPE) to just past its final `>`, through an
-/// internal subset, its comments, PIs and quoted values.
-fn skip_declaration(s: &[u8], mut i: usize) -> Result<Option<usize>, DatiCertError> {
+/// internal subset, its comments, PIs and quoted values; `longest_value`
+/// grows to the longest quoted value inside the internal subset.
+fn skip_declaration(
+    s: &[u8],
+    mut i: usize,
+    longest_value: &mut usize,
+) -> Result<Option<usize>, DatiCertError> {
     let mut brackets = 0usize;
     while let Some(&b) = s.get(i) {
         match b {
@@ -461,6 +508,9 @@ fn skip_declaration(s: &[u8], mut i: usize) -> Result<Option<usize>, DatiCertErr
                     return Ok(None);
                 };
                 let value = &s[i + 1..end];
+                if brackets > 0 {
+                    *longest_value = (*longest_value).max(value.len());
+                }
                 if value.contains(&b'<') || find(value, 0, b"&#").is_some() {
                     return Err(DatiCertError::Xml(
                         "DOCTYPE declares an entity that may expand into markup".to_string(),

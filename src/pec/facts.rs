@@ -47,7 +47,8 @@ pub struct Facts {
     pub reply_to: Option<String>,
     /// The subject, RFC 2047 words decoded ("" when missing).
     pub subject: String,
-    /// The first non-empty `Message-ID:`, with angle brackets.
+    /// The first non-empty `Message-ID:` without control characters, with
+    /// angle brackets.
     pub msgid: Option<String>,
     /// `X-TipoRicevuta:` (completa when missing or unknown).
     pub ricevuta: TipoRicevuta,
@@ -121,7 +122,11 @@ impl Facts {
                 f.subject = mime::decode_words(&h.unfolded());
             } else if h.is("Message-ID") && f.msgid.is_none() {
                 let v = h.unfolded();
-                if !v.is_empty() {
+                // Hostile input (tests/hostile.rs, a NUL inside a holder's
+                // Message-ID): a value that cannot stand in a header field
+                // made the envelope and every notice fail to build, a 4xx
+                // for ever; it is no msgid (as an empty one is not).
+                if !v.is_empty() && !v.contains(|c: char| c.is_control()) {
                     f.msgid = Some(if v.starts_with('<') {
                         v
                     } else {

@@ -209,9 +209,14 @@ pub fn anomalia_of(
     sicurezza: bool,
 ) -> Anomalia {
     Anomalia {
+        // Hostile input (tests/hostile.rs, a NUL inside the From: address):
+        // an address that cannot stand in a header field made the anomaly
+        // envelope fail to build, a 4xx for ever instead of the anomaly the
+        // rules ask for; such a From: is not used, the reverse path is.
         mittente: msg
             .and_then(|m| m.from.as_deref())
             .and_then(mime::addr_spec)
+            .filter(|a| !a.contains(['\r', '\n', '\0']))
             .unwrap_or_else(|| mail_from.to_string()),
         oggetto: msg.and_then(|m| m.subject.clone()).unwrap_or_default(),
         errore: why.to_string(),

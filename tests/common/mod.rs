@@ -14,11 +14,16 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use chrono::{DateTime, TimeZone, Utc};
+use pec_milter::crypto::DigestAlg;
 use pec_milter::crypto::pem::PemKey;
 use pec_milter::crypto::pki::Pki;
 use pec_milter::crypto::verify::TrustStore;
-use pec_milter::pec::build::{Provider, Transaction};
+use pec_milter::index::{ProviderEntry, certificate_hash};
+use pec_milter::pec::build::{Provider, Signer, Transaction, build_busta_trasporto};
+use pec_milter::pec::reader::read;
 use pec_milter::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
+use pec_milter::roles::Original;
+use pec_milter::spool::{SpoolOptions, SpoolWriter};
 use pec_milter::state::{StateError, StateStore};
 
 pub fn fixtures() -> PathBuf {
@@ -388,4 +393,166 @@ impl StateStore for DownStore {
     async fn ping(&self) -> Result<(), StateError> {
         Err(StateError::Unavailable("down".into()))
     }
+}
+
+// ---------------------------------------------------------------------------
+// Provider B and the inputs the roles' tests share (reception, delivery,
+// hostile).
+
+/// Provider B, another PEC provider, with its own CA.
+pub struct Other {
+    pub pki: Pki,
+    pub key: PemKey,
+}
+
+pub fn other() -> &'static Other {
+    static O: std::sync::OnceLock<Other> = std::sync::OnceLock::new();
+    O.get_or_init(|| {
+        let pki = Pki::generate("Beta PEC S.p.A.", "pec.b.test", 365).expect("pki B");
+        let key = pki.signing_key().expect("key B");
+        Other { pki, key }
+    })
+}
+
+pub fn entry(name: &str, cert_pem: &[u8], domains: &[&str], receipt: &str) -> ProviderEntry {
+    let der = openssl::x509::X509::from_pem(cert_pem)
+        .expect("cert")
+        .to_der()
+        .expect("der");
+    ProviderEntry {
+        dn: format!("providerName={name},o=postacert"),
+        name: name.into(),
+        unit: None,
+        cert_hashes: vec![certificate_hash(&der)],
+        certificates: vec![der],
+        mail_receipt: receipt.into(),
+        managed_domains: domains.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// An envelope from provider B's holder to our holder.
+pub fn envelope_from_b(body: &str, key: &PemKey, from_domain: &str) -> Vec<u8> {
+    let original = format!(
+        "From: luigi@pec.b.test\r\nTo: mario@pec.acme.test\r\nSubject: Offerta\r\nMessage-ID: <o.1@client.b>\r\n\r\n{body}\r\n"
+    );
+    let tx = Transaction {
+        identificativo: "opec.b.1@pec.b.test".into(),
+        mittente: "luigi@pec.b.test".into(),
+        destinatari: vec![Destinatario {
+            address: "mario@pec.acme.test".into(),
+            tipo: TipoDestinatario::Certificato,
+        }],
+        risposte: "luigi@pec.b.test".into(),
+        oggetto: "Offerta".into(),
+        msgid: Some("<o.1@client.b>".into()),
+        ricevuta: TipoRicevuta::Completa,
+    };
+    let prov = Provider {
+        name: "Beta PEC S.p.A.".into(),
+        domain: from_domain.into(),
+    };
+    build_busta_trasporto(
+        &prov,
+        &tx,
+        original.as_bytes(),
+        Utc::now(),
+        Signer {
+            key,
+            digest: DigestAlg::Sha256,
+        },
+    )
+    .expect("build")
+    .to_bytes()
+}
+
+/// The message as the milter holds a large one: header in memory, body in
+/// a spool file (memory limit 0), which the reception point maps.
+pub fn on_disk(message: &[u8]) -> Original {
+    let mem = Original::from_bytes(message);
+    let mut w = SpoolWriter::new(SpoolOptions {
+        dir: std::env::temp_dir(),
+        memory_limit: 0,
+    });
+    mem.body
+        .for_each_chunk::<std::io::Error>(|c| w.write(c))
+        .expect("spool");
+    let body = w.finish().expect("spool");
+    assert!(body.is_on_disk() || body.is_empty());
+    Original {
+        header: mem.header,
+        body,
+    }
+}
+
+/// Make a CRL for B's CA with `openssl ca`, revoking B's provider
+/// certificate when `revoke` is true.
+pub fn crl_for_b(dir: &std::path::Path, revoke: bool) -> std::path::PathBuf {
+    let w = |name: &str, data: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, data).expect("write");
+        p
+    };
+    let ca = w("ca.pem", &other().pki.ca_cert_pem);
+    let key = w("ca.key", &other().pki.ca_key_pem);
+    let leaf = w("leaf.pem", &other().pki.cert_pem);
+    w("index.txt", b"");
+    w("crlnumber", b"01\n");
+    let cnf = w(
+        "ca.cnf",
+        format!(
+            "[ ca ]\ndefault_ca = d\n[ d ]\ndatabase = {}/index.txt\ncrlnumber = {}/crlnumber\ndefault_md = sha256\ndefault_crl_days = 30\n",
+            dir.display(),
+            dir.display()
+        )
+        .as_bytes(),
+    );
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (cnf, key, ca, leaf) = (
+        cnf.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+        ca.to_string_lossy().into_owned(),
+        leaf.to_string_lossy().into_owned(),
+    );
+    if revoke {
+        run(&[
+            "ca", "-config", &cnf, "-keyfile", &key, "-cert", &ca, "-revoke", &leaf,
+        ]);
+    }
+    let crl = dir.join("b.crl.pem").to_string_lossy().into_owned();
+    run(&[
+        "ca", "-config", &cnf, "-keyfile", &key, "-cert", &ca, "-gencrl", "-out", &crl,
+    ]);
+    dir.join("b.crl.pem")
+}
+
+/// `env` with its signature part removed: the multipart/signed keeps only
+/// its signed content.
+pub fn without_signature(env: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(env);
+    let at = text.find("boundary=\"").expect("boundary") + "boundary=\"".len();
+    let boundary = &text[at..at + text[at..].find('"').expect("closing quote")];
+    // the delimiter before the last part, the signature
+    let delim = format!("\r\n--{boundary}\r\n");
+    let last = text.rfind(&delim).expect("the signature part's delimiter");
+    let mut out = env[..last].to_vec();
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let msg = read(&out).expect("read");
+    let signed = msg.signed.expect("still multipart/signed");
+    assert!(
+        signed.p7s.is_none(),
+        "signature part left: {:?}",
+        signed.problem
+    );
+    assert!(msg.postacert.is_some(), "the signed content is whole");
+    out
 }
