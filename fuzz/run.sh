@@ -18,11 +18,11 @@
 #
 # The bar is 10 minutes (600 s) per target. Done so far
 # (2026-12-07, 2 cores shared with other builds, two targets at a time; runs
-# and exec/s in BENCHMARKS.md, "Fuzzing"): daticert and lmtp 600 s (180 +
-# 420, the corpus kept between runs); reader, ldif, smtp_reply,
-# clamd_reply, milter and config 180 s only. STILL OWED: the 600 s run of
-# those six (`fuzz/run.sh TARGET 600` each, or `fuzz/run.sh all`, about
-# 80 minutes on one core).
+# and exec/s in BENCHMARKS.md, "Fuzzing"): reader, daticert, lmtp and
+# milter 600 s (180 + 420, the corpus kept between runs); ldif,
+# smtp_reply, clamd_reply and config 180 s only. STILL OWED: the 600 s run
+# of those four (`fuzz/run.sh TARGET 600` each), and `fuzz/run.sh all` once
+# on an idle machine (about 80 minutes on one core).
 #
 # Seeds are copied into fuzz/corpus/TARGET/ (git-ignored) from
 # tests/fixtures and tests/fixtures/fuzz/TARGET/. A crash leaves its input in
