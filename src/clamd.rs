@@ -413,6 +413,29 @@ where
     }
 }
 
+/// What the client makes of the bytes clamd sends back over `conn`: the
+/// reply to an `INSTREAM` scan of a few bytes (read through [`Conn`]'s
+/// bound, then [`parse_scan_reply`]). No network, no timeout: for the fuzz
+/// target (`fuzz/`) and its regression test.
+#[doc(hidden)]
+pub async fn scan_reply_over<S>(conn: S) -> Result<Verdict, ClamdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let reply = instream(conn, &b"fuzz"[..]).await?;
+    parse_scan_reply(&reply)
+}
+
+/// The same for the reply to `zPING` (the text the client compares with
+/// `PONG`).
+#[doc(hidden)]
+pub async fn ping_reply_over<S>(conn: S) -> Result<String, ClamdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    ping(Conn::new(conn)).await
+}
+
 /// `stream: OK` → Clean, `stream: NAME FOUND` → Infected(NAME), else error.
 fn parse_scan_reply(reply: &str) -> Result<Verdict, ClamdError> {
     if reply.is_empty() {

@@ -1032,15 +1032,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a duration like 30s, 5m, 12h, 30d"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
+    let mult: u64 = match unit.trim() {
+        "" | "s" => 1,
         "ms" => return Ok(Duration::from_millis(n)),
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => return Err(format!("{s:?}: unknown unit (use ms, s, m, h, d)")),
     };
-    Ok(Duration::from_secs(secs))
+    // Checked: `9999999999999999h` panicked (debug) or wrapped to a wrong
+    // duration (release); found reviewing the fuzz target `config`.
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 /// `100MB`, `1MiB`, `512KB`, `2GB`, or a bare number of bytes (binary units).
@@ -1182,6 +1186,9 @@ mod tests {
 
     #[test]
     fn units() {
+        assert!(parse_duration("9999999999999999h").is_err());
+        assert!(parse_duration("213503982334601d").is_ok());
+        assert!(parse_duration("213503982334602d").is_err());
         assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43200)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("x").is_err());

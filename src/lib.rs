@@ -12,7 +12,8 @@
 //!   [`logins`] (the holders kept in LDAP).
 //! - [`state`], [`index`], [`log`]: the state store (Redis or embedded),
 //!   the providers' index and the legal message log; [`config`];
-//!   [`daemon`]: the composition root.
+//!   [`daemon`]: the composition root; `fuzz_api`: what the fuzz targets
+//!   call (hidden).
 //! - Support: [`spool`], [`keep`], [`rt`], [`listen`], [`ldap`].
 //!
 //! README "Architecture" gives the arrows allowed; `tests/layers.rs` keeps
@@ -22,6 +23,8 @@ pub mod clamd;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod health;
 pub mod index;
 pub mod keep;

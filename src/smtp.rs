@@ -31,7 +31,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, timeout_at};
@@ -400,14 +402,7 @@ impl Session {
 
         let ehlo = self.step("EHLO", Some(format!("EHLO {helo}"))).await?;
         if ehlo.code == 250 {
-            // First line is the server's name, the rest are extensions.
-            Ok(ehlo
-                .lines
-                .iter()
-                .skip(1)
-                .filter_map(|l| l.split_whitespace().next())
-                .map(str::to_ascii_uppercase)
-                .collect())
+            Ok(ehlo_keywords(&ehlo))
         } else if (500..600).contains(&ehlo.code) {
             let helo_reply = self.step("HELO", Some(format!("HELO {helo}"))).await?;
             expect(&helo_reply, "HELO", &[250])?;
@@ -545,9 +540,51 @@ async fn write_data<W: AsyncWrite + Unpin>(w: &mut W, message: &[u8]) -> io::Res
     w.write_all(b".\r\n").await
 }
 
+/// The EHLO keywords of a 250 reply: its first line is the server's name,
+/// the rest are extensions.
+fn ehlo_keywords(ehlo: &Reply) -> Vec<String> {
+    ehlo.lines
+        .iter()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
+/// Every reply in `reader`, read as the client reads them up to the first
+/// error (the last item), each taken through what the client makes of a
+/// reply: EHLO keywords, accepted (250) or refused, the queue id of an
+/// accepted one. No network, no timeout: for the fuzz target (`fuzz/`) and
+/// its regression test.
+#[doc(hidden)]
+pub async fn read_replies<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Vec<Result<SubmitReceipt, SubmitError>> {
+    let mut out = Vec::new();
+    loop {
+        // Each reply consumes at least one byte, and EOF is an error: ends.
+        let reply = match read_reply(reader, "FUZZ").await {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(Err(e));
+                return out;
+            }
+        };
+        let _ = ehlo_keywords(&reply);
+        let r = expect(&reply, "FUZZ", &[250]).map(|()| SubmitReceipt {
+            code: reply.code,
+            text: reply.text(),
+        });
+        if let Ok(receipt) = &r {
+            let _ = receipt.queue_id();
+        }
+        out.push(r);
+    }
+}
+
 /// Read one (possibly multi-line) reply.
-async fn read_reply(
-    reader: &mut BufReader<OwnedReadHalf>,
+async fn read_reply<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
     step: &'static str,
 ) -> Result<Reply, SubmitError> {
     let mut lines = Vec::new();

@@ -187,6 +187,25 @@ pub async fn serve_with(
     Ok(())
 }
 
+/// Serve one connection over any byte stream to its end, as each accepted
+/// connection is served (with no shutdown): the command parser, DATA and
+/// the replies with no socket (the fuzz target in `fuzz/` and its
+/// regression test).
+pub async fn serve_stream<R, W>(
+    r: R,
+    w: W,
+    peer: String,
+    handler: Arc<dyn LmtpHandler>,
+    config: Arc<ServerConfig>,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    // Never set: the receiver sees "not stopping" as long as it lives.
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    Session::new(peer, handler, config, stop_rx).run(r, w).await;
+}
+
 enum Io {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),

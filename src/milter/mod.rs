@@ -19,7 +19,7 @@ use indymilter::{
     ProtoOpts, SetErrorReply, Status,
 };
 
-use crate::pec::facts::{PROVIDER_ONLY_HEADERS, is_inherited};
+use crate::pec::facts::{Facts, PROVIDER_ONLY_HEADERS, is_inherited};
 use crate::pec::mime::header_fields;
 use crate::roles::access::{AccessPoint, Admission, not_owner_text};
 use crate::roles::reception::ReceptionPoint;
@@ -76,6 +76,52 @@ impl Session {
         };
     }
 
+    /// One header callback: the field appended to the header block.
+    /// Folded values arrive with bare LF; the field is rebuilt with CRLF.
+    fn add_header(&mut self, name: &[u8], value: &[u8]) {
+        self.header.extend_from_slice(name);
+        self.header.push(b':');
+        let mut prev = 0u8;
+        for &b in value {
+            if b == b'\n' && prev != b'\r' {
+                self.header.push(b'\r');
+            }
+            self.header.push(b);
+            prev = b;
+        }
+        self.header.extend_from_slice(b"\r\n");
+    }
+
+    /// One body callback: the chunk appended to the spooled body (line
+    /// ends made CRLF). Past the memory limit this writes to the spool
+    /// file: small blocking writes into the page cache, as the MTA streams
+    /// the body in. A failure is kept for end of message.
+    fn add_body(&mut self, chunk: &[u8], spool: SpoolOptions) {
+        let w = self.body.get_or_insert_with(|| SpoolWriter::new(spool));
+        if let Err(e) = w.write(chunk) {
+            tracing::error!(error = %e, "cannot spool the message body");
+            self.spool_error = Some(e.to_string());
+            self.body = None;
+        }
+    }
+
+    /// At end of message: the header block and the finished body, or the
+    /// text of the temporary failure when the body could not be spooled.
+    fn take_message(&mut self) -> Result<(Vec<u8>, Spooled), String> {
+        if let Some(e) = self.spool_error.take() {
+            self.body = None;
+            return Err(format!("cannot spool the message: {}", one_line(&e)));
+        }
+        let body = match self.body.take().map(SpoolWriter::finish).transpose() {
+            Ok(b) => b.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot spool the message body");
+                return Err("cannot spool the message, try again later".to_owned());
+            }
+        };
+        Ok((std::mem::take(&mut self.header), body))
+    }
+
     /// `Continue`, or `Noreply` where the MTA does not wait for an answer.
     fn go_on(&self, stage: ProtoOpts) -> Status {
         if self.noreply.contains(stage) {
@@ -96,6 +142,59 @@ fn bare_path(arg: &str) -> String {
     let t = t.strip_prefix('<').unwrap_or(t);
     let t = t.strip_suffix('>').unwrap_or(t);
     t.to_string()
+}
+
+/// What [`read_callbacks`] gives.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ReadMessage {
+    /// What end of message hands to the roles.
+    pub message: Original,
+    /// The facts of its header.
+    pub facts: Facts,
+    /// Its header without the PEC marker fields (what an envelope carries).
+    pub clean: Vec<u8>,
+    /// The deletions the envelope rewrite, then the provider-only strip,
+    /// would ask of the MTA.
+    pub deletions: Vec<(String, i32)>,
+}
+
+/// What the milter reads from the MTA's header and body callbacks, with
+/// no MTA: each `(name, value)` through the header callback's code, each
+/// chunk through the body callback's, the message end of message hands to
+/// the roles, the facts they read from its header (with the header block
+/// an envelope carries) and the deletions both rewrites would ask of the
+/// MTA. For the fuzz target (`fuzz/`) and its regression test.
+#[doc(hidden)]
+pub fn read_callbacks(
+    fields: &[(&[u8], &[u8])],
+    chunks: &[&[u8]],
+    spool: SpoolOptions,
+) -> Result<ReadMessage, String> {
+    let mut s = Session {
+        mode: Mode::Access,
+        ..Session::default()
+    };
+    for (name, value) in fields {
+        s.add_header(name, value);
+    }
+    for chunk in chunks {
+        s.add_body(chunk, spool.clone());
+    }
+    let (header, body) = s.take_message()?;
+    let (facts, clean) = Facts::read_clean(&header);
+    let mut dels = deletions(&header, |name| !is_inherited(name, false));
+    dels.extend(deletions(&header, |name| {
+        PROVIDER_ONLY_HEADERS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name))
+    }));
+    Ok(ReadMessage {
+        message: Original { header, body },
+        facts,
+        clean,
+        deletions: dels,
+    })
 }
 
 /// The callbacks, each a thin wrapper over a plain function.
@@ -222,21 +321,7 @@ fn header(cx: &mut Context<Session>, name: &CString, value: &CString) -> Status 
     let Some(s) = cx.data.as_mut() else {
         return Status::Continue;
     };
-    {
-        // Folded values arrive with bare LF; rebuild the field with CRLF.
-        s.header.extend_from_slice(name.as_bytes());
-        s.header.push(b':');
-        let v = value.as_bytes();
-        let mut prev = 0u8;
-        for &b in v {
-            if b == b'\n' && prev != b'\r' {
-                s.header.push(b'\r');
-            }
-            s.header.push(b);
-            prev = b;
-        }
-        s.header.extend_from_slice(b"\r\n");
-    }
+    s.add_header(name.as_bytes(), value.as_bytes());
     s.go_on(ProtoOpts::NOREPLY_HEADER)
 }
 
@@ -247,14 +332,7 @@ fn body(cx: &mut Context<Session>, chunk: Bytes, spool: SpoolOptions) -> Status 
     if matches!(s.mode, Mode::Pass | Mode::Strip) || s.spool_error.is_some() {
         return s.go_on(ProtoOpts::NOREPLY_BODY);
     }
-    // Past the memory limit this writes to the spool file: small blocking
-    // writes into the page cache, as the MTA streams the body in.
-    let w = s.body.get_or_insert_with(|| SpoolWriter::new(spool));
-    if let Err(e) = w.write(&chunk) {
-        tracing::error!(error = %e, "cannot spool the message body");
-        s.spool_error = Some(e.to_string());
-        s.body = None;
-    }
+    s.add_body(&chunk, spool);
     s.go_on(ProtoOpts::NOREPLY_BODY)
 }
 
@@ -282,18 +360,10 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
         let header = std::mem::take(&mut s.header);
         return strip_provider_fields(cx, &header).await;
     }
-    if let Some(e) = s.spool_error.take() {
-        s.body = None;
-        return tempfail(cx, &format!("cannot spool the message: {}", one_line(&e)));
-    }
-    let body = match s.body.take().map(SpoolWriter::finish).transpose() {
-        Ok(b) => b.unwrap_or_default(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot spool the message body");
-            return tempfail(cx, "cannot spool the message, try again later");
-        }
+    let (header, body) = match s.take_message() {
+        Ok(m) => m,
+        Err(text) => return tempfail(cx, &text),
     };
-    let header = std::mem::take(&mut s.header);
     let rcpts = std::mem::take(&mut s.rcpts);
     let mail_from = std::mem::take(&mut s.mail_from);
     let auth_user = std::mem::take(&mut s.auth_user);
