@@ -24,6 +24,8 @@
 #   - access: every accepted submission got one envelope (the milter replaced the body), one
 #     envelope record in the state store, one accettazione at the sink (lost = 0);
 #   - reception: every accepted envelope got one presa in carico at the sink (lost = 0);
+#   - delivery (the same envelopes over LMTP, integration/faults_lmtp.py, Maildir store): every
+#     accepted one stored and one avvenuta consegna at the sink (lost = 0);
 #   - every receipt at the sink is signed and verifies (`pec-milter inspect --json --trust`);
 #   - the legal log has each accettazione / presa in carico once; `pec-milter log verify` passes;
 #   - duplicates (the same receipt, same Message-ID, twice: the one documented window of the
@@ -66,7 +68,7 @@ for t in redis-server redis-cli clamd slapd smtp-sink softhsm2-util pkcs11-tool 
 done
 
 W=$RIG_BASE D=$RIG_BASE/pec B=$RIG_BASE/b SINK=$RIG_BASE/sink
-SINK_PORT=10026
+SINK_PORT=10026 DX_PORT=2424
 mkdir -p "$D" "$B" "$SINK" "$W/rec" "$W/out" "$W/rx" && chmod 777 "$SINK"
 rcli() { ns_exec redis-cli -p "$RIG_REDIS_PORT" "$@"; }
 
@@ -129,7 +131,10 @@ INDEX=ldap INDEX_REFRESH=2s INDEX_TIMEOUT=2s TRUST="$B/ca.pem" ok "config writte
 sed -i -e "s#^listen = .*#listen = \"unix:$D/pec.sock\"#" \
   -e "s#^address = \"127.0.0.1:$RIG_REINJECT_PORT\"#address = \"127.0.0.1:$SINK_PORT\"#" \
   -e 's#^timeout = "30s"#timeout = "2s"\noutbox_interval = "1s"\noutbox_grace = "3s"#' "$D/pec-milter.toml"
-printf '\n[delivery]\nlisten = ""\noutbox = "%s/outbox"\n\n[timers]\nenabled = false\n' "$D" >> "$D/pec-milter.toml"
+# the delivery point: LMTP on $DX_PORT, the embedded Maildir store, its receipts' outbox on disk
+mkdir -p "$D/mail/pec.demo.test/${MARIO%@*}" "$D/outbox"
+printf '\n[delivery]\nlisten = "inet:127.0.0.1:%s"\nstore = "maildir"\nmaildir = "%s/mail"\noutbox = "%s/outbox"\n\n[timers]\nenabled = false\n' \
+  "$DX_PORT" "$D" "$D" >> "$D/pec-milter.toml"
 cp "$D/pec-milter.toml" "$D/pec-milter-hsm.toml"
 hsm_config "$D/pec-milter-hsm.toml" "$W/pin" "$LABEL"
 ok "config checks" "$BIN" check-config --config "$D/pec-milter.toml" || rig_finish
@@ -138,6 +143,7 @@ mkdir -p "$D/log"
 ok "the legal log's directory on a 64 MiB tmpfs" mount -t tmpfs -o size=64m pecfaultlog "$D/log" || rig_finish
 rig_defer umount "$D/log"
 ok "pec-milter up" pec_milter_up "$D" "$D/pec-milter.toml" || rig_finish
+ok "its delivery point listens (LMTP 127.0.0.1:$DX_PORT)" wait_port 127.0.0.1 "$DX_PORT" 10 || rig_finish
 CA=$D/demo/ca.pem
 
 # provider B's envelopes to mario, N distinct ones per row (two `pec-milter envelope` at a time)
@@ -180,7 +186,13 @@ fault_kill9() {
 fault_redis() { redis_down "$W/redis" || return 1; sleep "$HOLD"; redis_start; }
 fault_clamd() { clamd_down "$W/clamd" || return 1; sleep "$HOLD"; clamd_up "$W/clamd" "$RIG_CLAMD_PORT"; }
 fault_slapd() { slapd_down "$W/slapd" || return 1; sleep "$HOLD"; slapd_start; }
-fault_reinject() { sink_down || return 1; sleep "$HOLD"; sink_up; }
+# the sink's newest files when it stops: a transfer it cut is one of them (no 250 was given, the
+# receipt stays in the outbox; the cut file is not a delivered message)
+fault_reinject() {
+  sink_down || return 1
+  find "$SINK" -type f -printf '%T@ %p\n' | sort -rn | head -n 32 | cut -d' ' -f2- > "$W/sink-cut.txt"
+  sleep "$HOLD"; sink_up
+}
 fault_hsm() {
   hsm_backup "$LABEL" "$W/token-backup" && hsm_delete "$LABEL" || return 1
   sleep "$HOLD"
@@ -195,11 +207,17 @@ fault_logfull() {
 }
 row_before_hsm() {
   pec_milter_down "$D" || return 1
-  pec_milter_up "$D" "$D/pec-milter-hsm.toml" && grep -q 'PKCS#11 key ready' "$D/pec-milter.log"
+  pec_milter_up "$D" "$D/pec-milter-hsm.toml" && grep -q 'PKCS#11 key ready' "$D/pec-milter.log" &&
+    wait_port 127.0.0.1 "$DX_PORT" 10
 }
 
 outbox_len() { rcli zcard pec:outbox 2>/dev/null; }
-outbox_empty() { local i; for ((i = 0; i < 300; i++)); do [ "$(outbox_len)" = 0 ] && return 0; sleep 0.2; done; echo "outbox: $(outbox_len) left" >&2; return 1; }
+dx_outbox_len() { find "$D/outbox" -maxdepth 1 -type f \( -name '*.eml' -o -name '*.pending' \) | wc -l; }
+outbox_empty() {
+  local i
+  for ((i = 0; i < 300; i++)); do [ "$(outbox_len)" = 0 ] && [ "$(dx_outbox_len)" = 0 ] && return 0; sleep 0.2; done
+  echo "outbox: $(outbox_len) left in the state store, $(dx_outbox_len) in the delivery point's" >&2; return 1
+}
 # acc_since BYTES: accettazioni pec-milter logged after byte BYTES of its log
 acc_since() { tail -c +"$(( $1 + 1 ))" "$D/pec-milter.log" | grep -c 'accettazione: envelope signed'; }
 LOADARGS=(--connect "unix:$D/pec.sock" --concurrency 4 --rate "$RATE" --retry-tempfail 400 --retry-pause-ms 250
@@ -220,7 +238,7 @@ observed() {
 }
 
 run_row() {
-  local row=$1 b0 target pa pr t l0
+  local row=$1 b0 target pa pr pd t l0
   t=$EPOCHREALTIME
   l0=$(wc -l < "$D/pec-milter.log")
   if [ "$row" = hsm ]; then ok "[hsm] pec-milter restarted with the PKCS#11 key" row_before_hsm || return 1; fi
@@ -231,14 +249,20 @@ run_row() {
   ns_exec "$LOAD" "${LOADARGS[@]}" --count "$N" --messages-dir "$W/rx/$row" \
     --from posta-certificata@pec.other.test --to "$MARIO" --record "$W/rec/$row.rx" > "$W/out/$row.rx" 2>&1 &
   pr=$!
+  # the delivery point gets the same envelopes of B over LMTP (as Postfix would after reception)
+  ns_exec python3 "$RIG_ROOT/integration/faults_lmtp.py" --port "$DX_PORT" --dir "$W/rx/$row" \
+    --from posta-certificata@pec.other.test --to "$MARIO" --concurrency 2 --rate "$RATE" \
+    --retries 400 --pause 0.25 --record "$W/rec/$row.dx" > "$W/out/$row.dx" 2>&1 &
+  pd=$!
   # the fault at a random moment between 10 % and 50 % of the submissions
   target=$(( N / 10 + RANDOM % (N * 2 / 5 + 1) ))
   for ((i = 0; i < 1200; i++)); do [ "$(acc_since "$b0")" -ge "$target" ] && break; sleep 0.05; done
   OBS[$row]="fault after $(acc_since "$b0") of $N accettazioni"
   ok "[$row] fault applied and undone (${WHAT[$row]})" "fault_$row"
-  wait "$pa"; wait "$pr"
+  wait "$pa"; wait "$pr"; wait "$pd"
   _log "[$row] access:    $(cat "$W/out/$row.acc" | tail -1)"
   _log "[$row] reception: $(cat "$W/out/$row.rx" | tail -1)"
+  _log "[$row] delivery:  $(cat "$W/out/$row.dx" | tail -1)"
   ok "[$row] the outbox is empty" outbox_empty
   OBS[$row]="${OBS[$row]}; $(observed "$row" "$l0"); row took $(rig_elapsed "$t") s"
   _log "[$row] ${OBS[$row]}"
@@ -267,7 +291,7 @@ COMMIT=$(git -C "$RIG_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
 ok "the matrix: nothing lost, every receipt signed and verified, each event once in the log" \
   python3 "$RIG_ROOT/integration/faults_count.py" --work "$W" --log "$D/log" --n "$N" \
     --mode "$([ "$QUICK" = 1 ] && echo quick || echo full)" --machine "$MACHINE" --commit "$COMMIT" \
-    --elapsed "$(rig_elapsed "$T0")" --rate "$RATE" --hold "$HOLD" --report "$REPORT"
+    --maildir "$D/mail" --elapsed "$(rig_elapsed "$T0")" --rate "$RATE" --hold "$HOLD" --report "$REPORT"
 cat "$W/table.txt" 2>/dev/null
 _log "faults.sh took $(rig_elapsed "$T0") s"
 rig_finish
