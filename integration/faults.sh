@@ -87,7 +87,11 @@ redis_start() {
     --appendfsync everysec --dir "$W/redis" --daemonize yes --pidfile "$W/redis/redis.pid" \
     --logfile "$W/redis/redis.log" || return 1
   echo "$RIG_REDIS_PORT" > "$W/redis/redis.port"
-  wait_port 127.0.0.1 "$RIG_REDIS_PORT" 10 && rcli ping | grep -q PONG
+  wait_port 127.0.0.1 "$RIG_REDIS_PORT" 10 || return 1
+  # PONG once the append-only file is loaded (until then it answers LOADING)
+  local i
+  for ((i = 0; i < 200; i++)); do [ "$(rcli ping 2>&1)" = PONG ] && return 0; sleep 0.05; done
+  echo "redis_start: no PONG: $(rcli ping 2>&1)" >&2; return 1
 }
 # slapd again on its existing database (slapd_up would slapadd the entries once more)
 slapd_start() {
@@ -287,11 +291,11 @@ _log "sink: $(wc -l < "$W/sink-files.txt") messages"
 for row in $ROWS; do printf '%s\t%s\t%s\n' "$row" "${WHAT[$row]}" "${OBS[$row]:-not run}" >> "$W/rows.tsv"; done
 MACHINE="$(uname -srm), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), shared"
 [ -n "$REPORT" ] && mkdir -p "$(dirname "$REPORT")"
-COMMIT=$(git -C "$RIG_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
+COMMIT=$(git -C "$RIG_ROOT" describe --always --dirty 2>/dev/null || echo "?")
 ok "the matrix: nothing lost, every receipt signed and verified, each event once in the log" \
   python3 "$RIG_ROOT/integration/faults_count.py" --work "$W" --log "$D/log" --n "$N" \
     --mode "$([ "$QUICK" = 1 ] && echo quick || echo full)" --machine "$MACHINE" --commit "$COMMIT" \
-    --maildir "$D/mail" --elapsed "$(rig_elapsed "$T0")" --rate "$RATE" --hold "$HOLD" --report "$REPORT"
+    --maildir "$D/mail" --failed-checks "$RIG_FAILED" --elapsed "$(rig_elapsed "$T0")" --rate "$RATE" --hold "$HOLD" --report "$REPORT"
 cat "$W/table.txt" 2>/dev/null
 _log "faults.sh took $(rig_elapsed "$T0") s"
 rig_finish

@@ -60,6 +60,8 @@ def main():
     ap.add_argument("--hold", default="?")
     ap.add_argument("--report", default="")
     ap.add_argument("--maildir", default="")
+    ap.add_argument("--failed-checks", type=int, default=0,
+                    help="checks of faults.sh that failed before the counting")
     a = ap.parse_args()
     W = a.work
 
@@ -282,6 +284,10 @@ def main():
     open(os.path.join(W, "table.txt"), "w").write("\n".join([text] + extra) + "\n")
     for p in extra:
         print(p)
+    if a.failed_checks:
+        problems.append(f"{a.failed_checks} checks of faults.sh failed before the counting "
+                        "(a fault not applied or undone as planned, the outbox not drained, "
+                        "log verify...): see its output")
     overall = not problems and all(v != "FAIL" for v in verdicts.values())
 
     if a.report:
