@@ -29,12 +29,16 @@
 //! Subject (the access point treats identical bytes as a retry), a text
 //! body of `--size` bytes.
 //!
-//! `--retry-tempfail N`: a message answered 4xx (or whose connection
-//! failed) is sent again, the same bytes (so the access point sees an MTA
-//! retry of one submission), up to N more times, `--retry-pause-ms` apart
-//! (default 200), as an MTA's queue would; only its last answer is counted.
-//! `--accepted-file PATH` writes the Message-ID of every accepted message,
-//! one a line (generated messages only).
+//! `--retry-tempfail N` behaves as an MTA's queue does (the fault matrix,
+//! `integration/faults.sh`): a message answered 4xx, or whose connection
+//! failed (refused, dropped, timed out), is sent again — the same bytes,
+//! the same Message-ID, so the access point recognises the retry by its
+//! digest — after `--retry-pause-ms` (default 200), until it gets a final
+//! answer or N tries were made. `--record FILE` writes one line per
+//! message, tab-separated: index, its Message-ID, the final status
+//! (`accept`, `tempfail`, `reject`, `discard`, `error`), tries, how many
+//! body-replacement packets the final answer carried (the envelope), and
+//! the Message-ID the milter set (`-` when none).
 //!
 //! Output: one line of `key=value` pairs on stdout: `sent`, `accept`,
 //! `tempfail`, `reject`, `discard`, `other`, `errors`, `elapsed_s`,
@@ -42,7 +46,8 @@
 //! (end-of-message latency: from sending the end of message to the final
 //! reply, i.e. the milter's own work on the message), `tx_p50_ms`,
 //! `tx_p99_ms` (the whole transaction from connect), `client_cpu_s`,
-//! `retried` (answers 4xx or failed connections that were sent again).
+//! `retried` (messages sent again, summed over tries; the outcome keys
+//! count each message once, by its final answer).
 //! Exit status 1 when any message was not accepted.
 
 mod common;
@@ -72,7 +77,7 @@ struct Opts {
     quiet_errors: bool,
     retry_tempfail: usize,
     retry_pause: Duration,
-    accepted_file: Option<PathBuf>,
+    record: Option<PathBuf>,
 }
 
 fn usage() -> ! {
@@ -80,7 +85,7 @@ fn usage() -> ! {
         "usage: milter_load --connect inet:HOST:PORT|unix:PATH [--count N] [--concurrency C] \
          [--size BYTES] [--rate R] [--max-seconds S] [--auth USER] [--from ADDR] \
          [--to A1,A2..] [--messages-dir DIR] [--timeout SECS] [--quiet-errors] \
-         [--retry-tempfail N] [--retry-pause-ms MS] [--accepted-file PATH]"
+         [--retry-tempfail N] [--retry-pause-ms MS] [--record FILE]"
     );
     std::process::exit(2)
 }
@@ -99,9 +104,9 @@ fn parse_opts() -> Opts {
         messages_dir: None,
         timeout: Duration::from_secs(120),
         quiet_errors: false,
-        retry_tempfail: 0,
+        retry_tempfail: 1,
         retry_pause: Duration::from_millis(200),
-        accepted_file: None,
+        record: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -121,15 +126,17 @@ fn parse_opts() -> Opts {
                 o.timeout = Duration::from_secs(val().parse().unwrap_or_else(|_| usage()))
             }
             "--quiet-errors" => o.quiet_errors = true,
-            "--retry-tempfail" => o.retry_tempfail = val().parse().unwrap_or_else(|_| usage()),
+            "--retry-tempfail" => {
+                o.retry_tempfail = val().parse().unwrap_or_else(|_| usage());
+            }
             "--retry-pause-ms" => {
                 o.retry_pause = Duration::from_millis(val().parse().unwrap_or_else(|_| usage()))
             }
-            "--accepted-file" => o.accepted_file = Some(PathBuf::from(val())),
+            "--record" => o.record = Some(PathBuf::from(val())),
             _ => usage(),
         }
     }
-    if o.connect.is_empty() || o.concurrency == 0 {
+    if o.connect.is_empty() || o.concurrency == 0 || o.retry_tempfail == 0 {
         usage();
     }
     o
@@ -233,9 +240,40 @@ struct Tally {
     other: usize,
     errors: usize,
     retried: usize,
-    accepted: Vec<String>,
     eom: Vec<Duration>,
     tx: Vec<Duration>,
+    records: Vec<String>,
+}
+
+/// What the milter asked to change at the end of a message: how many
+/// body-replacement packets, and the Message-ID it set (if any).
+#[derive(Default, Debug)]
+struct Mods {
+    body: usize,
+    msgid: Option<String>,
+}
+
+impl Mods {
+    /// Notes one modification request (`cmd`, its data).
+    fn note(&mut self, cmd: u8, data: &[u8]) {
+        // SMFIR_ADDHEADER 'h': name NUL value NUL; SMFIR_CHGHEADER 'm' and
+        // SMFIR_INSHEADER 'i': a 4-byte index first.
+        let fields = match cmd {
+            b'b' => {
+                self.body += 1;
+                return;
+            }
+            b'h' => data,
+            b'm' | b'i' if data.len() > 4 => &data[4..],
+            _ => return,
+        };
+        let mut parts = fields.split(|&b| b == 0);
+        if let (Some(name), Some(value)) = (parts.next(), parts.next())
+            && name.eq_ignore_ascii_case(b"Message-ID")
+        {
+            self.msgid = Some(String::from_utf8_lossy(value).trim().to_string());
+        }
+    }
 }
 
 // Milter protocol v6 constants (libmilter's mfdef.h).
@@ -334,8 +372,8 @@ impl Conn {
     }
 
     /// Flushes, then reads replies up to a final one; modification
-    /// requests (end of message) are counted.
-    async fn answer(&mut self, mods: &mut usize) -> Result<Answer, String> {
+    /// requests (end of message) are noted in `mods`.
+    async fn answer(&mut self, mods: &mut Mods) -> Result<Answer, String> {
         self.flush().await?;
         loop {
             let (cmd, data) = self.packet().await?;
@@ -352,7 +390,7 @@ impl Conn {
                 b'y' => Answer::Reject(text()),
                 b'p' => continue,
                 b'h' | b'm' | b'i' | b'b' | b'+' | b'-' | b'e' | b'2' | b'q' => {
-                    *mods += 1;
+                    mods.note(cmd, &data);
                     continue;
                 }
                 other => return Err(format!("unexpected reply {:?}", other as char)),
@@ -366,7 +404,7 @@ impl Conn {
         if self.proto & no_reply != 0 {
             return Ok(Answer::Continue);
         }
-        self.answer(&mut 0).await
+        self.answer(&mut Mods::default()).await
     }
 }
 
@@ -437,8 +475,8 @@ enum Status {
     Tempfail(String),
 }
 
-/// One transaction: returns (final status, EOM latency).
-async fn one(o: &Opts, m: &Message, qid: &str) -> Result<(Status, Duration), String> {
+/// One transaction: returns (final status, EOM latency, modifications).
+async fn one(o: &Opts, m: &Message, qid: &str) -> Result<(Status, Duration, Mods), String> {
     let mut c = open(o).await?;
     // a stage answered with anything but continue ends the transaction
     macro_rules! stage {
@@ -447,7 +485,7 @@ async fn one(o: &Opts, m: &Message, qid: &str) -> Result<(Status, Duration), Str
             if !matches!(a, Answer::Continue | Answer::Skip) {
                 c.push(b'Q', &[]);
                 let _ = c.flush().await;
-                return Ok((status_of(a), Duration::ZERO));
+                return Ok((status_of(a), Duration::ZERO, Mods::default()));
             }
         }};
     }
@@ -516,11 +554,41 @@ async fn one(o: &Opts, m: &Message, qid: &str) -> Result<(Status, Duration), Str
     c.macros(b'E', &[("i", qid)]);
     c.push(b'E', &[]);
     let t = Instant::now();
-    let a = c.answer(&mut 0).await?;
+    let mut mods = Mods::default();
+    let a = c.answer(&mut mods).await?;
     let lat = t.elapsed();
     c.push(b'Q', &[]);
     let _ = c.flush().await;
-    Ok((status_of(a), lat))
+    Ok((status_of(a), lat, mods))
+}
+
+/// `one`, again after a pause while the answer is 4xx or the connection
+/// failed (an MTA's retry: the same message), up to `--retry-tempfail`
+/// tries. Returns the last result and the number of tries.
+async fn with_retries(
+    o: &Opts,
+    m: &Message,
+    qid: &str,
+) -> (Result<(Status, Duration, Mods), String>, usize) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let r = one(o, m, qid).await;
+        let again = matches!(r, Err(_) | Ok((Status::Tempfail(_), _, _)));
+        if !again || tries >= o.retry_tempfail {
+            return (r, tries);
+        }
+        tokio::time::sleep(o.retry_pause).await;
+    }
+}
+
+/// The Message-ID field of `m` (`-` when it has none).
+fn msgid_of(m: &Message) -> String {
+    m.headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Message-ID"))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 fn main() {
@@ -593,37 +661,33 @@ async fn run(o: Arc<Opts>) -> i32 {
                     &files[i % files.len()]
                 };
                 let t0 = Instant::now();
-                let mut tries = 0;
-                let res = loop {
-                    let res = one(&o, m, &format!("B{i:07}")).await;
-                    let again = matches!(res, Ok((Status::Tempfail(_), _)) | Err(_));
-                    if !again || tries >= o.retry_tempfail {
-                        break res;
-                    }
-                    if !o.quiet_errors {
-                        match &res {
-                            Ok((Status::Tempfail(message), _)) => {
-                                eprintln!("milter_load: #{i} tempfail {message:?}, sending again")
-                            }
-                            Err(e) => eprintln!("milter_load: #{i}: {e}, sending again"),
-                            _ => {}
-                        }
-                    }
-                    t.retried += 1;
-                    tries += 1;
-                    tokio::time::sleep(o.retry_pause).await;
+                let (result, tries) = with_retries(&o, m, &format!("B{i:07}")).await;
+                t.retried += tries - 1;
+                let (status, body, env_id) = match &result {
+                    Ok((st, _, mods)) => (
+                        match st {
+                            Status::Accept | Status::Continue => "accept",
+                            Status::Tempfail(_) => "tempfail",
+                            Status::Reject(_) => "reject",
+                            Status::Discard => "discard",
+                        },
+                        mods.body,
+                        mods.msgid.clone().unwrap_or_else(|| "-".into()),
+                    ),
+                    Err(_) => ("error", 0, "-".into()),
                 };
-                match res {
-                    Ok((st, lat)) => {
+                if o.record.is_some() {
+                    t.records.push(format!(
+                        "{i}\t{}\t{status}\t{tries}\t{body}\t{env_id}",
+                        msgid_of(m)
+                    ));
+                }
+                match result {
+                    Ok((st, lat, _)) => {
                         t.tx.push(t0.elapsed());
                         match st {
                             Status::Accept | Status::Continue => {
                                 t.accept += 1;
-                                if let Some((_, id)) =
-                                    m.headers.iter().find(|(n, _)| n == "Message-ID")
-                                {
-                                    t.accepted.push(id.clone());
-                                }
                                 t.eom.push(lat);
                             }
                             Status::Tempfail(message) => {
@@ -662,13 +726,21 @@ async fn run(o: Arc<Opts>) -> i32 {
             all.other += t.other;
             all.errors += t.errors;
             all.retried += t.retried;
-            all.accepted.extend(t.accepted);
+            all.records.extend(t.records);
             all.eom.extend(t.eom);
             all.tx.extend(t.tx);
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    if let Some(path) = &o.record {
+        let mut text = all.records.join("\n");
+        text.push('\n');
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("milter_load: {}: {e}", path.display());
+            return 2;
+        }
+    }
     all.eom.sort();
     all.tx.sort();
     let sent = all.accept + all.tempfail + all.reject + all.discard + all.other + all.errors;
@@ -691,13 +763,39 @@ async fn run(o: Arc<Opts>) -> i32 {
         percentile(&all.tx, 99.0),
         all.retried,
     );
-    if let Some(path) = &o.accepted_file {
-        let mut text = all.accepted.join("\n");
-        text.push('\n');
-        if let Err(e) = std::fs::write(path, text) {
-            eprintln!("milter_load: {}: {e}", path.display());
-            return 2;
-        }
-    }
     if all.accept == sent && sent > 0 { 0 } else { 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mods_note_the_body_and_the_message_id_the_milter_sets() {
+        let mut m = Mods::default();
+        m.note(b'b', b"chunk one");
+        m.note(b'b', b"chunk two");
+        // SMFIR_INSHEADER: index, name, value
+        let mut ins = 0u32.to_be_bytes().to_vec();
+        ins.extend_from_slice(b"Message-ID\0 <opec.1@pec.demo.test>\0");
+        m.note(b'i', &ins);
+        // SMFIR_ADDHEADER of another field changes nothing
+        m.note(b'h', b"X-Trasporto\0posta-certificata\0");
+        assert_eq!(m.body, 2);
+        assert_eq!(m.msgid.as_deref(), Some("<opec.1@pec.demo.test>"));
+        let mut c = Mods::default();
+        // SMFIR_CHGHEADER, lower-case name
+        let mut chg = 1u32.to_be_bytes().to_vec();
+        chg.extend_from_slice(b"message-id\0<x@y>\0");
+        c.note(b'm', &chg);
+        assert_eq!((c.body, c.msgid.as_deref()), (0, Some("<x@y>")));
+    }
+
+    #[test]
+    fn msgid_of_reads_the_field_or_says_none() {
+        let m = from_file(b"From: a@b\r\nMessage-ID:  <m.1@b>\r\n\r\nbody\r\n");
+        assert_eq!(msgid_of(&m), "<m.1@b>");
+        let n = from_file(b"From: a@b\n\nbody\n");
+        assert_eq!(msgid_of(&n), "-");
+    }
 }

@@ -118,7 +118,7 @@ field() { grep -oE "$2=[0-9]+" "$1" | head -1 | cut -d= -f2; }
 
 # ---- (1) SENTINEL FAILOVER in the middle of the load
 B=$(acc_records)
-ns_exec "$LOAD" "${LOADARGS[@]}" --count "$N" --accepted-file "$RIG_BASE/accepted1.txt" > "$RIG_BASE/load1.txt" 2>&1 &
+ns_exec "$LOAD" "${LOADARGS[@]}" --count "$N" --record "$RIG_BASE/record1.txt" > "$RIG_BASE/load1.txt" 2>&1 &
 LOADPID=$!
 for ((i = 0; i < 1200; i++)); do [ "$(acc_records)" -ge $((B + N / 4)) ] && break; sleep 0.05; done
 _log "(1) $(acc_records) accettazioni recorded; SENTINEL FAILOVER pec"
@@ -138,7 +138,7 @@ ok "(1) pec-milter followed the new primary" grep -q "the primary moved; followi
 # ---- (2) SIGKILL of the primary (now R2) in the middle of the load
 if [ "$N2" -gt 0 ]; then
   B=$(acc_records)
-  ns_exec "$LOAD" "${LOADARGS[@]}" --count "$N2" --accepted-file "$RIG_BASE/accepted2.txt" > "$RIG_BASE/load2.txt" 2>&1 &
+  ns_exec "$LOAD" "${LOADARGS[@]}" --count "$N2" --record "$RIG_BASE/record2.txt" > "$RIG_BASE/load2.txt" 2>&1 &
   LOADPID=$!
   for ((i = 0; i < 1200; i++)); do [ "$(acc_records)" -ge $((B + N2 / 4)) ] && break; sleep 0.05; done
   _log "(2) $(acc_records) accettazioni recorded; SIGKILL to the primary 127.0.0.1:$R2"
@@ -171,7 +171,8 @@ cli "$P" --scan --pattern 'pec:env:*' > "$RIG_BASE/envkeys.txt"
 : > "$RIG_BASE/records.txt"
 xargs -r -n 200 sh -c 'ns=$0 port=$1; shift; ip netns exec "$ns" redis-cli -h 127.0.0.1 -p "$port" MGET "$@"' \
   "$RIG_NETNS" "$P" < "$RIG_BASE/envkeys.txt" >> "$RIG_BASE/records.txt"
-cat "$RIG_BASE"/accepted*.txt 2>/dev/null > "$RIG_BASE/accepted.txt"
+# the Message-IDs the load saw accepted (milter_load --record: index, Message-ID, status, ...)
+cat "$RIG_BASE"/record*.txt 2>/dev/null | awk -F'\t' '$3 == "accept" { print $2 }' > "$RIG_BASE/accepted.txt"
 ok "every 250 has exactly one accettazione at the sink and one state record; no duplicate" \
   python3 - "$SINK" "$D/log" "$RIG_BASE/accepted.txt" "$RIG_BASE/records.txt" \
   "$(field "$RIG_BASE/load1.txt" retried)" "$(field "$RIG_BASE/load2.txt" retried 2>/dev/null || echo 0)" \

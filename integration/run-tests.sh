@@ -24,6 +24,10 @@ bash integration/e2e-crash.sh
 # End to end: the Redis state store behind Sentinel, a SENTINEL FAILOVER and a SIGKILL of the
 # primary in the middle of the load: no record lost, no accettazione twice.
 bash integration/e2e-sentinel.sh
+# End to end: the fault matrix (issue 16), quick version: SIGKILL, Redis, clamd, slapd, the
+# reinjection listener, the HSM token and the log's disk, each during a load of submissions and
+# inbound envelopes; nothing accepted is lost (the full version: integration/faults.sh).
+bash integration/faults.sh --quick
 # End to end: the provider key in SoftHSM2 (PKCS#11), hsm-check, token removed and restored.
 bash integration/e2e-hsm.sh
 # End to end behind Sendmail 8.17 with the shipped .mc snippet: the reception role, receipts
