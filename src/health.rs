@@ -182,6 +182,9 @@ impl EventLog for Observed<dyn EventLog> {
     async fn record(&self, events: Vec<Event>) -> Result<(), LogError> {
         self.seen(self.inner.record(events).await)
     }
+    async fn ready(&self) -> Result<(), LogError> {
+        self.inner.ready().await
+    }
 }
 
 #[async_trait::async_trait]

@@ -287,11 +287,17 @@ impl pec_milter::log::EventLog for FullDisk {
             source: std::io::Error::other("No space left on device"),
         })
     }
+    async fn ready(&self) -> Result<(), pec_milter::log::LogError> {
+        Err(pec_milter::log::LogError::Io {
+            path: "log".into(),
+            source: std::io::Error::other("the last write failed and 0 bytes are free"),
+        })
+    }
 }
 
-/// Stored, but the receipt's event cannot be recorded: no receipt leaves
-/// unrecorded, the recipient gets 451 (the MTA retries); once the log is
-/// back, the retry issues the receipt, once.
+/// The log cannot record (its disk full): nothing is stored and no receipt
+/// leaves unrecorded, the recipient gets 451 (the MTA retries); once the
+/// log is back, the retry stores it and issues the receipt, once.
 #[tokio::test]
 async fn no_receipt_without_its_record() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -307,6 +313,10 @@ async fn no_receipt_without_its_record() {
         rec.0.lock().map(|v| v.is_empty()).unwrap_or(false),
         "nothing sent"
     );
+    // the log said it could not record: nothing stored either (each MTA
+    // retry would otherwise store one more copy)
+    let new = dir.path().join("mail/pec.other.test/anna.bianchi/new");
+    assert_eq!(std::fs::read_dir(&new).map(|d| d.count()).unwrap_or(0), 0);
     dp.log = good_log;
     let replies = dp
         .handle("posta-certificata@pec.acme.test", &one, &env)

@@ -167,6 +167,13 @@ impl Event {
 #[async_trait::async_trait]
 pub trait EventLog: Send + Sync {
     async fn record(&self, events: Vec<Event>) -> Result<(), LogError>;
+    /// Whether a record could be written now, asked before an action that
+    /// cannot be undone once done (the delivery point storing a message):
+    /// an error when the log knows it cannot (its last write failed and
+    /// its disk is still full). The default: ready.
+    async fn ready(&self) -> Result<(), LogError> {
+        Ok(())
+    }
 }
 
 /// A log that records nothing (the message log switched off: tests and

@@ -21,7 +21,8 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
@@ -115,6 +116,8 @@ enum Msg {
 #[derive(Clone)]
 pub struct FileLog {
     tx: mpsc::Sender<Msg>,
+    /// The writer's last batch failed (cleared by the next that works).
+    failed: Arc<AtomicBool>,
     node_dir: PathBuf,
 }
 
@@ -147,14 +150,20 @@ impl FileLog {
             .map_err(io_err(&lock_path))?;
         let mut state = Writer::resume(&node_dir, &opts.node, Utc::now())?;
         let (tx, rx) = mpsc::channel::<Msg>();
+        let failed = Arc::new(AtomicBool::new(false));
+        let failed_w = Arc::clone(&failed);
         std::thread::Builder::new()
             .name("pec-log".into())
             .spawn(move || {
                 let _lock = lock; // held while the writer runs
-                state.run(rx)
+                state.run(rx, &failed_w)
             })
             .map_err(io_err(&node_dir))?;
-        Ok(FileLog { tx, node_dir })
+        Ok(FileLog {
+            tx,
+            failed,
+            node_dir,
+        })
     }
 
     /// This node's directory.
@@ -183,7 +192,31 @@ impl EventLog for FileLog {
             .map_err(|_| LogError::Stopped)?;
         rx.await.map_err(|_| LogError::Stopped)?
     }
+
+    /// Not ready while the last batch failed and the directory's file
+    /// system has less than [`MIN_FREE`] left (a full disk: storing a
+    /// message whose receipt cannot be recorded would only make the MTA's
+    /// retries store it again and again).
+    async fn ready(&self) -> Result<(), LogError> {
+        if !self.failed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        match rustix::fs::statvfs(&self.node_dir) {
+            Ok(st) if st.f_bavail.saturating_mul(st.f_frsize) < MIN_FREE => Err(LogError::Io {
+                path: self.node_dir.display().to_string(),
+                source: std::io::Error::other(format!(
+                    "the last write failed and {} bytes are free",
+                    st.f_bavail.saturating_mul(st.f_frsize)
+                )),
+            }),
+            // room again (or unknown): the next write tells
+            _ => Ok(()),
+        }
+    }
 }
+
+/// Free space under which a log whose last write failed is not ready.
+const MIN_FREE: u64 = 256 * 1024;
 
 /// The open file and the chain's head.
 struct Writer {
@@ -511,7 +544,7 @@ impl Writer {
             .max(Duration::from_secs(1))
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+    fn run(&mut self, rx: mpsc::Receiver<Msg>, failed: &AtomicBool) {
         loop {
             let msg = match rx.recv_timeout(Writer::until_midnight(Utc::now())) {
                 Ok(m) => m,
@@ -553,6 +586,7 @@ impl Writer {
                     tracing::error!(error = %e, events = batch.len(),
                         "message log: events not recorded (the messages get 4xx)");
                 }
+                failed.store(result.is_err(), Ordering::SeqCst);
                 for (_, done) in batch {
                     let _ = done.send(match &result {
                         Ok(()) => Ok(()),

@@ -236,6 +236,17 @@ impl DeliveryPoint {
                     })
                     .collect();
             }
+            // A receipt is never issued unrecorded: with the log's disk
+            // full, storing now would only make each MTA retry store
+            // another copy (the receipt's record failing each time).
+            if let Err(e) = self.log.ready().await {
+                tracing::warn!(error = %e, recipients = rcpts.len(),
+                    "delivery: the message log cannot record now: nothing stored, 4xx");
+                return rcpts
+                    .iter()
+                    .map(|_| "451 4.3.0 PEC: message log unavailable, try again later".to_string())
+                    .collect();
+            }
             // The receipts' once-only claims live in the state store: a
             // receipt is never issued without one, so nothing is stored
             // while it cannot answer.
