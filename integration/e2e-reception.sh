@@ -53,6 +53,8 @@
 #       but From: a domain it does not manage still becomes a busta di anomalia (PEC-RULES §4.3:
 #       the policy applies to ordinary mail only; this was a bug, now fixed and checked strictly)
 #   (4c) ordinary_mail = "reject" still takes a correct envelope in charge
+#   (H) (LDIF run) four inputs of the hostile corpus through Postfix: forged markers -> anomaly with
+#       X-VerificaSicurezza: errore; broken MIME / 8-bit junk -> anomaly without; no presa in carico
 # Env: INDEX_SOURCES="ldap ldif" (default), STRICT=0 (known bugs do not count; default 1),
 # PEC_MILTER_BIN (default target/debug/pec-milter), KEEP=1 keeps the work dir,
 # RIG_TIMING=1 times each check, RIG_LDAP_PORT (default 389, inside the netns).
@@ -423,6 +425,37 @@ run_source() {
       fail "$P (3:$what) anomaly checks (nothing delivered)"
     fi
   done
+
+  # ---- (H) issue 16: a selection of the hostile corpus (tests/fixtures/hostile, asserted at the
+  # role level in tests/hostile.rs) through the real Postfix as another MTA would send it: forged
+  # PEC markers (unsigned, garbage signature) -> anomaly with X-VerificaSicurezza: errore; broken
+  # MIME and 8-bit junk headers -> anomaly without it (ordinary mail); never a presa in carico.
+  # (Once, on the LDIF run: the index source plays no part.)
+  if [ "$SRC" = ldif ]; then
+    local h sec
+    for h in in-forged-x-trasporto-unsigned:errore in-forged-signed-garbage-p7s:errore \
+      in-8bit-junk-headers: in-mime-unclosed-boundary:; do
+      sec=${h#*:} h=${h%%:*}
+      mark "$MARIO_MD" "$RIC_MD"
+      send "$RIG_ROOT/tests/fixtures/hostile/$h.eml" "$SOMEONE" "$O/H-$h.txt"
+      ok "$P (H:$h) accepted (250 at end of DATA)" eod_is "$O/H-$h.txt" '^<- +250 '
+      ok "$P (H:$h) mario gets exactly one message" expect_new "$MARIO_MD" 1
+      ok "$P (H:$h) no presa-in-carico at ricevute@" expect_new "$RIC_MD" 0
+      E=$(new_files "$MARIO_MD" | head -1)
+      if [ -n "$E" ]; then
+        ok "$P (H:$h) kind errore (busta di anomalia)" kind_is "$E" errore
+        ok "$P (H:$h) X-Trasporto: errore" hdr_is "$E" X-Trasporto errore
+        if [ -n "$sec" ]; then
+          ok "$P (H:$h) X-VerificaSicurezza: errore" hdr_is "$E" X-VerificaSicurezza errore
+        else
+          ok "$P (H:$h) no X-VerificaSicurezza (ordinary mail)" hdr_absent "$E" X-VerificaSicurezza
+        fi
+        ok "$P (H:$h) our signature valid" verify_with "$CA" "$E"
+      else
+        fail "$P (H:$h) anomaly checks (nothing delivered)"
+      fi
+    done
+  fi
 
   # ---- (4a) plain mail
   TOK=s4-$SRC-$RANDOM$RANDOM
