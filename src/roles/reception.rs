@@ -359,6 +359,9 @@ impl ReceptionPoint {
             self.state
                 .mark_receipt_sent(&key, &outbox, self.retention_secs)
                 .await?;
+            for e in &outbox {
+                tracing::info!(pec_id = %e.pec_id, kind = %e.kind, to = ?e.to, message_id = %e.id, "receipt signed and queued");
+            }
             send_queued(self.state.as_ref(), self.injector.as_ref(), outbox).await;
         }
         if let Some(virus) = virus {
@@ -378,7 +381,7 @@ impl ReceptionPoint {
         })
     }
 
-    /// Build and sign `ric` for the outbox, with its event (about a
+    /// Build and sign `ric` as an outbox entry, with its event (about a
     /// message sent by `sending`, a provider's name).
     fn build(
         &self,
@@ -399,7 +402,6 @@ impl ReceptionPoint {
             },
             self.signer(),
         )?;
-        tracing::info!(pec_id = %tx.identificativo, kind = %ric.tipo(), to = %to, message_id = %message_id, "receipt signed and queued");
         let event = event_for(tx, ric, sending, time, &message_id);
         Ok((
             OutboxEntry {
@@ -415,8 +417,9 @@ impl ReceptionPoint {
         ))
     }
 
-    /// Record the event of `ric` (about a message sent by `sending`, a
-    /// provider's name), then build, sign and inject it.
+    /// Build and sign `ric` (about a message sent by `sending`, a
+    /// provider's name), record its event, then inject it now (no outbox:
+    /// a failure is 4xx before anything changes, and the MTA retries).
     async fn send(
         &self,
         tx: &Transaction,
@@ -426,28 +429,13 @@ impl ReceptionPoint {
         to: &str,
         sending: &str,
     ) -> Result<(), TempFail> {
-        let built = build_ricevuta(
-            &self.provider,
-            tx,
-            ric,
-            &Emission {
-                time,
-                message_id: message_id.clone(),
-            },
-            self.signer(),
-        )?;
-        self.log
-            .record(vec![event_for(tx, ric, sending, time, &message_id)])
-            .await?;
+        let (built, event) = self.build(tx, ric, time, message_id, to, sending)?;
+        self.log.record(vec![event]).await?;
         self.injector
-            .inject(
-                &self.provider.service_address(),
-                &[to.to_string()],
-                &built.to_bytes(),
-            )
+            .inject(&built.from, &built.to, &built.message)
             .await
             .map_err(TempFail::Inject)?;
-        tracing::info!(pec_id = %tx.identificativo, kind = %ric.tipo(), to = %to, message_id = %message_id, "receipt injected");
+        tracing::info!(pec_id = %built.pec_id, kind = %built.kind, to = %to, message_id = %built.id, "receipt injected");
         Ok(())
     }
 

@@ -470,6 +470,9 @@ return 1
 /// entries, each once (`SET NX`), indexed by time in the outbox set.
 /// KEYS[k0] is the set, KEYS[k0 + i] entry i's key; ARGV[a0] is n,
 /// ARGV[a0 + 1] the time, ARGV[a0 + 2] the TTL, then n ids, then n values.
+/// And their shared claim step, `mark_claim(k)`: the claim KEYS[k] gets
+/// `receipt_sent` (its TTL kept; an expired claim is not brought back,
+/// 0), always written so that `WAIT` covers it (1).
 macro_rules! outbox_lua {
     () => {
         r"
@@ -480,6 +483,16 @@ local function put_outbox(k0, a0)
       redis.call('ZADD', KEYS[k0], ARGV[a0 + 1], ARGV[a0 + 2 + i])
     end
   end
+end
+local function mark_claim(k)
+  local raw = redis.call('GET', KEYS[k])
+  if not raw then
+    return 0
+  end
+  local claim = cjson.decode(raw)
+  claim.receipt_sent = true
+  redis.call('SET', KEYS[k], cjson.encode(claim), 'KEEPTTL')
+  return 1
 end
 "
     };
@@ -495,14 +508,7 @@ const MARK_SCRIPT: &str = concat!(
     outbox_lua!(),
     r"
 put_outbox(2, 1)
-local raw = redis.call('GET', KEYS[1])
-if not raw then
-  return 0
-end
-local claim = cjson.decode(raw)
-claim.receipt_sent = true
-redis.call('SET', KEYS[1], cjson.encode(claim), 'KEEPTTL')
-return 1
+return mark_claim(1)
 "
 );
 
@@ -533,14 +539,7 @@ if ARGV[3] == '1' then
 else
   redis.call('ZREM', KEYS[2], ARGV[5])
 end
-local raw = redis.call('GET', KEYS[3])
-if not raw then
-  return 0
-end
-local claim = cjson.decode(raw)
-claim.receipt_sent = true
-redis.call('SET', KEYS[3], cjson.encode(claim), 'KEEPTTL')
-return 1
+return mark_claim(3)
 "
 );
 
