@@ -37,7 +37,7 @@
 #       consegna and no 12 h / 24 h notice at all until [timers] last + 2 s after the submission
 #   (7) two pec-milter processes on A sharing A's Redis (a second one, A2, with milter 8892 and
 #       delivery 2425), B's Postfix stopped -> mario gets exactly one preavviso and one final
-#       notice (distinct Message-IDs), 2 "injected" log lines in all over both logs, and the
+#       notice (distinct Message-IDs), 2 "signed and queued" log lines in all over both logs, and the
 #       process that did not send the preavviso logged it as already sent; B back, A2 stopped
 #   (9) holder to holder at A (mario -> luigi): accettazione, A's own presa in carico to its
 #       mailReceipt, the envelope in luigi's Maildir, avvenuta consegna: full processing
@@ -56,6 +56,11 @@
 #       (8d) an envelope signed by A with A's own From: domain but a daticert mittente of B's
 #       (anna): a listed provider writing on behalf of another provider's holder -> the same
 #       outcome, why: "il dominio del mittente pec.other.test (daticert) non è gestito da ..."
+#   (11) B's reinjection listener off, mario -> anna 3 MB (completa): B stores it, queues the
+#       presa in carico and the avvenuta consegna completa in its state store's outbox, the
+#       completa as a synced file in [delivery] outbox named by the entry (not 3 MB in SQLite);
+#       mario has only the accettazione; listener back -> B's outbox pass sends both once, the
+#       completa verifies and carries the original byte for byte, outbox and file gone
 #   (L) the legal message log: A's, A2's and B's chains verify; the holder's extract of (1)
 #       across A's and B's logs: accettazione, busta-trasporto (A), presa-in-carico,
 #       avvenuta-consegna (B), the two receipts as received at A, with every field, in time
@@ -77,9 +82,10 @@
 #       X-VerificaSicurezza: errore, errore virus, consegna anna); A's record: anna errore.
 #       (10b) the same with A's first injection of the avviso failing: B's mail for A held
 #       (defer_transports = smtp) until A's reinjection listener (127.0.0.1:10025 in master.cf)
-#       is off (reload; port 25 stays up), then B's queue flushed -> B's presa-in-carico
-#       delivered, A answers the rilevazione-virus 4xx and B defers it; mario has nothing, A's
-#       record not errore; listener back, B's hold lifted, queues flushed -> exactly one avviso
+#       is off (reload; port 25 stays up), then B's queue flushed -> B's presa-in-carico and
+#       rilevazione-virus delivered (A answers 250: the avviso is signed and queued in A's
+#       outbox, Redis pec:outbox holds it, A's record says errore), mario has nothing; listener
+#       back -> A's outbox pass sends exactly one avviso and the outbox is empty
 # Env: PEC_MILTER_BIN, KEEP=1, RIG_TIMING=1, T_FIRST/T_LAST/T_INTERVAL (default 4s/8s/1s, whole
 # seconds), STRICT=0 (a check wrapped in known_bug prints KNOWN BUG and does not count; none is now).
 # lib.sh: RIG_DEFER_NS=1, pf_instance INBOUND= and VTRANSPORT=, dovecot_up; for (10) clamd_up_token,
@@ -194,6 +200,11 @@ first = "$T_FIRST"
 last = "$T_LAST"
 interval = "$T_INTERVAL"
 EOF
+  # what waits in the outbox (scenarios 10b, 11) leaves within seconds: the outbox pass every
+  # second for entries queued 6 s ago (outbox_grace must exceed the injection timeout)
+  sed -i -e '/^\[reinjection\]/,/^\[/{s/^timeout = .*/timeout = "5s"\noutbox_interval = "1s"\noutbox_grace = "6s"/}' \
+    "$D/pec-milter.toml"
+  grep -q '^outbox_grace = "6s"' "$D/pec-milter.toml" &&
   "$BIN" check-config --config "$D/pec-milter.toml" >/dev/null && "$BIN" init-demo --config "$D/pec-milter.toml"
 }
 
@@ -479,20 +490,20 @@ a2_config() {
   grep -q '127.0.0.1:8892' "$A2/pec-milter.toml" && grep -q '127.0.0.1:2425' "$A2/pec-milter.toml" &&
   "$BIN" check-config --config "$A2/pec-milter.toml" >/dev/null
 }
-# notices_logged MSGID...: "preavviso-errore-consegna injected" lines for these Message-IDs in the
-# part of A's and A2's logs written since LOGMARK (sum; per log on stdout)
+# notices_logged MSGID...: "preavviso-errore-consegna signed and queued" lines (one per notice
+# built) for these Message-IDs in the part of A's and A2's logs written since LOGMARK (sum; per log on stdout)
 notices_logged() {
   local d n tot=0 id re=
   for id in "$@"; do id=${id#<}; id=${id%>}; re="$re${re:+|}$(printf '%s' "$id" | sed 's/[.[\*^$+?(){}|]/\\&/g')"; done
   for d in "$A" "$A2"; do
-    n=$(tail -n +"$(( ${LOGMARK[$d]:-0} + 1 ))" "$d/pec-milter.log" | grep 'preavviso-errore-consegna injected' | grep -cE "$re" || true)
+    n=$(tail -n +"$(( ${LOGMARK[$d]:-0} + 1 ))" "$d/pec-milter.log" | grep 'preavviso-errore-consegna signed and queued' | grep -cE "$re" || true)
     echo "${d##*/}: $n"; tot=$((tot + n))
   done
   echo "total: $tot"; [ "$tot" -eq 2 ]
 }
-# notice_keys D: the store marker keys of the notices D injected since LOGMARK (one a line)
+# notice_keys D: the store marker keys of the notices D built since LOGMARK (one a line)
 notice_keys() {
-  tail -n +"$(( ${LOGMARK[$1]:-0} + 1 ))" "$1/pec-milter.log" | grep 'preavviso-errore-consegna injected' |
+  tail -n +"$(( ${LOGMARK[$1]:-0} + 1 ))" "$1/pec-milter.log" | grep 'preavviso-errore-consegna signed and queued' |
     grep -o 'key=[^ ]*' | sed 's/^key=//'
 }
 # met_by_other WHICH: the notice WHICH (first|last) injected by one process since LOGMARK was met
@@ -544,7 +555,7 @@ if [ -n "$NOTICES" ]; then
   ok "(7) notice 1 (preavviso) and notice 2 (final) texts differ" texts_differ "$N1" "$N2"
   ok "(7) preavviso not before [timers] first ($T_FIRST)" not_before "$N1" "$TS7" "${T_FIRST%s}"
   ok "(7) final notice not before [timers] last ($T_LAST)" not_before "$N2" "$TS7" "${T_LAST%s}"
-  ok "(7) A + A2 logs: 2 notices injected in all for these Message-IDs" notices_logged "$M1" "$M2"
+  ok "(7) A + A2 logs: 2 notices built (signed and queued) in all for these Message-IDs" notices_logged "$M1" "$M2"
   _log "(7) injected per log: $(notices_logged "$M1" "$M2" | tr '\n' ' ')"
   # The preavviso stays due (confirmed marker) for [timers] last - first on every pass of both
   # processes, so the one that did not send it meets it: contention proven on the real rig. The
@@ -763,6 +774,8 @@ b_receipts_are() {
   k=$(grep -F 'receipt injected' "$B/pec-milter.log" | grep -F "pec_id=$1" | grep -o 'kind=[^ ]*' | sed 's/^kind=//' | tr '\n' ' ')
   echo "B injected for $1: ${k% }"; [ "${k% }" = "$2" ]
 }
+# a_outbox_is N: A's outbox (the Redis set pec:outbox) holds N entries
+a_outbox_is() { local n; n=$(inA ns_exec redis-cli -p "$RIG_REDIS_PORT" --raw ZCARD pec:outbox); echo "A's outbox: $n"; [ "$n" = "$1" ]; }
 # a_avvisi_since LINE ID: "receipt injected" lines of kind errore-consegna for ID in A's log past LINE
 a_avvisi_since() { log_since "$A/pec-milter.log" "$1" | grep -F 'receipt injected' | grep -F "pec_id=$2" | grep -c 'kind=errore-consegna' || true; }
 a_avvisi_is() { local n; n=$(a_avvisi_since "$1" "$2"); echo "A injected $n errore-consegna for $2"; [ "$n" -eq "$3" ]; }
@@ -815,17 +828,21 @@ for CASE in a b; do
     ok "$P A's port 25 still listens (B reaches $IPA:25)" inB wait_port $IPA 25 5
     ok "$P B's queue flushed: its mail for A goes now" inB ns_exec postqueue -c "$B/pf/etc" -f
     ok "$P A's mailReceipt box gets B's presa-in-carico (A's port 25 works)" wait_kinds "$ARIC_MD" 1 presa-in-carico 20
-    ok "$P A answers B's rilevazione-virus 4xx: B defers it" \
-      wait_log "$B/pf/maillog" "$BLOG" "to=<$A_RIC>.*status=deferred .*said: 4[0-9][0-9] " 20
-    _log "$P A's Postfix: $(log_since "$A/pf/maillog" "$ALOG" | grep -E 'milter-(reject|tempfail)' | head -1)"
-    ok "$P the rilevazione-virus waits in B's queue (one message)" pf_queue_count_is "$B/pf" 1 10
+    ok "$P A takes B's rilevazione-virus (delivered to A's mailReceipt box)" wait_kinds "$ARIC_MD" 1 rilevazione-virus 20
+    ok "$P A signed the avviso and queued it in its outbox (log)" \
+      wait_log "$A/pec-milter.log" "$AMLOG" "receipt signed and queued.*pec_id=$ID10.*kind=errore-consegna" 10
+    ok "$P A could not inject it: it stays in the outbox (log)" \
+      wait_log "$A/pec-milter.log" "$AMLOG" "injection failed: the message stays in the outbox.*pec_id=$ID10 kind=errore-consegna" 10
+    ok "$P A's outbox (Redis pec:outbox) holds it" a_outbox_is 1
+    ok "$P B's queue drains (nothing deferred: A answered 250)" pf_queue_empty "$B/pf" 20
     sleep 2
     ok "$P mario has no notice while A cannot inject it (the accettazione only)" new_count_is "$MARIO_MD" 1
     ok "$P A injected no avviso" a_avvisi_is "$AMLOG" "$ID10" 0
-    ok "$P no rilevazione-virus delivered at A yet" count_is "$ARIC_MD" rilevazione-virus 0
-    ok "$P A's record unchanged: anna still pending (not errore)" a_status_in "$ID10" "sent presa-in-carico"
-    _log "$P A's record during the outage: anna $(a_status "$ID10")"
+    ok "$P A's record: anna errore already (the avviso is safe in the outbox)" a_status_in "$ID10" errore
     ok "$P A's reinjection listener back (reload)" inA pf_service_on "$A/pf"
+    ok "$P A's outbox pass sends the avviso (log)" \
+      wait_log "$A/pec-milter.log" "$AMLOG" "receipt injected \(outbox pass.*pec_id=$ID10 kind=errore-consegna" 30
+    ok "$P A's outbox is empty" a_outbox_is 0
     ok "$P B's hold lifted (defer_transports removed, reload)" inB pf_defer_transports "$B/pf"
     ok "$P B's queue flushed" inB ns_exec postqueue -c "$B/pf/etc" -f
     ok "$P A's queue flushed" inA ns_exec postqueue -c "$A/pf/etc" -f
@@ -878,6 +895,86 @@ for CASE in a b; do
   ok "$P B's queue drains" pf_queue_empty "$B/pf" 20
   ok "$P A's queue drains" pf_queue_empty "$A/pf" 20
 done
+
+# ------------------------------------------------------------------ (11)
+# A large avvenuta consegna completa waits in B's outbox (issue 16): B's reinjection listener
+# is taken away, mario sends anna a 3 MB message (completa: the receipt carries it whole). B
+# stores it in anna's mailbox, signs the receipt and queues it in the same write that marks it
+# issued: the entry in B's state store (embedded SQLite) names a synced file in B's
+# [delivery] outbox instead of holding 3 MB; B's presa in carico waits there too (inline).
+# Mario has only the accettazione; listener back -> B's outbox pass sends both, once, the
+# completa verifies and carries the original byte for byte, the file is gone, the outbox empty.
+P="(11)" TOK=s11-$RANDOM
+mark "$MARIO_MD" "$ANNA_MD" "$ARIC_MD"
+BMLOG=$(wc -l < "$B/pec-milter.log")
+python3 - "$O/11.eml" "$MARIO" "$ANNA" "$TOK" <<'PY'
+import base64, os, sys
+path, mario, anna, tok = sys.argv[1:5]
+blob = base64.encodebytes(os.urandom(3 * 1024 * 1024)).replace(b"\n", b"\r\n")
+with open(path, "wb") as f:
+    f.write(("From: <%s>\r\nTo: <%s>\r\nSubject: scenario 11 %s\r\nMessage-ID: <%s@pec.demo.test>\r\n"
+             "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b-%s\"\r\n\r\n"
+             "--b-%s\r\nContent-Type: text/plain\r\n\r\nsee the attachment %s\r\n"
+             "--b-%s\r\nContent-Type: application/octet-stream; name=\"big.bin\"\r\n"
+             "Content-Transfer-Encoding: base64\r\n\r\n" % (mario, anna, tok, tok, tok, tok, tok, tok)).encode())
+    f.write(blob)
+    f.write(("--b-%s--\r\n" % tok).encode())
+PY
+b_outbox_rows() { sqlite3 "$B/state/state.sqlite" "SELECT count(*) FROM outbox${1:+ WHERE $1}"; }
+b_outbox_is() { local n; n=$(b_outbox_rows "${2:-}"); echo "B's outbox: $n${2:+ ($2)}"; [ "$n" = "$1" ]; }
+b_msg_files_are() { local n; n=$(find "$B/outbox" -name '*.msg' | wc -l); echo "B's outbox directory: $n .msg"; [ "$n" -eq "$1" ]; }
+ok "$P B's reinjection listener taken away (master.cf, reload)" \
+  inB pf_service_off "$B/pf" "127.0.0.1:$RIG_REINJECT_PORT/inet"
+inA swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/11.eml" > "$O/11.txt" 2>&1
+ok "$P 3 MB submission accepted" eod_250 "$O/11.txt"
+ok "$P mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20; ACC=$FOUND
+ID11=
+[ -n "$ACC" ] && ID11=$(inspect_get "$ACC" 'd["daticert"]["identificativo"]' "$CAA")
+ok "$P anna's mailbox at B gets the envelope" wait_kinds "$ANNA_MD" 1 posta-certificata 30
+ok "$P B signed the completa and queued it as a file (log: large=true)" \
+  wait_log "$B/pec-milter.log" "$BMLOG" "receipt signed and queued pec_id=${ID11:-none} .*kind=avvenuta-consegna.*large=true" 20
+ok "$P B's outbox holds the presa in carico and the completa" b_outbox_is 2
+ok "$P one entry names a file (the completa), not its bytes" \
+  b_outbox_is 1 "CAST(entry AS TEXT) LIKE '%\"file\":%' AND length(entry) < 4096"
+ok "$P B's outbox directory holds that one file (over 3 MB)" bash -c \
+  "f=\$(find '$B/outbox' -name '*.msg'); echo \"\$f\"; [ \$(printf '%s\n' \"\$f\" | grep -c .) -eq 1 ] && [ \$(stat -c %s \"\$f\") -gt 3000000 ]"
+sleep 2
+ok "$P mario has only the accettazione while B cannot inject" new_count_is "$MARIO_MD" 1
+ok "$P B's reinjection listener back (reload)" inB pf_service_on "$B/pf"
+ok "$P mario gets the avvenuta-consegna" wait_kinds "$MARIO_MD" 1 avvenuta-consegna 40; AC=$FOUND
+ok "$P A's mailReceipt box gets B's presa-in-carico" wait_kinds "$ARIC_MD" 1 presa-in-carico 40
+if [ -n "$AC" ]; then
+  ok "$P completa: openssl cms -verify with B's CA" cms_ok "$AC" "$CAB"
+  ok "$P completa: about this envelope" field_is "$AC" 'd["daticert"]["identificativo"]' "${ID11:-none}"
+  ok "$P completa: ricevuta tipo completa" field_is "$AC" 'd["daticert"]["ricevuta"]' completa
+  ok "$P completa: postacert carries the original byte for byte" python3 - "$AC" "$O/11.eml" <<'PY'
+import email, sys
+from email import policy
+m = email.message_from_binary_file(open(sys.argv[1], "rb"), policy=policy.compat32)
+orig = open(sys.argv[2], "rb").read()
+want = orig[orig.index(b"\r\n--b-"):]  # the body from the first boundary on
+for part in m.walk():
+    if part.get_content_type() == "message/rfc822" or part.get_filename() == "postacert.eml":
+        p = part.get_payload()
+        inner = p[0] if isinstance(p, list) else email.message_from_string(p)
+        raw = inner.as_bytes() if hasattr(inner, "as_bytes") else bytes(inner)
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        print("postacert: %d bytes, original body: %d bytes" % (len(raw), len(want)))
+        sys.exit(0 if want in raw else 1)
+sys.exit("no postacert")
+PY
+fi
+ok "$P B's outbox pass sent them (log)" \
+  wait_log "$B/pec-milter.log" "$BMLOG" "receipt injected \\(outbox pass.*pec_id=${ID11:-none} kind=avvenuta-consegna" 10
+ok "$P B's outbox is empty" b_outbox_is 0
+ok "$P the file is gone" b_msg_files_are 0
+sleep 2
+ok "$P mario: accettazione + one avvenuta-consegna, nothing else" \
+  counts_are "$MARIO_MD" accettazione 1 avvenuta-consegna 1
+ok "$P nothing else for mario" new_count_is "$MARIO_MD" 2
+b_kinds_sorted() { grep -F 'receipt injected' "$B/pec-milter.log" | grep -F "pec_id=$1" | grep -o 'kind=[^ ]*' | sed 's/^kind=//' | sort | tr '\n' ' '; }
+ok "$P B injected one presa-in-carico and one avvenuta-consegna (in either order)" bash -c \
+  "k='$(b_kinds_sorted "${ID11:-none}")'; echo \"B injected: \$k\"; [ \"\$k\" = 'avvenuta-consegna presa-in-carico ' ]"
 
 # ------------------------------------------------------------------ (L)
 # The legal message log (issue 15): every node's chain verifies after all of the above (A's

@@ -747,7 +747,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 source,
             })?;
         let dp = Arc::new(dp);
-        // receipts kept in the outbox are retried every minute
+        // receipts waiting for the key (`.pending`) are signed and queued
+        // every minute, and `.eml` files an older version left are sent
         let retry = dp.clone();
         spawn_every(Duration::from_secs(60), stop_rx.clone(), move || {
             let retry = retry.clone();

@@ -255,8 +255,13 @@ impl StateStore for Observed<dyn StateStore> {
     async fn once(&self, key: &str, ttl_secs: u64) -> Result<bool, StateError> {
         self.seen(self.inner.once(key, ttl_secs).await)
     }
-    async fn confirm(&self, key: &str, ttl_secs: u64) -> Result<(), StateError> {
-        self.seen(self.inner.confirm(key, ttl_secs).await)
+    async fn confirm(
+        &self,
+        key: &str,
+        ttl_secs: u64,
+        outbox: &[OutboxEntry],
+    ) -> Result<(), StateError> {
+        self.seen(self.inner.confirm(key, ttl_secs, outbox).await)
     }
     async fn confirmed(&self, key: &str) -> Result<bool, StateError> {
         self.seen(self.inner.confirmed(key).await)

@@ -24,6 +24,7 @@ use pec_milter::pec::inspect::inspect;
 use pec_milter::pec::reader::read;
 use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
 use pec_milter::roles::delivery::DeliveryPoint;
+use pec_milter::roles::outbox::OutboxSender;
 use pec_milter::roles::{InjectError, Injector};
 use pec_milter::state::embedded::EmbeddedStore;
 
@@ -352,10 +353,45 @@ async fn over_quota_gives_errore_consegna_and_a_failed_injection_waits_in_the_ou
         "{r:?}"
     );
     assert!(rec.0.lock().map(|v| v.is_empty()).unwrap_or(false));
+    // queued in the state store's outbox; the receipt (over the tests'
+    // 1 KiB spool threshold) kept as a synced file the entry names
+    let queued = dp.state.outbox_due(i64::MAX, 10).await.expect("outbox");
+    assert_eq!(queued.len(), 1, "one receipt queued");
+    assert_eq!(queued[0].kind, "errore-consegna");
+    let file = queued[0].file.clone().expect("kept as a file");
+    assert!(
+        queued[0].message.is_empty(),
+        "bytes not copied into the store"
+    );
+    assert!(std::path::Path::new(&file).exists(), "{file}");
+    // the old file outbox is not used any more
+    assert_eq!(dp.flush_outbox().await, 0);
     if let Ok(mut down) = rec.1.lock() {
         *down = false;
     }
-    assert_eq!(dp.flush_outbox().await, 1);
+    let pass = OutboxSender {
+        state: dp.state.as_ref(),
+        injector: dp.injector.as_ref(),
+        grace: std::time::Duration::ZERO,
+        lease: std::time::Duration::from_secs(5),
+    };
+    assert_eq!(pass.pass(chrono::Utc::now()).await.expect("pass"), 1);
+    assert_eq!(
+        pass.pass(chrono::Utc::now()).await.expect("pass"),
+        0,
+        "once"
+    );
+    assert!(
+        !std::path::Path::new(&file).exists(),
+        "file removed once sent"
+    );
+    assert!(
+        dp.state
+            .outbox_due(i64::MAX, 10)
+            .await
+            .expect("outbox")
+            .is_empty()
+    );
     let sent = rec.0.lock().map(|v| v.clone()).unwrap_or_default();
     assert_eq!(sent.len(), 1);
     let i = inspect(&sent[0].2, &pki().trust, VerifyAt::Now).expect("inspect");

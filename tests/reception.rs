@@ -634,9 +634,10 @@ async fn a_receipt_about_a_recipient_its_signer_does_not_serve_changes_nothing()
 }
 
 /// B's rilevazione-virus about our envelope: the avviso di mancata
-/// consegna per virus goes to our sender before the record changes, so a
-/// failed first injection (4xx, the MTA retries) does not lose it; once
-/// sent, the record says errore and a repeat sends nothing more.
+/// consegna per virus is queued in the outbox (with its confirmed marker)
+/// before the record changes, so a failed first injection does not lose
+/// it (the outbox pass sends it) and neither an MTA retry nor a repeat
+/// issues it again.
 #[tokio::test]
 async fn a_virus_notice_is_not_lost_when_its_first_injection_fails() {
     use pec_milter::pec::build::{Emission, Ricevuta, build_ricevuta};
@@ -691,26 +692,55 @@ async fn a_virus_notice_is_not_lost_when_its_first_injection_fails() {
     let mut ib = inbound(rv);
     ib.rcpts = vec!["ricevute@pec.acme.test".into()];
     let status = || async { record(&r, pec_id).await.recipients[0].status };
-    // the reinjection listener is down: 4xx, the record unchanged
+    // the reinjection listener is down: the avviso is queued in the
+    // outbox (with its confirmed marker) before the record changes
     r.injected.set_down(true);
     let o = r.rp.process(&ib, Utc::now()).await;
-    assert!(matches!(o, Outcome::Tempfail { .. }), "{o:?}");
-    assert_eq!(status().await, RecipientStatus::Sent);
+    assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
+    assert_eq!(status().await, RecipientStatus::Errore);
     assert!(r.injected.all().is_empty());
-    // the MTA's retry: the notice goes to mario, then the record changes
-    r.injected.set_down(false);
+    let queued = r.state.outbox_due(i64::MAX, 10).await.expect("outbox");
+    assert_eq!(queued.len(), 1, "the avviso waits in the outbox");
+    assert_eq!(queued[0].kind, "errore-consegna");
+    assert_eq!(queued[0].to, vec!["mario.rossi@pec.acme.test".to_string()]);
+    // the MTA retries the rilevazione-virus (its answer was lost): the
+    // avviso is not built again
     let o = r.rp.process(&ib, Utc::now()).await;
     assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
+    assert_eq!(
+        r.state
+            .outbox_due(i64::MAX, 10)
+            .await
+            .expect("outbox")
+            .len(),
+        1
+    );
+    // the listener back: the outbox pass sends it, once
+    r.injected.set_down(false);
+    let pass = pec_milter::roles::outbox::OutboxSender {
+        state: r.state.as_ref(),
+        injector: r.injected.as_ref(),
+        grace: std::time::Duration::ZERO,
+        lease: std::time::Duration::from_secs(5),
+    };
+    assert_eq!(pass.pass(Utc::now()).await.expect("pass"), 1);
+    assert_eq!(pass.pass(Utc::now()).await.expect("pass"), 0);
     let sent = r.injected.all();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].1, vec!["mario.rossi@pec.acme.test".to_string()]);
     let i = inspect(&sent[0].2, &pki().trust, VerifyAt::Now).expect("inspect");
     assert_eq!(i.kind, "errore-consegna");
     assert_eq!(i.daticert.expect("d").errore, "virus");
-    assert_eq!(status().await, RecipientStatus::Errore);
     // a repeat of the rilevazione-virus changes nothing and sends nothing
     let o = r.rp.process(&ib, Utc::now()).await;
     assert!(matches!(o, Outcome::Deliver { .. }), "{o:?}");
+    assert!(
+        r.state
+            .outbox_due(i64::MAX, 10)
+            .await
+            .expect("outbox")
+            .is_empty()
+    );
     assert_eq!(r.injected.all().len(), 1);
 }
 

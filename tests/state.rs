@@ -413,14 +413,15 @@ fn outbox_entry(id: &str, queued_at: i64, body: &[u8]) -> OutboxEntry {
             "altro@pec.example.it".to_owned(),
         ],
         message: body.to_vec(),
+        file: None,
         queued_at,
         pec_id: format!("pec.{id}"),
         kind: "accettazione".to_owned(),
     }
 }
 
-/// The outbox: entries written with the claim's flag (both calls), read
-/// back byte for byte (binary, with newlines and NULs), oldest first,
+/// The outbox: entries written with the claim's flag (both calls) or a
+/// notice's confirmed marker, read back byte for byte (binary, with newlines and NULs), oldest first,
 /// only those old enough, once per id (a second write of the same id
 /// keeps the first), and gone once done.
 async fn suite_outbox(store: &dyn StateStore) {
@@ -494,6 +495,31 @@ async fn suite_outbox(store: &dyn StateStore) {
         ["r.ob1@x"]
     );
     store.outbox_done("r.ob1@x").await.expect("done");
+    assert!(
+        store
+            .outbox_due(i64::MAX, 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    // A notice: its marker confirmed with its entry in the same write; an
+    // entry naming a file (a large receipt) keeps the name, not bytes.
+    let mut large = outbox_entry("preavviso.first.ob3@x", 70, b"");
+    large.file = Some("/var/spool/pec-milter/outbox/preavviso.first.ob3_x.msg".into());
+    store
+        .confirm("notice:ob3", 60, std::slice::from_ref(&large))
+        .await
+        .expect("confirm with outbox");
+    assert!(store.confirmed("notice:ob3").await.expect("confirmed"));
+    assert!(!store.once("notice:ob3", 60).await.expect("once"));
+    assert_eq!(
+        store.outbox_due(i64::MAX, 10).await.expect("due"),
+        vec![large.clone()]
+    );
+    store
+        .outbox_done("preavviso.first.ob3@x")
+        .await
+        .expect("done");
     assert!(
         store
             .outbox_due(i64::MAX, 10)
@@ -1024,7 +1050,7 @@ async fn redis_unacknowledged_writes_are_unavailable_and_retry_finds_them() {
         .with_timeout(Duration::from_millis(800));
     assert_unavailable("claim", store.claim("w", "id-w", 7, 600)).await;
     assert_unavailable("put", store.put_envelope(&envelope("w@x", 2), 600)).await;
-    assert_unavailable("confirm", store.confirm("done", 600)).await;
+    assert_unavailable("confirm", store.confirm("done", 600, &[])).await;
     assert_unavailable(
         "update",
         store.update_envelope("w@x", 600, &set_status(1, RecipientStatus::Consegnato)),

@@ -17,13 +17,17 @@ use pec_milter::crypto::pki::Pki;
 use pec_milter::crypto::verify::{SignatureStatus, TrustStore, VerifyAt};
 use pec_milter::pec::build::Provider;
 use pec_milter::pec::{TipoDestinatario, TipoRicevuta};
+use pec_milter::roles::outbox::OutboxSender;
 use pec_milter::roles::tracking::{Sent, Tracker, TrackerConfig, marker_key, notice_message_id};
 use pec_milter::roles::{InjectError, Injector};
 use pec_milter::state::embedded::EmbeddedStore;
 use pec_milter::state::{EnvelopeRecord, RecipientState, RecipientStatus, StateStore};
 
 use RecipientStatus::{Consegnato, Errore, PresaInCarico};
-use Step::{Confirmed, FailNext, InjectedSoFar, Receipt, Status, Tick, Tracked};
+use Step::{
+    Confirmed, FailNext, InjectedSoFar, LeaseOver, OutboxPass, Receipt, SignFails, Status, Tick,
+    Tracked,
+};
 use TipoDestinatario::{Certificato, Esterno};
 
 mod common;
@@ -110,17 +114,75 @@ impl Injector for Recorder {
     }
 }
 
+/// The provider key, made to fail its next `n` signatures (HSM gone).
+struct FlakyKey {
+    fail: AtomicUsize,
+}
+
+impl FlakyKey {
+    fn fail_next(&self, n: usize) {
+        self.fail.store(n, Ordering::SeqCst);
+    }
+}
+
+impl pec_milter::crypto::SigningKey for FlakyKey {
+    fn certificate_der(&self) -> &[u8] {
+        pki().key.certificate_der()
+    }
+    fn chain_der(&self) -> &[Vec<u8>] {
+        pki().key.chain_der()
+    }
+    fn sign(
+        &self,
+        digest: DigestAlg,
+        data: &[u8],
+    ) -> Result<Vec<u8>, pec_milter::crypto::CryptoError> {
+        if self
+            .fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(pec_milter::crypto::CryptoError::Sign(
+                "token not present (test)".into(),
+            ));
+        }
+        pki().key.sign(digest, data)
+    }
+}
+
+/// Send what waits in the outbox now (the daemon's outbox pass, no grace).
+async fn outbox_pass(store: &Arc<dyn StateStore>, inj: &Arc<Recorder>) -> usize {
+    OutboxSender {
+        state: store.as_ref(),
+        injector: inj.as_ref(),
+        grace: Duration::ZERO,
+        lease: Duration::from_secs(1),
+    }
+    .pass(Utc::now())
+    .await
+    .expect("outbox pass")
+}
+
 fn config() -> TrackerConfig {
     TrackerConfig::default()
 }
 
 fn tracker(store: &Arc<dyn StateStore>, inj: &Arc<Recorder>, cfg: TrackerConfig) -> Tracker {
+    tracker_with_key(store, inj, cfg, Arc::clone(&pki().key) as _)
+}
+
+fn tracker_with_key(
+    store: &Arc<dyn StateStore>,
+    inj: &Arc<Recorder>,
+    cfg: TrackerConfig,
+    key: Arc<dyn pec_milter::crypto::SigningKey>,
+) -> Tracker {
     cfg.validate().expect("valid config");
     Tracker::new(
         Arc::clone(store),
         Arc::clone(inj) as Arc<dyn Injector>,
         provider(),
-        Arc::clone(&pki().key) as Arc<dyn pec_milter::crypto::SigningKey>,
+        key,
         DigestAlg::Sha256,
         cfg,
         RETENTION,
@@ -249,7 +311,7 @@ async fn suite_markers(store: Arc<dyn StateStore>) {
     assert!(store.once("m1", 60).await.expect("once"));
     assert!(!store.once("m1", 60).await.expect("once again"));
     assert!(!store.confirmed("m1").await.expect("confirmed"));
-    store.confirm("m1", 60).await.expect("confirm");
+    store.confirm("m1", 60, &[]).await.expect("confirm");
     assert!(store.confirmed("m1").await.expect("confirmed"));
     assert!(!store.once("m1", 60).await.expect("once after confirm"));
     store.release("m1").await.expect("release");
@@ -257,7 +319,10 @@ async fn suite_markers(store: Arc<dyn StateStore>) {
     assert!(store.once("m1", 60).await.expect("once after release"));
     // Releasing an absent marker is fine; confirming an absent one sets it.
     store.release("never").await.expect("release absent");
-    store.confirm("c-only", 60).await.expect("confirm absent");
+    store
+        .confirm("c-only", 60, &[])
+        .await
+        .expect("confirm absent");
     assert!(store.confirmed("c-only").await.expect("confirmed"));
     assert!(!store.once("c-only", 60).await.expect("once"));
     // Awkward keys.
@@ -282,7 +347,7 @@ async fn suite_markers(store: Arc<dyn StateStore>) {
 
     // Expiry: a lease of 1 s is free again after it.
     assert!(store.once("lease", 1).await.expect("once"));
-    store.confirm("short-done", 1).await.expect("confirm");
+    store.confirm("short-done", 1, &[]).await.expect("confirm");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(store.once("lease", 60).await.expect("once after expiry"));
     assert!(!store.confirmed("short-done").await.expect("confirmed"));
@@ -408,6 +473,13 @@ enum Step {
     Receipt(RecipientStatus),
     /// The injector fails its next `n` calls.
     FailNext(usize),
+    /// The key fails its next `n` signatures.
+    SignFails(usize),
+    /// The outbox pass runs (no grace) and sends this many.
+    OutboxPass(usize),
+    /// The outbox pass's lease (1 s, whole seconds in the embedded
+    /// store) on an entry it failed to send runs out.
+    LeaseOver,
     /// The notice went out but the record was not updated: its marker is
     /// confirmed in the store.
     Confirmed { finale: bool },
@@ -507,33 +579,60 @@ const SCENARIOS: &[Scenario] = &[
         notices: &[false, true],
     },
     Scenario {
-        rule: "the injector fails: nothing is lost, the next pass sends it, once; \
-               while the final notice fails the recipient stays tracked",
+        rule: "the injector fails: the notice waits in the outbox, the outbox pass \
+               sends it, once, and no pass builds it again; the final notice ends \
+               the transaction while it still waits there",
         pec_id: "opec-fail@pec.acme.test",
         steps: &[
             FailNext(1),
+            Tick(12 * H, &[false]),
+            InjectedSoFar(0),
+            Tick(12 * H + 60, &[]),
+            OutboxPass(1),
+            InjectedSoFar(1),
+            OutboxPass(0),
+            // The final notice's injection fails twice.
+            FailNext(2),
+            Tick(24 * H, &[true]),
+            Status(Errore),
+            Tracked(false),
+            OutboxPass(0),
+            InjectedSoFar(1),
+            OutboxPass(0),
+            LeaseOver,
+            OutboxPass(1),
+            Tick(25 * H, &[]),
+            OutboxPass(0),
+        ],
+        notices: &[false, true],
+    },
+    Scenario {
+        rule: "the key cannot sign: nothing is queued or confirmed, the next pass \
+               builds it; while the final notice cannot be signed the recipient \
+               stays tracked",
+        pec_id: "opec-nokey@pec.acme.test",
+        steps: &[
+            SignFails(1),
             Tick(12 * H, &[]),
             InjectedSoFar(0),
+            OutboxPass(0),
             Tick(12 * H + 60, &[false]),
-            Tick(12 * H + 120, &[]),
-            // The final notice fails twice.
-            FailNext(2),
+            SignFails(2),
             Tick(24 * H, &[]),
             Tick(24 * H + 60, &[]),
             Status(RecipientStatus::Sent),
             Tracked(true),
             Tick(24 * H + 120, &[true]),
-            Tick(25 * H, &[]),
             Status(Errore),
             Tracked(false),
         ],
         notices: &[false, true],
     },
     Scenario {
-        rule: "when the preavviso cannot go, the final notice waits for it",
+        rule: "when the preavviso cannot be signed, the final notice waits for it",
         pec_id: "opec-fail2@pec.acme.test",
         steps: &[
-            FailNext(1),
+            SignFails(1),
             Tick(30 * H, &[]),
             Tick(30 * H + 60, &[false, true]),
         ],
@@ -559,7 +658,10 @@ const SCENARIOS: &[Scenario] = &[
 /// Runs one scenario on `store` with a tracker and an injector of its own.
 async fn run_scenario(store: &Arc<dyn StateStore>, sc: &Scenario) {
     let inj = Arc::new(Recorder::default());
-    let t = tracker(store, &inj, config());
+    let key = Arc::new(FlakyKey {
+        fail: AtomicUsize::new(0),
+    });
+    let t = tracker_with_key(store, &inj, config(), key.clone());
     let t0 = t0();
     let id = sc.pec_id;
     let rcpt = "dest@pec.other.it";
@@ -575,8 +677,11 @@ async fn run_scenario(store: &Arc<dyn StateStore>, sc: &Scenario) {
         match *step {
             Receipt(status) => receipt(&**store, id, rcpt, status).await,
             FailNext(k) => inj.fail_next(k),
+            SignFails(k) => key.fail_next(k),
+            OutboxPass(k) => assert_eq!(outbox_pass(store, &inj).await, k, "{ctx}"),
+            LeaseOver => tokio::time::sleep(Duration::from_millis(2100)).await,
             Confirmed { finale } => store
-                .confirm(&marker_key(id, rcpt, finale), RETENTION)
+                .confirm(&marker_key(id, rcpt, finale), RETENTION, &[])
                 .await
                 .expect("confirm"),
             Tick(secs, want) => {

@@ -389,6 +389,7 @@ impl AccessPoint {
             from: self.provider.service_address(),
             to: vec![tx.mittente.clone()],
             message: msg.to_bytes(),
+            file: None,
             queued_at: Utc::now().timestamp(),
             pec_id: tx.identificativo.clone(),
             kind: ricevuta.tipo().to_string(),

@@ -25,12 +25,20 @@
 //! A receipt is issued once per (envelope, recipient), also across
 //! retries, and never without its once-only claim: a busta di trasporto is
 //! stored only while the state store answers (4xx otherwise, nothing
-//! stored). If the receipt cannot be injected right away, it is kept in an
-//! outbox on disk and retried: the message is already in the mailbox, so
-//! answering 4xx would deliver it twice. Only when it can be neither sent
-//! nor kept (nor its event recorded, nor its claim answered) is the answer
-//! 4xx after all: the MTA's retry may store a second copy and issues the
-//! receipt once; a receipt is never lost.
+//! stored). Once the mailbox holds the message, the receipt is built,
+//! signed, its event recorded, and it is written into the state store's
+//! outbox **in the same write that marks the claim issued**
+//! ([`StateStore::mark_receipt_sent`]); only then is it handed to the MTA,
+//! and if that fails (or the process dies) the outbox pass sends it (see
+//! `crate::roles::outbox`). A receipt larger than the spool threshold (an
+//! avvenuta consegna completa carries the whole original) is written and
+//! synced into `[delivery] outbox` first and the entry names that file.
+//! When the receipt cannot be queued (its event not recorded, the store
+//! gone since the check), the answer is 4xx: the MTA's retry may store a
+//! second copy and issues the receipt once. So the side that may repeat
+//! is the mailbox copy (and, as everywhere, a message the MTA took just
+//! before a crash, sent again with the same Message-ID), never a receipt
+//! built twice; a receipt is never lost.
 //!
 //! The signature is the one dependency a receipt cannot do without: before
 //! a busta di trasporto is stored, the key makes a probe signature, and
@@ -38,8 +46,8 @@
 //! nothing is stored (Postfix retries). Should the key fail in the instant
 //! between that probe and the receipt, the facts of the receipt (the
 //! envelope, the recipient, the outcome, the time) are kept in the outbox
-//! as `<id>.pending` and the receipt is signed and sent by a later outbox
-//! pass: never lost, never unsigned.
+//! directory as `<id>.pending` and the receipt is signed and queued by a
+//! later outbox pass: never lost, never unsigned.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,12 +68,13 @@ use crate::pec::reader::{self, PecMessage};
 use crate::pec::{Errore, MessageKind, mime};
 use crate::roles::TempFail;
 use crate::roles::message::SpooledMessage;
+use crate::roles::outbox::{keep_message, send_queued};
 use crate::roles::ports::{Injector, MailboxStore, RcptOutcome};
 use crate::roles::receipts::record_receipt;
 use crate::roles::verify::{Problem, anomalia_of, anomaly_envelope, verify_pec};
 use crate::rt::off_runtime_if;
 use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
-use crate::state::{Claim, StateStore};
+use crate::state::{Claim, OutboxEntry, StateStore};
 
 /// Why the key cannot sign now.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +95,8 @@ pub struct DeliveryPoint {
     /// The legal message log: a receipt's event is recorded before the
     /// receipt leaves.
     pub log: Arc<dyn EventLog>,
+    /// `[delivery] outbox`: the files of large queued receipts and the
+    /// facts of receipts waiting for the key (`.pending`).
     pub outbox: PathBuf,
     pub retention_secs: u64,
     /// Where large receipts (an avvenuta consegna completa carries the
@@ -610,44 +621,55 @@ impl DeliveryPoint {
         }))
     }
 
-    /// Record a built receipt's event, inject it (into the outbox when
-    /// that fails) and mark it sent. An error when its event cannot be
-    /// recorded (nothing sent) or when it could be neither sent nor kept.
+    /// Record a built receipt's event, then queue it in the state store's
+    /// outbox in the same write that marks it issued, then hand it to the
+    /// MTA (the outbox pass sends it if that fails). An error when its
+    /// event cannot be recorded or it cannot be queued: nothing sent.
     async fn send(&self, key: &str, pec_id: &str, rcpt: &str, b: Built) -> Result<bool, TempFail> {
         self.log.record(vec![b.event.clone()]).await?;
-        let to = vec![b.to.clone()];
-        let bytes = match b.message.view() {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, pec_id = %pec_id, recipient = %rcpt,
-                    "built receipt cannot be read back from the spool: not sent");
-                return Ok(false);
-            }
-        };
-        match self
-            .injector
-            .inject(&self.provider.service_address(), &to, &bytes)
-            .await
-        {
-            Ok(()) => {
-                tracing::info!(pec_id = %pec_id, recipient = %rcpt, kind = %b.tipo, message_id = %b.message_id, to = %b.to, "receipt injected");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, pec_id = %pec_id, "receipt injection failed: kept in the outbox");
-                if let Err(e) = outbox_put(&self.outbox, &b.message_id, &b.to, &bytes) {
-                    tracing::error!(error = %e, pec_id = %pec_id, "receipt could be neither sent nor kept in the outbox: 4xx");
-                    return Err(TempFail::Outbox(e));
-                }
-            }
-        }
+        let entry = off_runtime_if(b.message.is_on_disk(), || self.entry(&b)).map_err(|e| {
+            tracing::error!(error = %e, pec_id = %pec_id, recipient = %rcpt,
+                "receipt cannot be kept for the outbox: not sent, 4xx");
+            TempFail::Outbox(e)
+        })?;
         if let Err(e) = self
             .state
-            .mark_receipt_sent(key, &[], self.retention_secs)
+            .mark_receipt_sent(key, std::slice::from_ref(&entry), self.retention_secs)
             .await
         {
-            tracing::warn!(error = %e, "receipt sent but not marked");
+            tracing::error!(error = %e, pec_id = %pec_id, recipient = %rcpt,
+                "receipt neither marked nor queued: not sent, 4xx");
+            if let Some(path) = &entry.file {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e.into());
         }
+        tracing::info!(pec_id = %pec_id, recipient = %rcpt, kind = %b.tipo, message_id = %b.message_id,
+            to = %b.to, large = entry.file.is_some(), "receipt signed and queued");
+        send_queued(self.state.as_ref(), self.injector.as_ref(), vec![entry]).await;
         Ok(true)
+    }
+
+    /// The outbox entry of `b`: its bytes, or (a receipt larger than the
+    /// spool threshold, kept on disk) the file in the outbox directory
+    /// that holds them. Blocking I/O for a large one.
+    fn entry(&self, b: &Built) -> std::io::Result<OutboxEntry> {
+        let (message, file) = if b.message.is_on_disk() {
+            let path = keep_message(&self.outbox, &b.message_id, &b.message)?;
+            (Vec::new(), Some(path.to_string_lossy().into_owned()))
+        } else {
+            (b.message.to_vec()?, None)
+        };
+        Ok(OutboxEntry {
+            id: b.message_id.clone(),
+            from: self.provider.service_address(),
+            to: vec![b.to.clone()],
+            message,
+            file,
+            queued_at: Utc::now().timestamp(),
+            pec_id: b.event.pec_id.clone(),
+            kind: b.tipo.to_string(),
+        })
     }
 
     /// Sign and send the receipts whose facts wait in the outbox
@@ -701,8 +723,10 @@ impl DeliveryPoint {
         done
     }
 
-    /// Retry the receipts kept in the outbox (signed ones and pending
-    /// ones); returns how many left.
+    /// Sign and queue the receipts whose facts wait as `.pending` files,
+    /// and send the signed `.eml` files an older version of pec-milter
+    /// kept in the outbox directory (the state store's outbox holds
+    /// everything since); returns how many left.
     pub async fn flush_outbox(&self) -> usize {
         let mut sent = self.flush_pending().await;
         let Ok(entries) = std::fs::read_dir(&self.outbox) else {
@@ -843,11 +867,6 @@ fn pending_parse(data: &[u8]) -> Option<Pending<'_>> {
         outcome: outcome?,
         raw,
     })
-}
-
-fn outbox_put(dir: &std::path::Path, id: &str, to: &str, message: &[u8]) -> std::io::Result<()> {
-    let first = format!("X-Outbox-To: {to}\r\n");
-    crate::keep::keep_sync(dir, id, &[first.as_bytes(), message]).map(|_| ())
 }
 
 impl DeliveryPoint {

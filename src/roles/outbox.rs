@@ -9,6 +9,16 @@
 //! injection may take, so that it never races the role that queued them)
 //! and leases each one, so that one node sends it.
 //!
+//! A message larger than the role's spool threshold (the avvenuta
+//! consegna completa of a 100 MB original) is not copied into Redis or
+//! SQLite: [`keep_message`] writes and syncs it into the node's outbox
+//! directory first, the entry names the file, and [`message_of`] maps it
+//! to send it; the file goes once the entry is dropped. Only the node
+//! holding the file can send such an entry (another node's pass finds no
+//! file, says so and leaves it). A crash between the file and the state
+//! write leaves a file no entry names: the MTA's retry builds the receipt
+//! again and writes the same file name over it.
+//!
 //! Which side of a crash may repeat: the one between the MTA accepting an
 //! entry and the entry leaving the outbox. A crash there sends that
 //! message again, the same bytes with the same Message-ID (the legal log
@@ -19,12 +29,15 @@
 //! never issued twice by the roles themselves.
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use super::ports::Injector;
+use crate::keep::keep_with;
+use crate::spool::{Spooled, SpooledView};
 use crate::state::{OutboxEntry, StateError, StateStore};
 
 /// How long the removal of a sent entry is tried again while the state
@@ -98,6 +111,37 @@ pub async fn send_queued(
     sent
 }
 
+/// The bytes of `e`: kept in the entry, or its file in the node's outbox
+/// directory mapped read-only (a receipt carrying a 100 MB original is
+/// not read into memory).
+pub fn message_of(e: &OutboxEntry) -> std::io::Result<SpooledView<'_>> {
+    let Some(path) = &e.file else {
+        return Ok(SpooledView::Memory(&e.message));
+    };
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(SpooledView::Memory(&[]));
+    }
+    // SAFETY: the file is one of this daemon's outbox files (see
+    // `keep_message`): written to a temporary name, synced and renamed,
+    // never written again, and removed only once the entry is dropped
+    // after the MTA took it; nothing truncates it while the map lives.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    Ok(SpooledView::Mapped(map))
+}
+
+/// Keep the large message `body` as the file `dir/<safe id>.msg`
+/// (written, synced, renamed), for an entry that names it instead of
+/// carrying the bytes. Blocking I/O.
+pub fn keep_message(dir: &Path, id: &str, body: &Spooled) -> std::io::Result<PathBuf> {
+    keep_with(dir, id, MESSAGE_EXT, |f| {
+        body.for_each_chunk::<std::io::Error>(|c| f.write_all(c))
+    })
+}
+
+/// The extension of the files [`keep_message`] writes.
+pub const MESSAGE_EXT: &str = "msg";
+
 /// Inject `e` and drop it from the outbox; whether the MTA has it.
 async fn send_one(
     state: &dyn StateStore,
@@ -105,12 +149,33 @@ async fn send_one(
     e: &OutboxEntry,
     what: &str,
 ) -> bool {
-    match injector.inject(&e.from, &e.to, &e.message).await {
+    let bytes = match message_of(e) {
+        Ok(b) => b,
+        Err(err) => {
+            // another node's file, or gone: that node's pass sends it
+            tracing::warn!(pec_id = %e.pec_id, kind = %e.kind, message_id = %e.id,
+                file = ?e.file, error = %err,
+                "outbox entry's message file cannot be read here: left for the node that holds it");
+            return false;
+        }
+    };
+    let sent = injector.inject(&e.from, &e.to, &bytes).await;
+    drop(bytes);
+    match sent {
         Ok(()) => {
             tracing::info!(pec_id = %e.pec_id, kind = %e.kind, to = ?e.to, message_id = %e.id, "{what}");
-            if let Err(err) = done(state, &e.id).await {
-                tracing::warn!(message_id = %e.id, error = %err,
-                    "sent, but still in the outbox: the outbox pass may send it again (same Message-ID)");
+            match done(state, &e.id).await {
+                Ok(()) => {
+                    if let Some(path) = &e.file
+                        && let Err(err) = std::fs::remove_file(path)
+                    {
+                        tracing::warn!(file = %path, error = %err, "sent: its outbox file cannot be removed");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(message_id = %e.id, error = %err,
+                        "sent, but still in the outbox: the outbox pass may send it again (same Message-ID)");
+                }
             }
             true
         }

@@ -45,7 +45,11 @@ use crate::roles::receipts::{record_receipt, would_change};
 use crate::roles::verify::{anomalia_of, anomaly_envelope, digest_message, verify_pec};
 use crate::rt::off_runtime_if;
 use crate::spool::SpoolOptions;
-use crate::state::{Claim, OutboxEntry, StateStore};
+use crate::state::{Claim, OutboxEntry, StateError, StateStore};
+
+/// How long one task holds a notice it is issuing (building, signing,
+/// recording, queueing) before another may try.
+const NOTICE_LEASE_SECS: u64 = 60;
 
 /// The reception point: what it verifies against and what it signs with.
 pub struct ReceptionPoint {
@@ -409,6 +413,7 @@ impl ReceptionPoint {
                 from: self.provider.service_address(),
                 to: vec![to.to_string()],
                 message: built.to_bytes(),
+                file: None,
                 queued_at: Utc::now().timestamp(),
                 pec_id: tx.identificativo.clone(),
                 kind: ric.tipo().to_string(),
@@ -417,10 +422,15 @@ impl ReceptionPoint {
         ))
     }
 
-    /// Build and sign `ric` (about a message sent by `sending`, a
-    /// provider's name), record its event, then inject it now (no outbox:
-    /// a failure is 4xx before anything changes, and the MTA retries).
-    async fn send(
+    /// Issue the notice `ric` (about a message sent by `sending`, a
+    /// provider's name) once: built and signed, its event recorded, then
+    /// queued in the outbox in the same write that confirms its marker
+    /// (`notice:<its Message-ID>`), then handed to the MTA (what it cannot
+    /// take now, the outbox pass sends). An MTA retry of what caused it
+    /// finds the marker confirmed and issues nothing again; one being
+    /// issued by another task or node right now gives 4xx (the MTA
+    /// retries, and then finds it confirmed).
+    async fn send_once(
         &self,
         tx: &Transaction,
         ric: &Ricevuta<'_>,
@@ -429,13 +439,37 @@ impl ReceptionPoint {
         to: &str,
         sending: &str,
     ) -> Result<(), TempFail> {
-        let (built, event) = self.build(tx, ric, time, message_id, to, sending)?;
-        self.log.record(vec![event]).await?;
-        self.injector
-            .inject(&built.from, &built.to, &built.message)
-            .await
-            .map_err(TempFail::Inject)?;
-        tracing::info!(pec_id = %built.pec_id, kind = %built.kind, to = %to, message_id = %built.id, "receipt injected");
+        let marker = format!("notice:{message_id}");
+        if self.state.confirmed(&marker).await? {
+            tracing::info!(pec_id = %tx.identificativo, kind = %ric.tipo(), message_id = %message_id,
+                "notice already queued: not issued again");
+            return Ok(());
+        }
+        if !self.state.once(&marker, NOTICE_LEASE_SECS).await? {
+            return Err(TempFail::State(StateError::Unavailable(format!(
+                "{marker}: being issued by another task or node"
+            ))));
+        }
+        let queued = async {
+            let (entry, event) = self.build(tx, ric, time, message_id, to, sending)?;
+            self.log.record(vec![event]).await?;
+            self.state
+                .confirm(&marker, self.retention_secs, std::slice::from_ref(&entry))
+                .await?;
+            Ok::<_, TempFail>(entry)
+        }
+        .await;
+        let entry = match queued {
+            Ok(e) => e,
+            Err(e) => {
+                if let Err(r) = self.state.release(&marker).await {
+                    tracing::warn!(marker = %marker, error = %r, "notice marker not released: retried when its lease expires");
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(pec_id = %entry.pec_id, kind = %entry.kind, to = ?entry.to, message_id = %entry.id, "receipt signed and queued");
+        send_queued(self.state.as_ref(), self.injector.as_ref(), vec![entry]).await;
         Ok(())
     }
 
@@ -461,8 +495,9 @@ impl ReceptionPoint {
             )])
             .await?;
         // The sending side's answer to a rilevazione-virus (PEC-RULES
-        // §2.11): sent before the record changes, so that a failed
-        // injection (4xx, the MTA retries the receipt) never loses it.
+        // §2.11): queued (once) before the record changes, so that a
+        // failure in between (4xx, the MTA retries the receipt) never
+        // loses it and a retry never issues it twice.
         if tipo == Tipo::RilevazioneVirus
             && let Some(c) = &d.consegna
             && let Some(rec) = self.state.get_envelope(&d.identificativo).await?
@@ -482,7 +517,7 @@ impl ReceptionPoint {
                 hex(c.as_bytes()).get(..16).unwrap_or("r"),
                 self.provider.domain
             );
-            self.send(&tx, &ric, now, id, &rec.sender, &self.provider.name)
+            self.send_once(&tx, &ric, now, id, &rec.sender, &self.provider.name)
                 .await?;
         }
         record_receipt(

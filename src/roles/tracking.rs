@@ -27,22 +27,24 @@
 //! 2. [`StateStore::once`] with a short lease ([`TrackerConfig::lease`],
 //!    10 min): exactly one node (or task) wins and sends; the others skip
 //!    it for now.
-//! 3. The winner builds, signs and injects the notice (the injection
-//!    bounded by half the lease). On success it
-//!    [confirms](StateStore::confirm) the marker for the retention time (a
-//!    lasting "sent"); on failure it [releases](StateStore::release) the
+//! 3. The winner builds and signs the notice, records its event in the
+//!    message log, then [confirms](StateStore::confirm) the marker for the
+//!    retention time **together with the signed notice as an outbox
+//!    entry**, in one write (see "The outbox" in `crate::state`). Only
+//!    then is it handed to the MTA ([`send_queued`]); if that fails, or
+//!    the process dies first, the outbox pass sends it later. On a failure
+//!    before the confirmation it [releases](StateStore::release) the
 //!    marker, and the next pass, on any node, tries again.
 //!
-//! Claiming only *after* a successful injection would send duplicates when
-//! two nodes tick together; claiming for good *before* it would lose the
-//! notice when the injection fails. With the lease, a node that crashes
-//! between claim and confirmation (or cannot release) only delays the
-//! notice until the lease expires; the price is that a crash (or a store
-//! failure) right after the injection and before the confirmation sends
-//! that notice a second time: at least once under failures, exactly once
-//! otherwise. The Message-ID of a notice is deterministic
+//! So a notice is never lost (it is durable before anything is sent) and
+//! never built twice (once confirmed, every pass skips it). The side that
+//! may repeat is the outbox's: a crash between the MTA taking the notice
+//! and its removal from the outbox sends the same bytes once more, with
+//! the same deterministic Message-ID
 //! (`preavviso.<first|last>.<local part of the PEC id>.<hash of the
-//! recipient>@<our domain>`), so such a duplicate is recognisable.
+//! recipient>@<our domain>`). A node that crashes between claim and
+//! confirmation only delays the notice until the lease expires; its event
+//! may then be recorded a second time, which the log keeps once.
 //!
 //! The final notice ends the recipient's transaction: the record is read
 //! again, the recipient set to `Errore` and the record written back, which
@@ -65,8 +67,11 @@ use crate::crypto::{DigestAlg, SigningKey};
 use crate::log::{EventLog, NoLog, event_for};
 use crate::pec::Destinatario;
 use crate::pec::build::{Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta};
+use crate::roles::outbox::send_queued;
 use crate::roles::ports::Injector;
-use crate::state::{EnvelopeRecord, RecipientState, RecipientStatus, StateError, StateStore};
+use crate::state::{
+    EnvelopeRecord, OutboxEntry, RecipientState, RecipientStatus, StateError, StateStore,
+};
 
 /// When the notices are due and how often the store is scanned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,10 +84,9 @@ pub struct TrackerConfig {
     /// How often [`Tracker::spawn`] runs a pass (e.g. 60 s). A notice
     /// leaves at most this long after it is due.
     pub interval: Duration,
-    /// How long a node holds a notice it is sending before another node
-    /// may try again (see the [module documentation](self)). Must be
-    /// longer than an injection can take; the injection is cut at half of
-    /// it.
+    /// How long a node holds a notice it is building before another node
+    /// may try again (see the [module documentation](self)): longer than
+    /// signing, recording and queueing one notice can take.
     pub lease: Duration,
 }
 
@@ -325,39 +329,54 @@ impl Tracker {
                 Step::Busy
             });
         }
-        match self.send(rec, &r.address, finale, now).await {
-            Ok(s) => {
-                let keep = self
-                    .retention_secs
-                    .max(self.cfg.last.as_secs().saturating_mul(2));
-                if let Err(e) = self.state.confirm(&key, keep).await {
-                    tracing::warn!(key = %key, error = %e,
-                        "timers: notice sent but not confirmed: it may be sent again when the lease expires");
-                }
-                tracing::info!(pec_id = %s.pec_id, recipient = %s.recipient, finale, to = %s.to,
-                    message_id = %s.message_id, key = %key, "timers: preavviso-errore-consegna injected");
-                Ok(Step::Sent(s))
-            }
+        let keep = self
+            .retention_secs
+            .max(self.cfg.last.as_secs().saturating_mul(2));
+        let built = match self.build(rec, &r.address, finale, now).await {
+            Ok(b) => b,
             Err(why) => {
                 tracing::warn!(pec_id = %rec.pec_id, recipient = %r.address, finale, reason = %why,
-                    "timers: notice not sent, retried at the next pass");
-                if let Err(e) = self.state.release(&key).await {
-                    tracing::warn!(key = %key, error = %e,
-                        "timers: cannot release the notice: retried when its lease expires");
-                }
-                Ok(Step::Failed)
+                    "timers: notice not built, retried at the next pass");
+                self.release(&key).await;
+                return Ok(Step::Failed);
             }
+        };
+        let (sent, entry) = built;
+        // The notice exists from here on: the marker confirmed and the
+        // signed message in the outbox, in one write.
+        if let Err(e) = self
+            .state
+            .confirm(&key, keep, std::slice::from_ref(&entry))
+            .await
+        {
+            tracing::warn!(pec_id = %rec.pec_id, recipient = %r.address, finale, error = %e,
+                "timers: notice signed but neither confirmed nor queued: not sent, retried at the next pass");
+            self.release(&key).await;
+            return Ok(Step::Failed);
+        }
+        tracing::info!(pec_id = %sent.pec_id, recipient = %sent.recipient, finale, to = %sent.to,
+            message_id = %sent.message_id, key = %key, "timers: preavviso-errore-consegna signed and queued");
+        send_queued(self.state.as_ref(), self.injector.as_ref(), vec![entry]).await;
+        Ok(Step::Sent(sent))
+    }
+
+    /// Give the lease on `key` back, so that the next pass tries again.
+    async fn release(&self, key: &str) {
+        if let Err(e) = self.state.release(key).await {
+            tracing::warn!(key = %key, error = %e,
+                "timers: cannot release the notice: retried when its lease expires");
         }
     }
 
-    /// Build, sign and inject one notice.
-    async fn send(
+    /// Build and sign one notice and record its event: what was sent, and
+    /// the outbox entry that carries it.
+    async fn build(
         &self,
         rec: &EnvelopeRecord,
         recipient: &str,
         finale: bool,
         now: DateTime<Utc>,
-    ) -> Result<Sent, String> {
+    ) -> Result<(Sent, OutboxEntry), String> {
         let tx = transaction(rec);
         let message_id = notice_message_id(&rec.pec_id, recipient, finale, &self.provider.domain);
         let emission = Emission {
@@ -369,6 +388,7 @@ impl Tracker {
             finale,
         };
         let event = event_for(&tx, &ricevuta, &self.provider.name, now, &message_id);
+        let kind = ricevuta.tipo().to_string();
         let provider = self.provider.clone();
         let key = Arc::clone(&self.key);
         let digest = self.digest;
@@ -383,30 +403,32 @@ impl Tracker {
         .await
         .map_err(|e| format!("signing task failed: {e}"))?
         .map_err(|e| format!("building the notice: {e}"))?;
+        // recorded before it can leave (an event recorded twice, after a
+        // crash before the marker was confirmed, is kept once by the log)
         self.log
             .record(vec![event])
             .await
             .map_err(|e| format!("message log: {e}"))?;
-        let to = vec![rec.sender.clone()];
-        let bound = (self.cfg.lease / 2).max(Duration::from_secs(1));
-        match tokio::time::timeout(
-            bound,
-            self.injector
-                .inject(&self.provider.service_address(), &to, &bytes),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("reinjection: {e}")),
-            Err(_) => return Err(format!("reinjection: no answer within {bound:?}")),
-        }
-        Ok(Sent {
+        let entry = OutboxEntry {
+            id: message_id.clone(),
+            from: self.provider.service_address(),
+            to: vec![rec.sender.clone()],
+            message: bytes,
+            file: None,
+            queued_at: now.timestamp(),
             pec_id: rec.pec_id.clone(),
-            recipient: recipient.to_owned(),
-            finale,
-            message_id,
-            to: rec.sender.clone(),
-        })
+            kind,
+        };
+        Ok((
+            Sent {
+                pec_id: rec.pec_id.clone(),
+                recipient: recipient.to_owned(),
+                finale,
+                message_id,
+                to: rec.sender.clone(),
+            },
+            entry,
+        ))
     }
 
     /// The transaction is over for `recipients`: set them to `Errore` in

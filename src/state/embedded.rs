@@ -642,13 +642,21 @@ impl StateStore for EmbeddedStore {
         .await
     }
 
-    async fn confirm(&self, key: &str, ttl_secs: u64) -> Result<(), StateError> {
-        let key = key.to_owned();
+    async fn confirm(
+        &self,
+        key: &str,
+        ttl_secs: u64,
+        outbox: &[OutboxEntry],
+    ) -> Result<(), StateError> {
+        let (key, entries) = (key.to_owned(), encoded(outbox));
         self.run(move |c| {
+            let now = now_secs();
+            // the entries live as long as the marker that says they exist
+            put_outbox(c, &entries, expires_at(now, ttl_secs))?;
             c.prepare_cached(
                 "INSERT OR REPLACE INTO marks (key, done, expires_at) VALUES (?1, 1, ?2)",
             )?
-            .execute(params![key, expires_at(now_secs(), ttl_secs)])?;
+            .execute(params![key, expires_at(now, ttl_secs)])?;
             Ok(())
         })
         .await

@@ -24,12 +24,14 @@
 //!
 //! # The outbox
 //!
-//! Every receipt and notice the roles issue for a claimed message (the
-//! accettazione and its refusals, the presa in carico and the
-//! rilevazione-virus) is an [`OutboxEntry`] written in the same durable
-//! step as the claim's "receipt handed over" flag
-//! ([`StateStore::record_acceptance`], [`StateStore::mark_receipt_sent`]):
-//! one SQLite transaction, one Redis script. The role then hands it to
+//! Every receipt and notice the roles issue (the accettazione and its
+//! refusals, the presa in carico and the rilevazione-virus, the
+//! avvenuta consegna and errore consegna, the 12 h / 24 h notices) is an
+//! [`OutboxEntry`] written in the same durable step as the record that
+//! says it exists: the claim's "receipt handed over" flag
+//! ([`StateStore::record_acceptance`], [`StateStore::mark_receipt_sent`])
+//! or the notice's confirmed marker ([`StateStore::confirm`]): one SQLite
+//! transaction, one Redis script. The role then hands it to
 //! the MTA at once and drops it ([`StateStore::outbox_done`]); what is
 //! left (the MTA's listener down, a crash in between) is found by
 //! [`StateStore::outbox_due`] and sent by `crate::roles::outbox`. An
@@ -170,8 +172,15 @@ pub struct OutboxEntry {
     /// The SMTP reverse path.
     pub from: String,
     pub to: Vec<String>,
-    /// The whole signed message.
+    /// The whole signed message; empty when it is kept in
+    /// [`file`](Self::file).
     pub message: Vec<u8>,
+    /// A message larger than the role's spool threshold (an avvenuta
+    /// consegna completa carries the whole original, up to 100 MB) is not
+    /// copied into the store: it is written and synced into the node's
+    /// outbox directory first, and the entry names that file. Only the
+    /// node that holds the file can send it.
+    pub file: Option<String>,
     /// Unix seconds when it was queued.
     pub queued_at: i64,
     /// What it is about (for the log lines): the PEC id and the receipt's
@@ -189,6 +198,8 @@ struct OutboxHead {
     pec_id: String,
     #[serde(default)]
     kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
 }
 
 impl OutboxEntry {
@@ -201,6 +212,7 @@ impl OutboxEntry {
             queued_at: self.queued_at,
             pec_id: self.pec_id.clone(),
             kind: self.kind.clone(),
+            file: self.file.clone(),
         };
         // a struct of strings and an integer always serialises
         let mut out = serde_json::to_vec(&head).unwrap_or_default();
@@ -229,6 +241,7 @@ impl OutboxEntry {
             queued_at: head.queued_at,
             pec_id: head.pec_id,
             kind: head.kind,
+            file: head.file,
         })
     }
 }
@@ -383,9 +396,17 @@ pub trait StateStore: Send + Sync {
     /// Mark `key` as done, kept for `ttl_secs` from now (whether or not
     /// it was held): [`once`](Self::once) keeps failing and
     /// [`confirmed`](Self::confirmed) answers `true` until it expires.
-    /// Turns a short lease taken with `once` into a lasting record.
-    async fn confirm(&self, key: &str, ttl_secs: u64) -> Result<(), StateError> {
-        let _ = (key, ttl_secs);
+    /// Turns a short lease taken with `once` into a lasting record. The
+    /// `outbox` entries (possibly none: the message the marker stands for)
+    /// are kept in the same write, as by
+    /// [`mark_receipt_sent`](Self::mark_receipt_sent).
+    async fn confirm(
+        &self,
+        key: &str,
+        ttl_secs: u64,
+        outbox: &[OutboxEntry],
+    ) -> Result<(), StateError> {
+        let _ = (key, ttl_secs, outbox);
         Err(StateError::Unavailable("confirm: not supported".into()))
     }
 

@@ -18,8 +18,9 @@
 //!   value, change the record, then a script writes the new value (and
 //!   updates the index) only if the key still holds the value read.
 //! - `<prefix>once:<key>`: the markers of [`StateStore::once`] (`SET NX EX`,
-//!   value `held`), [`StateStore::confirm`] (`SET ... EX`, value `done`),
-//!   [`StateStore::release`] (`DEL`).
+//!   value `held`), [`StateStore::confirm`] (`SET ... EX`, value `done`,
+//!   with its outbox entries in one script), [`StateStore::release`]
+//!   (`DEL`).
 //!
 //! A TTL of 0 is treated as 1 second (Redis refuses `EX 0`).
 //!
@@ -509,6 +510,18 @@ const MARK_SCRIPT: &str = concat!(
     r"
 put_outbox(2, 1)
 return mark_claim(1)
+"
+);
+
+/// [`StateStore::confirm`]: the marker `KEYS[1]` set to `ARGV[1]` for
+/// `ARGV[2]` seconds and the outbox entries (possibly none; `KEYS[2]` the
+/// set, then the entries; ARGV from 3 as [`outbox_lua`]) in one step.
+const CONFIRM_SCRIPT: &str = concat!(
+    outbox_lua!(),
+    r"
+put_outbox(2, 3)
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
 "
 );
 
@@ -1258,18 +1271,24 @@ impl StateStore for RedisStore {
         .await
     }
 
-    async fn confirm(&self, key: &str, ttl_secs: u64) -> Result<(), StateError> {
-        let rkey = self.once_key(key);
+    async fn confirm(
+        &self,
+        key: &str,
+        ttl_secs: u64,
+        outbox: &[OutboxEntry],
+    ) -> Result<(), StateError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(CONFIRM_SCRIPT)
+            .arg(2 + outbox.len())
+            .arg(self.once_key(key))
+            .arg(self.outbox_key());
+        for e in outbox {
+            cmd.arg(self.outbox_entry_key(&e.id));
+        }
+        cmd.arg(MARK_DONE).arg(ttl_secs.max(1));
+        self.outbox_args(&mut cmd, outbox, ttl_secs);
         self.bounded("confirm", async {
-            let _: Value = self
-                .write(
-                    redis::cmd("SET")
-                        .arg(&rkey)
-                        .arg(MARK_DONE)
-                        .arg("EX")
-                        .arg(ttl_secs.max(1)),
-                )
-                .await?;
+            let _: Value = self.write(&cmd).await?;
             Ok(())
         })
         .await
