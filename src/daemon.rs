@@ -828,6 +828,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     {
         tracing::warn!(error = %e, "LMTP server stopped with an error");
     }
+    // Sent receipts still being dropped from the outbox: waited for, so
+    // that a clean stop sends nothing twice.
+    if !crate::roles::outbox::settle(crate::roles::outbox::DONE_PATIENCE).await {
+        tracing::warn!(
+            "outbox: sent messages still in the outbox at the stop: the outbox pass sends them once more after the restart (same Message-ID)"
+        );
+    }
     served.map_err(DaemonError::Milter)?;
     tracing::info!("pec-milter stopped");
     Ok(())

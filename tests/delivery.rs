@@ -792,3 +792,39 @@ async fn a_receipt_neither_sent_nor_kept_is_a_temporary_failure() {
         "the copy repeats"
     );
 }
+
+/// A receipt the MTA took leaves the outbox: its removal runs after the
+/// answer (not waited for), and `settle` waits for it; nothing is left
+/// for the outbox pass to send again.
+#[tokio::test]
+async fn a_sent_receipt_leaves_the_outbox_after_the_answer() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (dp, rec) = setup(dir.path()).await;
+    let env = envelope(TipoRicevuta::Breve);
+    let one = vec!["anna.bianchi@pec.other.test".to_string()];
+    let replies = dp
+        .handle("posta-certificata@pec.acme.test", &one, &env)
+        .await;
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    assert_eq!(rec.0.lock().map(|v| v.len()).unwrap_or(0), 1, "sent now");
+    assert!(
+        pec_milter::roles::outbox::settle(std::time::Duration::from_secs(10)).await,
+        "removals settle"
+    );
+    assert!(
+        dp.state
+            .outbox_due(i64::MAX, 10)
+            .await
+            .expect("outbox")
+            .is_empty(),
+        "nothing left in the outbox"
+    );
+    let pass = OutboxSender {
+        state: dp.state.as_ref(),
+        injector: dp.injector.as_ref(),
+        grace: std::time::Duration::ZERO,
+        lease: std::time::Duration::from_secs(5),
+    };
+    assert_eq!(pass.pass(chrono::Utc::now()).await.expect("pass"), 0);
+    assert_eq!(rec.0.lock().map(|v| v.len()).unwrap_or(0), 1, "once");
+}

@@ -646,7 +646,7 @@ impl DeliveryPoint {
         }
         tracing::info!(pec_id = %pec_id, recipient = %rcpt, kind = %b.tipo, message_id = %b.message_id,
             to = %b.to, large = entry.file.is_some(), "receipt signed and queued");
-        send_queued(self.state.as_ref(), self.injector.as_ref(), vec![entry]).await;
+        send_queued(&self.state, self.injector.as_ref(), vec![entry]).await;
         Ok(true)
     }
 
