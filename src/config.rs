@@ -72,7 +72,8 @@ pub struct LogConfig {
     #[serde(deserialize_with = "duration")]
     pub tsa_timeout: Duration,
     /// How often files waiting for their seal are tried again (the first
-    /// retry; doubled after each failure, up to an hour).
+    /// retry; doubled after each failure, up to an hour or itself if
+    /// longer).
     #[serde(deserialize_with = "duration")]
     pub seal_retry: Duration,
     /// How long the log files, their seals and the quarantined messages
@@ -1017,14 +1018,35 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim().to_string();
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            // Bytes: no slice of `text` that a span off a character
+            // boundary would make panic.
+            let line = text
+                .bytes()
+                .take(span.start)
+                .filter(|&b| b == b'\n')
+                .count()
+                + 1;
             format!("line {line}: {msg}")
         }
         None => msg,
     }
 }
 
-/// `30s`, `5m`, `12h`, `30d`, `250ms`, or a bare number of seconds.
+/// The longest duration the configuration takes: 100 years (36500d).
+/// Longer ones could overflow the clock (`Instant + Duration` panics):
+/// `[log] tsa_timeout = 9223372036854775807` did in the TSA client
+/// (ureq), `[reinjection] timeout` and `[index] refresh` in ours.
+pub const MAX_DURATION: Duration = Duration::from_secs(36500 * 86400);
+
+fn at_most_max(d: Duration, s: &dyn std::fmt::Debug) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is too long (at most 36500d)"));
+    }
+    Ok(d)
+}
+
+/// `30s`, `5m`, `12h`, `30d`, `250ms`, or a bare number of seconds; at
+/// most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -1034,7 +1056,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{s:?} is not a duration like 30s, 5m, 12h, 30d"))?;
     let mult: u64 = match unit.trim() {
         "" | "s" => 1,
-        "ms" => return Ok(Duration::from_millis(n)),
+        "ms" => return at_most_max(Duration::from_millis(n), &s),
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
@@ -1042,9 +1064,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     // Checked: `9999999999999999h` panicked (debug) or wrapped to a wrong
     // duration (release); found reviewing the fuzz target `config`.
-    n.checked_mul(mult)
+    let d = n
+        .checked_mul(mult)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?} is too long"))
+        .ok_or_else(|| format!("{s:?} is too long"))?;
+    at_most_max(d, &s)
 }
 
 /// `100MB`, `1MiB`, `512KB`, `2GB`, or a bare number of bytes (binary units).
@@ -1075,7 +1099,9 @@ enum NumOrStr {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match NumOrStr::deserialize(d)? {
-        NumOrStr::Num(n) => Ok(Duration::from_secs(n)),
+        NumOrStr::Num(n) => {
+            at_most_max(Duration::from_secs(n), &n).map_err(serde::de::Error::custom)
+        }
         NumOrStr::Str(s) => parse_duration(&s).map_err(serde::de::Error::custom),
     }
 }
@@ -1128,6 +1154,37 @@ mod tests {
         let e = Config::parse("[provider]\ndomain = \"a@b\"\n", Path::new("x.toml"))
             .expect_err("invalid");
         assert!(e.to_string().contains("provider.domain"));
+    }
+
+    #[test]
+    fn a_duration_past_the_clock_is_an_error_naming_its_line() {
+        // `Instant::now() + 9223372036854775807 s` overflows (a panic).
+        for (text, line) in [
+            ("[log]\ntsa_timeout = 9223372036854775807\n", 2),
+            ("[timers]\ninterval = 9223372036854775807\n", 2),
+            ("[log]\ntsa_timeout = \"106751991167300d\"\n", 2),
+            ("[reinjection]\n\ntimeout = \"18446744073709551615ms\"\n", 3),
+        ] {
+            let e = Config::parse(text, Path::new("x.toml")).expect_err(text);
+            let s = e.to_string();
+            assert!(
+                s.contains(&format!("line {line}")) && s.contains("too long"),
+                "{s}"
+            );
+        }
+        let cfg = Config::parse("[timers]\nlast = \"36500d\"\n", Path::new("x.toml"))
+            .expect("100 years is taken");
+        assert_eq!(cfg.timers.last, MAX_DURATION);
+    }
+
+    #[test]
+    fn a_toml_error_after_multibyte_text_names_its_line() {
+        let e = Config::parse(
+            "[provider]\nname = \"Città più bella\"\nè = 1\n",
+            Path::new("x.toml"),
+        )
+        .expect_err("bad key");
+        assert!(e.to_string().contains("line 3"), "{e}");
     }
 
     #[test]
@@ -1187,8 +1244,10 @@ mod tests {
     #[test]
     fn units() {
         assert!(parse_duration("9999999999999999h").is_err());
-        assert!(parse_duration("213503982334601d").is_ok());
         assert!(parse_duration("213503982334602d").is_err());
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
+        assert!(parse_duration("36501d").is_err());
+        assert!(parse_duration("18446744073709551615ms").is_err());
         assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43200)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("x").is_err());

@@ -343,8 +343,9 @@ pub fn message_log(cfg: &Config) -> Result<Option<FileLog>, DaemonError> {
 }
 
 /// The seal of the closed log files: every `seal_retry` (doubled after a
-/// failure, up to an hour) and when `now` is notified, each closed file
-/// without its `.tsr` is timestamped by the TSA. Mail never waits for it.
+/// failure, up to an hour or `seal_retry` if longer) and when `now` is
+/// notified, each closed file without its `.tsr` is timestamped by the
+/// TSA. Mail never waits for it.
 /// SIGUSR1 closes the current file at once and seals it (`log seal`).
 fn spawn_sealer(
     cfg: &Config,
@@ -421,7 +422,7 @@ fn spawn_sealer(
                         Dependency::Tsa,
                         format!("{e} ({waiting} closed files wait)"),
                     );
-                    let next = (wait * 2).clamp(first, Duration::from_secs(3600));
+                    let next = next_seal_wait(wait, first);
                     tracing::error!(error = %e, files_waiting = waiting, retry_in = ?next,
                         "message log: SEAL FAILED (RFC 3161): the closed files wait for their timestamp; mail keeps flowing");
                     next
@@ -434,6 +435,15 @@ fn spawn_sealer(
         }
     });
     Ok(())
+}
+
+/// The sealer's pause after a failure: the last one doubled, at least
+/// `first` ([log] seal_retry), at most an hour, or `first` when that is
+/// longer. (`(wait * 2).clamp(first, 1 h)` panicked, killing the sealer,
+/// at the first TSA failure with a `seal_retry` over an hour.)
+fn next_seal_wait(wait: Duration, first: Duration) -> Duration {
+    const MOST: Duration = Duration::from_secs(3600);
+    wait.saturating_mul(2).min(MOST.max(first)).max(first)
 }
 
 /// The dependencies every role shares.
@@ -871,5 +881,29 @@ async fn shutdown_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seal_retry_doubles_up_to_an_hour() {
+        let (s, first) = (Duration::from_secs, Duration::from_secs(60));
+        assert_eq!(next_seal_wait(Duration::ZERO, first), s(60));
+        assert_eq!(next_seal_wait(s(60), first), s(120));
+        assert_eq!(next_seal_wait(s(2400), first), s(3600));
+        assert_eq!(next_seal_wait(s(3600), first), s(3600));
+    }
+
+    #[test]
+    fn a_seal_retry_over_an_hour_is_kept_instead_of_a_panic() {
+        let first = Duration::from_secs(2 * 3600);
+        assert_eq!(next_seal_wait(Duration::ZERO, first), first);
+        assert_eq!(next_seal_wait(first, first), first);
+        let most = crate::config::MAX_DURATION;
+        assert_eq!(next_seal_wait(most, most), most);
+        assert_eq!(next_seal_wait(Duration::MAX, Duration::MAX), Duration::MAX);
     }
 }
