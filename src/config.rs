@@ -49,6 +49,35 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub timers: TimersConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the operations endpoint (`/metrics`, `/health`) over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `IP:PORT` to serve it on (e.g. `127.0.0.1:9187`, `[::1]:9187`);
+    /// empty (the default): off. No authentication: keep it on loopback
+    /// or behind a firewall.
+    pub listen: String,
+}
+
+impl MetricsConfig {
+    /// The address to listen on, `None` when off; `Err` names why `listen`
+    /// is not an `IP:PORT`.
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        let l = self.listen.trim();
+        if l.is_empty() {
+            return Ok(None);
+        }
+        match l.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.port() != 0 => Ok(Some(a)),
+            Ok(_) => Err("the port must not be 0".into()),
+            Err(_) => Err(format!(
+                "{l:?} is not IP:PORT (e.g. 127.0.0.1:9187 or [::1]:9187), or \"\" for off"
+            )),
+        }
+    }
 }
 
 /// `[log]`: the legal message log (PEC-RULES §7.1).
@@ -852,6 +881,9 @@ impl Config {
         if self.log.seal_retry.is_zero() {
             return Err(invalid("log.seal_retry", "must be more than 0"));
         }
+        if let Err(why) = self.metrics.address() {
+            return Err(invalid("metrics.listen", &why));
+        }
         if let Some(l) = &self.holders.ldap {
             if !(l.url.starts_with("ldap://") || l.url.starts_with("ldaps://")) {
                 return Err(invalid(
@@ -1136,6 +1168,38 @@ mod tests {
         want.index.source = IndexSourceKind::Ldif;
         want.reception.trust = vec!["/var/lib/pec-milter/demo/ca.pem".into()];
         assert_eq!(cfg, want);
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        let off = Config::parse("", Path::new("x.toml")).expect("parses");
+        assert_eq!(off.metrics.address(), Ok(None));
+        for (text, want) in [
+            ("127.0.0.1:9187", "127.0.0.1:9187"),
+            ("[::1]:9187", "[::1]:9187"),
+        ] {
+            let cfg = Config::parse(
+                &format!("[metrics]\nlisten = \"{text}\"\n"),
+                Path::new("x.toml"),
+            )
+            .expect("parses");
+            let addr = cfg.metrics.address().ok().flatten().map(|a| a.to_string());
+            assert_eq!(addr.as_deref(), Some(want));
+        }
+        for bad in [
+            "localhost:9187",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "inet:127.0.0.1:9187",
+        ] {
+            let e = Config::parse(
+                &format!("[metrics]\nlisten = \"{bad}\"\n"),
+                Path::new("x.toml"),
+            )
+            .expect_err(bad)
+            .to_string();
+            assert!(e.contains("metrics.listen"), "{bad}: {e}");
+        }
     }
 
     #[test]

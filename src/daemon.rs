@@ -71,6 +71,8 @@ pub enum DaemonError {
     Log(#[from] LogError),
     #[error("message log seal: {0}")]
     Seal(SealError),
+    #[error("operations endpoint: {0}")]
+    Ops(#[from] crate::ops::OpsError),
     #[error("{key} {path}: {source}")]
     Password {
         key: &'static str,
@@ -414,10 +416,12 @@ fn spawn_sealer(
             .await;
             wait = match result {
                 Ok(Ok(())) => {
+                    health.metrics().seal_pass(Ok(()));
                     health.up(Dependency::Tsa);
                     first
                 }
                 Ok(Err((e, waiting))) => {
+                    health.metrics().seal_pass(Err(waiting));
                     health.down(
                         Dependency::Tsa,
                         format!("{e} ({waiting} closed files wait)"),
@@ -596,6 +600,7 @@ pub fn delivery_point(
         trust: trust_store(cfg)?,
         verify_at: cfg.reception.verify_at,
         index,
+        metrics: d.health.metrics().clone(),
     }))
 }
 
@@ -640,6 +645,7 @@ pub fn roles(
     Ok(Roles {
         access: access_point(cfg, d, directory),
         reception,
+        metrics: d.health.metrics().clone(),
     })
 }
 
@@ -649,6 +655,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let d = deps(&cfg)?;
     let roles = Arc::new(roles(&cfg, index.clone(), &d)?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    crate::ops::spawn(&cfg, &d, index.clone(), stop_rx.clone()).await?;
     if let Some(files) = &d.log_files {
         spawn_sealer(&cfg, files.clone(), d.health.clone(), stop_rx.clone())?;
         // Retention: at start, then once a day.

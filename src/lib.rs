@@ -14,7 +14,9 @@
 //!   the providers' index and the legal message log; [`config`];
 //!   [`daemon`]: the composition root; `fuzz_api`: what the fuzz targets
 //!   call (hidden).
-//! - Support: [`spool`], [`keep`], [`rt`], [`listen`], [`ldap`].
+//! - [`ops`]: the operations endpoint (`/metrics`, `/health`) over
+//!   [`health`] and the counters of [`metrics`].
+//! - Support: [`spool`], [`keep`], [`rt`], [`listen`], [`ldap`], [`metrics`].
 //!
 //! README "Architecture" gives the arrows allowed; `tests/layers.rs` keeps
 //! them.
@@ -33,7 +35,9 @@ pub mod listen;
 pub mod lmtp;
 pub mod log;
 pub mod logins;
+pub mod metrics;
 pub mod milter;
+pub mod ops;
 pub mod pec;
 pub mod roles;
 pub mod rt;

@@ -317,6 +317,7 @@ async fn dx() -> Dx {
         trust: trust(),
         verify_at: VerifyAt::Now,
         index: Some(index(dir.path()).await),
+        metrics: Default::default(),
     };
     Dx { dp, injected, dir }
 }

@@ -4,8 +4,8 @@
 //!
 //! - `pec` (the wire format) imports only `pec` and `crypto`; `crypto`
 //!   imports only `crypto` and `rt`.
-//! - support (`spool`, `keep`, `rt`, `listen`, `ldap`) imports only the wire
-//!   format, `crypto` and other support modules.
+//! - support (`spool`, `keep`, `rt`, `listen`, `ldap`, `metrics`) imports
+//!   only the wire format, `crypto` and other support modules.
 //! - `state`, `index` and `log` import no role, edge, config or daemon.
 //! - `config` imports no role, edge or daemon.
 //! - A role (`roles/access`, `reception`, `delivery`, `tracking`) imports
@@ -15,8 +15,9 @@
 //! - An edge (`milter`, `lmtp`, `smtp`, `clamd`, `logins`) imports the roles it
 //!   serves, the ports it implements, the wire format, support; never
 //!   another edge, never the daemon.
-//! - `daemon`, `health` (the ports wrapped to watch them), `lib`, `main`,
-//!   `cli` and `fuzz_api` (what the fuzz targets call) compose everything.
+//! - `daemon`, `health` (the ports wrapped to watch them), `ops` (the
+//!   `/metrics` and `/health` endpoint over them), `lib`, `main`, `cli` and
+//!   `fuzz_api` (what the fuzz targets call) compose everything.
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 enum Layer {
     Pec,
     Crypto,
-    /// spool, keep, rt, listen, ldap (the name)
+    /// spool, keep, rt, listen, ldap, metrics (the name)
     Support(String),
     State,
     Index,
@@ -36,14 +37,14 @@ enum Layer {
     Role(String),
     /// milter, lmtp, smtp, clamd, logins
     Edge(String),
-    /// daemon, lib, main, cli, fuzz_api
+    /// daemon, lib, main, cli, health, ops, fuzz_api
     Root,
     Unknown(String),
 }
 
 const ROLES: &[&str] = &["access", "reception", "delivery", "tracking"];
 const EDGES: &[&str] = &["milter", "lmtp", "smtp", "clamd", "logins"];
-const SUPPORT: &[&str] = &["spool", "keep", "rt", "listen", "ldap"];
+const SUPPORT: &[&str] = &["spool", "keep", "rt", "listen", "ldap", "metrics"];
 
 /// The layer of a module path (`["roles", "access", ...]`).
 fn layer_of(path: &[String]) -> Layer {
@@ -55,7 +56,7 @@ fn layer_of(path: &[String]) -> Layer {
         "state" | "log" => Layer::State,
         "index" => Layer::Index,
         "config" => Layer::Config,
-        "daemon" | "cli" | "health" | "fuzz_api" | "" => Layer::Root,
+        "daemon" | "cli" | "health" | "ops" | "fuzz_api" | "" => Layer::Root,
         "roles" if ROLES.contains(&second) => Layer::Role(second.to_string()),
         "roles" => Layer::RolesShared,
         s if SUPPORT.contains(&s) => Layer::Support(s.to_string()),
@@ -295,6 +296,16 @@ fn forbidden_arrows_are_named() {
             "use crate::roles::access::X;\n",
             "src/roles/ports.rs:1",
         ),
+        (
+            "metrics.rs",
+            "use crate::health::Dependency;\n",
+            "src/metrics.rs:1",
+        ),
+        (
+            "milter/mod.rs",
+            "use crate::ops::Endpoint;\n",
+            "src/milter/mod.rs:1",
+        ),
     ];
     for (file, text, want) in cases {
         let bad = violations(&[(PathBuf::from(file), text.to_string())]);
@@ -315,6 +326,14 @@ fn forbidden_arrows_are_named() {
         (
             "daemon.rs",
             "use crate::milter::serve;\nuse crate::roles::access::AccessPoint;\n",
+        ),
+        (
+            "roles/delivery.rs",
+            "use crate::metrics::{self, Metrics, Role};\n",
+        ),
+        (
+            "ops.rs",
+            "use crate::health::Health;\nuse crate::state::StateStore;\nuse crate::metrics::Metrics;\n",
         ),
         (
             "pec/build.rs",
