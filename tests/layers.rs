@@ -4,7 +4,7 @@
 //!
 //! - `pec` (the wire format) imports only `pec` and `crypto`; `crypto`
 //!   imports only `crypto` and `rt`.
-//! - support (`spool`, `keep`, `rt`, `listen`, `ldap`) imports only the wire
+//! - support (`spool`, `keep`, `rt`, `listen`, `ldap`, `logging`) imports only the wire
 //!   format, `crypto` and other support modules.
 //! - `state`, `index` and `log` import no role, edge, config or daemon.
 //! - `config` imports no role, edge or daemon.
@@ -12,7 +12,7 @@
 //!   `pec`, `crypto`, support but `listen`, `state`, `index`, `config` and
 //!   the roles' shared modules (ports, message types, receipts); never
 //!   another role, never an edge. The shared modules import no role.
-//! - An edge (`milter`, `lmtp`, `smtp`, `clamd`, `logins`) imports the roles it
+//! - An edge (`milter`, `lmtp`, `smtp`, `clamd`, `clamd_limits`, `logins`) imports the roles it
 //!   serves, the ports it implements, the wire format, support; never
 //!   another edge, never the daemon.
 //! - `daemon`, `health` (the ports wrapped to watch them), `lib`, `main`,
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 enum Layer {
     Pec,
     Crypto,
-    /// spool, keep, rt, listen, ldap (the name)
+    /// spool, keep, rt, listen, ldap, logging (the name)
     Support(String),
     State,
     Index,
@@ -34,7 +34,7 @@ enum Layer {
     RolesShared,
     /// access, reception, delivery, tracking
     Role(String),
-    /// milter, lmtp, smtp, clamd, logins
+    /// milter, lmtp, smtp, clamd, clamd_limits, logins
     Edge(String),
     /// daemon, lib, main, cli, fuzz_api
     Root,
@@ -42,8 +42,8 @@ enum Layer {
 }
 
 const ROLES: &[&str] = &["access", "reception", "delivery", "tracking"];
-const EDGES: &[&str] = &["milter", "lmtp", "smtp", "clamd", "logins"];
-const SUPPORT: &[&str] = &["spool", "keep", "rt", "listen", "ldap"];
+const EDGES: &[&str] = &["milter", "lmtp", "smtp", "clamd", "clamd_limits", "logins"];
+const SUPPORT: &[&str] = &["spool", "keep", "rt", "listen", "ldap", "logging"];
 
 /// The layer of a module path (`["roles", "access", ...]`).
 fn layer_of(path: &[String]) -> Layer {
