@@ -10,6 +10,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::crypto::DigestAlg;
 use crate::crypto::verify::VerifyAt;
+use crate::listen::{ListenSpec, parse_mode};
+use crate::logging::{LogFormat, LogOutput, LoggingOptions, Output, SyslogFacility};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -50,6 +52,7 @@ pub struct Config {
     pub timers: TimersConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub logging: LoggingConfig,
 }
 
 /// `[metrics]`: the operations endpoint (`/metrics`, `/health`) over HTTP.
@@ -76,6 +79,57 @@ impl MetricsConfig {
             Err(_) => Err(format!(
                 "{l:?} is not IP:PORT (e.g. 127.0.0.1:9187 or [::1]:9187), or \"\" for off"
             )),
+        }
+    }
+}
+
+/// `[logging]`: the daemon's own diagnostics (tracing). Not the legal
+/// message log, which is `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// "text" (one human line per event) or "json" (one JSON object per line).
+    pub format: LogFormat,
+    /// A level ("info") or a filter ("info,pec_milter::smtp=debug");
+    /// `PEC_MILTER_LOG`, when set, wins.
+    pub level: String,
+    /// "stderr" or "syslog".
+    pub output: LogOutput,
+    /// With `output = "syslog"`: the facility ("mail", as OpenDKIM).
+    pub syslog_facility: SyslogFacility,
+    /// With `output = "syslog"`: the local syslog socket.
+    pub syslog_socket: PathBuf,
+    /// With `output = "syslog"`: the name before `[PID]:` in each line.
+    pub syslog_ident: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+            output: LogOutput::Stderr,
+            syslog_facility: SyslogFacility::Mail,
+            syslog_socket: "/dev/log".into(),
+            syslog_ident: "pec-milter".into(),
+        }
+    }
+}
+
+impl LoggingConfig {
+    /// What [`crate::logging::init`] needs.
+    pub fn options(&self) -> LoggingOptions {
+        LoggingOptions {
+            format: self.format,
+            level: self.level.clone(),
+            output: match self.output {
+                LogOutput::Stderr => Output::Stderr,
+                LogOutput::Syslog => Output::Syslog {
+                    socket: self.syslog_socket.clone(),
+                    facility: self.syslog_facility,
+                    ident: self.syslog_ident.clone(),
+                },
+            },
         }
     }
 }
@@ -145,13 +199,20 @@ impl LogConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MilterConfig {
-    /// `inet:HOST:PORT` or `unix:/PATH`.
+    /// `inet:HOST:PORT`, `inet:PORT@HOST`, `inet:PORT`, `inet6:PORT@HOST`,
+    /// `inet6:[ADDR]:PORT`, `unix:/PATH` or `local:/PATH`
+    /// ([`crate::listen`]); checked at load.
     pub listen: String,
     /// Worker threads (0 = number of CPUs).
     pub workers: usize,
     /// Idle timeout of an MTA connection.
     #[serde(deserialize_with = "duration")]
     pub connection_timeout: Duration,
+    /// A unix socket's mode, an octal string ("0660"); absent: the umask's.
+    #[serde(deserialize_with = "opt_mode")]
+    pub socket_mode: Option<u32>,
+    /// A unix socket's group (a name or a gid); absent: the daemon's.
+    pub socket_group: Option<String>,
 }
 
 impl Default for MilterConfig {
@@ -160,6 +221,8 @@ impl Default for MilterConfig {
             listen: "inet:127.0.0.1:8891".into(),
             workers: 0,
             connection_timeout: Duration::from_secs(7210),
+            socket_mode: None,
+            socket_group: None,
         }
     }
 }
@@ -396,6 +459,25 @@ pub struct ClamdConfig {
     pub enabled: bool,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// clamd's own configuration, read at start for its StreamMaxLength
+    /// (clamd has no command that tells it): absent, `DEFAULT_CLAMD_CONF`
+    /// when it exists; `""`: not read.
+    pub config: Option<PathBuf>,
+}
+
+/// Where Debian's clamav-daemon keeps clamd's configuration.
+pub const DEFAULT_CLAMD_CONF: &str = "/etc/clamav/clamd.conf";
+
+impl ClamdConfig {
+    /// The clamd.conf to read: `config`, else [`DEFAULT_CLAMD_CONF`] if it
+    /// exists; None for `config = ""` or no file at the default place.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        match &self.config {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => Some(PathBuf::from(DEFAULT_CLAMD_CONF)).filter(|p| p.exists()),
+        }
+    }
 }
 
 impl Default for ClamdConfig {
@@ -404,6 +486,7 @@ impl Default for ClamdConfig {
             address: "tcp:127.0.0.1:3310".into(),
             enabled: true,
             timeout: Duration::from_secs(60),
+            config: None,
         }
     }
 }
@@ -567,7 +650,8 @@ pub enum MailboxStoreKind {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// `inet:HOST:PORT` or `unix:/PATH`; empty: no delivery point.
+    /// Any form of `[milter] listen` ([`crate::listen`]); empty: no
+    /// delivery point.
     pub listen: String,
     pub store: MailboxStoreKind,
     /// Maildir base: mailboxes are `<maildir>/<domain>/<user>/` (they must exist).
@@ -824,8 +908,40 @@ impl Config {
         if self.provider.domains.is_empty() {
             return Err(invalid("provider.domains", "list at least one PEC domain"));
         }
-        if !(self.milter.listen.starts_with("inet:") || self.milter.listen.starts_with("unix:")) {
-            return Err(invalid("milter.listen", "use inet:HOST:PORT or unix:/PATH"));
+        let invalid_owned = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        self.milter
+            .listen
+            .parse::<ListenSpec>()
+            .map_err(|e| invalid_owned("milter.listen", e.to_string()))?;
+        if let Some(g) = &self.milter.socket_group
+            && (g.trim().is_empty() || g.contains(|c: char| c.is_whitespace() || c == ':'))
+        {
+            return Err(invalid(
+                "milter.socket_group",
+                "a group name or a numeric gid, e.g. \"postfix\"",
+            ));
+        }
+        crate::logging::parse_level(&self.logging.level)
+            .map_err(|e| invalid_owned("logging.level", e.to_string()))?;
+        let ident = &self.logging.syslog_ident;
+        if ident.is_empty()
+            || ident.len() > 48
+            || ident.contains(|c: char| c.is_whitespace() || c.is_control() || "[]:".contains(c))
+        {
+            return Err(invalid(
+                "logging.syslog_ident",
+                "a short name with no blanks, [ ] or : (e.g. \"pec-milter\")",
+            ));
+        }
+        if self.logging.syslog_socket.as_os_str().is_empty() {
+            return Err(invalid(
+                "logging.syslog_socket",
+                "the local syslog socket, e.g. \"/dev/log\"",
+            ));
         }
         if self.timers.last < self.timers.first {
             return Err(invalid(
@@ -834,10 +950,12 @@ impl Config {
             ));
         }
         let l = &self.delivery.listen;
-        if !(l.is_empty() || l.starts_with("inet:") || l.starts_with("unix:")) {
-            return Err(invalid(
+        if !l.is_empty()
+            && let Err(e) = l.parse::<ListenSpec>()
+        {
+            return Err(invalid_owned(
                 "delivery.listen",
-                "use inet:HOST:PORT, unix:/PATH or \"\"",
+                format!("{e}; or \"\" for no delivery point"),
             ));
         }
         if self.reinjection.outbox_grace <= self.reinjection.timeout {
@@ -1149,6 +1267,17 @@ fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     size(d).map(Some)
 }
 
+/// A unix socket mode: an octal string only ("0660"); a TOML number would
+/// be read in decimal (660 is not 0660), so it is refused with a hint.
+fn opt_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Err(serde::de::Error::custom(format!(
+            "{n}: write the mode as an octal string, e.g. socket_mode = \"0660\""
+        ))),
+        NumOrStr::Str(s) => parse_mode(&s).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 fn digest<'de, D: Deserializer<'de>>(d: D) -> Result<DigestAlg, D::Error> {
     let s = String::deserialize(d)?;
     s.parse()
@@ -1293,6 +1422,126 @@ mod tests {
         assert!(e.contains("signing.pkcs11.token_label"), "{e}");
         let e = err(&ok.replace("module = \"/usr/lib/softhsm/libsofthsm2.so\"\n", ""));
         assert!(e.contains("signing.pkcs11.module"), "{e}");
+    }
+
+    #[test]
+    fn logging_section() {
+        let cfg = Config::parse(
+            "[logging]\nformat = \"json\"\nlevel = \"info,pec_milter::smtp=debug\"\noutput = \"syslog\"\n\
+             syslog_facility = \"local3\"\nsyslog_socket = \"/run/test/log.sock\"\nsyslog_ident = \"pec-b\"\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        let l = &cfg.logging;
+        assert_eq!((l.format, l.output), (LogFormat::Json, LogOutput::Syslog));
+        assert_eq!(
+            l.options().output,
+            Output::Syslog {
+                socket: "/run/test/log.sock".into(),
+                facility: SyslogFacility::Local3,
+                ident: "pec-b".into(),
+            }
+        );
+        // the defaults: text on stderr at info; syslog would be mail on /dev/log
+        let d = LoggingConfig::default();
+        assert_eq!(d.options().output, Output::Stderr);
+        assert_eq!(
+            (
+                d.syslog_facility,
+                d.syslog_socket.as_path(),
+                d.level.as_str()
+            ),
+            (SyslogFacility::Mail, Path::new("/dev/log"), "info")
+        );
+        // [log] stays the message log: a logging key there is an error
+        let err = |text: &str| {
+            Config::parse(text, Path::new("x.toml"))
+                .expect_err(text)
+                .to_string()
+        };
+        let e = err("[log]\nformat = \"json\"\n");
+        assert!(e.contains("format") && e.contains("line 2"), "{e}");
+        let e = err("[logging]\n\nformat = \"xml\"\n");
+        assert!(
+            e.contains("xml") && e.contains("line 3") && e.contains("json"),
+            "{e}"
+        );
+        let e = err("[logging]\noutput = \"journald\"\n");
+        assert!(e.contains("journald") && e.contains("syslog"), "{e}");
+        let e = err("[logging]\nsyslog_facility = \"mial\"\n");
+        assert!(e.contains("mial") && e.contains("line 2"), "{e}");
+        let e = err("[logging]\nlevel = \"infoo\"\n");
+        assert!(e.contains("logging.level") && e.contains("infoo"), "{e}");
+        let e = err("[logging]\nsyslog_ident = \"pec milter\"\n");
+        assert!(e.contains("logging.syslog_ident"), "{e}");
+    }
+
+    #[test]
+    fn milter_socket_forms_mode_and_group() {
+        for listen in [
+            "inet:127.0.0.1:8891",
+            "inet:8891@127.0.0.1",
+            "inet:8891@[127.0.0.1]",
+            "inet:8891",
+            "inet6:8891@[::1]",
+            "inet6:[::1]:8891",
+            "unix:/run/pec-milter/milter.sock",
+            "local:/var/spool/postfix/pec-milter/milter.sock",
+        ] {
+            let cfg = Config::parse(
+                &format!("[milter]\nlisten = \"{listen}\"\n[delivery]\nlisten = \"{listen}\"\n"),
+                Path::new("x.toml"),
+            );
+            assert!(cfg.is_ok(), "{listen}: {cfg:?}");
+        }
+        let cfg = Config::parse(
+            "[milter]\nlisten = \"local:/var/spool/postfix/pec/m.sock\"\nsocket_mode = \"0660\"\nsocket_group = \"postfix\"\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        assert_eq!(cfg.milter.socket_mode, Some(0o660));
+        assert_eq!(cfg.milter.socket_group.as_deref(), Some("postfix"));
+
+        let err = |text: &str| {
+            Config::parse(text, Path::new("x.toml"))
+                .expect_err(text)
+                .to_string()
+        };
+        let e = err("[milter]\nlisten = \"inet:localhost\"\n");
+        assert!(
+            e.contains("milter.listen") && e.contains("no port") && e.contains("inet:PORT@HOST"),
+            "{e}"
+        );
+        let e = err("[milter]\nlisten = \"local:milter.sock\"\n");
+        assert!(e.contains("milter.listen") && e.contains("absolute"), "{e}");
+        let e = err("[delivery]\nlisten = \"tcp:1\"\n");
+        assert!(e.contains("delivery.listen"), "{e}");
+        let e = err("[milter]\nsocket_mode = 660\n");
+        assert!(e.contains("octal string") && e.contains("line 2"), "{e}");
+        let e = err("[milter]\nsocket_mode = \"0778\"\n");
+        assert!(e.contains("0778") && e.contains("line 2"), "{e}");
+        let e = err("[milter]\nsocket_mode = \"4770\"\n");
+        assert!(e.contains("setuid"), "{e}");
+        let e = err("[milter]\nsocket_group = \"\"\n");
+        assert!(e.contains("milter.socket_group"), "{e}");
+    }
+
+    #[test]
+    fn the_clamd_conf_to_read() {
+        let mut c = ClamdConfig {
+            config: Some("/etc/x/clamd.conf".into()),
+            ..ClamdConfig::default()
+        };
+        assert_eq!(c.config_file(), Some(PathBuf::from("/etc/x/clamd.conf")));
+        c.config = Some(PathBuf::new());
+        assert_eq!(c.config_file(), None);
+        c.config = None;
+        assert_eq!(
+            c.config_file().is_some(),
+            Path::new(DEFAULT_CLAMD_CONF).exists()
+        );
+        let cfg = Config::parse("[clamd]\nconfig = \"\"\n", Path::new("x.toml")).expect("parses");
+        assert_eq!(cfg.clamd.config_file(), None);
     }
 
     #[test]

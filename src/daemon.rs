@@ -480,6 +480,7 @@ pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
             .parse()
             .map_err(|_| DaemonError::Clamd(cfg.clamd.address.clone()))?;
         let clamd: Arc<dyn Scanner> = Arc::new(Clamd::new(addr, cfg.clamd.timeout));
+        crate::clamd_limits::check(cfg);
         Some(Observed::new(clamd, &health, Dependency::Clamd))
     } else {
         tracing::warn!("clamd.enabled = false: submissions are NOT scanned for viruses");
@@ -812,7 +813,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             }
         });
     }
-    let listener = MilterListener::bind(&cfg.milter.listen)
+    let listener = MilterListener::bind_config(&cfg.milter)
         .await
         .map_err(|source| DaemonError::Listen {
             spec: cfg.milter.listen.clone(),

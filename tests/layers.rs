@@ -4,15 +4,16 @@
 //!
 //! - `pec` (the wire format) imports only `pec` and `crypto`; `crypto`
 //!   imports only `crypto` and `rt`.
-//! - support (`spool`, `keep`, `rt`, `listen`, `ldap`, `metrics`) imports
-//!   only the wire format, `crypto` and other support modules.
+//! - support (`spool`, `keep`, `rt`, `listen`, `ldap`, `metrics`,
+//!   `logging`) imports only the wire format, `crypto` and other support
+//!   modules.
 //! - `state`, `index` and `log` import no role, edge, config or daemon.
 //! - `config` imports no role, edge or daemon.
 //! - A role (`roles/access`, `reception`, `delivery`, `tracking`) imports
 //!   `pec`, `crypto`, support but `listen`, `state`, `index`, `config` and
 //!   the roles' shared modules (ports, message types, receipts); never
 //!   another role, never an edge. The shared modules import no role.
-//! - An edge (`milter`, `lmtp`, `smtp`, `clamd`, `logins`) imports the roles it
+//! - An edge (`milter`, `lmtp`, `smtp`, `clamd`, `clamd_limits`, `logins`) imports the roles it
 //!   serves, the ports it implements, the wire format, support; never
 //!   another edge, never the daemon.
 //! - `daemon`, `health` (the ports wrapped to watch them), `ops` (the
@@ -26,7 +27,7 @@ use std::path::{Path, PathBuf};
 enum Layer {
     Pec,
     Crypto,
-    /// spool, keep, rt, listen, ldap, metrics (the name)
+    /// spool, keep, rt, listen, ldap, metrics, logging (the name)
     Support(String),
     State,
     Index,
@@ -35,7 +36,7 @@ enum Layer {
     RolesShared,
     /// access, reception, delivery, tracking
     Role(String),
-    /// milter, lmtp, smtp, clamd, logins
+    /// milter, lmtp, smtp, clamd, clamd_limits, logins
     Edge(String),
     /// daemon, lib, main, cli, health, ops, fuzz_api
     Root,
@@ -43,8 +44,10 @@ enum Layer {
 }
 
 const ROLES: &[&str] = &["access", "reception", "delivery", "tracking"];
-const EDGES: &[&str] = &["milter", "lmtp", "smtp", "clamd", "logins"];
-const SUPPORT: &[&str] = &["spool", "keep", "rt", "listen", "ldap", "metrics"];
+const EDGES: &[&str] = &["milter", "lmtp", "smtp", "clamd", "clamd_limits", "logins"];
+const SUPPORT: &[&str] = &[
+    "spool", "keep", "rt", "listen", "ldap", "metrics", "logging",
+];
 
 /// The layer of a module path (`["roles", "access", ...]`).
 fn layer_of(path: &[String]) -> Layer {
