@@ -33,3 +33,5 @@ bash integration/e2e-hsm.sh
 # End to end behind Sendmail 8.17 with the shipped .mc snippet: the reception role, receipts
 # through the milter-free reinjection daemon, 4xx when the milter is down.
 bash integration/e2e-sendmail.sh
+# The Debian package (cargo deb): installed on this machine, the daemon run as its unit would, purged.
+bash integration/e2e-package.sh
