@@ -37,3 +37,5 @@ bash integration/e2e-sendmail.sh
 # milter on OpenDKIM's socket forms (local:/PATH with socket_mode / socket_group, inet:PORT@HOST),
 # the warning about clamd's StreamMaxLength with Debian's clamd.conf.
 bash integration/e2e-logging.sh
+# The Debian package (cargo deb): installed on this machine, the daemon run as its unit would, purged.
+bash integration/e2e-package.sh

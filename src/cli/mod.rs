@@ -10,6 +10,7 @@ pub mod index_entry;
 pub mod init_demo;
 pub mod inspect;
 pub mod log;
+pub mod man;
 pub mod receipt;
 pub mod run;
 
@@ -127,6 +128,13 @@ pub enum Command {
         /// A message file, or - for standard input.
         file: String,
     },
+    /// Write the manual pages pec-milter.8 and pec-milter.toml.5 into DIR
+    /// (the package build runs it).
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// Run one parsed command line; the exit status.
@@ -157,6 +165,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             files,
         } => inspect::inspect(json, &trust, at, &files),
         Command::Verify { trust, at, file } => inspect::verify(&trust, at, &file),
+        Command::Man { out } => man::man(&out),
     }
 }
 
