@@ -12,7 +12,8 @@
 //!   [`logins`] (the holders kept in LDAP).
 //! - [`state`], [`index`], [`log`]: the state store (Redis or embedded),
 //!   the providers' index and the legal message log; [`config`];
-//!   [`daemon`]: the composition root; `fuzz_api`: what the fuzz targets
+//!   [`daemon`]: the composition root; [`reload`]: the configuration in
+//!   force, swapped whole on reload; `fuzz_api`: what the fuzz targets
 //!   call (hidden).
 //! - Support: [`spool`], [`keep`], [`rt`], [`listen`], [`ldap`].
 //!
@@ -35,6 +36,7 @@ pub mod log;
 pub mod logins;
 pub mod milter;
 pub mod pec;
+pub mod reload;
 pub mod roles;
 pub mod rt;
 pub mod smtp;
