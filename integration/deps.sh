@@ -10,7 +10,7 @@ pkgs=(
   slapd ldap-utils
   dovecot-lmtpd
   softhsm2 opensc libengine-pkcs11-openssl gnutls-bin
-  opendkim opendkim-tools strace sqlite3
+  opendkim opendkim-tools strace sqlite3 curl jq
   m4 liblockfile1 libwrap0 libdb5.3 libldap-2.5-0 libnsl2 libsasl2-2 libssl3 procps
 )
 if [ "$(id -u)" -ne 0 ]; then

@@ -18,6 +18,27 @@
 #       it runs at RCPT (smtpd_delay_reject = yes), after the milter's MAIL stage, so the 553 at
 #       MAIL is pec-milter's alone, and Postfix's check must not have fired (selftest (s) tests
 #       Postfix's check alone, with no milter)
+#   (H) issue 16: hostile submissions of the corpus (tests/fixtures/hostile, role level in
+#       tests/hostile.rs) by mario, authenticated, through the submission service. Each gives the
+#       outcome PEC-RULES defines, signed, exactly one notice to mario (never an accettazione and
+#       a non-accettazione both), nothing unsigned to anna; after each, pec-milter's pid is alive
+#       and a normal submission still gets its envelope and accettazione:
+#       (Hm) an unclosed multipart boundary: no formal check covers MIME (§7.4) -> accettazione,
+#            the envelope carries the original byte for byte
+#       (Hj) raw 8-bit/0xFF Subject, 8-bit junk and a NUL in header values; (Hn) a NUL inside the
+#            Message-ID -> accettazione, the envelope verifies and keeps the raw Subject bytes
+#       (Hl) a 900 KB one-word Subject line: Postfix accepts it and, silently, passes pec-milter
+#            only its start (60 000 bytes on this rig); pec-milter envelopes
+#            what it got -> accettazione (logged with Postfix's queue id), the carried Subject a
+#            prefix of the submitted one, no header line of ours over 998 characters, no panic
+#       (Hf) X-Trasporto: posta-certificata, X-VerificaSicurezza, X-Mittente, a forged
+#            X-Riferimento-Message-ID; (Hr) a fake accettazione (X-Ricevuta): none survives at the
+#            envelope's top level nor in the carried original; the one X-Trasporto is ours and
+#            X-Riferimento-Message-ID the holder's own Message-ID
+#       (Hd) From: in another domain than MAIL FROM (the login owns MAIL FROM, so no 553):
+#            §7.4 reverse path = From: -> signed non-accettazione naming it, without the
+#            original, nothing to anna; the same address with the domain in capitals is the same
+#            address -> accettazione
 #   (6) embedded only: a 30 MB 8-bit original through the spool -> the envelope verifies and
 #       carries it byte for byte, the spool directory is empty afterwards
 #   (9) embedded only: the message log on a 2 MiB tmpfs, filled (and its file closed by
@@ -58,6 +79,135 @@ holders_search_has() {
 }
 
 destinatari_has() { inspect_get "$1" '" ".join(x["address"] for x in d["daticert"]["destinatari"])' | tr ' ' '\n' | grep -qx "$2"; }
+
+# hostile_eml FIXTURE OUT TOK: a holder input of tests/fixtures/hostile/ for this rig, its other
+# bytes unchanged: its addresses (mario@pec.acme.test, anna@pec.other.test) become $MARIO and
+# $ANNA, TOK is appended to its Subject and goes into each @client.example msgid (each
+# submission its own: a NUL inside one stays where it was).
+hostile_eml() {
+  python3 - "$RIG_ROOT/tests/fixtures/hostile/$1" "$2" "$MARIO" "$ANNA" "$3" <<'PY'
+import re, sys
+src, out, mario, anna, tok = sys.argv[1:6]
+d = open(src, "rb").read()
+d = d.replace(b"mario@pec.acme.test", mario.encode()).replace(b"anna@pec.other.test", anna.encode())
+d = d.replace(b"@client.example>", b"." + tok.encode() + b"@client.example>")
+d = re.sub(rb"(?im)^(Subject:[^\r\n]*)", lambda m: m.group(1) + b" " + tok.encode(), d, count=1)
+open(out, "wb").write(d)
+PY
+}
+# hdr_add FILE FIELD...: inserts each FIELD (raw bytes, printf %b escapes: \xff, \x00) as a
+# header line of FILE, before its From: line.
+hdr_add() {
+  local f=$1 h; shift
+  for h in "$@"; do
+    python3 -c 'import sys; p, h = sys.argv[1], sys.argv[2].encode("latin-1").decode("unicode_escape").encode("latin-1")
+d = open(p, "rb").read(); i = d.find(b"From:"); open(p, "wb").write(d[:i] + h + b"\r\n" + d[i:])' "$f" "$h" || return 1
+  done
+}
+# body_carried ORIGINAL ENVELOPE: the body of ORIGINAL (after its header) is in ENVELOPE byte for
+# byte (line ends aside).
+body_carried() {
+  python3 -c '
+import sys
+orig = open(sys.argv[1], "rb").read().replace(b"\r\n", b"\n").split(b"\n\n", 1)[1]
+env = open(sys.argv[2], "rb").read().replace(b"\r\n", b"\n")
+sys.exit(0 if orig.rstrip(b"\n") in env else 1)' "$1" "$2"
+}
+# bytes_in FILE HEX: FILE holds the bytes HEX (e.g. "43697474e0": raw, not re-encoded).
+bytes_in() { python3 -c 'import sys; sys.exit(0 if bytes.fromhex(sys.argv[2]) in open(sys.argv[1], "rb").read() else 1)' "$1" "$2"; }
+# postacert_fields ENVELOPE: the header fields of the message carried as postacert.eml, one
+# "Name: value" a line (prints "no postacert.eml" and fails when there is none).
+postacert_fields() {
+  python3 - "$1" <<'PY'
+import email, sys
+from email import policy
+m = email.message_from_binary_file(open(sys.argv[1], "rb"), policy=policy.compat32)
+for part in m.walk():
+    if part.get_content_type() == "message/rfc822":
+        p = part.get_payload()
+        inner = p[0] if isinstance(p, list) else email.message_from_string(p)
+        for k, v in inner.items():
+            print("%s: %s" % (k, " ".join(str(v).split())))
+        sys.exit(0)
+print("no postacert.eml", file=sys.stderr); sys.exit(1)
+PY
+}
+# postacert_lacks ENVELOPE NAME...: the carried original has none of the fields NAME.
+postacert_lacks() {
+  local env=$1 fields n; shift
+  fields=$(postacert_fields "$env") || return 2
+  printf '%s\n' "$fields"
+  for n in "$@"; do ! grep -qi "^$n:" <<<"$fields" || { echo "postacert.eml has $n"; return 1; }; done
+}
+# postacert_field_is ENVELOPE NAME VALUE: every NAME field of the carried original is VALUE
+# (and there is one at least).
+postacert_field_is() {
+  local v; v=$(postacert_fields "$1" | grep -i "^$2:" | sed 's/^[^:]*: //' | sort -u)
+  echo "postacert.eml $2: $v"; [ "$v" = "$3" ]
+}
+# notice_text_has FILE STRING: a text part of the signed notice FILE (transfer encoding decoded)
+# has STRING.
+notice_text_has() {
+  python3 - "$1" "$2" <<'PY'
+import email, sys
+from email import policy
+m = email.message_from_binary_file(open(sys.argv[1], "rb"), policy=policy.compat32)
+for part in m.walk():
+    if part.get_content_maintype() == "text":
+        t = part.get_payload(decode=True) or b""
+        cs = part.get_content_charset() or "utf-8"
+        if sys.argv[2] in t.decode(cs, "replace"):
+            sys.exit(0)
+print("not in any text part", file=sys.stderr); sys.exit(1)
+PY
+}
+# header_lines_within FILE N: no line of FILE's top-level header block is longer than N
+# characters (CR excluded).
+header_lines_within() {
+  awk -v n="$2" '{ sub(/\r$/, "") } /^$/ { exit } length($0) > n { print "line " NR ": " length($0) " characters"; bad = 1 }
+    END { exit bad }' "$1"
+}
+# carried_subject_cut ORIGINAL ENVELOPE: the Subject of the message carried as postacert.eml is
+# the start of ORIGINAL's Subject line (byte for byte), no longer than it; prints both lengths.
+carried_subject_cut() {
+  python3 - "$1" "$2" <<'PY'
+import re, sys
+orig = open(sys.argv[1], "rb").read()
+env = open(sys.argv[2], "rb").read()
+o = re.search(rb"(?m)^Subject: ([^\r\n]*)", orig).group(1)
+post = env[env.find(b'filename="postacert.eml"'):]
+m = re.search(rb"(?m)^Subject: ([^\r\n]*)", post)
+if not m:
+    print("no Subject in postacert.eml"); sys.exit(1)
+c = m.group(1)
+print("submitted Subject %d bytes, carried %d bytes" % (len(o), len(c)))
+sys.exit(0 if 0 < len(c) <= len(o) and o.startswith(c) else 1)
+PY
+}
+# signed_envelope_with FILE TOKEN: FILE is a posta-certificata that verifies, its postacert.eml
+# body has TOKEN.
+signed_envelope_with() { verify_ok "$1" && kind_is "$1" posta-certificata && postacert_body_has "$1" "$2"; }
+# still_serving TAG: run_backend's pec-milter is alive, and a normal submission mario -> anna
+# still gets one signed envelope and one accettazione (uses run_backend's locals: BACKEND, DIR,
+# O, MARIO_MD, ANNA_MD).
+still_serving() {
+  local tag=$1 tok=$1-next-$RANDOM$RANDOM env rcpt pid
+  pid=$(cat "$DIR/pec-milter.pid")
+  ok "[$BACKEND] ($tag) pec-milter still running (pid $pid)" kill -0 "$pid"
+  mark "$MARIO_MD" "$ANNA_MD"
+  swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --header "Subject: after $tag $tok" \
+    --body "normal body-$tok" > "$O/$tag-next.txt" 2>&1
+  ok "[$BACKEND] ($tag) next normal submission: 250" eod_is "$O/$tag-next.txt" '^<- +250 '
+  ok "[$BACKEND] ($tag) next: anna gets exactly one message" expect_new "$ANNA_MD" 1
+  ok "[$BACKEND] ($tag) next: mario gets exactly one message" expect_new "$MARIO_MD" 1
+  env=$(new_files "$ANNA_MD" | head -1) rcpt=$(new_files "$MARIO_MD" | head -1)
+  if [ -n "$env" ] && [ -n "$rcpt" ]; then
+    ok "[$BACKEND] ($tag) next: a signed envelope carrying it" signed_envelope_with "$env" "body-$tok"
+    ok "[$BACKEND] ($tag) next: an accettazione" kind_is "$rcpt" accettazione
+  else
+    fail "[$BACKEND] ($tag) next: envelope and accettazione (missing)"
+  fi
+}
 
 # ------------------------------------------------------------------ one backend
 
@@ -228,6 +378,216 @@ run_backend() {
   ok "[$BACKEND] (7) nothing to mario (no receipt)" expect_new "$MARIO_MD" 0
   ok "[$BACKEND] (7) nothing to cittadino" expect_new "$CITT_MD" 0
   ok "[$BACKEND] (7) postfix queue empty (nothing relayed)" pf_queue_empty "$PF" 10
+
+  # ---- (H) issue 16: hostile submissions by an authenticated holder through the submission
+  # service (the corpus of tests/fixtures/hostile, asserted at the role level in tests/hostile.rs;
+  # the outcomes are PEC-RULES §7.4's: only the formal checks refuse). Each: exactly one signed
+  # notice to mario, a signed envelope or nothing for anna; then still_serving.
+  local H_MARKERS="X-Trasporto X-Ricevuta X-VerificaSicurezza X-Mittente"
+
+  # (Hm) broken MIME: an unclosed multipart boundary and a base64 part that is not base64. No
+  # formal check reads MIME: accettazione, the original carried as it was.
+  TOK=Hm-$BACKEND-$RANDOM$RANDOM
+  hostile_eml holder-mime-unclosed-boundary.eml "$O/Hm.eml" "$TOK"
+  mark "$MARIO_MD" "$ANNA_MD"
+  swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/Hm.eml" > "$O/Hm.txt" 2>&1
+  ok "[$BACKEND] (Hm) unclosed MIME boundary: 250 at end of DATA" eod_is "$O/Hm.txt" '^<- +250 '
+  ok "[$BACKEND] (Hm) mario gets exactly one message (one notice, never two)" expect_new "$MARIO_MD" 1
+  ok "[$BACKEND] (Hm) anna gets exactly one message" expect_new "$ANNA_MD" 1
+  ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$MARIO_MD" | head -1)
+  if [ -n "$ENV" ]; then
+    ok "[$BACKEND] (Hm) anna's: pec-milter verify accepts it" verify_ok "$ENV"
+    ok "[$BACKEND] (Hm) anna's: openssl cms -verify accepts it" cms_ok "$ENV"
+    ok "[$BACKEND] (Hm) anna's: inspect kind = posta-certificata" kind_is "$ENV" posta-certificata
+    ok "[$BACKEND] (Hm) anna's: X-Trasporto: posta-certificata" hdr_is "$ENV" X-Trasporto posta-certificata
+    ok "[$BACKEND] (Hm) the envelope carries the broken body byte for byte" body_carried "$O/Hm.eml" "$ENV"
+  else
+    fail "[$BACKEND] (Hm) envelope checks (no envelope)"
+  fi
+  if [ -n "$RCPT" ]; then
+    ok "[$BACKEND] (Hm) mario's: an accettazione" kind_is "$RCPT" accettazione
+    ok "[$BACKEND] (Hm) mario's: signature valid" verify_ok "$RCPT"
+  else
+    fail "[$BACKEND] (Hm) receipt checks (no receipt)"
+  fi
+  still_serving Hm
+
+  # (Hj) a raw ISO-8859-1 / 0xFF Subject, 8-bit junk and a NUL in header values; (Hn) a NUL
+  # inside the Message-ID. Formally correct: accettazione; the carried original keeps the raw
+  # Subject bytes (the envelope carries the original unmodified, §2.2).
+  TOK=Hj-$BACKEND-$RANDOM$RANDOM
+  hostile_eml holder-non-utf8-subject.eml "$O/Hj.eml" "$TOK"
+  hdr_add "$O/Hj.eml" 'X-Junk: \x80\x81\x82\x9f\xc0\xc1\xf5\xff' 'X-Nul: a\x00b'
+  mark "$MARIO_MD" "$ANNA_MD"
+  swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/Hj.eml" > "$O/Hj.txt" 2>&1
+  ok "[$BACKEND] (Hj) 8-bit/NUL header values, non-UTF-8 Subject: 250 at end of DATA" eod_is "$O/Hj.txt" '^<- +250 '
+  ok "[$BACKEND] (Hj) mario gets exactly one message" expect_new "$MARIO_MD" 1
+  ok "[$BACKEND] (Hj) anna gets exactly one message" expect_new "$ANNA_MD" 1
+  ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$MARIO_MD" | head -1)
+  if [ -n "$ENV" ]; then
+    ok "[$BACKEND] (Hj) anna's: a posta-certificata that verifies" signed_envelope_with "$ENV" Buongiorno
+    ok "[$BACKEND] (Hj) anna's: openssl cms -verify accepts it" cms_ok "$ENV"
+    ok "[$BACKEND] (Hj) the carried original keeps the raw Subject bytes" bytes_in "$ENV" "$(printf 'Citt\xe0 \xabprova\xbb \xff' | od -An -tx1 | tr -d ' \n')"
+    ok "[$BACKEND] (Hj) ... and the raw 8-bit X-Junk value" bytes_in "$ENV" 8081829fc0c1f5ff
+  else
+    fail "[$BACKEND] (Hj) envelope checks (no envelope)"
+  fi
+  if [ -n "$RCPT" ]; then
+    ok "[$BACKEND] (Hj) mario's: an accettazione" kind_is "$RCPT" accettazione
+    ok "[$BACKEND] (Hj) mario's: signature valid" verify_ok "$RCPT"
+    ok "[$BACKEND] (Hj) mario's subject: ACCETTAZIONE: Citt... $TOK" field_is "$RCPT" \
+      "d['subject'].startswith('ACCETTAZIONE: Citt') and d['subject'].endswith('$TOK')" True
+  else
+    fail "[$BACKEND] (Hj) receipt checks (no receipt)"
+  fi
+  TOK=Hn-$BACKEND-$RANDOM$RANDOM
+  hostile_eml holder-nul-in-message-id.eml "$O/Hn.eml" "$TOK"
+  mark "$MARIO_MD" "$ANNA_MD"
+  swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/Hn.eml" > "$O/Hn.txt" 2>&1
+  ok "[$BACKEND] (Hn) NUL inside the Message-ID: 250 at end of DATA" eod_is "$O/Hn.txt" '^<- +250 '
+  ok "[$BACKEND] (Hn) mario gets exactly one message" expect_new "$MARIO_MD" 1
+  ok "[$BACKEND] (Hn) anna gets exactly one message" expect_new "$ANNA_MD" 1
+  ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$MARIO_MD" | head -1)
+  [ -n "$ENV" ] && ok "[$BACKEND] (Hn) anna's: a posta-certificata that verifies" signed_envelope_with "$ENV" Buongiorno
+  [ -n "$RCPT" ] && ok "[$BACKEND] (Hn) mario's: an accettazione" kind_is "$RCPT" accettazione
+  [ -n "$RCPT" ] && ok "[$BACKEND] (Hn) mario's: signature valid" verify_ok "$RCPT"
+  still_serving Hj
+
+  # (Hl) a 900 KB Subject line
+  TOK=Hl-$BACKEND-$RANDOM$RANDOM
+  python3 - "$O/Hl.eml" "$MARIO" "$ANNA" "$TOK" <<'PY'
+import sys
+path, mario, anna, tok = sys.argv[1:5]
+with open(path, "wb") as f:
+    f.write(("From: <%s>\r\nTo: <%s>\r\nMessage-ID: <%s@pec.demo.test>\r\nMIME-Version: 1.0\r\n"
+             "Subject: scenario Hl %s " % (mario, anna, tok, tok)).encode())
+    f.write(b"x" * (900 * 1024) + b"\r\n")
+    f.write(("Content-Type: text/plain; charset=us-ascii\r\n\r\nlong line body-%s\r\n" % tok).encode())
+PY
+  mark "$MARIO_MD" "$ANNA_MD"
+  swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/Hl.eml" > "$O/Hl.txt" 2>&1
+  ok "[$BACKEND] (Hl) 900 KB Subject line: 250 at end of DATA" eod_is "$O/Hl.txt" '^<- +250 '
+  local qid
+  qid=$(eod_reply "$O/Hl.txt" | sed -n 's/.*queued as \([0-9A-F]*\).*/\1/p')
+  ok "[$BACKEND] (Hl) mario gets exactly one message" expect_new "$MARIO_MD" 1
+  ok "[$BACKEND] (Hl) anna gets exactly one message" expect_new "$ANNA_MD" 1
+  ok "[$BACKEND] (Hl) pec-milter logged the accettazione of Postfix's queue id ${qid:-?}" \
+    grep -qE "accettazione: envelope signed, receipt sent queue_id=\"${qid:-none}\"" "$DIR/pec-milter.log"
+  ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$MARIO_MD" | head -1)
+  if [ -n "$ENV" ]; then
+    ok "[$BACKEND] (Hl) anna's: a posta-certificata that verifies, carrying the body" signed_envelope_with "$ENV" "body-$TOK"
+    ok "[$BACKEND] (Hl) anna's: openssl cms -verify accepts it" cms_ok "$ENV"
+    ok "[$BACKEND] (Hl) the carried Subject is the start of the submitted line (Postfix cut it)" \
+      carried_subject_cut "$O/Hl.eml" "$ENV"
+    _log "[$BACKEND] (Hl) $(carried_subject_cut "$O/Hl.eml" "$ENV" 2>&1)"
+    ok "[$BACKEND] (Hl) anna's top-level header: no line over 998 characters" header_lines_within "$ENV" 998
+  else
+    fail "[$BACKEND] (Hl) envelope checks (no envelope)"
+  fi
+  if [ -n "$RCPT" ]; then
+    ok "[$BACKEND] (Hl) mario's: an accettazione" kind_is "$RCPT" accettazione
+    ok "[$BACKEND] (Hl) mario's: signature valid" verify_ok "$RCPT"
+    ok "[$BACKEND] (Hl) mario's subject: ACCETTAZIONE: scenario Hl $TOK xxx..." field_is "$RCPT" \
+      "d['subject'].startswith('ACCETTAZIONE: scenario Hl $TOK xxx')" True
+    ok "[$BACKEND] (Hl) mario's header: no line over 998 characters (RFC 5322 2.1.1)" header_lines_within "$RCPT" 998
+  else
+    fail "[$BACKEND] (Hl) receipt checks (no receipt)"
+  fi
+  fail "[$BACKEND] (Hl) no panic in pec-milter's log" grep -q 'panicked' "$DIR/pec-milter.log"
+  still_serving Hl
+
+  # (Hf) X-Trasporto: posta-certificata, X-VerificaSicurezza: errore, X-Mittente and a forged
+  # X-Riferimento-Message-ID; (Hr) a fake accettazione (X-Ricevuta: accettazione): both enveloped
+  # as ordinary submissions, no holder's marker at the envelope's top level nor in the carried
+  # original (section (2) checks X-Ricevuta / X-Trasporto: errore at the top level only)
+  local h fx mid nmark
+  for h in Hf:holder-forged-x-trasporto:m.1 Hr:holder-forged-x-ricevuta:m.2; do
+    IFS=: read -r h fx mid <<<"$h"
+    TOK=$h-$BACKEND-$RANDOM$RANDOM mid="<$mid.$TOK@client.example>"
+    hostile_eml "$fx.eml" "$O/$h.eml" "$TOK"
+    nmark=$(pec_milter_log_count "$DIR" 'holder wrote PEC marker header fields: removed')
+    mark "$MARIO_MD" "$ANNA_MD"
+    swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/$h.eml" > "$O/$h.txt" 2>&1
+    ok "[$BACKEND] ($h) forged markers ($fx): 250 at end of DATA" eod_is "$O/$h.txt" '^<- +250 '
+    ok "[$BACKEND] ($h) mario gets exactly one message" expect_new "$MARIO_MD" 1
+    ok "[$BACKEND] ($h) anna gets exactly one message" expect_new "$ANNA_MD" 1
+    ok "[$BACKEND] ($h) pec-milter logged the markers it removed" bash -c \
+      "[ \$(grep -cE 'holder wrote PEC marker header fields: removed' '$DIR/pec-milter.log') -gt $nmark ]"
+    ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$MARIO_MD" | head -1)
+    if [ -n "$ENV" ]; then
+      ok "[$BACKEND] ($h) anna's: a posta-certificata that verifies" signed_envelope_with "$ENV" "$([ $h = Hf ] && echo Buongiorno || echo forged)"
+      ok "[$BACKEND] ($h) top level: X-Trasporto is posta-certificata only (ours)" hdr_is "$ENV" X-Trasporto posta-certificata
+      ok "[$BACKEND] ($h) top level: no X-Ricevuta" hdr_absent "$ENV" X-Ricevuta
+      ok "[$BACKEND] ($h) top level: no X-VerificaSicurezza" hdr_absent "$ENV" X-VerificaSicurezza
+      ok "[$BACKEND] ($h) top level: no X-Mittente" hdr_absent "$ENV" X-Mittente
+      ok "[$BACKEND] ($h) top level: X-Riferimento-Message-ID is the holder's Message-ID" hdr_is "$ENV" X-Riferimento-Message-ID "$mid"
+      ok "[$BACKEND] ($h) carried original: none of $H_MARKERS" postacert_lacks "$ENV" $H_MARKERS
+      ok "[$BACKEND] ($h) carried original: X-Riferimento-Message-ID is the holder's Message-ID" postacert_field_is "$ENV" X-Riferimento-Message-ID "$mid"
+    else
+      fail "[$BACKEND] ($h) envelope checks (no envelope)"
+    fi
+    if [ -n "$RCPT" ]; then
+      ok "[$BACKEND] ($h) mario's: our accettazione (X-Ricevuta: accettazione)" hdr_is "$RCPT" X-Ricevuta accettazione
+      ok "[$BACKEND] ($h) mario's: kind accettazione" kind_is "$RCPT" accettazione
+      ok "[$BACKEND] ($h) mario's: signature valid" verify_ok "$RCPT"
+      ok "[$BACKEND] ($h) mario's: no X-VerificaSicurezza" hdr_absent "$RCPT" X-VerificaSicurezza
+      ok "[$BACKEND] ($h) mario's: X-Riferimento-Message-ID is the holder's Message-ID" hdr_is "$RCPT" X-Riferimento-Message-ID "$mid"
+    else
+      fail "[$BACKEND] ($h) receipt checks (no receipt)"
+    fi
+  done
+  still_serving Hf
+
+  # (Hd) From: in another domain than MAIL FROM. The login owns MAIL FROM (no 553 at MAIL);
+  # §7.4 wants the reverse path equal to the From: address: non-accettazione, signed, naming it,
+  # without the original, nothing to anna. (Hd2) the same address with its domain in capitals is
+  # the same address (domains are case-insensitive): accettazione.
+  TOK=Hd-$BACKEND-$RANDOM$RANDOM
+  local MARIO_OTHER=${MARIO%@*}@pec.other.test
+  {
+    printf 'From: Mario Rossi <%s>\r\nTo: <%s>\r\nSubject: scenario Hd %s\r\nMessage-ID: <%s@pec.demo.test>\r\n' "$MARIO_OTHER" "$ANNA" "$TOK" "$TOK"
+    printf 'Date: %s\r\n\r\nFrom: of another domain body-%s\r\n' "$(LC_ALL=C date -R)" "$TOK"
+  } > "$O/Hd.eml"
+  local ndis
+  ndis=$(grep -c 'milter-discard' "$PF/maillog")
+  mark "$MARIO_MD" "$ANNA_MD"
+  swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/Hd.eml" > "$O/Hd.txt" 2>&1
+  fail "[$BACKEND] (Hd) From: $MARIO_OTHER, MAIL FROM $MARIO: no 553 at MAIL (the login owns MAIL FROM)" \
+    grep -qE '^<\*\* +553 ' "$O/Hd.txt"
+  ok "[$BACKEND] (Hd) 250 at end of DATA (the original discarded, the notice sent)" eod_is "$O/Hd.txt" '^<- +250 '
+  ok "[$BACKEND] (Hd) mario gets exactly one message" expect_new "$MARIO_MD" 1
+  ok "[$BACKEND] (Hd) nothing reaches anna" expect_new "$ANNA_MD" 0
+  ok "[$BACKEND] (Hd) Postfix logged the discard of the original" bash -c \
+    "[ \$(grep -c 'milter-discard' '$PF/maillog') -gt $ndis ]"
+  ok "[$BACKEND] (Hd) pec-milter logged the non-accettazione and why" \
+    grep -qE "non-accettazione: original not sent.*non corrisponde al mittente SMTP $MARIO|non corrisponde al mittente SMTP $MARIO.*non-accettazione: original not sent" "$DIR/pec-milter.log"
+  RCPT=$(new_files "$MARIO_MD" | head -1)
+  if [ -n "$RCPT" ]; then
+    ok "[$BACKEND] (Hd) mario's: a non-accettazione" kind_is "$RCPT" non-accettazione
+    ok "[$BACKEND] (Hd) mario's: signature valid" verify_ok "$RCPT"
+    ok "[$BACKEND] (Hd) mario's: openssl cms -verify accepts it" cms_ok "$RCPT"
+    ok "[$BACKEND] (Hd) mario's: X-Ricevuta: non-accettazione" hdr_is "$RCPT" X-Ricevuta non-accettazione
+    ok "[$BACKEND] (Hd) mario's: no X-VerificaSicurezza (a formal problem, not a virus)" hdr_absent "$RCPT" X-VerificaSicurezza
+    ok "[$BACKEND] (Hd) mario's: it names the From: / reverse path mismatch" \
+      notice_text_has "$RCPT" "il mittente $MARIO_OTHER (From:) non corrisponde al mittente SMTP $MARIO"
+    ok "[$BACKEND] (Hd) mario's: without the original (no postacert.eml)" field_is "$RCPT" 'd["postacert"] is None' True
+  else
+    fail "[$BACKEND] (Hd) non-accettazione checks (no notice)"
+  fi
+  TOK=Hd2-$BACKEND-$RANDOM$RANDOM
+  {
+    printf 'From: Mario Rossi <%s@PEC.DEMO.TEST>\r\nTo: <%s>\r\nSubject: scenario Hd2 %s\r\nMessage-ID: <%s@pec.demo.test>\r\n' "${MARIO%@*}" "$ANNA" "$TOK" "$TOK"
+    printf 'Date: %s\r\n\r\nFrom: domain in capitals body-%s\r\n' "$(LC_ALL=C date -R)" "$TOK"
+  } > "$O/Hd2.eml"
+  mark "$MARIO_MD" "$ANNA_MD"
+  swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/Hd2.eml" > "$O/Hd2.txt" 2>&1
+  ok "[$BACKEND] (Hd2) From: domain in capitals: 250 at end of DATA" eod_is "$O/Hd2.txt" '^<- +250 '
+  ok "[$BACKEND] (Hd2) mario gets exactly one message" expect_new "$MARIO_MD" 1
+  ok "[$BACKEND] (Hd2) anna gets exactly one message" expect_new "$ANNA_MD" 1
+  ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$MARIO_MD" | head -1)
+  [ -n "$ENV" ] && ok "[$BACKEND] (Hd2) anna's: a posta-certificata that verifies" signed_envelope_with "$ENV" "body-$TOK"
+  [ -n "$RCPT" ] && ok "[$BACKEND] (Hd2) mario's: an accettazione" kind_is "$RCPT" accettazione
+  still_serving Hd
 
   # ---- (5) redis only: the state store is down -> tempfail; back -> exactly once
   if [ "$BACKEND" = redis ]; then

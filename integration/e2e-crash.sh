@@ -16,6 +16,7 @@
 #       duplicate (the same Message-ID twice) only from the one documented window (the MTA took
 #       it, the process died before it left the outbox): at most one per connection; the
 #       outbox is empty at the end.
+# (4) and (5) are counted by integration/count_sinks.py.
 # Env: PEC_MILTER_BIN (default target/debug/pec-milter), MILTER_LOAD (default
 # target/debug/examples/milter_load, built here when missing), KEEP=1.
 set -uo pipefail
@@ -81,53 +82,10 @@ fail "(2) no panic in pec-milter's log" grep -q 'panicked' "$D/pec-milter.log"
 # ---- (3), (4)
 ok "(3) log verify passes" "$BIN" log verify "$D/log"
 ok "(4) every accettazione in the sink has exactly one record, none is recorded twice" \
-  python3 - "$SINK" "$D/log" <<'PY'
-import collections, glob, json, os, re, sys
-sink, logdir = sys.argv[1:3]
-sent = []
-for f in glob.glob(os.path.join(sink, "**", "*"), recursive=True):
-    if not os.path.isfile(f):
-        continue
-    text = open(f, "rb").read().decode("latin-1")
-    if re.search(r"^X-Ricevuta: accettazione\r?$", text, re.M | re.I):
-        # the accettazione refers to the original's Message-ID
-        m = re.search(r"^X-Riferimento-Message-ID: <([^>]+)>", text, re.M | re.I)
-        assert m, f
-        sent.append(m.group(1))
-recs = collections.Counter()
-for f in glob.glob(os.path.join(logdir, "*", "*.jsonl")):
-    for line in open(f, encoding="utf-8"):
-        if '"event":"accettazione"' in line:
-            recs[json.loads(line)["msgid"].strip("<>")] += 1
-dup_sent = [k for k, n in collections.Counter(sent).items() if n > 1]
-print(f"accettazioni in the sink: {len(sent)} ({len(set(sent))} distinct, sent twice: {len(dup_sent)}); "
-      f"accettazione records: {sum(recs.values())} ({len(recs)} distinct)")
-assert sent, "no accettazione reached the sink"
-missing = [p for p in set(sent) if recs[p] != 1]
-assert not missing, f"{len(missing)} accettazioni without exactly one record, e.g. {missing[:3]}"
-twice = [p for p, n in recs.items() if n > 1]
-assert not twice, f"recorded twice: {twice[:3]}"
-PY
+  python3 "$RIG_ROOT/integration/count_sinks.py" log-once "$SINK" "$D/log"
 ACC2=$(grep -oE 'accept=[0-9]+' "$RIG_BASE/load2.txt" | head -1 | cut -d= -f2)
 ok "(5) none lost: the distinct accettazioni at the sink are at least the $((ACC1 + ACC2)) submissions accepted; duplicates only from the documented window (<= 8)" \
-  python3 - "$SINK" "$((ACC1 + ACC2))" <<'PY'
-import collections, glob, os, re, sys
-sink, accepted = sys.argv[1], int(sys.argv[2])
-ids = []
-for f in glob.glob(os.path.join(sink, "**", "*"), recursive=True):
-    if not os.path.isfile(f):
-        continue
-    text = open(f, "rb").read().decode("latin-1")
-    if re.search(r"^X-Ricevuta: accettazione\r?$", text, re.M | re.I):
-        m = re.search(r"^Message-ID: <([^>]+)>", text, re.M | re.I)
-        assert m, f
-        ids.append(m.group(1))
-c = collections.Counter(ids)
-dups = sum(n - 1 for n in c.values())
-print(f"accepted by the client: {accepted}; accettazioni at the sink: {len(ids)}, distinct {len(c)}, duplicates {dups}")
-assert len(c) >= accepted, f"lost: {accepted - len(c)}"
-assert dups <= 8, f"{dups} duplicates"
-PY
+  python3 "$RIG_ROOT/integration/count_sinks.py" none-lost "$SINK" "$((ACC1 + ACC2))" --max-duplicates 8
 
 _log "e2e-crash took $(rig_elapsed "$T0") s"
 rig_finish

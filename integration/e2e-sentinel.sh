@@ -11,7 +11,8 @@
 # then: every submission answered 250 has exactly one accettazione at the sink and exactly one
 # envelope record on the last primary (read with redis-cli), no accettazione went out twice
 # (Message-IDs counted), every accettazione has exactly one record in the message log, and
-# `pec-milter log verify` passes. 4xx during the switches are allowed (and counted).
+# `pec-milter log verify` passes. 4xx during the switches are allowed (and counted). The counting:
+# integration/count_sinks.py exactly-once.
 # Env: PEC_MILTER_BIN, MILTER_LOAD (as e2e-crash.sh), N (submissions of load 1, default 1000),
 # N2 (load 2, default 300), KEEP=1.
 set -uo pipefail
@@ -174,51 +175,9 @@ xargs -r -n 200 sh -c 'ns=$0 port=$1; shift; ip netns exec "$ns" redis-cli -h 12
 # the Message-IDs the load saw accepted (milter_load --record: index, Message-ID, status, ...)
 cat "$RIG_BASE"/record*.txt 2>/dev/null | awk -F'\t' '$3 == "accept" { print $2 }' > "$RIG_BASE/accepted.txt"
 ok "every 250 has exactly one accettazione at the sink and one state record; no duplicate" \
-  python3 - "$SINK" "$D/log" "$RIG_BASE/accepted.txt" "$RIG_BASE/records.txt" \
-  "$(field "$RIG_BASE/load1.txt" retried)" "$(field "$RIG_BASE/load2.txt" retried 2>/dev/null || echo 0)" \
-  "$RIG_BASE/counts.txt" <<'PY'
-import collections, glob, json, os, re, sys
-sink, logdir, accepted_f, records_f, r1, r2, counts_f = sys.argv[1:8]
-sent = []
-for f in glob.glob(os.path.join(sink, "**", "*"), recursive=True):
-    if not os.path.isfile(f):
-        continue
-    text = open(f, "rb").read().decode("latin-1")
-    if re.search(r"^X-Ricevuta: accettazione\r?$", text, re.M | re.I):
-        m = re.search(r"^X-Riferimento-Message-ID: <([^>]+)>", text, re.M | re.I)
-        assert m, f
-        sent.append(m.group(1))
-accepted = [l.strip().strip("<>") for l in open(accepted_f) if l.strip()]
-records = collections.Counter()
-for line in open(records_f, encoding="utf-8"):
-    line = line.strip()
-    if not line.startswith("{"):
-        continue
-    rec = json.loads(line)
-    records[(rec.get("original_msgid") or "").strip("<>")] += 1
-logged = collections.Counter()
-for f in glob.glob(os.path.join(logdir, "*", "*.jsonl")):
-    for line in open(f, encoding="utf-8"):
-        if '"event":"accettazione"' in line:
-            logged[json.loads(line)["msgid"].strip("<>")] += 1
-at_sink = collections.Counter(sent)
-dup = [k for k, n in at_sink.items() if n > 1]
-summary = (f"submissions answered 250: {len(accepted)} ({len(set(accepted))} distinct); 4xx sent again: "
-           f"{int(r1 or 0) + int(r2 or 0)}; accettazioni at the sink: {len(sent)} ({len(at_sink)} distinct, "
-           f"twice: {len(dup)}); envelope records: {sum(records.values())}; log records: {sum(logged.values())}")
-print(summary)
-open(counts_f, "w").write(summary + "\n")
-assert accepted and len(set(accepted)) == len(accepted), "accepted list empty or repeated"
-bad_sink = [a for a in accepted if at_sink[a] != 1]
-assert not bad_sink, f"{len(bad_sink)} accepted without exactly one accettazione, e.g. {[(a, at_sink[a]) for a in bad_sink[:3]]}"
-bad_rec = [a for a in accepted if records[a] != 1]
-assert not bad_rec, f"{len(bad_rec)} accepted without exactly one state record, e.g. {[(a, records[a]) for a in bad_rec[:3]]}"
-assert not dup, f"accettazioni sent twice: {dup[:3]}"
-extra = set(at_sink) - set(accepted)
-assert not extra, f"accettazioni for submissions never answered 250: {list(extra)[:3]}"
-bad_log = [a for a in at_sink if logged[a] != 1]
-assert not bad_log, f"{len(bad_log)} accettazioni without exactly one log record, e.g. {bad_log[:3]}"
-PY
+  python3 "$RIG_ROOT/integration/count_sinks.py" exactly-once "$SINK" "$D/log" "$RIG_BASE/accepted.txt" \
+  "$RIG_BASE/records.txt" --retried "$(field "$RIG_BASE/load1.txt" retried)" \
+  --retried "$(field "$RIG_BASE/load2.txt" retried 2>/dev/null || echo 0)" --counts "$RIG_BASE/counts.txt"
 
 _log "$(cat "$RIG_BASE/counts.txt" 2>/dev/null)"
 _log "e2e-sentinel took $(rig_elapsed "$T0") s"

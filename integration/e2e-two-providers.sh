@@ -73,6 +73,20 @@
 #       Retention: a log file dated 30 months ago (with its seal) and a message quarantined
 #       31 months ago are removed by `log retain`, one quarantined 29 months ago and every
 #       current file stay
+#   (M) metrics and health (issue 17): A and B serve [metrics] listen 127.0.0.1:9187 in their
+#       namespaces (curl there). Along the way: A's tracked envelopes while B is down (4), A's
+#       outbox depth with the avviso waiting (10b), B's with the presa in carico and the completa
+#       waiting and back to 0 (11). At the end: every receipt kind queued and injected equals the
+#       "signed and queued" / "receipt injected" lines of that process's log (A: since its
+#       restart in (10)); A's accettazioni equal the accettazioni in mario's Maildir since that
+#       restart and its access accepts; B's presa-in-carico / rilevazione-virus injected equal
+#       those issued by B in A's mailReceipt box, its avvenuta / errore consegna those in mario's;
+#       B's delivery anomalies equal its log's (8); reinjection errors equal the "injection
+#       failed" lines; A's TSA failures its "SEAL FAILED" lines of (L), B's none; outbox and
+#       tracked 0, index and seal age within the run; /health 200 with each configured
+#       dependency up. A's clamd stopped: a submission gets 4xx, A's /health turns 503 naming
+#       clamd down (B's stays 200); clamd back: still 503 until a call finds it (health is what
+#       the calls saw), the next submission is accepted and /health is 200 again
 #   (10) an infected envelope (issue 14, "Must show 5"): mario -> anna with a token in the body
 #       that only B's clamd knows (clamd_up_token: PEC.Test.Token.NDB), so A accepts it; A's
 #       pec-milter restarted first with [timers] first/last 120 s/240 s (no 12 h notice mixes in).
@@ -89,7 +103,8 @@
 # Env: PEC_MILTER_BIN, KEEP=1, RIG_TIMING=1, T_FIRST/T_LAST/T_INTERVAL (default 4s/8s/1s, whole
 # seconds), STRICT=0 (a check wrapped in known_bug prints KNOWN BUG and does not count; none is now).
 # lib.sh: RIG_DEFER_NS=1, pf_instance INBOUND= and VTRANSPORT=, dovecot_up; for (10) clamd_up_token,
-# pf_service_off/on, pf_defer_transports, pf_queue_count_is, log_since. Takes ~90 s.
+# pf_service_off/on, pf_defer_transports, pf_queue_count_is, log_since. Takes ~4 min.
+# Needs curl (the metrics endpoint, (M)).
 # Needs Dovecot LMTP (integration/deps.sh: dovecot-lmtpd).
 # Prints "N passed, N failed" last; exit 1 if anything failed. Needs root.
 set -uo pipefail
@@ -176,6 +191,34 @@ not_before() {
 }
 first_is() { local k; k=$(kinds_since "$1" | head -1 | cut -f2); echo "first: $k"; [ "$k" = "$2" ]; }
 
+# The operations endpoint of each provider ([metrics] listen, (M)), reached inside its namespace.
+METRICS_PORT=9187
+# scrape P PATH [OUT]: GET PATH on P's (A or B) endpoint; the body on stdout (or in OUT, the HTTP
+# status on stdout)
+scrape() {
+  local ns=$NSA; [ "$1" = B ] && ns=$NSB
+  if [ -n "${3:-}" ]; then
+    ip netns exec "$ns" curl -sS --max-time 5 -o "$3" -w '%{http_code}' "http://127.0.0.1:$METRICS_PORT$2"
+  else
+    ip netns exec "$ns" curl -sS --max-time 5 "http://127.0.0.1:$METRICS_PORT$2"
+  fi
+}
+# metric P SERIES: the value of SERIES, written as exposed (name{label="v",...}), in P's /metrics
+# (awk reads it all: curl must not meet a closed pipe)
+metric() { scrape "$1" /metrics | awk -v s="$2" '$1 == s && !f { v = $2; f = 1 } END { if (f) print v; exit !f }'; }
+# metric_in P SERIES LO HI [SECS=0]: LO <= value <= HI, now or within SECS
+metric_in() {
+  local v= i
+  for ((i = 0; i <= ${5:-0} * 5; i++)); do
+    v=$(metric "$1" "$2") && awk -v v="$v" -v a="$3" -v b="$4" 'BEGIN { exit !(v >= a && v <= b) }' &&
+      { echo "$1: $2 = $v"; return 0; }
+    sleep 0.2
+  done
+  echo "$1: $2 = ${v:-absent}, expected $3..$4"; return 1
+}
+# metric_is P SERIES N [SECS=0]: the value is N
+metric_is() { metric_in "$1" "$2" "$3" "$3" "${4:-0}"; }
+
 # config DIR NAME DOMAIN STATE: write_config + [provider] for NAME/DOMAIN + [delivery] + [timers]
 config() {   # optional 5th arg: "lmtp HOST:PORT" (Dovecot) instead of the Maildir writer
   local D=$1 name=$2 dom=$3 state=$4 store=${5:-maildir} store_line
@@ -199,6 +242,9 @@ enabled = true
 first = "$T_FIRST"
 last = "$T_LAST"
 interval = "$T_INTERVAL"
+
+[metrics]
+listen = "127.0.0.1:$METRICS_PORT"
 EOF
   # what waits in the outbox (scenarios 10b, 11) leaves within seconds: the outbox pass every
   # second for entries queued 6 s ago (outbox_grace must exceed the injection timeout)
@@ -393,6 +439,7 @@ TS4=$EPOCHREALTIME
 submit "$O/4.txt" "scenario 4 $TOK" "$ANNA"
 ok "(4) submission accepted" eod_250 "$O/4.txt"
 ok "(4) mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20
+ok "(4) A's /metrics: the envelope is tracked (its notices pending)" metric_in A pec_milter_tracked_envelopes 1 1000
 ok "(4) mario gets preavviso and final notice (2 x preavviso-errore-consegna)" \
   wait_kinds "$MARIO_MD" 2 preavviso-errore-consegna 40; NOTICES=$FOUND
 _log "(4) both notices after $(rig_elapsed "$TS") s"
@@ -486,8 +533,10 @@ a2_config() {
       -e '/^\[delivery\]/,/^\[/s#^listen = "inet:127.0.0.1:2424"#listen = "inet:127.0.0.1:2425"#' \
       -e '/^\[spool\]/,/^\[/s#^dir = .*#dir = "'"$A2/spool"'"#' \
       -e '/^\[log\]/,/^\[/s#^dir = .*#dir = "'"$A2/log"'"#' \
-      -e '/^\[log\]/,/^\[/s#^node = .*#node = "A2"#' "$A/pec-milter.toml" > "$A2/pec-milter.toml" &&
+      -e '/^\[log\]/,/^\[/s#^node = .*#node = "A2"#' \
+      -e '/^\[metrics\]/,/^\[/s#^listen = .*#listen = "127.0.0.1:9188"#' "$A/pec-milter.toml" > "$A2/pec-milter.toml" &&
   grep -q '127.0.0.1:8892' "$A2/pec-milter.toml" && grep -q '127.0.0.1:2425' "$A2/pec-milter.toml" &&
+  grep -q '^listen = "127.0.0.1:9188"' "$A2/pec-milter.toml" &&
   "$BIN" check-config --config "$A2/pec-milter.toml" >/dev/null
 }
 # notices_logged MSGID...: "preavviso-errore-consegna signed and queued" lines (one per notice
@@ -805,6 +854,7 @@ ok "(10) B's clamd finds it (PEC.Test.Token.NDB)" inB clamd_finds "$O/10.token"
 ok "(10) A: config with [timers] first 120s / last 240s" a_config10
 ok "(10) A: pec-milter stopped" inA pec_milter_down "$A"
 ok "(10) A: pec-milter up again with the longer timers" inA pec_milter_up "$A" "$A/pec-milter-10.toml"
+A_UP_MARIO=$(maildir_count "$MARIO_MD")   # (M): what mario had when this A started
 for CASE in a b; do
   P="(10$CASE)" TOK=s10$CASE-$RANDOM
   mark "$MARIO_MD" "$ARIC_MD" "$ANNA_MD" "$BRIC_MD"
@@ -834,6 +884,7 @@ for CASE in a b; do
     ok "$P A could not inject it: it stays in the outbox (log)" \
       wait_log "$A/pec-milter.log" "$AMLOG" "injection failed: the message stays in the outbox.*pec_id=$ID10 kind=errore-consegna" 10
     ok "$P A's outbox (Redis pec:outbox) holds it" a_outbox_is 1
+    ok "$P A's /metrics: outbox depth 1" metric_is A pec_milter_outbox_messages 1
     ok "$P B's queue drains (nothing deferred: A answered 250)" pf_queue_empty "$B/pf" 20
     sleep 2
     ok "$P mario has no notice while A cannot inject it (the accettazione only)" new_count_is "$MARIO_MD" 1
@@ -843,6 +894,7 @@ for CASE in a b; do
     ok "$P A's outbox pass sends the avviso (log)" \
       wait_log "$A/pec-milter.log" "$AMLOG" "receipt injected \(outbox pass.*pec_id=$ID10 kind=errore-consegna" 30
     ok "$P A's outbox is empty" a_outbox_is 0
+    ok "$P A's /metrics: outbox depth 0" metric_is A pec_milter_outbox_messages 0
     ok "$P B's hold lifted (defer_transports removed, reload)" inB pf_defer_transports "$B/pf"
     ok "$P B's queue flushed" inB ns_exec postqueue -c "$B/pf/etc" -f
     ok "$P A's queue flushed" inA ns_exec postqueue -c "$A/pf/etc" -f
@@ -934,6 +986,7 @@ ok "$P anna's mailbox at B gets the envelope" wait_kinds "$ANNA_MD" 1 posta-cert
 ok "$P B signed the completa and queued it as a file (log: large=true)" \
   wait_log "$B/pec-milter.log" "$BMLOG" "receipt signed and queued pec_id=${ID11:-none} .*kind=avvenuta-consegna.*large=true" 20
 ok "$P B's outbox holds the presa in carico and the completa" b_outbox_is 2
+ok "$P B's /metrics: outbox depth 2" metric_is B pec_milter_outbox_messages 2
 ok "$P one entry names a file (the completa), not its bytes" \
   b_outbox_is 1 "CAST(entry AS TEXT) LIKE '%\"file\":%' AND length(entry) < 4096"
 ok "$P B's outbox directory holds that one file (over 3 MB)" bash -c \
@@ -967,6 +1020,7 @@ fi
 ok "$P B's outbox pass sent them (log)" \
   wait_log "$B/pec-milter.log" "$BMLOG" "receipt injected \\(outbox pass.*pec_id=${ID11:-none} kind=avvenuta-consegna" 10
 ok "$P B's outbox is empty" b_outbox_is 0
+ok "$P B's /metrics: outbox depth 0" metric_is B pec_milter_outbox_messages 0
 ok "$P the file is gone" b_msg_files_are 0
 sleep 2
 ok "$P mario: accettazione + one avvenuta-consegna, nothing else" \
@@ -1091,6 +1145,170 @@ ok "(L) ... the old ones are gone" bash -c "[ ! -e '$OLDF' ] && [ ! -e '$OLDF.ts
 ok "(L) ... nothing younger went (the 29-month message, every current log file)" bash -c \
   "[ -e '$A/quarantine/young-test.eml' ] && [ \$(find '$A/log/A' -name '0000[0-9][1-9]_*' | wc -l) = $NLOG ]"
 ok "(L) A's chain still verifies" "$BIN" log verify --tsa-trust "$TSAA/tsa-ca.pem" --require-seals "$A/log"
+
+# ------------------------------------------------------------------ (M)
+# Metrics and health (issue 17). Each provider's operations endpoint ([metrics] listen, curl in
+# its namespace) against what the script and the logs know: A counts since its restart in (10)
+# (a new process), B since the start. Receipts in flight from (L) are waited for (queues drained,
+# counts compared until they agree, 20 s at most).
+P="(M)"
+# log_from_start D: D's pec-milter log from its last start ("pec-milter ready") on
+log_from_start() {
+  local n; n=$(grep -n 'pec-milter ready' "$1/pec-milter.log" | tail -1 | cut -d: -f1)
+  tail -n +"${n:-1}" "$1/pec-milter.log"
+}
+# logged D STAGE KIND: that process's log lines for receipts of KIND at STAGE (queued: "... signed
+# and queued", the timers' "timers: KIND signed and queued"; injected: "receipt injected")
+logged() {
+  if [ "$2" = queued ]; then
+    log_from_start "$1" | grep -E "signed and queued" | grep -cE "kind=$3( |\$)|timers: $3 signed and queued" || true
+  else
+    log_from_start "$1" | grep -F 'receipt injected' | grep -cE "kind=$3( |\$)" || true
+  fi
+}
+RKINDS="accettazione non-accettazione presa-in-carico avvenuta-consegna errore-consegna preavviso-errore-consegna rilevazione-virus"
+# receipts_match_log P D: for every kind and stage, P's pec_milter_receipts_total equals D's log
+# lines (prints each pair); tried again for 20 s while they differ
+receipts_match_log() {
+  local i k st m l out bad
+  for ((i = 0; i < 40; i++)); do
+    out= bad=0
+    for k in $RKINDS; do
+      for st in queued injected; do
+        m=$(metric "$1" "pec_milter_receipts_total{kind=\"$k\",stage=\"$st\"}") || m=absent
+        l=$(logged "$2" "$st" "$k")
+        out+="$k $st: metric $m, log $l"$'\n'
+        [ "$m" = "$l" ] || bad=1
+      done
+    done
+    [ "$bad" = 0 ] && break
+    sleep 0.5
+  done
+  printf '%s' "$out"; [ "$bad" = 0 ]
+}
+# issued FILE...: "kind<TAB>gestore-emittente" of each message (one pec-milter inspect --json)
+issued() {
+  [ $# -gt 0 ] || return 0
+  "$BIN" inspect --json "$@" 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    if line.strip():
+        d = json.loads(line)
+        print("%s\t%s" % (d.get("kind"), (d.get("daticert") or {}).get("gestore_emittente") or "-"))'
+}
+# issued_count MAILDIR KIND GESTORE [FROM=0]: messages of KIND issued by GESTORE in MAILDIR (past
+# its first FROM files)
+issued_count() {
+  # shellcheck disable=SC2046
+  issued $(maildir_files "$1" | tail -n +"$(( ${4:-0} + 1 ))") | awk -F'\t' -v k="$2" -v g="$3" '$1 == k && $2 == g' | wc -l
+}
+# metric_is_count P SERIES MAILDIR KIND GESTORE [FROM]: the metric equals that count (20 s to agree)
+metric_is_count() {
+  local i m n
+  for ((i = 0; i < 40; i++)); do
+    m=$(metric "$1" "$2") || m=absent
+    n=$(issued_count "$3" "$4" "$5" "${6:-0}")
+    [ "$m" = "$n" ] && [ "$n" -gt 0 ] && { echo "$1: $2 = $m = $4 by $5 in $3"; return 0; }
+    sleep 0.5
+  done
+  echo "$1: $2 = $m, but $n x $4 by $5 in $3"; return 1
+}
+# health_is P CODE [DEP STATE...]: P's /health answers CODE, each DEP in STATE (JSON body printed)
+health_is() {
+  local p=$1 want=$2 code; shift 2
+  code=$(scrape "$p" /health "$O/M-health-$p.json") || return 1
+  cat "$O/M-health-$p.json"; echo "HTTP $code"
+  [ "$code" = "$want" ] && python3 - "$O/M-health-$p.json" "$@" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+want = sys.argv[2:]
+for dep, state in zip(want[::2], want[1::2]):
+    got = d["dependencies"].get(dep, {}).get("state")
+    assert got == state, (dep, got, state)
+assert d["status"] == ("up" if all(v["state"] != "down" for v in d["dependencies"].values()) else "down"), d
+PY
+}
+ALL_UP="state-store up clamd up index up signing-key up reinjection up message-log up tsa up"
+ok "$P A's queue drains" pf_queue_empty "$A/pf" 30
+ok "$P B's queue drains" pf_queue_empty "$B/pf" 30
+ok "$P A: /metrics in the Prometheus text format (0.0.4)" bash -c \
+  "ip netns exec '$NSA' curl -sS -D - -o /dev/null http://127.0.0.1:$METRICS_PORT/metrics | grep -qi '^content-type: text/plain; version=0.0.4'"
+ok "$P A: build_info names the version" metric_is A "pec_milter_build_info{version=\"$("$BIN" --version | awk '{ print $2 }')\"}" 1
+ok "$P A: every receipt kind queued and injected = A's log lines since its restart" receipts_match_log A "$A"
+ok "$P B: every receipt kind queued and injected = B's log lines" receipts_match_log B "$B"
+N_ACC=$(issued_count "$MARIO_MD" accettazione "$A_NAME" "$A_UP_MARIO")
+_log "$P accettazioni in mario's Maildir since A's restart: $N_ACC"
+ok "$P A: accettazione queued = those in mario's Maildir since A's restart (> 0)" metric_is_count A \
+  'pec_milter_receipts_total{kind="accettazione",stage="queued"}' "$MARIO_MD" accettazione "$A_NAME" "$A_UP_MARIO"
+ok "$P A: accettazione injected = the same" metric_is_count A \
+  'pec_milter_receipts_total{kind="accettazione",stage="injected"}' "$MARIO_MD" accettazione "$A_NAME" "$A_UP_MARIO"
+ok "$P A: access accepts = its accettazioni" metric_is A 'pec_milter_messages_total{role="access",outcome="accept"}' "$N_ACC"
+ok "$P A: access end-of-message latencies timed, one per answer at least" metric_in A \
+  'pec_milter_eom_duration_seconds_count{role="access"}' "$N_ACC" 100000
+ok "$P B: presa-in-carico injected = B's in A's mailReceipt box" metric_is_count B \
+  'pec_milter_receipts_total{kind="presa-in-carico",stage="injected"}' "$ARIC_MD" presa-in-carico "$B_NAME"
+ok "$P B: rilevazione-virus injected = B's in A's mailReceipt box" metric_is_count B \
+  'pec_milter_receipts_total{kind="rilevazione-virus",stage="injected"}' "$ARIC_MD" rilevazione-virus "$B_NAME"
+ok "$P B: avvenuta-consegna injected = B's in mario's Maildir" metric_is_count B \
+  'pec_milter_receipts_total{kind="avvenuta-consegna",stage="injected"}' "$MARIO_MD" avvenuta-consegna "$B_NAME"
+ok "$P B: errore-consegna injected = B's in mario's Maildir" metric_is_count B \
+  'pec_milter_receipts_total{kind="errore-consegna",stage="injected"}' "$MARIO_MD" errore-consegna "$B_NAME"
+N_AN=$(grep -c 'not a genuine PEC message: stored as a busta di anomalia' "$B/pec-milter.log" || true)
+ok "$P B: delivery anomalies = the forged envelopes its log names ((8): $N_AN)" metric_is B \
+  'pec_milter_messages_total{role="delivery",outcome="anomaly"}' "$N_AN"
+ok "$P B: (8) made 4 of them" test "$N_AN" -eq 4
+ok "$P B: genuine PEC taken at its reception point" metric_in B 'pec_milter_messages_total{role="reception",outcome="accept"}' 1 100000
+ok "$P B: its delivery point timed" metric_in B 'pec_milter_eom_duration_seconds_count{role="delivery"}' 1 100000
+N_IF=$(log_from_start "$B" | grep -c 'injection failed' || true)
+ok "$P B: reinjection errors = its \"injection failed\" lines ((11): $N_IF)" metric_is B \
+  'pec_milter_dependency_errors_total{dependency="reinjection"}' "$N_IF"
+N_IF=$(log_from_start "$A" | grep -c 'injection failed' || true)
+ok "$P A: reinjection errors = its \"injection failed\" lines since its restart ((10b): $N_IF)" metric_is A \
+  'pec_milter_dependency_errors_total{dependency="reinjection"}' "$N_IF"
+N_SF=$(log_from_start "$A" | grep -c 'SEAL FAILED' || true)
+ok "$P A: TSA failures = its \"SEAL FAILED\" lines ((L): $N_SF)" metric_is A pec_milter_tsa_failures_total "$N_SF"
+ok "$P A: ... at least one" test "$N_SF" -ge 1
+ok "$P B: no TSA failure" metric_is B pec_milter_tsa_failures_total 0
+ok "$P A: no closed log file waits for its seal" metric_is A pec_milter_log_unsealed_files 0
+ok "$P A: the last good seal pass is recent (< 120 s)" metric_in A pec_milter_log_seal_age_seconds 0 120
+ok "$P B: the last good seal pass is recent (< 120 s)" metric_in B pec_milter_log_seal_age_seconds 0 120
+RUN=$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", b - a + 1 }')
+ok "$P A: the index copy is as old as A's process at most" metric_in A pec_milter_index_age_seconds 0 "$RUN"
+ok "$P B: the index copy is as old as the run at most" metric_in B pec_milter_index_age_seconds 0 "$RUN"
+ok "$P A: outbox empty" metric_is A pec_milter_outbox_messages 0
+ok "$P B: outbox empty" metric_is B pec_milter_outbox_messages 0
+ok "$P A: nothing tracked (every recipient has its outcome)" metric_is A pec_milter_tracked_envelopes 0
+ok "$P B: nothing tracked" metric_is B pec_milter_tracked_envelopes 0
+# shellcheck disable=SC2086
+ok "$P A: /health 200, every dependency its configuration uses up" health_is A 200 $ALL_UP
+# shellcheck disable=SC2086
+ok "$P B: /health 200, every dependency its configuration uses up" health_is B 200 $ALL_UP
+ok "$P A: /nothing is 404" bash -c "[ \"\$(ip netns exec '$NSA' curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$METRICS_PORT/nothing)\" = 404 ]"
+# A's clamd stopped: the next submission finds it down (4xx), and so does /health
+CLAMD_ERR=$(metric A 'pec_milter_dependency_errors_total{dependency="clamd"}')
+TEMPF=$(metric A 'pec_milter_messages_total{role="access",outcome="tempfail"}')
+ok "$P A's clamd stopped" inA clamd_down "$A/clamd"
+ok "$P ... /health still 200: nothing called clamd yet" health_is A 200 clamd up
+TOK=sM-$RANDOM
+mark "$MARIO_MD"
+submit "$O/M1.txt" "scenario M $TOK" "$ANNA"
+ok "$P clamd down: the submission gets 4xx at end of DATA" eod_is "$O/M1.txt" '^<\*\* +4[0-9][0-9] '
+ok "$P clamd down: A's /health 503, clamd down" health_is A 503 clamd down state-store up signing-key up
+ok "$P ... its reason says why" python3 -c "import json,sys; r=json.load(open('$O/M-health-A.json'))['dependencies']['clamd']; print(r); sys.exit(not r.get('reason') or not r.get('since'))"
+ok "$P ... B's /health still 200" health_is B 200 clamd up
+ok "$P ... A's clamd errors counted" metric_is A 'pec_milter_dependency_errors_total{dependency="clamd"}' "$((CLAMD_ERR + 1))"
+ok "$P ... and clamd shown down" metric_is A 'pec_milter_dependency_up{dependency="clamd"}' 0
+ok "$P ... the 4xx counted as an access tempfail" metric_is A 'pec_milter_messages_total{role="access",outcome="tempfail"}' "$((TEMPF + 1))"
+ok "$P A's clamd back" inA clamd_up "$A/clamd" "$RIG_CLAMD_PORT"
+ok "$P ... /health still 503 until a call finds clamd again" health_is A 503 clamd down
+submit "$O/M2.txt" "scenario M $TOK" "$ANNA"
+ok "$P clamd back: a submission is accepted again" eod_250 "$O/M2.txt"
+# shellcheck disable=SC2086
+ok "$P clamd back: A's /health 200 again, every dependency up" health_is A 200 $ALL_UP
+ok "$P ... and clamd shown up" metric_is A 'pec_milter_dependency_up{dependency="clamd"}' 1
+ok "$P ... mario gets its accettazione, and A counted it" wait_kinds "$MARIO_MD" 1 accettazione 20
+ok "$P ... access accepts one more" metric_is A 'pec_milter_messages_total{role="access",outcome="accept"}' "$((N_ACC + 1))"
+ok "$P A's queue drains" pf_queue_empty "$A/pf" 30
 
 _log "total $(rig_elapsed "$T0") s"
 rig_finish

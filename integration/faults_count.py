@@ -10,19 +10,63 @@ Reads what faults.sh left in its work dir (--work):
   env-records.jsonl        the state store's envelope records (pec:env:*), one JSON each
 and the legal log (--log: NODE/*.jsonl). Prints the table (also to WORK/table.txt), writes the
 report (--report, markdown; empty: none), exits 1 when anything was lost, a receipt does not
-verify, an unexpected receipt was sent, or an event is in the log twice.
+verify, an unexpected receipt was sent, or an event is in the log twice. The counting per
+Message-ID (log, state records, Maildir) is integration/count_sinks.py's.
 """
 import argparse
 import collections
 import datetime
-import glob
 import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from count_sinks import log_events, maildir_ids, norm, state_records  # noqa: E402
 
-def norm(mid):
-    return (mid or "").strip().strip("<>").strip().lower()
+# Per role: the records' extension (rec/ROW.EXT, out/ROW.EXT), the receipts it issues, what it
+# is given, whom a receipt for something never accepted would be for, and how many problem lines
+# (of all roles so far) the lines about lost messages may fill.
+ROLES = {
+    "access": ("acc", "accettazioni", "submissions", "submissions the client never saw accepted", 5),
+    "reception": ("rx", "prese in carico", "envelopes", "envelopes never accepted", 8),
+    "delivery": ("dx", "avvenute consegne", "envelopes", "envelopes never accepted", 12),
+}
+
+
+def tally(role, recs, by, checks, rp, stored=None):
+    """One role of one row: of `recs` (milter_load / faults_lmtp.py records), the accepted ones
+    each need a receipt in `by` (Message-ID -> receipts' Message-IDs) and every one of
+    `checks(record)` ([(what, count, good)]); else it is lost. Problems are added to `rp`.
+    `stored` (Message-ID -> copies): the envelopes stored, and the copies beyond one."""
+    _ext, receipts_are, sent_are, stray_for, cap = ROLES[role]
+    ok = [r for r in recs if r["status"] == "accept"]
+    t = {"sent": len(recs), "accepted": len(ok), "receipts": 0, "dups": 0, "lost": 0,
+         "stored": 0, "extra": 0}
+    for r in ok:
+        m = r["msgid"]
+        ids = by.get(m, [])
+        if stored is not None and stored[m]:
+            t["stored"] += 1
+            t["extra"] += stored[m] - 1
+        if ids:
+            t["receipts"] += 1
+            t["dups"] += len(ids) - 1
+            if len(set(ids)) > 1:
+                rp.append(f"{role} {m}: {len(set(ids))} different {receipts_are}")
+        found = checks(r)
+        if not ids or not all(good for _what, _n, good in found):
+            t["lost"] += 1
+            if len(rp) < cap:
+                rp.append(f"{role} {m}: receipts {len(ids)}" + "".join(f", {w} {n}" for w, n, _g in found))
+    t["refused"] = len(recs) - len(ok)
+    if t["refused"]:
+        rp.append(f"{role}: {t['refused']} {sent_are} never accepted: "
+                  f"{collections.Counter(r['status'] for r in recs if r['status'] != 'accept')}")
+    t["stray"] = sum(len(by.get(r["msgid"], [])) for r in recs if r["status"] != "accept")
+    if t["stray"]:
+        rp.append(f"{role}: {t['stray']} {receipts_are} for {stray_for}")
+    t["ok"] = ok
+    return t
 
 
 def kv(line, key):
@@ -118,53 +162,30 @@ def main():
         problems.append(f"unexpected messages at the sink: {dict(other)}")
 
     # what the delivery point stored: Maildir files by Message-ID
-    stored = collections.Counter()
-    if a.maildir:
-        for root, _dirs, names in os.walk(a.maildir):
-            if os.path.basename(root) not in ("new", "cur"):
-                continue
-            for n in names:
-                head = open(os.path.join(root, n), "rb").read(65536).split(b"\r\n\r\n", 1)[0]
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"message-id:"):
-                        stored[norm(line[11:].decode("latin-1"))] += 1
-                        break
+    stored = maildir_ids(a.maildir) if a.maildir else collections.Counter()
 
     # the state store's envelope records
-    env_by = collections.Counter()
-    p = os.path.join(W, "env-records.jsonl")
-    for line in open(p, encoding="utf-8", errors="replace") if os.path.exists(p) else []:
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                env_by[norm(json.loads(line).get("original_msgid"))] += 1
-            except ValueError:
-                pass
+    env_by = state_records(os.path.join(W, "env-records.jsonl"))
 
     # the legal log
-    log_acc = collections.Counter()
-    log_pic = collections.Counter()
-    log_ac = collections.Counter()
-    log_keys = collections.Counter()
-    for f in glob.glob(os.path.join(a.log, "*", "*.jsonl")):
-        for line in open(f, encoding="utf-8", errors="replace"):
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue
-            ev = e.get("event")
-            if ev is None or not e.get("pec_id"):
-                continue   # a file's own records (apertura, chiusura) are about no message
-            log_keys[(e.get("pec_id"), ev, (e.get("about") or "").lower())] += 1
-            if ev == "accettazione":
-                log_acc[norm(e.get("msgid"))] += 1
-            elif ev == "presa-in-carico":
-                log_pic[norm(e.get("pec_id"))] += 1
-            elif ev == "avvenuta-consegna":
-                log_ac[norm(e.get("pec_id"))] += 1
-    twice = [k for k, n in log_keys.items() if n > 1]
+    log = log_events(a.log)
+    log_acc = log.msgid["accettazione"]
+    log_pic = log.pec_id["presa-in-carico"]
+    log_ac = log.pec_id["avvenuta-consegna"]
+    twice = [k for k, n in log.keys.items() if n > 1]
     if twice:
         problems.append(f"{len(twice)} events recorded twice in the log, e.g. {twice[:2]}")
+
+    # per role: what each accepted record needs besides its receipt, and the receipts
+    checks = {
+        "access": lambda r: [("envelope", r["body"], r["body"] > 0),
+                             ("records", env_by[r["msgid"]], env_by[r["msgid"]] == 1),
+                             ("log", log_acc[r["msgid"]], log_acc[r["msgid"]] == 1)],
+        "reception": lambda r: [("log", log_pic[r["msgid"]], log_pic[r["msgid"]] == 1)],
+        "delivery": lambda r: [("stored", stored[r["msgid"]], stored[r["msgid"]] > 0),
+                               ("log", log_ac[r["msgid"]], log_ac[r["msgid"]] == 1)],
+    }
+    receipts = {"access": acc_by, "reception": pic_by, "delivery": ac_by}
 
     table = []   # (row, role, sent, accepted, envelopes, receipts, dups, lost, retried, note)
     verdicts = {}
@@ -176,100 +197,35 @@ def main():
             verdicts[row] = "not run"
             continue
         rp = []
-        # access point
-        ok_acc = [r for r in acc if r["status"] == "accept"]
-        envelopes = sum(1 for r in ok_acc if r["body"] > 0)
-        receipts = dups = lost = 0
-        for r in ok_acc:
-            ids = acc_by.get(r["msgid"], [])
-            if ids:
-                receipts += 1
-                dups += len(ids) - 1
-                if len(set(ids)) > 1:
-                    rp.append(f"access {r['msgid']}: {len(set(ids))} different accettazioni")
-            lost_here = not ids or r["body"] == 0 or env_by[r["msgid"]] != 1 or log_acc[r["msgid"]] != 1
-            if lost_here:
-                lost += 1
-                if len(rp) < 5:
-                    rp.append(f"access {r['msgid']}: receipts {len(ids)}, envelope {r['body']}, "
-                              f"records {env_by[r['msgid']]}, log {log_acc[r['msgid']]}")
-        refused = len(acc) - len(ok_acc)
-        if refused:
-            rp.append(f"access: {refused} submissions never accepted: "
-                      f"{collections.Counter(r['status'] for r in acc if r['status'] != 'accept')}")
-        stray = sum(len(acc_by.get(r["msgid"], [])) for r in acc if r["status"] != "accept")
-        if stray:
-            rp.append(f"access: {stray} accettazioni for submissions the client never saw accepted")
-        out = open(os.path.join(W, "out", row + ".acc"), encoding="utf-8", errors="replace").read()
-        table.append((row, "access", len(acc), len(ok_acc), envelopes, receipts, dups, lost,
-                      kv(out, "retried"), ""))
-        # reception point
-        ok_rx = [r for r in rx if r["status"] == "accept"]
-        rreceipts = rdups = rlost = 0
-        for r in ok_rx:
-            ids = pic_by.get(r["msgid"], [])
-            if ids:
-                rreceipts += 1
-                rdups += len(ids) - 1
-                if len(set(ids)) > 1:
-                    rp.append(f"reception {r['msgid']}: {len(set(ids))} different prese in carico")
-            if not ids or log_pic[r["msgid"]] != 1:
-                rlost += 1
-                if len(rp) < 8:
-                    rp.append(f"reception {r['msgid']}: receipts {len(ids)}, log {log_pic[r['msgid']]}")
-        rrefused = len(rx) - len(ok_rx)
-        if rrefused:
-            rp.append(f"reception: {rrefused} envelopes never accepted: "
-                      f"{collections.Counter(r['status'] for r in rx if r['status'] != 'accept')}")
-        rstray = sum(len(pic_by.get(r["msgid"], [])) for r in rx if r["status"] != "accept")
-        if rstray:
-            rp.append(f"reception: {rstray} prese in carico for envelopes never accepted")
-        out = open(os.path.join(W, "out", row + ".rx"), encoding="utf-8", errors="replace").read()
-        table.append((row, "reception", len(rx), len(ok_rx), "-", rreceipts, rdups, rlost,
-                      kv(out, "retried"), ""))
-        # delivery point
-        dx = read_records(os.path.join(W, "rec", row + ".dx"))
-        dlost = drefused = dstray = dextra = 0
-        if dx is not None:
-            ok_dx = [r for r in dx if r["status"] == "accept"]
-            dreceipts = ddups = dstored = 0
-            for r in ok_dx:
-                ids = ac_by.get(r["msgid"], [])
-                if stored[r["msgid"]]:
-                    dstored += 1
-                    dextra += stored[r["msgid"]] - 1
-                if ids:
-                    dreceipts += 1
-                    ddups += len(ids) - 1
-                    if len(set(ids)) > 1:
-                        rp.append(f"delivery {r['msgid']}: {len(set(ids))} different avvenute consegne")
-                if not ids or not stored[r["msgid"]] or log_ac[r["msgid"]] != 1:
-                    dlost += 1
-                    if len(rp) < 12:
-                        rp.append(f"delivery {r['msgid']}: receipts {len(ids)}, stored {stored[r['msgid']]}, "
-                                  f"log {log_ac[r['msgid']]}")
-            drefused = len(dx) - len(ok_dx)
-            if drefused:
-                rp.append(f"delivery: {drefused} envelopes never accepted: "
-                          f"{collections.Counter(r['status'] for r in dx if r['status'] != 'accept')}")
-            dstray = sum(len(ac_by.get(r["msgid"], [])) for r in dx if r["status"] != "accept")
-            if dstray:
-                rp.append(f"delivery: {dstray} avvenute consegne for envelopes never accepted")
-            if dextra:
-                # documented: a 4xx after storing (receipt neither issued nor kept) lets the MTA's
-                # retry store a second copy; the receipt is still issued once
-                most = max(stored[r["msgid"]] for r in ok_dx)
-                rp.append(f"delivery: {dextra} extra copies in the mailbox, up to {most} of one envelope "
-                          "(not failed: the README documents that the MTA's retry after a 451 given "
-                          "once the message is stored may store it again; the receipt stays once)")
-            out = open(os.path.join(W, "out", row + ".dx"), encoding="utf-8", errors="replace").read()
-            cell = f"{dstored} (+{dextra} copies)" if dextra else dstored
-            table.append((row, "delivery", len(dx), len(ok_dx), cell, dreceipts, ddups, dlost,
+        recs = {"access": acc, "reception": rx,
+                "delivery": read_records(os.path.join(W, "rec", row + ".dx"))}
+        bad = False
+        dups = 0
+        for role, (ext, *_rest) in ROLES.items():
+            if recs[role] is None:
+                continue   # no delivery point in this row
+            t = tally(role, recs[role], receipts[role], checks[role], rp,
+                      stored if role == "delivery" else None)
+            if role == "access":
+                cell = sum(1 for r in t["ok"] if r["body"] > 0)
+            elif role == "delivery":
+                cell = f"{t['stored']} (+{t['extra']} copies)" if t["extra"] else t["stored"]
+                if t["extra"]:
+                    # documented: a 4xx after storing (receipt neither issued nor kept) lets the
+                    # MTA's retry store a second copy; the receipt is still issued once
+                    most = max(stored[r["msgid"]] for r in t["ok"])
+                    rp.append(f"delivery: {t['extra']} extra copies in the mailbox, up to {most} of one "
+                              "envelope (not failed: the README documents that the MTA's retry after a 451 "
+                              "given once the message is stored may store it again; the receipt stays once)")
+            else:
+                cell = "-"
+            out = open(os.path.join(W, "out", f"{row}.{ext}"), encoding="utf-8", errors="replace").read()
+            table.append((row, role, t["sent"], t["accepted"], cell, t["receipts"], t["dups"], t["lost"],
                           kv(out, "retried"), ""))
-            dups += ddups
-        bad = (lost or rlost or dlost or refused or rrefused or drefused or stray or rstray or dstray
-               or [x for x in rp if "different" in x])
-        verdicts[row] = "FAIL" if bad else ("pass (duplicates: %d)" % (dups + rdups) if dups + rdups else "pass")
+            bad = bad or bool(t["lost"] or t["refused"] or t["stray"])
+            dups += t["dups"]
+        bad = bad or [x for x in rp if "different" in x]
+        verdicts[row] = "FAIL" if bad else ("pass (duplicates: %d)" % dups if dups else "pass")
         problems.extend(f"[{row}] {x}" for x in rp if "not failed" not in x)
         notes.extend(f"[{row}] {x}" for x in rp if "not failed" in x)
 

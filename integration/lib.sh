@@ -802,9 +802,10 @@ need_pec_milter() {
 
 # pec_milter_up DIR CONFIG: starts `${PEC_MILTER_BIN:-target/debug/pec-milter} run --config CONFIG`
 # in the netns, in the background (stderr+stdout to DIR/pec-milter.log, pid in DIR/pec-milter.pid),
-# waits for the `[milter] listen` address of CONFIG. Registers pec_milter_down.
+# waits for the `[milter] listen` address of CONFIG (any form: _listen_target). Registers
+# pec_milter_down.
 pec_milter_up() {
-  local D=$1 cfg=$2 bin listen pid i
+  local D=$1 cfg=$2 bin listen target pid i
   bin=$(pec_milter_bin)
   [ -x "$bin" ] || { echo "pec_milter_up: $bin not found or not executable (cargo build first)" >&2; return 1; }
   if ! "$bin" run --help >/dev/null 2>&1; then
@@ -813,6 +814,7 @@ pec_milter_up() {
   mkdir -p "$D"
   listen=$(sed -n '/^\[milter\]/,/^\[/s/^[[:space:]]*listen[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' "$cfg" | head -1)
   listen=${listen:-inet:127.0.0.1:8891}
+  target=$(_listen_target "$listen") || { echo "pec_milter_up: cannot parse listen = $listen" >&2; return 1; }
   [ -n "$RIG_NETNS" ] || { echo "pec_milter_up: no network namespace" >&2; return 2; }
   # not through the ns_exec function: a backgrounded function is a subshell, and $! would be
   # that shell's pid. A simple command is forked and exec'd, and `ip netns exec` execs too,
@@ -827,12 +829,11 @@ pec_milter_up() {
       wait "$pid"; echo "pec_milter_up: pec-milter exited with status $? at start; log:" >&2
       tail -n 20 "$D/pec-milter.log" >&2; rm -f "$D/pec-milter.pid"; return 1
     fi
-    case $listen in
-      inet:*) local hp=${listen#inet:}
-              ns_exec bash -c "exec 3<>/dev/tcp/${hp%:*}/${hp##*:}" 2>/dev/null && return 0 ;;
+    case $target in
+      tcp\ *) local th tp; read -r _ th tp <<<"$target"
+              ns_exec bash -c "exec 3<>/dev/tcp/$th/$tp" 2>/dev/null && return 0 ;;
       # connectable, not just present: a stale socket of a killed process is there already
-      unix:*) [ -S "${listen#unix:}" ] && python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' "${listen#unix:}" 2>/dev/null && return 0 ;;
-      *) echo "pec_milter_up: cannot parse listen = $listen" >&2; return 1 ;;
+      unix\ *) [ -S "${target#unix }" ] && python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' "${target#unix }" 2>/dev/null && return 0 ;;
     esac
     sleep 0.05
   done
@@ -874,11 +875,36 @@ pec_milter_down() {
     if [ "$rc" != 0 ]; then echo "pec_milter_down: pec-milter exited with status $rc" >&2; return 1; fi
   fi
   listen=$(cat "$D/pec-milter.listen" 2>/dev/null)
-  case $listen in
-    inet:*) hp=${listen#inet:}
-            if [ -n "$RIG_NETNS" ]; then wait_closed "${hp%:*}" "${hp##*:}" 5 || return 1; fi ;;
+  hp=$(_listen_target "$listen" 2>/dev/null)
+  case $hp in
+    tcp\ *) local th tp; read -r _ th tp <<<"$hp"
+            if [ -n "$RIG_NETNS" ]; then wait_closed "$th" "$tp" 5 || return 1; fi ;;
   esac
   return 0
+}
+
+# _listen_target SPEC: where a client reaches pec-milter's [milter] listen SPEC, as "tcp HOST
+# PORT" or "unix PATH". Every form pec-milter takes: inet:HOST:PORT, inet:[ADDR]:PORT,
+# inet:PORT@HOST, inet:PORT@[ADDR], inet:PORT (reached on 127.0.0.1), the same with inet6:
+# (inet6:PORT on ::1), unix:/PATH, local:/PATH. Returns 1 for anything else.
+_listen_target() {
+  local s=$1 rest host port
+  case $s in
+    unix:/*|local:/*) printf 'unix %s\n' "${s#*:}"; return 0 ;;
+    inet6:*) rest=${s#inet6:} ;;
+    inet:*) rest=${s#inet:} ;;
+    *) return 1 ;;
+  esac
+  if [[ $rest == *@* ]]; then port=${rest%%@*} host=${rest#*@}
+  elif [[ $rest =~ ^[0-9]+$ ]]; then port=$rest host=
+  else port=${rest##*:} host=${rest%:*}
+  fi
+  host=${host#[}; host=${host%]}
+  if [ -z "$host" ]; then
+    if [ "${s%%:*}" = inet6 ]; then host=::1; else host=127.0.0.1; fi
+  fi
+  [[ $port =~ ^[0-9]+$ ]] || return 1
+  printf 'tcp %s %s\n' "$host" "$port"
 }
 
 # write_config DIR [embedded|redis]: writes DIR/pec-milter.toml (format of milter-conf/pec-milter.toml)

@@ -37,3 +37,7 @@ bash integration/e2e-hsm.sh
 # End to end behind Sendmail 8.17 with the shipped .mc snippet: the reception role, receipts
 # through the milter-free reinjection daemon, 4xx when the milter is down.
 bash integration/e2e-sendmail.sh
+# End to end: the daemon's diagnostics ([logging] json on stderr, syslog to a test socket), the
+# milter on OpenDKIM's socket forms (local:/PATH with socket_mode / socket_group, inet:PORT@HOST),
+# the warning about clamd's StreamMaxLength with Debian's clamd.conf.
+bash integration/e2e-logging.sh

@@ -10,6 +10,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::crypto::DigestAlg;
 use crate::crypto::verify::VerifyAt;
+use crate::listen::{ListenSpec, parse_mode};
+use crate::logging::{LogFormat, LogOutput, LoggingOptions, Output, SyslogFacility};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -49,6 +51,87 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub timers: TimersConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub logging: LoggingConfig,
+}
+
+/// `[metrics]`: the operations endpoint (`/metrics`, `/health`) over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `IP:PORT` to serve it on (e.g. `127.0.0.1:9187`, `[::1]:9187`);
+    /// empty (the default): off. No authentication: keep it on loopback
+    /// or behind a firewall.
+    pub listen: String,
+}
+
+impl MetricsConfig {
+    /// The address to listen on, `None` when off; `Err` names why `listen`
+    /// is not an `IP:PORT`.
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        let l = self.listen.trim();
+        if l.is_empty() {
+            return Ok(None);
+        }
+        match l.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.port() != 0 => Ok(Some(a)),
+            Ok(_) => Err("the port must not be 0".into()),
+            Err(_) => Err(format!(
+                "{l:?} is not IP:PORT (e.g. 127.0.0.1:9187 or [::1]:9187), or \"\" for off"
+            )),
+        }
+    }
+}
+
+/// `[logging]`: the daemon's own diagnostics (tracing). Not the legal
+/// message log, which is `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// "text" (one human line per event) or "json" (one JSON object per line).
+    pub format: LogFormat,
+    /// A level ("info") or a filter ("info,pec_milter::smtp=debug");
+    /// `PEC_MILTER_LOG`, when set, wins.
+    pub level: String,
+    /// "stderr" or "syslog".
+    pub output: LogOutput,
+    /// With `output = "syslog"`: the facility ("mail", as OpenDKIM).
+    pub syslog_facility: SyslogFacility,
+    /// With `output = "syslog"`: the local syslog socket.
+    pub syslog_socket: PathBuf,
+    /// With `output = "syslog"`: the name before `[PID]:` in each line.
+    pub syslog_ident: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+            output: LogOutput::Stderr,
+            syslog_facility: SyslogFacility::Mail,
+            syslog_socket: "/dev/log".into(),
+            syslog_ident: "pec-milter".into(),
+        }
+    }
+}
+
+impl LoggingConfig {
+    /// What [`crate::logging::init`] needs.
+    pub fn options(&self) -> LoggingOptions {
+        LoggingOptions {
+            format: self.format,
+            level: self.level.clone(),
+            output: match self.output {
+                LogOutput::Stderr => Output::Stderr,
+                LogOutput::Syslog => Output::Syslog {
+                    socket: self.syslog_socket.clone(),
+                    facility: self.syslog_facility,
+                    ident: self.syslog_ident.clone(),
+                },
+            },
+        }
+    }
 }
 
 /// `[log]`: the legal message log (PEC-RULES §7.1).
@@ -72,7 +155,8 @@ pub struct LogConfig {
     #[serde(deserialize_with = "duration")]
     pub tsa_timeout: Duration,
     /// How often files waiting for their seal are tried again (the first
-    /// retry; doubled after each failure, up to an hour).
+    /// retry; doubled after each failure, up to an hour or itself if
+    /// longer).
     #[serde(deserialize_with = "duration")]
     pub seal_retry: Duration,
     /// How long the log files, their seals and the quarantined messages
@@ -115,13 +199,20 @@ impl LogConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MilterConfig {
-    /// `inet:HOST:PORT` or `unix:/PATH`.
+    /// `inet:HOST:PORT`, `inet:PORT@HOST`, `inet:PORT`, `inet6:PORT@HOST`,
+    /// `inet6:[ADDR]:PORT`, `unix:/PATH` or `local:/PATH`
+    /// ([`crate::listen`]); checked at load.
     pub listen: String,
     /// Worker threads (0 = number of CPUs).
     pub workers: usize,
     /// Idle timeout of an MTA connection.
     #[serde(deserialize_with = "duration")]
     pub connection_timeout: Duration,
+    /// A unix socket's mode, an octal string ("0660"); absent: the umask's.
+    #[serde(deserialize_with = "opt_mode")]
+    pub socket_mode: Option<u32>,
+    /// A unix socket's group (a name or a gid); absent: the daemon's.
+    pub socket_group: Option<String>,
 }
 
 impl Default for MilterConfig {
@@ -130,6 +221,8 @@ impl Default for MilterConfig {
             listen: "inet:127.0.0.1:8891".into(),
             workers: 0,
             connection_timeout: Duration::from_secs(7210),
+            socket_mode: None,
+            socket_group: None,
         }
     }
 }
@@ -366,6 +459,25 @@ pub struct ClamdConfig {
     pub enabled: bool,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// clamd's own configuration, read at start for its StreamMaxLength
+    /// (clamd has no command that tells it): absent, `DEFAULT_CLAMD_CONF`
+    /// when it exists; `""`: not read.
+    pub config: Option<PathBuf>,
+}
+
+/// Where Debian's clamav-daemon keeps clamd's configuration.
+pub const DEFAULT_CLAMD_CONF: &str = "/etc/clamav/clamd.conf";
+
+impl ClamdConfig {
+    /// The clamd.conf to read: `config`, else [`DEFAULT_CLAMD_CONF`] if it
+    /// exists; None for `config = ""` or no file at the default place.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        match &self.config {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => Some(PathBuf::from(DEFAULT_CLAMD_CONF)).filter(|p| p.exists()),
+        }
+    }
 }
 
 impl Default for ClamdConfig {
@@ -374,6 +486,7 @@ impl Default for ClamdConfig {
             address: "tcp:127.0.0.1:3310".into(),
             enabled: true,
             timeout: Duration::from_secs(60),
+            config: None,
         }
     }
 }
@@ -537,7 +650,8 @@ pub enum MailboxStoreKind {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// `inet:HOST:PORT` or `unix:/PATH`; empty: no delivery point.
+    /// Any form of `[milter] listen` ([`crate::listen`]); empty: no
+    /// delivery point.
     pub listen: String,
     pub store: MailboxStoreKind,
     /// Maildir base: mailboxes are `<maildir>/<domain>/<user>/` (they must exist).
@@ -794,8 +908,40 @@ impl Config {
         if self.provider.domains.is_empty() {
             return Err(invalid("provider.domains", "list at least one PEC domain"));
         }
-        if !(self.milter.listen.starts_with("inet:") || self.milter.listen.starts_with("unix:")) {
-            return Err(invalid("milter.listen", "use inet:HOST:PORT or unix:/PATH"));
+        let invalid_owned = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        self.milter
+            .listen
+            .parse::<ListenSpec>()
+            .map_err(|e| invalid_owned("milter.listen", e.to_string()))?;
+        if let Some(g) = &self.milter.socket_group
+            && (g.trim().is_empty() || g.contains(|c: char| c.is_whitespace() || c == ':'))
+        {
+            return Err(invalid(
+                "milter.socket_group",
+                "a group name or a numeric gid, e.g. \"postfix\"",
+            ));
+        }
+        crate::logging::parse_level(&self.logging.level)
+            .map_err(|e| invalid_owned("logging.level", e.to_string()))?;
+        let ident = &self.logging.syslog_ident;
+        if ident.is_empty()
+            || ident.len() > 48
+            || ident.contains(|c: char| c.is_whitespace() || c.is_control() || "[]:".contains(c))
+        {
+            return Err(invalid(
+                "logging.syslog_ident",
+                "a short name with no blanks, [ ] or : (e.g. \"pec-milter\")",
+            ));
+        }
+        if self.logging.syslog_socket.as_os_str().is_empty() {
+            return Err(invalid(
+                "logging.syslog_socket",
+                "the local syslog socket, e.g. \"/dev/log\"",
+            ));
         }
         if self.timers.last < self.timers.first {
             return Err(invalid(
@@ -804,10 +950,12 @@ impl Config {
             ));
         }
         let l = &self.delivery.listen;
-        if !(l.is_empty() || l.starts_with("inet:") || l.starts_with("unix:")) {
-            return Err(invalid(
+        if !l.is_empty()
+            && let Err(e) = l.parse::<ListenSpec>()
+        {
+            return Err(invalid_owned(
                 "delivery.listen",
-                "use inet:HOST:PORT, unix:/PATH or \"\"",
+                format!("{e}; or \"\" for no delivery point"),
             ));
         }
         if self.reinjection.outbox_grace <= self.reinjection.timeout {
@@ -850,6 +998,9 @@ impl Config {
         }
         if self.log.seal_retry.is_zero() {
             return Err(invalid("log.seal_retry", "must be more than 0"));
+        }
+        if let Err(why) = self.metrics.address() {
+            return Err(invalid("metrics.listen", &why));
         }
         if let Some(l) = &self.holders.ldap {
             if !(l.url.starts_with("ldap://") || l.url.starts_with("ldaps://")) {
@@ -1017,14 +1168,35 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim().to_string();
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            // Bytes: no slice of `text` that a span off a character
+            // boundary would make panic.
+            let line = text
+                .bytes()
+                .take(span.start)
+                .filter(|&b| b == b'\n')
+                .count()
+                + 1;
             format!("line {line}: {msg}")
         }
         None => msg,
     }
 }
 
-/// `30s`, `5m`, `12h`, `30d`, `250ms`, or a bare number of seconds.
+/// The longest duration the configuration takes: 100 years (36500d).
+/// Longer ones could overflow the clock (`Instant + Duration` panics):
+/// `[log] tsa_timeout = 9223372036854775807` did in the TSA client
+/// (ureq), `[reinjection] timeout` and `[index] refresh` in ours.
+pub const MAX_DURATION: Duration = Duration::from_secs(36500 * 86400);
+
+fn at_most_max(d: Duration, s: &dyn std::fmt::Debug) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is too long (at most 36500d)"));
+    }
+    Ok(d)
+}
+
+/// `30s`, `5m`, `12h`, `30d`, `250ms`, or a bare number of seconds; at
+/// most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -1034,7 +1206,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{s:?} is not a duration like 30s, 5m, 12h, 30d"))?;
     let mult: u64 = match unit.trim() {
         "" | "s" => 1,
-        "ms" => return Ok(Duration::from_millis(n)),
+        "ms" => return at_most_max(Duration::from_millis(n), &s),
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
@@ -1042,9 +1214,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     // Checked: `9999999999999999h` panicked (debug) or wrapped to a wrong
     // duration (release); found reviewing the fuzz target `config`.
-    n.checked_mul(mult)
+    let d = n
+        .checked_mul(mult)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?} is too long"))
+        .ok_or_else(|| format!("{s:?} is too long"))?;
+    at_most_max(d, &s)
 }
 
 /// `100MB`, `1MiB`, `512KB`, `2GB`, or a bare number of bytes (binary units).
@@ -1075,7 +1249,9 @@ enum NumOrStr {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match NumOrStr::deserialize(d)? {
-        NumOrStr::Num(n) => Ok(Duration::from_secs(n)),
+        NumOrStr::Num(n) => {
+            at_most_max(Duration::from_secs(n), &n).map_err(serde::de::Error::custom)
+        }
         NumOrStr::Str(s) => parse_duration(&s).map_err(serde::de::Error::custom),
     }
 }
@@ -1089,6 +1265,17 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     size(d).map(Some)
+}
+
+/// A unix socket mode: an octal string only ("0660"); a TOML number would
+/// be read in decimal (660 is not 0660), so it is refused with a hint.
+fn opt_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Err(serde::de::Error::custom(format!(
+            "{n}: write the mode as an octal string, e.g. socket_mode = \"0660\""
+        ))),
+        NumOrStr::Str(s) => parse_mode(&s).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 fn digest<'de, D: Deserializer<'de>>(d: D) -> Result<DigestAlg, D::Error> {
@@ -1113,6 +1300,38 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        let off = Config::parse("", Path::new("x.toml")).expect("parses");
+        assert_eq!(off.metrics.address(), Ok(None));
+        for (text, want) in [
+            ("127.0.0.1:9187", "127.0.0.1:9187"),
+            ("[::1]:9187", "[::1]:9187"),
+        ] {
+            let cfg = Config::parse(
+                &format!("[metrics]\nlisten = \"{text}\"\n"),
+                Path::new("x.toml"),
+            )
+            .expect("parses");
+            let addr = cfg.metrics.address().ok().flatten().map(|a| a.to_string());
+            assert_eq!(addr.as_deref(), Some(want));
+        }
+        for bad in [
+            "localhost:9187",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "inet:127.0.0.1:9187",
+        ] {
+            let e = Config::parse(
+                &format!("[metrics]\nlisten = \"{bad}\"\n"),
+                Path::new("x.toml"),
+            )
+            .expect_err(bad)
+            .to_string();
+            assert!(e.contains("metrics.listen"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key_and_the_line() {
         let e = Config::parse(
             "[milter]\nlisten = \"inet:1:2\"\n\n[limits]\nmax_recipient = 5\n",
@@ -1128,6 +1347,37 @@ mod tests {
         let e = Config::parse("[provider]\ndomain = \"a@b\"\n", Path::new("x.toml"))
             .expect_err("invalid");
         assert!(e.to_string().contains("provider.domain"));
+    }
+
+    #[test]
+    fn a_duration_past_the_clock_is_an_error_naming_its_line() {
+        // `Instant::now() + 9223372036854775807 s` overflows (a panic).
+        for (text, line) in [
+            ("[log]\ntsa_timeout = 9223372036854775807\n", 2),
+            ("[timers]\ninterval = 9223372036854775807\n", 2),
+            ("[log]\ntsa_timeout = \"106751991167300d\"\n", 2),
+            ("[reinjection]\n\ntimeout = \"18446744073709551615ms\"\n", 3),
+        ] {
+            let e = Config::parse(text, Path::new("x.toml")).expect_err(text);
+            let s = e.to_string();
+            assert!(
+                s.contains(&format!("line {line}")) && s.contains("too long"),
+                "{s}"
+            );
+        }
+        let cfg = Config::parse("[timers]\nlast = \"36500d\"\n", Path::new("x.toml"))
+            .expect("100 years is taken");
+        assert_eq!(cfg.timers.last, MAX_DURATION);
+    }
+
+    #[test]
+    fn a_toml_error_after_multibyte_text_names_its_line() {
+        let e = Config::parse(
+            "[provider]\nname = \"Città più bella\"\nè = 1\n",
+            Path::new("x.toml"),
+        )
+        .expect_err("bad key");
+        assert!(e.to_string().contains("line 3"), "{e}");
     }
 
     #[test]
@@ -1175,6 +1425,126 @@ mod tests {
     }
 
     #[test]
+    fn logging_section() {
+        let cfg = Config::parse(
+            "[logging]\nformat = \"json\"\nlevel = \"info,pec_milter::smtp=debug\"\noutput = \"syslog\"\n\
+             syslog_facility = \"local3\"\nsyslog_socket = \"/run/test/log.sock\"\nsyslog_ident = \"pec-b\"\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        let l = &cfg.logging;
+        assert_eq!((l.format, l.output), (LogFormat::Json, LogOutput::Syslog));
+        assert_eq!(
+            l.options().output,
+            Output::Syslog {
+                socket: "/run/test/log.sock".into(),
+                facility: SyslogFacility::Local3,
+                ident: "pec-b".into(),
+            }
+        );
+        // the defaults: text on stderr at info; syslog would be mail on /dev/log
+        let d = LoggingConfig::default();
+        assert_eq!(d.options().output, Output::Stderr);
+        assert_eq!(
+            (
+                d.syslog_facility,
+                d.syslog_socket.as_path(),
+                d.level.as_str()
+            ),
+            (SyslogFacility::Mail, Path::new("/dev/log"), "info")
+        );
+        // [log] stays the message log: a logging key there is an error
+        let err = |text: &str| {
+            Config::parse(text, Path::new("x.toml"))
+                .expect_err(text)
+                .to_string()
+        };
+        let e = err("[log]\nformat = \"json\"\n");
+        assert!(e.contains("format") && e.contains("line 2"), "{e}");
+        let e = err("[logging]\n\nformat = \"xml\"\n");
+        assert!(
+            e.contains("xml") && e.contains("line 3") && e.contains("json"),
+            "{e}"
+        );
+        let e = err("[logging]\noutput = \"journald\"\n");
+        assert!(e.contains("journald") && e.contains("syslog"), "{e}");
+        let e = err("[logging]\nsyslog_facility = \"mial\"\n");
+        assert!(e.contains("mial") && e.contains("line 2"), "{e}");
+        let e = err("[logging]\nlevel = \"infoo\"\n");
+        assert!(e.contains("logging.level") && e.contains("infoo"), "{e}");
+        let e = err("[logging]\nsyslog_ident = \"pec milter\"\n");
+        assert!(e.contains("logging.syslog_ident"), "{e}");
+    }
+
+    #[test]
+    fn milter_socket_forms_mode_and_group() {
+        for listen in [
+            "inet:127.0.0.1:8891",
+            "inet:8891@127.0.0.1",
+            "inet:8891@[127.0.0.1]",
+            "inet:8891",
+            "inet6:8891@[::1]",
+            "inet6:[::1]:8891",
+            "unix:/run/pec-milter/milter.sock",
+            "local:/var/spool/postfix/pec-milter/milter.sock",
+        ] {
+            let cfg = Config::parse(
+                &format!("[milter]\nlisten = \"{listen}\"\n[delivery]\nlisten = \"{listen}\"\n"),
+                Path::new("x.toml"),
+            );
+            assert!(cfg.is_ok(), "{listen}: {cfg:?}");
+        }
+        let cfg = Config::parse(
+            "[milter]\nlisten = \"local:/var/spool/postfix/pec/m.sock\"\nsocket_mode = \"0660\"\nsocket_group = \"postfix\"\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        assert_eq!(cfg.milter.socket_mode, Some(0o660));
+        assert_eq!(cfg.milter.socket_group.as_deref(), Some("postfix"));
+
+        let err = |text: &str| {
+            Config::parse(text, Path::new("x.toml"))
+                .expect_err(text)
+                .to_string()
+        };
+        let e = err("[milter]\nlisten = \"inet:localhost\"\n");
+        assert!(
+            e.contains("milter.listen") && e.contains("no port") && e.contains("inet:PORT@HOST"),
+            "{e}"
+        );
+        let e = err("[milter]\nlisten = \"local:milter.sock\"\n");
+        assert!(e.contains("milter.listen") && e.contains("absolute"), "{e}");
+        let e = err("[delivery]\nlisten = \"tcp:1\"\n");
+        assert!(e.contains("delivery.listen"), "{e}");
+        let e = err("[milter]\nsocket_mode = 660\n");
+        assert!(e.contains("octal string") && e.contains("line 2"), "{e}");
+        let e = err("[milter]\nsocket_mode = \"0778\"\n");
+        assert!(e.contains("0778") && e.contains("line 2"), "{e}");
+        let e = err("[milter]\nsocket_mode = \"4770\"\n");
+        assert!(e.contains("setuid"), "{e}");
+        let e = err("[milter]\nsocket_group = \"\"\n");
+        assert!(e.contains("milter.socket_group"), "{e}");
+    }
+
+    #[test]
+    fn the_clamd_conf_to_read() {
+        let mut c = ClamdConfig {
+            config: Some("/etc/x/clamd.conf".into()),
+            ..ClamdConfig::default()
+        };
+        assert_eq!(c.config_file(), Some(PathBuf::from("/etc/x/clamd.conf")));
+        c.config = Some(PathBuf::new());
+        assert_eq!(c.config_file(), None);
+        c.config = None;
+        assert_eq!(
+            c.config_file().is_some(),
+            Path::new(DEFAULT_CLAMD_CONF).exists()
+        );
+        let cfg = Config::parse("[clamd]\nconfig = \"\"\n", Path::new("x.toml")).expect("parses");
+        assert_eq!(cfg.clamd.config_file(), None);
+    }
+
+    #[test]
     fn hex_key_ids() {
         assert_eq!(decode_hex("01"), Some(vec![1]));
         assert_eq!(decode_hex("0xA1b2"), Some(vec![0xa1, 0xb2]));
@@ -1187,8 +1557,10 @@ mod tests {
     #[test]
     fn units() {
         assert!(parse_duration("9999999999999999h").is_err());
-        assert!(parse_duration("213503982334601d").is_ok());
         assert!(parse_duration("213503982334602d").is_err());
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
+        assert!(parse_duration("36501d").is_err());
+        assert!(parse_duration("18446744073709551615ms").is_err());
         assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43200)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("x").is_err());

@@ -84,6 +84,8 @@ pub enum DaemonError {
     Seal(SealError),
     #[error("cannot listen for SIGHUP: {0}")]
     Signal(std::io::Error),
+    #[error("operations endpoint: {0}")]
+    Ops(#[from] crate::ops::OpsError),
     #[error("{key} {path}: {source}")]
     Password {
         key: &'static str,
@@ -375,9 +377,10 @@ pub fn tsa(cfg: &Config) -> Result<Option<Arc<Tsa>>, DaemonError> {
 }
 
 /// The seal of the closed log files: every `seal_retry` (doubled after a
-/// failure, up to an hour), when `now` is notified and after a reload,
-/// each closed file without its `.tsr` is timestamped by the TSA of the
-/// current generation (none: nothing is sealed). Mail never waits for it.
+/// failure, up to an hour or `seal_retry` if longer), when `now` is
+/// notified and after a reload, each closed file without its `.tsr` is
+/// timestamped by the TSA of the current generation (none: nothing is
+/// sealed). Mail never waits for it.
 /// SIGUSR1 closes the current file at once and seals it (`log seal`).
 fn spawn_sealer(
     current: &Current,
@@ -440,15 +443,17 @@ fn spawn_sealer(
             .await;
             wait = match result {
                 Ok(Ok(())) => {
+                    health.metrics().seal_pass(Ok(()));
                     health.up(Dependency::Tsa);
                     first
                 }
                 Ok(Err((e, waiting))) => {
+                    health.metrics().seal_pass(Err(waiting));
                     health.down(
                         Dependency::Tsa,
                         format!("{e} ({waiting} closed files wait)"),
                     );
-                    let next = (wait * 2).clamp(first, Duration::from_secs(3600));
+                    let next = next_seal_wait(wait, first);
                     tracing::error!(error = %e, files_waiting = waiting, retry_in = ?next,
                         "message log: SEAL FAILED (RFC 3161): the closed files wait for their timestamp; mail keeps flowing");
                     next
@@ -496,6 +501,15 @@ pub fn shared(cfg: &Config) -> Result<Shared, DaemonError> {
         log_files,
         health,
     })
+}
+
+/// The sealer's pause after a failure: the last one doubled, at least
+/// `first` ([log] seal_retry), at most an hour, or `first` when that is
+/// longer. (`(wait * 2).clamp(first, 1 h)` panicked, killing the sealer,
+/// at the first TSA failure with a `seal_retry` over an hour.)
+fn next_seal_wait(wait: Duration, first: Duration) -> Duration {
+    const MOST: Duration = Duration::from_secs(3600);
+    wait.saturating_mul(2).min(MOST.max(first)).max(first)
 }
 
 /// The dependencies every role shares.
@@ -562,6 +576,9 @@ pub fn announce(cfg: &Config) {
     if !cfg.clamd.enabled {
         tracing::warn!("clamd.enabled = false: submissions are NOT scanned for viruses");
     }
+    // clamd's StreamMaxLength (clamd.conf read again) against the largest
+    // message of this configuration
+    crate::clamd_limits::check(cfg);
     if cfg.index.source == IndexSourceKind::None {
         tracing::warn!(
             "no providers' index ([index] source = \"none\"): inbound mail passes untouched"
@@ -664,6 +681,7 @@ pub fn delivery_point(
         trust: trust_store(cfg)?,
         verify_at: cfg.reception.verify_at,
         index,
+        metrics: d.health.metrics().clone(),
     }))
 }
 
@@ -703,6 +721,7 @@ pub fn roles(
     Ok(Roles {
         access: access_point(cfg, d, directory),
         reception,
+        metrics: d.health.metrics().clone(),
     })
 }
 
@@ -748,6 +767,27 @@ impl Daemon {
         let cfg = &g.cfg;
         announce(cfg);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // `/metrics` and `/health`, bound once: over the health and metrics
+        // and the state store that every generation shares, and the index
+        // and dependencies of the generation in force at each request.
+        let view = {
+            let current = current.clone();
+            Box::new(move || {
+                let g = current.get();
+                crate::ops::View {
+                    index: g.index.clone(),
+                    configured: crate::ops::configured_dependencies(&g.cfg),
+                }
+            })
+        };
+        crate::ops::spawn(
+            cfg,
+            shared.health.clone(),
+            shared.state.clone(),
+            view,
+            stop_rx.clone(),
+        )
+        .await?;
         if let Some(files) = &shared.log_files {
             spawn_sealer(
                 &current,
@@ -849,7 +889,7 @@ impl Daemon {
             shared.health.observe(Dependency::Index, &first);
         }
         spawn_index_refresher(&current, shared.health.clone(), stop_rx.clone());
-        let listener = MilterListener::bind(&cfg.milter.listen)
+        let listener = MilterListener::bind_config(&cfg.milter)
             .await
             .map_err(|source| DaemonError::Listen {
                 spec: cfg.milter.listen.clone(),
@@ -917,6 +957,13 @@ impl Daemon {
             && let Ok(Err(e)) = t.await
         {
             tracing::warn!(error = %e, "LMTP server stopped with an error");
+        }
+        // Sent receipts still being dropped from the outbox: waited for, so
+        // that a clean stop sends nothing twice.
+        if !crate::roles::outbox::settle(crate::roles::outbox::DONE_PATIENCE).await {
+            tracing::warn!(
+                "outbox: sent messages still in the outbox at the stop: the outbox pass sends them once more after the restart (same Message-ID)"
+            );
         }
         served.map_err(DaemonError::Milter)?;
         tracing::info!("pec-milter stopped");
@@ -1124,5 +1171,29 @@ async fn shutdown_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seal_retry_doubles_up_to_an_hour() {
+        let (s, first) = (Duration::from_secs, Duration::from_secs(60));
+        assert_eq!(next_seal_wait(Duration::ZERO, first), s(60));
+        assert_eq!(next_seal_wait(s(60), first), s(120));
+        assert_eq!(next_seal_wait(s(2400), first), s(3600));
+        assert_eq!(next_seal_wait(s(3600), first), s(3600));
+    }
+
+    #[test]
+    fn a_seal_retry_over_an_hour_is_kept_instead_of_a_panic() {
+        let first = Duration::from_secs(2 * 3600);
+        assert_eq!(next_seal_wait(Duration::ZERO, first), first);
+        assert_eq!(next_seal_wait(first, first), first);
+        let most = crate::config::MAX_DURATION;
+        assert_eq!(next_seal_wait(most, most), most);
+        assert_eq!(next_seal_wait(Duration::MAX, Duration::MAX), Duration::MAX);
     }
 }

@@ -2,12 +2,18 @@
 //! clamd, the providers' index, the signing key, the reinjection
 //! listener, the message log and the TSA. One log line when a dependency
 //! goes down (with why) and one when it is back; never one per call.
-//! [`Health::snapshot`] is what the operations endpoint shows.
+//! [`Health::snapshot`] is what the operations endpoint shows
+//! (`crate::ops`, `/health`).
 //!
 //! The ports are watched by wrapping them ([`Observed`]): every call's
 //! outcome is the observation, so nothing polls. A failure that is the
 //! caller's input, not the dependency (a virus found, a claim that
 //! exists), is an `Ok` and counts as up.
+//!
+//! The registry also carries the daemon's [`Metrics`]: every failed call
+//! counts as a dependency error, and the wrapped ports count the receipts
+//! and notices queued in the outbox (the state store's writes that keep
+//! them) and every message handed to the MTA (the injector), by kind.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -17,9 +23,10 @@ use chrono::{DateTime, Utc};
 
 use crate::crypto::{CryptoError, DigestAlg, KeyKind, SigningKey};
 use crate::log::{Event, EventLog, LogError};
+use crate::metrics::{Kind, Metrics, Stage};
 use crate::roles::message::Original;
 use crate::roles::ports::{InjectError, Injector, ScanError, Scanner, Verdict};
-use crate::state::{Claim, EnvelopeRecord, OutboxEntry, StateError, StateStore, Update};
+use crate::state::{Claim, Depth, EnvelopeRecord, OutboxEntry, StateError, StateStore, Update};
 
 /// What the daemon depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,6 +41,16 @@ pub enum Dependency {
 }
 
 impl Dependency {
+    pub const ALL: [Dependency; 7] = [
+        Dependency::StateStore,
+        Dependency::Clamd,
+        Dependency::Index,
+        Dependency::SigningKey,
+        Dependency::Reinjection,
+        Dependency::Log,
+        Dependency::Tsa,
+    ];
+
     /// Its name in log lines and metrics.
     pub fn name(self) -> &'static str {
         match self {
@@ -58,14 +75,22 @@ pub enum Status {
     },
 }
 
-/// The registry; cloning shares it.
+/// The registry; cloning shares it (and its [`Metrics`]).
 #[derive(Debug, Clone, Default)]
-pub struct Health(Arc<Mutex<BTreeMap<Dependency, Status>>>);
+pub struct Health {
+    states: Arc<Mutex<BTreeMap<Dependency, Status>>>,
+    metrics: Arc<Metrics>,
+}
 
 impl Health {
+    /// The counters the daemon exposes (`[metrics]`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// `d` answered.
     pub fn up(&self, d: Dependency) {
-        let Ok(mut map) = self.0.lock() else {
+        let Ok(mut map) = self.states.lock() else {
             return;
         };
         if let Some(Status::Down { since, .. }) = map.insert(d, Status::Up) {
@@ -74,9 +99,11 @@ impl Health {
         }
     }
 
-    /// `d` failed, for `reason`: logged when it was not down already.
+    /// `d` failed, for `reason`: counted, and logged when it was not down
+    /// already.
     pub fn down(&self, d: Dependency, reason: impl Display) {
-        let Ok(mut map) = self.0.lock() else {
+        self.metrics.dependency_error(d.name());
+        let Ok(mut map) = self.states.lock() else {
             return;
         };
         if matches!(map.get(&d), Some(Status::Down { .. })) {
@@ -103,7 +130,7 @@ impl Health {
 
     /// Every dependency seen so far and its state.
     pub fn snapshot(&self) -> Vec<(Dependency, Status)> {
-        self.0
+        self.states
             .lock()
             .map(|m| m.iter().map(|(d, s)| (*d, s.clone())).collect())
             .unwrap_or_default()
@@ -111,7 +138,7 @@ impl Health {
 
     /// Whether `d` is down now.
     pub fn is_down(&self, d: Dependency) -> bool {
-        self.0
+        self.states
             .lock()
             .map(|m| matches!(m.get(&d), Some(Status::Down { .. })))
             .unwrap_or(false)
@@ -138,12 +165,30 @@ impl<T: ?Sized> Observed<T> {
         self.health.observe(self.dependency, &r);
         r
     }
+
+    /// `r` observed; when it is `Ok`, `outbox` is in the outbox now.
+    fn queued<R, E: Display>(&self, r: Result<R, E>, outbox: &[OutboxEntry]) -> Result<R, E> {
+        if r.is_ok() {
+            for e in outbox {
+                self.health
+                    .metrics
+                    .receipt(Kind::from_wire(&e.kind), Stage::Queued);
+            }
+        }
+        self.seen(r)
+    }
 }
 
 #[async_trait::async_trait]
 impl Injector for Observed<dyn Injector> {
     async fn inject(&self, from: &str, to: &[String], message: &[u8]) -> Result<(), InjectError> {
-        self.seen(self.inner.inject(from, to, message).await)
+        let r = self.inner.inject(from, to, message).await;
+        if r.is_ok() {
+            self.health
+                .metrics
+                .receipt(Kind::of_message(message), Stage::Injected);
+        }
+        self.seen(r)
     }
 }
 
@@ -204,7 +249,10 @@ impl StateStore for Observed<dyn StateStore> {
         outbox: &[OutboxEntry],
         ttl_secs: u64,
     ) -> Result<(), StateError> {
-        self.seen(self.inner.mark_receipt_sent(key, outbox, ttl_secs).await)
+        self.queued(
+            self.inner.mark_receipt_sent(key, outbox, ttl_secs).await,
+            outbox,
+        )
     }
     async fn put_envelope(&self, rec: &EnvelopeRecord, ttl_secs: u64) -> Result<(), StateError> {
         self.seen(self.inner.put_envelope(rec, ttl_secs).await)
@@ -216,10 +264,11 @@ impl StateStore for Observed<dyn StateStore> {
         ttl_secs: u64,
         outbox: &[OutboxEntry],
     ) -> Result<(), StateError> {
-        self.seen(
+        self.queued(
             self.inner
                 .record_acceptance(key, rec, ttl_secs, outbox)
                 .await,
+            outbox,
         )
     }
     async fn outbox_due(
@@ -231,6 +280,9 @@ impl StateStore for Observed<dyn StateStore> {
     }
     async fn outbox_done(&self, id: &str) -> Result<(), StateError> {
         self.seen(self.inner.outbox_done(id).await)
+    }
+    async fn depth(&self) -> Result<Depth, StateError> {
+        self.seen(self.inner.depth().await)
     }
     async fn get_envelope(&self, pec_id: &str) -> Result<Option<EnvelopeRecord>, StateError> {
         self.seen(self.inner.get_envelope(pec_id).await)
@@ -261,7 +313,7 @@ impl StateStore for Observed<dyn StateStore> {
         ttl_secs: u64,
         outbox: &[OutboxEntry],
     ) -> Result<(), StateError> {
-        self.seen(self.inner.confirm(key, ttl_secs, outbox).await)
+        self.queued(self.inner.confirm(key, ttl_secs, outbox).await, outbox)
     }
     async fn confirmed(&self, key: &str) -> Result<bool, StateError> {
         self.seen(self.inner.confirmed(key).await)
@@ -314,6 +366,100 @@ mod tests {
             } else {
                 Err(InjectError::from("connection refused"))
             }
+        }
+    }
+
+    /// The value of the series `name{labels}` in `text` (exact label order).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn wrapped_ports_count_receipts_queued_and_injected_and_each_failure() {
+        let h = Health::default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn StateStore> =
+            Arc::new(crate::state::embedded::EmbeddedStore::open(dir.path()).expect("store"));
+        let store = Observed::new(store, &h, Dependency::StateStore);
+        let entry = |id: &str, kind: &str| OutboxEntry {
+            id: id.into(),
+            from: "a@b".into(),
+            to: vec!["c@d".into()],
+            message: format!("X-Ricevuta: {kind}\r\n\r\nbody").into_bytes(),
+            file: None,
+            queued_at: 1,
+            pec_id: "p".into(),
+            kind: kind.into(),
+        };
+        let Claim::New = store.claim("k", "p", 1, 60).await.expect("claim") else {
+            panic!("a new claim")
+        };
+        store
+            .mark_receipt_sent(
+                "k",
+                &[
+                    entry("1", "presa-in-carico"),
+                    entry("2", "rilevazione-virus"),
+                ],
+                60,
+            )
+            .await
+            .expect("queued");
+        store
+            .confirm("n", 60, &[entry("3", "preavviso-errore-consegna")])
+            .await
+            .expect("queued");
+        assert_eq!(
+            store.depth().await.expect("depth"),
+            Depth {
+                outbox: 3,
+                tracked: 0
+            }
+        );
+        let flaky = Arc::new(Flaky(std::sync::atomic::AtomicBool::new(true)));
+        let port: Arc<dyn Injector> = flaky.clone();
+        let injector = Observed::new(port, &h, Dependency::Reinjection);
+        injector
+            .inject("a", &[], &entry("1", "presa-in-carico").message)
+            .await
+            .expect("sent");
+        flaky.0.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            injector
+                .inject("a", &[], b"X-Ricevuta: accettazione\r\n\r\n")
+                .await
+                .is_err()
+        );
+        assert!(injector.inject("a", &[], b"x").await.is_err());
+        let text = h.metrics().encode();
+        for (series, want) in [
+            (
+                "pec_milter_receipts_total{kind=\"presa-in-carico\",stage=\"queued\"}",
+                1.0,
+            ),
+            (
+                "pec_milter_receipts_total{kind=\"rilevazione-virus\",stage=\"queued\"}",
+                1.0,
+            ),
+            (
+                "pec_milter_receipts_total{kind=\"preavviso-errore-consegna\",stage=\"queued\"}",
+                1.0,
+            ),
+            (
+                "pec_milter_receipts_total{kind=\"presa-in-carico\",stage=\"injected\"}",
+                1.0,
+            ),
+            (
+                "pec_milter_receipts_total{kind=\"accettazione\",stage=\"injected\"}",
+                0.0,
+            ),
+            (
+                "pec_milter_dependency_errors_total{dependency=\"reinjection\"}",
+                2.0,
+            ),
+        ] {
+            assert_eq!(sample(&text, series), Some(want), "{series}\n{text}");
         }
     }
 

@@ -8,19 +8,24 @@
 //! - [`roles`]: the access, reception and delivery points and the 12 h /
 //!   24 h tracker, deciding over the ports of [`roles::ports`].
 //! - The edges, each implementing ports or serving roles: [`milter`] (the
-//!   MTA), [`lmtp`] (mailbox delivery), [`smtp`] (reinjection), [`clamd`],
-//!   [`logins`] (the holders kept in LDAP).
+//!   MTA), [`lmtp`] (mailbox delivery), [`smtp`] (reinjection), [`clamd`]
+//!   and [`clamd_limits`] (its configuration's size limits), [`logins`]
+//!   (the holders kept in LDAP).
 //! - [`state`], [`index`], [`log`]: the state store (Redis or embedded),
 //!   the providers' index and the legal message log; [`config`];
 //!   [`daemon`]: the composition root; [`reload`]: the configuration in
 //!   force, swapped whole on reload; `fuzz_api`: what the fuzz targets
 //!   call (hidden).
-//! - Support: [`spool`], [`keep`], [`rt`], [`listen`], [`ldap`].
+//! - [`ops`]: the operations endpoint (`/metrics`, `/health`) over
+//!   [`health`] and the counters of [`metrics`].
+//! - Support: [`spool`], [`keep`], [`rt`], [`listen`], [`ldap`], [`metrics`],
+//!   [`logging`] (the daemon's diagnostics).
 //!
 //! README "Architecture" gives the arrows allowed; `tests/layers.rs` keeps
 //! them.
 
 pub mod clamd;
+pub mod clamd_limits;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
@@ -33,8 +38,11 @@ pub mod ldap;
 pub mod listen;
 pub mod lmtp;
 pub mod log;
+pub mod logging;
 pub mod logins;
+pub mod metrics;
 pub mod milter;
+pub mod ops;
 pub mod pec;
 pub mod reload;
 pub mod roles;

@@ -20,9 +20,12 @@
 //! clamd address, a password file, an index source that changed and cannot
 //! be loaded — the reload is refused with one error line and the running
 //! generation keeps serving. Settings bound to what lives as long as the
-//! process (the listeners, the worker threads, the state store, the log's
-//! place) keep their running values, with one warning for each that
-//! changed: it needs a restart.
+//! process (the listeners and the milter socket's mode and group, the
+//! worker threads, the state store, the log's place, the `/metrics`
+//! endpoint, the daemon's own diagnostics of `[logging]`) keep their
+//! running values, with one warning for each that changed: it needs a
+//! restart. The dependency health and its metrics live as long as the
+//! process too: every generation counts into the same ones.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -188,6 +191,9 @@ pub fn keep_running(
     keep!("milter.listen", milter.listen, shown);
     keep!("milter.workers", milter.workers);
     keep!("milter.connection_timeout", milter.connection_timeout);
+    // the socket is bound once
+    keep!("milter.socket_mode", milter.socket_mode, shown);
+    keep!("milter.socket_group", milter.socket_group, shown);
     keep!("delivery.listen", delivery.listen, shown);
     keep!("delivery.max_size", delivery.max_size);
     keep!("state.backend", state.backend);
@@ -204,6 +210,10 @@ pub fn keep_running(
     keep!("log.enabled", log.enabled);
     keep!("log.dir", log.dir);
     keep!("log.node", log.node);
+    // the endpoint is bound once; the diagnostics are set up before the
+    // runtime starts
+    keep!("metrics.listen", metrics.listen, shown);
+    keep!("logging", logging);
     if delivery_running && new.spool != running.spool {
         // not kept: the roles take the new spool at once
         out.push(NeedsRestart {
@@ -242,7 +252,9 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         reception,
         delivery,
         timers,
-        log
+        log,
+        metrics,
+        logging
     );
     out
 }
@@ -433,5 +445,30 @@ mod tests {
         let mut again = Config::default();
         again.spool.memory_limit = 4096;
         assert!(keep_running(&running, &mut again, false).is_empty());
+    }
+
+    #[test]
+    fn the_socket_mode_metrics_endpoint_and_logging_need_a_restart() {
+        let running = Config::default();
+        let mut new = Config::default();
+        new.milter.socket_mode = Some(0o660);
+        new.milter.socket_group = Some("postfix".into());
+        new.metrics.listen = "127.0.0.1:9187".into();
+        new.logging.format = crate::logging::LogFormat::Json;
+        new.logging.level = "debug".into();
+        let restart = keep_running(&running, &mut new, false);
+        let keys: Vec<&str> = restart.iter().map(|n| n.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "milter.socket_mode",
+                "milter.socket_group",
+                "metrics.listen",
+                "logging"
+            ]
+        );
+        assert!(restart[2].detail.contains("127.0.0.1:9187"));
+        assert_eq!(new, running, "every one kept at its running value");
+        assert!(changed_sections(&running, &new).is_empty());
     }
 }

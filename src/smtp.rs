@@ -238,7 +238,7 @@ impl Submitter {
             )));
         }
 
-        let deadline = Instant::now() + self.timeout;
+        let deadline = deadline_after(self.timeout);
         if let Some(pool) = &self.pool {
             while let Some(mut idle) = pool.take() {
                 idle.session.deadline = deadline;
@@ -507,6 +507,15 @@ impl Session {
     }
 }
 
+/// `timeout` from now; past what an `Instant` holds (`Instant + Duration`
+/// panics), about 30 years from now, as tokio's own timers do.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(30 * 365 * 86400)))
+        .unwrap_or(now)
+}
+
 /// Stream the message: dot-stuffed, bare LF → CRLF, ending in `CRLF.CRLF`.
 async fn write_data<W: AsyncWrite + Unpin>(w: &mut W, message: &[u8]) -> io::Result<()> {
     let mut rest = message;
@@ -709,6 +718,21 @@ mod tests {
         assert_eq!(data(b"a\nb\r\n.c").await, b"a\r\nb\r\n..c\r\n.\r\n");
         assert_eq!(data(b"a\rb\r\n").await, b"a\rb\r\n.\r\n");
         assert_eq!(data(b"\n.\n").await, b"\r\n..\r\n.\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_past_the_clock_is_no_panic() {
+        assert!(deadline_after(Duration::MAX) > Instant::now());
+        // a port nobody listens on: the send fails, it does not panic
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let s = Submitter::new(format!("127.0.0.1:{port}"), "mx.test".into(), Duration::MAX);
+        let r = s
+            .send("a@pec.test", &["b@pec.test".to_owned()], b"x\r\n")
+            .await;
+        assert!(matches!(r, Err(SubmitError::Connect { .. })), "{r:?}");
     }
 
     #[test]

@@ -114,6 +114,7 @@ async fn setup_with(dir: &std::path::Path, load: bool) -> (DeliveryPoint, Arc<Re
         trust: pki().trust.clone(),
         verify_at: VerifyAt::Now,
         index: Some(index(dir, load).await),
+        metrics: Default::default(),
     };
     (dp, rec)
 }
@@ -185,6 +186,16 @@ fn rcpts() -> Vec<String> {
     .collect()
 }
 
+/// `pec_milter_messages_total{role="delivery",outcome}` as `dp` counted it.
+fn counted(dp: &DeliveryPoint, outcome: &str) -> u64 {
+    let series = format!("pec_milter_messages_total{{role=\"delivery\",outcome=\"{outcome}\"}} ");
+    dp.metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series}"))
+}
+
 #[tokio::test]
 async fn receipts_follow_the_real_delivery_outcome_once() {
     for asked in [
@@ -204,6 +215,8 @@ async fn receipts_follow_the_real_delivery_outcome_once() {
             replies[2].starts_with("250 2.0.0 not stored (550 5.1.1)"),
             "{replies:?}"
         );
+        // counted per recipient: the 250 of the errore-consegna is a refusal
+        assert_eq!((counted(&dp, "accept"), counted(&dp, "reject")), (2, 1));
         let sent = rec.0.lock().map(|v| v.clone()).unwrap_or_default();
         assert_eq!(sent.len(), 3, "one receipt per recipient");
         let mut kinds = Vec::new();
@@ -607,6 +620,15 @@ async fn forged_envelopes_are_stored_as_anomalies_and_never_receipted() {
         assert!(replies[1].starts_with("250"), "{what}: {replies:?}");
         // no mailbox: the store's own refusal, no errore-consegna either
         assert!(replies[2].starts_with("550 5.1.1"), "{what}: {replies:?}");
+        assert_eq!(
+            (
+                counted(&dp, "anomaly"),
+                counted(&dp, "reject"),
+                counted(&dp, "accept")
+            ),
+            (2, 1, 0),
+            "{what}"
+        );
         for user in ["anna.bianchi", "carlo"] {
             let stored = stored_messages(dir.path(), user);
             assert_eq!(stored.len(), 1, "{what}: {user}");
@@ -668,6 +690,7 @@ async fn without_a_loaded_index_nothing_is_stored_and_nothing_receipted() {
         .handle("posta-certificata@pec.acme.test", &rcpts(), &env)
         .await;
     nothing_done(&r, dir.path(), &rec);
+    assert_eq!(counted(&dp, "tempfail"), 3);
 
     // no index configured at all: the same
     let mut unconfigured = setup_with(dir.path(), true).await.0;
@@ -791,4 +814,40 @@ async fn a_receipt_neither_sent_nor_kept_is_a_temporary_failure() {
         2,
         "the copy repeats"
     );
+}
+
+/// A receipt the MTA took leaves the outbox: its removal runs after the
+/// answer (not waited for), and `settle` waits for it; nothing is left
+/// for the outbox pass to send again.
+#[tokio::test]
+async fn a_sent_receipt_leaves_the_outbox_after_the_answer() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (dp, rec) = setup(dir.path()).await;
+    let env = envelope(TipoRicevuta::Breve);
+    let one = vec!["anna.bianchi@pec.other.test".to_string()];
+    let replies = dp
+        .handle("posta-certificata@pec.acme.test", &one, &env)
+        .await;
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    assert_eq!(rec.0.lock().map(|v| v.len()).unwrap_or(0), 1, "sent now");
+    assert!(
+        pec_milter::roles::outbox::settle(std::time::Duration::from_secs(10)).await,
+        "removals settle"
+    );
+    assert!(
+        dp.state
+            .outbox_due(i64::MAX, 10)
+            .await
+            .expect("outbox")
+            .is_empty(),
+        "nothing left in the outbox"
+    );
+    let pass = OutboxSender {
+        state: dp.state.as_ref(),
+        injector: dp.injector.as_ref(),
+        grace: std::time::Duration::ZERO,
+        lease: std::time::Duration::from_secs(5),
+    };
+    assert_eq!(pass.pass(chrono::Utc::now()).await.expect("pass"), 0);
+    assert_eq!(rec.0.lock().map(|v| v.len()).unwrap_or(0), 1, "once");
 }

@@ -317,6 +317,7 @@ async fn dx() -> Dx {
         trust: trust(),
         verify_at: VerifyAt::Now,
         index: Some(index(dir.path()).await),
+        metrics: Default::default(),
     };
     Dx { dp, injected, dir }
 }
@@ -448,6 +449,18 @@ async fn ax_expect(name: &str, msg: &[u8], rcpts: &[&str], want: AxWant) {
         receipt.signature.status,
         SignatureStatus::Valid,
         "{name}: receipt signed"
+    );
+    // the receipt's header is ours alone: no line over 998 characters
+    // (RFC 5322 2.1.1), whatever the holder's Subject was
+    let (receipt_head, _) = split_header_body(&sent[0].2);
+    let longest = receipt_head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l).len())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest <= 998,
+        "{name}: a receipt header line of {longest} characters"
     );
     match want {
         AxWant::Accepted => {

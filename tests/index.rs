@@ -926,3 +926,32 @@ async fn ldif_index_refreshes_on_trigger_and_keeps_last_good_copy() {
 
     task.abort();
 }
+
+/// An interval past what the clock holds: the refresher loads, then
+/// still answers its trigger (`now + interval` panicked in the task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldif_index_refresher_takes_an_interval_past_the_clock() {
+    let p = providers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("igpec.ldif");
+    write_atomically(&path, &ldif::write_directory(std::slice::from_ref(&p.a)));
+    let index = Arc::new(ProviderIndex::new(IndexSource::Ldif(path.clone())));
+    let trigger = Arc::new(tokio::sync::Notify::new());
+    let task = index
+        .clone()
+        .spawn_refresher(Duration::MAX, trigger.clone());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while index.snapshot().is_none() {
+        assert!(Instant::now() < deadline, "first load did not happen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    write_atomically(&path, &ldif::write_directory(&[p.a.clone(), p.b.clone()]));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !index.snapshot().expect("snap").is_certified("pec.b.test") {
+        assert!(!task.is_finished(), "the refresher stopped");
+        assert!(Instant::now() < deadline, "B did not appear within 2 s");
+        trigger.notify_one();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.abort();
+}

@@ -4,20 +4,22 @@
 //!
 //! - `pec` (the wire format) imports only `pec` and `crypto`; `crypto`
 //!   imports only `crypto` and `rt`.
-//! - support (`spool`, `keep`, `rt`, `listen`, `ldap`) imports only the wire
-//!   format, `crypto` and other support modules.
+//! - support (`spool`, `keep`, `rt`, `listen`, `ldap`, `metrics`,
+//!   `logging`) imports only the wire format, `crypto` and other support
+//!   modules.
 //! - `state`, `index` and `log` import no role, edge, config or daemon.
 //! - `config` imports no role, edge or daemon.
 //! - A role (`roles/access`, `reception`, `delivery`, `tracking`) imports
 //!   `pec`, `crypto`, support but `listen`, `state`, `index`, `config` and
 //!   the roles' shared modules (ports, message types, receipts); never
 //!   another role, never an edge. The shared modules import no role.
-//! - An edge (`milter`, `lmtp`, `smtp`, `clamd`, `logins`) imports the roles it
+//! - An edge (`milter`, `lmtp`, `smtp`, `clamd`, `clamd_limits`, `logins`) imports the roles it
 //!   serves, the ports it implements, the wire format, support; never
 //!   another edge, never the daemon.
 //! - `daemon`, `reload` (the generation in force, swapped on reload),
-//!   `health` (the ports wrapped to watch them), `lib`, `main`,
-//!   `cli` and `fuzz_api` (what the fuzz targets call) compose everything.
+//!   `health` (the ports wrapped to watch them), `ops` (the `/metrics` and
+//!   `/health` endpoint over them), `lib`, `main`, `cli` and `fuzz_api`
+//!   (what the fuzz targets call) compose everything.
 
 use std::path::{Path, PathBuf};
 
@@ -26,7 +28,7 @@ use std::path::{Path, PathBuf};
 enum Layer {
     Pec,
     Crypto,
-    /// spool, keep, rt, listen, ldap (the name)
+    /// spool, keep, rt, listen, ldap, metrics, logging (the name)
     Support(String),
     State,
     Index,
@@ -35,16 +37,18 @@ enum Layer {
     RolesShared,
     /// access, reception, delivery, tracking
     Role(String),
-    /// milter, lmtp, smtp, clamd, logins
+    /// milter, lmtp, smtp, clamd, clamd_limits, logins
     Edge(String),
-    /// daemon, reload, lib, main, cli, fuzz_api
+    /// daemon, reload, lib, main, cli, health, ops, fuzz_api
     Root,
     Unknown(String),
 }
 
 const ROLES: &[&str] = &["access", "reception", "delivery", "tracking"];
-const EDGES: &[&str] = &["milter", "lmtp", "smtp", "clamd", "logins"];
-const SUPPORT: &[&str] = &["spool", "keep", "rt", "listen", "ldap"];
+const EDGES: &[&str] = &["milter", "lmtp", "smtp", "clamd", "clamd_limits", "logins"];
+const SUPPORT: &[&str] = &[
+    "spool", "keep", "rt", "listen", "ldap", "metrics", "logging",
+];
 
 /// The layer of a module path (`["roles", "access", ...]`).
 fn layer_of(path: &[String]) -> Layer {
@@ -56,7 +60,7 @@ fn layer_of(path: &[String]) -> Layer {
         "state" | "log" => Layer::State,
         "index" => Layer::Index,
         "config" => Layer::Config,
-        "daemon" | "reload" | "cli" | "health" | "fuzz_api" | "" => Layer::Root,
+        "daemon" | "reload" | "cli" | "health" | "ops" | "fuzz_api" | "" => Layer::Root,
         "roles" if ROLES.contains(&second) => Layer::Role(second.to_string()),
         "roles" => Layer::RolesShared,
         s if SUPPORT.contains(&s) => Layer::Support(s.to_string()),
@@ -296,6 +300,16 @@ fn forbidden_arrows_are_named() {
             "use crate::roles::access::X;\n",
             "src/roles/ports.rs:1",
         ),
+        (
+            "metrics.rs",
+            "use crate::health::Dependency;\n",
+            "src/metrics.rs:1",
+        ),
+        (
+            "milter/mod.rs",
+            "use crate::ops::Endpoint;\n",
+            "src/milter/mod.rs:1",
+        ),
     ];
     for (file, text, want) in cases {
         let bad = violations(&[(PathBuf::from(file), text.to_string())]);
@@ -316,6 +330,14 @@ fn forbidden_arrows_are_named() {
         (
             "daemon.rs",
             "use crate::milter::serve;\nuse crate::roles::access::AccessPoint;\n",
+        ),
+        (
+            "roles/delivery.rs",
+            "use crate::metrics::{self, Metrics, Role};\n",
+        ),
+        (
+            "ops.rs",
+            "use crate::health::Health;\nuse crate::state::StateStore;\nuse crate::metrics::Metrics;\n",
         ),
         (
             "pec/build.rs",

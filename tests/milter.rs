@@ -81,6 +81,30 @@ struct Rig {
     log: Arc<TestLog>,
     dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// What the milter counted.
+    metrics: Arc<pec_milter::metrics::Metrics>,
+}
+
+impl Rig {
+    /// `pec_milter_messages_total{role,outcome}` as the milter counted it.
+    fn counted(&self, role: &str, outcome: &str) -> u64 {
+        let series = format!("pec_milter_messages_total{{role=\"{role}\",outcome=\"{outcome}\"}} ");
+        self.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series}"))
+    }
+
+    /// How many end-of-message answers of `role` were timed.
+    fn timed(&self, role: &str) -> u64 {
+        let series = format!("pec_milter_eom_duration_seconds_count{{role=\"{role}\"}} ");
+        self.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series}"))
+    }
 }
 
 impl Drop for Rig {
@@ -222,9 +246,11 @@ async fn rig_roles(state: Option<Arc<dyn StateStore>>, reception: bool) -> Rig {
         retention_secs: 3600,
         spool: ap.spool.clone(),
     });
+    let metrics = Arc::new(pec_milter::metrics::Metrics::new());
     let roles = milter::Roles {
         access: ap,
         reception,
+        metrics: metrics.clone(),
     };
     tokio::spawn(milter::serve(
         listener,
@@ -239,6 +265,7 @@ async fn rig_roles(state: Option<Arc<dyn StateStore>>, reception: bool) -> Rig {
         log,
         dir,
         shutdown: Some(tx),
+        metrics,
     }
 }
 
@@ -495,6 +522,11 @@ async fn a_login_sends_only_as_itself() {
     let out = apply(&m, &actions.expect("actions"));
     assert!(String::from_utf8_lossy(&out).contains("X-Trasporto: posta-certificata"));
     assert_eq!(rig.injected.messages().len(), 1, "the accettazione");
+    // each refusal at MAIL (two per login) and the one acceptance, counted;
+    // only the end of message is timed
+    assert_eq!(rig.counted("access", "reject"), 8);
+    assert_eq!(rig.counted("access", "accept"), 1);
+    assert_eq!(rig.timed("access"), 1);
 }
 
 /// Holders kept in a directory: a login that is not an address sends as
@@ -667,6 +699,8 @@ async fn a_virus_gives_a_non_acceptance_notice_and_quarantine() {
         .expect("quarantine dir")
         .collect();
     assert_eq!(q.len(), 1);
+    assert_eq!(rig.counted("access", "discard"), 1);
+    assert_eq!(rig.counted("access", "accept"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -846,6 +880,8 @@ async fn state_store_down_is_a_temporary_failure_and_nothing_is_sent() {
     }
     assert!(actions.expect("actions").actions.is_empty());
     assert!(rig.injected.messages().is_empty());
+    assert_eq!(rig.counted("access", "tempfail"), 1);
+    assert_eq!(rig.timed("access"), 1);
 }
 
 /// A 6 MB message (over the 64 KiB memory limit of the rig): the body is

@@ -13,7 +13,10 @@
 //!   index source that cannot be loaded) is refused and the running
 //!   configuration keeps serving;
 //! - settings that need a restart (the listener) keep their running value;
-//! - a reload adding a providers' index brings the reception point.
+//! - a reload adding a providers' index brings the reception point;
+//! - the operations endpoint (`[metrics]`) stays bound across a reload
+//!   (its `listen` needs a restart), its counters keep counting what the
+//!   new generation does, and it answers for the new generation's index.
 
 mod common;
 
@@ -245,6 +248,10 @@ node = "mx"
 }
 
 async fn rig() -> Rig {
+    rig_with(&Settings::default()).await
+}
+
+async fn rig_with(settings: &Settings<'_>) -> Rig {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PEC_MILTER_LOG")
@@ -254,7 +261,7 @@ async fn rig() -> Rig {
         .try_init();
     let dir = tempfile::tempdir().expect("tmp");
     let (sink, sink_port) = Sink::start().await;
-    write_config(dir.path(), sink_port, &Settings::default());
+    write_config(dir.path(), sink_port, settings);
     let path = dir.path().join("pec-milter.toml");
     let cfg = Config::load(&path).expect("config");
     let daemon = Daemon::start(&path, cfg).await.expect("daemon starts");
@@ -616,6 +623,93 @@ async fn a_reload_adding_the_providers_index_brings_the_reception_point() {
         Some(2),
         "the last good copy"
     );
+    rig.stop().await;
+}
+
+/// `GET path` on the operations endpoint: (status code, body).
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the operations endpoint");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut raw = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut raw)
+        .await
+        .expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (code, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_keeps_counting_across_reloads() {
+    let port = free_port();
+    let metrics = format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let rig = rig_with(&Settings {
+        extra: &metrics,
+        ..Settings::default()
+    })
+    .await;
+    const ACCEPTED: &str = "pec_milter_messages_total{role=\"access\",outcome=\"accept\"}";
+    assert_eq!(
+        submit(&rig.addr, MARIO, LUIGI, "before").await,
+        Status::Accept
+    );
+    let (code, body) = http_get(port, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(body.contains(&format!("{ACCEPTED} 1\n")), "{body}");
+    assert!(body.contains("pec_milter_index_age_seconds -1"), "{body}");
+    let (code, body) = http_get(port, "/health").await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(v["dependencies"].get("index").is_none(), "no [index]: {v}");
+
+    // a reload adding the providers' index and moving the endpoint: the
+    // endpoint stays where it is (a restart), with the same counters, and
+    // answers for the new generation's index
+    let d = rig.dir.path().display().to_string();
+    std::fs::write(rig.dir.path().join("igpec.ldif"), own_index(rig.dir.path())).expect("ldif");
+    let moved = free_port();
+    let extra = format!(
+        "\n[metrics]\nlisten = \"127.0.0.1:{moved}\"\n\n[index]\nsource = \"ldif\"\nldif = \"{d}/igpec.ldif\"\n\n[reception]\ntrust = [\"{d}/demo/ca.pem\"]\n"
+    );
+    rig.write(&Settings {
+        extra: &extra,
+        ..Settings::default()
+    });
+    let r = rig.reloader.reload_logged().await.expect("reload taken");
+    let keys: Vec<&str> = r.restart.iter().map(|n| n.key).collect();
+    assert_eq!(keys, ["metrics.listen"], "{:?}", r.restart);
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", moved))
+            .await
+            .is_err(),
+        "nothing bound at the new address"
+    );
+    assert_eq!(
+        submit(&rig.addr, MARIO, LUIGI, "after").await,
+        Status::Accept
+    );
+    let (code, body) = http_get(port, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(&format!("{ACCEPTED} 2\n")),
+        "the new generation counts into the same metrics: {body}"
+    );
+    assert!(
+        !body.contains("pec_milter_index_age_seconds -1"),
+        "the new generation's index, loaded: {body}"
+    );
+    let (code, body) = http_get(port, "/health").await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["dependencies"]["index"]["state"], "up", "{v}");
     rig.stop().await;
 }
 

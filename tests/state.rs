@@ -466,6 +466,11 @@ async fn suite_outbox(store: &dyn StateStore) {
         .mark_receipt_sent("ob1", &[outbox_entry("r.ob1@x", 10, b"changed")], 60)
         .await
         .expect("mark again");
+    assert_eq!(
+        store.depth().await.expect("depth").outbox,
+        2,
+        "the outbox's depth counts each id once"
+    );
     let due = store.outbox_due(i64::MAX, 10).await.expect("due");
     assert_eq!(
         due,
@@ -516,6 +521,7 @@ async fn suite_outbox(store: &dyn StateStore) {
         store.outbox_due(i64::MAX, 10).await.expect("due"),
         vec![large.clone()]
     );
+    assert_eq!(store.depth().await.expect("depth").outbox, 1);
     store
         .outbox_done("preavviso.first.ob3@x")
         .await
@@ -527,6 +533,23 @@ async fn suite_outbox(store: &dyn StateStore) {
             .expect("due")
             .is_empty()
     );
+    assert_eq!(store.depth().await.expect("depth").outbox, 0);
+    // a tracked envelope counts, one with every outcome known does not
+    let before = store.depth().await.expect("depth").tracked;
+    store
+        .put_envelope(&pending_envelope("pec.depth@x", 1), 60)
+        .await
+        .expect("put");
+    assert_eq!(store.depth().await.expect("depth").tracked, before + 1);
+    store
+        .update_envelope(
+            "pec.depth@x",
+            60,
+            &set_status(0, RecipientStatus::Consegnato),
+        )
+        .await
+        .expect("update");
+    assert_eq!(store.depth().await.expect("depth").tracked, before);
 }
 
 async fn behaviour_suite(store: Arc<dyn StateStore>, open_other: OpenOther) {

@@ -41,8 +41,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/pec-milter/pec-milter.toml";
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run the milter daemon (logs to stderr; stops on SIGTERM / SIGINT;
-    /// SIGHUP reloads the configuration).
+    /// Run the milter daemon (diagnostics to stderr or syslog, [logging];
+    /// stops on SIGTERM / SIGINT; SIGHUP reloads the configuration).
     Run {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,

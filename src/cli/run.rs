@@ -10,8 +10,8 @@ use pec_milter::config::Config;
 use pec_milter::daemon;
 
 pub fn run(config: &Path) -> Result<ExitCode> {
-    super::init_logging();
     let cfg = Config::load(config)?;
+    pec_milter::logging::init(&cfg.logging.options())?;
     let workers = daemon::worker_threads(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -889,7 +889,11 @@ impl Pkcs11Key {
         let mut last = None;
         for attempt in 0..self.opts.attempts {
             if attempt > 0 {
-                std::thread::sleep(self.opts.retry_wait * 2u32.saturating_pow(attempt - 1));
+                std::thread::sleep(
+                    self.opts
+                        .retry_wait
+                        .saturating_mul(2u32.saturating_pow(attempt - 1)),
+                );
             }
             let (generation, result) = self.try_sign(alg, data);
             match result {

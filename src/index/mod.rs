@@ -470,7 +470,12 @@ impl ProviderIndex {
         trigger: Arc<tokio::sync::Notify>,
         report: impl Fn(Result<(), &IndexError>) + Send + Sync + 'static,
     ) -> tokio::task::JoinHandle<()> {
-        let interval = interval.max(Duration::from_secs(1));
+        // At most tokio's own bound on a timer (30 years): `now + interval`
+        // with `[index] refresh = 9223372036854775807` overflowed (a panic
+        // in the refresher, after its first load).
+        let interval = interval
+            .max(Duration::from_secs(1))
+            .min(Duration::from_secs(30 * 365 * 86400));
         tokio::spawn(async move {
             if self.snapshot().is_none() {
                 report(self.refresh_logged().await.as_ref().map(|_| ()));

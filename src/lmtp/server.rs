@@ -77,8 +77,8 @@ impl LmtpHandler for crate::roles::delivery::DeliveryPoint {
     }
 }
 
-/// Bind the LMTP listener of `spec` (`inet:HOST:PORT` or `unix:/PATH`,
-/// see [`crate::listen`]). A unix socket is made mode 0666, so that
+/// Bind the LMTP listener of `spec` (`inet:HOST:PORT`, `unix:/PATH`, or
+/// any other form of [`crate::listen`]). A unix socket is made mode 0666, so that
 /// Postfix's lmtp client (user postfix) can connect: restrict access with
 /// the permissions of its directory. The socket is removed when [`serve`]
 /// returns.

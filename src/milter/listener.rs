@@ -10,15 +10,36 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 
 use super::{RolesSource, callbacks};
-use crate::listen::{Listener, remove_socket};
+use crate::config::MilterConfig;
+use crate::listen::{ListenSpec, ListenSpecError, Listener, UnixPermissions, remove_socket};
 
-/// Where the milter listens ([`crate::listen`]: `inet:HOST:PORT` or
-/// `unix:/PATH`; only a stale socket at PATH is ever replaced).
+/// Where the milter listens ([`crate::listen`]: `inet:HOST:PORT`,
+/// OpenDKIM's `inet:PORT@HOST`, `unix:/PATH` / `local:/PATH`, ...; only a
+/// stale socket at PATH is ever replaced).
 pub struct MilterListener(Listener);
 
 impl MilterListener {
+    /// Bind `spec`; a unix socket keeps the umask's mode and the process's
+    /// group.
     pub async fn bind(spec: &str) -> io::Result<MilterListener> {
         Listener::bind(spec, None).await.map(MilterListener)
+    }
+
+    /// Bind `[milter] listen`; a unix socket gets `socket_mode` and
+    /// `socket_group` (ignored, with a warning, for a TCP listener).
+    pub async fn bind_config(cfg: &MilterConfig) -> io::Result<MilterListener> {
+        let spec: ListenSpec = cfg
+            .listen
+            .parse()
+            .map_err(|e: ListenSpecError| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let perms = UnixPermissions {
+            mode: cfg.socket_mode,
+            group: cfg.socket_group.clone(),
+        };
+        if matches!(spec, ListenSpec::Tcp { .. }) && perms != UnixPermissions::default() {
+            tracing::warn!(listen = %spec, "[milter] socket_mode / socket_group apply to a unix socket only: ignored");
+        }
+        Listener::bind_spec(&spec, &perms).await.map(MilterListener)
     }
 
     pub fn local_description(&self) -> String {

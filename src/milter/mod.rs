@@ -8,9 +8,13 @@
 //!
 //! Sockets: TCP with `TCP_NODELAY`, or UNIX; replies are coalesced so that
 //! a batch of actions leaves in one write (see [`listener::Batched`]).
+//!
+//! Each message a role decides is counted here ([`Metrics`]): its role, what
+//! the MTA was told, and (at end of message) how long the answer took.
 
 use std::ffi::CString;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -19,6 +23,7 @@ use indymilter::{
     ProtoOpts, SetErrorReply, Status,
 };
 
+use crate::metrics::{self, Metrics, Role};
 use crate::pec::facts::{Facts, PROVIDER_ONLY_HEADERS, is_inherited};
 use crate::pec::mime::header_fields;
 use crate::roles::access::{AccessPoint, Admission, not_owner_text};
@@ -35,6 +40,8 @@ pub struct Roles {
     pub access: AccessPoint,
     /// `None`: inbound mail passes untouched (no providers' index).
     pub reception: Option<ReceptionPoint>,
+    /// Where their decisions are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Where each milter connection takes its roles when it opens: fixed
@@ -332,6 +339,9 @@ async fn mail(cx: &mut Context<Session>, args: &[CString], roles: &Roles) -> Sta
         Some(user) => match ap.admit(user, &from).await {
             Ok(a) => Some(a),
             Err(e) => {
+                roles
+                    .metrics
+                    .message(Role::Access, metrics::Outcome::Tempfail);
                 tracing::warn!(login = %user, sender = %from, reason = %e,
                     "access point: cannot tell whether the login owns the sender: 451, nothing signed");
                 let _ = cx.reply.set_error_reply(
@@ -353,6 +363,9 @@ async fn mail(cx: &mut Context<Session>, args: &[CString], roles: &Roles) -> Sta
             Status::Continue
         }
         Some((Admission::NotOwner, user)) => {
+            roles
+                .metrics
+                .message(Role::Access, metrics::Outcome::Reject);
             tracing::warn!(login = %user, sender = %from,
                 "access point: the login does not own the sender address: 553, nothing signed");
             let text = not_owner_text(&user, &from);
@@ -417,26 +430,78 @@ fn abort(cx: &mut Context<Session>) -> Status {
     Status::Continue
 }
 
+/// What an access-point decision tells the MTA.
+fn access_outcome(o: &Outcome) -> metrics::Outcome {
+    match o {
+        Outcome::Rewrite { .. } | Outcome::Deliver { .. } => metrics::Outcome::Accept,
+        Outcome::Discard { .. } => metrics::Outcome::Discard,
+        Outcome::Reject { .. } => metrics::Outcome::Reject,
+        Outcome::Tempfail { .. } => metrics::Outcome::Tempfail,
+    }
+}
+
+/// What a reception-point decision tells the MTA: its rewrite is always
+/// a busta di anomalia.
+fn reception_outcome(o: &Outcome) -> metrics::Outcome {
+    match o {
+        Outcome::Rewrite { .. } => metrics::Outcome::Anomaly,
+        Outcome::Deliver { .. } => metrics::Outcome::Accept,
+        Outcome::Discard { .. } => metrics::Outcome::Discard,
+        Outcome::Reject { .. } => metrics::Outcome::Reject,
+        Outcome::Tempfail { .. } => metrics::Outcome::Tempfail,
+    }
+}
+
+/// End of message: the role decides ([`decide`]), then its decision is
+/// counted with the time the answer took. A decision the MTA could not be
+/// given (the rewrite refused, say) counts as what it became: a 4xx.
 async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
+    let started = Instant::now();
+    let (status, decided) = decide(cx, roles).await;
+    if let Some((role, outcome)) = decided {
+        let outcome = if status == Status::Tempfail {
+            metrics::Outcome::Tempfail
+        } else {
+            outcome
+        };
+        roles.metrics.message(role, outcome);
+        roles.metrics.eom_latency(role, started.elapsed());
+    }
+    status
+}
+
+/// The status to answer at end of message, and the role that decided it
+/// with its outcome (`None`: mail that is not PEC, passed untouched).
+async fn decide(
+    cx: &mut EomContext<Session>,
+    roles: &Roles,
+) -> (Status, Option<(Role, metrics::Outcome)>) {
     let queue_id = cx
         .macros
         .get(c"i")
         .map(|v| String::from_utf8_lossy(v.to_bytes()).into_owned());
     let Some(s) = cx.data.as_mut() else {
-        return Status::Accept;
+        return (Status::Accept, None);
     };
     let mode = s.mode;
     s.mode = Mode::Pass;
-    if mode == Mode::Pass {
-        return Status::Accept;
-    }
-    if mode == Mode::Strip {
-        let header = std::mem::take(&mut s.header);
-        return strip_provider_fields(cx, &header).await;
-    }
+    let role = match mode {
+        Mode::Pass => return (Status::Accept, None),
+        Mode::Strip => {
+            let header = std::mem::take(&mut s.header);
+            return (strip_provider_fields(cx, &header).await, None);
+        }
+        Mode::Access => Role::Access,
+        Mode::Reception => Role::Reception,
+    };
     let (header, body) = match s.take_message() {
         Ok(m) => m,
-        Err(text) => return tempfail(cx, &text),
+        Err(text) => {
+            return (
+                tempfail(cx, &text),
+                Some((role, metrics::Outcome::Tempfail)),
+            );
+        }
     };
     let rcpts = std::mem::take(&mut s.rcpts);
     let mail_from = std::mem::take(&mut s.mail_from);
@@ -451,12 +516,13 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
                 message: Original { header, body },
             };
             let outcome = roles.access.process(&sub, Utc::now()).await;
+            let decided = Some((Role::Access, access_outcome(&outcome)));
             if let (Outcome::Rewrite { message, .. }, Some(rp)) = (&outcome, &roles.reception)
                 && let Err(status) = take_in_charge_here(cx, roles, rp, &sub, message).await
             {
-                return status;
+                return (status, decided);
             }
-            apply(cx, &sub.message.header, outcome).await
+            (apply(cx, &sub.message.header, outcome).await, decided)
         }
         (Mode::Reception, Some(rp)) => {
             let ours: Vec<String> = rcpts
@@ -466,7 +532,7 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
             if ours.is_empty() {
                 // Not for us (local sendmail(1) mail to others): not PEC,
                 // and never with the fields only a provider writes.
-                return strip_provider_fields(cx, &header).await;
+                return (strip_provider_fields(cx, &header).await, None);
             }
             let inbound = Inbound {
                 queue_id,
@@ -475,9 +541,10 @@ async fn eom(cx: &mut EomContext<Session>, roles: &Roles) -> Status {
                 message: Original { header, body },
             };
             let outcome = rp.process(&inbound, Utc::now()).await;
-            apply(cx, &inbound.message.header, outcome).await
+            let decided = Some((Role::Reception, reception_outcome(&outcome)));
+            (apply(cx, &inbound.message.header, outcome).await, decided)
         }
-        _ => Status::Accept,
+        _ => (Status::Accept, None),
     }
 }
 

@@ -438,9 +438,17 @@ pub fn to_latin1(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The longest line a header may have, CRLF excluded (RFC 5322 §2.1.1:
+/// "MUST be no more than 998 characters").
+pub const MAX_LINE: usize = 998;
+
 /// A header field `Name: value` for unstructured text, RFC 2047 encoded
 /// (UTF-8, B encoding) when the text is not plain printable ASCII, folded
-/// so no line exceeds 78 characters. Ends with CRLF.
+/// so no line exceeds 78 characters (plain text: at its spaces, where it
+/// has them). Plain text with a word too long for [`MAX_LINE`] is encoded
+/// too (encoded words can be split anywhere; folding only at spaces): a
+/// holder's 900 KB one-word Subject otherwise made one 60 000-character
+/// line in every receipt's and envelope's header. Ends with CRLF.
 pub fn unstructured_header(name: &str, text: &str) -> String {
     let clean: String = text
         .chars()
@@ -449,7 +457,10 @@ pub fn unstructured_header(name: &str, text: &str) -> String {
     let plain =
         clean.chars().all(|c| (' '..='~').contains(&c) || c == '\t') && !clean.contains("=?");
     if plain {
-        return fold_words(name, &clean);
+        let folded = fold_words(name, &clean);
+        if folded.split("\r\n").all(|l| l.len() <= MAX_LINE) {
+            return folded;
+        }
     }
     // encoded words of at most 75 chars: "=?UTF-8?B?" + b64 + "?=" (12 chars overhead)
     let mut words = Vec::new();
@@ -629,6 +640,30 @@ mod tests {
             unstructured_header("Subject", "plain"),
             "Subject: plain\r\n"
         );
+    }
+
+    #[test]
+    fn no_header_line_over_998_characters() {
+        // one word of 60 000 characters (hostile input: a 900 KB Subject
+        // line, cut by the MTA): encoded words, each line short, the text
+        // read back whole
+        let long = format!("scenario Hl {}", "x".repeat(60_000));
+        let h = unstructured_header("Subject", &format!("ACCETTAZIONE: {long}"));
+        assert!(h.ends_with("\r\n"));
+        let lines: Vec<&str> = h.trim_end_matches("\r\n").split("\r\n").collect();
+        assert!(lines.len() > 1);
+        assert!(
+            lines.iter().all(|l| l.len() <= 78),
+            "longest line: {}",
+            lines.iter().map(|l| l.len()).max().unwrap_or(0)
+        );
+        let value = h["Subject:".len()..].replace("\r\n", "");
+        assert_eq!(decode_words(value.trim()), format!("ACCETTAZIONE: {long}"));
+        // a plain subject with a long word that still fits stays plain
+        let url = format!("see https://example.test/{}", "a".repeat(200));
+        let h = unstructured_header("Subject", &url);
+        assert!(!h.contains("=?"));
+        assert_eq!(h.replace("\r\n", ""), format!("Subject: {url}"));
     }
 
     #[test]

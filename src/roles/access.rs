@@ -323,7 +323,7 @@ impl AccessPoint {
         self.state
             .record_acceptance(&key, &record, self.retention_secs, &outbox)
             .await?;
-        send_queued(self.state.as_ref(), self.injector.as_ref(), outbox).await;
+        send_queued(&self.state, self.injector.as_ref(), outbox).await;
         Ok(Outcome::Rewrite {
             pec_id,
             message: envelope,
@@ -356,7 +356,7 @@ impl AccessPoint {
             self.state
                 .mark_receipt_sent(key, &outbox, self.retention_secs)
                 .await?;
-            send_queued(self.state.as_ref(), self.injector.as_ref(), outbox).await;
+            send_queued(&self.state, self.injector.as_ref(), outbox).await;
         }
         Ok(())
     }

@@ -60,6 +60,7 @@ use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::crypto::{self, CryptoError, DigestAlg, SigningKey};
 use crate::index::{ProviderEntry, ProviderIndex};
 use crate::log::{Event, EventLog, event_anomaly, event_for, event_received};
+use crate::metrics::{self, Metrics, Role};
 use crate::pec::build::{
     BuildError, Emission, Provider, Ricevuta, Signer, Transaction, receipt_variant, write_ricevuta,
 };
@@ -113,6 +114,17 @@ pub struct DeliveryPoint {
     /// fields can be verified, and it is answered 4xx like before the
     /// first copy is loaded.
     pub index: Option<Arc<ProviderIndex>>,
+    /// Where each answer (per recipient) and the time it took are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// What a reply line tells the MTA, by its code: `stored` for a 2xx.
+fn by_code(reply: &str, stored: metrics::Outcome) -> metrics::Outcome {
+    match reply.as_bytes().first() {
+        Some(b'2') => stored,
+        Some(b'5') => metrics::Outcome::Reject,
+        _ => metrics::Outcome::Tempfail,
+    }
 }
 
 /// What the delivery point found a message to be.
@@ -193,13 +205,44 @@ impl DeliveryPoint {
     }
 
     /// [`handle`](Self::handle) of `message`, the view of `spooled` when
-    /// the LMTP server spooled it.
+    /// the LMTP server spooled it; each recipient's answer counted.
     async fn handle_inner(
         &self,
         mail_from: &str,
         rcpts: &[String],
         message: &[u8],
         spooled: Option<&Spooled>,
+    ) -> Vec<String> {
+        let started = std::time::Instant::now();
+        let mut tally = Vec::with_capacity(rcpts.len());
+        let replies = self
+            .replies(mail_from, rcpts, message, spooled, &mut tally)
+            .await;
+        if tally.len() != replies.len() {
+            // an early answer for every recipient (4xx): its code says it
+            tally = replies
+                .iter()
+                .map(|r| by_code(r, metrics::Outcome::Accept))
+                .collect();
+        }
+        for outcome in tally {
+            self.metrics.message(Role::Delivery, outcome);
+        }
+        self.metrics.eom_latency(Role::Delivery, started.elapsed());
+        replies
+    }
+
+    /// The replies of [`handle_inner`](Self::handle_inner); `tally` gets
+    /// what each one tells the MTA where its code does not say it all (a
+    /// forged message stored as an anomaly, a permanent failure answered
+    /// 250 once its errore-consegna is issued).
+    async fn replies(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+        spooled: Option<&Spooled>,
+        tally: &mut Vec<metrics::Outcome>,
     ) -> Vec<String> {
         let now = Utc::now();
         let large = self.is_large(message);
@@ -221,8 +264,15 @@ impl DeliveryPoint {
             Checked::Forged(problem) => {
                 return match &msg {
                     Some(m) => {
-                        self.store_anomaly(mail_from, rcpts, message, m, &problem, now)
-                            .await
+                        let replies = self
+                            .store_anomaly(mail_from, rcpts, message, m, &problem, now)
+                            .await;
+                        tally.extend(
+                            replies
+                                .iter()
+                                .map(|r| by_code(r, metrics::Outcome::Anomaly)),
+                        );
+                        replies
                     }
                     // `check` finds a forgery only in a message it read
                     None => rcpts
@@ -306,6 +356,7 @@ impl DeliveryPoint {
                             // the receipt, which is never lost).
                             tracing::error!(recipient = %rcpt, error = %e,
                                 "delivery: stored, but the receipt can be neither issued nor kept: 451, the MTA retries");
+                            tally.push(metrics::Outcome::Tempfail);
                             replies.push(match e {
                                 TempFail::Log(_) => {
                                     "451 4.3.0 PEC: message log unavailable, try again later".into()
@@ -320,6 +371,11 @@ impl DeliveryPoint {
                 _ => false,
             };
             tracing::info!(recipient = %rcpt, outcome = %outcome.reply_line(), "delivery");
+            tally.push(match &outcome {
+                RcptOutcome::Delivered => metrics::Outcome::Accept,
+                RcptOutcome::Permanent { .. } => metrics::Outcome::Reject,
+                RcptOutcome::Temporary { .. } => metrics::Outcome::Tempfail,
+            });
             match &outcome {
                 // The signed errore-consegna is the sender's answer: a DSN
                 // from the MTA as well would reach the sender's provider as
@@ -646,7 +702,7 @@ impl DeliveryPoint {
         }
         tracing::info!(pec_id = %pec_id, recipient = %rcpt, kind = %b.tipo, message_id = %b.message_id,
             to = %b.to, large = entry.file.is_some(), "receipt signed and queued");
-        send_queued(self.state.as_ref(), self.injector.as_ref(), vec![entry]).await;
+        send_queued(&self.state, self.injector.as_ref(), vec![entry]).await;
         Ok(true)
     }
 
@@ -885,6 +941,10 @@ impl DeliveryPoint {
             }
             Err(e) => {
                 tracing::error!(error = %e, recipients = rcpts.len(), "delivery: cannot read the spooled message: 4xx");
+                for _ in rcpts {
+                    self.metrics
+                        .message(Role::Delivery, metrics::Outcome::Tempfail);
+                }
                 rcpts
                     .iter()
                     .map(|_| {

@@ -30,8 +30,11 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use chrono::{DateTime, Utc};
 
@@ -47,23 +50,34 @@ pub const DONE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Entries this process has handed to the MTA and is still removing: the
 /// pass leaves them alone (it would send them again).
-static REMOVING: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+/// Keyed by the store (its address: the roles and the pass of one daemon
+/// share one) and the entry's id.
+static REMOVING: Mutex<Option<HashSet<(usize, String)>>> = Mutex::new(None);
 
-fn removing(id: &str, on: bool) {
+/// The key of `state` in [`REMOVING`].
+fn store_key(state: &dyn StateStore) -> usize {
+    std::ptr::from_ref(state).cast::<()>() as usize
+}
+
+fn removing(store: usize, id: &str, on: bool) {
     if let Ok(mut set) = REMOVING.lock() {
         let set = set.get_or_insert_with(HashSet::new);
+        let key = (store, id.to_string());
         if on {
-            set.insert(id.to_string());
+            set.insert(key);
         } else {
-            set.remove(id);
+            set.remove(&key);
         }
     }
 }
 
-fn is_removing(id: &str) -> bool {
+fn is_removing(store: usize, id: &str) -> bool {
     REMOVING
         .lock()
-        .map(|s| s.as_ref().is_some_and(|s| s.contains(id)))
+        .map(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.contains(&(store, id.to_string())))
+        })
         .unwrap_or(false)
 }
 
@@ -77,7 +91,7 @@ async fn done(state: &dyn StateStore, id: &str) -> Result<(), StateError> {
         match state.outbox_done(id).await {
             Err(StateError::Unavailable(cause)) if start.elapsed() + pause < DONE_PATIENCE => {
                 if first {
-                    removing(id, true);
+                    removing(store_key(state), id, true);
                     first = false;
                 }
                 tracing::warn!(message_id = %id, cause = %cause,
@@ -87,7 +101,7 @@ async fn done(state: &dyn StateStore, id: &str) -> Result<(), StateError> {
             }
             res => {
                 if !first {
-                    removing(id, false);
+                    removing(store_key(state), id, false);
                 }
                 return res;
             }
@@ -97,18 +111,72 @@ async fn done(state: &dyn StateStore, id: &str) -> Result<(), StateError> {
 
 /// Hand `entries` (just queued) to the MTA; each one accepted leaves the
 /// outbox. How many were sent now; the rest wait for the outbox pass.
+///
+/// The removal of a sent entry is not waited for: it runs in a task of
+/// its own (the pass leaves the entry alone meanwhile), so that the answer
+/// to the MTA does not wait for one more durable write; concurrent
+/// removals share the store's group commit. [`settle`] waits for those in
+/// flight (the daemon, before it exits).
 pub async fn send_queued(
-    state: &dyn StateStore,
+    state: &Arc<dyn StateStore>,
     injector: &dyn Injector,
     entries: Vec<OutboxEntry>,
 ) -> usize {
     let mut sent = 0;
     for e in entries {
-        if send_one(state, injector, &e, "receipt injected").await {
+        if inject_one(injector, &e, "receipt injected").await {
             sent += 1;
+            let guard = InFlight::new(store_key(state.as_ref()), &e.id);
+            let state = Arc::clone(state);
+            tokio::spawn(async move {
+                finish(state.as_ref(), &e).await;
+                drop(guard);
+            });
         }
     }
     sent
+}
+
+/// Removals started by [`send_queued`] and not finished yet.
+static INFLIGHT: AtomicUsize = AtomicUsize::new(0);
+static SETTLED: Notify = Notify::const_new();
+
+/// One removal in flight: the pass leaves its entry alone until it is
+/// dropped (also when its task is dropped with the runtime).
+struct InFlight(usize, String);
+
+impl InFlight {
+    fn new(store: usize, id: &str) -> Self {
+        removing(store, id, true);
+        INFLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight(store, id.to_string())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        removing(self.0, &self.1, false);
+        if INFLIGHT.fetch_sub(1, Ordering::SeqCst) == 1 {
+            SETTLED.notify_waiters();
+        }
+    }
+}
+
+/// Wait (at most `patience`) until every removal [`send_queued`] started
+/// has finished; whether they all did. An entry whose removal is cut
+/// short stays in the outbox: the pass sends it once more.
+pub async fn settle(patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        let notified = SETTLED.notified();
+        if INFLIGHT.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+            return INFLIGHT.load(Ordering::SeqCst) == 0;
+        }
+    }
 }
 
 /// The bytes of `e`: kept in the entry, or its file in the node's outbox
@@ -142,13 +210,8 @@ pub fn keep_message(dir: &Path, id: &str, body: &Spooled) -> std::io::Result<Pat
 /// The extension of the files [`keep_message`] writes.
 pub const MESSAGE_EXT: &str = "msg";
 
-/// Inject `e` and drop it from the outbox; whether the MTA has it.
-async fn send_one(
-    state: &dyn StateStore,
-    injector: &dyn Injector,
-    e: &OutboxEntry,
-    what: &str,
-) -> bool {
+/// Inject `e`; whether the MTA has it.
+async fn inject_one(injector: &dyn Injector, e: &OutboxEntry, what: &str) -> bool {
     let bytes = match message_of(e) {
         Ok(b) => b,
         Err(err) => {
@@ -164,25 +227,29 @@ async fn send_one(
     match sent {
         Ok(()) => {
             tracing::info!(pec_id = %e.pec_id, kind = %e.kind, to = ?e.to, message_id = %e.id, "{what}");
-            match done(state, &e.id).await {
-                Ok(()) => {
-                    if let Some(path) = &e.file
-                        && let Err(err) = std::fs::remove_file(path)
-                    {
-                        tracing::warn!(file = %path, error = %err, "sent: its outbox file cannot be removed");
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(message_id = %e.id, error = %err,
-                        "sent, but still in the outbox: the outbox pass may send it again (same Message-ID)");
-                }
-            }
             true
         }
         Err(err) => {
             tracing::warn!(pec_id = %e.pec_id, kind = %e.kind, message_id = %e.id, error = %err,
                 "injection failed: the message stays in the outbox and is sent by the outbox pass");
             false
+        }
+    }
+}
+
+/// The MTA has `e`: drop it from the outbox, and its file.
+async fn finish(state: &dyn StateStore, e: &OutboxEntry) {
+    match done(state, &e.id).await {
+        Ok(()) => {
+            if let Some(path) = &e.file
+                && let Err(err) = std::fs::remove_file(path)
+            {
+                tracing::warn!(file = %path, error = %err, "sent: its outbox file cannot be removed");
+            }
+        }
+        Err(err) => {
+            tracing::warn!(message_id = %e.id, error = %err,
+                "sent, but still in the outbox: the outbox pass may send it again (same Message-ID)");
         }
     }
 }
@@ -206,7 +273,7 @@ impl OutboxSender<'_> {
         let due = self.state.outbox_due(before, 500).await?;
         let mut sent = 0;
         for e in &due {
-            if is_removing(&e.id) {
+            if is_removing(store_key(self.state), &e.id) {
                 continue; // sent by this process a moment ago
             }
             if !self
@@ -216,14 +283,14 @@ impl OutboxSender<'_> {
             {
                 continue; // another node has it now
             }
-            if send_one(
-                self.state,
+            if inject_one(
                 self.injector,
                 e,
                 "receipt injected (outbox pass: it was left waiting)",
             )
             .await
             {
+                finish(self.state, e).await;
                 sent += 1;
             }
         }

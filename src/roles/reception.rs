@@ -366,7 +366,7 @@ impl ReceptionPoint {
             for e in &outbox {
                 tracing::info!(pec_id = %e.pec_id, kind = %e.kind, to = ?e.to, message_id = %e.id, "receipt signed and queued");
             }
-            send_queued(self.state.as_ref(), self.injector.as_ref(), outbox).await;
+            send_queued(&self.state, self.injector.as_ref(), outbox).await;
         }
         if let Some(virus) = virus {
             return Ok(Outcome::Discard {
@@ -469,7 +469,7 @@ impl ReceptionPoint {
             }
         };
         tracing::info!(pec_id = %entry.pec_id, kind = %entry.kind, to = ?entry.to, message_id = %entry.id, "receipt signed and queued");
-        send_queued(self.state.as_ref(), self.injector.as_ref(), vec![entry]).await;
+        send_queued(&self.state, self.injector.as_ref(), vec![entry]).await;
         Ok(())
     }
 

@@ -356,7 +356,7 @@ impl Tracker {
         }
         tracing::info!(pec_id = %sent.pec_id, recipient = %sent.recipient, finale, to = %sent.to,
             message_id = %sent.message_id, key = %key, "timers: preavviso-errore-consegna signed and queued");
-        send_queued(self.state.as_ref(), self.injector.as_ref(), vec![entry]).await;
+        send_queued(&self.state, self.injector.as_ref(), vec![entry]).await;
         Ok(Step::Sent(sent))
     }
 

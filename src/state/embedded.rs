@@ -64,7 +64,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use super::{Claim, EnvelopeRecord, OutboxEntry, StateError, StateStore};
+use super::{Claim, Depth, EnvelopeRecord, OutboxEntry, StateError, StateStore};
 
 /// The database file inside the store directory.
 pub const DB_FILE: &str = "state.sqlite";
@@ -537,6 +537,25 @@ impl StateStore for EmbeddedStore {
         rows.iter()
             .map(|(id, bytes)| OutboxEntry::decode(id, bytes))
             .collect()
+    }
+
+    /// Two counts over indexed columns: the outbox's rows and the
+    /// envelopes' partial index of the tracked ones (expired rows left out).
+    async fn depth(&self) -> Result<Depth, StateError> {
+        self.run(|c| {
+            let now = now_secs();
+            let count = |sql: &str| -> Result<u64, StateError> {
+                let n: i64 = c.prepare_cached(sql)?.query_row([now], |r| r.get(0))?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            };
+            Ok(Depth {
+                outbox: count("SELECT count(*) FROM outbox WHERE expires_at >= ?1")?,
+                tracked: count(
+                    "SELECT count(*) FROM envelopes WHERE tracked = 1 AND expires_at >= ?1",
+                )?,
+            })
+        })
+        .await
     }
 
     async fn outbox_done(&self, id: &str) -> Result<(), StateError> {

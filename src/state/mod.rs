@@ -246,6 +246,14 @@ impl OutboxEntry {
     }
 }
 
+/// What the store holds that an operator watches: messages waiting in the
+/// outbox and envelopes still tracked (their 12 h / 24 h notices pending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Depth {
+    pub outbox: u64,
+    pub tracked: u64,
+}
+
 /// The outcome of claiming an idempotency key for a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -321,6 +329,13 @@ pub trait StateStore: Send + Sync {
     ) -> Result<Vec<OutboxEntry>, StateError> {
         let _ = (queued_before, limit);
         Ok(Vec::new())
+    }
+    /// How many messages wait in the outbox and how many envelopes are
+    /// tracked, counted by the backend without reading them (the metrics'
+    /// gauges, read at each scrape). The default body (test fakes) counts
+    /// none.
+    async fn depth(&self) -> Result<Depth, StateError> {
+        Ok(Depth::default())
     }
     /// The MTA has the entry `id`: drop it (absent: not an error).
     async fn outbox_done(&self, id: &str) -> Result<(), StateError> {

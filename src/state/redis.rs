@@ -137,7 +137,7 @@ use redis::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use super::{Claim, EnvelopeRecord, OutboxEntry, StateError, StateStore};
+use super::{Claim, Depth, EnvelopeRecord, OutboxEntry, StateError, StateStore};
 
 /// Default bound of one store operation.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -1156,6 +1156,22 @@ impl StateStore for RedisStore {
                 .await?;
         }
         Ok(out)
+    }
+
+    /// `ZCARD` of the outbox set and of the tracked set: an upper bound,
+    /// as members whose key expired stay in a set until the outbox pass
+    /// or [`tracked`](StateStore::tracked) meets them.
+    async fn depth(&self) -> Result<Depth, StateError> {
+        self.bounded("depth", async {
+            let outbox: u64 = self
+                .query(redis::cmd("ZCARD").arg(self.outbox_key()))
+                .await?;
+            let tracked: u64 = self
+                .query(redis::cmd("ZCARD").arg(self.tracked_key()))
+                .await?;
+            Ok(Depth { outbox, tracked })
+        })
+        .await
     }
 
     async fn outbox_done(&self, id: &str) -> Result<(), StateError> {
