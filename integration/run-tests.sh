@@ -24,6 +24,10 @@ bash integration/e2e-crash.sh
 # End to end: the Redis state store behind Sentinel, a SENTINEL FAILOVER and a SIGKILL of the
 # primary in the middle of the load: no record lost, no accettazione twice.
 bash integration/e2e-sentinel.sh
+# End to end: the configuration reloaded six times (SIGHUP, `pec-milter reload`; a changed file, a
+# broken one, a key that does not match) in the middle of 1000 submissions: 0 failed, the bad files
+# refused, the changed settings in force after.
+bash integration/e2e-reload.sh
 # End to end: the fault matrix (issue 16), quick version: SIGKILL, Redis, clamd, slapd, the
 # reinjection listener, the HSM token and the log's disk, each during a load of submissions and
 # inbound envelopes; nothing accepted is lost (the full version: integration/faults.sh).

@@ -1,7 +1,14 @@
 //! `pec-milter run`: wire the configuration to real dependencies (signing
 //! key, state store, clamd, reinjection) and serve the milter until
-//! SIGTERM / SIGINT.
+//! SIGTERM / SIGINT; SIGHUP reloads the configuration ([`crate::reload`]).
+//!
+//! What lives as long as the process (the listeners, and [`Shared`]: the
+//! state store, the message log, the dependency health) is built once here;
+//! everything else is one [`Generation`] of the configuration, built by
+//! [`crate::reload`] and swapped whole on reload. The background tasks
+//! read the current generation at each pass.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +34,7 @@ use crate::logins::{CachedLogins, LdapLogins};
 use crate::milter::{self, MilterListener, Roles};
 use crate::pec::TipoDestinatario;
 use crate::pec::build::Provider;
+use crate::reload::{Current, Generation, Reloader};
 use crate::roles::StaticDirectory;
 use crate::roles::access::AccessPoint;
 use crate::roles::delivery::DeliveryPoint;
@@ -36,6 +44,7 @@ use crate::roles::{
     DirectoryError, Injector, LoginDirectory, MailboxStore, RecipientDirectory, Scanner,
 };
 use crate::smtp::Submitter;
+use crate::spool::Spooled;
 use crate::state::StateStore;
 use crate::state::embedded::EmbeddedStore;
 use crate::state::redis::{RedisOptions, RedisStore, SentinelOptions};
@@ -47,6 +56,8 @@ const REINJECTION_KEPT: usize = 8;
 pub enum DaemonError {
     #[error("signing key: {0}")]
     Key(#[from] CryptoError),
+    #[error("trust anchors ([reception] trust, crls): {0}")]
+    Trust(CryptoError),
     #[error("configuration: {0}")]
     Pkcs11Config(String),
     #[error("cannot write the demo identity in {path}: {source}")]
@@ -71,6 +82,8 @@ pub enum DaemonError {
     Log(#[from] LogError),
     #[error("message log seal: {0}")]
     Seal(SealError),
+    #[error("cannot listen for SIGHUP: {0}")]
+    Signal(std::io::Error),
     #[error("operations endpoint: {0}")]
     Ops(#[from] crate::ops::OpsError),
     #[error("{key} {path}: {source}")]
@@ -272,7 +285,13 @@ pub fn redis_options(cfg: &Config) -> Result<RedisOptions, DaemonError> {
 
 /// The providers' index named by the configuration, if any (not loaded yet).
 pub fn provider_index(cfg: &Config) -> Result<Option<Arc<ProviderIndex>>, DaemonError> {
-    let source = match cfg.index.source {
+    Ok(index_source(cfg)?.map(|source| Arc::new(ProviderIndex::new(source))))
+}
+
+/// Where the configuration's providers' index loads from, if it has one
+/// (the bind password read from its file).
+pub fn index_source(cfg: &Config) -> Result<Option<IndexSource>, DaemonError> {
+    Ok(Some(match cfg.index.source {
         IndexSourceKind::None => return Ok(None),
         IndexSourceKind::Ldif => IndexSource::Ldif(cfg.index.ldif.clone()),
         IndexSourceKind::Ldap => {
@@ -288,8 +307,7 @@ pub fn provider_index(cfg: &Config) -> Result<Option<Arc<ProviderIndex>>, Daemon
                 base: cfg.index.base.clone(),
             })
         }
-    };
-    Ok(Some(Arc::new(ProviderIndex::new(source))))
+    }))
 }
 
 /// A bind password from its file (trailing newline removed), if one is named.
@@ -323,8 +341,6 @@ pub fn holders_directory(cfg: &Config) -> Result<Option<Arc<dyn LoginDirectory>>
         filter: l.filter.clone(),
         attribute: l.attribute.clone(),
     };
-    tracing::info!(url = %l.url, base = %l.base, filter = %l.filter, attribute = %l.attribute,
-        cache = ?l.cache, "holders' logins: LDAP");
     Ok(Some(Arc::new(CachedLogins::new(directory, l.cache))))
 }
 
@@ -344,29 +360,34 @@ pub fn message_log(cfg: &Config) -> Result<Option<FileLog>, DaemonError> {
     Ok(Some(log))
 }
 
+/// The TSA of `[log]`, if `tsa_url` is set (its trust anchors read now:
+/// a reload with unreadable ones is refused).
+pub fn tsa(cfg: &Config) -> Result<Option<Arc<Tsa>>, DaemonError> {
+    if !cfg.log.enabled {
+        return Ok(None);
+    }
+    if cfg.log.tsa_url.is_empty() {
+        return Ok(None);
+    }
+    let trust = read_pems(&cfg.log.tsa_trust).map_err(DaemonError::Seal)?;
+    Ok(Some(Arc::new(
+        Tsa::new(cfg.log.tsa_url.clone(), cfg.log.tsa_timeout, &trust)
+            .map_err(DaemonError::Seal)?,
+    )))
+}
+
 /// The seal of the closed log files: every `seal_retry` (doubled after a
-/// failure, up to an hour or `seal_retry` if longer) and when `now` is
-/// notified, each closed file without its `.tsr` is timestamped by the
-/// TSA. Mail never waits for it.
+/// failure, up to an hour or `seal_retry` if longer), when `now` is
+/// notified and after a reload, each closed file without its `.tsr` is
+/// timestamped by the TSA of the current generation (none: nothing is
+/// sealed). Mail never waits for it.
 /// SIGUSR1 closes the current file at once and seals it (`log seal`).
 fn spawn_sealer(
-    cfg: &Config,
+    current: &Current,
     log: FileLog,
     health: Health,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), DaemonError> {
-    let tsa = if cfg.log.tsa_url.is_empty() {
-        tracing::warn!(
-            "[log] tsa_url is empty: closed log files are chained but NOT sealed (RFC 3161) until a TSA is configured"
-        );
-        None
-    } else {
-        let trust = read_pems(&cfg.log.tsa_trust).map_err(DaemonError::Seal)?;
-        Some(Arc::new(
-            Tsa::new(cfg.log.tsa_url.clone(), cfg.log.tsa_timeout, &trust)
-                .map_err(DaemonError::Seal)?,
-        ))
-    };
+) {
     let now = Arc::new(tokio::sync::Notify::new());
     {
         let (log, now) = (log.clone(), now.clone());
@@ -390,20 +411,26 @@ fn spawn_sealer(
             }
         });
     }
-    let Some(tsa) = tsa else {
-        return Ok(());
-    };
-    let first = cfg.log.seal_retry;
     let node_dir = log.node_dir().to_path_buf();
+    let mut generations = current.subscribe();
     tokio::spawn(async move {
         let mut wait = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = now.notified() => {}
+                changed = generations.changed() => if changed.is_err() { break },
                 _ = stop.changed() => break,
             }
-            let (tsa, dir) = (tsa.clone(), node_dir.clone());
+            let g = generations.borrow_and_update().clone();
+            let first = g.cfg.log.seal_retry;
+            let Some(tsa) = g.tsa.clone() else {
+                // no TSA configured: nothing to do until a reload names one
+                wait = Duration::from_secs(3600);
+                continue;
+            };
+            drop(g);
+            let dir = node_dir.clone();
             // On failure: why, and how many closed files still wait.
             let result = tokio::task::spawn_blocking(move || {
                 let files = unsealed(&dir).map_err(|e| (e, 0))?;
@@ -438,7 +465,42 @@ fn spawn_sealer(
             };
         }
     });
-    Ok(())
+}
+
+/// What lives as long as the process, whatever reloads: the state store,
+/// the legal message log and the dependency health. Changing `[state]`
+/// (but `retention`) or `[log] enabled`, `dir`, `node` needs a restart.
+#[derive(Clone)]
+pub struct Shared {
+    pub state: Arc<dyn StateStore>,
+    /// The legal message log (`[log]`).
+    pub log: Arc<dyn EventLog>,
+    /// The same, as files to seal (`None` when the log is off).
+    pub log_files: Option<FileLog>,
+    /// Each dependency's state, as the calls find it.
+    pub health: Health,
+}
+
+/// Open what lives as long as the process: the message log (its last file
+/// checked) and the state store.
+pub fn shared(cfg: &Config) -> Result<Shared, DaemonError> {
+    let health = Health::default();
+    let log_files = message_log(cfg)?;
+    let state: Arc<dyn StateStore> =
+        Observed::new(open_state(cfg)?, &health, Dependency::StateStore);
+    let log: Arc<dyn EventLog> = match &log_files {
+        Some(f) => {
+            let files: Arc<dyn EventLog> = Arc::new(f.clone());
+            Observed::new(files, &health, Dependency::Log)
+        }
+        None => Arc::new(NoLog),
+    };
+    Ok(Shared {
+        state,
+        log,
+        log_files,
+        health,
+    })
 }
 
 /// The sealer's pause after a failure: the last one doubled, at least
@@ -466,13 +528,12 @@ pub struct Deps {
     pub health: Health,
 }
 
-/// Open the signing key, the state store, clamd and the reinjection client.
-pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
-    let health = Health::default();
-    let log_files = message_log(cfg)?;
+/// Open the signing key, clamd and the reinjection client of `cfg`, over
+/// the state store and message log of `shared`. Blocking (files, the
+/// PKCS#11 token): at start and in a reload, off the async workers.
+pub fn deps(cfg: &Config, shared: &Shared) -> Result<Deps, DaemonError> {
+    let health = shared.health.clone();
     let key: Arc<dyn SigningKey> = Observed::new(load_key(cfg)?, &health, Dependency::SigningKey);
-    let state: Arc<dyn StateStore> =
-        Observed::new(open_state(cfg)?, &health, Dependency::StateStore);
     let scanner: Option<Arc<dyn Scanner>> = if cfg.clamd.enabled {
         let addr: ClamdAddress = cfg
             .clamd
@@ -480,10 +541,8 @@ pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
             .parse()
             .map_err(|_| DaemonError::Clamd(cfg.clamd.address.clone()))?;
         let clamd: Arc<dyn Scanner> = Arc::new(Clamd::new(addr, cfg.clamd.timeout));
-        crate::clamd_limits::check(cfg);
         Some(Observed::new(clamd, &health, Dependency::Clamd))
     } else {
-        tracing::warn!("clamd.enabled = false: submissions are NOT scanned for viruses");
         None
     };
     // Receipts come in bursts (one per submission, per delivery): keep a
@@ -501,20 +560,45 @@ pub fn deps(cfg: &Config) -> Result<Deps, DaemonError> {
     let injector: Arc<dyn Injector> = Observed::new(submitter, &health, Dependency::Reinjection);
     Ok(Deps {
         key,
-        state,
+        state: shared.state.clone(),
         scanner,
         injector,
         logins: holders_directory(cfg)?,
-        log: match &log_files {
-            Some(f) => {
-                let files: Arc<dyn EventLog> = Arc::new(f.clone());
-                Observed::new(files, &health, Dependency::Log)
-            }
-            None => Arc::new(NoLog),
-        },
-        log_files,
+        log: shared.log.clone(),
+        log_files: shared.log_files.clone(),
         health,
     })
+}
+
+/// What a configuration leaves out, said once when it comes into force
+/// (at start, after a reload): a refused reload says nothing of it.
+pub fn announce(cfg: &Config) {
+    if !cfg.clamd.enabled {
+        tracing::warn!("clamd.enabled = false: submissions are NOT scanned for viruses");
+    }
+    // clamd's StreamMaxLength (clamd.conf read again) against the largest
+    // message of this configuration
+    crate::clamd_limits::check(cfg);
+    if cfg.index.source == IndexSourceKind::None {
+        tracing::warn!(
+            "no providers' index ([index] source = \"none\"): inbound mail passes untouched"
+        );
+        if !cfg.delivery.listen.is_empty() {
+            tracing::warn!(
+                "no providers' index ([index] source = \"none\"): the delivery point cannot verify PEC \
+                 messages and answers them 4xx (ordinary mail is stored); configure [index]"
+            );
+        }
+    }
+    if let Some(l) = &cfg.holders.ldap {
+        tracing::info!(url = %l.url, base = %l.base, filter = %l.filter, attribute = %l.attribute,
+            cache = ?l.cache, "holders' logins: LDAP");
+    }
+    if cfg.log.enabled && cfg.log.tsa_url.is_empty() {
+        tracing::warn!(
+            "[log] tsa_url is empty: closed log files are chained but NOT sealed (RFC 3161) until a TSA is configured"
+        );
+    }
 }
 
 /// Who we are, as every role and tool signs: built here, once.
@@ -552,11 +636,13 @@ pub fn access_point(cfg: &Config, d: &Deps, directory: Arc<dyn RecipientDirector
 /// point and the delivery point verify against the same store.
 pub fn trust_store(cfg: &Config) -> Result<TrustStore, DaemonError> {
     let trust = if cfg.reception.trust.is_empty() {
-        TrustStore::system()?
+        TrustStore::system()
     } else {
-        TrustStore::from_pem_files(&cfg.reception.trust)?
+        TrustStore::from_pem_files(&cfg.reception.trust)
     };
-    Ok(trust.with_crl_files(&cfg.reception.crls)?)
+    trust
+        .and_then(|t| t.with_crl_files(&cfg.reception.crls))
+        .map_err(DaemonError::Trust)
 }
 
 /// The delivery point, when `[delivery] listen` is set. It verifies what
@@ -569,12 +655,6 @@ pub fn delivery_point(
 ) -> Result<Option<DeliveryPoint>, DaemonError> {
     if cfg.delivery.listen.is_empty() {
         return Ok(None);
-    }
-    if index.is_none() {
-        tracing::warn!(
-            "no providers' index ([index] source = \"none\"): the delivery point cannot verify PEC \
-             messages and answers them 4xx (ordinary mail is stored); configure [index]"
-        );
     }
     let store: Arc<dyn MailboxStore> = match cfg.delivery.store {
         MailboxStoreKind::Maildir => Arc::new(Maildir::new(
@@ -617,12 +697,7 @@ pub fn roles(
         None => Arc::new(StaticDirectory::new(&cfg.recipients.certified_domains)),
     };
     let reception = match index {
-        None => {
-            tracing::warn!(
-                "no providers' index ([index] source = \"none\"): inbound mail passes untouched"
-            );
-            None
-        }
+        None => None,
         Some(index) => {
             let trust = trust_store(cfg)?;
             Some(ReceptionPoint {
@@ -650,219 +725,400 @@ pub fn roles(
     })
 }
 
-/// Serve the milter until SIGTERM or SIGINT.
-pub async fn run(cfg: Config) -> Result<(), DaemonError> {
-    let index = provider_index(&cfg)?;
-    let d = deps(&cfg)?;
-    let roles = Arc::new(roles(&cfg, index.clone(), &d)?);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    crate::ops::spawn(&cfg, &d, index.clone(), stop_rx.clone()).await?;
-    if let Some(files) = &d.log_files {
-        spawn_sealer(&cfg, files.clone(), d.health.clone(), stop_rx.clone())?;
-        // Retention: at start, then once a day.
-        let (log_dir, quarantine, months) = (
-            cfg.log.dir.clone(),
-            cfg.quarantine.dir.clone(),
-            cfg.log.retention_months,
-        );
-        let job = move || {
-            let (log_dir, quarantine) = (log_dir.clone(), quarantine.clone());
-            async move {
-                let today = crate::log::writer::local_date(chrono::Utc::now());
-                let cut = crate::log::retain::cutoff(today, months);
-                match tokio::task::spawn_blocking(move || {
-                    crate::log::retain::retain(&log_dir, &quarantine, cut, false)
-                })
-                .await
-                {
-                    Ok(Ok(removed)) if !removed.is_empty() => {
-                        tracing::info!(removed = removed.len(), %cut, "retention: files older than the period removed")
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "retention: failed (retried tomorrow)")
-                    }
-                    Err(e) => tracing::error!(error = %e, "retention: task failed"),
-                }
-            }
-        };
-        job().await;
-        spawn_every(Duration::from_secs(86400), stop_rx.clone(), job);
-    }
-    let mut timers_task = None;
-    if cfg.timers.enabled {
-        let tracker = Arc::new(
-            Tracker::new(
-                d.state.clone(),
-                d.injector.clone(),
-                provider(&cfg),
-                d.key.clone(),
-                cfg.provider.digest,
-                TrackerConfig {
-                    first: cfg.timers.first,
-                    last: cfg.timers.last,
-                    interval: cfg.timers.interval,
-                    ..TrackerConfig::default()
-                },
-                cfg.state.retention.as_secs(),
-            )
-            .with_log(d.log.clone()),
-        );
-        timers_task = Some(tracker.spawn(stop_rx.clone()));
-    }
-    // Expired state rows are ignored as soon as they expire; this hourly
-    // sweep gives their space back (a no-op on Redis, where keys expire by
-    // themselves).
-    let state = d.state.clone();
-    spawn_every(Duration::from_secs(3600), stop_rx.clone(), move || {
-        let state = state.clone();
-        async move {
-            match state.purge_expired().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "state store: expired records deleted"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "state store: sweep of expired records failed")
-                }
-            }
+/// The delivery point of the current generation, taken per transaction:
+/// the LMTP server hands each message over whole at the end of DATA, so a
+/// transaction is delivered on the one configuration it found then.
+struct CurrentDelivery(Current);
+
+#[async_trait::async_trait]
+impl LmtpHandler for CurrentDelivery {
+    async fn deliver(&self, mail_from: &str, rcpts: &[String], message: Spooled) -> Vec<String> {
+        let g = self.0.get();
+        match &g.delivery {
+            Some(dp) => dp.handle_spooled(mail_from, rcpts, message).await,
+            None => rcpts
+                .iter()
+                .map(|_| "451 4.3.0 PEC delivery point not configured, try again later".to_string())
+                .collect(),
         }
-    });
-    // The outbox pass: receipts queued but not handed to the MTA (its
-    // listener down, a crash in between) are sent from here, once.
-    {
-        let (state, injector) = (d.state.clone(), d.injector.clone());
-        let (grace, lease) = (cfg.reinjection.outbox_grace, cfg.reinjection.outbox_grace);
-        spawn_every(
-            cfg.reinjection.outbox_interval,
+    }
+}
+
+/// A started daemon: its first generation built, its listeners bound, its
+/// background tasks running; [`Daemon::serve`] serves the milter.
+pub struct Daemon {
+    reloader: Arc<Reloader>,
+    current: Current,
+    listener: MilterListener,
+    milter_config: indymilter::Config,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    timers_task: tokio::task::JoinHandle<()>,
+    lmtp_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Daemon {
+    /// Open what lives as long as the process, build the first generation
+    /// of `cfg` (read from `path`, which a reload reads again), bind the
+    /// listeners and start the background tasks.
+    pub async fn start(path: &Path, cfg: Config) -> Result<Daemon, DaemonError> {
+        let shared = shared(&cfg)?;
+        let current = Current::new(crate::reload::first(cfg, &shared)?);
+        let g = current.get();
+        let cfg = &g.cfg;
+        announce(cfg);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // `/metrics` and `/health`, bound once: over the health and metrics
+        // and the state store that every generation shares, and the index
+        // and dependencies of the generation in force at each request.
+        let view = {
+            let current = current.clone();
+            Box::new(move || {
+                let g = current.get();
+                crate::ops::View {
+                    index: g.index.clone(),
+                    configured: crate::ops::configured_dependencies(&g.cfg),
+                }
+            })
+        };
+        crate::ops::spawn(
+            cfg,
+            shared.health.clone(),
+            shared.state.clone(),
+            view,
             stop_rx.clone(),
-            move || {
-                let (state, injector) = (state.clone(), injector.clone());
-                async move {
-                    let sender = crate::roles::outbox::OutboxSender {
-                        state: state.as_ref(),
-                        injector: injector.as_ref(),
-                        grace,
-                        lease,
-                    };
-                    match sender.pass(chrono::Utc::now()).await {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::info!(sent = n, "outbox pass: messages left waiting sent")
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "outbox pass: state store unavailable (tried again next pass)")
-                        }
+        )
+        .await?;
+        if let Some(files) = &shared.log_files {
+            spawn_sealer(
+                &current,
+                files.clone(),
+                shared.health.clone(),
+                stop_rx.clone(),
+            );
+            // Retention: at start, then once a day.
+            retain(g.clone()).await;
+            spawn_every_generation(
+                &current,
+                stop_rx.clone(),
+                |_| Duration::from_secs(86400),
+                retain,
+            );
+        }
+        let timers_task = spawn_tracker(&current, stop_rx.clone());
+        // Expired state rows are ignored as soon as they expire; this hourly
+        // sweep gives their space back (a no-op on Redis, where keys expire by
+        // themselves).
+        let state = shared.state.clone();
+        spawn_every(Duration::from_secs(3600), stop_rx.clone(), move || {
+            let state = state.clone();
+            async move {
+                match state.purge_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "state store: expired records deleted"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "state store: sweep of expired records failed")
+                    }
+                }
+            }
+        });
+        // The outbox pass: receipts queued but not handed to the MTA (its
+        // listener down, a crash in between) are sent from here, once.
+        spawn_every_generation(
+            &current,
+            stop_rx.clone(),
+            |g| g.cfg.reinjection.outbox_interval,
+            |g: Arc<Generation>| async move {
+                let grace = g.cfg.reinjection.outbox_grace;
+                let sender = crate::roles::outbox::OutboxSender {
+                    state: g.deps.state.as_ref(),
+                    injector: g.deps.injector.as_ref(),
+                    grace,
+                    lease: grace,
+                };
+                match sender.pass(chrono::Utc::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(sent = n, "outbox pass: messages left waiting sent")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbox pass: state store unavailable (tried again next pass)")
                     }
                 }
             },
         );
-    }
-    let mut lmtp_task = None;
-    if let Some(dp) = delivery_point(&cfg, &d, index.clone())? {
-        let listener = crate::lmtp::server::bind(&cfg.delivery.listen)
+        let mut lmtp_task = None;
+        if g.delivery.is_some() {
+            let listener = crate::lmtp::server::bind(&cfg.delivery.listen)
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    spec: cfg.delivery.listen.clone(),
+                    source,
+                })?;
+            // receipts waiting for the key (`.pending`) are signed and queued
+            // every minute, and `.eml` files an older version left are sent
+            spawn_every_generation(
+                &current,
+                stop_rx.clone(),
+                |_| Duration::from_secs(60),
+                |g: Arc<Generation>| async move {
+                    if let Some(dp) = &g.delivery {
+                        dp.flush_outbox().await;
+                    }
+                },
+            );
+            let mut stop = stop_rx.clone();
+            // Bound once: `[delivery] listen`, `max_size` and the spool of
+            // DATA being received need a restart.
+            let config = crate::lmtp::server::ServerConfig {
+                spool: cfg.spool.options(),
+                ..crate::lmtp::server::ServerConfig::new(cfg.delivery.max_size)
+            };
+            tracing::info!(listen = %cfg.delivery.listen, store = ?cfg.delivery.store, "delivery point (LMTP) ready");
+            let handler: Arc<dyn LmtpHandler> = Arc::new(CurrentDelivery(current.clone()));
+            lmtp_task = Some(tokio::spawn(async move {
+                crate::lmtp::server::serve_with(listener, handler, config, async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+            }));
+        }
+        if let Some(index) = &g.index {
+            // First load now (a failure is logged; the reception point answers
+            // 4xx until a copy is loaded), then on schedule and on reload.
+            let first = index.refresh_logged().await;
+            shared.health.observe(Dependency::Index, &first);
+        }
+        spawn_index_refresher(&current, shared.health.clone(), stop_rx.clone());
+        let listener = MilterListener::bind_config(&cfg.milter)
             .await
             .map_err(|source| DaemonError::Listen {
-                spec: cfg.delivery.listen.clone(),
+                spec: cfg.milter.listen.clone(),
                 source,
             })?;
-        let dp = Arc::new(dp);
-        // receipts waiting for the key (`.pending`) are signed and queued
-        // every minute, and `.eml` files an older version left are sent
-        let retry = dp.clone();
-        spawn_every(Duration::from_secs(60), stop_rx.clone(), move || {
-            let retry = retry.clone();
-            async move {
-                retry.flush_outbox().await;
-            }
-        });
-        let mut stop = stop_rx.clone();
-        let config = crate::lmtp::server::ServerConfig {
-            spool: cfg.spool.options(),
-            ..crate::lmtp::server::ServerConfig::new(cfg.delivery.max_size)
+        tracing::info!(
+            listen = %listener.local_description(),
+            provider = %cfg.provider.name,
+            domains = ?cfg.provider.domains,
+            state = ?cfg.state.backend,
+            "pec-milter ready"
+        );
+        let milter_config = indymilter::Config {
+            connection_timeout: cfg.milter.connection_timeout,
+            ..Default::default()
         };
-        tracing::info!(listen = %cfg.delivery.listen, store = ?cfg.delivery.store, "delivery point (LMTP) ready");
-        lmtp_task = Some(tokio::spawn(async move {
-            let handler: Arc<dyn LmtpHandler> = dp;
-            crate::lmtp::server::serve_with(listener, handler, config, async move {
-                let _ = stop.changed().await;
-            })
-            .await
-        }));
+        drop(g);
+        Ok(Daemon {
+            reloader: Arc::new(Reloader::new(path.to_path_buf(), shared, current.clone())),
+            current,
+            listener,
+            milter_config,
+            stop_tx,
+            timers_task,
+            lmtp_task,
+        })
     }
-    if let Some(index) = &index {
-        // First load now (a failure is logged; the reception point answers
-        // 4xx until a copy is loaded), then on schedule and on SIGHUP.
-        let first = index.refresh_logged().await;
-        d.health.observe(Dependency::Index, &first);
-        let trigger = Arc::new(tokio::sync::Notify::new());
-        index
-            .clone()
-            .spawn_refresher_reporting(cfg.index.refresh, trigger.clone(), {
-                let health = d.health.clone();
-                move |r| health.observe(Dependency::Index, &r)
-            });
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::hangup()) {
-                Ok(mut hup) => {
-                    while hup.recv().await.is_some() {
-                        tracing::info!("SIGHUP: reloading the providers' index");
-                        trigger.notify_one();
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
-            }
-        });
+
+    /// Where the milter listens (`inet:HOST:PORT` as bound, or `unix:/PATH`).
+    pub fn milter_address(&self) -> String {
+        self.listener.local_description()
     }
-    let listener = MilterListener::bind_config(&cfg.milter)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            spec: cfg.milter.listen.clone(),
-            source,
-        })?;
-    tracing::info!(
-        listen = %listener.local_description(),
-        provider = %cfg.provider.name,
-        domains = ?cfg.provider.domains,
-        state = ?cfg.state.backend,
-        "pec-milter ready"
-    );
-    let config = indymilter::Config {
-        connection_timeout: cfg.milter.connection_timeout,
-        ..Default::default()
-    };
-    let served = milter::serve(listener, roles, config, shutdown_signal()).await;
-    let _ = stop_tx.send(true);
-    // A pass of the timers in progress finishes (its notices injected and
-    // marked) before the process exits; bounded, as a stop must be.
-    if let Some(t) = timers_task
-        && tokio::time::timeout(Duration::from_secs(30), t)
+
+    /// What reloads the configuration (SIGHUP calls it).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
+    /// The generation in force.
+    pub fn current(&self) -> Current {
+        self.current.clone()
+    }
+
+    /// Serve the milter until `shutdown` completes; then stop the
+    /// background tasks (a pass of the timers in progress finishes,
+    /// bounded) and the LMTP server (its transactions in progress finish).
+    pub async fn serve(self, shutdown: impl Future) -> Result<(), DaemonError> {
+        let served = milter::serve(
+            self.listener,
+            self.current.roles_source(),
+            self.milter_config,
+            shutdown,
+        )
+        .await;
+        let _ = self.stop_tx.send(true);
+        // A pass of the timers in progress finishes (its notices injected and
+        // marked) before the process exits; bounded, as a stop must be.
+        if tokio::time::timeout(Duration::from_secs(30), self.timers_task)
             .await
             .is_err()
+        {
+            tracing::warn!("timers: the pass in progress did not finish within 30 s of the stop");
+        }
+        if let Some(t) = self.lmtp_task
+            && let Ok(Err(e)) = t.await
+        {
+            tracing::warn!(error = %e, "LMTP server stopped with an error");
+        }
+        // Sent receipts still being dropped from the outbox: waited for, so
+        // that a clean stop sends nothing twice.
+        if !crate::roles::outbox::settle(crate::roles::outbox::DONE_PATIENCE).await {
+            tracing::warn!(
+                "outbox: sent messages still in the outbox at the stop: the outbox pass sends them once more after the restart (same Message-ID)"
+            );
+        }
+        served.map_err(DaemonError::Milter)?;
+        tracing::info!("pec-milter stopped");
+        Ok(())
+    }
+}
+
+/// Serve the milter until SIGTERM or SIGINT; SIGHUP reloads the
+/// configuration file `path` (never stopping the daemon, whatever it says).
+pub async fn run(path: &Path, cfg: Config) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // First of all: from here on SIGHUP never ends the process (its default
+    // action), also while the daemon is starting (it is then taken after).
+    let hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let daemon = Daemon::start(path, cfg).await?;
+    spawn_reload_on_hup(hup, daemon.reloader());
+    daemon.serve(shutdown_signal()).await
+}
+
+/// Each SIGHUP reloads the configuration (several arriving during one
+/// reload make one more after it). A reload that fails, panics included,
+/// leaves the running configuration serving.
+fn spawn_reload_on_hup(mut hup: tokio::signal::unix::Signal, reloader: Arc<Reloader>) {
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %reloader.path().display(), "SIGHUP: reloading the configuration");
+            let r = reloader.clone();
+            if let Err(e) = tokio::spawn(async move { r.reload_logged().await }).await {
+                tracing::error!(error = %e,
+                    "reload refused: the reload failed; the running configuration keeps serving");
+            }
+        }
+    });
+}
+
+/// The retention of `[log]`: log files (with their seals) and quarantined
+/// messages older than `retention_months` removed.
+async fn retain(g: Arc<Generation>) {
+    let (log_dir, quarantine, months) = (
+        g.cfg.log.dir.clone(),
+        g.cfg.quarantine.dir.clone(),
+        g.cfg.log.retention_months,
+    );
+    drop(g);
+    let today = crate::log::writer::local_date(chrono::Utc::now());
+    let cut = crate::log::retain::cutoff(today, months);
+    match tokio::task::spawn_blocking(move || {
+        crate::log::retain::retain(&log_dir, &quarantine, cut, false)
+    })
+    .await
     {
-        tracing::warn!("timers: the pass in progress did not finish within 30 s of the stop");
+        Ok(Ok(removed)) if !removed.is_empty() => {
+            tracing::info!(removed = removed.len(), %cut, "retention: files older than the period removed")
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "retention: failed (retried tomorrow)")
+        }
+        Err(e) => tracing::error!(error = %e, "retention: task failed"),
     }
-    if let Some(t) = lmtp_task
-        && let Ok(Err(e)) = t.await
-    {
-        tracing::warn!(error = %e, "LMTP server stopped with an error");
-    }
-    // Sent receipts still being dropped from the outbox: waited for, so
-    // that a clean stop sends nothing twice.
-    if !crate::roles::outbox::settle(crate::roles::outbox::DONE_PATIENCE).await {
-        tracing::warn!(
-            "outbox: sent messages still in the outbox at the stop: the outbox pass sends them once more after the restart (same Message-ID)"
-        );
-    }
-    served.map_err(DaemonError::Milter)?;
-    tracing::info!("pec-milter stopped");
-    Ok(())
+}
+
+/// The 12 h / 24 h tracker of the current generation (`[timers]`). At a
+/// reload the tracker of the old generation is told to stop (its pass in
+/// progress finishes) and one of the new starts: their notices are
+/// once-only as between nodes, so two passes at once send nothing twice.
+/// At the stop, the pass in progress finishes before the task ends.
+fn spawn_tracker(
+    current: &Current,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut generations = current.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let g = generations.borrow_and_update().clone();
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let task = tracker(&g).map(|t| Arc::new(t).spawn(rx));
+            drop(g);
+            let stopping = tokio::select! {
+                changed = generations.changed() => changed.is_err(),
+                _ = stop.changed() => true,
+            };
+            let _ = tx.send(true);
+            if stopping {
+                if let Some(t) = task {
+                    let _ = t.await;
+                }
+                break;
+            }
+        }
+    })
+}
+
+/// The tracker of a generation, when `[timers] enabled`.
+fn tracker(g: &Generation) -> Option<Tracker> {
+    let cfg = &g.cfg;
+    cfg.timers.enabled.then(|| {
+        Tracker::new(
+            g.deps.state.clone(),
+            g.deps.injector.clone(),
+            provider(cfg),
+            g.deps.key.clone(),
+            cfg.provider.digest,
+            TrackerConfig {
+                first: cfg.timers.first,
+                last: cfg.timers.last,
+                interval: cfg.timers.interval,
+                ..TrackerConfig::default()
+            },
+            cfg.state.retention.as_secs(),
+        )
+        .with_log(g.deps.log.clone())
+    })
+}
+
+/// The providers' index of the current generation refreshed every
+/// `[index] refresh` (a reload loads it first, then its refresher
+/// replaces the old one's).
+fn spawn_index_refresher(
+    current: &Current,
+    health: Health,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut generations = current.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let g = generations.borrow_and_update().clone();
+            let task = g.index.clone().map(|index| {
+                let health = health.clone();
+                index.spawn_refresher_reporting(
+                    g.cfg.index.refresh,
+                    Arc::new(tokio::sync::Notify::new()),
+                    move |r| health.observe(Dependency::Index, &r),
+                )
+            });
+            drop(g);
+            let ended = tokio::select! {
+                changed = generations.changed() => changed.is_err(),
+                _ = stop.changed() => true,
+            };
+            if let Some(t) = task {
+                t.abort();
+            }
+            if ended {
+                break;
+            }
+        }
+    });
 }
 
 /// Run `job` every `period` (first after one period) until `stop` changes.
 fn spawn_every<F, Fut>(period: Duration, mut stop: tokio::sync::watch::Receiver<bool>, job: F)
 where
     F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: Future<Output = ()> + Send,
 {
     tokio::spawn(async move {
         loop {
@@ -871,6 +1127,32 @@ where
                 _ = stop.changed() => break,
             }
             job().await;
+        }
+    });
+}
+
+/// Run `job` on the current generation every `period` of the current
+/// generation (first after one period; a new period applies from the next
+/// wait) until `stop` changes.
+fn spawn_every_generation<P, F, Fut>(
+    current: &Current,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    period: P,
+    job: F,
+) where
+    P: Fn(&Generation) -> Duration + Send + 'static,
+    F: Fn(Arc<Generation>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let current = current.clone();
+    tokio::spawn(async move {
+        loop {
+            let wait = period(&current.get());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => break,
+            }
+            job(current.get()).await;
         }
     });
 }

@@ -13,7 +13,8 @@
 //!   (the holders kept in LDAP).
 //! - [`state`], [`index`], [`log`]: the state store (Redis or embedded),
 //!   the providers' index and the legal message log; [`config`];
-//!   [`daemon`]: the composition root; `fuzz_api`: what the fuzz targets
+//!   [`daemon`]: the composition root; [`reload`]: the configuration in
+//!   force, swapped whole on reload; `fuzz_api`: what the fuzz targets
 //!   call (hidden).
 //! - [`ops`]: the operations endpoint (`/metrics`, `/health`) over
 //!   [`health`] and the counters of [`metrics`].
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod milter;
 pub mod ops;
 pub mod pec;
+pub mod reload;
 pub mod roles;
 pub mod rt;
 pub mod smtp;

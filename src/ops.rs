@@ -31,7 +31,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::{Config, IndexSourceKind};
-use crate::daemon::Deps;
 use crate::health::{Dependency, Health, Status};
 use crate::index::ProviderIndex;
 use crate::metrics::{self, Metrics};
@@ -55,14 +54,30 @@ pub enum OpsError {
     },
 }
 
-/// What the endpoint reads.
+/// What the endpoint reads of the configuration in force, asked at each
+/// request: after a reload, the new generation's providers' index and the
+/// dependencies its configuration uses.
+#[derive(Clone, Default)]
+pub struct View {
+    /// The providers' index in use (its copy's age is a gauge).
+    pub index: Option<Arc<ProviderIndex>>,
+    /// The dependencies the configuration uses (the ones `/health`
+    /// answers for).
+    pub configured: Vec<Dependency>,
+}
+
+/// Where the endpoint takes its [`View`] from at each request.
+pub type ViewSource = Box<dyn Fn() -> View + Send + Sync>;
+
+/// What the endpoint reads: the health and metrics and the state store
+/// live as long as the process; the [`View`] is the configuration's in
+/// force.
 pub struct Endpoint {
     health: Health,
     state: Arc<dyn StateStore>,
-    index: Option<Arc<ProviderIndex>>,
-    /// The dependencies the configuration uses (the ones `/health`
-    /// answers for).
-    configured: Vec<Dependency>,
+    view: ViewSource,
+    /// The dependencies whose series exist already.
+    known: std::sync::Mutex<Vec<Dependency>>,
 }
 
 /// The dependencies `cfg` uses: the state store, the signing key and the
@@ -90,38 +105,60 @@ impl Endpoint {
         index: Option<Arc<ProviderIndex>>,
         configured: Vec<Dependency>,
     ) -> Endpoint {
-        for d in &configured {
-            health.metrics().dependency_known(d.name());
-        }
-        Endpoint {
+        let view = View { index, configured };
+        Endpoint::following(health, state, Box::new(move || view.clone()))
+    }
+
+    /// The endpoint over `health` (and its metrics) and the state store,
+    /// taking the index and the configured dependencies from `view` at
+    /// each request (the generation in force, across reloads).
+    pub fn following(health: Health, state: Arc<dyn StateStore>, view: ViewSource) -> Endpoint {
+        let endpoint = Endpoint {
             health,
             state,
-            index,
-            configured,
-        }
+            view,
+            known: std::sync::Mutex::new(Vec::new()),
+        };
+        endpoint.view();
+        endpoint
     }
 
     fn metrics(&self) -> &Metrics {
         self.health.metrics()
     }
 
+    /// The view in force; the series of a dependency it configures for
+    /// the first time are made to exist (0 errors, up).
+    fn view(&self) -> View {
+        let view = (self.view)();
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for d in &view.configured {
+            if !known.contains(d) {
+                self.metrics().dependency_known(d.name());
+                known.push(*d);
+            }
+        }
+        view
+    }
+
     /// Every dependency to report: the configured ones, and any other one
     /// a call was seen to (in the order of [`Dependency::ALL`]).
-    fn states(&self) -> Vec<(Dependency, Option<Status>)> {
+    fn states(&self, configured: &[Dependency]) -> Vec<(Dependency, Option<Status>)> {
         let seen = self.health.snapshot();
         Dependency::ALL
             .into_iter()
             .filter_map(|d| {
                 let state = seen.iter().find(|(s, _)| *s == d).map(|(_, st)| st.clone());
-                (self.configured.contains(&d) || state.is_some()).then_some((d, state))
+                (configured.contains(&d) || state.is_some()).then_some((d, state))
             })
             .collect()
     }
 
     /// The text of `/metrics`, its gauges read now.
     pub async fn metrics_text(&self) -> String {
+        let view = self.view();
         let m = self.metrics();
-        for (d, state) in self.states() {
+        for (d, state) in self.states(&view.configured) {
             m.set_dependency_up(d.name(), !matches!(state, Some(Status::Down { .. })));
         }
         match tokio::time::timeout(SCRAPE_TIMEOUT, self.state.depth()).await {
@@ -131,21 +168,22 @@ impl Endpoint {
                 tracing::debug!("metrics: the state store did not count within the scrape's bound")
             }
         }
-        m.set_index_age(self.index.as_ref().and_then(|i| i.age()));
+        m.set_index_age(view.index.as_ref().and_then(|i| i.age()));
         m.encode()
     }
 
     /// `/health`: whether every configured dependency is up (or not called
     /// yet), and the JSON body naming each one.
     pub fn health_report(&self) -> (bool, String) {
+        let view = self.view();
         let mut healthy = true;
         let mut deps = serde_json::Map::new();
-        for (d, state) in self.states() {
+        for (d, state) in self.states(&view.configured) {
             let v = match state {
                 None => serde_json::json!({ "state": "unknown" }),
                 Some(Status::Up) => serde_json::json!({ "state": "up" }),
                 Some(Status::Down { since, reason }) => {
-                    if self.configured.contains(&d) {
+                    if view.configured.contains(&d) {
                         healthy = false;
                     }
                     serde_json::json!({
@@ -266,12 +304,15 @@ pub async fn serve(
 }
 
 /// When `[metrics] listen` is set: bind it and serve `/metrics` and
-/// `/health` over `d` and `index` until `stop` changes. A bind failure is
-/// the caller's error (the daemon does not start).
+/// `/health` over `health` and `state` (which live as long as the process)
+/// and the [`View`] that `view` gives at each request, until `stop`
+/// changes. A bind failure is the caller's error (the daemon does not
+/// start). Bound once: a change of `listen` needs a restart.
 pub async fn spawn(
     cfg: &Config,
-    d: &Deps,
-    index: Option<Arc<ProviderIndex>>,
+    health: Health,
+    state: Arc<dyn StateStore>,
+    view: ViewSource,
     stop: watch::Receiver<bool>,
 ) -> Result<(), OpsError> {
     // `Config::load` checked the address
@@ -279,12 +320,7 @@ pub async fn spawn(
         return Ok(());
     };
     let listener = bind(addr).await?;
-    let endpoint = Arc::new(Endpoint::new(
-        d.health.clone(),
-        d.state.clone(),
-        index,
-        configured_dependencies(cfg),
-    ));
+    let endpoint = Arc::new(Endpoint::following(health, state, view));
     tracing::info!(listen = %addr, "operations endpoint ready: /metrics, /health");
     tokio::spawn(serve(listener, endpoint, stop));
     Ok(())

@@ -16,9 +16,10 @@
 //! - An edge (`milter`, `lmtp`, `smtp`, `clamd`, `clamd_limits`, `logins`) imports the roles it
 //!   serves, the ports it implements, the wire format, support; never
 //!   another edge, never the daemon.
-//! - `daemon`, `health` (the ports wrapped to watch them), `ops` (the
-//!   `/metrics` and `/health` endpoint over them), `lib`, `main`, `cli` and
-//!   `fuzz_api` (what the fuzz targets call) compose everything.
+//! - `daemon`, `reload` (the generation in force, swapped on reload),
+//!   `health` (the ports wrapped to watch them), `ops` (the `/metrics` and
+//!   `/health` endpoint over them), `lib`, `main`, `cli` and `fuzz_api`
+//!   (what the fuzz targets call) compose everything.
 
 use std::path::{Path, PathBuf};
 
@@ -38,7 +39,7 @@ enum Layer {
     Role(String),
     /// milter, lmtp, smtp, clamd, clamd_limits, logins
     Edge(String),
-    /// daemon, lib, main, cli, health, ops, fuzz_api
+    /// daemon, reload, lib, main, cli, health, ops, fuzz_api
     Root,
     Unknown(String),
 }
@@ -59,7 +60,7 @@ fn layer_of(path: &[String]) -> Layer {
         "state" | "log" => Layer::State,
         "index" => Layer::Index,
         "config" => Layer::Config,
-        "daemon" | "cli" | "health" | "ops" | "fuzz_api" | "" => Layer::Root,
+        "daemon" | "reload" | "cli" | "health" | "ops" | "fuzz_api" | "" => Layer::Root,
         "roles" if ROLES.contains(&second) => Layer::Role(second.to_string()),
         "roles" => Layer::RolesShared,
         s if SUPPORT.contains(&s) => Layer::Support(s.to_string()),

@@ -344,6 +344,41 @@ fn every_failure_names_its_cause() {
     assert!(c.to_string().starts_with("PKCS#11: "), "{c}");
 }
 
+/// A reload opens the new key while the old one still signs for the
+/// messages in progress: the library is one per process, so neither the
+/// old key going away nor a new one failing to open (a wrong label in the
+/// new configuration) may end the sessions of the key that stays.
+#[test]
+fn a_reload_opens_a_second_key_beside_the_first_and_neither_ends_the_other() {
+    let Some((_turn, hsm)) = hsm() else { return };
+    let t = Token::new(hsm, "pec-sign-reload", true);
+    let old = Pkcs11Key::open(t.options()).expect("the running key");
+    old.self_test(DigestAlg::Sha256).expect("old signs");
+    // a new configuration naming a key the token does not hold: refused,
+    // and the running key keeps signing
+    let mut wrong = t.options();
+    wrong.key_label = Some("no-such-key".into());
+    wrong.key_id = None;
+    let e = open_err(wrong);
+    assert!(matches!(e, Pkcs11Error::NoKey { .. }), "{e}");
+    old.self_test(DigestAlg::Sha256)
+        .expect("the running key signs after a refused reload");
+    assert_eq!(old.reinitialisations(), 0, "the running key re-initialised");
+    // a good one: both sign; the old goes, the new one goes on signing
+    let new = Pkcs11Key::open(t.options()).expect("the reloaded key");
+    new.self_test(DigestAlg::Sha256).expect("new signs");
+    old.self_test(DigestAlg::Sha256).expect("old still signs");
+    drop(old);
+    for _ in 0..3 {
+        new.self_test(DigestAlg::Sha256)
+            .expect("the new key signs once the old one is gone");
+    }
+    signed_envelope_verifies(&new);
+    // and it never had to recover: its sessions stayed alive throughout
+    // (a C_Finalize by the other key would have forced a re-initialise)
+    assert_eq!(new.reinitialisations(), 0, "the new key re-initialised");
+}
+
 #[test]
 fn threads_share_the_session_pool() {
     let Some((_turn, hsm)) = hsm() else { return };

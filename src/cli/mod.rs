@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod log;
 pub mod man;
 pub mod receipt;
+pub mod reload;
 pub mod run;
 
 use std::io::Read;
@@ -42,7 +43,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/pec-milter/pec-milter.toml";
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the milter daemon (diagnostics to stderr or syslog, [logging];
-    /// stops on SIGTERM / SIGINT).
+    /// stops on SIGTERM / SIGINT; SIGHUP reloads the configuration).
     Run {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -55,6 +56,12 @@ pub enum Command {
     },
     /// Check a configuration file and print it as understood.
     CheckConfig {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Check a configuration file, then ask the running daemon to reload
+    /// it (SIGHUP; the daemon's log tells whether it took it).
+    Reload {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
@@ -143,6 +150,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run { config } => run::run(&config),
         Command::InitDemo { config } => init_demo::init_demo(&config),
         Command::CheckConfig { config } => check_config::check_config(&config),
+        Command::Reload { config } => reload::reload(&config),
         Command::HsmCheck { config } => hsm_check::hsm_check(&config),
         Command::BenchSign {
             config,

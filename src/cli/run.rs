@@ -18,6 +18,6 @@ pub fn run(config: &Path) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(daemon::run(cfg))?;
+    rt.block_on(daemon::run(config, cfg))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -28,7 +28,13 @@
 //! - Sessions are opened "no close on drop" and closed explicitly only while
 //!   the library instance that opened them is alive: after a re-initialise,
 //!   an old handle could name somebody else's new session.
+//! - The library is one per process: when the configuration is reloaded
+//!   the new key is opened while the old one still signs for the messages
+//!   in progress. `C_Finalize` (which ends every session of the process) is
+//!   therefore left to the last open key of a module, and a key that fails
+//!   to open finalizes only when no other key of that module is open.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -436,6 +442,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The keys open in this process, per module (its canonical path): only
+/// the last one finalizes the library (see the module documentation).
+static OPEN_KEYS: Mutex<BTreeMap<PathBuf, usize>> = Mutex::new(BTreeMap::new());
+
+/// The name `module` is counted under in [`OPEN_KEYS`].
+fn module_id(module: &Path) -> PathBuf {
+    std::fs::canonicalize(module).unwrap_or_else(|_| module.to_path_buf())
+}
+
+/// How many keys of `module` are open in this process.
+fn open_keys(module: &Path) -> usize {
+    lock(&OPEN_KEYS)
+        .get(&module_id(module))
+        .copied()
+        .unwrap_or(0)
+}
+
 /// Facts about the opened key, for `hsm-check` and the start-up log.
 #[derive(Debug, Clone)]
 pub struct KeyInfo {
@@ -612,12 +635,19 @@ impl Pkcs11Key {
                 other => other.to_string(),
             },
         })?;
+        let id = module_id(&opts.module);
         initialize(&ctx)?;
-        // From here on a failure must finalize what was initialised.
+        // From here on a failure must finalize what was initialised, unless
+        // another key of this process uses the library (a reload).
         match Self::open_initialized(ctx.clone(), opts) {
-            Ok(k) => Ok(k),
+            Ok(k) => {
+                *lock(&OPEN_KEYS).entry(id).or_insert(0) += 1;
+                Ok(k)
+            }
             Err(e) => {
-                let _ = ctx.finalize();
+                if open_keys(&id) == 0 {
+                    let _ = ctx.finalize();
+                }
                 Err(e)
             }
         }
@@ -811,6 +841,15 @@ impl Pkcs11Key {
     /// Facts about the key, token and certificate.
     pub fn info(&self) -> &KeyInfo {
         &self.info
+    }
+
+    /// How many times this key re-initialised the library (a token or
+    /// library error; see the module documentation).
+    pub fn reinitialisations(&self) -> u64 {
+        self.module
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation
     }
 
     /// The signer certificate.
@@ -1154,11 +1193,27 @@ impl Drop for Pkcs11Key {
     fn drop(&mut self) {
         let mut m = self.module.write().unwrap_or_else(|p| p.into_inner());
         let idle = std::mem::take(&mut *lock(&self.idle));
+        let last = {
+            let mut open = lock(&OPEN_KEYS);
+            let id = module_id(&self.opts.module);
+            match open.get_mut(&id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => {
+                    open.remove(&id);
+                    true
+                }
+            }
+        };
         if m.initialized {
             for c in idle {
                 let _ = c.session.close();
             }
-            let _ = m.ctx.clone().finalize();
+            if last {
+                let _ = m.ctx.clone().finalize();
+            }
             m.initialized = false;
         }
     }

@@ -347,7 +347,9 @@ impl IndexSource {
 /// demand. Reads are cheap (an `Arc` clone under a read lock).
 #[derive(Debug)]
 pub struct ProviderIndex {
-    source: IndexSource,
+    /// Replaced by a reload of the configuration when only what
+    /// [`IndexSource::describe`] does not show changed (a bind password).
+    source: RwLock<IndexSource>,
     current: RwLock<Option<Arc<IndexSnapshot>>>,
     /// One refresh at a time, so that swaps happen in load order.
     refreshing: tokio::sync::Mutex<()>,
@@ -358,15 +360,29 @@ impl ProviderIndex {
     /// [`refresh`](Self::refresh).
     pub fn new(source: IndexSource) -> Self {
         ProviderIndex {
-            source,
+            source: RwLock::new(source),
             current: RwLock::new(None),
             refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Where this index loads from.
-    pub fn index_source(&self) -> &IndexSource {
-        &self.source
+    pub fn index_source(&self) -> IndexSource {
+        self.source
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Load from `source` from the next refresh on (a reload of the
+    /// configuration: the same place, its bind password read again). The
+    /// copy in use stays.
+    pub fn set_source(&self, source: IndexSource) {
+        *self.source.write().unwrap_or_else(|e| e.into_inner()) = source;
+    }
+
+    fn describe(&self) -> String {
+        self.index_source().describe()
     }
 
     /// Loads a new copy from the source; on success it replaces the current
@@ -374,8 +390,9 @@ impl ProviderIndex {
     /// copy stays and the error is returned.
     pub async fn refresh(&self) -> Result<(), IndexError> {
         let _guard = self.refreshing.lock().await;
-        let entries = self.source.load().await?;
-        let snapshot = IndexSnapshot::new(entries, self.source.describe())?;
+        let source = self.index_source();
+        let entries = source.load().await?;
+        let snapshot = IndexSnapshot::new(entries, source.describe())?;
         let snapshot = Arc::new(snapshot);
         let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
         *cur = Some(snapshot);
@@ -419,14 +436,14 @@ impl ProviderIndex {
         match &result {
             Ok(()) => {
                 let count = self.snapshot().map(|s| s.providers().len()).unwrap_or(0);
-                tracing::info!(source = %self.source.describe(), providers = count,
+                tracing::info!(source = %self.describe(), providers = count,
                     "providers' index loaded");
             }
             Err(e) => match self.age() {
-                Some(age) => tracing::warn!(source = %self.source.describe(), error = %e,
+                Some(age) => tracing::warn!(source = %self.describe(), error = %e,
                     age_secs = age.as_secs(),
                     "providers' index refresh failed; keeping the previous copy"),
-                None => tracing::warn!(source = %self.source.describe(), error = %e,
+                None => tracing::warn!(source = %self.describe(), error = %e,
                     "providers' index refresh failed; no copy loaded yet"),
             },
         }
@@ -470,7 +487,7 @@ impl ProviderIndex {
                 tokio::select! {
                     _ = ticker.tick() => {}
                     _ = trigger.notified() => {
-                        tracing::info!(source = %self.source.describe(),
+                        tracing::info!(source = %self.describe(),
                             "providers' index: refresh requested");
                     }
                 }

@@ -3,14 +3,13 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use indymilter::Listener as MilterAccept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 
-use super::{Roles, callbacks};
+use super::{RolesSource, callbacks};
 use crate::config::MilterConfig;
 use crate::listen::{ListenSpec, ListenSpecError, Listener, UnixPermissions, remove_socket};
 
@@ -84,14 +83,15 @@ impl AfterRead for tokio::net::TcpStream {
     }
 }
 
-/// Serve until `shutdown` completes.
+/// Serve until `shutdown` completes; each connection takes its roles from
+/// `roles` when it opens (fixed `Arc<Roles>`, or a [`RolesSource`]).
 pub async fn serve(
     listener: MilterListener,
-    ap: Arc<Roles>,
+    roles: impl Into<RolesSource>,
     config: indymilter::Config,
     shutdown: impl std::future::Future,
 ) -> io::Result<()> {
-    let cbs = callbacks(ap);
+    let cbs = callbacks(roles);
     match listener.0 {
         Listener::Tcp(l) => indymilter::run(NoDelayListener(l), cbs, config, shutdown).await,
         Listener::Unix { listener, path } => {

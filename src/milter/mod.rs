@@ -44,6 +44,43 @@ pub struct Roles {
     pub metrics: Arc<Metrics>,
 }
 
+/// Where each milter connection takes its roles when it opens: fixed
+/// roles, or the daemon's current ones (swapped whole when the
+/// configuration is reloaded). A connection keeps the roles it took for
+/// its whole life, every message of it included: a reload never changes
+/// the configuration under a message in progress.
+#[derive(Clone)]
+pub struct RolesSource(Arc<dyn Fn() -> Arc<Roles> + Send + Sync>);
+
+impl RolesSource {
+    /// The roles `current` gives at each new connection.
+    pub fn new(current: impl Fn() -> Arc<Roles> + Send + Sync + 'static) -> Self {
+        RolesSource(Arc::new(current))
+    }
+
+    /// The roles a connection opening now takes.
+    pub fn current(&self) -> Arc<Roles> {
+        (self.0)()
+    }
+}
+
+impl From<Arc<Roles>> for RolesSource {
+    /// The same roles for every connection.
+    fn from(roles: Arc<Roles>) -> Self {
+        RolesSource::new(move || roles.clone())
+    }
+}
+
+/// The roles one connection took when it opened.
+#[derive(Clone)]
+struct Snapshot(Arc<Roles>);
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Roles")
+    }
+}
+
 /// Which role handles the current message.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -72,15 +109,29 @@ pub struct Session {
     /// The stages the MTA agreed not to wait for a reply to (kept for the
     /// whole connection).
     noreply: ProtoOpts,
+    /// The roles this connection took when it opened (kept for the whole
+    /// connection).
+    roles: Option<Snapshot>,
 }
 
 impl Session {
     fn reset(&mut self) {
         let noreply = self.noreply;
+        let roles = self.roles.take();
         *self = Session {
             noreply,
+            roles,
             ..Session::default()
         };
+    }
+
+    /// The roles of this connection: those it took when it opened (at
+    /// negotiation), or those of `source` now, kept from here on.
+    fn roles(&mut self, source: &RolesSource) -> Arc<Roles> {
+        self.roles
+            .get_or_insert_with(|| Snapshot(source.current()))
+            .0
+            .clone()
     }
 
     /// One header callback: the field appended to the header block.
@@ -204,26 +255,42 @@ pub fn read_callbacks(
     })
 }
 
-/// The callbacks, each a thin wrapper over a plain function.
-pub fn callbacks(roles: Arc<Roles>) -> Callbacks<Session> {
-    let ap_mail = roles.clone();
-    let ap_body = roles.clone();
-    let ap_eom = roles;
+/// The callbacks, each a thin wrapper over a plain function. Each
+/// connection takes its roles from `source` when it opens (see
+/// [`RolesSource`]).
+pub fn callbacks(source: impl Into<RolesSource>) -> Callbacks<Session> {
+    let source: RolesSource = source.into();
+    let (on_negotiate, on_mail, on_body, on_eom) =
+        (source.clone(), source.clone(), source.clone(), source);
     Callbacks::new()
-        .on_negotiate(|cx, _, mta_opts| Box::pin(negotiate(cx, mta_opts)))
+        .on_negotiate(move |cx, _, mta_opts| {
+            let source = on_negotiate.clone();
+            Box::pin(async move { negotiate(cx, mta_opts, &source).await })
+        })
         .on_mail(move |cx, args| {
-            let ap = ap_mail.clone();
-            Box::pin(async move { mail(cx, &args, &ap).await })
+            let roles = cx.data.get_or_insert_with(Session::default).roles(&on_mail);
+            Box::pin(async move { mail(cx, &args, &roles).await })
         })
         .on_rcpt(|cx, args| Box::pin(async move { rcpt(cx, &args) }))
         .on_header(|cx, name, value| Box::pin(async move { header(cx, &name, &value) }))
         .on_body(move |cx, chunk| {
-            let spool = ap_body.access.spool.clone();
+            let spool = cx
+                .data
+                .get_or_insert_with(Session::default)
+                .roles(&on_body)
+                .access
+                .spool
+                .clone();
             Box::pin(async move { body(cx, chunk, spool) })
         })
         .on_eom(move |cx| {
-            let ap = ap_eom.clone();
-            Box::pin(async move { eom(cx, &ap).await })
+            let roles = cx.data.as_mut().map(|s| s.roles(&on_eom));
+            Box::pin(async move {
+                match roles {
+                    Some(roles) => eom(cx, &roles).await,
+                    None => Status::Accept,
+                }
+            })
         })
         .on_abort(|cx| Box::pin(async move { abort(cx) }))
 }
@@ -235,11 +302,18 @@ const NOREPLY_STAGES: ProtoOpts = ProtoOpts::NOREPLY_RCPT
     .union(ProtoOpts::NOREPLY_HEADER)
     .union(ProtoOpts::NOREPLY_BODY);
 
-async fn negotiate(cx: &mut NegotiateContext<Session>, mta_opts: ProtoOpts) -> Status {
+async fn negotiate(
+    cx: &mut NegotiateContext<Session>,
+    mta_opts: ProtoOpts,
+    source: &RolesSource,
+) -> Status {
     cx.requested_actions |= Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::REPLACE_BODY;
     let noreply = mta_opts & NOREPLY_STAGES;
     cx.requested_opts |= ProtoOpts::LEADING_SPACE | noreply;
-    cx.data.get_or_insert_with(Session::default).noreply = noreply;
+    let session = cx.data.get_or_insert_with(Session::default);
+    session.noreply = noreply;
+    // The connection's roles: taken now, kept to its end.
+    session.roles = Some(Snapshot(source.current()));
     if let Ok(m) = CString::new("{auth_authen}") {
         cx.requested_macros.insert(MacroStage::Mail, m);
     }
