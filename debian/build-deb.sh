@@ -7,12 +7,13 @@
 # sources here, under target/deb-assets/:
 #   pec-milter.8, pec-milter.toml.5   `pec-milter man --out DIR` (the command line's grammar,
 #                                     and the annotated milter-conf/pec-milter.toml)
-#   pec-milter.toml                   the conffile /etc/pec-milter/pec-milter.toml:
-#                                     milter-conf/pec-milter.toml with [spool] dir and
-#                                     [delivery] outbox under /var/spool/pec-milter and [log]
-#                                     dir under /var/log/pec-milter (FHS: data waiting to be
-#                                     sent is spool, the message log is a log); every other
-#                                     value as shipped
+#   pec-milter.toml                   the conffile /etc/pec-milter/pec-milter.toml
+#                                     (debian/conffile.sh): milter-conf/pec-milter.toml with
+#                                     [spool] dir and [delivery] outbox under
+#                                     /var/spool/pec-milter and [log] dir under
+#                                     /var/log/pec-milter (FHS: data waiting to be sent is
+#                                     spool, the message log is a log); every other value as
+#                                     shipped
 # then runs `cargo deb --no-build` on the release binary built here. Needs cargo-deb
 # (`cargo install cargo-deb --locked`). CARGO_NET_OFFLINE=true builds offline.
 set -euo pipefail
@@ -26,31 +27,9 @@ rm -rf "$A"
 mkdir -p "$A"
 "$BIN" man --out "$A" >/dev/null
 
-{
-  cat <<'HEAD'
-# /etc/pec-milter/pec-milter.toml as the Debian package installs it (a conffile: your
-# changes are kept across upgrades). It is the annotated milter-conf/pec-milter.toml
-# (/usr/share/doc/pec-milter/milter-conf/) with the spool and the outbox under
-# /var/spool/pec-milter and the legal message log under /var/log/pec-milter; the systemd
-# unit lets the daemon write only there, under /var/lib/pec-milter and /run/pec-milter
-# (a drop-in adds more: see the unit). The daemon runs as the user pec-milter: a key, PIN
-# or password file named here must be readable by it. Every key: pec-milter.toml(5).
-#
-HEAD
-  sed -e 's|/var/lib/pec-milter/spool\b|/var/spool/pec-milter|g' \
-      -e 's|/var/lib/pec-milter/outbox\b|/var/spool/pec-milter/outbox|g' \
-      -e 's|/var/lib/pec-milter/log\b|/var/log/pec-milter|g' \
-      milter-conf/pec-milter.toml
-} > "$A/pec-milter.toml"
-# the three moves happened (a change of milter-conf/pec-milter.toml must not silently undo
-# them), nothing else moved, and the result is a configuration pec-milter accepts
-for want in 'dir = "/var/spool/pec-milter"' 'outbox = "/var/spool/pec-milter/outbox"' \
-            'dir = "/var/log/pec-milter"'; do
-  grep -qxF "$want" "$A/pec-milter.toml" || { echo "build-deb: no line '$want' in $A/pec-milter.toml" >&2; exit 1; }
-done
-if grep -nE '/var/lib/pec-milter/(spool|outbox|log)\b' "$A/pec-milter.toml"; then
-  echo "build-deb: paths left under /var/lib/pec-milter (above)" >&2; exit 1
-fi
+# the conffile (debian/conffile.sh: the three moves, checked), and it is a configuration
+# pec-milter accepts
+bash debian/conffile.sh > "$A/pec-milter.toml"
 "$BIN" check-config --config "$A/pec-milter.toml" >/dev/null
 
 cargo deb --no-build "$@"

@@ -13,6 +13,7 @@ pkgs=(
   opendkim opendkim-tools strace sqlite3 curl jq
   m4 liblockfile1 libwrap0 libdb5.3 libldap-2.5-0 libnsl2 libsasl2-2 libssl3 procps
   adduser man-db systemd   # e2e-package: the postinst, man -l, systemd-analyze verify
+  vagrant                  # e2e-vagrant: vagrant validate of vagrant/Vagrantfile (no provider: no VM runs)
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "integration/deps.sh: not root; skipping apt (need: ${pkgs[*]})" >&2

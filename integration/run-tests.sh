@@ -43,3 +43,7 @@ bash integration/e2e-sendmail.sh
 bash integration/e2e-logging.sh
 # The Debian package (cargo deb): installed on this machine, the daemon run as its unit would, purged.
 bash integration/e2e-package.sh
+# The Vagrant rig (vagrant/: A on Postfix, B on Sendmail) as far as it goes without a VM: vagrant
+# validate, identities.sh, provision.sh's dry run for A and B checked against the shipped files
+# (sendmail -bt on B's sendmail.cf), each provider's pec-milter run from those files.
+bash integration/e2e-vagrant.sh
