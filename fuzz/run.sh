@@ -7,7 +7,8 @@
 #
 # Targets (each calls the pec_milter::fuzz_api function of its name, which
 # tests/fuzz_regressions.rs replays tests/fixtures/fuzz/TARGET/ through):
-#   reader       any message: classify, split, daticert, postacert, signature, breve
+#   reader       any message: classify, split, daticert, postacert, signature, breve,
+#                nested PEC messages (pec::nested::walk)
 #   daticert     DatiCert::from_xml, and to_xml of what it reads must read again
 #   ldif         index::ldif::parse, the snapshot, ldif::write round trip
 #   lmtp         lmtp::server::serve_stream: our LMTP server over an in-memory stream

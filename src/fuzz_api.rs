@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::crypto::verify::{TrustStore, VerifyAt};
 use crate::lmtp::server::{LmtpHandler, ServerConfig};
-use crate::pec::{DatiCert, breve, mime, reader as pec_reader};
+use crate::pec::{DatiCert, breve, mime, nested, reader as pec_reader};
 use crate::spool::{SpoolOptions, Spooled};
 
 /// What a fuzz target calls: any bytes, never a panic.
@@ -44,7 +44,9 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// Any message: classification, multipart/signed splitting, daticert.xml,
 /// postacert.eml, the signature of whatever p7s is found, the ricevuta
-/// breve rewriting.
+/// breve rewriting; the walk for PEC messages inside it (forwarded,
+/// `.eml`, re-wrapped, opaque: `pec::nested`) and the signature of each
+/// found, as `inspect` / `verify` do.
 pub fn reader(data: &[u8]) {
     static TRUST: OnceLock<TrustStore> = OnceLock::new();
     let trust = TRUST.get_or_init(|| TrustStore::from_pem_bytes(&[]).expect("empty store"));
@@ -54,6 +56,9 @@ pub fn reader(data: &[u8]) {
             let _ = pec_reader::read(p);
         }
     }
+    let _ = nested::walk(data, |f| {
+        let _ = crate::pec::inspect::check_signature(&f.message, trust, VerifyAt::SigningTime);
+    });
     let canon = mime::canonicalize_crlf(data);
     let _ = breve::hash_attachments(&canon);
     let _ = DatiCert::from_xml(data);

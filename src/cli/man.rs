@@ -141,7 +141,9 @@ const EXIT_8: &[(&str, &str)] = &[
     (
         "1",
         "A check does not hold (a bad signature or chain, a broken log chain, a token that \
-         cannot sign), or inspect was given a file that is not a mail message.",
+         cannot sign; for verify: the PEC message found, or with --all any of them, or the \
+         search for them stopped at a limit), or inspect was given a file that is not a mail \
+         message.",
     ),
     (
         "2",
@@ -789,6 +791,19 @@ mod tests {
         };
         assert_eq!(keys[0].name, "m");
         assert_eq!(about.len(), 2, "{about:?}");
+    }
+
+    /// The limits of the search for nested PEC messages, written out in
+    /// inspect's text (a doc comment cannot name a constant), are the code's.
+    #[test]
+    fn inspect_states_the_nested_limits() {
+        use pec_milter::pec::nested::{MAX_DEPTH, MAX_ENTITIES, MAX_FOUND, MAX_LEVELS};
+        let page = page_8();
+        let said = format!(
+            "The search goes {MAX_DEPTH} messages deep, {MAX_LEVELS} MIME levels, \
+             {MAX_ENTITIES} parts, and reports at most {MAX_FOUND}"
+        );
+        assert!(page.contains(&said), "{said}");
     }
 
     #[test]

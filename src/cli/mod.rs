@@ -104,9 +104,24 @@ pub enum Command {
         #[arg(long)]
         receipt: String,
     },
-    /// Print what a message is: kind, subject, signature, daticert.xml.
+    /// Print what a message is: kind, subject, signature, daticert.xml,
+    /// and every PEC message found inside it.
+    ///
+    /// A PEC message is found at the top, in a message/rfc822 part (a
+    /// forward), in a text/plain or application/octet-stream attachment
+    /// named *.eml, or re-wrapped by a mailing list (the header fields
+    /// X-Trasporto / X-Ricevuta outside, the multipart/signed a part of an
+    /// outer multipart/mixed); it carries X-Trasporto or X-Ricevuta and is
+    /// signed (multipart/signed, or an opaque application/pkcs7-mime, which
+    /// only inspect and verify open). Each is shown with its MIME path
+    /// (2/1: part 1 of the message attached as part 2) and the subject of
+    /// the message it was found in. The search goes 8 messages deep, 32
+    /// MIME levels, 10000 parts, and reports at most 64; a limit reached is
+    /// said (nested_truncated).
     Inspect {
-        /// Print one JSON object per file.
+        /// Print one JSON object per file; the PEC messages found inside
+        /// are its list "nested", each with path, depth, found_as,
+        /// outer_subject and the same fields as the file's.
         #[arg(long)]
         json: bool,
         /// Trust anchors (PEM); default: the system store /etc/ssl/certs.
@@ -123,8 +138,21 @@ pub enum Command {
     /// The legal message log: verify its chains, extract a message's events.
     #[command(subcommand)]
     Log(log::LogCommand),
-    /// Exit 0 only when the S/MIME signature and its chain hold.
+    /// Exit 0 only when the S/MIME signature and its chain hold: of the PEC
+    /// message found in the file, or with --all of every one.
+    ///
+    /// The PEC messages are found as inspect finds them: the file itself
+    /// when it carries X-Trasporto or X-Ricevuta, then those forwarded,
+    /// attached as .eml or re-wrapped inside it, in document order. Without
+    /// --all the first is verified (the file itself when it is one) and, if
+    /// there are more, their paths are listed on stderr. With --all each
+    /// one is verified and printed with its path, and a search stopped at a
+    /// limit fails too. A file with no PEC message in it is verified as
+    /// any S/MIME signed mail.
     Verify {
+        /// Verify every PEC message found, not only the first.
+        #[arg(long)]
+        all: bool,
         /// Trust anchors (PEM); default: the system store /etc/ssl/certs.
         #[arg(long, value_name = "PEM")]
         trust: Vec<PathBuf>,
@@ -172,7 +200,12 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             at,
             files,
         } => inspect::inspect(json, &trust, at, &files),
-        Command::Verify { trust, at, file } => inspect::verify(&trust, at, &file),
+        Command::Verify {
+            all,
+            trust,
+            at,
+            file,
+        } => inspect::verify(&trust, at, all, &file),
         Command::Man { out } => man::man(&out),
     }
 }

@@ -4,7 +4,8 @@
 //!   in [`pem`], a PKCS#11 (HSM) backend in [`pkcs11`].
 //! - [`cms_sign`]: assembles a detached CMS `SignedData` from DER types, so
 //!   that the private key is only ever asked to sign the signed attributes.
-//! - [`verify`]: verification of detached CMS/PKCS#7 signatures with OpenSSL.
+//! - [`verify`]: verification of detached CMS/PKCS#7 signatures with OpenSSL
+//!   (and of opaque ones, for `inspect` / `verify` only).
 //! - [`pki`]: a demo/test CA and provider certificate.
 
 use std::fmt;

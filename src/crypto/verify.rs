@@ -1,4 +1,6 @@
-//! Verification of detached CMS/PKCS#7 signatures (S/MIME `multipart/signed`).
+//! Verification of detached CMS/PKCS#7 signatures (S/MIME `multipart/signed`),
+//! and of opaque ones (`application/pkcs7-mime`, the content inside; only
+//! `inspect` / `verify` read those: PEC is `multipart/signed`, PEC-RULES §1.2).
 //!
 //! Two independent checks, both with OpenSSL:
 //! - integrity: the signature over the signed attributes holds and the
@@ -17,8 +19,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cms::content_info::ContentInfo;
-use cms::signed_data::{SignerIdentifier, SignerInfo, SignerInfos};
-use der::asn1::Any;
+use cms::signed_data::{EncapsulatedContentInfo, SignerIdentifier, SignerInfo, SignerInfos};
+use der::asn1::{Any, OctetString};
 use der::{Decode, Encode, Reader, SliceReader, Tag, TagNumber, Tagged};
 use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::cms::{CMSOptions, CmsContentInfo};
@@ -612,6 +614,52 @@ pub fn verify_detached(
     trust: &TrustStore,
     at: VerifyAt,
 ) -> SignatureReport {
+    verify_cms(p7s_der, Some(content), trust, at)
+}
+
+/// Verify an opaque CMS/PKCS#7 signed-data (`application/pkcs7-mime;
+/// smime-type=signed-data`, already base64-decoded): the content is the
+/// one inside it ([`signed_content`]). The same checks and report as
+/// [`verify_detached`].
+pub fn verify_attached(p7m_der: &[u8], trust: &TrustStore, at: VerifyAt) -> SignatureReport {
+    verify_cms(p7m_der, None, trust, at)
+}
+
+/// The content encapsulated in an opaque CMS signed-data (DER, or BER as
+/// OpenSSL reads it), not verified; `None` when it is not signed-data or
+/// carries no content (a detached signature).
+pub fn signed_content(der: &[u8]) -> Option<Vec<u8>> {
+    encap_content(der).ok().flatten().or_else(|| {
+        // BER (indefinite lengths, constructed OCTET STRINGs): through
+        // OpenSSL's DER re-encoding, as for the SignerInfo
+        let reencoded = CmsContentInfo::from_der(der).ok()?.to_der().ok()?;
+        encap_content(&reencoded).ok().flatten()
+    })
+}
+
+fn encap_content(der: &[u8]) -> der::Result<Option<Vec<u8>>> {
+    let ci = ContentInfo::from_der(der)?;
+    if ci.content_type != OID_SIGNED_DATA || ci.content.tag() != Tag::Sequence {
+        return Ok(None);
+    }
+    let mut r = SliceReader::new(ci.content.value())?;
+    let _version = Any::decode(&mut r)?;
+    let _digest_algorithms = Any::decode(&mut r)?;
+    let encap = EncapsulatedContentInfo::decode(&mut r)?;
+    match encap.econtent {
+        Some(any) => Ok(Some(any.decode_as::<OctetString>()?.into_bytes())),
+        None => Ok(None),
+    }
+}
+
+/// [`verify_detached`] (`content` given) or [`verify_attached`] (`None`:
+/// the content inside the structure).
+fn verify_cms(
+    p7s_der: &[u8],
+    content: Option<&[u8]>,
+    trust: &TrustStore,
+    at: VerifyAt,
+) -> SignatureReport {
     const MALFORMED: &str = "malformed PKCS#7/CMS structure";
     let Ok(mut cms) = CmsContentInfo::from_der(p7s_der) else {
         return SignatureReport::invalid(MALFORMED);
@@ -652,11 +700,11 @@ pub fn verify_detached(
     }
 
     // 1. Integrity, independent of any chain.
-    let integrity = cms_verify_detached(
+    let integrity = cms_verify(
         &mut cms,
         None,
         content,
-        CMSOptions::DETACHED | CMSOptions::BINARY | CMSOptions::NO_SIGNER_CERT_VERIFY,
+        CMSOptions::BINARY | CMSOptions::NO_SIGNER_CERT_VERIFY,
     );
     let mut reasons: Vec<String> = Vec::new();
     match integrity {
@@ -708,12 +756,7 @@ pub fn verify_detached(
         // 3. Both held: confirm with OpenSSL's own full verification.
         if report.integrity_ok
             && report.chain_ok
-            && let Err(e) = cms_verify_detached(
-                &mut cms,
-                Some(store),
-                content,
-                CMSOptions::DETACHED | CMSOptions::BINARY,
-            )
+            && let Err(e) = cms_verify(&mut cms, Some(store), content, CMSOptions::BINARY)
         {
             report.chain_ok = false;
             reasons.push(format!("signature verification with chain failed: {e}"));
@@ -735,18 +778,42 @@ pub fn verify_detached(
     report
 }
 
-/// `CMS_verify` of a detached signature over `content`, with no output.
+/// `CMS_verify` of a detached signature over `content`, or of an opaque
+/// one over the content inside it (`None`), with no output.
 /// The openssl crate's [`CmsContentInfo::verify`] always collects the
 /// verified content into a memory BIO: a copy of the whole signed part
 /// (100 MB for a 100 MB envelope) per call. OpenSSL itself takes a NULL
 /// `out` (it writes into a null BIO then), and reads `content` through a
 /// read-only memory BIO over the caller's bytes: nothing is copied.
-fn cms_verify_detached(
+fn cms_verify(
     cms: &mut CmsContentInfo,
     store: Option<&X509StoreRef>,
-    content: &[u8],
+    content: Option<&[u8]>,
     flags: CMSOptions,
 ) -> Result<(), ErrorStack> {
+    let Some(content) = content else {
+        // opaque: CMS_verify reads the content from the structure; NULL
+        // out, NULL dcont
+        // SAFETY: `cms` and `store` are valid objects borrowed for the
+        // call; NULL certs, dcont and out are allowed by CMS_verify; its
+        // return value is checked as the crate does.
+        let rc = unsafe {
+            openssl_sys::CMS_verify(
+                cms.as_ptr(),
+                std::ptr::null_mut(),
+                store.map_or(std::ptr::null_mut(), ForeignTypeRef::as_ptr),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                flags.bits(),
+            )
+        };
+        return if rc <= 0 {
+            Err(ErrorStack::get())
+        } else {
+            Ok(())
+        };
+    };
+    let flags = flags | CMSOptions::DETACHED;
     let Ok(len) = std::ffi::c_int::try_from(content.len()) else {
         // beyond 2 GiB: the crate's call, which copies
         return cms.verify(None, store, Some(content), None, flags);

@@ -1,11 +1,14 @@
-//! What `pec-milter inspect` and `pec-milter verify` report about a message.
+//! What `pec-milter inspect` and `pec-milter verify` report about a message,
+//! and about every PEC message found inside it ([`crate::pec::nested`]).
 
 use serde::Serialize;
 
 use crate::crypto::verify::{
-    SignatureReport, SignatureStatus, TrustStore, VerifyAt, verify_detached,
+    SignatureReport, SignatureStatus, TrustStore, VerifyAt, verify_attached, verify_detached,
 };
 use crate::pec::daticert::{DatiCert, Destinatario};
+use crate::pec::mime::canonicalize_crlf;
+use crate::pec::nested::{self, FoundAs};
 use crate::pec::reader::{self, PecMessage, ReadError};
 
 /// The signature facts of a message.
@@ -105,6 +108,30 @@ pub struct Inspection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daticert_error: Option<String>,
     pub postacert: Option<PostacertView>,
+    /// The PEC messages found inside this one (forwarded, attached as
+    /// `.eml`, re-wrapped), in document order; `None` for a nested one
+    /// (the list is flat: each has its path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nested: Option<Vec<NestedInspection>>,
+    /// Why the search for nested PEC messages stopped short, when a limit
+    /// was reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nested_truncated: Option<String>,
+}
+
+/// A PEC message found inside the input: where, and the same view as the
+/// input's.
+#[derive(Debug, Clone, Serialize)]
+pub struct NestedInspection {
+    /// MIME path (`2/1`); see [`crate::pec::nested`].
+    pub path: String,
+    /// Messages around it (1: attached to the input).
+    pub depth: usize,
+    pub found_as: FoundAs,
+    /// The subject of the message it was found in.
+    pub outer_subject: Option<String>,
+    #[serde(flatten)]
+    pub inspection: Inspection,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,7 +153,11 @@ pub fn check_signature(msg: &PecMessage, trust: &TrustStore, at: VerifyAt) -> Si
             .unwrap_or_else(|| "no signature part".into());
         return missing(&why, Some(signed));
     };
-    let r: SignatureReport = verify_detached(p7s, &signed.content, trust, at);
+    let r: SignatureReport = if signed.opaque {
+        verify_attached(p7s, trust, at)
+    } else {
+        verify_detached(p7s, &signed.content, trust, at)
+    };
     SignatureView {
         status: r.status,
         reason: r.reason,
@@ -160,10 +191,39 @@ fn missing(why: &str, signed: Option<&reader::SignedParts>) -> SignatureView {
     }
 }
 
-/// Read, classify and verify one message.
+/// Read, classify and verify one message, and every PEC message found
+/// inside it.
 pub fn inspect(raw: &[u8], trust: &TrustStore, at: VerifyAt) -> Result<Inspection, ReadError> {
-    let msg = reader::read(raw)?;
-    let signature = check_signature(&msg, trust, at);
+    // once: the walk and the reading of the input borrow it as it is then
+    let canon = canonicalize_crlf(raw);
+    let mut top = None;
+    let mut inner = Vec::new();
+    let walked = nested::walk(&canon, |f| {
+        let view = inspect_message(&f.message, trust, at);
+        if f.path.is_empty() {
+            top = Some(view);
+        } else {
+            inner.push(NestedInspection {
+                path: f.path_string(),
+                depth: f.depth,
+                found_as: f.found_as,
+                outer_subject: f.outer_subject.clone(),
+                inspection: view,
+            });
+        }
+    })?;
+    let mut top = match top {
+        Some(t) => t,
+        None => inspect_message(&reader::read_any(&canon)?, trust, at),
+    };
+    top.nested = Some(inner);
+    top.nested_truncated = walked.stopped;
+    Ok(top)
+}
+
+/// The view of one message read, its signature checked.
+pub fn inspect_message(msg: &PecMessage<'_>, trust: &TrustStore, at: VerifyAt) -> Inspection {
+    let signature = check_signature(msg, trust, at);
     let (daticert, daticert_error) = match &msg.daticert {
         Some(Ok(d)) => (Some(DatiCertView::from(d)), None),
         Some(Err(e)) => (None, Some(e.clone())),
@@ -177,7 +237,7 @@ pub fn inspect(raw: &[u8], trust: &TrustStore, at: VerifyAt) -> Result<Inspectio
             message_id: inner.and_then(|m| m.message_id),
         }
     });
-    Ok(Inspection {
+    Inspection {
         file: None,
         kind: msg.kind.wire().to_string(),
         subject: msg.subject.clone(),
@@ -191,7 +251,9 @@ pub fn inspect(raw: &[u8], trust: &TrustStore, at: VerifyAt) -> Result<Inspectio
         daticert,
         daticert_error,
         postacert,
-    })
+        nested: None,
+        nested_truncated: None,
+    }
 }
 
 impl Inspection {
@@ -264,8 +326,27 @@ impl Inspection {
                 p.subject.as_deref().unwrap_or("-")
             ));
         }
+        for n in self.nested.iter().flatten() {
+            s.push_str(&format!(
+                "nested:      part {} ({}, in {})\n",
+                n.path,
+                n.found_as.wire(),
+                quoted(n.outer_subject.as_deref())
+            ));
+            for line in n.inspection.to_text().lines() {
+                s.push_str(&format!("  {line}\n"));
+            }
+        }
+        if let Some(t) = &self.nested_truncated {
+            s.push_str(&format!("nested:      search stopped: {t}\n"));
+        }
         s
     }
+}
+
+/// A subject as the text output quotes it: `"..."`, or `-`.
+pub fn quoted(subject: Option<&str>) -> String {
+    subject.map_or_else(|| "-".to_string(), |s| format!("{s:?}"))
 }
 
 fn status_word(s: SignatureStatus) -> &'static str {

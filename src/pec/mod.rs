@@ -9,6 +9,7 @@ pub mod facts;
 pub mod inspect;
 pub mod kind;
 pub mod mime;
+pub mod nested;
 pub mod reader;
 
 pub use daticert::{DatiCert, Destinatario};

@@ -1,6 +1,11 @@
 //! Read any message: classify it (PEC-RULES §2.12), find the signed part
 //! and the signature of a `multipart/signed`, and extract `daticert.xml`
 //! and `postacert.eml`. Never panics; what cannot be read is reported.
+//!
+//! [`read`] and [`read_parts`] read PEC as the rules define it: signed as
+//! `multipart/signed` (PEC-RULES §1.2); the roles use them. [`read_any`]
+//! and [`read_parts_any`] (`inspect`, `verify`) also open an opaque
+//! `application/pkcs7-mime` signed-data and read what it carries.
 
 use std::borrow::Cow;
 
@@ -36,6 +41,10 @@ pub struct SignedParts<'a> {
     pub micalg: Option<String>,
     /// Why the signature is missing or unreadable.
     pub problem: Option<String>,
+    /// An opaque `application/pkcs7-mime` signed-data ([`read_any`]):
+    /// `p7s` holds the whole structure and `content` the entity inside it
+    /// (a copy: it was encoded in the structure).
+    pub opaque: bool,
 }
 
 /// What a message is and what it carries. The large parts (the signed
@@ -70,6 +79,7 @@ impl SignedParts<'_> {
             protocol: self.protocol,
             micalg: self.micalg,
             problem: self.problem,
+            opaque: self.opaque,
         }
     }
 }
@@ -96,17 +106,28 @@ impl PecMessage<'_> {
 
 /// Read a message (CRLF or LF line ends).
 pub fn read(raw: &[u8]) -> Result<PecMessage<'_>, ReadError> {
+    read_with(raw, false)
+}
+
+/// [`read`], and an opaque `application/pkcs7-mime` signed-data message
+/// is opened: its signature in `signed` (`opaque`), daticert.xml and
+/// postacert.eml from the entity inside it.
+pub fn read_any(raw: &[u8]) -> Result<PecMessage<'_>, ReadError> {
+    read_with(raw, true)
+}
+
+fn read_with(raw: &[u8], opaque: bool) -> Result<PecMessage<'_>, ReadError> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ReadError::Empty);
     }
     match canonicalize_crlf(raw) {
         Cow::Borrowed(canon) => {
             let (head, body) = split_header_body(canon);
-            read_split(head, body)
+            read_split(head, body, opaque)
         }
         Cow::Owned(canon) => {
             let (head, body) = split_header_body(&canon);
-            read_split(head, body).map(PecMessage::into_owned)
+            read_split(head, body, opaque).map(PecMessage::into_owned)
         }
     }
 }
@@ -116,6 +137,19 @@ pub fn read(raw: &[u8]) -> Result<PecMessage<'_>, ReadError> {
 /// (a spool file mapped, say) is borrowed, not copied, when its line ends
 /// are CRLF.
 pub fn read_parts<'a>(header: &[u8], body: &'a [u8]) -> Result<PecMessage<'a>, ReadError> {
+    read_parts_with(header, body, false)
+}
+
+/// [`read_parts`] that opens an opaque signed-data as [`read_any`] does.
+pub fn read_parts_any<'a>(header: &[u8], body: &'a [u8]) -> Result<PecMessage<'a>, ReadError> {
+    read_parts_with(header, body, true)
+}
+
+fn read_parts_with<'a>(
+    header: &[u8],
+    body: &'a [u8],
+    opaque: bool,
+) -> Result<PecMessage<'a>, ReadError> {
     if header.iter().all(|b| b.is_ascii_whitespace())
         && body.iter().all(|b| b.is_ascii_whitespace())
     {
@@ -123,12 +157,12 @@ pub fn read_parts<'a>(header: &[u8], body: &'a [u8]) -> Result<PecMessage<'a>, R
     }
     let head = canonicalize_crlf(header);
     match canonicalize_crlf(body) {
-        Cow::Borrowed(b) => read_split(&head, b),
-        Cow::Owned(b) => read_split(&head, &b).map(PecMessage::into_owned),
+        Cow::Borrowed(b) => read_split(&head, b, opaque),
+        Cow::Owned(b) => read_split(&head, &b, opaque).map(PecMessage::into_owned),
     }
 }
 
-fn read_split<'a>(head: &[u8], body: &'a [u8]) -> Result<PecMessage<'a>, ReadError> {
+fn read_split<'a>(head: &[u8], body: &'a [u8], opaque: bool) -> Result<PecMessage<'a>, ReadError> {
     let fields = header_fields(head);
     if fields.is_empty() {
         return Err(ReadError::NoHeaders);
@@ -140,6 +174,8 @@ fn read_split<'a>(head: &[u8], body: &'a [u8]) -> Result<PecMessage<'a>, ReadErr
 
     let signed = if ct.mime == "multipart/signed" {
         Some(signed_parts(&ct, body))
+    } else if opaque && is_opaque_signed(&ct) {
+        Some(opaque_parts(&ct, &fields, body))
     } else {
         None
     };
@@ -150,7 +186,17 @@ fn read_split<'a>(head: &[u8], body: &'a [u8]) -> Result<PecMessage<'a>, ReadErr
             content: Cow::Borrowed(c),
             ..
         }) => walk_entity(c, 0, &mut found),
-        Some(_) => {}
+        // the entity inside an opaque signature: what is found in it is
+        // copied out, since `signed` owns it
+        Some(SignedParts {
+            content: Cow::Owned(c),
+            ..
+        }) => {
+            let mut inner = Found::default();
+            walk_entity(c, 0, &mut inner);
+            found.daticert = inner.daticert;
+            found.postacert = inner.postacert.map(|p| Cow::Owned(p.into_owned()));
+        }
         None => walk_body(&fields, body, 0, &mut found),
     }
     let daticert = found
@@ -184,6 +230,7 @@ fn signed_parts<'a>(ct: &ContentType, body: &'a [u8]) -> SignedParts<'a> {
         protocol,
         micalg,
         problem: None,
+        opaque: false,
     };
     let Some(boundary) = ct.param("boundary") else {
         out.problem = Some("multipart/signed without a boundary".into());
@@ -229,6 +276,40 @@ fn signed_parts<'a>(ct: &ContentType, body: &'a [u8]) -> SignedParts<'a> {
             out.p7s = Some(sbody.to_vec());
         }
     }
+    out
+}
+
+/// Whether a content type is an opaque S/MIME signature:
+/// `application/pkcs7-mime` (or `x-pkcs7-mime`) whose `smime-type` is
+/// `signed-data` or absent.
+pub fn is_opaque_signed(ct: &ContentType) -> bool {
+    matches!(
+        ct.mime.as_str(),
+        "application/pkcs7-mime" | "application/x-pkcs7-mime"
+    ) && ct
+        .param("smime-type")
+        .is_none_or(|t| t.eq_ignore_ascii_case("signed-data"))
+}
+
+fn opaque_parts<'a>(ct: &ContentType, fields: &[HeaderField<'_>], body: &[u8]) -> SignedParts<'a> {
+    let mut out = SignedParts {
+        content: Cow::Owned(Vec::new()),
+        p7s: None,
+        protocol: ct.mime.clone(),
+        micalg: ct.param("micalg").map(str::to_ascii_lowercase),
+        problem: None,
+        opaque: true,
+    };
+    let der = decode(fields, body).into_owned();
+    if der.is_empty() {
+        out.problem = Some("the application/pkcs7-mime body is empty".into());
+        return out;
+    }
+    match crate::crypto::verify::signed_content(&der) {
+        Some(c) => out.content = Cow::Owned(canonicalize_crlf(&c).into_owned()),
+        None => out.problem = Some("no content inside the application/pkcs7-mime signature".into()),
+    }
+    out.p7s = Some(der);
     out
 }
 
@@ -279,8 +360,9 @@ fn walk_body<'a>(fields: &[HeaderField<'_>], body: &'a [u8], depth: usize, found
     }
 }
 
-/// Undo the Content-Transfer-Encoding of a leaf body.
-fn decode<'a>(fields: &[HeaderField<'_>], body: &'a [u8]) -> Cow<'a, [u8]> {
+/// Undo the Content-Transfer-Encoding of a leaf body (borrowed when it
+/// has none).
+pub(crate) fn decode<'a>(fields: &[HeaderField<'_>], body: &'a [u8]) -> Cow<'a, [u8]> {
     let cte = header_value(fields, "Content-Transfer-Encoding")
         .unwrap_or_default()
         .to_ascii_lowercase();
