@@ -5,7 +5,9 @@
 //! - [`cms_sign`]: assembles a detached CMS `SignedData` from DER types, so
 //!   that the private key is only ever asked to sign the signed attributes.
 //! - [`verify`]: verification of detached CMS/PKCS#7 signatures with OpenSSL.
-//! - [`pki`]: a demo/test CA and provider certificate.
+//! - [`crl`]: CRLs, certificates' distribution points, the revocation
+//!   check of a verified chain.
+//! - [`pki`]: a demo/test CA and provider certificate (and its CRLs).
 
 use std::fmt;
 use std::io::{self, Write};
@@ -15,6 +17,7 @@ use std::str::FromStr;
 use openssl::hash::{Hasher, MessageDigest};
 
 pub mod cms_sign;
+pub mod crl;
 pub mod pem;
 pub mod pkcs11;
 pub mod pki;
@@ -153,6 +156,11 @@ impl FromStr for DigestAlg {
             _ => Err(CryptoError::UnknownDigest(s.to_string())),
         }
     }
+}
+
+/// A certificate from its DER (`None`: not one).
+pub fn x509_of(der: &[u8]) -> Option<openssl::x509::X509> {
+    openssl::x509::X509::from_der(der).ok()
 }
 
 /// Digest of `data`, or the OpenSSL error.
