@@ -55,6 +55,14 @@
 #   (4c) ordinary_mail = "reject" still takes a correct envelope in charge
 #   (H) (LDIF run) four inputs of the hostile corpus through Postfix: forged markers -> anomaly with
 #       X-VerificaSicurezza: errore; broken MIME / 8-bit junk -> anomaly without; no presa in carico
+#   (CRL) (LDIF run; issue 18) a CA of our own (openssl(1)) whose two provider certificates,
+#       Epsilon's and Zeta's (both added to the index), name http://127.0.0.1:$RIG_CRL_PORT/eps.crl
+#       as their CRL distribution point, served in the netns by python3 -m http.server; its CRL
+#       revokes Epsilon. pec-milter restarted with fetch_crls = true: the distribution point is
+#       learnt from the index and its CRL fetched before any message; Epsilon's envelope -> mario
+#       gets a busta di anomalia naming the revocation, nothing at eps-ricevute@; Zeta's ->
+#       presa-in-carico at zeta-ricevute@ and delivered. The HTTP server stopped and pec-milter
+#       restarted: the copy kept in crl_cache is read back and gives the same two verdicts.
 # Env: INDEX_SOURCES="ldap ldif" (default), STRICT=0 (known bugs do not count; default 1),
 # PEC_MILTER_BIN (default target/debug/pec-milter), KEEP=1 keeps the work dir,
 # RIG_TIMING=1 times each check, RIG_LDAP_PORT (default 389, inside the netns).
@@ -80,7 +88,10 @@ ARUBA_RICEVUTE=aruba-ricevute@pec.other.test # Aruba's mailReceipt (a box we can
 GAMMA_RICEVUTE=gamma-ricevute@pec.other.test # Gamma's mailReceipt (scenario 7)
 LUIGI=luigi.verdi@pec.other.test             # B's holder, author of the originals
 SOMEONE=someone@pec.other.test
-RX_USERS="$RIG_USERS $RICEVUTE $ARUBA_RICEVUTE $GAMMA_RICEVUTE"
+EPS_RICEVUTE=eps-ricevute@pec.other.test     # (CRL) Epsilon's mailReceipt (revoked)
+ZETA_RICEVUTE=zeta-ricevute@pec.other.test   # (CRL) Zeta's mailReceipt
+RX_USERS="$RIG_USERS $RICEVUTE $ARUBA_RICEVUTE $GAMMA_RICEVUTE $EPS_RICEVUTE $ZETA_RICEVUTE"
+RIG_CRL_PORT=${RIG_CRL_PORT:-8089}           # (CRL) the distribution point, inside the netns
 GIULIA=giulia.neri@pec.it                    # an Aruba holder: pec.it is Aruba's in the index
 RX_DOMAINS="$RIG_DOMAINS pec.it"             # pec.it: a local catchall box here (scenario R)
 # scenario (R)'s [timers]: both receipts must be in before first (whole seconds)
@@ -257,6 +268,87 @@ restart_milter() {
   before=$(pec_milter_log_count "$1" "providers' index loaded")
   pec_milter_up "$1" "$2" || return 1
   log_grows "$1" "providers' index loaded" "$before" 10
+}
+
+# crl_pki D URL: with openssl(1), a CA (D/ca.pem) and two provider identities D/eps and D/zeta
+# (provider.key, provider.crt: Epsilon on pec.eps.test, Zeta on pec.zeta.test) whose
+# certificates name URL as their CRL distribution point; D/www/eps.crl (PEM) revokes Epsilon.
+crl_pki() {
+  local D=$1 url=$2 n name domain
+  mkdir -p "$D/www" || return 1
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$D/ca.key" -out "$D/ca.pem" -days 365 \
+    -subj "/C=IT/O=Epsilon Test CA/CN=Epsilon Test CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    2>&1 || return 1
+  for n in "eps:Epsilon PEC S.p.A.:pec.eps.test" "zeta:Zeta PEC S.p.A.:pec.zeta.test"; do
+    IFS=: read -r n name domain <<< "$n"
+    mkdir -p "$D/$n"
+    printf '%s\n' "keyUsage = critical, digitalSignature, nonRepudiation" \
+      "extendedKeyUsage = emailProtection" "subjectAltName = email:posta-certificata@$domain" \
+      "subjectKeyIdentifier = hash" "authorityKeyIdentifier = keyid" \
+      "crlDistributionPoints = URI:$url" > "$D/$n/ext.cnf"
+    openssl req -newkey rsa:2048 -nodes -keyout "$D/$n/provider.key" -out "$D/$n/provider.csr" \
+      -subj "/C=IT/O=$name/CN=Posta Certificata $name" 2>&1 || return 1
+    openssl x509 -req -in "$D/$n/provider.csr" -CA "$D/ca.pem" -CAkey "$D/ca.key" -CAcreateserial \
+      -days 365 -extfile "$D/$n/ext.cnf" -out "$D/$n/provider.crt" 2>&1 || return 1
+  done
+  : > "$D/index.txt"; echo 01 > "$D/crlnumber"
+  printf '[ ca ]\ndefault_ca = d\n[ d ]\ndatabase = %s/index.txt\ncrlnumber = %s/crlnumber\ndefault_md = sha256\ndefault_crl_days = 7\n' \
+    "$D" "$D" > "$D/ca.cnf"
+  openssl ca -config "$D/ca.cnf" -keyfile "$D/ca.key" -cert "$D/ca.pem" -revoke "$D/eps/provider.crt" 2>&1 || return 1
+  openssl ca -config "$D/ca.cnf" -keyfile "$D/ca.key" -cert "$D/ca.pem" -gencrl -out "$D/www/eps.crl" 2>&1 || return 1
+  openssl crl -in "$D/www/eps.crl" -noout -text | grep -q 'Serial Number'
+}
+# crl_http_up D PORT: python3 -m http.server serving D/www on 127.0.0.1:PORT in the netns;
+# sets CRL_HTTP_PID (stopped by crl_http_down, or by the cleanup stack).
+crl_http_up() {
+  local i
+  ip netns exec "$RIG_NETNS" python3 -m http.server "$2" --bind 127.0.0.1 --directory "$1/www" \
+    > "$1/http.log" 2>&1 &
+  CRL_HTTP_PID=$!
+  rig_defer _stop_pid "$CRL_HTTP_PID" 5 "CRL http.server"
+  for ((i = 0; i < 200; i++)); do
+    ns_exec bash -c "echo > /dev/tcp/127.0.0.1/$2" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "crl_http_up: nothing listens on $2" >&2; cat "$1/http.log" >&2; return 1
+}
+# crl_http_down PORT: the server stopped, nothing listens on PORT any more.
+crl_http_down() {
+  _stop_pid "$CRL_HTTP_PID" 5 "CRL http.server" || return 1
+  ! ns_exec bash -c "echo > /dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# crl_verdicts TAG: Epsilon's envelope -> an anomaly naming the revocation, nothing at
+# eps-ricevute@; Zeta's -> presa-in-carico at zeta-ricevute@, delivered as is.
+crl_verdicts() {
+  local tag=$1 TOK E R
+  TOK=crl-$tag-$RANDOM$RANDOM
+  original "$O/$tag-eps.orig" "ettore@pec.eps.test" "$MARIO" "scenario CRL $tag $TOK" "body-$TOK"
+  envelope "$O/$tag-eps.env" "$XDIR/eps" "Epsilon PEC S.p.A." pec.eps.test "$O/$tag-eps.orig" "opec.$TOK@pec.eps.test"
+  mark "$MARIO_MD" "$EPS_MD"
+  send "$O/$tag-eps.env" posta-certificata@pec.eps.test "$O/$tag-eps.txt"
+  ok "$P (CRL:$tag) Epsilon (revoked): accepted (250 at end of DATA)" eod_is "$O/$tag-eps.txt" '^<- +250 '
+  ok "$P (CRL:$tag) Epsilon: mario gets exactly one message" expect_new "$MARIO_MD" 1
+  ok "$P (CRL:$tag) Epsilon: no presa-in-carico at eps-ricevute@" expect_new "$EPS_MD" 0
+  E=$(new_files "$MARIO_MD" | head -1)
+  if [ -n "$E" ]; then
+    ok "$P (CRL:$tag) Epsilon: a busta di anomalia (kind errore)" kind_is "$E" errore
+    ok "$P (CRL:$tag) Epsilon: X-VerificaSicurezza: errore" hdr_is "$E" X-VerificaSicurezza errore
+    ok "$P (CRL:$tag) Epsilon: the text names the revocation" text_has "$E" "certificate revoked"
+  else
+    fail "$P (CRL:$tag) Epsilon: anomaly checks (nothing delivered)"
+  fi
+  TOK=crl-$tag-$RANDOM$RANDOM
+  original "$O/$tag-zeta.orig" "zoe@pec.zeta.test" "$MARIO" "scenario CRL $tag $TOK" "body-$TOK"
+  envelope "$O/$tag-zeta.env" "$XDIR/zeta" "Zeta PEC S.p.A." pec.zeta.test "$O/$tag-zeta.orig" "opec.$TOK@pec.zeta.test"
+  mark "$MARIO_MD" "$ZETA_MD"
+  send "$O/$tag-zeta.env" posta-certificata@pec.zeta.test "$O/$tag-zeta.txt"
+  ok "$P (CRL:$tag) Zeta (not revoked): presa-in-carico at zeta-ricevute@" expect_new "$ZETA_MD" 1
+  ok "$P (CRL:$tag) Zeta: mario gets the envelope" expect_new "$MARIO_MD" 1
+  E=$(new_files "$MARIO_MD" | head -1) R=$(new_files "$ZETA_MD" | head -1)
+  [ -n "$E" ] && ok "$P (CRL:$tag) Zeta: delivered as is (kind posta-certificata)" kind_is "$E" posta-certificata
+  [ -n "$R" ] && ok "$P (CRL:$tag) Zeta: it is a presa-in-carico" kind_is "$R" presa-in-carico
 }
 
 # ------------------------------------------------------------------ one index source
@@ -821,6 +913,37 @@ run_source() {
     ok "$P (7b) and delivered to mario" expect_new "$MARIO_MD" 1
     E=$(new_files "$MARIO_MD" | head -1)
     [ -n "$E" ] && ok "$P (7b) as is (kind posta-certificata)" kind_is "$E" posta-certificata
+  fi
+
+  # ---- (CRL) issue 18: revocation by the CRL distribution point (LDIF run)
+  if [ "$SRC" = ldif ]; then
+    local XDIR=$DIR/crl-pki EPS_MD=$MB/pec.other.test/eps-ricevute ZETA_MD=$MB/pec.other.test/zeta-ricevute
+    local url=http://127.0.0.1:$RIG_CRL_PORT/eps.crl fetched read_back
+    if ok "$P (CRL) a CA of our own, Epsilon and Zeta naming $url, a CRL revoking Epsilon" crl_pki "$XDIR" "$url" &&
+       ok "$P (CRL) the distribution point served in the netns" crl_http_up "$XDIR" "$RIG_CRL_PORT"; then
+      {
+        cat "$LDIF"
+        "$BIN" index-entry --cert "$XDIR/eps/provider.crt" --name "Epsilon PEC S.p.A." --domains pec.eps.test --receipt "$EPS_RICEVUTE"
+        "$BIN" index-entry --cert "$XDIR/zeta/provider.crt" --name "Zeta PEC S.p.A." --domains pec.zeta.test --receipt "$ZETA_RICEVUTE"
+      } > "$LDIF.new" && mv "$LDIF.new" "$LDIF"
+      INDEX=$SRC INDEX_LDIF=$LDIF TRUST="$DIR/demo/ca.pem $BCA $CCA $BALTIMORE $XDIR/ca.pem" \
+        VERIFY_AT=signing-time ORDINARY=anomaly CERTIFIED=pec.demo.test FETCH_CRLS=true \
+        write_config "$DIR" embedded && mv "$DIR/pec-milter.toml" "$DIR/crl.toml"
+      ok "$P (CRL) configuration with fetch_crls = true checks" "$BIN" check-config --config "$DIR/crl.toml"
+      fetched=$(pec_milter_log_count "$DIR" "CRL fetched url=$url")
+      ok "$P (CRL) pec-milter restarted with crl.toml" restart_milter "$DIR" "$DIR/crl.toml"
+      ok "$P (CRL) the CRL is fetched before any message (learnt from the index)" \
+        log_grows "$DIR" "CRL fetched url=$url" "$fetched" 20
+      ok "$P (CRL) kept in crl_cache" bash -c "ls '$DIR'/crl/*.crl"
+      crl_verdicts live
+      ok "$P (CRL) the distribution point stops" crl_http_down "$RIG_CRL_PORT"
+      read_back=$(pec_milter_log_count "$DIR" "CRL cache: copy read from disk")
+      ok "$P (CRL) pec-milter restarted, the distribution point down" restart_milter "$DIR" "$DIR/crl.toml"
+      ok "$P (CRL) the copy kept on disk is read back" log_grows "$DIR" "CRL cache: copy read from disk" "$read_back" 10
+      crl_verdicts disk
+    else
+      fail "$P (CRL) setup failed: scenario skipped"
+    fi
   fi
 
   # ---- teardown of this run (the cleanup stack would do it too; here it is checked)

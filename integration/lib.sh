@@ -919,6 +919,9 @@ _listen_target() {
 #   INDEX_LDIF             [index] ldif (default DIR/igpec.ldif)
 #   INDEX_REFRESH          [index] refresh (default "24h"); INDEX_TIMEOUT (default "10s")
 #   TRUST="a.pem b.pem"    [reception] trust (default DIR/demo/ca.pem); CRLS="x.pem ..." (default none)
+#   FETCH_CRLS=true|false  [reception] fetch_crls (default false: the real samples' certificates
+#                          name distribution points on the Internet, which the rig cannot reach;
+#                          crl_cache is D/crl, D the instance directory)
 #   VERIFY_AT=now|signing-time   [reception] verify_at (default now)
 #   ORDINARY=anomaly|reject      [reception] ordinary_mail (default anomaly)
 #   CERTIFIED="d1 d2"      [recipients] certified_domains (default "pec.demo.test pec.other.test")
@@ -1025,6 +1028,8 @@ trust = [$(_toml_list $trust)]
 crls = [$(_toml_list ${CRLS:-})]
 ordinary_mail = "${ORDINARY:-anomaly}"
 verify_at = "${VERIFY_AT:-now}"
+fetch_crls = ${FETCH_CRLS:-false}
+crl_cache = "$D/crl"
 EOF
 }
 

@@ -584,6 +584,11 @@ pub struct IndexConfig {
     pub refresh: Duration,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Trust anchors (PEM) of the signer of the published index: when set,
+    /// the LDIF file must be the signed `.p7m` (CMS SignedData enveloping
+    /// the LDIF; DER, PEM or base64) and a copy whose signature does not
+    /// verify never replaces the one in use. Empty: a plain LDIF file.
+    pub signed_by: Vec<PathBuf>,
 }
 
 impl Default for IndexConfig {
@@ -597,6 +602,7 @@ impl Default for IndexConfig {
             password_file: None,
             refresh: Duration::from_secs(86400),
             timeout: Duration::from_secs(10),
+            signed_by: Vec::new(),
         }
     }
 }
@@ -613,6 +619,36 @@ pub struct ReceptionConfig {
     pub ordinary_mail: OrdinaryMail,
     /// When the provider's certificate chain is checked: "now" or "signing-time".
     pub verify_at: VerifyAt,
+    /// Fetch the CRLs of the `http(s)` distribution points of the providers'
+    /// certificates and check every chain against them (`crate::crls`).
+    pub fetch_crls: bool,
+    /// Where fetched CRLs are kept across restarts; "": in memory only.
+    pub crl_cache: PathBuf,
+    /// The timeout of one CRL download.
+    #[serde(deserialize_with = "duration")]
+    pub crl_timeout: Duration,
+    /// The longest time between two downloads of one CRL (it is fetched
+    /// again before its nextUpdate anyway).
+    #[serde(deserialize_with = "duration")]
+    pub crl_refresh: Duration,
+    /// How long past its nextUpdate the last good copy of a CRL is still
+    /// used when no newer one can be fetched; past that the distribution
+    /// point has no usable CRL and its providers' messages are answered 4xx.
+    #[serde(deserialize_with = "duration")]
+    pub crl_grace: Duration,
+}
+
+impl ReceptionConfig {
+    /// The options of the CRL cache (`crate::crls`).
+    pub fn crl_options(&self) -> crate::crls::CrlOptions {
+        crate::crls::CrlOptions {
+            fetch: self.fetch_crls,
+            dir: (!self.crl_cache.as_os_str().is_empty()).then(|| self.crl_cache.clone()),
+            timeout: self.crl_timeout,
+            refresh: self.crl_refresh,
+            grace: self.crl_grace,
+        }
+    }
 }
 
 /// What to do with ordinary (non-PEC) mail for a PEC mailbox.
@@ -632,6 +668,11 @@ impl Default for ReceptionConfig {
             crls: Vec::new(),
             ordinary_mail: OrdinaryMail::Anomaly,
             verify_at: VerifyAt::Now,
+            fetch_crls: true,
+            crl_cache: "/var/lib/pec-milter/crl".into(),
+            crl_timeout: Duration::from_secs(10),
+            crl_refresh: Duration::from_secs(86400),
+            crl_grace: Duration::from_secs(86400),
         }
     }
 }
@@ -996,6 +1037,20 @@ impl Config {
                 "at least 30 (the rules keep the log 30 months)",
             ));
         }
+        if self.reception.fetch_crls {
+            if self.reception.crl_timeout.is_zero() {
+                return Err(invalid("reception.crl_timeout", "must be more than 0"));
+            }
+            if self.reception.crl_refresh < Duration::from_secs(60) {
+                return Err(invalid("reception.crl_refresh", "at least 1m"));
+            }
+        }
+        if !self.index.signed_by.is_empty() && self.index.source != IndexSourceKind::Ldif {
+            return Err(invalid(
+                "index.signed_by",
+                "only for source = \"ldif\" (the published, signed file)",
+            ));
+        }
         if self.log.seal_retry.is_zero() {
             return Err(invalid("log.seal_retry", "must be more than 0"));
         }
@@ -1297,6 +1352,30 @@ mod tests {
         want.index.source = IndexSourceKind::Ldif;
         want.reception.trust = vec!["/var/lib/pec-milter/demo/ca.pem".into()];
         assert_eq!(cfg, want);
+    }
+
+    #[test]
+    fn crl_and_signed_index_settings_are_checked() {
+        let path = Path::new("t.toml");
+        let mut cfg = Config::default();
+        cfg.provider.domains = vec!["pec.demo.test".into()];
+        assert!(cfg.check(path).is_ok());
+        let o = cfg.reception.crl_options();
+        assert_eq!(o.dir, Some(PathBuf::from("/var/lib/pec-milter/crl")));
+        assert_eq!(o.grace, Duration::from_secs(86400));
+        cfg.reception.crl_cache = PathBuf::new();
+        assert_eq!(cfg.reception.crl_options().dir, None, "memory only");
+        cfg.reception.crl_refresh = Duration::from_secs(5);
+        let e = cfg.check(path).expect_err("too short");
+        assert!(e.to_string().contains("reception.crl_refresh"), "{e}");
+        cfg.reception.fetch_crls = false;
+        assert!(cfg.check(path).is_ok(), "not fetching: not checked");
+        cfg.index.signed_by = vec!["/etc/ca.pem".into()];
+        cfg.index.source = IndexSourceKind::Ldap;
+        let e = cfg.check(path).expect_err("signed_by is for the LDIF file");
+        assert!(e.to_string().contains("index.signed_by"), "{e}");
+        cfg.index.source = IndexSourceKind::Ldif;
+        assert!(cfg.check(path).is_ok());
     }
 
     #[test]

@@ -15,10 +15,13 @@ use std::time::Duration;
 
 use crate::clamd::{Clamd, ClamdAddress};
 use crate::config::{Config, IndexSourceKind, MailboxStoreKind, SigningBackend, StateBackend};
+use crate::crls::CrlCache;
+use crate::crypto::crl::CrlSource;
 use crate::crypto::pem::PemKey;
 use crate::crypto::pkcs11::{PinSource, Pkcs11Key, Pkcs11Options};
 use crate::crypto::pki::Pki;
 use crate::crypto::verify::TrustStore;
+use crate::crypto::x509_of;
 use crate::crypto::{CryptoError, SigningKey};
 use crate::health::{Dependency, Health, Observed};
 use crate::index::ldap::LdapSource;
@@ -58,6 +61,8 @@ pub enum DaemonError {
     Key(#[from] CryptoError),
     #[error("trust anchors ([reception] trust, crls): {0}")]
     Trust(CryptoError),
+    #[error("the index signer's trust anchors ([index] signed_by): {0}")]
+    IndexTrust(CryptoError),
     #[error("configuration: {0}")]
     Pkcs11Config(String),
     #[error("cannot write the demo identity in {path}: {source}")]
@@ -293,7 +298,14 @@ pub fn provider_index(cfg: &Config) -> Result<Option<Arc<ProviderIndex>>, Daemon
 pub fn index_source(cfg: &Config) -> Result<Option<IndexSource>, DaemonError> {
     Ok(Some(match cfg.index.source {
         IndexSourceKind::None => return Ok(None),
-        IndexSourceKind::Ldif => IndexSource::Ldif(cfg.index.ldif.clone()),
+        IndexSourceKind::Ldif if cfg.index.signed_by.is_empty() => {
+            IndexSource::Ldif(cfg.index.ldif.clone())
+        }
+        IndexSourceKind::Ldif => IndexSource::SignedLdif {
+            path: cfg.index.ldif.clone(),
+            signed_by: TrustStore::from_pem_files(&cfg.index.signed_by)
+                .map_err(DaemonError::IndexTrust)?,
+        },
         IndexSourceKind::Ldap => {
             let password =
                 read_password("index.password_file", cfg.index.password_file.as_deref())?;
@@ -479,10 +491,13 @@ pub struct Shared {
     pub log_files: Option<FileLog>,
     /// Each dependency's state, as the calls find it.
     pub health: Health,
+    /// The CRLs of the providers' distribution points (`[reception]
+    /// fetch_crls`): kept across reloads, its options set again by each.
+    pub crls: Arc<CrlCache>,
 }
 
 /// Open what lives as long as the process: the message log (its last file
-/// checked) and the state store.
+/// checked), the state store and the CRL cache (its copies on disk read).
 pub fn shared(cfg: &Config) -> Result<Shared, DaemonError> {
     let health = Health::default();
     let log_files = message_log(cfg)?;
@@ -495,11 +510,17 @@ pub fn shared(cfg: &Config) -> Result<Shared, DaemonError> {
         }
         None => Arc::new(NoLog),
     };
+    let crls = Arc::new(CrlCache::new(
+        cfg.reception.crl_options(),
+        health.metrics().clone(),
+    ));
+    crls.load_dir();
     Ok(Shared {
         state,
         log,
         log_files,
         health,
+        crls,
     })
 }
 
@@ -526,6 +547,8 @@ pub struct Deps {
     pub log_files: Option<FileLog>,
     /// Each dependency's state, as the calls above find it.
     pub health: Health,
+    /// The CRL cache of the process.
+    pub crls: Arc<CrlCache>,
 }
 
 /// Open the signing key, clamd and the reinjection client of `cfg`, over
@@ -567,6 +590,7 @@ pub fn deps(cfg: &Config, shared: &Shared) -> Result<Deps, DaemonError> {
         log: shared.log.clone(),
         log_files: shared.log_files.clone(),
         health,
+        crls: shared.crls.clone(),
     })
 }
 
@@ -632,17 +656,25 @@ pub fn access_point(cfg: &Config, d: &Deps, directory: Arc<dyn RecipientDirector
 }
 
 /// The trust anchors provider signatures are checked against: `[reception]
-/// trust` (empty: the system store) with the CRLs of `crls`. The reception
-/// point and the delivery point verify against the same store.
-pub fn trust_store(cfg: &Config) -> Result<TrustStore, DaemonError> {
+/// trust` (empty: the system store) with the CRLs of `crls` and, when
+/// `fetch_crls`, those of the certificates' distribution points held by
+/// `crl_cache`. The reception point and the delivery point verify against
+/// the same store.
+pub fn trust_store(cfg: &Config, crl_cache: &Arc<CrlCache>) -> Result<TrustStore, DaemonError> {
     let trust = if cfg.reception.trust.is_empty() {
         TrustStore::system()
     } else {
         TrustStore::from_pem_files(&cfg.reception.trust)
     };
-    trust
+    let trust = trust
         .and_then(|t| t.with_crl_files(&cfg.reception.crls))
-        .map_err(DaemonError::Trust)
+        .map_err(DaemonError::Trust)?;
+    Ok(if cfg.reception.fetch_crls {
+        let source: Arc<dyn CrlSource> = crl_cache.clone();
+        trust.with_crl_source(source)
+    } else {
+        trust
+    })
 }
 
 /// The delivery point, when `[delivery] listen` is set. It verifies what
@@ -678,7 +710,7 @@ pub fn delivery_point(
         outbox: cfg.delivery.outbox.clone(),
         retention_secs: cfg.state.retention.as_secs(),
         spool: cfg.spool.options(),
-        trust: trust_store(cfg)?,
+        trust: trust_store(cfg, &d.crls)?,
         verify_at: cfg.reception.verify_at,
         index,
         metrics: d.health.metrics().clone(),
@@ -699,7 +731,7 @@ pub fn roles(
     let reception = match index {
         None => None,
         Some(index) => {
-            let trust = trust_store(cfg)?;
+            let trust = trust_store(cfg, &d.crls)?;
             Some(ReceptionPoint {
                 provider: provider(cfg),
                 key: d.key.clone(),
@@ -777,6 +809,7 @@ impl Daemon {
                 crate::ops::View {
                     index: g.index.clone(),
                     configured: crate::ops::configured_dependencies(&g.cfg),
+                    crls: g.cfg.reception.fetch_crls.then(|| g.deps.crls.clone()),
                 }
             })
         };
@@ -886,9 +919,24 @@ impl Daemon {
             // First load now (a failure is logged; the reception point answers
             // 4xx until a copy is loaded), then on schedule and on reload.
             let first = index.refresh_logged().await;
-            shared.health.observe(Dependency::Index, &first);
+            shared.health.observe_index(&first.as_ref().map(|_| ()));
+            learn_crls(&g);
         }
         spawn_index_refresher(&current, shared.health.clone(), stop_rx.clone());
+        // The CRLs of the distribution points learnt (from the index above,
+        // from the chains of the messages), fetched and kept fresh.
+        {
+            let health = shared.health.clone();
+            let current = current.clone();
+            shared
+                .crls
+                .clone()
+                .spawn(stop_rx.clone(), move |unavailable| {
+                    if current.get().cfg.reception.fetch_crls {
+                        health.observe_crls(unavailable);
+                    }
+                });
+        }
         let listener = MilterListener::bind_config(&cfg.milter)
             .await
             .map_err(|source| DaemonError::Listen {
@@ -1093,10 +1141,18 @@ fn spawn_index_refresher(
             let g = generations.borrow_and_update().clone();
             let task = g.index.clone().map(|index| {
                 let health = health.clone();
+                let generation = Arc::downgrade(&g);
                 index.spawn_refresher_reporting(
                     g.cfg.index.refresh,
                     Arc::new(tokio::sync::Notify::new()),
-                    move |r| health.observe(Dependency::Index, &r),
+                    move |r| {
+                        health.observe_index(&r);
+                        if r.is_ok()
+                            && let Some(g) = generation.upgrade()
+                        {
+                            learn_crls(&g);
+                        }
+                    },
                 )
             });
             drop(g);
@@ -1112,6 +1168,35 @@ fn spawn_index_refresher(
             }
         }
     });
+}
+
+/// The distribution points of the certificates of `g`'s providers' index
+/// (a copy just loaded), learnt by the CRL cache when `[reception]
+/// fetch_crls`: their CRLs are fetched before the providers' first
+/// messages. Their issuers are looked for among the reception point's
+/// trust anchors and the issuers the cache knows.
+pub fn learn_crls(g: &Generation) {
+    if !g.cfg.reception.fetch_crls {
+        return;
+    }
+    let (Some(index), Some(reception)) = (&g.index, &g.roles.reception) else {
+        return;
+    };
+    let Some(snapshot) = index.snapshot() else {
+        return;
+    };
+    let certs: Vec<_> = snapshot
+        .providers()
+        .iter()
+        .flat_map(|p| p.certificates.iter())
+        .filter_map(|der| x509_of(der))
+        .collect();
+    let learnt = g.deps.crls.learn(&certs, reception.trust.certificates());
+    tracing::debug!(
+        certificates = certs.len(),
+        distribution_points = learnt,
+        "CRL: the index's certificates' distribution points learnt"
+    );
 }
 
 /// Run `job` every `period` (first after one period) until `stop` changes.

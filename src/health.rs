@@ -1,6 +1,7 @@
 //! Each dependency's state as the daemon last saw it: the state store,
 //! clamd, the providers' index, the signing key, the reinjection
-//! listener, the message log and the TSA. One log line when a dependency
+//! listener, the message log, the TSA and the CRLs of the providers'
+//! distribution points. One log line when a dependency
 //! goes down (with why) and one when it is back; never one per call.
 //! [`Health::snapshot`] is what the operations endpoint shows
 //! (`crate::ops`, `/health`).
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 
 use crate::crypto::{CryptoError, DigestAlg, KeyKind, SigningKey};
+use crate::index::IndexError;
 use crate::log::{Event, EventLog, LogError};
 use crate::metrics::{Kind, Metrics, Stage};
 use crate::roles::message::Original;
@@ -38,10 +40,12 @@ pub enum Dependency {
     Reinjection,
     Log,
     Tsa,
+    /// The CRLs of the providers' certificates' distribution points.
+    Crl,
 }
 
 impl Dependency {
-    pub const ALL: [Dependency; 7] = [
+    pub const ALL: [Dependency; 8] = [
         Dependency::StateStore,
         Dependency::Clamd,
         Dependency::Index,
@@ -49,6 +53,7 @@ impl Dependency {
         Dependency::Reinjection,
         Dependency::Log,
         Dependency::Tsa,
+        Dependency::Crl,
     ];
 
     /// Its name in log lines and metrics.
@@ -61,6 +66,7 @@ impl Dependency {
             Dependency::Reinjection => "reinjection",
             Dependency::Log => "message-log",
             Dependency::Tsa => "tsa",
+            Dependency::Crl => "crl",
         }
     }
 }
@@ -125,6 +131,31 @@ impl Health {
         match r {
             Ok(_) => self.up(d),
             Err(e) => self.down(d, e),
+        }
+    }
+
+    /// One load of the providers' index: observed, and a signed copy whose
+    /// signature did not verify counted.
+    pub fn observe_index(&self, r: &Result<(), &IndexError>) {
+        if let Err(IndexError::Signature { .. }) = r {
+            self.metrics.index_signature_failure();
+        }
+        self.observe(Dependency::Index, r);
+    }
+
+    /// The CRL refresher's pass: down while a distribution point has no
+    /// usable CRL (naming the first), up when every one has one.
+    pub fn observe_crls(&self, unavailable: &[(String, String)]) {
+        match unavailable.first() {
+            None => self.up(Dependency::Crl),
+            Some((_, why)) if unavailable.len() == 1 => self.down(Dependency::Crl, why),
+            Some((_, why)) => self.down(
+                Dependency::Crl,
+                format!(
+                    "{why} (and {} more distribution points)",
+                    unavailable.len() - 1
+                ),
+            ),
         }
     }
 

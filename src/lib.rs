@@ -19,7 +19,8 @@
 //! - [`ops`]: the operations endpoint (`/metrics`, `/health`) over
 //!   [`health`] and the counters of [`metrics`].
 //! - Support: [`spool`], [`keep`], [`rt`], [`listen`], [`ldap`], [`metrics`],
-//!   [`logging`] (the daemon's diagnostics).
+//!   [`logging`] (the daemon's diagnostics), [`crls`] (the CRLs of the
+//!   providers' distribution points, fetched and kept fresh).
 //!
 //! README "Architecture" gives the arrows allowed; `tests/layers.rs` keeps
 //! them.
@@ -27,6 +28,7 @@
 pub mod clamd;
 pub mod clamd_limits;
 pub mod config;
+pub mod crls;
 pub mod crypto;
 pub mod daemon;
 #[doc(hidden)]

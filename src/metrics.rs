@@ -228,6 +228,10 @@ pub struct Metrics {
     unsealed: Gauge,
     tsa_failures: Counter,
     seal: Mutex<SealTimes>,
+    crl_fetch_failures: Counter,
+    crl_oldest_age: GaugeF64,
+    crl_unavailable: Gauge,
+    index_signature_failures: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -263,6 +267,10 @@ impl Metrics {
             unsealed: Gauge::default(),
             tsa_failures: Counter::default(),
             seal: Mutex::new(SealTimes::default()),
+            crl_fetch_failures: Counter::default(),
+            crl_oldest_age: GaugeF64::default(),
+            crl_unavailable: Gauge::default(),
+            index_signature_failures: Counter::default(),
             registry: Registry::default(),
         };
         let info: Family<VersionLabels, Gauge> = Family::default();
@@ -326,6 +334,26 @@ impl Metrics {
             "Seal passes that failed (TSA unreachable or its reply refused)",
             m.tsa_failures.clone(),
         );
+        registry.register(
+            "crl_fetch_failures",
+            "CRL downloads of the providers' certificates' distribution points that failed or were refused (the last good copy stays in use)",
+            m.crl_fetch_failures.clone(),
+        );
+        registry.register(
+            "crl_oldest_age_seconds",
+            "Seconds since the thisUpdate of the oldest CRL in use (-1: none held)",
+            m.crl_oldest_age.clone(),
+        );
+        registry.register(
+            "crl_unavailable",
+            "CRL distribution points with no usable CRL (never fetched, or past nextUpdate + crl_grace): their providers' messages are answered 4xx",
+            m.crl_unavailable.clone(),
+        );
+        registry.register(
+            "index_signature_failures",
+            "Loads of the signed providers' index whose signature did not verify (the copy in use was kept)",
+            m.index_signature_failures.clone(),
+        );
         for role in Role::ALL {
             for outcome in Outcome::ALL {
                 drop(m.messages.get_or_create(&MessageLabels { role, outcome }));
@@ -339,6 +367,7 @@ impl Metrics {
         }
         m.index_age.set(-1.0);
         m.seal_age.set(-1.0);
+        m.crl_oldest_age.set(-1.0);
         Metrics { registry, ..m }
     }
 
@@ -399,6 +428,25 @@ impl Metrics {
     pub fn set_index_age(&self, age: Option<Duration>) {
         self.index_age
             .set(age.map_or(-1.0, |a| a.as_secs_f64().floor()));
+    }
+
+    /// A CRL download failed or was refused.
+    pub fn crl_fetch_failure(&self) {
+        self.crl_fetch_failures.inc();
+    }
+
+    /// The age of the oldest CRL in use (`None`: none held) and the
+    /// distribution points without a usable one.
+    pub fn set_crls(&self, oldest: Option<Duration>, unavailable: usize) {
+        self.crl_oldest_age
+            .set(oldest.map_or(-1.0, |a| a.as_secs_f64().floor()));
+        self.crl_unavailable
+            .set(i64::try_from(unavailable).unwrap_or(i64::MAX));
+    }
+
+    /// A load of the signed providers' index whose signature did not verify.
+    pub fn index_signature_failure(&self) {
+        self.index_signature_failures.inc();
     }
 
     /// One pass of the log sealer: `Ok` when no closed file is left
@@ -516,6 +564,10 @@ mod tests {
             ("pec_milter_receipts_total", "counter"),
             ("pec_milter_dependency_errors_total", "counter"),
             ("pec_milter_tsa_failures_total", "counter"),
+            ("pec_milter_crl_fetch_failures_total", "counter"),
+            ("pec_milter_index_signature_failures_total", "counter"),
+            ("pec_milter_crl_oldest_age_seconds", "gauge"),
+            ("pec_milter_crl_unavailable", "gauge"),
             ("pec_milter_eom_duration_seconds", "histogram"),
             ("pec_milter_dependency_up", "gauge"),
             ("pec_milter_outbox_messages", "gauge"),

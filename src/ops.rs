@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::{Config, IndexSourceKind};
+use crate::crls::CrlCache;
 use crate::health::{Dependency, Health, Status};
 use crate::index::ProviderIndex;
 use crate::metrics::{self, Metrics};
@@ -64,6 +65,9 @@ pub struct View {
     /// The dependencies the configuration uses (the ones `/health`
     /// answers for).
     pub configured: Vec<Dependency>,
+    /// The CRL cache when `[reception] fetch_crls` (the age of its oldest
+    /// CRL and its distribution points without one are gauges).
+    pub crls: Option<Arc<CrlCache>>,
 }
 
 /// Where the endpoint takes its [`View`] from at each request.
@@ -92,6 +96,9 @@ pub fn configured_dependencies(cfg: &Config) -> Vec<Dependency> {
             Dependency::Index => cfg.index.source != IndexSourceKind::None,
             Dependency::Log => cfg.log.enabled,
             Dependency::Tsa => cfg.log.enabled && !cfg.log.tsa_url.trim().is_empty(),
+            Dependency::Crl => {
+                cfg.reception.fetch_crls && cfg.index.source != IndexSourceKind::None
+            }
         })
         .collect()
 }
@@ -105,7 +112,11 @@ impl Endpoint {
         index: Option<Arc<ProviderIndex>>,
         configured: Vec<Dependency>,
     ) -> Endpoint {
-        let view = View { index, configured };
+        let view = View {
+            index,
+            configured,
+            crls: None,
+        };
         Endpoint::following(health, state, Box::new(move || view.clone()))
     }
 
@@ -169,6 +180,10 @@ impl Endpoint {
             }
         }
         m.set_index_age(view.index.as_ref().and_then(|i| i.age()));
+        match &view.crls {
+            Some(c) => m.set_crls(c.oldest_age(), c.unavailable().len()),
+            None => m.set_crls(None, 0),
+        }
         m.encode()
     }
 
@@ -481,10 +496,12 @@ mod tests {
                 "signing-key",
                 "reinjection",
                 "message-log",
-                "tsa"
+                "tsa",
+                "crl"
             ]
         );
         cfg.log.enabled = false;
+        cfg.reception.fetch_crls = false;
         assert_eq!(
             names(&cfg),
             ["state-store", "index", "signing-key", "reinjection"]

@@ -320,11 +320,16 @@ impl Reloader {
             (Some(index), Some(source)) => {
                 index.set_source(source);
                 let r = index.refresh_logged().await;
-                self.shared.health.observe(Dependency::Index, &r);
+                self.shared.health.observe_index(&r.as_ref().map(|_| ()));
             }
             (Some(_), None) => self.shared.health.up(Dependency::Index),
             (None, _) => {}
         }
+        // the CRL cache's options (its directory read when it changed),
+        // and the distribution points of the index in force
+        let g = self.current.get();
+        self.shared.crls.configure(g.cfg.reception.crl_options());
+        daemon::learn_crls(&g);
         Ok(Reloaded {
             generation: number,
             changed,

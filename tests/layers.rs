@@ -5,7 +5,7 @@
 //! - `pec` (the wire format) imports only `pec` and `crypto`; `crypto`
 //!   imports only `crypto` and `rt`.
 //! - support (`spool`, `keep`, `rt`, `listen`, `ldap`, `metrics`,
-//!   `logging`) imports only the wire format, `crypto` and other support
+//!   `logging`, `crls`) imports only the wire format, `crypto` and other support
 //!   modules.
 //! - `state`, `index` and `log` import no role, edge, config or daemon.
 //! - `config` imports no role, edge or daemon.
@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 enum Layer {
     Pec,
     Crypto,
-    /// spool, keep, rt, listen, ldap, metrics, logging (the name)
+    /// spool, keep, rt, listen, ldap, metrics, logging, crls (the name)
     Support(String),
     State,
     Index,
@@ -47,7 +47,7 @@ enum Layer {
 const ROLES: &[&str] = &["access", "reception", "delivery", "tracking"];
 const EDGES: &[&str] = &["milter", "lmtp", "smtp", "clamd", "clamd_limits", "logins"];
 const SUPPORT: &[&str] = &[
-    "spool", "keep", "rt", "listen", "ldap", "metrics", "logging",
+    "spool", "keep", "rt", "listen", "ldap", "metrics", "logging", "crls",
 ];
 
 /// The layer of a module path (`["roles", "access", ...]`).

@@ -6,7 +6,9 @@
 //!   that the private key is only ever asked to sign the signed attributes.
 //! - [`verify`]: verification of detached CMS/PKCS#7 signatures with OpenSSL
 //!   (and of opaque ones, for `inspect` / `verify` only).
-//! - [`pki`]: a demo/test CA and provider certificate.
+//! - [`crl`]: CRLs, certificates' distribution points, the revocation
+//!   check of a verified chain.
+//! - [`pki`]: a demo/test CA and provider certificate (and its CRLs).
 
 use std::fmt;
 use std::io::{self, Write};
@@ -16,6 +18,7 @@ use std::str::FromStr;
 use openssl::hash::{Hasher, MessageDigest};
 
 pub mod cms_sign;
+pub mod crl;
 pub mod pem;
 pub mod pkcs11;
 pub mod pki;
@@ -154,6 +157,11 @@ impl FromStr for DigestAlg {
             _ => Err(CryptoError::UnknownDigest(s.to_string())),
         }
     }
+}
+
+/// A certificate from its DER (`None`: not one).
+pub fn x509_of(der: &[u8]) -> Option<openssl::x509::X509> {
+    openssl::x509::X509::from_der(der).ok()
 }
 
 /// Digest of `data`, or the OpenSSL error.

@@ -3,6 +3,22 @@
 //! `pec-milter init-demo`.
 
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use der::asn1::{BitString, Ia5String, ObjectIdentifier, UtcTime};
+use der::{Decode, Encode};
+use openssl::asn1::{Asn1Object, Asn1OctetString};
+use openssl::sign::Signer;
+use openssl::x509::X509Extension;
+use x509_cert::Version;
+use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+use x509_cert::ext::pkix::CrlDistributionPoints;
+use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::AlgorithmIdentifierOwned;
+use x509_cert::time::Time;
 
 use openssl::asn1::{Asn1Integer, Asn1Time};
 use openssl::bn::{BigNum, MsbOption};
@@ -103,6 +119,7 @@ fn issue(
     org: &str,
     domain: &str,
     days: u32,
+    crl_url: Option<&str>,
 ) -> Result<(X509, PKey<Private>), CryptoError> {
     if org.is_empty() || domain.is_empty() {
         return Err(CryptoError::InvalidInput(
@@ -134,8 +151,77 @@ fn issue(
     b.append_extension(san)?;
     b.append_extension(ski)?;
     b.append_extension(aki)?;
+    if let Some(url) = crl_url {
+        b.append_extension(crl_distribution_point(url)?)?;
+    }
     b.sign(ca_key, MessageDigest::sha256())?;
     Ok((b.build(), key))
+}
+
+/// The crlDistributionPoints extension naming one URL (fullName URI).
+fn crl_distribution_point(url: &str) -> Result<X509Extension, CryptoError> {
+    let uri = Ia5String::new(url).map_err(CryptoError::Der)?;
+    let dps = CrlDistributionPoints(vec![DistributionPoint {
+        distribution_point: Some(DistributionPointName::FullName(vec![
+            GeneralName::UniformResourceIdentifier(uri),
+        ])),
+        reasons: None,
+        crl_issuer: None,
+    }]);
+    let der = dps.to_der()?;
+    let oid = Asn1Object::from_str("2.5.29.31")?;
+    let value = Asn1OctetString::new_from_bytes(&der)?;
+    Ok(X509Extension::new_from_der(&oid, false, &value)?)
+}
+
+fn x509_time(t: SystemTime) -> Result<Time, CryptoError> {
+    let d = t
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| CryptoError::InvalidInput("time before 1970".into()))?;
+    Ok(Time::UtcTime(UtcTime::from_unix_duration(d)?))
+}
+
+/// A CRL of `ca_cert` listing `revoked` (PEM certificates), signed by `ca_key`.
+fn make_crl(
+    ca_cert: &X509,
+    ca_key: &PKey<Private>,
+    revoked: &[&[u8]],
+    this_update: SystemTime,
+    next_update: SystemTime,
+) -> Result<Vec<u8>, CryptoError> {
+    let sha256_rsa = AlgorithmIdentifierOwned {
+        oid: ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11"),
+        parameters: Some(der::asn1::Any::null()),
+    };
+    let mut entries = Vec::new();
+    for pem in revoked {
+        let cert = X509::from_pem(pem)?;
+        let serial = cert.serial_number().to_bn()?.to_vec();
+        entries.push(RevokedCert {
+            serial_number: SerialNumber::new(&serial).map_err(CryptoError::Der)?,
+            revocation_date: x509_time(this_update)?,
+            crl_entry_extensions: None,
+        });
+    }
+    let tbs = TbsCertList {
+        version: Version::V2,
+        signature: sha256_rsa.clone(),
+        issuer: Name::from_der(&ca_cert.subject_name().to_der()?)?,
+        this_update: x509_time(this_update)?,
+        next_update: Some(x509_time(next_update)?),
+        revoked_certificates: (!entries.is_empty()).then_some(entries),
+        crl_extensions: None,
+    };
+    let tbs_der = tbs.to_der()?;
+    let mut signer = Signer::new(MessageDigest::sha256(), ca_key)?;
+    signer.update(&tbs_der)?;
+    let signature = signer.sign_to_vec()?;
+    let list = CertificateList {
+        tbs_cert_list: tbs,
+        signature_algorithm: sha256_rsa,
+        signature: BitString::from_bytes(&signature)?,
+    };
+    Ok(list.to_der()?)
 }
 
 impl Pki {
@@ -147,6 +233,17 @@ impl Pki {
     /// ago to `days` days from now, sha256WithRSAEncryption. The CA is valid
     /// a year longer than the leaf.
     pub fn generate(org: &str, domain: &str, days: u32) -> Result<Pki, CryptoError> {
+        Pki::generate_with_crl(org, domain, days, None)
+    }
+
+    /// [`generate`](Self::generate), the provider certificate naming
+    /// `crl_url` as its CRL distribution point when given.
+    pub fn generate_with_crl(
+        org: &str,
+        domain: &str,
+        days: u32,
+        crl_url: Option<&str>,
+    ) -> Result<Pki, CryptoError> {
         let ca_key = new_rsa_key()?;
         let subject = ca_subject(org)?;
         let mut b = base_builder(&subject, &ca_key, days.saturating_add(365))?;
@@ -168,7 +265,7 @@ impl Pki {
         b.sign(&ca_key, MessageDigest::sha256())?;
         let ca_cert = b.build();
 
-        let (cert, key) = issue(&ca_cert, &ca_key, org, domain, days)?;
+        let (cert, key) = issue(&ca_cert, &ca_key, org, domain, days, crl_url)?;
         Ok(Pki {
             ca_cert_pem: ca_cert.to_pem()?,
             ca_key_pem: ca_key.private_key_to_pem_pkcs8()?,
@@ -185,10 +282,36 @@ impl Pki {
         domain: &str,
         days: u32,
     ) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+        self.issue_leaf_with_crl(org, domain, days, None)
+    }
+
+    /// [`issue_leaf`](Self::issue_leaf), the certificate naming `crl_url`
+    /// as its CRL distribution point when given.
+    pub fn issue_leaf_with_crl(
+        &self,
+        org: &str,
+        domain: &str,
+        days: u32,
+        crl_url: Option<&str>,
+    ) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
         let ca_cert = X509::from_pem(&self.ca_cert_pem)?;
         let ca_key = PKey::private_key_from_pem(&self.ca_key_pem)?;
-        let (cert, key) = issue(&ca_cert, &ca_key, org, domain, days)?;
+        let (cert, key) = issue(&ca_cert, &ca_key, org, domain, days, crl_url)?;
         Ok((cert.to_pem()?, key.private_key_to_pem_pkcs8()?))
+    }
+
+    /// A CRL (DER) of the CA listing the certificates `revoked` (PEM),
+    /// thisUpdate `this_update`, nextUpdate `next_update`, signed
+    /// sha256WithRSAEncryption by the CA's key.
+    pub fn crl(
+        &self,
+        revoked: &[&[u8]],
+        this_update: SystemTime,
+        next_update: SystemTime,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let ca_cert = X509::from_pem(&self.ca_cert_pem)?;
+        let ca_key = PKey::private_key_from_pem(&self.ca_key_pem)?;
+        make_crl(&ca_cert, &ca_key, revoked, this_update, next_update)
     }
 
     /// The provider's signing key.

@@ -36,6 +36,7 @@ use x509_cert::time::Time;
 use super::CryptoError;
 use super::DigestAlg;
 use super::cms_sign::{OID_SIGNED_DATA, OID_SIGNING_TIME};
+use super::crl::{CrlSource, Revocation};
 
 /// X509_V_ERR_CERT_NOT_YET_VALID.
 const X509_V_ERR_CERT_NOT_YET_VALID: i32 = 9;
@@ -79,6 +80,11 @@ pub struct TrustStore {
     /// CRL files (PEM); when any is given, every chain is checked for
     /// revocation of its leaf (`X509_V_FLAG_CRL_CHECK`).
     crl_files: Vec<PathBuf>,
+    /// The CRLs of the certificates' distribution points (the daemon's
+    /// cache, `crate::crls`): when set, every certificate of a verified
+    /// chain that names `http(s)` distribution points is checked against
+    /// one of their CRLs (see [`super::crl::check_chain`]).
+    crl_source: Option<Arc<dyn CrlSource>>,
     now_store: Arc<OnceLock<X509Store>>,
 }
 
@@ -86,6 +92,8 @@ impl fmt::Debug for TrustStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TrustStore")
             .field("certificates", &self.certs.len())
+            .field("crl_files", &self.crl_files.len())
+            .field("crl_source", &self.crl_source.is_some())
             .finish()
     }
 }
@@ -204,8 +212,24 @@ impl TrustStore {
         TrustStore {
             certs,
             crl_files: Vec::new(),
+            crl_source: None,
             now_store: Arc::default(),
         }
+    }
+
+    /// Check the chains' revocation also against the CRLs of the
+    /// certificates' distribution points, as `source` holds them: a
+    /// listed certificate makes the signature invalid; a distribution
+    /// point without a usable CRL makes it
+    /// [`SignatureStatus::Indeterminate`] (the caller decides later).
+    pub fn with_crl_source(mut self, source: Arc<dyn CrlSource>) -> Self {
+        self.crl_source = Some(source);
+        self
+    }
+
+    /// Whether the distribution points' CRLs are checked.
+    pub fn checks_distribution_points(&self) -> bool {
+        self.crl_source.is_some()
     }
 
     /// Add one certificate.
@@ -310,6 +334,10 @@ pub enum SignatureStatus {
     Invalid,
     /// There is no signature at all (set by callers; never by [`verify_detached`]).
     Missing,
+    /// Integrity and chain hold, but the revocation status of a
+    /// certificate of the chain cannot be told now (no usable CRL for its
+    /// distribution points): neither valid nor invalid yet.
+    Indeterminate,
 }
 
 /// What [`verify_detached`] found.
@@ -725,6 +753,7 @@ fn verify_cms(
         },
     };
     let mut owned_store: Option<X509Store> = None;
+    let mut chain: Vec<X509> = Vec::new();
     let store = match time {
         None => trust.store_now(),
         Some(t) => match trust.x509_store(Some(t)) {
@@ -749,7 +778,10 @@ fn verify_cms(
                 }
             }
             Some(cert) => match check_chain(store, cert, &untrusted, at_note) {
-                Ok(()) => report.chain_ok = true,
+                Ok(c) => {
+                    report.chain_ok = true;
+                    chain = c;
+                }
                 Err(reason) => reasons.push(reason),
             },
         }
@@ -763,9 +795,28 @@ fn verify_cms(
         }
     }
 
+    // 4. Revocation by the distribution points' CRLs, of a chain that
+    // holds.
+    let mut revocation = Revocation::Good;
+    if report.integrity_ok
+        && report.chain_ok
+        && let Some(source) = &trust.crl_source
+    {
+        revocation = super::crl::check_chain(&chain, source.as_ref());
+        if let Revocation::Revoked(why) = &revocation {
+            report.chain_ok = false;
+            reasons.push(why.clone());
+        }
+    }
+
     if report.integrity_ok && report.chain_ok {
-        report.status = SignatureStatus::Valid;
-        report.reason = None;
+        if let Revocation::Unknown(why) = revocation {
+            report.status = SignatureStatus::Indeterminate;
+            report.reason = Some(why);
+        } else {
+            report.status = SignatureStatus::Valid;
+            report.reason = None;
+        }
     } else {
         report.status = SignatureStatus::Invalid;
         reasons.dedup();
@@ -845,13 +896,15 @@ fn cms_verify(
     }
 }
 
+/// The chain OpenSSL built (leaf first, anchor last) when `cert` chains
+/// to `store`; else why not.
 fn check_chain(
     store: &X509Store,
     cert: &X509,
     untrusted: &[X509],
     at_note: &str,
-) -> Result<(), String> {
-    let run = || -> Result<Result<(), String>, ErrorStack> {
+) -> Result<Vec<X509>, String> {
+    let run = || -> Result<Result<Vec<X509>, String>, ErrorStack> {
         let mut chain = Stack::new()?;
         for c in untrusted {
             chain.push(c.clone())?;
@@ -859,7 +912,11 @@ fn check_chain(
         let mut ctx = X509StoreContext::new()?;
         ctx.init(store, cert, &chain, |ctx| {
             if ctx.verify_cert()? {
-                Ok(Ok(()))
+                let built = ctx
+                    .chain()
+                    .map(|c| c.iter().map(|x| x.to_owned()).collect())
+                    .unwrap_or_default();
+                Ok(Ok(built))
             } else {
                 let err = ctx.error();
                 Ok(Err(chain_reason(
@@ -875,6 +932,55 @@ fn check_chain(
         Ok(r) => r,
         Err(e) => Err(format!("certificate chain: {e}")),
     }
+}
+
+/// The bytes of a CMS SignedData that envelopes its content (a `.p7m`, as
+/// the providers' index is published: PEC-RULES §5.1), in DER, PEM
+/// (`-----BEGIN PKCS7-----`, `CMS`, ...) or bare base64.
+pub fn signed_data_der(bytes: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    use base64::Engine as _;
+    let trimmed = bytes.trim_ascii_start();
+    if trimmed.first() == Some(&0x30) {
+        return Ok(trimmed.to_vec());
+    }
+    let text = std::str::from_utf8(trimmed).map_err(|_| {
+        CryptoError::InvalidInput("neither DER nor base64/PEM text (not UTF-8)".into())
+    })?;
+    let body: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("-----"))
+        .flat_map(|l| l.chars().filter(|c| !c.is_ascii_whitespace()))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .map_err(|e| CryptoError::InvalidInput(format!("neither DER nor base64/PEM: {e}")))?;
+    if der.first() != Some(&0x30) {
+        return Err(CryptoError::InvalidInput(
+            "the decoded base64 is not a DER structure".into(),
+        ));
+    }
+    Ok(der)
+}
+
+/// The content of an enveloping CMS SignedData (`.p7m`: DER, PEM or bare
+/// base64, see [`signed_data_der`]) once its signature verifies and its
+/// signer chains to `trust` at the current time; else why not
+/// ([`CryptoError::Verify`]).
+pub fn verify_enveloped(bytes: &[u8], trust: &TrustStore) -> Result<Vec<u8>, CryptoError> {
+    let der = signed_data_der(bytes)?;
+    let mut cms = CmsContentInfo::from_der(&der)
+        .map_err(|e| CryptoError::Verify(format!("not a CMS structure: {e}")))?;
+    let store = trust.store_now()?;
+    let mut content = Vec::new();
+    cms.verify(
+        None,
+        Some(store),
+        None,
+        Some(&mut content),
+        CMSOptions::BINARY,
+    )
+    .map_err(|e| CryptoError::Verify(integrity_reason(&e)))?;
+    Ok(content)
 }
 
 /// `Ok` for a valid report, else [`CryptoError::Verify`] with the reason,

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::{IndexError, ProviderEntry, entry_from_attrs};
+use crate::crypto::verify::{TrustStore, verify_enveloped};
 
 /// Folded lines are at most this many columns (RFC 2849 recommends 76).
 const FOLD: usize = 76;
@@ -202,6 +203,30 @@ pub fn load(path: &Path) -> Result<Vec<ProviderEntry>, IndexError> {
     let text = String::from_utf8(bytes).map_err(|e| IndexError::Io {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8: {e}")),
+    })?;
+    parse(&text)
+}
+
+/// Reads a signed LDIF file (`.p7m`: CMS SignedData enveloping the LDIF,
+/// DER, PEM or base64), checks its signature and its signer's chain to
+/// `signed_by` at the current time, and parses the LDIF it carries. A file
+/// that is not signed, or whose signature does not verify, is
+/// [`IndexError::Signature`]: its content is not read.
+pub fn load_signed(path: &Path, signed_by: &TrustStore) -> Result<Vec<ProviderEntry>, IndexError> {
+    let bytes = std::fs::read(path).map_err(|source| IndexError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let content = verify_enveloped(&bytes, signed_by).map_err(|e| IndexError::Signature {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let text = String::from_utf8(content).map_err(|e| IndexError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the signed LDIF is not UTF-8: {e}"),
+        ),
     })?;
     parse(&text)
 }

@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::crypto::verify::TrustStore;
 use crate::crypto::{DigestAlg, digest};
 use crate::pec::TipoDestinatario;
 
@@ -109,6 +110,15 @@ pub enum IndexError {
     /// The source did not answer within its timeout.
     #[error("the providers' index source did not answer in time")]
     Timeout,
+    /// The signed index (`.p7m`) does not verify against `[index]
+    /// signed_by`, or is not a signed file at all.
+    #[error("signature of {path}: {reason}")]
+    Signature {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Lowercase, trimmed, without a trailing dot.
@@ -312,6 +322,15 @@ impl IndexSnapshot {
 pub enum IndexSource {
     /// A local LDIF file (the published directory, or an export of it).
     Ldif(PathBuf),
+    /// The directory as published (PEC-RULES §5.1): a `.p7m` file, a CMS
+    /// SignedData enveloping the LDIF (DER, PEM or base64), taken only
+    /// when its signature verifies and its signer chains to `signed_by`.
+    SignedLdif {
+        /// The file.
+        path: PathBuf,
+        /// The trust anchors of its signer (`[index] signed_by`).
+        signed_by: TrustStore,
+    },
     /// An LDAP server.
     Ldap(ldap::LdapSource),
 }
@@ -321,6 +340,7 @@ impl IndexSource {
     pub fn describe(&self) -> String {
         match self {
             IndexSource::Ldif(path) => format!("LDIF file {}", path.display()),
+            IndexSource::SignedLdif { path, .. } => format!("signed LDIF file {}", path.display()),
             IndexSource::Ldap(src) => src.describe(),
         }
     }
@@ -331,6 +351,16 @@ impl IndexSource {
             IndexSource::Ldif(path) => {
                 let p = path.clone();
                 match tokio::task::spawn_blocking(move || ldif::load(&p)).await {
+                    Ok(r) => r,
+                    Err(e) => Err(IndexError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::other(format!("reading task failed: {e}")),
+                    }),
+                }
+            }
+            IndexSource::SignedLdif { path, signed_by } => {
+                let (p, trust) = (path.clone(), signed_by.clone());
+                match tokio::task::spawn_blocking(move || ldif::load_signed(&p, &trust)).await {
                     Ok(r) => r,
                     Err(e) => Err(IndexError::Io {
                         path: path.clone(),

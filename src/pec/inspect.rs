@@ -354,5 +354,6 @@ fn status_word(s: SignatureStatus) -> &'static str {
         SignatureStatus::Valid => "valid",
         SignatureStatus::Invalid => "invalid",
         SignatureStatus::Missing => "missing",
+        SignatureStatus::Indeterminate => "indeterminate (revocation status unknown)",
     }
 }

@@ -72,7 +72,7 @@ use crate::roles::message::SpooledMessage;
 use crate::roles::outbox::{keep_message, send_queued};
 use crate::roles::ports::{Injector, MailboxStore, RcptOutcome};
 use crate::roles::receipts::record_receipt;
-use crate::roles::verify::{Problem, anomalia_of, anomaly_envelope, verify_pec};
+use crate::roles::verify::{Problem, Unverified, anomalia_of, anomaly_envelope, verify_pec};
 use crate::rt::off_runtime_if;
 use crate::spool::{SpoolOptions, SpoolWriter, Spooled};
 use crate::state::{Claim, OutboxEntry, StateStore};
@@ -138,6 +138,9 @@ enum Checked {
     Forged(Problem),
     /// Cannot be checked now: no copy of the providers' index.
     NoIndex,
+    /// Cannot be checked now: the revocation status of the signer's chain
+    /// is unknown (no usable CRL).
+    Undecided(String),
 }
 
 /// Is `rcpt` a primary (To:) recipient of the envelope? A recipient only
@@ -257,6 +260,18 @@ impl DeliveryPoint {
                     .iter()
                     .map(|_| {
                         "451 4.3.0 PEC providers' index not loaded, the message cannot be verified: try again later"
+                            .to_string()
+                    })
+                    .collect();
+            }
+            Checked::Undecided(why) => {
+                tracing::warn!(recipients = rcpts.len(), message_id = ?msg.as_ref().and_then(|m| m.message_id.as_deref()),
+                    reason = %why,
+                    "delivery: the revocation status of the signer's certificates is unknown: nothing stored, 4xx");
+                return rcpts
+                    .iter()
+                    .map(|_| {
+                        "451 4.7.5 PEC signer's revocation status cannot be checked now (no CRL): try again later"
                             .to_string()
                     })
                     .collect();
@@ -403,7 +418,8 @@ impl DeliveryPoint {
             verify_pec(msg, &self.trust, self.verify_at, &snapshot)
         }) {
             Ok(entry) => Checked::Genuine(entry),
-            Err(problem) => Checked::Forged(problem),
+            Err(Unverified::Problem(problem)) => Checked::Forged(problem),
+            Err(Unverified::Undecided(why)) => Checked::Undecided(why),
         }
     }
 

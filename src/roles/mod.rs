@@ -43,6 +43,10 @@ pub enum TempFail {
     Log(#[from] crate::log::LogError),
     #[error("providers' index not loaded yet")]
     NoIndex,
+    /// A provider's chain whose revocation status cannot be told now (no
+    /// usable CRL for a distribution point; `crate::crls` fetches it).
+    #[error("{0}")]
+    Revocation(String),
     #[error("quarantine: {0}")]
     Quarantine(std::io::Error),
     #[error("receipt outbox: {0}")]

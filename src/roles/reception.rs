@@ -16,7 +16,8 @@
 //!   anomalia with `X-VerificaSicurezza: errore`.
 //! - Ordinary mail: a busta di anomalia, or a rejection (configuration).
 //! - A check that cannot be made now (index not loaded, clamd or state
-//!   store down): 4xx.
+//!   store down, no usable CRL for a distribution point of the signer's
+//!   chain): 4xx.
 //!
 //! The checks are [`verify_pec`], the delivery point's too; the anomaly
 //! envelope is [`anomaly_envelope`], built the same way there.
@@ -42,7 +43,7 @@ use crate::roles::message::{Inbound, Original, Outcome};
 use crate::roles::outbox::send_queued;
 use crate::roles::ports::{Injector, Scanner, Verdict};
 use crate::roles::receipts::{record_receipt, would_change};
-use crate::roles::verify::{anomalia_of, anomaly_envelope, digest_message, verify_pec};
+use crate::roles::verify::{Unverified, anomalia_of, anomaly_envelope, digest_message, verify_pec};
 use crate::rt::off_runtime_if;
 use crate::spool::SpoolOptions;
 use crate::state::{Claim, OutboxEntry, StateError, StateStore};
@@ -139,7 +140,10 @@ impl ReceptionPoint {
         });
         let entry = match verified {
             Ok(entry) => entry,
-            Err(problem) => {
+            // Genuine in every other respect, its chain's revocation
+            // unknown: no presa in carico and no anomaly until it is known.
+            Err(Unverified::Undecided(why)) => return Err(TempFail::Revocation(why)),
+            Err(Unverified::Problem(problem)) => {
                 // Not from a provider (bad signature, signer not listed):
                 // that is ordinary mail, refused when the policy says so.
                 // Signed by a listed provider but not conformant: always an

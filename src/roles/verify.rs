@@ -29,6 +29,36 @@ pub struct Problem {
     pub signer_listed: bool,
 }
 
+/// Why [`verify_pec`] certifies nothing about a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unverified {
+    /// It is not a correct PEC message: a busta di anomalia (or a
+    /// refusal of ordinary mail).
+    Problem(Problem),
+    /// Every other check holds, but the revocation status of a
+    /// certificate of the signer's chain cannot be told now (no usable CRL
+    /// for its distribution points): neither genuine nor forged yet. The
+    /// caller answers 4xx; the MTA retries once the CRL is fetched. A
+    /// revoked provider must never get a presa in carico, and a provider
+    /// that is not revoked must not get an anomaly.
+    Undecided(String),
+}
+
+impl From<Problem> for Unverified {
+    fn from(p: Problem) -> Self {
+        Unverified::Problem(p)
+    }
+}
+
+impl std::fmt::Display for Unverified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unverified::Problem(p) => p.fmt(f),
+            Unverified::Undecided(why) => f.write_str(why),
+        }
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.reason)
@@ -52,17 +82,26 @@ pub fn verify_pec(
     trust: &TrustStore,
     verify_at: VerifyAt,
     snapshot: &IndexSnapshot,
-) -> Result<ProviderEntry, Problem> {
+) -> Result<ProviderEntry, Unverified> {
     let sig = check_signature(msg, trust, verify_at);
-    if sig.status != SignatureStatus::Valid {
-        return Err(Problem {
-            reason: format!(
-                "firma non valida ({})",
-                sig.reason.as_deref().unwrap_or("verifica fallita")
-            ),
-            signer_listed: false,
-        });
-    }
+    let undecided = match sig.status {
+        SignatureStatus::Valid => None,
+        SignatureStatus::Indeterminate => Some(
+            sig.reason
+                .clone()
+                .unwrap_or_else(|| "revocation status unknown".into()),
+        ),
+        SignatureStatus::Invalid | SignatureStatus::Missing => {
+            return Err(Problem {
+                reason: format!(
+                    "firma non valida ({})",
+                    sig.reason.as_deref().unwrap_or("verifica fallita")
+                ),
+                signer_listed: false,
+            }
+            .into());
+        }
+    };
     let Some(entry) = sig
         .signer_der
         .as_deref()
@@ -71,7 +110,8 @@ pub fn verify_pec(
         return Err(Problem {
             reason: "il certificato del firmatario non è nell'indice dei gestori".into(),
             signer_listed: false,
-        });
+        }
+        .into());
     };
     let from_domain = msg
         .from
@@ -83,7 +123,8 @@ pub fn verify_pec(
         return Err(Problem {
             reason,
             signer_listed: true,
-        });
+        }
+        .into());
     }
     // A busta di trasporto speaks for its mittente: only the provider of
     // the mittente's domain may sign one (a listed provider cannot send on
@@ -93,6 +134,9 @@ pub fn verify_pec(
         && let Some(Ok(d)) = &msg.daticert
     {
         require_managed(entry, domain_of(&d.mittente), " (daticert)")?;
+    }
+    if let Some(why) = undecided {
+        return Err(Unverified::Undecided(why));
     }
     Ok(entry.clone())
 }

@@ -6,6 +6,7 @@
 //! `redis-server` ([`redis`]).
 #![allow(dead_code)]
 
+pub mod crl_server;
 pub mod redis;
 
 use std::net::TcpListener;
