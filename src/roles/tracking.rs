@@ -140,13 +140,13 @@ pub struct Sent {
 
 /// What happened to one notice in a pass.
 enum Step {
-    /// We sent it now.
+    /// Signed and queued now (handed to the MTA at once, or by the outbox pass).
     Sent(Sent),
     /// Sent before (confirmed marker).
     Done,
-    /// Another node or task is sending it now.
+    /// Another node or task is building it now.
     Busy,
-    /// Could not be sent now (build or injection failure); retried later.
+    /// Could not be queued now (signing, log or store failure); retried later.
     Failed,
 }
 
