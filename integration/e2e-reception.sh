@@ -63,6 +63,19 @@
 #       gets a busta di anomalia naming the revocation, nothing at eps-ricevute@; Zeta's ->
 #       presa-in-carico at zeta-ricevute@ and delivered. The HTTP server stopped and pec-milter
 #       restarted: the copy kept in crl_cache is read back and gives the same two verdicts.
+#   (SIDX) (LDIF run; issue 18) the index as published, signed (PEC-RULES §5.1): a CA of our own
+#       (openssl(1)) and its "national" signer; the LDIF plus Delta (init-demo identity, listed
+#       nowhere else) signed with `openssl cms -sign -nodetach -binary` into igpec.ldif.p7m, which
+#       [index] signed_by = that CA names; pec-milter restarted with it and [metrics] listen =
+#       127.0.0.1:$RIG_METRICS_PORT. (1) loaded as a signed LDIF; Delta's envelope -> presa-in-carico
+#       at delta-ricevute@, delivered to mario as is; Eta's (not listed) -> anomaly. (2) the file
+#       replaced by the copy that adds Eta with one byte changed after signing (SIGHUP), by the same
+#       copy signed by a look-alike signer (same names, another CA: `pec-milter reload`), by the
+#       same LDIF unsigned (SIGHUP): each time the log says the refresh failed and why (the path and
+#       the reason), pec_milter_index_signature_failures_total is 1, 2, 3, /health answers 503 with
+#       "index" down, and the old copy stays: Delta still taken in charge, Eta still an anomaly.
+#       (3) the good signed copy that adds Eta (SIGHUP): loaded with one more provider, Eta's
+#       envelope taken in charge, Delta's still; the counter stays 3, /health 200, "index" up.
 # Env: INDEX_SOURCES="ldap ldif" (default), STRICT=0 (known bugs do not count; default 1),
 # PEC_MILTER_BIN (default target/debug/pec-milter), KEEP=1 keeps the work dir,
 # RIG_TIMING=1 times each check, RIG_LDAP_PORT (default 389, inside the netns).
@@ -90,8 +103,12 @@ LUIGI=luigi.verdi@pec.other.test             # B's holder, author of the origina
 SOMEONE=someone@pec.other.test
 EPS_RICEVUTE=eps-ricevute@pec.other.test     # (CRL) Epsilon's mailReceipt (revoked)
 ZETA_RICEVUTE=zeta-ricevute@pec.other.test   # (CRL) Zeta's mailReceipt
+DELTA_RICEVUTE=delta-ricevute@pec.other.test # (SIDX) Delta's mailReceipt (in the signed index)
+ETA_RICEVUTE=eta-ricevute@pec.other.test     # (SIDX) Eta's mailReceipt (added by the good copy)
 RX_USERS="$RIG_USERS $RICEVUTE $ARUBA_RICEVUTE $GAMMA_RICEVUTE $EPS_RICEVUTE $ZETA_RICEVUTE"
+RX_USERS="$RX_USERS $DELTA_RICEVUTE $ETA_RICEVUTE"
 RIG_CRL_PORT=${RIG_CRL_PORT:-8089}           # (CRL) the distribution point, inside the netns
+RIG_METRICS_PORT=${RIG_METRICS_PORT:-9187}   # (SIDX) [metrics] listen, inside the netns
 GIULIA=giulia.neri@pec.it                    # an Aruba holder: pec.it is Aruba's in the index
 RX_DOMAINS="$RIG_DOMAINS pec.it"             # pec.it: a local catchall box here (scenario R)
 # scenario (R)'s [timers]: both receipts must be in before first (whole seconds)
@@ -349,6 +366,145 @@ crl_verdicts() {
   E=$(new_files "$MARIO_MD" | head -1) R=$(new_files "$ZETA_MD" | head -1)
   [ -n "$E" ] && ok "$P (CRL:$tag) Zeta: delivered as is (kind posta-certificata)" kind_is "$E" posta-certificata
   [ -n "$R" ] && ok "$P (CRL:$tag) Zeta: it is a presa-in-carico" kind_is "$R" presa-in-carico
+}
+
+# sidx_pki D: with openssl(1), the index's signer: a CA (D/ca.pem) and its "national" signer
+# (D/signer.crt, D/signer.key); and a look-alike (D/fake/): another CA and signer with the very
+# same subject names, whose signatures do not chain to D/ca.pem.
+sidx_pki() {
+  local D=$1 d
+  for d in "$D" "$D/fake"; do
+    mkdir -p "$d" || return 1
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$d/ca.key" -out "$d/ca.pem" -days 365 \
+      -subj "/C=IT/O=IGPEC Test CA/CN=IGPEC Test CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+      2>&1 || return 1
+    printf '%s\n' "basicConstraints = critical, CA:FALSE" \
+      "keyUsage = critical, digitalSignature, nonRepudiation" "extendedKeyUsage = emailProtection" \
+      "subjectKeyIdentifier = hash" "authorityKeyIdentifier = keyid" > "$d/signer.cnf"
+    openssl req -newkey rsa:2048 -nodes -keyout "$d/signer.key" -out "$d/signer.csr" \
+      -subj "/C=IT/O=Indice dei Gestori PEC (test)/CN=Indice dei Gestori PEC (test)" 2>&1 || return 1
+    openssl x509 -req -in "$d/signer.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+      -days 365 -extfile "$d/signer.cnf" -out "$d/signer.crt" 2>&1 || return 1
+  done
+  # the look-alike really is another key with the same names
+  [ "$(openssl x509 -in "$D/signer.crt" -noout -subject -issuer)" = \
+    "$(openssl x509 -in "$D/fake/signer.crt" -noout -subject -issuer)" ] &&
+  ! cmp -s <(openssl x509 -in "$D/ca.pem" -noout -pubkey) <(openssl x509 -in "$D/fake/ca.pem" -noout -pubkey)
+}
+# sidx_sign SIGNERDIR LDIF OUT: LDIF enveloped in a CMS SignedData (DER, the signer's certificate
+# included) as a publisher makes it with openssl(1).
+sidx_sign() {
+  openssl cms -sign -binary -nodetach -outform DER -in "$2" -signer "$1/signer.crt" \
+    -inkey "$1/signer.key" -out "$3" 2>&1 && [ -s "$3" ]
+}
+# sidx_tamper IN OUT FROM TO: OUT is IN with the one occurrence of FROM (inside the signed content)
+# changed to TO (same length: the DER stays well-formed, only the content differs).
+sidx_tamper() {
+  python3 - "$@" <<'EOF'
+import sys
+src, dst, a, b = sys.argv[1], sys.argv[2], sys.argv[3].encode(), sys.argv[4].encode()
+d = open(src, 'rb').read()
+assert len(a) == len(b) and a != b, (a, b)
+assert d.count(a) == 1, "%r occurs %d times in %s" % (a, d.count(a), src)
+open(dst, 'wb').write(d.replace(a, b))
+print("%s: %r -> %r at byte %d" % (dst, a, b, d.index(a)))
+EOF
+}
+# ops_get PATH OUT: GET PATH on pec-milter's [metrics] listen (in the netns) into OUT; prints the
+# HTTP status.
+ops_get() {
+  ns_exec curl -sS --max-time 5 -o "$2" -w '%{http_code}' "http://127.0.0.1:$RIG_METRICS_PORT$1"
+}
+# metric_is SERIES N: /metrics shows SERIES (as exposed, labels included) with value N.
+metric_is() {
+  local v
+  ops_get /metrics "$O/metrics.txt" > /dev/null || return 2
+  v=$(awk -v s="$1" '$1 == s { print $2; exit }' "$O/metrics.txt")
+  echo "$1 = ${v:-absent}"; [ "$v" = "$2" ]
+}
+# index_health_is CODE STATE [REASON]: /health answers CODE, the "index" dependency is in STATE
+# (and its reason contains REASON).
+index_health_is() {
+  local code
+  code=$(ops_get /health "$O/health.json") || return 2
+  cat "$O/health.json"; echo; echo "HTTP $code"
+  [ "$code" = "$1" ] && python3 - "$O/health.json" "$2" "${3:-}" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))["dependencies"].get("index", {})
+assert d.get("state") == sys.argv[2], d
+assert sys.argv[3] in d.get("reason", ""), d
+EOF
+}
+# pec_verdict TAG IDDIR NAME DOMAIN MAILDIR taken|anomaly: an envelope signed by IDDIR's key as
+# provider NAME (From: someone@DOMAIN) to mario. taken: presa-in-carico at MAILDIR (the
+# provider's mailReceipt) for its id, and the envelope delivered to mario as is (its signature
+# verifies against IDDIR's CA); anomaly: nothing at MAILDIR, mario gets a busta di anomalia
+# (kind errore).
+pec_verdict() {
+  local tag=$1 idd=$2 name=$3 domain=$4 md=$5 want=$6 TOK ID E R
+  TOK=${tag//[^A-Za-z0-9-]/-}-$RANDOM$RANDOM ID=opec.$TOK@$domain
+  original "$O/$tag.orig" "someone@$domain" "$MARIO" "scenario $tag $TOK" "body-$TOK"
+  envelope "$O/$tag.env" "$idd" "$name" "$domain" "$O/$tag.orig" "$ID"
+  mark "$MARIO_MD" "$md"
+  send "$O/$tag.env" "posta-certificata@$domain" "$O/$tag.txt"
+  ok "$P ($tag) $name: accepted (250 at end of DATA)" eod_is "$O/$tag.txt" '^<- +250 '
+  ok "$P ($tag) $name: mario gets exactly one message" expect_new "$MARIO_MD" 1
+  E=$(new_files "$MARIO_MD" | head -1)
+  if [ "$want" = taken ]; then
+    ok "$P ($tag) $name: presa-in-carico at its mailReceipt" expect_new "$md" 1
+    R=$(new_files "$md" | head -1)
+    if [ -n "$R" ]; then
+      ok "$P ($tag) $name: it is a presa-in-carico for $ID" \
+        field_is "$R" 'd["kind"] + " " + d["daticert"]["identificativo"]' "presa-in-carico $ID"
+    else
+      fail "$P ($tag) $name: presa-in-carico checks (nothing at its mailReceipt)"
+    fi
+    if [ -n "$E" ]; then
+      ok "$P ($tag) $name: delivered as PEC (kind posta-certificata)" kind_is "$E" posta-certificata
+      ok "$P ($tag) $name: delivered as is ($name's signature verifies)" verify_with "$idd/ca.pem" "$E"
+    else
+      fail "$P ($tag) $name: delivery checks (nothing delivered)"
+    fi
+  else
+    ok "$P ($tag) $name: no presa-in-carico at its mailReceipt" expect_new "$md" 0
+    if [ -n "$E" ]; then
+      ok "$P ($tag) $name: a busta di anomalia (kind errore)" kind_is "$E" errore
+    else
+      fail "$P ($tag) $name: anomaly checks (nothing delivered)"
+    fi
+  fi
+}
+# reload_signals CONFIG PIDFILE: `pec-milter reload --config CONFIG` says it signalled the pid
+# of PIDFILE (the daemon pec_milter_up started).
+reload_signals() {
+  local said
+  said=$("$BIN" reload --config "$1" 2>&1); echo "$said"
+  [[ $said == *"(pid $(cat "$2"))"* ]]
+}
+# sidx_refused TAG COPY TRIGGER REASON N: COPY replaces the signed index, TRIGGER (hup: SIGHUP;
+# reload: `pec-milter reload`) asks for a refresh; the log says it failed, keeping the previous
+# copy, naming the file and REASON; the failure counter is N, /health says "index" down; Delta
+# is still taken in charge, Eta still an anomaly.
+sidx_refused() {
+  local tag=$1 copy=$2 trigger=$3 reason=$4 n=$5 failed
+  failed=$(pec_milter_log_count "$DIR" "$REFUSED")
+  cp "$copy" "$P7M.new" && mv "$P7M.new" "$P7M"
+  ok "$P ($tag) $P7M replaced by ${copy##*/}" cmp "$copy" "$P7M"
+  if [ "$trigger" = hup ]; then
+    ok "$P ($tag) SIGHUP sent to pec-milter" pec_milter_hup "$DIR"
+  else
+    ok "$P ($tag) pec-milter reload signals the running daemon (its pid)" \
+      reload_signals "$DIR/sidx.toml" "$DIR/pec-milter.pid"
+  fi
+  ok "$P ($tag) the log: refresh failed, the previous copy kept" log_grows "$DIR" "$REFUSED" "$failed" 20
+  ok "$P ($tag) the log says why: $P7M, $reason" \
+    eval 'grep -E "$REFUSED" "$DIR/pec-milter.log" | tail -n 1 | grep -F "signature of $P7M: " | grep -F "$reason"'
+  ok "$P ($tag) pec_milter_index_signature_failures_total = $n" \
+    metric_is pec_milter_index_signature_failures_total "$n"
+  ok "$P ($tag) /health: 503, \"index\" down (signature of ...)" index_health_is 503 down "signature of $P7M"
+  pec_verdict "$tag-delta" "$DDIR" "$D_NAME" "$D_DOMAIN" "$DELTA_MD" taken
+  pec_verdict "$tag-eta" "$EDIR" "$E_NAME" "$E_DOMAIN" "$ETA_MD" anomaly
 }
 
 # ------------------------------------------------------------------ one index source
@@ -943,6 +1099,77 @@ run_source() {
       crl_verdicts disk
     else
       fail "$P (CRL) setup failed: scenario skipped"
+    fi
+  fi
+
+  # ---- (SIDX) issue 18: the index as published, a signed .p7m (LDIF run)
+  if [ "$SRC" = ldif ]; then
+    local SDIR=$DIR/sidx-pki DDIR=$DIR/delta EDIR=$DIR/eta P7M=$DIR/igpec.ldif.p7m
+    local DELTA_MD=$MB/pec.other.test/delta-ricevute ETA_MD=$MB/pec.other.test/eta-ricevute
+    local D_NAME="Delta PEC S.p.A." D_DOMAIN=pec.delta.test E_NAME="Eta PEC S.p.A." E_DOMAIN=pec.eta.test
+    local REFUSED="providers' index refresh failed; keeping the previous copy" base loaded
+    if ok "$P (SIDX) identity Delta (init-demo)" identity "$DDIR" "$D_NAME" "$D_DOMAIN" &&
+       ok "$P (SIDX) identity Eta (init-demo)" identity "$EDIR" "$E_NAME" "$E_DOMAIN" &&
+       ok "$P (SIDX) the index's CA and signer, and a look-alike (openssl)" sidx_pki "$SDIR"; then
+      base=$(grep -c '^dn: providerName=' "$LDIF")
+      {
+        cat "$LDIF"
+        "$BIN" index-entry --cert "$DDIR/provider.crt" --name "$D_NAME" --domains "$D_DOMAIN" --receipt "$DELTA_RICEVUTE"
+      } > "$SDIR/v1.ldif"
+      {
+        cat "$SDIR/v1.ldif"
+        "$BIN" index-entry --cert "$EDIR/provider.crt" --name "$E_NAME" --domains "$E_DOMAIN" --receipt "$ETA_RICEVUTE"
+      } > "$SDIR/v2.ldif"
+      ok "$P (SIDX) v1 lists Delta ($((base + 1)) providers), v2 adds Eta; the plain LDIF lists neither" eval \
+        '[ "$(grep -c "^dn: providerName=" "$SDIR/v1.ldif")" -eq $((base + 1)) ] &&
+         [ "$(grep -c "^dn: providerName=" "$SDIR/v2.ldif")" -eq $((base + 2)) ] &&
+         ! grep -qE "managedDomains: ($D_DOMAIN|$E_DOMAIN)" "$LDIF"'
+      ok "$P (SIDX) v1 signed (openssl cms -sign -nodetach)" sidx_sign "$SDIR" "$SDIR/v1.ldif" "$SDIR/v1.p7m"
+      ok "$P (SIDX) v2 signed" sidx_sign "$SDIR" "$SDIR/v2.ldif" "$SDIR/v2.p7m"
+      ok "$P (SIDX) v2 tampered after signing (Delta's mailReceipt redirected)" \
+        sidx_tamper "$SDIR/v2.p7m" "$SDIR/v2-tampered.p7m" "$DELTA_RICEVUTE" "${DELTA_RICEVUTE/ricevute/intruder}"
+      ok "$P (SIDX) v2 signed by the look-alike signer" sidx_sign "$SDIR/fake" "$SDIR/v2.ldif" "$SDIR/v2-forged.p7m"
+      ok "$P (SIDX) openssl itself: v1 and v2 verify against the CA, the LDIF inside" eval \
+        'openssl cms -verify -binary -inform DER -in "$SDIR/v1.p7m" -CAfile "$SDIR/ca.pem" -purpose any | cmp - "$SDIR/v1.ldif" &&
+         openssl cms -verify -binary -inform DER -in "$SDIR/v2.p7m" -CAfile "$SDIR/ca.pem" -purpose any | cmp - "$SDIR/v2.ldif"'
+      fail "$P (SIDX) openssl itself: the tampered copy does not" --code 4 \
+        openssl cms -verify -binary -inform DER -in "$SDIR/v2-tampered.p7m" -CAfile "$SDIR/ca.pem" -purpose any -out /dev/null
+      fail "$P (SIDX) openssl itself: the look-alike's does not" --code 4 \
+        openssl cms -verify -binary -inform DER -in "$SDIR/v2-forged.p7m" -CAfile "$SDIR/ca.pem" -purpose any -out /dev/null
+      cp "$SDIR/v1.p7m" "$P7M"
+      INDEX=$SRC INDEX_LDIF=$P7M INDEX_SIGNED_BY=$SDIR/ca.pem METRICS_LISTEN=127.0.0.1:$RIG_METRICS_PORT \
+        TRUST="$DIR/demo/ca.pem $BCA $CCA $BALTIMORE $DDIR/ca.pem $EDIR/ca.pem" \
+        VERIFY_AT=signing-time ORDINARY=anomaly CERTIFIED=pec.demo.test \
+        write_config "$DIR" embedded && mv "$DIR/pec-milter.toml" "$DIR/sidx.toml"
+      ok "$P (SIDX) configuration with [index] signed_by and [metrics] listen checks" eval \
+        '"$BIN" check-config --config "$DIR/sidx.toml" &&
+         grep -qxF "signed_by = [\"$SDIR/ca.pem\"]" "$DIR/sidx.toml" && grep -qxF "ldif = \"$P7M\"" "$DIR/sidx.toml"'
+      loaded=$(pec_milter_log_count "$DIR" "providers' index loaded .*signed LDIF file $P7M .*providers=$((base + 1))")
+      ok "$P (SIDX) pec-milter restarted with sidx.toml" restart_milter "$DIR" "$DIR/sidx.toml"
+      ok "$P (SIDX:1) the signed index loaded at start ($((base + 1)) providers)" \
+        log_grows "$DIR" "providers' index loaded .*signed LDIF file $P7M .*providers=$((base + 1))" "$loaded"
+      ok "$P (SIDX:1) pec_milter_index_signature_failures_total = 0" \
+        metric_is pec_milter_index_signature_failures_total 0
+      ok "$P (SIDX:1) /health: 200, \"index\" up" index_health_is 200 up
+      pec_verdict SIDX:1-delta "$DDIR" "$D_NAME" "$D_DOMAIN" "$DELTA_MD" taken
+      pec_verdict SIDX:1-eta "$EDIR" "$E_NAME" "$E_DOMAIN" "$ETA_MD" anomaly
+      sidx_refused SIDX:2-tampered "$SDIR/v2-tampered.p7m" hup "content digest mismatch" 1
+      sidx_refused SIDX:2-forged "$SDIR/v2-forged.p7m" reload "certificate verify error" 2
+      sidx_refused SIDX:4-plain "$SDIR/v2.ldif" hup "neither DER nor base64/PEM" 3
+      # (3) the good copy that adds Eta
+      loaded=$(pec_milter_log_count "$DIR" "providers' index loaded .*signed LDIF file $P7M .*providers=$((base + 2))")
+      cp "$SDIR/v2.p7m" "$P7M.new" && mv "$P7M.new" "$P7M"
+      ok "$P (SIDX:3) $P7M replaced by the good v2.p7m" cmp "$SDIR/v2.p7m" "$P7M"
+      ok "$P (SIDX:3) SIGHUP sent to pec-milter" pec_milter_hup "$DIR"
+      ok "$P (SIDX:3) the signed index reloaded with Eta ($((base + 2)) providers)" \
+        log_grows "$DIR" "providers' index loaded .*signed LDIF file $P7M .*providers=$((base + 2))" "$loaded" 20
+      ok "$P (SIDX:3) pec_milter_index_signature_failures_total still 3" \
+        metric_is pec_milter_index_signature_failures_total 3
+      ok "$P (SIDX:3) /health: 200, \"index\" up again" index_health_is 200 up
+      pec_verdict SIDX:3-eta "$EDIR" "$E_NAME" "$E_DOMAIN" "$ETA_MD" taken
+      pec_verdict SIDX:3-delta "$DDIR" "$D_NAME" "$D_DOMAIN" "$DELTA_MD" taken
+    else
+      fail "$P (SIDX) setup failed: scenario skipped"
     fi
   fi
 

@@ -918,6 +918,8 @@ _listen_target() {
 #   INDEX_URL              [index] url (default ldap://127.0.0.1:$RIG_LDAP_PORT), base o=postacert
 #   INDEX_LDIF             [index] ldif (default DIR/igpec.ldif)
 #   INDEX_REFRESH          [index] refresh (default "24h"); INDEX_TIMEOUT (default "10s")
+#   INDEX_SIGNED_BY="a.pem"  [index] signed_by (default none: INDEX_LDIF is a plain LDIF; set, it
+#                          names the signed .p7m and these PEM files are its signer's anchors)
 #   TRUST="a.pem b.pem"    [reception] trust (default DIR/demo/ca.pem); CRLS="x.pem ..." (default none)
 #   FETCH_CRLS=true|false  [reception] fetch_crls (default false: the real samples' certificates
 #                          name distribution points on the Internet, which the rig cannot reach;
@@ -928,6 +930,8 @@ _listen_target() {
 #   HOLDERS_LDAP_URL, HOLDERS_LDAP_BASE   appends [holders.ldap] (filter (uid=%s), attribute mail, no cache)
 #   LOG_NODE               [log] node (default: the name of DIR); [log] dir is always DIR/log
 #   LOG_TSA_URL, LOG_TSA_TRUST   [log] tsa_url and tsa_trust (one PEM), seal_retry "1s"
+#   METRICS_LISTEN         appends [metrics] listen = METRICS_LISTEN (the /metrics and /health
+#                          endpoint, e.g. 127.0.0.1:9187 in the netns; default: no [metrics], off)
 write_config() {
   local D=$1 backend=${2:-embedded}
   case $backend in embedded|redis) ;; *) echo "write_config: backend must be embedded or redis" >&2; return 2 ;; esac
@@ -1011,6 +1015,9 @@ timeout = "5s"
 cache = "0s"
 EOF
   fi
+  if [ -n "${METRICS_LISTEN:-}" ]; then
+    printf '\n[metrics]\nlisten = "%s"\n' "$METRICS_LISTEN" >> "$D/pec-milter.toml"
+  fi
   [ -n "${INDEX:-}" ] || return 0
   local trust=${TRUST-$D/demo/ca.pem}
   cat >> "$D/pec-milter.toml" <<EOF
@@ -1022,6 +1029,7 @@ url = "${INDEX_URL:-ldap://127.0.0.1:$RIG_LDAP_PORT}"
 base = "o=postacert"
 refresh = "${INDEX_REFRESH:-24h}"
 timeout = "${INDEX_TIMEOUT:-10s}"
+${INDEX_SIGNED_BY:+signed_by = [$(_toml_list $INDEX_SIGNED_BY)]}
 
 [reception]
 trust = [$(_toml_list $trust)]
