@@ -658,3 +658,34 @@ fn openssl_cli_signatures_verify_including_ber() {
         assert!(!verify_detached(&sig, &altered, &trust, VerifyAt::Now).integrity_ok);
     }
 }
+
+/// The certificates a key signs with are parsed once per key and kept
+/// (`cms_sign::parsed_certificates`): signatures alternating between two
+/// keys each carry their own signer, never the other key's.
+#[test]
+fn alternating_keys_each_carry_their_own_certificate() {
+    let (a, b) = (pki(), other_pki());
+    let (ka, kb) = (a.signing_key().unwrap(), b.signing_key().unwrap());
+    let trust_a = TrustStore::from_pem_bytes(&[&a.ca_cert_pem]).unwrap();
+    let trust_b = TrustStore::from_pem_bytes(&[&b.ca_cert_pem]).unwrap();
+    let sha1 = |p: &Pki| {
+        let c = X509::from_pem(&p.cert_pem).unwrap();
+        upper_hex(&c.digest(MessageDigest::sha1()).unwrap())
+    };
+    for round in 0..3 {
+        for (key, trust, other_trust, p) in
+            [(&ka, &trust_a, &trust_b, a), (&kb, &trust_b, &trust_a, b)]
+        {
+            let sig = sign_content(key, DigestAlg::Sha256, CONTENT, now_secs()).unwrap();
+            let r = verify_detached(&sig, CONTENT, trust, VerifyAt::Now);
+            assert_eq!(r.status, SignatureStatus::Valid, "round {round}: {r:?}");
+            assert_eq!(
+                r.signer_sha1.as_deref(),
+                Some(sha1(p).as_str()),
+                "round {round}"
+            );
+            let wrong = verify_detached(&sig, CONTENT, other_trust, VerifyAt::Now);
+            assert_ne!(wrong.status, SignatureStatus::Valid, "round {round}");
+        }
+    }
+}

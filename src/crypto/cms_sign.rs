@@ -4,6 +4,7 @@
 //! [`SigningKey`]) is only asked to sign the DER of the signed attributes,
 //! which is what a PKCS#11 token does with `CKM_SHA256_RSA_PKCS`.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
@@ -105,6 +106,72 @@ fn parse_cert(der_bytes: &[u8]) -> Result<Certificate, CryptoError> {
     Ok(cert)
 }
 
+/// A key's certificates as the CMS carries them: parsed (and checked to
+/// re-encode byte for byte) once per key, not at every signature.
+struct ParsedCerts {
+    /// The DER they were parsed from: the signer's, then the chain's.
+    der: Vec<Vec<u8>>,
+    /// The signer's certificate, then the chain without repeats.
+    certs: Vec<CertificateChoices>,
+    /// The signer's issuer and serial number.
+    sid: IssuerAndSerialNumber,
+}
+
+/// Keys whose certificates were parsed lately (a reload brings a new key;
+/// a handful at most are in use at once).
+static PARSED: Mutex<Vec<Arc<ParsedCerts>>> = Mutex::new(Vec::new());
+const PARSED_KEEP: usize = 8;
+
+/// `key`'s certificates, parsed: from [`PARSED`] when the same DER was
+/// parsed before (compared byte for byte), else parsed now and kept.
+/// Parsing and checking the certificates took about a fifteenth of a
+/// submission's CMS work besides the RSA operation (issue 18's profile).
+fn parsed_certificates(key: &dyn SigningKey) -> Result<Arc<ParsedCerts>, CryptoError> {
+    let (cert, chain) = (key.certificate_der(), key.chain_der());
+    let same = |p: &ParsedCerts| {
+        p.der.len() == chain.len() + 1
+            && p.der[0] == cert
+            && p.der[1..].iter().zip(chain).all(|(a, b)| a == b)
+    };
+    // A poisoned lock only means another thread panicked while holding
+    // it: the list itself is always whole.
+    let cache = |f: &mut dyn FnMut(&mut Vec<Arc<ParsedCerts>>)| {
+        let mut guard = PARSED.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    };
+    let mut found = None;
+    cache(&mut |list| found = list.iter().find(|p| same(p)).cloned());
+    if let Some(p) = found {
+        return Ok(p);
+    }
+    let signer_cert = parse_cert(cert)?;
+    let sid = IssuerAndSerialNumber {
+        issuer: signer_cert.tbs_certificate.issuer.clone(),
+        serial_number: signer_cert.tbs_certificate.serial_number.clone(),
+    };
+    let mut certs = vec![CertificateChoices::Certificate(signer_cert)];
+    let mut seen: Vec<&[u8]> = vec![cert];
+    for c in chain {
+        // A chain repeating the signer (or itself) would make the SET invalid.
+        if seen.contains(&c.as_slice()) {
+            continue;
+        }
+        seen.push(c);
+        certs.push(CertificateChoices::Certificate(parse_cert(c)?));
+    }
+    let mut der = Vec::with_capacity(chain.len() + 1);
+    der.push(cert.to_vec());
+    der.extend(chain.iter().cloned());
+    let parsed = Arc::new(ParsedCerts { der, certs, sid });
+    cache(&mut |list| {
+        if list.len() >= PARSED_KEEP {
+            list.remove(0);
+        }
+        list.push(Arc::clone(&parsed));
+    });
+    Ok(parsed)
+}
+
 /// The DER of the signed attributes (a `SET OF Attribute`, tag 0x31), as
 /// signed by the key. Exposed for tests and for other signers.
 pub fn signed_attributes(
@@ -153,17 +220,7 @@ pub fn sign_detached(
     let signed_attrs = signed_attributes(alg, content_digest, signing_time)?;
     let to_sign = signed_attrs.to_der()?;
 
-    let signer_cert = parse_cert(key.certificate_der())?;
-    let mut certs = vec![CertificateChoices::Certificate(signer_cert.clone())];
-    let mut seen: Vec<&[u8]> = vec![key.certificate_der()];
-    for c in key.chain_der() {
-        // A chain repeating the signer (or itself) would make the SET invalid.
-        if seen.contains(&c.as_slice()) {
-            continue;
-        }
-        seen.push(c);
-        certs.push(CertificateChoices::Certificate(parse_cert(c)?));
-    }
+    let parsed = parsed_certificates(key)?;
 
     let signature = key.sign(alg, &to_sign)?;
     if signature.is_empty() {
@@ -192,10 +249,7 @@ pub fn sign_detached(
 
     let signer_info = SignerInfo {
         version: CmsVersion::V1,
-        sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
-            issuer: signer_cert.tbs_certificate.issuer.clone(),
-            serial_number: signer_cert.tbs_certificate.serial_number.clone(),
-        }),
+        sid: SignerIdentifier::IssuerAndSerialNumber(parsed.sid.clone()),
         digest_alg: digest_algorithm.clone(),
         signed_attrs: Some(signed_attrs),
         signature_algorithm,
@@ -210,7 +264,7 @@ pub fn sign_detached(
             econtent_type: OID_DATA,
             econtent: None,
         },
-        certificates: Some(CertificateSet(SetOfVec::try_from(certs)?)),
+        certificates: Some(CertificateSet(SetOfVec::try_from(parsed.certs.clone())?)),
         crls: None,
         signer_infos: SignerInfos(SetOfVec::try_from(vec![signer_info])?),
     };
