@@ -82,29 +82,20 @@ fn is_removing(store: usize, id: &str) -> bool {
 }
 
 /// Drop the sent entry `id`, trying again for up to [`DONE_PATIENCE`]
-/// while the store cannot write.
+/// while the store cannot write. The caller holds an [`InFlight`] for it
+/// meanwhile (the pass leaves the entry alone).
 async fn done(state: &dyn StateStore, id: &str) -> Result<(), StateError> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(100);
-    let mut first = true;
     loop {
         match state.outbox_done(id).await {
             Err(StateError::Unavailable(cause)) if start.elapsed() + pause < DONE_PATIENCE => {
-                if first {
-                    removing(store_key(state), id, true);
-                    first = false;
-                }
                 tracing::warn!(message_id = %id, cause = %cause,
                     "sent, the outbox cannot drop it yet: trying again");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
-            res => {
-                if !first {
-                    removing(store_key(state), id, false);
-                }
-                return res;
-            }
+            res => return res,
         }
     }
 }
@@ -290,6 +281,7 @@ impl OutboxSender<'_> {
             )
             .await
             {
+                let _removing = InFlight::new(store_key(self.state), &e.id);
                 finish(self.state, e).await;
                 sent += 1;
             }
