@@ -12,10 +12,17 @@
 #              2604 pec-milter TCP | 2606 pec-milter unix with the Redis state store (the others
 #              use the default embedded store) | 2607 pec-milter unix with the legal message log
 #              off (the A/B of the log's cost; every other setup logs, as shipped) |
-#              2605 pec-milter with $BENCH_HSM_SIGNING (optional)
+#              2605 pec-milter with $BENCH_HSM_SIGNING (optional) |
+#              2608 the PEC floor: examples/floor_milter.rs, a milter that computes nothing and makes
+#              the MTA do what pec-milter makes it do (clamd INSTREAM of each submission, the
+#              same header deletions/additions and body replacement, one accettazione injected
+#              on a kept connection) with a precomputed envelope and receipt: both captured
+#              once at set-up from pec-milter itself (pec-unix's configuration, its receipt
+#              reinjected into the check sink) on one SIZE-byte message through 2608
 #   pec-milter reinjects its accettazione receipts on 127.0.0.1:10025 (no milter); they go to
-#   the same sink and are counted. One check message per setup goes to check@check.test
-#   (a second sink that keeps it): its DKIM signature / PEC envelope is verified.
+#   the same sink and are counted (the floor's too). One check message per setup goes to
+#   check@check.test (a second sink that keeps it): its DKIM signature / PEC envelope is
+#   verified (the floor's: the precomputed envelope, verified as pec-milter's).
 #   smtp-source (no AUTH, from mynetworks) figures for the setups it can drive (no milter,
 #   OpenDKIM): the access point applies only to authenticated holders.
 # Then, with no MTA: examples/milter_load.rs drives pec-milter directly over the milter
@@ -40,9 +47,10 @@
 #                                       The PKCS#11 backend is being written; without the
 #                                       variable the rows are absent. BENCH_HSM_CA=PEM: the CA
 #                                       that the check message's signature is verified against.
-#   MODES="none dkim-unix dkim-tcp pec-unix pec-nolog pec-tcp pec-redis"  SMTP setups (order =
-#                                       run order; pec-redis = pec-milter, unix socket, Redis state
-#                                       store; pec-nolog = pec-unix with [log] enabled = false)
+#   MODES="none dkim-unix dkim-tcp pec-unix pec-nolog pec-tcp pec-redis floor"  SMTP setups
+#                                       (order = run order; pec-redis = pec-milter, unix socket,
+#                                       Redis state store; pec-nolog = pec-unix with [log]
+#                                       enabled = false; floor = the PEC floor, 2608)
 #   BENCH_POSTCONF='name = value'       extra main.cf lines (experiments; say so when quoting)
 #   PEC_MILTER_BIN (default target/release/pec-milter), BENCH_NO_BUILD=1 (use what is built),
 #   BENCH_OUT=FILE, KEEP=1 (keep the work dir)
@@ -55,7 +63,7 @@ QUICK=0
 for a in "$@"; do
   case $a in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,57p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
   esac
 done
@@ -74,16 +82,16 @@ T_START=$EPOCHREALTIME
 
 # ports inside the namespace
 SINK_PORT=2525 CHECK_PORT=2526 PROTO_SINK_PORT=10026 DKIM_TCP_PORT=8892 PEC_TCP_PORT=8891 PROTO_TCP_PORT=8893
-declare -A PORT=([none]=2600 [dkim-unix]=2601 [dkim-tcp]=2602 [pec-unix]=2603 [pec-tcp]=2604 [pec-redis]=2606 [pec-nolog]=2607 [pec-hsm]=2605)
+declare -A PORT=([none]=2600 [dkim-unix]=2601 [dkim-tcp]=2602 [pec-unix]=2603 [pec-tcp]=2604 [pec-redis]=2606 [pec-nolog]=2607 [pec-hsm]=2605 [floor]=2608)
 HOLDER=$MARIO HOLDER_PW=$MARIO_PW RCPT=$ANNA
 
 # ------------------------------------------------------------------ build
 
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-  (cd "$RIG_ROOT" && cargo build --release --locked --bin pec-milter --example smtp_load --example milter_load) \
+  (cd "$RIG_ROOT" && cargo build --release --locked --bin pec-milter --example smtp_load --example milter_load --example floor_milter) \
     >/dev/null 2>&1 || { echo "cargo build --release failed" >&2; exit 1; }
 fi
-for b in "$BIN" "$EX/smtp_load" "$EX/milter_load"; do
+for b in "$BIN" "$EX/smtp_load" "$EX/milter_load" "$EX/floor_milter"; do
   [ -x "$b" ] || { echo "missing $b (cargo build --release --locked --examples)" >&2; exit 1; }
 done
 for c in postfix smtp-sink smtp-source opendkim opendkim-genkey clamd openssl python3; do
@@ -199,7 +207,7 @@ EOF
   # the bench listeners, Postfix's own services, then the shipped services of which only the
   # reinjection listener is kept (pf_listen: smtp and submission deleted)
   {
-    for m in none dkim-unix dkim-tcp pec-unix pec-nolog pec-tcp pec-redis pec-hsm; do
+    for m in none dkim-unix dkim-tcp pec-unix pec-nolog pec-tcp pec-redis pec-hsm floor; do
       printf '127.0.0.1:%s inet n - n - - smtpd\n  -o syslog_name=postfix/%s\n  -o smtpd_sasl_auth_enable=yes\n  -o smtpd_milters=%s\n' \
         "${PORT[$m]}" "$m" "$(milter_of "$m")"
     done
@@ -222,6 +230,7 @@ milter_of() {
     pec-redis) printf 'unix:%s' "$W/pec-redis/pec.sock" ;;
     pec-nolog) printf 'unix:%s' "$W/pec-nolog/pec.sock" ;;
     pec-hsm) printf 'unix:%s' "$W/pec-hsm/pec.sock" ;;
+    floor) printf 'unix:%s' "$W/floor/floor.sock" ;;
   esac
 }
 
@@ -324,6 +333,58 @@ pec_up() {
 }
 pec_pid() { cat "$W/$1/pec-milter.pid"; }
 
+# floor_capture: what the PEC floor replays, made once by pec-milter itself: a pec-milter
+# (floor-src: pec-unix's configuration, its receipts reinjected straight into the check sink)
+# on the floor listener's socket; one smtp_load message of SIZE bytes through the floor
+# listener to check@check.test. The check sink keeps the busta di trasporto (through Postfix)
+# and the accettazione: $W/floor/envelope.eml and receipt.eml. Then floor-src stops.
+floor_capture() {
+  local D=$W/floor out f i
+  mkdir -p "$D"
+  pec_up floor-src "unix:$D/floor.sock" "$CHECK_PORT" || return 1
+  out=$(ns_exec "$EX/smtp_load" --server "127.0.0.1:${PORT[floor]}" --auth "$HOLDER:$HOLDER_PW" \
+    --from "$HOLDER" --to "check@check.test" --count 1 --concurrency 1 --size "$SIZE" 2>&1)
+  [ "$(kv "$out" ok)" = 1 ] || { echo "floor capture: message not accepted: $out" >&2; return 1; }
+  _check_unseen() { local f; for f in "$W"/check/*; do case $f in *.seen) continue ;; esac
+               [ -f "$f" ] && [ ! -e "$f.seen" ] && echo "$f"; done; }
+  for ((i = 0; i < 100; i++)); do [ "$(_check_unseen | grep -c .)" -ge 2 ] && break; sleep 0.1; done
+  # stopped first: its kept reinjection connection closes, the sink has the receipt whole
+  pec_milter_down "$W/floor-src" || true
+  for ((i = 0; i < 50; i++)); do
+    for f in $(_check_unseen); do
+      sink_message "$f" > "$D/in.eml"
+      if hdr_block "$D/in.eml" | grep -q '^X-Trasporto: posta-certificata'; then mv "$D/in.eml" "$D/envelope.eml"
+      elif hdr_block "$D/in.eml" | grep -q '^X-Ricevuta: accettazione'; then mv "$D/in.eml" "$D/receipt.eml"
+      fi
+    done
+    [ -s "$D/envelope.eml" ] && [ -s "$D/receipt.eml" ] && break
+    sleep 0.1
+  done
+  for f in $(_check_unseen); do touch "$f.seen"; done
+  [ -s "$D/envelope.eml" ] && [ -s "$D/receipt.eml" ] || { echo "floor capture: envelope or receipt missing in $W/check:" >&2; ls -l "$W/check" >&2; return 1; }
+  note "floor: envelope $(stat -c %s "$D/envelope.eml") bytes, accettazione $(stat -c %s "$D/receipt.eml") bytes (as kept by the check sink)"
+}
+# floor_up: examples/floor_milter.rs on the floor listener's socket, replaying what
+# floor_capture kept (clamd and the reinjection listener as pec-milter's; 2 workers, as
+# write_config's [milter] workers).
+floor_up() {
+  local D=$W/floor pid i
+  # a simple command in the background (not a function), so that $! is the milter itself
+  ip netns exec "$RIG_NETNS" "$EX/floor_milter" --listen "$D/floor.sock" --envelope "$D/envelope.eml" \
+    --receipt "$D/receipt.eml" --reinject "127.0.0.1:$RIG_REINJECT_PORT" --clamd "127.0.0.1:$RIG_CLAMD_PORT" \
+    --receipt-from "posta-certificata@pec.demo.test" --workers 2 >"$D/floor.log" 2>&1 &
+  pid=$!
+  echo "$pid" > "$D/floor.pid"
+  rig_defer _kill_pidfile "$D/floor.pid" 5
+  for ((i = 0; i < 100; i++)); do
+    _alive "$pid" || { echo "floor_milter exited at start:" >&2; cat "$D/floor.log" >&2; return 1; }
+    python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' "$D/floor.sock" 2>/dev/null && break
+    sleep 0.1
+  done
+  [ "$i" -lt 100 ] || { echo "floor_milter not listening on $D/floor.sock" >&2; return 1; }
+  cg_adopt floor "$pid"
+}
+
 # ------------------------------------------------------------------ checks of the check messages
 
 # sink_message FILE: the message of an smtp-sink dump without the X-* lines and Received: it adds.
@@ -355,6 +416,9 @@ check_setup() {
     dkim-*)
       printf 'TestPublicKeys %s\nMode v\nSyslog no\n' "$W/dkim/testkeys" > "$W/dkim/verify.conf"
       opendkim -x "$W/dkim/verify.conf" -t "$W/check-$mode.eml" 2>&1 | grep -q 'succeeded' ;;
+    floor)
+      grep -q '^X-Trasporto: posta-certificata' "$W/check-$mode.eml" || return 1
+      "$BIN" verify --trust "$W/floor-src/demo/ca.pem" "$W/check-$mode.eml" ;;
     pec-*)
       local ca=$W/$mode/demo/ca.pem
       [ "$mode" = pec-hsm ] && ca=${BENCH_HSM_CA:-}
@@ -372,7 +436,7 @@ SMTP_LINES=()
 # smtp_run MODE RUN#: WARMUP then N messages through MODE's listener with smtp_load (AUTH).
 smtp_run() {
   local mode=$1 r=$2 per=1 port=${PORT[$1]} milter_cg=$1
-  case $mode in pec-*) per=2 ;; esac      # envelope + accettazione receipt
+  case $mode in pec-*|floor) per=2 ;; esac      # envelope + accettazione receipt
   local auth=(--auth "$HOLDER:$HOLDER_PW" --from "$HOLDER" --to "$RCPT" --size "$SIZE" --quiet-errors)
   local base out
   base=$(delivered)
@@ -399,7 +463,7 @@ smtp_run() {
   # CPU seconds the machine spent outside this benchmark during the run (other users' work)
   others=$(calc "$all1 - $all0 - $pf - $m - $av - $sk - $rd - $(kv "$out" client_cpu_s)" 1)
   [ "$mode" = none ] && m=0
-  case $mode in pec-*) ;; *) av=0 ;; esac
+  case $mode in pec-*|floor) ;; *) av=0 ;; esac
   [ "$mode" = pec-redis ] || rd=0
   busy=$(calc "100 * ($all1 - $all0) / (($t2 - $t0) * $(nproc))" 0)
   inj=$(calc "$ok / ($t1 - $t0)" 1) e2e=$(calc "$ok / ($t2 - $t0)" 1)
@@ -441,7 +505,7 @@ source_run() {
 
 note "work dir $W; quick=$QUICK N=$N WARMUP=$WARMUP SESSIONS=$SESSIONS SIZE=$SIZE REPEAT=$REPEAT"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-: "${MODES:=none dkim-unix dkim-tcp pec-unix pec-nolog pec-tcp pec-redis}"
+: "${MODES:=none dkim-unix dkim-tcp pec-unix pec-nolog pec-tcp pec-redis floor}"
 [ -n "${BENCH_HSM_SIGNING:-}" ] && MODES="$MODES pec-hsm"
 
 PF=$W/pf
@@ -462,7 +526,11 @@ if [[ " $PHASES " == *" smtp "* ]] || [[ " $PHASES " == *" size "* ]]; then
   if [ -n "${BENCH_HSM_SIGNING:-}" ]; then
     ok "pec-milter with [signing] from $BENCH_HSM_SIGNING" pec_up pec-hsm "unix:$W/pec-hsm/pec.sock" || exit 1
   fi
-  ok "Postfix up (listeners 2600-2605, reinjection 10025)" pf_start "$PF" || exit 1
+  ok "Postfix up (listeners 2600-2608, reinjection 10025)" pf_start "$PF" || exit 1
+fi
+if [[ " $PHASES " == *" smtp "* ]] && [[ " $MODES " == *" floor "* ]]; then
+  ok "PEC floor: envelope and accettazione of one $SIZE-byte message made by pec-milter" floor_capture || exit 1
+  ok "PEC floor milter (examples/floor_milter.rs) on a unix socket" floor_up || exit 1
 fi
 
 if [[ " $PHASES " == *" proto "* ]]; then
@@ -800,7 +868,7 @@ report() {
       say "| $(label "$m") | $(mean SUM_INJ "$m") | $(ratio "$(mean SUM_INJ "$m" 3)" "$base_inj") | $(mean SUM_E2E "$m") | $(ratio "$(mean SUM_E2E "$m" 3)" "$base_e2e") | $(mean SUM_P99 "$m") | $(mean SUM_CPU_PF "$m" 2) | $(mean SUM_CPU_M "$m" 2) | $(mean SUM_CPU_AV "$m" 2) | $(mean SUM_CPU_RD "$m" 2) |"
     done
     say ""
-    say "End to end = until smtp-sink has every message, for pec-milter also every accettazione (2 messages a submission). CPU: per accepted submission; Postfix = every Postfix process (smtpd, cleanup, qmgr, smtp, the reinjection smtpd). The per-run lines below also give the CPU-seconds the machine spent outside the benchmark (\"others\": other users' work during the run)."
+    say "End to end = until smtp-sink has every message, for pec-milter and the PEC floor also every accettazione (2 messages a submission). The PEC floor: examples/floor_milter.rs, clamd scanning each submission, the same milter actions as pec-milter with a precomputed envelope, a precomputed accettazione injected on a kept connection; nothing signed, stored or logged. CPU: per accepted submission; Postfix = every Postfix process (smtpd, cleanup, qmgr, smtp, the reinjection smtpd). The per-run lines below also give the CPU-seconds the machine spent outside the benchmark (\"others\": other users' work during the run)."
     say ""
     say "smtp-source (no AUTH, mynetworks), same listeners: no milter ${SRC_RATE[none]:-?}/s (e2e ${SRC_E2E[none]:-?}/s), OpenDKIM unix ${SRC_RATE[dkim-unix]:-?}/s (e2e ${SRC_E2E[dkim-unix]:-?}/s), OpenDKIM TCP ${SRC_RATE[dkim-tcp]:-?}/s (e2e ${SRC_E2E[dkim-tcp]:-?}/s)."
     say ""
@@ -879,6 +947,7 @@ label() {
     none) echo "Postfix alone" ;; dkim-unix) echo "Postfix + OpenDKIM, unix socket" ;;
     dkim-tcp) echo "Postfix + OpenDKIM, TCP" ;; pec-unix) echo "Postfix + pec-milter, unix socket" ;;
     pec-tcp) echo "Postfix + pec-milter, TCP" ;; pec-nolog) echo "Postfix + pec-milter, unix socket, message log off" ;; pec-redis) echo "Postfix + pec-milter, unix socket, Redis state" ;; pec-hsm) echo "Postfix + pec-milter, HSM signing (unix)" ;;
+    floor) echo "Postfix + the PEC floor (floor_milter, unix socket, clamd on)" ;;
   esac
 }
 proto_label() {
@@ -926,6 +995,13 @@ targets() {
     local rt et
     rt=$(kv "${PROTO[redis-tcp]:-}" msgs_per_s) et=$(kv "${PROTO[emb-tcp]:-}" msgs_per_s)
     [ -n "$rt" ] && say "  (protocol level, TCP vs unix: Redis $(calc "$rt / $u") x, embedded $(calc "${et:-0} / (${e:-0} + 0.000001)") x)"
+  fi
+  # issue 18: pec-milter at least 0.9 x the PEC floor (the same Postfix carrying both
+  # messages and clamd scanning, with a milter that costs nothing), measured in the same run
+  if [ -n "${SUM_N[pec-unix]:-}" ] && [ -n "${SUM_N[floor]:-}" ]; then
+    local pu fl; pu=$(mean SUM_E2E pec-unix 3) fl=$(mean SUM_E2E floor 3)
+    say "- pec-milter unix socket vs the PEC floor: $(calc "$pu / $fl") x (target >= 0.9; through Postfix, end to end: $(calc "$pu" 1) vs $(calc "$fl" 1) submissions/s) — $(verdict "$pu >= 0.9 * $fl")"
+    say "  (CPU ms per submission: pec-milter Postfix $(mean SUM_CPU_PF pec-unix 2) + clamd $(mean SUM_CPU_AV pec-unix 2) + milter $(mean SUM_CPU_M pec-unix 2); floor Postfix $(mean SUM_CPU_PF floor 2) + clamd $(mean SUM_CPU_AV floor 2) + milter $(mean SUM_CPU_M floor 2))"
   fi
   # issue 15: the legal message log costs at most 5 % of the access point's throughput
   if [ -n "${SUM_N[pec-unix]:-}" ] && [ -n "${SUM_N[pec-nolog]:-}" ]; then
