@@ -58,7 +58,9 @@
 //!     --receipt-from posta-certificata@pec.demo.test [--workers 2]
 //! ```
 //!
-//! `--clamd` is `HOST:PORT` or an absolute path (unix socket). Stops on
+//! `--clamd` is `HOST:PORT` or an absolute path (unix socket), or `off`
+//! (no scan: the protocol-level floor of `profile.sh MILTER=floor`, next to
+//! pec-milter's protocol-level runs, which have clamd off too). Stops on
 //! SIGTERM or SIGINT and removes its socket.
 
 use std::ffi::CString;
@@ -90,7 +92,7 @@ const CHUNK: usize = 64 * 1024;
 fn usage() -> ! {
     eprintln!(
         "usage: floor_milter --listen PATH --envelope FILE --receipt FILE --reinject HOST:PORT \
-         --clamd HOST:PORT|PATH [--receipt-from ADDR] [--helo NAME] [--workers N]"
+         --clamd HOST:PORT|PATH|off [--receipt-from ADDR] [--helo NAME] [--workers N]"
     );
     std::process::exit(2)
 }
@@ -514,7 +516,12 @@ async fn eom(cx: &mut EomContext<Session>, floor: &Floor) -> Status {
         std::mem::take(&mut s.names),
         std::mem::take(&mut s.from),
     );
-    match scan(&floor.clamd, &head, &body).await {
+    let scanned = if floor.clamd == "off" {
+        Ok(None)
+    } else {
+        scan(&floor.clamd, &head, &body).await
+    };
+    match scanned {
         Ok(None) => {}
         Ok(Some(found)) => {
             eprintln!("floor_milter: clamd: {found}: discarded");

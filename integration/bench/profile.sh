@@ -11,7 +11,8 @@
 #   TOOL=none     just the run (figures only)
 # Env: STATE=embedded|redis (default embedded), LISTEN=unix|tcp (default unix), COUNT=1000,
 # CONC=8, SIZE=10240, WORKERS=n ([milter] workers; the rig's default 2), QUICKACK=1 (no delayed ACK on lo),
-# LOG=off (no legal message log; default on), KEEP=1. Release build expected (cargo build --release --locked --examples).
+# LOG=off (no legal message log; default on), MILTER=floor (examples/floor_milter.rs instead of
+# pec-milter: the protocol-level floor, unix socket only), KEEP=1. Release build expected (cargo build --release --locked --examples).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib.sh"
@@ -47,6 +48,28 @@ if [ "$TOOL" = massif ]; then
 fi
 pec_milter_up "$D" "$D/pec-milter.toml" || exit 1
 PID=$(cat "$D/pec-milter.pid")
+# MILTER=floor: the same load on examples/floor_milter.rs instead (the protocol-level floor:
+# milter protocol, the same milter actions, the receipt injected on a kept connection; no
+# signing, no state, no log, clamd off as here), replaying an envelope and a receipt signed
+# once with this rig's demo key. Its CPU is what a milter costs before any PEC work.
+if [ "${MILTER:-pec}" = floor ]; then
+  F=$RIG_BASE/floor; mkdir -p "$F"
+  { printf 'From: <%s>\r\nTo: <%s>\r\nSubject: floor\r\nMessage-ID: <floor.1@client.pec.demo.test>\r\n' "$MARIO" "$ANNA"
+    printf 'Date: Mon, 01 Dec 2025 10:00:00 +0100\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n'
+    head -c "$SIZE" /dev/zero | tr '\0' 'x' | fold -w 76 | sed 's/$/\r/'; } > "$F/orig.eml"
+  ID=(--key "$D/demo/provider.key" --cert "$D/demo/provider.crt" --gestore "Demo PEC" --domain pec.demo.test)
+  "$BIN" envelope "${ID[@]}" --certified pec.demo.test --id "opec.floor.1@pec.demo.test" "$F/orig.eml" > "$F/envelope.eml" || exit 1
+  "$BIN" receipt "${ID[@]}" --kind avvenuta-consegna --id "opec.floor.1@pec.demo.test" --sender "$MARIO" \
+    --recipient "$ANNA" > "$F/receipt.eml" || exit 1
+  pec_milter_down "$D" || exit 1
+  ip netns exec "$RIG_NETNS" "$EX/floor_milter" --listen "${CONNECT#unix:}" --envelope "$F/envelope.eml" \
+    --receipt "$F/receipt.eml" --reinject 127.0.0.1:10026 --clamd off --workers "${WORKERS:-2}" > "$F/floor.log" 2>&1 &
+  PID=$!; echo "$PID" > "$F/floor.pid"; rig_defer _kill_pidfile "$F/floor.pid" 5
+  for ((i = 0; i < 100; i++)); do
+    [ -S "${CONNECT#unix:}" ] && break; sleep 0.1
+  done
+  [ "$LISTEN" = unix ] || { echo "MILTER=floor: unix socket only" >&2; exit 2; }
+fi
 LOAD=(--connect "$CONNECT" --auth "$MARIO" --from "$MARIO" --to "$ANNA" --size "$SIZE" --concurrency "$CONC" --quiet-errors)
 [ "$TOOL" = massif ] || ns_exec "$EX/milter_load" "${LOAD[@]}" --count 50 >/dev/null   # warm-up
 echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg); state=$STATE listen=$LISTEN count=$COUNT conc=$CONC size=$SIZE tool=$TOOL"

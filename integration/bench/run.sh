@@ -968,12 +968,16 @@ targets() {
     local pu pt du dt pbest dbest
     pu=$(mean SUM_E2E pec-unix 3) pt=$(mean SUM_E2E pec-tcp 3) du=$(mean SUM_E2E dkim-unix 3) dt=$(mean SUM_E2E dkim-tcp 3)
     pbest=$(calc "($pu > $pt) ? $pu : $pt" 1) dbest=$(calc "($du > $dt) ? $du : $dt" 1)
-    say "- access point through Postfix >= 0.8 x Postfix + OpenDKIM (each on its faster transport, end to end): $pbest vs $dbest submissions/s = $(calc "$pbest / $dbest") x — $(verdict "$pbest >= 0.8 * $dbest")"
+    # issue 18, target 1: the milter's own CPU per submission through Postfix at most 0.6 x
+    # OpenDKIM's per message (unix sockets, the same run)
+    local mp md; mp=$(mean SUM_CPU_M pec-unix 3) md=$(mean SUM_CPU_M dkim-unix 3)
+    say "- pec-milter's own CPU per submission through Postfix <= 0.6 x OpenDKIM's per message (unix sockets): $(calc "$mp" 2) vs $(calc "$md" 2) ms = $(calc "$mp / $md") x — $(verdict "$mp <= 0.6 * $md")$( [ ${#OSSL_RUNS[@]} -gt 0 ] && echo " (the two RSA signatures: $(calc "2000 / $(ossl_best 1)" 2) ms of it)")"
+    say "  (issue 7's former target, for comparison: throughput >= 0.8 x Postfix + OpenDKIM, each on its faster transport, end to end: $pbest vs $dbest submissions/s = $(calc "$pbest / $dbest") x)"
     local pi ti; pi=$(mean SUM_INJ pec-unix 3) ti=$(mean SUM_INJ pec-tcp 3)
     say "  (accepted rate: $(calc "$( calc "($pi > $ti) ? $pi : $ti" 1) / $( calc "($(mean SUM_INJ dkim-unix 3) > $(mean SUM_INJ dkim-tcp 3)) ? $(mean SUM_INJ dkim-unix 3) : $(mean SUM_INJ dkim-tcp 3)" 1)") x)"
     if [ -n "${SUM_N[pec-redis]:-}" ]; then
       local pr; pr=$(mean SUM_E2E pec-redis 3)
-      say "  (with the Redis state store instead of the embedded one: $(calc "$pr" 1) submissions/s = $(calc "$pr / $dbest") x — $(verdict "$pr >= 0.8 * $dbest"))"
+      say "  (with the Redis state store instead of the embedded one: $(calc "$pr" 1) submissions/s = $(calc "$pr / $dbest") x OpenDKIM's; milter CPU $(mean SUM_CPU_M pec-redis 2) ms)"
     fi
     # What bounds the ratio when the box is CPU-saturated: CPU per submission. A milter that
     # cost nothing would still leave Postfix (two messages a submission) and clamd; one that
@@ -987,7 +991,7 @@ targets() {
     local bound u e
     bound=$(calc "$(ossl_best 3) / 2" 1)
     u=$(kv "${PROTO[redis-unix]}" msgs_per_s) e=$(kv "${PROTO[emb-unix]:-}" msgs_per_s)
-    say "- protocol-level ceiling >= 80 % of the RSA-signing bound: $u vs $bound submissions/s = $(calc "100 * $u / $bound" 0) % (Redis state, unix) — $(verdict "$u >= 0.8 * $bound"); with the default embedded state store ${e:-?}/s = $(calc "100 * ${e:-0} / $bound" 0) % — $(verdict "${e:-0} >= 0.8 * $bound")"
+    say "- protocol-level ceiling >= 60 % of the two-signature bound (issue 18): $u vs $bound submissions/s = $(calc "100 * $u / $bound" 0) % (Redis state, unix) — $(verdict "$u >= 0.6 * $bound"); with the default embedded state store ${e:-?}/s = $(calc "100 * ${e:-0} / $bound" 0) % — $(verdict "${e:-0} >= 0.6 * $bound")"
     # The client shares the two cores: a milter that did nothing but its two signatures
     # would reach 2 cores / (2 signatures + the client's CPU per message).
     local cl; cl=$(calc "1000 * $(kv "${PROTO[redis-unix]}" client_cpu_s) / $(kv "${PROTO[redis-unix]}" accept)" 3)
@@ -1017,8 +1021,14 @@ targets() {
   fi
   if [ -n "${SZ[big]:-}" ]; then
     local h; h=$(kv "${SZ[big]}" hwm_mb)
-    say "- $(calc "$BIG_SIZE / 1048576" 0) MiB message, peak RSS <= 64 MB: $h MB — $(verdict "$h <= 64")"
+    say "- $(calc "$BIG_SIZE / 1048576" 0) MiB message, peak RSS <= 64 MB, access point (through Postfix): $h MB — $(verdict "$h <= 64")"
   fi
+  local r
+  for r in busta anomalia delivery; do
+    [ -n "${RXSZ[$r]:-}" ] || continue
+    local x=${RXSZ[$r]}
+    say "- $(calc "$BIG_SIZE / 1048576" 0) MiB message, peak RSS <= 64 MB, $(case $r in busta) echo "reception point (busta di trasporto)" ;; anomalia) echo "reception point (busta di anomalia)" ;; *) echo "delivery point (avvenuta consegna completa)" ;; esac): RssAnon $(kv "$x" anon_mb) MB — $(verdict "$(kv "$x" anon_mb) <= 64"); VmHWM $(kv "$x" hwm_mb) MB — $(verdict "$(kv "$x" hwm_mb) <= 64") (VmHWM counts the mapped spool pages)"
+  done
   local k
   for k in emb-unix redis-unix emb-tcp redis-tcp; do
     [ -n "${PROTO[half-$k]:-}" ] || continue
