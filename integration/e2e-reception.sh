@@ -482,12 +482,13 @@ reload_signals() {
   said=$("$BIN" reload --config "$1" 2>&1); echo "$said"
   [[ $said == *"(pid $(cat "$2"))"* ]]
 }
-# sidx_refused TAG COPY TRIGGER REASON N: COPY replaces the signed index, TRIGGER (hup: SIGHUP;
-# reload: `pec-milter reload`) asks for a refresh; the log says it failed, keeping the previous
-# copy, naming the file and REASON; the failure counter is N, /health says "index" down; Delta
+# sidx_refused TAG COPY TRIGGER SAYS REASON N: COPY replaces the signed index, TRIGGER (hup:
+# SIGHUP; reload: `pec-milter reload`) asks for a refresh; the log says it failed, keeping the
+# previous copy, its error (unquoted: a Display field) starting with SAYS (which names the file)
+# and holding REASON; the failure counter is N, /health says "index" down, giving SAYS; Delta
 # is still taken in charge, Eta still an anomaly.
 sidx_refused() {
-  local tag=$1 copy=$2 trigger=$3 reason=$4 n=$5 failed
+  local tag=$1 copy=$2 trigger=$3 says=$4 reason=$5 n=$6 failed
   failed=$(pec_milter_log_count "$DIR" "$REFUSED")
   cp "$copy" "$P7M.new" && mv "$P7M.new" "$P7M"
   ok "$P ($tag) $P7M replaced by ${copy##*/}" cmp "$copy" "$P7M"
@@ -498,11 +499,11 @@ sidx_refused() {
       reload_signals "$DIR/sidx.toml" "$DIR/pec-milter.pid"
   fi
   ok "$P ($tag) the log: refresh failed, the previous copy kept" log_grows "$DIR" "$REFUSED" "$failed" 20
-  ok "$P ($tag) the log says why: $P7M, $reason" \
-    eval 'grep -E "$REFUSED" "$DIR/pec-milter.log" | tail -n 1 | grep -F "signature of $P7M: " | grep -F "$reason"'
+  ok "$P ($tag) the log says why: error=$says..., $reason" \
+    eval 'grep -E "$REFUSED" "$DIR/pec-milter.log" | tail -n 1 | grep -F "error=$says" | grep -F "$reason"'
   ok "$P ($tag) pec_milter_index_signature_failures_total = $n" \
     metric_is pec_milter_index_signature_failures_total "$n"
-  ok "$P ($tag) /health: 503, \"index\" down (signature of ...)" index_health_is 503 down "signature of $P7M"
+  ok "$P ($tag) /health: 503, \"index\" down ($says...)" index_health_is 503 down "$says"
   pec_verdict "$tag-delta" "$DDIR" "$D_NAME" "$D_DOMAIN" "$DELTA_MD" taken
   pec_verdict "$tag-eta" "$EDIR" "$E_NAME" "$E_DOMAIN" "$ETA_MD" anomaly
 }
@@ -1153,9 +1154,13 @@ run_source() {
       ok "$P (SIDX:1) /health: 200, \"index\" up" index_health_is 200 up
       pec_verdict SIDX:1-delta "$DDIR" "$D_NAME" "$D_DOMAIN" "$DELTA_MD" taken
       pec_verdict SIDX:1-eta "$EDIR" "$E_NAME" "$E_DOMAIN" "$ETA_MD" anomaly
-      sidx_refused SIDX:2-tampered "$SDIR/v2-tampered.p7m" hup "content digest mismatch" 1
-      sidx_refused SIDX:2-forged "$SDIR/v2-forged.p7m" reload "certificate verify error" 2
-      sidx_refused SIDX:4-plain "$SDIR/v2.ldif" hup "neither DER nor base64/PEM" 3
+      sidx_refused SIDX:2-tampered "$SDIR/v2-tampered.p7m" hup "signature of $P7M: " \
+        "content digest mismatch" 1
+      sidx_refused SIDX:2-forged "$SDIR/v2-forged.p7m" reload \
+        "$P7M: the signer does not chain to [index] signed_by (" "certificate verify error" 2
+      sidx_refused SIDX:4-plain "$SDIR/v2.ldif" hup \
+        "$P7M: a plain LDIF, not signed ([index] signed_by expects the signed .p7m as published)" \
+        "a plain LDIF, not signed" 3
       # (3) the good copy that adds Eta
       loaded=$(pec_milter_log_count "$DIR" "providers' index loaded .*signed LDIF file $P7M .*providers=$((base + 2))")
       cp "$SDIR/v2.p7m" "$P7M.new" && mv "$P7M.new" "$P7M"

@@ -917,7 +917,10 @@ impl Daemon {
         }
         if let Some(index) = &g.index {
             // First load now (a failure is logged; the reception point answers
-            // 4xx until a copy is loaded), then on schedule and on reload.
+            // 4xx until a copy is loaded), then on schedule and on reload;
+            // while no copy is loaded the refresher retries sooner (a minute
+            // after this attempt, doubling up to an hour; the refresh when
+            // shorter).
             let first = index.refresh_logged().await;
             shared.health.observe_index(&first.as_ref().map(|_| ()));
             learn_crls(&g);
@@ -1129,7 +1132,9 @@ fn tracker(g: &Generation) -> Option<Tracker> {
 
 /// The providers' index of the current generation refreshed every
 /// `[index] refresh` (a reload loads it first, then its refresher
-/// replaces the old one's).
+/// replaces the old one's); while no copy is loaded, retried after
+/// `min(refresh, 1 min)`, doubling up to `min(refresh, 1 h)`
+/// ([`crate::index::RefreshSchedule`]).
 fn spawn_index_refresher(
     current: &Current,
     health: Health,

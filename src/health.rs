@@ -137,7 +137,9 @@ impl Health {
     /// One load of the providers' index: observed, and a signed copy whose
     /// signature did not verify counted.
     pub fn observe_index(&self, r: &Result<(), &IndexError>) {
-        if let Err(IndexError::Signature { .. }) = r {
+        if let Err(e) = r
+            && e.is_signature_failure()
+        {
             self.metrics.index_signature_failure();
         }
         self.observe(Dependency::Index, r);

@@ -490,6 +490,68 @@ mod tests {
         );
     }
 
+    /// The refusal of a signed index as the README quotes it: `error` a
+    /// Display field (`%e`), written unquoted in `text` (only `&str`
+    /// values, as `queue_id` above, are quoted).
+    #[test]
+    fn a_refused_signed_index_is_logged_as_the_readme_quotes_it() {
+        use crate::crypto::Pki;
+        use crate::crypto::verify::TrustStore;
+        use crate::index::{IndexSource, ProviderEntry, ProviderIndex, ldif};
+        use openssl::cms::{CMSOptions, CmsContentInfo};
+        use openssl::pkey::PKey;
+
+        let pki = Pki::generate("Publisher", "pec.a.test", 30).expect("pki");
+        let cert = pki.cert().expect("cert");
+        let key = PKey::private_key_from_pem(&pki.key_pem).expect("key");
+        let entry = ProviderEntry::for_certificate(
+            "A",
+            cert.to_der().expect("der"),
+            "ricevute@pec.a.test".into(),
+            &["pec.a.test".to_string()],
+        );
+        let text = ldif::write_directory(&[entry]);
+        let signed = CmsContentInfo::sign(
+            Some(&cert),
+            Some(&key),
+            None,
+            Some(text.as_bytes()),
+            CMSOptions::BINARY,
+        )
+        .and_then(|cms| cms.to_der())
+        .expect("sign");
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("igpec.ldif.p7m");
+        std::fs::write(&path, signed).expect("write");
+        let index = ProviderIndex::new(IndexSource::SignedLdif {
+            path: path.clone(),
+            signed_by: TrustStore::from_pem_bytes(&[&pki.ca_cert_pem]).expect("anchor"),
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(index.refresh()).expect("the signed copy loads");
+        // a plain LDIF in its place
+        std::fs::write(&path, &text).expect("write");
+        let buf = Buf::default();
+        with_layer(
+            fmt_layer(LogFormat::Text, buf.clone(), false, false),
+            || {
+                let _ = rt.block_on(index.refresh_logged());
+            },
+        );
+        let lines = buf.lines();
+        let file = path.display();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let expected = format!(
+            " WARN providers' index refresh failed; keeping the previous copy \
+             source=signed LDIF file {file} error={file}: a plain LDIF, not signed \
+             ([index] signed_by expects the signed .p7m as published) age_secs="
+        );
+        assert!(lines[0].starts_with(&expected), "{}", lines[0]);
+    }
+
     #[test]
     fn levels_and_filters() {
         for ok in [

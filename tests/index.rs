@@ -18,7 +18,8 @@ use common::{free_port, installed};
 use pec_milter::crypto::pki::Pki;
 use pec_milter::index::ldap::LdapSource;
 use pec_milter::index::{
-    IndexError, IndexSnapshot, IndexSource, ProviderEntry, ProviderIndex, certificate_hash, ldif,
+    FIRST_RETRY, IndexError, IndexSnapshot, IndexSource, MAX_RETRY, ProviderEntry, ProviderIndex,
+    RefreshSchedule, certificate_hash, ldif,
 };
 use pec_milter::pec::TipoDestinatario;
 use tempfile::TempDir;
@@ -953,5 +954,179 @@ async fn ldif_index_refresher_takes_an_interval_past_the_clock() {
         trigger.notify_one();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    task.abort();
+}
+
+/// The attempts a refresher made: when each ended, and whether it loaded.
+#[derive(Clone, Default)]
+struct Attempts(Arc<std::sync::Mutex<Vec<(Instant, bool)>>>);
+
+impl Attempts {
+    fn reporter(&self) -> impl Fn(Result<(), &IndexError>) + Send + Sync + 'static {
+        let list = self.0.clone();
+        move |r| {
+            list.lock()
+                .expect("attempts")
+                .push((Instant::now(), r.is_ok()))
+        }
+    }
+
+    fn list(&self) -> Vec<(Instant, bool)> {
+        self.0.lock().expect("attempts").clone()
+    }
+
+    async fn wait_for(&self, n: usize, within: Duration) -> Vec<(Instant, bool)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let list = self.list();
+            if list.len() >= n {
+                return list;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} attempts, not {n}, within {within:?}",
+                list.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The schedule: the first retry without a copy at most a minute, the
+/// wait doubling up to an hour (the refresh when shorter).
+#[test]
+fn refresh_schedule_retries_sooner_without_a_copy() {
+    let day = RefreshSchedule::new(Duration::from_secs(86_400));
+    assert_eq!(day.every, Duration::from_secs(86_400));
+    assert_eq!(day.first_retry, FIRST_RETRY);
+    assert_eq!(FIRST_RETRY, Duration::from_secs(60));
+    assert_eq!(day.max_retry, MAX_RETRY);
+    assert_eq!(MAX_RETRY, Duration::from_secs(3600));
+    let mut waits = vec![day.first_retry];
+    while waits.len() < 10 {
+        let next = day.next_retry(*waits.last().expect("a wait"));
+        waits.push(next);
+    }
+    let secs: Vec<u64> = waits.iter().map(Duration::as_secs).collect();
+    assert_eq!(secs, [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600, 3600]);
+    // a refresh shorter than a minute: retried at the refresh
+    let short = RefreshSchedule::new(Duration::from_secs(20));
+    assert_eq!(short.first_retry, Duration::from_secs(20));
+    assert_eq!(short.next_retry(short.first_retry), Duration::from_secs(20));
+    // between a minute and an hour: up to the refresh
+    let ten = RefreshSchedule::new(Duration::from_secs(600));
+    assert_eq!(ten.first_retry, Duration::from_secs(60));
+    assert_eq!(ten.next_retry(Duration::from_secs(480)), ten.every);
+    // bounds
+    assert_eq!(
+        RefreshSchedule::new(Duration::ZERO).every,
+        Duration::from_secs(1)
+    );
+    assert!(RefreshSchedule::new(Duration::MAX).every < Duration::MAX);
+    let fast = day.with_first_retry(Duration::ZERO);
+    assert_eq!(fast.first_retry, Duration::from_millis(10));
+    assert_eq!(
+        short
+            .with_first_retry(Duration::from_secs(3600))
+            .first_retry,
+        short.every
+    );
+}
+
+/// The file missing at start: retried after the first retry, the wait
+/// doubling, not at the (hour-long) refresh; loaded at the next retry once
+/// written; then a failed refresh keeps the copy and the hourly schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_copy_the_refresher_retries_sooner_then_keeps_its_schedule() {
+    let p = providers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("igpec.ldif");
+    let index = Arc::new(ProviderIndex::new(IndexSource::Ldif(path.clone())));
+    let attempts = Attempts::default();
+    let trigger = Arc::new(tokio::sync::Notify::new());
+    let first = Duration::from_millis(100);
+    let schedule = RefreshSchedule::new(Duration::from_secs(3600)).with_first_retry(first);
+    let task =
+        index
+            .clone()
+            .spawn_refresher_scheduled(schedule, trigger.clone(), attempts.reporter());
+
+    // at once, then after 100, 200, 400 ms: each failed
+    let list = attempts.wait_for(4, Duration::from_secs(20)).await;
+    assert!(list.iter().all(|(_, ok)| !ok), "the file is missing");
+    for (i, pair) in list.windows(2).take(3).enumerate() {
+        let gap = pair[1].0 - pair[0].0;
+        let least = first * 2u32.pow(i as u32);
+        assert!(gap >= least, "retry {i}: {gap:?} < {least:?}");
+    }
+    assert!(index.snapshot().is_none());
+
+    // the file written: loaded at the next retry (at most 800 ms later,
+    // well before the hour), every attempt reported once
+    let written = Instant::now();
+    write_atomically(&path, &ldif::write_directory(std::slice::from_ref(&p.a)));
+    let deadline = written + Duration::from_secs(20);
+    while index.snapshot().is_none() {
+        assert!(Instant::now() < deadline, "not loaded within the retries");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let loaded = attempts.list();
+    assert_eq!(loaded.last().map(|(_, ok)| *ok), Some(true), "{loaded:?}");
+    assert_eq!(loaded.iter().filter(|(_, ok)| *ok).count(), 1);
+    let good = index.snapshot().expect("loaded");
+
+    // a copy in use: no retries any more (the next load in an hour)
+    std::fs::remove_file(&path).expect("rm");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        attempts.list().len(),
+        loaded.len(),
+        "no load before the hour"
+    );
+    // a failed refresh (asked for) keeps the copy, and the schedule
+    trigger.notify_one();
+    let failed = attempts
+        .wait_for(loaded.len() + 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(failed.last().map(|(_, ok)| *ok), Some(false));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(attempts.list().len(), failed.len(), "no retry with a copy");
+    assert!(Arc::ptr_eq(
+        &good,
+        &index.snapshot().expect("the copy stays")
+    ));
+    task.abort();
+}
+
+/// A refresher started right after a failed load (the daemon's first load,
+/// a reload) counts it as an attempt: its first retry comes `first_retry`
+/// after it, not at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresher_after_a_failed_first_load_waits_its_first_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = Arc::new(ProviderIndex::new(IndexSource::Ldif(
+        dir.path().join("missing.ldif"),
+    )));
+    assert!(index.refresh_logged().await.is_err());
+    let failed = Instant::now();
+    let attempts = Attempts::default();
+    let first = Duration::from_millis(300);
+    let task = index.clone().spawn_refresher_scheduled(
+        RefreshSchedule::new(Duration::from_secs(3600)).with_first_retry(first),
+        Arc::new(tokio::sync::Notify::new()),
+        attempts.reporter(),
+    );
+    let list = attempts.wait_for(2, Duration::from_secs(20)).await;
+    assert!(
+        list[0].0 - failed >= first - Duration::from_millis(10),
+        "{:?}",
+        list[0].0 - failed
+    );
+    // the first load was the first retry: the next wait is doubled
+    assert!(
+        list[1].0 - list[0].0 >= first * 2,
+        "{:?}",
+        list[1].0 - list[0].0
+    );
     task.abort();
 }

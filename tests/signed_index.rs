@@ -130,21 +130,46 @@ async fn a_bad_signature_keeps_the_copy_in_use_and_is_counted() {
     tampered[at + 4] = b'x';
     // signed by B, whose CA is not an anchor of the index's signer
     let untrusted = sign(directory().as_bytes(), &other().pki);
-    // not signed at all
+    // not signed at all; and with a comment before its first entry (not
+    // told by its first line: neither DER nor base64, text with `dn:` lines)
     let plain = directory().into_bytes();
-    for (what, bytes, why) in [
-        ("tampered", tampered, "digest"),
-        ("untrusted signer", untrusted, "certificate"),
-        ("plain LDIF", plain, "DER"),
+    let commented = format!("# IGPEC export\n\n{}", directory()).into_bytes();
+    let file = path.display().to_string();
+    for (what, bytes) in [
+        ("tampered", tampered),
+        ("untrusted signer", untrusted),
+        ("plain LDIF", plain),
+        ("plain LDIF", commented),
     ] {
         std::fs::write(&path, &bytes).expect("write");
         let r = index.refresh_logged().await;
-        match &r {
-            Err(IndexError::Signature { reason, .. }) => assert!(
-                reason.to_lowercase().contains(&why.to_lowercase()),
-                "{what}: {reason}"
+        let text = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+        match (what, &r) {
+            ("tampered", Err(IndexError::Signature { reason, .. })) => {
+                assert!(reason.contains("digest"), "{what}: {reason}");
+                assert!(
+                    text.starts_with(&format!("signature of {file}: ")),
+                    "{text}"
+                );
+            }
+            // in plain words first, OpenSSL's detail after
+            ("untrusted signer", Err(IndexError::UntrustedSigner { detail, .. })) => {
+                assert!(
+                    text.starts_with(&format!(
+                        "{file}: the signer does not chain to [index] signed_by ("
+                    )),
+                    "{text}"
+                );
+                assert!(detail.contains("certificate verify error"), "{detail}");
+                assert!(text.ends_with(&format!("({detail})")), "{text}");
+            }
+            ("plain LDIF", Err(IndexError::NotSigned { .. })) => assert_eq!(
+                text,
+                format!(
+                    "{file}: a plain LDIF, not signed ([index] signed_by expects the signed .p7m as published)"
+                )
             ),
-            other => panic!("{what}: {other:?}"),
+            (_, other) => panic!("{what}: {other:?}"),
         }
         health.observe_index(&r.as_ref().map(|_| ()));
         let snap = index.snapshot().expect("the old copy stays");
@@ -153,7 +178,7 @@ async fn a_bad_signature_keeps_the_copy_in_use_and_is_counted() {
     }
     let text = health.metrics().encode();
     assert!(
-        text.contains("pec_milter_index_signature_failures_total 3"),
+        text.contains("pec_milter_index_signature_failures_total 4"),
         "{text}"
     );
     assert!(health.is_down(pec_milter::health::Dependency::Index));
@@ -206,4 +231,116 @@ async fn what_openssl_cms_sign_nodetach_makes_loads() {
 fn which(name: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
+}
+
+/// The daemon started (in-process) with no usable copy: `[index] ldif`
+/// is the plain demo LDIF that `init_demo` writes where the signed one is
+/// expected. The first load is refused; while no copy is loaded the
+/// refresher retries after `min(refresh, 1 min)` (here the refresh, 1 s)
+/// and takes the signed file as soon as it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_without_a_copy_at_start_loads_the_signed_index_once_written() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PEC_MILTER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().display();
+    let anchor = dir.path().join("igpec-signer-ca.pem");
+    std::fs::write(&anchor, &pki().pki.ca_cert_pem).expect("anchor");
+    let index_path = dir.path().join("index/igpec.ldif.p7m");
+    let config = dir.path().join("pec-milter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[milter]
+listen = "inet:127.0.0.1:0"
+workers = 2
+
+[provider]
+name = "ACME PEC S.p.A."
+domain = "pec.acme.test"
+
+[signing]
+key = "{d}/demo/provider.key"
+cert = "{d}/demo/provider.crt"
+init_demo = true
+
+[reinjection]
+address = "127.0.0.1:9"
+
+[state]
+path = "{d}/state"
+
+[clamd]
+enabled = false
+
+[quarantine]
+dir = "{d}/quarantine"
+
+[spool]
+dir = "{d}/spool"
+
+[delivery]
+listen = ""
+outbox = "{d}/outbox"
+
+[timers]
+enabled = false
+
+[log]
+dir = "{d}/log"
+node = "mx"
+
+[index]
+source = "ldif"
+ldif = "{index}"
+signed_by = ["{anchor}"]
+refresh = "1s"
+
+[reception]
+trust = ["{anchor}"]
+"#,
+            index = index_path.display(),
+            anchor = anchor.display(),
+        ),
+    )
+    .expect("config");
+    let cfg = pec_milter::config::Config::load(&config).expect("config");
+    let daemon = pec_milter::daemon::Daemon::start(&config, cfg)
+        .await
+        .expect("the daemon starts without an index copy");
+    let reloader = daemon.reloader();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(async move {
+        daemon.serve(rx).await.expect("serve");
+    });
+    let index = reloader.current().get().index.clone().expect("an index");
+    // the demo LDIF, plain: refused
+    assert!(
+        std::fs::read_to_string(&index_path)
+            .expect("init_demo's LDIF")
+            .starts_with("dn:")
+    );
+    assert!(matches!(
+        index.refresh().await,
+        Err(IndexError::NotSigned { .. })
+    ));
+    assert!(index.snapshot().is_none());
+
+    std::fs::write(&index_path, sign(directory().as_bytes(), &pki().pki)).expect("write");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while index.snapshot().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the signed index was not loaded by the refresher"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(providers(&index), ["ACME PEC S.p.A.", "Beta PEC S.p.A."]);
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), served).await;
 }

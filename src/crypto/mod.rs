@@ -71,6 +71,10 @@ pub enum CryptoError {
     /// A signature did not verify (see [`verify::require_valid`]).
     #[error("invalid signature: {0}")]
     Verify(String),
+    /// The signer's certificate does not chain to the trust anchors given
+    /// (OpenSSL's detail: [`verify::verify_enveloped`]).
+    #[error("the signer does not chain to the trust anchors ({0})")]
+    Untrusted(String),
     /// An unknown digest algorithm name.
     #[error("unknown digest algorithm {0:?} (expected sha1 or sha256)")]
     UnknownDigest(String),

@@ -964,8 +964,10 @@ pub fn signed_data_der(bytes: &[u8]) -> Result<Vec<u8>, CryptoError> {
 
 /// The content of an enveloping CMS SignedData (`.p7m`: DER, PEM or bare
 /// base64, see [`signed_data_der`]) once its signature verifies and its
-/// signer chains to `trust` at the current time; else why not
-/// ([`CryptoError::Verify`]).
+/// signer chains to `trust` at the current time; else why not: bytes that
+/// are no SignedData [`CryptoError::InvalidInput`], a signer that does not
+/// chain [`CryptoError::Untrusted`], any other failure
+/// [`CryptoError::Verify`].
 pub fn verify_enveloped(bytes: &[u8], trust: &TrustStore) -> Result<Vec<u8>, CryptoError> {
     let der = signed_data_der(bytes)?;
     let mut cms = CmsContentInfo::from_der(&der)
@@ -979,8 +981,31 @@ pub fn verify_enveloped(bytes: &[u8], trust: &TrustStore) -> Result<Vec<u8>, Cry
         Some(&mut content),
         CMSOptions::BINARY,
     )
-    .map_err(|e| CryptoError::Verify(integrity_reason(&e)))?;
+    .map_err(|e| match chain_failure(&e) {
+        Some(detail) => CryptoError::Untrusted(detail),
+        None => CryptoError::Verify(integrity_reason(&e)),
+    })?;
     Ok(content)
+}
+
+/// OpenSSL's detail when `CMS_verify` failed on the signer's chain (its
+/// `certificate verify error`, with the X.509 reason it carries, e.g.
+/// `unable to get local issuer certificate`); `None` for any other failure.
+fn chain_failure(e: &ErrorStack) -> Option<String> {
+    let error = e.errors().iter().find(|x| {
+        x.reason()
+            .is_some_and(|r| r.eq_ignore_ascii_case("certificate verify error"))
+            || x.function()
+                .is_some_and(|f| f.eq_ignore_ascii_case("cms_signerinfo_verify_cert"))
+    })?;
+    let reason = error.reason().unwrap_or("certificate verify error");
+    Some(match error.data() {
+        Some(data) if !data.is_empty() => {
+            let data = data.strip_prefix("Verify error:").unwrap_or(data).trim();
+            format!("{reason}: {data}")
+        }
+        _ => reason.to_string(),
+    })
 }
 
 /// `Ok` for a valid report, else [`CryptoError::Verify`] with the reason,

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::{IndexError, ProviderEntry, entry_from_attrs};
+use crate::crypto::CryptoError;
 use crate::crypto::verify::{TrustStore, verify_enveloped};
 
 /// Folded lines are at most this many columns (RFC 2849 recommends 76).
@@ -210,16 +211,30 @@ pub fn load(path: &Path) -> Result<Vec<ProviderEntry>, IndexError> {
 /// Reads a signed LDIF file (`.p7m`: CMS SignedData enveloping the LDIF,
 /// DER, PEM or base64), checks its signature and its signer's chain to
 /// `signed_by` at the current time, and parses the LDIF it carries. A file
-/// that is not signed, or whose signature does not verify, is
-/// [`IndexError::Signature`]: its content is not read.
+/// that is a plain LDIF is [`IndexError::NotSigned`], one whose signer does
+/// not chain to `signed_by` [`IndexError::UntrustedSigner`], any other
+/// that does not verify [`IndexError::Signature`]: its content is not read.
 pub fn load_signed(path: &Path, signed_by: &TrustStore) -> Result<Vec<ProviderEntry>, IndexError> {
     let bytes = std::fs::read(path).map_err(|source| IndexError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let content = verify_enveloped(&bytes, signed_by).map_err(|e| IndexError::Signature {
+    let not_signed = || IndexError::NotSigned {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+    };
+    if starts_as_ldif(&bytes) {
+        return Err(not_signed());
+    }
+    let content = verify_enveloped(&bytes, signed_by).map_err(|e| match e {
+        CryptoError::InvalidInput(_) if has_dn_lines(&bytes) => not_signed(),
+        CryptoError::Untrusted(detail) => IndexError::UntrustedSigner {
+            path: path.to_path_buf(),
+            detail,
+        },
+        e => IndexError::Signature {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
     })?;
     let text = String::from_utf8(content).map_err(|e| IndexError::Io {
         path: path.to_path_buf(),
@@ -229,6 +244,30 @@ pub fn load_signed(path: &Path, signed_by: &TrustStore) -> Result<Vec<ProviderEn
         ),
     })?;
     parse(&text)
+}
+
+/// Whether `bytes` start (after a BOM and whitespace) as an LDIF document
+/// does: a `dn:` or `version:` line. Neither is possible in DER (which
+/// starts with 0x30), PEM or base64 (no `:`).
+fn starts_as_ldif(bytes: &[u8]) -> bool {
+    let b = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    let b = b.trim_ascii_start();
+    [&b"dn:"[..], b"version:"].iter().any(|prefix| {
+        b.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    })
+}
+
+/// Whether `bytes` are text with at least one `dn:` line (an LDIF that
+/// starts with comments): asked only of bytes that decoded as neither DER
+/// nor base64.
+fn has_dn_lines(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|text| {
+        text.lines().any(|l| {
+            l.get(..3)
+                .is_some_and(|head| head.eq_ignore_ascii_case("dn:"))
+        })
+    })
 }
 
 /// RFC 2849 SAFE-STRING: written as is; anything else is base64.
@@ -359,6 +398,29 @@ mod tests {
         assert!(!is_safe(b"trailing "));
         assert!(!is_safe(b":colon"));
         assert!(!is_safe("Società".as_bytes()));
+    }
+
+    #[test]
+    fn a_plain_ldif_is_told_from_a_signed_file() {
+        for plain in [
+            &b"dn: o=postacert\nobjectClass: top\n"[..],
+            b"\xef\xbb\xbf\r\n  DN: o=postacert\n",
+            b"version: 1\ndn: o=postacert\n",
+        ] {
+            assert!(starts_as_ldif(plain), "{}", String::from_utf8_lossy(plain));
+        }
+        for other in [
+            &b"\x30\x82\x01\x00"[..],
+            b"-----BEGIN PKCS7-----\nMIIB\n-----END PKCS7-----\n",
+            b"MIIBxzCCAW2gAwIBAgIU",
+            b"# the index\ndn: o=postacert\n",
+            b"",
+        ] {
+            assert!(!starts_as_ldif(other), "{}", String::from_utf8_lossy(other));
+        }
+        assert!(has_dn_lines(b"# the index\n\ndn: o=postacert\n"));
+        assert!(!has_dn_lines(b"# nothing but comments\n"));
+        assert!(!has_dn_lines(b"\xff\xfe dn: x"));
     }
 
     #[test]

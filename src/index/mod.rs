@@ -24,7 +24,7 @@ pub mod ldif;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::crypto::verify::TrustStore;
@@ -111,7 +111,9 @@ pub enum IndexError {
     #[error("the providers' index source did not answer in time")]
     Timeout,
     /// The signed index (`.p7m`) does not verify against `[index]
-    /// signed_by`, or is not a signed file at all.
+    /// signed_by` (tampered, not a SignedData); the two cases in plain
+    /// words are [`NotSigned`](Self::NotSigned) and
+    /// [`UntrustedSigner`](Self::UntrustedSigner).
     #[error("signature of {path}: {reason}")]
     Signature {
         /// The file.
@@ -119,6 +121,41 @@ pub enum IndexError {
         /// What is wrong.
         reason: String,
     },
+    /// A plain LDIF where `[index] signed_by` expects the signed `.p7m`.
+    #[error(
+        "{}: a plain LDIF, not signed ([index] signed_by expects the signed .p7m as published)",
+        path.display()
+    )]
+    NotSigned {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The signed index's signer does not chain to `[index] signed_by`.
+    #[error(
+        "{}: the signer does not chain to [index] signed_by ({detail})",
+        path.display()
+    )]
+    UntrustedSigner {
+        /// The file.
+        path: PathBuf,
+        /// OpenSSL's detail (`certificate verify error: unable to get
+        /// local issuer certificate`, ...).
+        detail: String,
+    },
+}
+
+impl IndexError {
+    /// Whether this is a signed index refused for its signature (tampered,
+    /// not signed, an untrusted signer): what
+    /// `pec_milter_index_signature_failures_total` counts.
+    pub fn is_signature_failure(&self) -> bool {
+        matches!(
+            self,
+            IndexError::Signature { .. }
+                | IndexError::NotSigned { .. }
+                | IndexError::UntrustedSigner { .. }
+        )
+    }
 }
 
 /// Lowercase, trimmed, without a trailing dot.
@@ -373,6 +410,79 @@ impl IndexSource {
     }
 }
 
+/// At most this long before the first retry while no copy of the index is
+/// loaded ([`RefreshSchedule::new`]: `[index] refresh` when shorter).
+pub const FIRST_RETRY: Duration = Duration::from_secs(60);
+
+/// At most this long between retries while no copy of the index is loaded
+/// (`[index] refresh` when shorter): as the CRL downloads, a minute
+/// doubling up to an hour.
+pub const MAX_RETRY: Duration = Duration::from_secs(3600);
+
+/// When a refresher ([`ProviderIndex::spawn_refresher_scheduled`]) loads
+/// the index.
+///
+/// - While a copy is in use: every [`every`](Self::every) (`[index]
+///   refresh`) after the last attempt, whether it worked or not (a failed
+///   refresh keeps the copy in use, which keeps serving).
+/// - While NO copy is loaded (the reception point answers 4xx): sooner,
+///   [`first_retry`](Self::first_retry) after the last attempt, the wait
+///   doubling after each failed attempt up to
+///   [`max_retry`](Self::max_retry); once a copy loads, `every` again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshSchedule {
+    /// Between loads while a copy is in use.
+    pub every: Duration,
+    /// The first wait while no copy is loaded.
+    pub first_retry: Duration,
+    /// The longest wait while no copy is loaded.
+    pub max_retry: Duration,
+}
+
+impl RefreshSchedule {
+    /// Every `every` (at least one second, at most 30 years: tokio's
+    /// bound on a timer); without a copy, the first retry after
+    /// `min(every, FIRST_RETRY)`, doubling up to `min(every, MAX_RETRY)`.
+    pub fn new(every: Duration) -> Self {
+        // `now + every` with `[index] refresh = 9223372036854775807`
+        // overflowed (a panic in the refresher, after its first load).
+        let every = every
+            .max(Duration::from_secs(1))
+            .min(Duration::from_secs(30 * 365 * 86400));
+        RefreshSchedule {
+            every,
+            first_retry: FIRST_RETRY.min(every),
+            max_retry: MAX_RETRY.min(every),
+        }
+    }
+
+    /// The same, its first retry without a copy after `first_retry` (at
+    /// least 10 ms, at most `max_retry`).
+    pub fn with_first_retry(self, first_retry: Duration) -> Self {
+        RefreshSchedule {
+            first_retry: first_retry
+                .max(Duration::from_millis(10))
+                .min(self.max_retry),
+            ..self
+        }
+    }
+
+    /// The wait after `retry` when the attempt after it failed too, no
+    /// copy loaded: doubled, at most `max_retry`.
+    pub fn next_retry(&self, retry: Duration) -> Duration {
+        retry.saturating_mul(2).min(self.max_retry)
+    }
+}
+
+/// The attempts to load, for the refresher's schedule and the logs.
+#[derive(Debug, Default)]
+struct Attempts {
+    /// When the last attempt ended.
+    last: Option<tokio::time::Instant>,
+    /// Attempts that failed in a row while no copy was loaded.
+    failed_without_copy: u32,
+}
+
 /// The live index: the last good snapshot, refreshed on a schedule and on
 /// demand. Reads are cheap (an `Arc` clone under a read lock).
 #[derive(Debug)]
@@ -383,6 +493,7 @@ pub struct ProviderIndex {
     current: RwLock<Option<Arc<IndexSnapshot>>>,
     /// One refresh at a time, so that swaps happen in load order.
     refreshing: tokio::sync::Mutex<()>,
+    attempts: Mutex<Attempts>,
 }
 
 impl ProviderIndex {
@@ -393,6 +504,7 @@ impl ProviderIndex {
             source: RwLock::new(source),
             current: RwLock::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            attempts: Mutex::new(Attempts::default()),
         }
     }
 
@@ -419,7 +531,26 @@ impl ProviderIndex {
     /// one, on failure (unreadable, malformed, empty, timeout) the current
     /// copy stays and the error is returned.
     pub async fn refresh(&self) -> Result<(), IndexError> {
+        self.refresh_counted().await.0
+    }
+
+    /// [`refresh`](Self::refresh), and how many attempts had failed in a
+    /// row with no copy loaded before this one.
+    async fn refresh_counted(&self) -> (Result<(), IndexError>, u32) {
         let _guard = self.refreshing.lock().await;
+        let result = self.load_and_swap().await;
+        let loaded = self.snapshot().is_some();
+        let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        attempts.last = Some(tokio::time::Instant::now());
+        let before = attempts.failed_without_copy;
+        attempts.failed_without_copy = match (&result, loaded) {
+            (Err(_), false) => before.saturating_add(1),
+            _ => 0,
+        };
+        (result, before)
+    }
+
+    async fn load_and_swap(&self) -> Result<(), IndexError> {
         let source = self.index_source();
         let entries = source.load().await?;
         let snapshot = IndexSnapshot::new(entries, source.describe())?;
@@ -427,6 +558,15 @@ impl ProviderIndex {
         let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
         *cur = Some(snapshot);
         Ok(())
+    }
+
+    /// How long ago the last attempt to load ended; `None` before the first.
+    fn since_last_attempt(&self) -> Option<Duration> {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last
+            .map(|t| t.elapsed())
     }
 
     /// The current copy; `None` before the first successful load.
@@ -462,18 +602,35 @@ impl ProviderIndex {
     /// Refreshes and logs the outcome (info with the provider count on
     /// success; warn with the age of the copy still in use on failure).
     pub async fn refresh_logged(&self) -> Result<(), IndexError> {
-        let result = self.refresh().await;
+        self.refresh_logged_retrying(None).await
+    }
+
+    /// [`refresh_logged`](Self::refresh_logged); a failure with no copy
+    /// loaded names `retry_in`, when the next attempt comes, and a load
+    /// after such failures says how many there were.
+    async fn refresh_logged_retrying(&self, retry_in: Option<Duration>) -> Result<(), IndexError> {
+        let (result, failed_before) = self.refresh_counted().await;
+        let source = self.describe();
         match &result {
             Ok(()) => {
                 let count = self.snapshot().map(|s| s.providers().len()).unwrap_or(0);
-                tracing::info!(source = %self.describe(), providers = count,
-                    "providers' index loaded");
+                if failed_before == 0 {
+                    tracing::info!(source = %source, providers = count,
+                        "providers' index loaded");
+                } else {
+                    tracing::info!(source = %source, providers = count,
+                        failed_attempts = failed_before,
+                        "providers' index loaded; the first copy, after failed attempts");
+                }
             }
-            Err(e) => match self.age() {
-                Some(age) => tracing::warn!(source = %self.describe(), error = %e,
+            Err(e) => match (self.age(), retry_in) {
+                (Some(age), _) => tracing::warn!(source = %source, error = %e,
                     age_secs = age.as_secs(),
                     "providers' index refresh failed; keeping the previous copy"),
-                None => tracing::warn!(source = %self.describe(), error = %e,
+                (None, Some(retry_in)) => tracing::warn!(source = %source, error = %e,
+                    failed_attempts = failed_before.saturating_add(1), retry_in = ?retry_in,
+                    "providers' index refresh failed; no copy loaded yet"),
+                (None, None) => tracing::warn!(source = %source, error = %e,
                     "providers' index refresh failed; no copy loaded yet"),
             },
         }
@@ -482,8 +639,10 @@ impl ProviderIndex {
 
     /// Spawns a task that refreshes every `interval` (at least one second)
     /// and whenever `trigger` is notified (use `Notify::notify_one`, which
-    /// is never lost, e.g. on SIGHUP). If nothing is loaded yet it refreshes
-    /// at once. Each outcome is logged. Abort the handle to stop it.
+    /// is never lost, e.g. on SIGHUP); while no copy is loaded, sooner
+    /// ([`RefreshSchedule::new`]). If nothing is loaded yet it refreshes
+    /// at once, or when an attempt was made already, its first retry after
+    /// that one. Each outcome is logged. Abort the handle to stop it.
     pub fn spawn_refresher(
         self: Arc<Self>,
         interval: Duration,
@@ -500,28 +659,56 @@ impl ProviderIndex {
         trigger: Arc<tokio::sync::Notify>,
         report: impl Fn(Result<(), &IndexError>) + Send + Sync + 'static,
     ) -> tokio::task::JoinHandle<()> {
-        // At most tokio's own bound on a timer (30 years): `now + interval`
-        // with `[index] refresh = 9223372036854775807` overflowed (a panic
-        // in the refresher, after its first load).
-        let interval = interval
-            .max(Duration::from_secs(1))
-            .min(Duration::from_secs(30 * 365 * 86400));
+        self.spawn_refresher_scheduled(RefreshSchedule::new(interval), trigger, report)
+    }
+
+    /// The refresher on `schedule`: while a copy is in use, a load every
+    /// `schedule.every` after the last attempt (a failure keeps the copy
+    /// and the schedule); while none is, at once when no attempt was made
+    /// yet, else `schedule.first_retry` after the last attempt, the wait
+    /// doubling after each failure up to `max_retry`. `trigger` loads at once
+    /// whatever the schedule. Each attempt is logged once (warn for a
+    /// failure, with `retry_in` while no copy is loaded; info for a load)
+    /// and told to `report`.
+    pub fn spawn_refresher_scheduled(
+        self: Arc<Self>,
+        schedule: RefreshSchedule,
+        trigger: Arc<tokio::sync::Notify>,
+        report: impl Fn(Result<(), &IndexError>) + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            if self.snapshot().is_none() {
-                report(self.refresh_logged().await.as_ref().map(|_| ()));
-            }
-            let mut ticker =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // the wait after the next attempt if it fails with no copy
+            let mut retry = schedule.first_retry;
+            let mut wait = match (self.snapshot().is_some(), self.since_last_attempt()) {
+                (true, _) => schedule.every,
+                (false, None) => Duration::ZERO,
+                // the attempt just made (the daemon's first load, a
+                // reload) counts as the first of the retries
+                (false, Some(ago)) => {
+                    let wait = retry.saturating_sub(ago);
+                    retry = schedule.next_retry(retry);
+                    wait
+                }
+            };
             loop {
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    _ = trigger.notified() => {
-                        tracing::info!(source = %self.describe(),
-                            "providers' index: refresh requested");
+                if !wait.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = trigger.notified() => {
+                            tracing::info!(source = %self.describe(),
+                                "providers' index: refresh requested");
+                        }
                     }
                 }
-                report(self.refresh_logged().await.as_ref().map(|_| ()));
+                let result = self.refresh_logged_retrying(Some(retry)).await;
+                if self.snapshot().is_some() {
+                    wait = schedule.every;
+                    retry = schedule.first_retry;
+                } else {
+                    wait = retry;
+                    retry = schedule.next_retry(retry);
+                }
+                report(result.as_ref().map(|_| ()));
             }
         })
     }
