@@ -106,16 +106,19 @@ impl Health {
     }
 
     /// `d` failed, for `reason`: counted, and logged when it was not down
-    /// already.
+    /// already. While it stays down, `/health` shows the latest reason
+    /// (the cause may change: a refused copy of the index, then another)
+    /// and the time it went down.
     pub fn down(&self, d: Dependency, reason: impl Display) {
         self.metrics.dependency_error(d.name());
         let Ok(mut map) = self.states.lock() else {
             return;
         };
-        if matches!(map.get(&d), Some(Status::Down { .. })) {
+        let reason = reason.to_string();
+        if let Some(Status::Down { reason: last, .. }) = map.get_mut(&d) {
+            *last = reason;
             return;
         }
-        let reason = reason.to_string();
         tracing::error!(dependency = d.name(), reason = %reason, "dependency down");
         map.insert(
             d,
@@ -368,15 +371,21 @@ mod tests {
         h.down(Dependency::Clamd, "connection refused");
         let first = h.snapshot();
         h.down(Dependency::Clamd, "still refused");
-        assert_eq!(
-            h.snapshot(),
-            first,
-            "a repeat changes nothing (the first reason stays)"
-        );
+        let again = h.snapshot();
         assert!(h.is_down(Dependency::Clamd));
-        match &first[0].1 {
-            Status::Down { reason, .. } => assert_eq!(reason, "connection refused"),
-            Status::Up => panic!("down expected"),
+        match (&first[0].1, &again[0].1) {
+            (
+                Status::Down { reason, since },
+                Status::Down {
+                    reason: latest,
+                    since: same,
+                },
+            ) => {
+                assert_eq!(reason, "connection refused");
+                assert_eq!(latest, "still refused", "the latest reason is shown");
+                assert_eq!(since, same, "the time it went down stays");
+            }
+            _ => panic!("down expected"),
         }
         h.observe::<(), String>(Dependency::Clamd, &Ok(()));
         assert!(!h.is_down(Dependency::Clamd));
