@@ -28,7 +28,7 @@
 //!   2. the precomputed accettazione injected over SMTP to the reinjection
 //!      listener (`--reinject`): `MAIL FROM:<--receipt-from>`, `RCPT TO:` the
 //!      session's MAIL FROM address, `DATA`, the receipt (dot-stuffed once at
-//!      start); lock-step (no PIPELINING), as pec-milter's injector
+//!      start); MAIL, RCPT and DATA in one write (PIPELINING), as pec-milter's injector
 //!      (`src/smtp.rs`), on a kept connection: up to 8 connections are kept
 //!      for 30 s after their last message (pec-milter's `REINJECTION_KEPT`
 //!      and age), a new one (greeting, EHLO) only when none is idle;
@@ -376,13 +376,16 @@ impl Smtp {
         expect(reply(&mut self.r).await?, want, what)
     }
 
-    /// MAIL, RCPT, DATA, the message.
+    /// MAIL, RCPT and DATA in one write (PIPELINING, as pec-milter's
+    /// injector when the server announces it: every listener here does),
+    /// their three replies, then the message.
     async fn send(&mut self, from: &str, to: &str, data: &[u8]) -> io::Result<()> {
-        self.step(format!("MAIL FROM:<{from}>\r\n").as_bytes(), 250, "MAIL")
+        self.w
+            .write_all(format!("MAIL FROM:<{from}>\r\nRCPT TO:<{to}>\r\nDATA\r\n").as_bytes())
             .await?;
-        self.step(format!("RCPT TO:<{to}>\r\n").as_bytes(), 250, "RCPT")
-            .await?;
-        self.step(b"DATA\r\n", 354, "DATA").await?;
+        expect(reply(&mut self.r).await?, 250, "MAIL")?;
+        expect(reply(&mut self.r).await?, 250, "RCPT")?;
+        expect(reply(&mut self.r).await?, 354, "DATA")?;
         self.step(data, 250, "end of data").await
     }
 }

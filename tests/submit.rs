@@ -427,7 +427,13 @@ async fn smtp_sink_slow_data_times_out() {
         .send("a@pec.test", &["b@pec.test".to_owned()], b"x\r\n")
         .await
         .unwrap_err();
-    assert!(matches!(err, SubmitError::Timeout("DATA")), "{err:?}");
+    // smtp-sink announces PIPELINING: MAIL, RCPT and DATA leave together
+    // and it flushes its replies together, after the slow one, so the
+    // client is still waiting for the first (MAIL) when time runs out.
+    assert!(
+        matches!(err, SubmitError::Timeout("MAIL" | "DATA")),
+        "{err:?}"
+    );
     let took = started.elapsed();
     assert!(
         took >= timeout && took < timeout + Duration::from_millis(500),
@@ -450,25 +456,41 @@ struct Script {
     rcpt: Vec<Option<&'static str>>,
     data: Option<&'static str>,
     end: Option<&'static str>,
+    /// Hold the replies to MAIL and RCPT until DATA is read (only a client
+    /// that pipelines gets through).
+    hold_until_data: bool,
 }
 
 impl Default for Script {
     fn default() -> Self {
         Script {
             greeting: Some("220 fake.pec.test ESMTP\r\n"),
+            // no PIPELINING: these scripts test the lock-step client
+            // (`Script::pipelining` announces it)
             ehlo: Some(
-                "250-fake.pec.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n",
+                "250-fake.pec.test\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n",
             ),
             helo: Some("250 fake.pec.test\r\n"),
             mail: Some("250 2.1.0 Ok\r\n"),
             rcpt: vec![Some("250 2.1.5 Ok\r\n")],
             data: Some("354 End data with <CR><LF>.<CR><LF>\r\n"),
             end: Some("250 2.0.0 Ok: queued as 4ZxQ9k1AbCz\r\n"),
+            hold_until_data: false,
         }
     }
 }
 
 impl Script {
+    /// The default script announcing PIPELINING, with one change.
+    fn pipelining(change: impl FnOnce(&mut Script)) -> Script {
+        Script::with(|s| {
+            s.ehlo = Some(
+                "250-fake.pec.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n",
+            );
+            change(s);
+        })
+    }
+
     /// The default script with one change.
     fn with(change: impl FnOnce(&mut Script)) -> Script {
         let mut s = Script::default();
@@ -525,6 +547,7 @@ async fn serve(sock: tokio::net::TcpStream, script: Script, log: Arc<Mutex<Vec<u
     w.write_all(g.as_bytes()).await.unwrap();
     let mut rcpts = 0;
     let mut line = Vec::new();
+    let mut held = String::new();
     loop {
         line.clear();
         if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
@@ -553,6 +576,16 @@ async fn serve(sock: tokio::net::TcpStream, script: Script, log: Arc<Mutex<Vec<u
         let Some(reply) = reply else {
             return hang(r).await;
         };
+        if script.hold_until_data && (cmd.starts_with("MAIL FROM:") || cmd.starts_with("RCPT TO:"))
+        {
+            held.push_str(reply);
+            continue;
+        }
+        if !held.is_empty() {
+            w.write_all(std::mem::take(&mut held).as_bytes())
+                .await
+                .unwrap();
+        }
         w.write_all(reply.as_bytes()).await.unwrap();
         if cmd == "DATA\r\n" && reply.starts_with("354") {
             loop {
@@ -966,4 +999,118 @@ async fn smtp_sink_kept_connection_exact_bytes() {
     for d in dumps {
         assert_eq!(d.message, as_dumped(&m));
     }
+}
+
+// ---------------------------------------------------------------------------
+// PIPELINING (RFC 2920): MAIL, RCPTs and DATA in one write.
+
+#[tokio::test]
+async fn pipelining_sends_mail_rcpt_data_together() {
+    // The server answers MAIL and the RCPTs only once it has read DATA: a
+    // client waiting for each reply would time out.
+    let fake = Fake::start(Script::pipelining(|s| s.hold_until_data = true)).await;
+    let receipt = fake
+        .submitter(TIMEOUT)
+        .send(
+            "a@pec.test",
+            &["b@pec.test".to_owned(), "c@pec.test".to_owned()],
+            b"Subject: p\r\n\r\n.dot\r\n",
+        )
+        .await
+        .expect("pipelined transaction");
+    assert_eq!(receipt.code, 250);
+    let want: &[u8] = b"EHLO submit.pec.test\r\nMAIL FROM:<a@pec.test>\r\nRCPT TO:<b@pec.test>\r\n\
+        RCPT TO:<c@pec.test>\r\nDATA\r\nSubject: p\r\n\r\n..dot\r\n.\r\nQUIT\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&fake.log()),
+        String::from_utf8_lossy(want)
+    );
+}
+
+/// A refusal among pipelined replies: the error names the first refused
+/// step, nothing of the message is sent (the server may have answered DATA
+/// with 354: the connection is closed, not fed), and no QUIT follows.
+async fn pipelined_refusal(script: Script, to: &[&str], want: Refused) {
+    let fake = Fake::start(script).await;
+    let to: Vec<String> = to.iter().map(|s| s.to_string()).collect();
+    let err = fake
+        .submitter(TIMEOUT)
+        .send("a@pec.test", &to, b"hello\r\n")
+        .await
+        .unwrap_err();
+    check_refused(&err, &want, want.step);
+    // the server sees the connection closed (its reads end)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = String::from_utf8_lossy(&fake.log()).into_owned();
+    assert!(log.ends_with("DATA\r\n"), "{}: {log}", want.step);
+    assert!(!log.contains("hello"), "{}: message sent: {log}", want.step);
+    assert!(!log.contains("QUIT"), "{}: {log}", want.step);
+}
+
+#[tokio::test]
+async fn pipelining_refused_rcpt_with_data_accepted_sends_nothing() {
+    pipelined_refusal(
+        Script::pipelining(|s| {
+            s.rcpt = vec![
+                Some("250 2.1.5 Ok\r\n"),
+                Some("550 5.1.1 <c@pec.test>: Recipient address rejected\r\n"),
+            ]
+        }),
+        &["b@pec.test", "c@pec.test"],
+        Refused {
+            step: "RCPT",
+            codes: 550..=550,
+            text: Text::Any,
+            permanent: true,
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pipelining_refused_mail_and_data() {
+    pipelined_refusal(
+        Script::pipelining(|s| {
+            s.mail = Some("451 4.3.0 try later\r\n");
+            s.rcpt = vec![Some("503 5.5.1 need MAIL\r\n")];
+            s.data = Some("503 5.5.1 need RCPT\r\n");
+        }),
+        &["b@pec.test"],
+        Refused {
+            step: "MAIL",
+            codes: 451..=451,
+            text: Text::Any,
+            permanent: false,
+        },
+    )
+    .await;
+    // DATA refused after every RCPT was taken: all replies read, in step
+    let fake = Fake::start(Script::pipelining(|s| {
+        s.data = Some("554 5.5.1 no valid recipients\r\n")
+    }))
+    .await;
+    let err = fake
+        .submitter(TIMEOUT)
+        .send("a@pec.test", &["b@pec.test".to_owned()], b"hello\r\n")
+        .await
+        .unwrap_err();
+    check_refused(
+        &err,
+        &Refused {
+            step: "DATA",
+            codes: 554..=554,
+            text: Text::Any,
+            permanent: true,
+        },
+        "DATA 554",
+    );
+    let started = Instant::now();
+    while !fake.log().ends_with(b"QUIT\r\n") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no QUIT after DATA 554"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!String::from_utf8_lossy(&fake.log()).contains("hello"));
 }
