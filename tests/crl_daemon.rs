@@ -17,18 +17,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use chrono::Utc;
 use common::crl_server::CrlServer;
 use common::*;
 use indymilter_test::{EomAction, Status, TestConnection};
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::pkey::PKey;
 use openssl::x509::X509;
+use pec_milter::crypto::Pki;
 use pec_milter::crypto::pem::PemKey;
-use pec_milter::crypto::{DigestAlg, Pki};
 use pec_milter::index::ldif;
-use pec_milter::pec::build::{Provider, Signer, Transaction, build_busta_trasporto};
-use pec_milter::pec::{Destinatario, TipoDestinatario, TipoRicevuta};
+use pec_milter::pec::build::Provider;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -36,37 +34,18 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// An envelope from `from` (its domain managed by the signer), signed by `key`.
 fn envelope(from: &str, key: &PemKey) -> Vec<u8> {
     let domain = from.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
-    let original = format!(
-        "From: {from}\r\nTo: mario@pec.acme.test\r\nSubject: Offerta\r\nMessage-ID: <o.1@{domain}>\r\n\r\nciao\r\n"
-    );
-    let tx = Transaction {
-        identificativo: format!("opec.1@{domain}"),
-        mittente: from.into(),
-        destinatari: vec![Destinatario {
-            address: "mario@pec.acme.test".into(),
-            tipo: TipoDestinatario::Certificato,
-        }],
-        risposte: from.into(),
-        oggetto: "Offerta".into(),
-        msgid: Some(format!("<o.1@{domain}>")),
-        ricevuta: TipoRicevuta::Completa,
-    };
-    let prov = Provider {
+    let provider = Provider {
         name: "Gestore".into(),
         domain: domain.into(),
     };
-    build_busta_trasporto(
-        &prov,
-        &tx,
-        original.as_bytes(),
-        Utc::now(),
-        Signer {
-            key,
-            digest: DigestAlg::Sha256,
-        },
+    busta_to_mario(
+        from,
+        &format!("<o.1@{domain}>"),
+        &format!("opec.1@{domain}"),
+        &provider,
+        "ciao",
+        key,
     )
-    .expect("build")
-    .to_bytes()
 }
 
 /// Header fields (name, value as a milter gets it: folded lines joined by

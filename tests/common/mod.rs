@@ -433,27 +433,48 @@ pub fn entry(name: &str, cert_pem: &[u8], domains: &[&str], receipt: &str) -> Pr
 
 /// An envelope from provider B's holder to our holder.
 pub fn envelope_from_b(body: &str, key: &PemKey, from_domain: &str) -> Vec<u8> {
+    let provider = Provider {
+        name: "Beta PEC S.p.A.".into(),
+        domain: from_domain.into(),
+    };
+    busta_to_mario(
+        "luigi@pec.b.test",
+        "<o.1@client.b>",
+        "opec.b.1@pec.b.test",
+        &provider,
+        body,
+        key,
+    )
+}
+
+/// A busta di trasporto by `provider` (signed with `key`) of a message
+/// from `from` to our holder mario@pec.acme.test (certified), subject
+/// "Offerta", ricevuta completa.
+pub fn busta_to_mario(
+    from: &str,
+    msgid: &str,
+    id: &str,
+    provider: &Provider,
+    body: &str,
+    key: &PemKey,
+) -> Vec<u8> {
     let original = format!(
-        "From: luigi@pec.b.test\r\nTo: mario@pec.acme.test\r\nSubject: Offerta\r\nMessage-ID: <o.1@client.b>\r\n\r\n{body}\r\n"
+        "From: {from}\r\nTo: mario@pec.acme.test\r\nSubject: Offerta\r\nMessage-ID: {msgid}\r\n\r\n{body}\r\n"
     );
     let tx = Transaction {
-        identificativo: "opec.b.1@pec.b.test".into(),
-        mittente: "luigi@pec.b.test".into(),
+        identificativo: id.into(),
+        mittente: from.into(),
         destinatari: vec![Destinatario {
             address: "mario@pec.acme.test".into(),
             tipo: TipoDestinatario::Certificato,
         }],
-        risposte: "luigi@pec.b.test".into(),
+        risposte: from.into(),
         oggetto: "Offerta".into(),
-        msgid: Some("<o.1@client.b>".into()),
+        msgid: Some(msgid.into()),
         ricevuta: TipoRicevuta::Completa,
     };
-    let prov = Provider {
-        name: "Beta PEC S.p.A.".into(),
-        domain: from_domain.into(),
-    };
     build_busta_trasporto(
-        &prov,
+        provider,
         &tx,
         original.as_bytes(),
         Utc::now(),
