@@ -113,28 +113,14 @@ async fn get(port: u16, path: &str) -> String {
     out
 }
 
-fn log_has(log: &Path, what: &str) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .matches(what)
-        .count()
-}
-
 /// Up to 40 s: the daemon is a debug build and CI's two cores are shared
 /// with other test binaries. One run of ten here failed once (its output
 /// was not kept); a wait too short for a loaded machine is the likeliest
 /// cause.
+const LOG_WAIT: Duration = Duration::from_secs(40);
+
 fn wait_log(log: &Path, what: &str) {
-    for _ in 0..1600 {
-        if log_has(log, what) > 0 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!(
-        "{what:?} not in the log:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    common::wait_log(log, what, 1, LOG_WAIT);
 }
 
 fn start(config: &Path, log: &Path) -> Child {

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::free_port;
+use common::{free_port, log_has};
 use indymilter::MacroStage;
 use indymilter_test::{Status, TestConnection};
 use pec_milter::config::Config;
@@ -716,24 +716,11 @@ async fn the_metrics_endpoint_keeps_counting_across_reloads() {
 // ---------------------------------------------------------------------------
 // The binary: SIGHUP, whatever the file says, and `pec-milter reload`.
 
-fn log_has(log: &Path, what: &str) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .matches(what)
-        .count()
-}
+/// How long a log line may take to appear.
+const LOG_WAIT: Duration = Duration::from_secs(10);
 
 fn wait_log(log: &Path, what: &str, n: usize) {
-    for _ in 0..400 {
-        if log_has(log, what) >= n {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!(
-        "{what:?} not {n} times in the log:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    common::wait_log(log, what, n, LOG_WAIT);
 }
 
 fn hup(pid: u32) {

@@ -228,7 +228,8 @@ fn tool(name: &str) -> Command {
     c
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+/// `name` in `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
             .map(|d| d.join(name))
@@ -577,4 +578,30 @@ pub fn without_signature(env: &[u8]) -> Vec<u8> {
     );
     assert!(msg.postacert.is_some(), "the signed content is whole");
     out
+}
+
+// ---------------------------------------------------------------------------
+// A daemon's log file (the tests that run the binary).
+
+/// How many times `what` is in the file `log` (0 when it cannot be read).
+pub fn log_has(log: &Path, what: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(what)
+        .count()
+}
+
+/// Wait until `what` is in `log` at least `n` times, at most `within`
+/// (polled every 25 ms); panics with the log otherwise.
+pub fn wait_log(log: &Path, what: &str, n: usize, within: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while log_has(log, what) < n {
+        if started.elapsed() >= within {
+            panic!(
+                "{what:?} not {n} times in the log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
 }
