@@ -135,13 +135,8 @@ fn parsed_certificates(key: &dyn SigningKey) -> Result<Arc<ParsedCerts>, CryptoE
     };
     // A poisoned lock only means another thread panicked while holding
     // it: the list itself is always whole.
-    let cache = |f: &mut dyn FnMut(&mut Vec<Arc<ParsedCerts>>)| {
-        let mut guard = PARSED.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard)
-    };
-    let mut found = None;
-    cache(&mut |list| found = list.iter().find(|p| same(p)).cloned());
-    if let Some(p) = found {
+    let cache = || PARSED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = cache().iter().find(|p| same(p)).cloned() {
         return Ok(p);
     }
     let signer_cert = parse_cert(cert)?;
@@ -163,12 +158,11 @@ fn parsed_certificates(key: &dyn SigningKey) -> Result<Arc<ParsedCerts>, CryptoE
     der.push(cert.to_vec());
     der.extend(chain.iter().cloned());
     let parsed = Arc::new(ParsedCerts { der, certs, sid });
-    cache(&mut |list| {
-        if list.len() >= PARSED_KEEP {
-            list.remove(0);
-        }
-        list.push(Arc::clone(&parsed));
-    });
+    let mut list = cache();
+    if list.len() >= PARSED_KEEP {
+        list.remove(0);
+    }
+    list.push(Arc::clone(&parsed));
     Ok(parsed)
 }
 
