@@ -29,6 +29,9 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
+mod trim;
+pub use trim::Mapped;
+
 /// The size of the pieces a spooled body is read in.
 pub const CHUNK: usize = crate::pec::body::CHUNK;
 
@@ -331,11 +334,11 @@ impl Spooled {
 
     /// The whole body as one slice without copying it: the bytes in
     /// memory, or the spool file mapped read-only. The pages of a mapped
-    /// file are the page cache's (the file has just been written), counted
-    /// in the process's RSS while touched but not its heap, and given back
-    /// by the kernel under memory pressure: the roles that parse a message
-    /// as a whole (the reception point) read a 100 MB body through this
-    /// without holding a copy.
+    /// file are the page cache's (the file has just been written); those a
+    /// pass touches count in the process's RSS until the trimmer hands
+    /// them back ([`Mapped`]): the roles that parse a message as a whole
+    /// (the reception point) read a 100 MB body through this without
+    /// holding a copy or its pages.
     pub fn view(&self) -> io::Result<SpooledView<'_>> {
         match &*self.0 {
             Inner::Memory(v) => Ok(SpooledView::Memory(v)),
@@ -349,7 +352,7 @@ impl Spooled {
                 // `anonymous_file`), finished and never written again: no
                 // one can truncate or change it while the map lives, which
                 // is what makes a file mapping sound to read as a slice.
-                let map = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
+                let map = unsafe { Mapped::new(file, len)? };
                 Ok(SpooledView::Mapped(map))
             }
         }
@@ -404,7 +407,9 @@ impl crate::pec::body::Body for Spooled {
 /// See [`Spooled::view`].
 pub enum SpooledView<'a> {
     Memory(&'a [u8]),
-    Mapped(memmap2::Mmap),
+    /// A file mapped read-only (a large one has its touched pages
+    /// handed back as it is read: [`Mapped`]).
+    Mapped(Mapped),
 }
 
 impl std::ops::Deref for SpooledView<'_> {

@@ -681,8 +681,9 @@ anon_watch() {
 }
 anon_watch_end() { touch "$1.stop"; wait "$ANON_WATCHER" 2>/dev/null; ANON_MB=$(calc "$(cat "$1") / 1024" 1); }
 # rx_size NAME FILE SENDER: one large inbound message through a fresh emb-unix instance (the
-# reception role): VmHWM, and the peak of RssAnon sampled every 20 ms (heap and stacks: the
-# pages of the spool file the reception point maps are RssFile, the page cache's).
+# reception role): VmHWM, and the peak of RssAnon sampled every 20 ms (heap and stacks; VmHWM
+# also counts the pages of the mapped spool file a pass has touched and the trimmer has not yet
+# handed back, src/spool/trim.rs).
 declare -A RXSZ
 rx_size() {
   local name=$1 file=$2 from=$3 d=$W/rxsize-$1 pid idle out t0 t1
@@ -1027,7 +1028,7 @@ targets() {
   for r in busta anomalia delivery; do
     [ -n "${RXSZ[$r]:-}" ] || continue
     local x=${RXSZ[$r]}
-    say "- $(calc "$BIG_SIZE / 1048576" 0) MiB message, peak RSS <= 64 MB, $(case $r in busta) echo "reception point (busta di trasporto)" ;; anomalia) echo "reception point (busta di anomalia)" ;; *) echo "delivery point (avvenuta consegna completa)" ;; esac): RssAnon $(kv "$x" anon_mb) MB — $(verdict "$(kv "$x" anon_mb) <= 64"); VmHWM $(kv "$x" hwm_mb) MB — $(verdict "$(kv "$x" hwm_mb) <= 64") (VmHWM counts the mapped spool pages)"
+    say "- $(calc "$BIG_SIZE / 1048576" 0) MiB message, peak RSS <= 64 MB, $(case $r in busta) echo "reception point (busta di trasporto)" ;; anomalia) echo "reception point (busta di anomalia)" ;; *) echo "delivery point (avvenuta consegna completa)" ;; esac): RssAnon $(kv "$x" anon_mb) MB — $(verdict "$(kv "$x" anon_mb) <= 64"); VmHWM $(kv "$x" hwm_mb) MB — $(verdict "$(kv "$x" hwm_mb) <= 64") (VmHWM counts the mapped spool pages not yet handed back)"
   done
   local k
   for k in emb-unix redis-unix emb-tcp redis-tcp; do

@@ -178,14 +178,20 @@ pub fn message_of(e: &OutboxEntry) -> std::io::Result<SpooledView<'_>> {
         return Ok(SpooledView::Memory(&e.message));
     };
     let file = std::fs::File::open(path)?;
-    if file.metadata()?.len() == 0 {
+    let len = usize::try_from(file.metadata()?.len()).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "outbox file too large to map",
+        )
+    })?;
+    if len == 0 {
         return Ok(SpooledView::Memory(&[]));
     }
     // SAFETY: the file is one of this daemon's outbox files (see
     // `keep_message`): written to a temporary name, synced and renamed,
     // never written again, and removed only once the entry is dropped
     // after the MTA took it; nothing truncates it while the map lives.
-    let map = unsafe { memmap2::Mmap::map(&file)? };
+    let map = unsafe { crate::spool::Mapped::new(&file, len)? };
     Ok(SpooledView::Mapped(map))
 }
 
