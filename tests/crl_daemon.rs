@@ -14,7 +14,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::crl_server::CrlServer;
@@ -100,6 +99,21 @@ async fn receive(addr: &str, from: &str, message: &[u8]) -> (Status, bool) {
     (status, replaced)
 }
 
+/// The two verdicts: the envelope of Gamma (luigi@pec.g.test, `gamma`,
+/// its certificate revoked) an anomaly (else fails with `revoked`), the one
+/// of Delta (anna@pec.d.test, `delta`) delivered.
+async fn verdicts(addr: &str, gamma: &PemKey, delta: &PemKey, revoked: &str) {
+    let from = "luigi@pec.g.test";
+    let (status, anomaly) = receive(addr, from, &envelope(from, gamma)).await;
+    assert!(anomaly, "{revoked} ({status:?})");
+    let from = "anna@pec.d.test";
+    let (status, anomaly) = receive(addr, from, &envelope(from, delta)).await;
+    assert!(
+        !anomaly && matches!(status, Status::Accept | Status::Continue),
+        "{status:?}"
+    );
+}
+
 /// GET `path` of the operations endpoint: the body.
 async fn get(port: u16, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -121,30 +135,6 @@ const LOG_WAIT: Duration = Duration::from_secs(40);
 
 fn wait_log(log: &Path, what: &str) {
     common::wait_log(log, what, 1, LOG_WAIT);
-}
-
-fn start(config: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pec-milter"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("PEC_MILTER_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::fs::File::create(log).expect("log"))
-        .spawn()
-        .expect("pec-milter run")
-}
-
-fn stop(mut child: Child) {
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-    for _ in 0..400 {
-        if child.try_wait().expect("wait").is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let _ = child.kill();
-    panic!("the daemon did not stop on SIGTERM");
 }
 
 fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
@@ -201,102 +191,34 @@ async fn the_daemon_checks_the_distribution_points_crl_and_keeps_it_across_a_res
 
     let milter_port = free_port();
     let ops_port = free_port();
-    let config = write(
-        d,
-        "pec-milter.toml",
-        format!(
-            r#"[milter]
-listen = "inet:127.0.0.1:{milter_port}"
-workers = 2
-
-[provider]
-name = "ACME PEC S.p.A."
-domain = "pec.acme.test"
-domains = ["pec.acme.test"]
-
-[signing]
-key = "{d}/demo/provider.key"
-cert = "{d}/demo/provider.crt"
-init_demo = true
-
-[reinjection]
-address = "127.0.0.1:{sink}"
-timeout = "2s"
-
-[state]
-path = "{d}/state"
-
-[clamd]
-enabled = false
-
-[quarantine]
-dir = "{d}/quarantine"
-
-[spool]
-dir = "{d}/spool"
-
-[index]
-source = "ldif"
-ldif = "{p7m}"
-signed_by = ["{index_ca}"]
-
-[reception]
-trust = ["{trust}"]
-fetch_crls = true
-crl_cache = "{d}/crl"
-
-[delivery]
-listen = ""
-outbox = "{d}/outbox"
-
-[timers]
-enabled = false
-
-[log]
-dir = "{d}/log"
-node = "mx"
-
-[metrics]
-listen = "127.0.0.1:{ops_port}"
-"#,
-            d = d.display(),
-            sink = free_port(),
-            p7m = p7m.display(),
-            index_ca = index_ca.display(),
-            trust = trust.display(),
-        )
-        .as_bytes(),
-    );
+    let config = DaemonConfig {
+        listen: format!("inet:127.0.0.1:{milter_port}"),
+        reinjection_port: free_port(),
+        reinjection_timeout: Some("2s".into()),
+        index: Some(p7m),
+        signed_by: vec![index_ca],
+        trust: vec![trust],
+        crl_cache: Some(d.join("crl")),
+        metrics: Some(format!("127.0.0.1:{ops_port}")),
+        ..DaemonConfig::new(d)
+    }
+    .write();
     let addr = format!("127.0.0.1:{milter_port}");
 
     let log = d.join("first.log");
-    let child = start(&config, &log);
-    wait_log(&log, "pec-milter ready");
+    let daemon = DaemonProcess::start(&config, &log, LOG_WAIT);
     wait_log(&log, "providers' index loaded");
     // learnt from the index, fetched before any message
     wait_log(&log, "CRL fetched");
     assert_eq!(server.hits(), 1);
 
-    let (status, anomaly) = receive(
+    verdicts(
         &addr,
-        "luigi@pec.g.test",
-        &envelope("luigi@pec.g.test", &gamma),
+        &gamma,
+        &delta,
+        "the revoked provider's envelope: an anomaly",
     )
     .await;
-    assert!(
-        anomaly,
-        "the revoked provider's envelope: an anomaly ({status:?})"
-    );
-    let (status, anomaly) = receive(
-        &addr,
-        "anna@pec.d.test",
-        &envelope("anna@pec.d.test", &delta),
-    )
-    .await;
-    assert!(
-        !anomaly && matches!(status, Status::Accept | Status::Continue),
-        "{status:?}"
-    );
 
     let metrics = get(ops_port, "/metrics").await;
     for line in [
@@ -315,36 +237,19 @@ listen = "127.0.0.1:{ops_port}"
     );
     let health = get(ops_port, "/health").await;
     assert!(health.contains("\"crl\":{\"state\":\"up\"}"), "{health}");
-    stop(child);
+    daemon.stop();
 
     // restarted with the distribution point down: the copy on disk serves
     server.stop();
     let log = d.join("second.log");
-    let child = start(&config, &log);
-    wait_log(&log, "pec-milter ready");
+    let daemon = DaemonProcess::start(&config, &log, LOG_WAIT);
     wait_log(&log, "CRL cache: copy read from disk");
     wait_log(&log, "providers' index loaded");
-    let (status, anomaly) = receive(
-        &addr,
-        "luigi@pec.g.test",
-        &envelope("luigi@pec.g.test", &gamma),
-    )
-    .await;
-    assert!(anomaly, "still revoked ({status:?})");
-    let (status, anomaly) = receive(
-        &addr,
-        "anna@pec.d.test",
-        &envelope("anna@pec.d.test", &delta),
-    )
-    .await;
-    assert!(
-        !anomaly && matches!(status, Status::Accept | Status::Continue),
-        "{status:?}"
-    );
+    verdicts(&addr, &gamma, &delta, "still revoked").await;
     assert_eq!(
         log_has(&log, "CRL download failed"),
         0,
         "not due: no download tried"
     );
-    stop(child);
+    daemon.stop();
 }

@@ -105,20 +105,7 @@ fn log_at(dir: &std::path::Path, node: &str) -> Arc<FileLog> {
 /// The providers' index of these tests (an LDIF file in `dir`, loaded):
 /// ACME (us, pec.acme.test) and B (pec.b.test).
 async fn index(dir: &std::path::Path) -> Arc<ProviderIndex> {
-    let entries = vec![
-        entry(
-            "ACME PEC S.p.A.",
-            &pki().pki.cert_pem,
-            &["pec.acme.test"],
-            "ricevute@pec.acme.test",
-        ),
-        entry(
-            "Beta PEC S.p.A.",
-            &other().pki.cert_pem,
-            &["pec.b.test"],
-            "ricevute@pec.b.test",
-        ),
-    ];
+    let entries = acme_and_b(&["pec.b.test"]);
     let path = dir.join("igpec.ldif");
     std::fs::write(&path, ldif::write(&entries)).expect("write ldif");
     let index = Arc::new(ProviderIndex::new(IndexSource::Ldif(path)));

@@ -106,19 +106,8 @@ fn logged(r: &Rig) -> Vec<(String, String)> {
 async fn rig(ordinary: OrdinaryMail, verify_at: VerifyAt, load: bool) -> Rig {
     let dir = tempfile::tempdir().expect("tmp");
     let ldif_path = dir.path().join("igpec.ldif");
-    let entries = vec![
-        entry(
-            "ACME PEC S.p.A.",
-            &pki().pki.cert_pem,
-            &["pec.acme.test"],
-            "ricevute@pec.acme.test",
-        ),
-        entry(
-            "Beta PEC S.p.A.",
-            &other().pki.cert_pem,
-            &["pec.b.test", "mail.pec.b.test"],
-            "ricevute@pec.b.test",
-        ),
+    let mut entries = acme_and_b(&["pec.b.test", "mail.pec.b.test"]);
+    entries.extend([
         entry(
             "ARUBA PEC S.p.A.",
             &sample_signer_pem("OCA+l10n-italy__l10n_it_pec_messages__message1"),
@@ -135,7 +124,7 @@ async fn rig(ordinary: OrdinaryMail, verify_at: VerifyAt, load: bool) -> Rig {
             &["pcert.sogei.it", "pec.fatturapa.it"],
             "ricevute@pcert.sogei.it",
         ),
-    ];
+    ]);
     std::fs::write(&ldif_path, ldif::write(&entries)).expect("write ldif");
     let index = Arc::new(ProviderIndex::new(IndexSource::Ldif(ldif_path)));
     if load {

@@ -24,13 +24,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, log_has};
+use common::{DaemonConfig, DaemonProcess, Holders, InProcessDaemon, free_port, log_has};
 use indymilter::MacroStage;
 use indymilter_test::{Status, TestConnection};
-use pec_milter::config::Config;
-use pec_milter::daemon::Daemon;
 use pec_milter::index::ProviderEntry;
 use pec_milter::pec::reader::read;
+use rustix::process::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const MARIO: &str = "mario.rossi@pec.acme.test";
@@ -130,25 +129,20 @@ impl Sink {
     }
 }
 
-/// What a configuration of the rig says.
-struct Settings<'a> {
-    provider: &'a str,
-    /// `[holders] upr`.
-    upr: &'a [&'a str],
-    /// `[milter] listen`.
-    listen: &'a str,
-    /// Appended as is.
-    extra: &'a str,
-}
-
-impl Default for Settings<'_> {
-    fn default() -> Self {
-        Settings {
-            provider: "ACME PEC S.p.A.",
-            upr: &[],
-            listen: "inet:127.0.0.1:0",
-            extra: "",
-        }
+/// The rig's configuration: the classes of the holders (upa1 by default,
+/// upa `@pec.other.test`; `upr`), our domain and pec.other.test certified,
+/// receipts to the sink at `sink_port`.
+fn config(dir: &Path, sink_port: u16, upr: &[&str]) -> DaemonConfig {
+    DaemonConfig {
+        reinjection_port: sink_port,
+        reinjection_timeout: Some("10s".into()),
+        certified_domains: vec!["pec.acme.test".into(), "pec.other.test".into()],
+        holders: Some(Holders {
+            default_class: "upa1".into(),
+            upa: vec!["@pec.other.test".into()],
+            upr: upr.iter().map(|a| a.to_string()).collect(),
+        }),
+        ..DaemonConfig::new(dir)
     }
 }
 
@@ -156,10 +150,7 @@ struct Rig {
     dir: tempfile::TempDir,
     sink: Sink,
     sink_port: u16,
-    addr: String,
-    reloader: Arc<pec_milter::reload::Reloader>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    served: Option<tokio::task::JoinHandle<()>>,
+    daemon: InProcessDaemon,
 }
 
 impl Rig {
@@ -167,121 +158,56 @@ impl Rig {
         self.dir.path().join("pec-milter.toml")
     }
 
-    fn write(&self, s: &Settings<'_>) {
-        write_config(self.dir.path(), self.sink_port, s);
+    /// The configuration it started with (no upr).
+    fn config(&self) -> DaemonConfig {
+        config(self.dir.path(), self.sink_port, &[])
+    }
+
+    /// With the providers' index `igpec.ldif` in its directory, the demo
+    /// CA the trust anchor.
+    fn with_own_index(&self) -> DaemonConfig {
+        let d = self.dir.path();
+        DaemonConfig {
+            index: Some(d.join("igpec.ldif")),
+            trust: vec![d.join("demo/ca.pem")],
+            ..self.config()
+        }
     }
 
     fn generation(&self) -> u64 {
         self.reloader.current().get().number
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.served.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
-        }
+    async fn stop(self) {
+        self.daemon.stop().await;
     }
 }
 
-fn write_config(dir: &Path, sink_port: u16, s: &Settings<'_>) {
-    let d = dir.display();
-    let upr: Vec<String> = s.upr.iter().map(|a| format!("{a:?}")).collect();
-    let text = format!(
-        r#"[milter]
-listen = "{listen}"
-workers = 2
-
-[provider]
-name = "{provider}"
-domain = "pec.acme.test"
-domains = ["pec.acme.test"]
-
-[signing]
-key = "{d}/demo/provider.key"
-cert = "{d}/demo/provider.crt"
-init_demo = true
-
-[reinjection]
-address = "127.0.0.1:{sink_port}"
-timeout = "10s"
-
-[state]
-path = "{d}/state"
-
-[clamd]
-enabled = false
-
-[quarantine]
-dir = "{d}/quarantine"
-
-[spool]
-dir = "{d}/spool"
-
-[recipients]
-certified_domains = ["pec.acme.test", "pec.other.test"]
-
-[holders]
-default_class = "upa1"
-upa = ["@pec.other.test"]
-upr = [{upr}]
-
-[delivery]
-listen = ""
-outbox = "{d}/outbox"
-
-[timers]
-enabled = false
-
-[log]
-dir = "{d}/log"
-node = "mx"
-{extra}
-"#,
-        listen = s.listen,
-        provider = s.provider,
-        upr = upr.join(", "),
-        extra = s.extra,
-    );
-    std::fs::write(dir.join("pec-milter.toml"), text).expect("write config");
+/// Its daemon's `addr` and `reloader`.
+impl std::ops::Deref for Rig {
+    type Target = InProcessDaemon;
+    fn deref(&self) -> &InProcessDaemon {
+        &self.daemon
+    }
 }
 
 async fn rig() -> Rig {
-    rig_with(&Settings::default()).await
+    rig_with(|_| ()).await
 }
 
-async fn rig_with(settings: &Settings<'_>) -> Rig {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PEC_MILTER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_test_writer()
-        .try_init();
+async fn rig_with(edit: impl FnOnce(&mut DaemonConfig)) -> Rig {
     let dir = tempfile::tempdir().expect("tmp");
     let (sink, sink_port) = Sink::start().await;
-    write_config(dir.path(), sink_port, settings);
-    let path = dir.path().join("pec-milter.toml");
-    let cfg = Config::load(&path).expect("config");
-    let daemon = Daemon::start(&path, cfg).await.expect("daemon starts");
-    let addr = daemon
-        .milter_address()
-        .trim_start_matches("inet:")
-        .to_string();
-    let reloader = daemon.reloader();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(async move {
-        daemon.serve(rx).await.expect("serve");
-    });
+    let mut cfg = config(dir.path(), sink_port, &[]);
+    edit(&mut cfg);
+    let daemon = InProcessDaemon::start(&cfg.write())
+        .await
+        .expect("daemon starts");
     Rig {
         dir,
         sink,
         sink_port,
-        addr,
-        reloader,
-        stop: Some(tx),
-        served: Some(served),
+        daemon,
     }
 }
 
@@ -352,11 +278,11 @@ async fn a_reload_changes_provider_name_and_holder_classes_for_new_connections()
     // a connection opened now, finished after the reload
     let open = begin(&rig.addr, MARIO, LUIGI, "across the reload").await;
 
-    rig.write(&Settings {
-        provider: "ACME PEC Ricaricata S.p.A.",
-        upr: &[MARIO],
-        ..Settings::default()
-    });
+    DaemonConfig {
+        provider: "ACME PEC Ricaricata S.p.A.".into(),
+        ..config(rig.dir.path(), rig.sink_port, &[MARIO])
+    }
+    .write();
     let r = rig.reloader.reload_logged().await.expect("reload taken");
     assert_eq!(r.generation, 2);
     assert_eq!(rig.generation(), 2);
@@ -398,8 +324,8 @@ type Breaker = Box<dyn Fn(&Rig)>;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_configuration_is_refused_and_the_running_one_keeps_serving() {
     let rig = rig().await;
-    let d = rig.dir.path().display().to_string();
-    let other_key = rig.dir.path().join("other.key");
+    let d = rig.dir.path();
+    let other_key = d.join("other.key");
     std::fs::write(
         &other_key,
         &pec_milter::crypto::pki::Pki::generate("Other", "pec.other.test", 30)
@@ -407,7 +333,19 @@ async fn a_broken_configuration_is_refused_and_the_running_one_keeps_serving() {
             .key_pem,
     )
     .expect("key");
-    let broken: Vec<(&str, Breaker)> = vec![
+    // an index that loads, for the trust anchors to be the only fault
+    std::fs::write(d.join("igpec.ldif"), own_index(d)).expect("ldif");
+    let write = |cfg: DaemonConfig| -> Breaker {
+        Box::new(move |_: &Rig| {
+            cfg.write();
+        })
+    };
+    let with_index = |ldif: &str, trust: &str| DaemonConfig {
+        index: Some(d.join(ldif)),
+        trust: vec![d.join(trust)],
+        ..rig.config()
+    };
+    let cases: Vec<(&str, Breaker)> = vec![
         (
             "TOML syntax",
             Box::new(|rig: &Rig| {
@@ -416,67 +354,47 @@ async fn a_broken_configuration_is_refused_and_the_running_one_keeps_serving() {
         ),
         (
             "a check of check-config (unknown key)",
-            Box::new(|rig: &Rig| {
-                rig.write(&Settings {
-                    extra: "no_such_key = 1",
-                    ..Settings::default()
-                })
+            write(DaemonConfig {
+                extra: "no_such_key = 1\n".into(),
+                ..rig.config()
             }),
         ),
         (
             "a check of check-config (no PEC domain)",
-            Box::new(|rig: &Rig| {
-                rig.write(&Settings::default());
-                let text = std::fs::read_to_string(rig.path()).expect("read");
-                std::fs::write(
-                    rig.path(),
-                    text.replace(r#"domains = ["pec.acme.test"]"#, "domains = []"),
-                )
-                .expect("write");
+            write(DaemonConfig {
+                domains: Some(vec![]),
+                ..rig.config()
             }),
         ),
         (
             "the file itself gone",
             Box::new(|rig: &Rig| std::fs::remove_file(rig.path()).expect("rm")),
         ),
+        (
+            "a key that does not match its certificate",
+            write(DaemonConfig {
+                key: other_key,
+                init_demo: false,
+                ..rig.config()
+            }),
+        ),
+        (
+            "a key file that is not there",
+            write(DaemonConfig {
+                key: d.join("demo/missing.key"),
+                init_demo: false,
+                ..rig.config()
+            }),
+        ),
+        (
+            "trust anchors that are not there",
+            write(with_index("igpec.ldif", "no-such-ca.pem")),
+        ),
+        (
+            "an index source that cannot be loaded",
+            write(with_index("no-such-index.ldif", "demo/ca.pem")),
+        ),
     ];
-    let key_mismatch = std::fs::read_to_string(rig.path())
-        .expect("read")
-        .replace(
-            &format!("key = \"{d}/demo/provider.key\""),
-            &format!("key = \"{}\"", other_key.display()),
-        )
-        .replace("init_demo = true", "init_demo = false");
-    let no_key = std::fs::read_to_string(rig.path())
-        .expect("read")
-        .replace("provider.key", "missing.key")
-        .replace("init_demo = true", "init_demo = false");
-    let no_trust = format!(
-        "{}\n[index]\nsource = \"ldif\"\nldif = \"{d}/igpec.ldif\"\n\n[reception]\ntrust = [\"{d}/no-such-ca.pem\"]\n",
-        std::fs::read_to_string(rig.path()).expect("read")
-    );
-    let no_index = format!(
-        "{}\n[index]\nsource = \"ldif\"\nldif = \"{d}/no-such-index.ldif\"\n\n[reception]\ntrust = [\"{d}/demo/ca.pem\"]\n",
-        std::fs::read_to_string(rig.path()).expect("read")
-    );
-    // an index that loads, for the trust anchors to be the only fault
-    let ldif = own_index(rig.dir.path());
-    std::fs::write(rig.dir.path().join("igpec.ldif"), ldif).expect("ldif");
-    let mut cases: Vec<(String, Breaker)> = broken
-        .into_iter()
-        .map(|(n, f)| (n.to_string(), f))
-        .collect();
-    for (name, text) in [
-        ("a key that does not match its certificate", key_mismatch),
-        ("a key file that is not there", no_key),
-        ("trust anchors that are not there", no_trust),
-        ("an index source that cannot be loaded", no_index),
-    ] {
-        cases.push((
-            name.to_string(),
-            Box::new(move |rig: &Rig| std::fs::write(rig.path(), &text).expect("write")),
-        ));
-    }
     let mut accepted = 0;
     for (i, (name, make)) in cases.iter().enumerate() {
         make(&rig);
@@ -502,7 +420,7 @@ async fn a_broken_configuration_is_refused_and_the_running_one_keeps_serving() {
         "every accettazione from the running configuration"
     );
     // and a good file again is taken
-    rig.write(&Settings::default());
+    rig.config().write();
     assert_eq!(rig.reloader.reload().await.expect("taken").generation, 2);
     rig.stop().await;
 }
@@ -528,11 +446,12 @@ async fn settings_that_need_a_restart_keep_their_running_values() {
     let rig = rig().await;
     let running = rig.reloader.current().get().cfg.milter.listen.clone();
     let elsewhere = format!("inet:127.0.0.1:{}", free_port());
-    rig.write(&Settings {
-        listen: &elsewhere,
-        provider: "ACME PEC Due S.p.A.",
-        ..Settings::default()
-    });
+    DaemonConfig {
+        listen: elsewhere.clone(),
+        provider: "ACME PEC Due S.p.A.".into(),
+        ..rig.config()
+    }
+    .write();
     let r = rig.reloader.reload_logged().await.expect("reload taken");
     let keys: Vec<&str> = r.restart.iter().map(|n| n.key).collect();
     assert_eq!(keys, ["milter.listen"], "{:?}", r.restart);
@@ -568,14 +487,8 @@ async fn a_reload_adding_the_providers_index_brings_the_reception_point() {
     };
     // no index: inbound mail passes untouched at MAIL
     assert_eq!(unauthenticated(rig.addr.clone()).await, Status::Accept);
-    let d = rig.dir.path().display().to_string();
     std::fs::write(rig.dir.path().join("igpec.ldif"), own_index(rig.dir.path())).expect("ldif");
-    rig.write(&Settings {
-        extra: &format!(
-            "\n[index]\nsource = \"ldif\"\nldif = \"{d}/igpec.ldif\"\n\n[reception]\ntrust = [\"{d}/demo/ca.pem\"]\n"
-        ),
-        ..Settings::default()
-    });
+    rig.with_own_index().write();
     let r = rig.reloader.reload_logged().await.expect("reload taken");
     assert!(r.changed.contains(&"index"), "{:?}", r.changed);
     let g = rig.reloader.current().get();
@@ -650,12 +563,7 @@ async fn http_get(port: u16, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_keeps_counting_across_reloads() {
     let port = free_port();
-    let metrics = format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
-    let rig = rig_with(&Settings {
-        extra: &metrics,
-        ..Settings::default()
-    })
-    .await;
+    let rig = rig_with(|cfg| cfg.metrics = Some(format!("127.0.0.1:{port}"))).await;
     const ACCEPTED: &str = "pec_milter_messages_total{role=\"access\",outcome=\"accept\"}";
     assert_eq!(
         submit(&rig.addr, MARIO, LUIGI, "before").await,
@@ -673,16 +581,13 @@ async fn the_metrics_endpoint_keeps_counting_across_reloads() {
     // a reload adding the providers' index and moving the endpoint: the
     // endpoint stays where it is (a restart), with the same counters, and
     // answers for the new generation's index
-    let d = rig.dir.path().display().to_string();
     std::fs::write(rig.dir.path().join("igpec.ldif"), own_index(rig.dir.path())).expect("ldif");
     let moved = free_port();
-    let extra = format!(
-        "\n[metrics]\nlisten = \"127.0.0.1:{moved}\"\n\n[index]\nsource = \"ldif\"\nldif = \"{d}/igpec.ldif\"\n\n[reception]\ntrust = [\"{d}/demo/ca.pem\"]\n"
-    );
-    rig.write(&Settings {
-        extra: &extra,
-        ..Settings::default()
-    });
+    DaemonConfig {
+        metrics: Some(format!("127.0.0.1:{moved}")),
+        ..rig.with_own_index()
+    }
+    .write();
     let r = rig.reloader.reload_logged().await.expect("reload taken");
     let keys: Vec<&str> = r.restart.iter().map(|n| n.key).collect();
     assert_eq!(keys, ["metrics.listen"], "{:?}", r.restart);
@@ -723,49 +628,31 @@ fn wait_log(log: &Path, what: &str, n: usize) {
     common::wait_log(log, what, n, LOG_WAIT);
 }
 
-fn hup(pid: u32) {
-    let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
-}
-
 #[test]
 fn sighup_never_stops_the_daemon_and_pec_milter_reload_asks_it() {
     let dir = tempfile::tempdir().expect("tmp");
     let port = free_port();
     // the reinjection listener is never reached here: nothing is submitted
-    write_config(
-        dir.path(),
-        free_port(),
-        &Settings {
-            listen: &format!("inet:127.0.0.1:{port}"),
-            ..Settings::default()
-        },
-    );
-    let path = dir.path().join("pec-milter.toml");
+    let listening = |cfg: DaemonConfig| DaemonConfig {
+        listen: format!("inet:127.0.0.1:{port}"),
+        ..cfg
+    };
+    let path = listening(config(dir.path(), free_port(), &[])).write();
     let log = dir.path().join("pec-milter.log");
     let bin = env!("CARGO_BIN_EXE_pec-milter");
-    let mut child = std::process::Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("PEC_MILTER_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("pec-milter run");
-    let pid = child.id();
-    let alive = |child: &mut std::process::Child| child.try_wait().expect("wait").is_none();
-    wait_log(&log, "pec-milter ready", 1);
+    let mut daemon = DaemonProcess::start(&path, &log, LOG_WAIT);
+    let pid = daemon.pid();
 
     // no [index] (SIGHUP used to end such a daemon): the same file again
-    hup(pid);
+    daemon.signal(Signal::HUP);
     wait_log(&log, "configuration reloaded", 1);
-    assert!(alive(&mut child), "alive after SIGHUP");
+    assert!(daemon.is_running(), "alive after SIGHUP");
 
     // a broken file: refused, still serving
     std::fs::write(&path, "[provider\n").expect("write");
-    hup(pid);
+    daemon.signal(Signal::HUP);
     wait_log(&log, "reload refused", 1);
-    assert!(alive(&mut child), "alive after a refused reload");
+    assert!(daemon.is_running(), "alive after a refused reload");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     // `pec-milter reload` checks the file first: it does not ask
     let out = std::process::Command::new(bin)
@@ -776,20 +663,16 @@ fn sighup_never_stops_the_daemon_and_pec_milter_reload_asks_it() {
     assert!(!out.status.success(), "a broken file is not sent for");
 
     // SIGHUPs in a burst: each taken or folded into the next, never fatal
-    write_config(
-        dir.path(),
-        free_port(),
-        &Settings {
-            listen: &format!("inet:127.0.0.1:{port}"),
-            provider: "ACME PEC Ricaricata S.p.A.",
-            ..Settings::default()
-        },
-    );
+    listening(DaemonConfig {
+        provider: "ACME PEC Ricaricata S.p.A.".into(),
+        ..config(dir.path(), free_port(), &[])
+    })
+    .write();
     for _ in 0..5 {
-        hup(pid);
+        daemon.signal(Signal::HUP);
     }
     wait_log(&log, "configuration reloaded", 2);
-    assert!(alive(&mut child), "alive after a burst of SIGHUP");
+    assert!(daemon.is_running(), "alive after a burst of SIGHUP");
 
     // `pec-milter reload`: the daemon's pid from the message log's lock
     let before = log_has(&log, "configuration reloaded");
@@ -813,9 +696,7 @@ fn sighup_never_stops_the_daemon_and_pec_milter_reload_asks_it() {
     assert!(log_has(&log, "ACME PEC Ricaricata S.p.A.") >= 1);
 
     // and SIGTERM still stops it, cleanly
-    let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-    let status = child.wait().expect("wait");
+    let status = daemon.stop();
     assert!(status.success(), "{status:?}");
     assert!(log_has(&log, "panicked") == 0);
 }

@@ -21,20 +21,7 @@ use pec_milter::health::Health;
 use pec_milter::index::{IndexError, IndexSource, ProviderIndex, ldif};
 
 fn directory() -> String {
-    ldif::write_directory(&[
-        entry(
-            "ACME PEC S.p.A.",
-            &pki().pki.cert_pem,
-            &["pec.acme.test"],
-            "ricevute@pec.acme.test",
-        ),
-        entry(
-            "Beta PEC S.p.A.",
-            &other().pki.cert_pem,
-            &["pec.b.test"],
-            "ricevute@pec.b.test",
-        ),
-    ])
+    ldif::write_directory(&acme_and_b(&["pec.b.test"]))
 }
 
 /// `content` enveloped in a CMS SignedData signed by `pki`'s provider
@@ -235,85 +222,29 @@ async fn what_openssl_cms_sign_nodetach_makes_loads() {
 /// and takes the signed file as soon as it is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_without_a_copy_at_start_loads_the_signed_index_once_written() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PEC_MILTER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_test_writer()
-        .try_init();
     let dir = tempfile::tempdir().expect("tmp");
-    let d = dir.path().display();
     let anchor = dir.path().join("igpec-signer-ca.pem");
     std::fs::write(&anchor, &pki().pki.ca_cert_pem).expect("anchor");
     let index_path = dir.path().join("index/igpec.ldif.p7m");
-    let config = dir.path().join("pec-milter.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[milter]
-listen = "inet:127.0.0.1:0"
-workers = 2
-
-[provider]
-name = "ACME PEC S.p.A."
-domain = "pec.acme.test"
-
-[signing]
-key = "{d}/demo/provider.key"
-cert = "{d}/demo/provider.crt"
-init_demo = true
-
-[reinjection]
-address = "127.0.0.1:9"
-
-[state]
-path = "{d}/state"
-
-[clamd]
-enabled = false
-
-[quarantine]
-dir = "{d}/quarantine"
-
-[spool]
-dir = "{d}/spool"
-
-[delivery]
-listen = ""
-outbox = "{d}/outbox"
-
-[timers]
-enabled = false
-
-[log]
-dir = "{d}/log"
-node = "mx"
-
-[index]
-source = "ldif"
-ldif = "{index}"
-signed_by = ["{anchor}"]
-refresh = "1s"
-
-[reception]
-trust = ["{anchor}"]
-"#,
-            index = index_path.display(),
-            anchor = anchor.display(),
-        ),
-    )
-    .expect("config");
-    let cfg = pec_milter::config::Config::load(&config).expect("config");
-    let daemon = pec_milter::daemon::Daemon::start(&config, cfg)
+    let config = DaemonConfig {
+        domains: None,
+        index: Some(index_path.clone()),
+        signed_by: vec![anchor.clone()],
+        index_refresh: Some("1s".into()),
+        trust: vec![anchor],
+        ..DaemonConfig::new(dir.path())
+    }
+    .write();
+    let daemon = InProcessDaemon::start(&config)
         .await
         .expect("the daemon starts without an index copy");
-    let reloader = daemon.reloader();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(async move {
-        daemon.serve(rx).await.expect("serve");
-    });
-    let index = reloader.current().get().index.clone().expect("an index");
+    let index = daemon
+        .reloader
+        .current()
+        .get()
+        .index
+        .clone()
+        .expect("an index");
     // the demo LDIF, plain: refused
     assert!(
         std::fs::read_to_string(&index_path)
@@ -336,6 +267,5 @@ trust = ["{anchor}"]
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(providers(&index), ["ACME PEC S.p.A.", "Beta PEC S.p.A."]);
-    let _ = tx.send(());
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), served).await;
+    daemon.stop().await;
 }

@@ -3,7 +3,9 @@
 //! Python's email package), and the machine: a free loopback port, the root
 //! check, installed programs, the rule for a missing component
 //! ([`require`]), races of tasks, the state stores and a throwaway
-//! `redis-server` ([`redis`]).
+//! `redis-server` ([`redis`]); the daemon's configuration file
+//! ([`DaemonConfig`]) and the daemon run on it ([`DaemonProcess`],
+//! [`InProcessDaemon`]).
 #![allow(dead_code)]
 
 pub mod crl_server;
@@ -432,6 +434,25 @@ pub fn entry(name: &str, cert_pem: &[u8], domains: &[&str], receipt: &str) -> Pr
     }
 }
 
+/// The providers' index entries of ACME (us, pec.acme.test) and B (its
+/// CA's provider certificate, managing `b_domains`).
+pub fn acme_and_b(b_domains: &[&str]) -> Vec<ProviderEntry> {
+    vec![
+        entry(
+            "ACME PEC S.p.A.",
+            &pki().pki.cert_pem,
+            &["pec.acme.test"],
+            "ricevute@pec.acme.test",
+        ),
+        entry(
+            "Beta PEC S.p.A.",
+            &other().pki.cert_pem,
+            b_domains,
+            "ricevute@pec.b.test",
+        ),
+    ]
+}
+
 /// An envelope from provider B's holder to our holder.
 pub fn envelope_from_b(body: &str, key: &PemKey, from_domain: &str) -> Vec<u8> {
     let provider = Provider {
@@ -603,5 +624,251 @@ pub fn wait_log(log: &Path, what: &str, n: usize, within: std::time::Duration) {
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The daemon's configuration and the daemon itself (the tests that run it:
+// crl_daemon, reload, signed_index).
+
+/// `[holders]` of a [`DaemonConfig`].
+#[derive(Clone)]
+pub struct Holders {
+    pub default_class: String,
+    pub upa: Vec<String>,
+    pub upr: Vec<String>,
+}
+
+/// A configuration file of the daemon, every path of it under `dir`: the
+/// demo key and certificate (`init_demo`), state, quarantine, spool,
+/// outbox, message log (node `mx`); clamd and the timers off, no delivery
+/// listener, 2 milter workers. What the tests vary is a field; a section
+/// or key whose field is `None` (or empty) is not written, for the
+/// daemon's default.
+#[derive(Clone)]
+pub struct DaemonConfig {
+    pub dir: PathBuf,
+    /// `[milter] listen`.
+    pub listen: String,
+    /// `[provider] name`.
+    pub provider: String,
+    /// `[provider] domains`.
+    pub domains: Option<Vec<String>>,
+    /// `[signing] key` and `init_demo` (`cert` is the demo one).
+    pub key: PathBuf,
+    pub init_demo: bool,
+    /// `[reinjection] address` (on 127.0.0.1) and `timeout`.
+    pub reinjection_port: u16,
+    pub reinjection_timeout: Option<String>,
+    /// `[recipients] certified_domains`.
+    pub certified_domains: Vec<String>,
+    pub holders: Option<Holders>,
+    /// `[index] ldif` (source `ldif`), `signed_by` and `refresh`.
+    pub index: Option<PathBuf>,
+    pub signed_by: Vec<PathBuf>,
+    pub index_refresh: Option<String>,
+    /// `[reception] trust`; with `crl_cache`, `fetch_crls = true` too.
+    pub trust: Vec<PathBuf>,
+    pub crl_cache: Option<PathBuf>,
+    /// `[metrics] listen`.
+    pub metrics: Option<String>,
+    /// Appended as is, at the end.
+    pub extra: String,
+}
+
+/// `["a", "b"]`.
+fn toml_list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let items: Vec<String> = items.into_iter().map(|i| format!("\"{i}\"")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+impl DaemonConfig {
+    /// ACME (`pec.acme.test`), the milter on a port of the system's
+    /// choice, reinjection to 127.0.0.1:9 (nothing is sent there).
+    pub fn new(dir: &Path) -> DaemonConfig {
+        DaemonConfig {
+            dir: dir.to_path_buf(),
+            listen: "inet:127.0.0.1:0".into(),
+            provider: "ACME PEC S.p.A.".into(),
+            domains: Some(vec!["pec.acme.test".into()]),
+            key: dir.join("demo/provider.key"),
+            init_demo: true,
+            reinjection_port: 9,
+            reinjection_timeout: None,
+            certified_domains: Vec::new(),
+            holders: None,
+            index: None,
+            signed_by: Vec::new(),
+            index_refresh: None,
+            trust: Vec::new(),
+            crl_cache: None,
+            metrics: None,
+            extra: String::new(),
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        let d = self.dir.display();
+        let (listen, provider, key) = (&self.listen, &self.provider, self.key.display());
+        let mut t = format!("[milter]\nlisten = \"{listen}\"\nworkers = 2\n\n");
+        t += &format!("[provider]\nname = \"{provider}\"\ndomain = \"pec.acme.test\"\n");
+        if let Some(domains) = &self.domains {
+            t += &format!("domains = {}\n", toml_list(domains));
+        }
+        t += &format!("\n[signing]\nkey = \"{key}\"\ncert = \"{d}/demo/provider.crt\"\n");
+        t += &format!("init_demo = {}\n\n[reinjection]\n", self.init_demo);
+        t += &format!("address = \"127.0.0.1:{}\"\n", self.reinjection_port);
+        if let Some(timeout) = &self.reinjection_timeout {
+            t += &format!("timeout = \"{timeout}\"\n");
+        }
+        t += &format!("\n[state]\npath = \"{d}/state\"\n\n[clamd]\nenabled = false\n\n");
+        t += &format!("[quarantine]\ndir = \"{d}/quarantine\"\n\n[spool]\ndir = \"{d}/spool\"\n");
+        if !self.certified_domains.is_empty() {
+            let domains = toml_list(&self.certified_domains);
+            t += &format!("\n[recipients]\ncertified_domains = {domains}\n");
+        }
+        if let Some(h) = &self.holders {
+            t += &format!("\n[holders]\ndefault_class = \"{}\"\n", h.default_class);
+            t += &format!("upa = {}\nupr = {}\n", toml_list(&h.upa), toml_list(&h.upr));
+        }
+        if let Some(ldif) = &self.index {
+            t += &format!(
+                "\n[index]\nsource = \"ldif\"\nldif = \"{}\"\n",
+                ldif.display()
+            );
+            if !self.signed_by.is_empty() {
+                let anchors = toml_list(self.signed_by.iter().map(|p| p.display()));
+                t += &format!("signed_by = {anchors}\n");
+            }
+            if let Some(refresh) = &self.index_refresh {
+                t += &format!("refresh = \"{refresh}\"\n");
+            }
+        }
+        if !self.trust.is_empty() {
+            let trust = toml_list(self.trust.iter().map(|p| p.display()));
+            t += &format!("\n[reception]\ntrust = {trust}\n");
+            if let Some(cache) = &self.crl_cache {
+                t += &format!("fetch_crls = true\ncrl_cache = \"{}\"\n", cache.display());
+            }
+        }
+        t += &format!("\n[delivery]\nlisten = \"\"\noutbox = \"{d}/outbox\"\n\n");
+        t += &format!("[timers]\nenabled = false\n\n[log]\ndir = \"{d}/log\"\nnode = \"mx\"\n");
+        if let Some(listen) = &self.metrics {
+            t += &format!("\n[metrics]\nlisten = \"{listen}\"\n");
+        }
+        t + &self.extra
+    }
+
+    /// Writes `dir/pec-milter.toml`: its path.
+    pub fn write(&self) -> PathBuf {
+        let path = self.dir.join("pec-milter.toml");
+        std::fs::write(&path, self.to_toml()).expect("write config");
+        path
+    }
+}
+
+/// The `pec-milter` binary running a configuration file
+/// (`PEC_MILTER_LOG=info`, its log on stderr to a file). Killed if
+/// dropped running (a test that failed).
+pub struct DaemonProcess {
+    child: std::process::Child,
+}
+
+impl DaemonProcess {
+    /// `pec-milter run --config config`, its stderr to `log`; returns once
+    /// "pec-milter ready" is in the log, waiting at most `within`.
+    pub fn start(config: &Path, log: &Path, within: std::time::Duration) -> DaemonProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_pec-milter"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("PEC_MILTER_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("pec-milter run");
+        let daemon = DaemonProcess { child };
+        wait_log(log, "pec-milter ready", 1, within);
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal the daemon");
+    }
+
+    /// SIGTERM, then its exit status; killed (and the test failed) if it
+    /// has not ended within 10 s.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("the daemon did not stop on SIGTERM");
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The daemon started in-process from a configuration file
+/// (`daemon::Daemon`), serving in a task; the test's log at `info` (or
+/// `PEC_MILTER_LOG`).
+pub struct InProcessDaemon {
+    /// The milter's `host:port`.
+    pub addr: String,
+    pub reloader: std::sync::Arc<pec_milter::reload::Reloader>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessDaemon {
+    pub async fn start(config: &Path) -> Result<InProcessDaemon, pec_milter::daemon::DaemonError> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("PEC_MILTER_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_test_writer()
+            .try_init();
+        let cfg = pec_milter::config::Config::load(config).expect("config");
+        let daemon = pec_milter::daemon::Daemon::start(config, cfg).await?;
+        let addr = daemon
+            .milter_address()
+            .trim_start_matches("inet:")
+            .to_string();
+        let reloader = daemon.reloader();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            daemon.serve(rx).await.expect("serve");
+        });
+        Ok(InProcessDaemon {
+            addr,
+            reloader,
+            stop,
+            served,
+        })
+    }
+
+    /// Asks it to stop and waits for it, at most 20 s.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(20), self.served).await;
     }
 }
