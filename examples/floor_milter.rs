@@ -6,6 +6,11 @@
 //! Its own CPU is the milter protocol and the clamd and SMTP exchanges
 //! (about 0.5 ms a submission on the bench machine, 2026-12-07).
 //!
+//! With `--sign KEY.pem` it is the *signing floor*: the same, plus the two
+//! RSA signatures of a submission (the digests and RSA operations of
+//! pec-milter's two CMS signatures, results thrown away; `sign_twice`): the
+//! part of pec-milter's cost the rules impose, measured as a row too.
+//!
 //! It signs nothing, keeps no state, writes no log, checks nothing: every
 //! message gets the same precomputed envelope and the same precomputed
 //! receipt, both made once by pec-milter itself (`run.sh` captures them
@@ -92,7 +97,7 @@ const CHUNK: usize = 64 * 1024;
 fn usage() -> ! {
     eprintln!(
         "usage: floor_milter --listen PATH --envelope FILE --receipt FILE --reinject HOST:PORT \
-         --clamd HOST:PORT|PATH|off [--receipt-from ADDR] [--helo NAME] [--workers N]"
+         --clamd HOST:PORT|PATH|off [--receipt-from ADDR] [--helo NAME] [--workers N] [--sign KEY.pem]"
     );
     std::process::exit(2)
 }
@@ -106,6 +111,7 @@ struct Opts {
     receipt_from: String,
     helo: String,
     workers: usize,
+    sign: Option<PathBuf>,
 }
 
 fn parse_opts() -> Opts {
@@ -118,6 +124,7 @@ fn parse_opts() -> Opts {
         receipt_from: "posta-certificata@pec.demo.test".into(),
         helo: "localhost".into(),
         workers: 2,
+        sign: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -131,6 +138,7 @@ fn parse_opts() -> Opts {
             "--receipt-from" => o.receipt_from = val(),
             "--helo" => o.helo = val(),
             "--workers" => o.workers = val().parse().unwrap_or_else(|_| usage()),
+            "--sign" => o.sign = Some(val().into()),
             _ => usage(),
         }
     }
@@ -163,6 +171,39 @@ struct Floor {
     helo: String,
     clamd: String,
     idle: Mutex<Vec<Smtp>>,
+    /// `--sign`: the key of the two signatures of the signing floor.
+    key: Option<openssl::pkey::PKey<openssl::pkey::Private>>,
+}
+
+/// The signing floor's work (`--sign`): what the two RSA signatures of a
+/// submission cost in pec-milter, without the rest. Each of pec-milter's
+/// signatures is a CMS SignedData: a SHA-256 digest of the content (the
+/// envelope's: about the original's size; the receipt's: a few KB), then
+/// one RSA PKCS#1 v1.5 signature over the signed attributes (about 100
+/// bytes of DER holding that digest). Here: the same digests and the same
+/// RSA operations, over the original and the precomputed receipt; the
+/// results are thrown away.
+fn sign_twice(
+    key: &openssl::pkey::PKey<openssl::pkey::Private>,
+    original: (&[u8], &[u8]),
+    receipt: &[u8],
+) -> Result<(), openssl::error::ErrorStack> {
+    use openssl::hash::{Hasher, MessageDigest};
+    use openssl::sign::Signer;
+    let mut h = Hasher::new(MessageDigest::sha256())?;
+    h.update(original.0)?;
+    h.update(original.1)?;
+    let envelope_digest = h.finish()?;
+    let receipt_digest = openssl::sha::sha256(receipt);
+    for digest in [&envelope_digest[..], &receipt_digest[..]] {
+        // the signed attributes' size: content type, signing time, digest
+        let mut attrs = [0u8; 104];
+        attrs[..digest.len()].copy_from_slice(digest);
+        let mut signer = Signer::new(MessageDigest::sha256(), key)?;
+        signer.update(&attrs)?;
+        std::hint::black_box(signer.sign_to_vec()?);
+    }
+    Ok(())
 }
 
 /// Bare LF to CRLF (a file a sink kept may have either).
@@ -532,6 +573,11 @@ async fn eom(cx: &mut EomContext<Session>, floor: &Floor) -> Status {
         }
         Err(e) => return tempfail(cx, "clamd", &e),
     }
+    if let Some(key) = &floor.key
+        && let Err(e) = sign_twice(key, (&head, &body), &floor.receipt_data)
+    {
+        return tempfail(cx, "signature", &io::Error::other(e.to_string()));
+    }
     drop((head, body));
     if let Err(e) = floor.inject(&from).await {
         return tempfail(cx, "reinjection", &e);
@@ -686,6 +732,23 @@ fn main() -> std::process::ExitCode {
         body.len(),
         receipt_data.len()
     );
+    let key = match &o.sign {
+        None => None,
+        Some(path) => {
+            let key = std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| {
+                    openssl::pkey::PKey::private_key_from_pem(&pem).map_err(|e| e.to_string())
+                });
+            match key {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    eprintln!("floor_milter: --sign {}: {e}", path.display());
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+    };
     let floor = Arc::new(Floor {
         headers,
         body,
@@ -695,6 +758,7 @@ fn main() -> std::process::ExitCode {
         helo: o.helo,
         clamd: o.clamd,
         idle: Mutex::new(Vec::new()),
+        key,
     });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(o.workers)
