@@ -1087,7 +1087,9 @@ async fn replayed_and_unknown_receipts() {
 /// wide multipart bomb (100 000 parts), deep nesting (10 000 levels, and
 /// 5 000 levels with one boundary), 100 000 header fields. Reception:
 /// anomaly; delivery: stored as is; the access point (a holder's message
-/// with the same structure) envelopes it.
+/// with the same structure) envelopes it, except the 1 MB line: a line
+/// over 998 characters cannot cross an MTA intact (RFC 5322 §2.1.1), so a
+/// non-accettazione naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_large_and_deep_mail() {
     let long_line = format!("Subject: {}\r\n", "x".repeat(ONE_MB));
@@ -1096,31 +1098,59 @@ async fn generated_large_and_deep_mail() {
     let (wide_h, wide_b) = wide_multipart(100_000);
     let many_fields =
         "Received: from relay by relay; Wed, 25 Nov 2026 10:00:00 +0100\r\n".repeat(100_000);
-    let cases: Vec<(&str, String, Vec<u8>)> = vec![
+    let too_long = AxWant::NotAccepted("caratteri supera il limite di 998");
+    let cases: Vec<(&str, String, Vec<u8>, AxWant)> = vec![
         (
             "generated: 1 MB header line",
             long_line.clone(),
             b"body\r\n".to_vec(),
+            too_long,
         ),
-        ("generated: 10 000 nested multiparts", deep_h, deep_b),
+        (
+            "generated: 10 000 nested multiparts",
+            deep_h,
+            deep_b,
+            AxWant::Accepted,
+        ),
         (
             "generated: 5 000 nested multiparts, one boundary",
             same_h,
             same_b,
+            AxWant::Accepted,
         ),
-        ("generated: multipart bomb, 100 000 parts", wide_h, wide_b),
+        (
+            "generated: multipart bomb, 100 000 parts",
+            wide_h,
+            wide_b,
+            AxWant::Accepted,
+        ),
         (
             "generated: 100 000 header fields",
             many_fields,
             b"body\r\n".to_vec(),
+            AxWant::Accepted,
         ),
     ];
-    for (name, header, body) in &cases {
-        let msg = plain_with(header, body);
+    for (name, header, body, want) in cases {
+        let msg = plain_with(&header, &body);
         rx_expect(name, &msg, RxWant::Anomaly("posta ordinaria")).await;
         dx_expect(name, &msg, DxWant::AsIs).await;
-        let h = holder_with(&format!("Subject: {name}\r\n{header}"), body);
-        ax_expect(name, &h, &["anna@pec.other.test"], AxWant::Accepted).await;
+        let h = holder_with(&format!("Subject: {name}\r\n{header}"), &body);
+        ax_expect(name, &h, &["anna@pec.other.test"], want).await;
+    }
+    // the limit itself: a body line of 998 characters is accepted, one of
+    // 999 is not
+    for (n, want) in [
+        (998usize, AxWant::Accepted),
+        (
+            999,
+            AxWant::NotAccepted("una riga del messaggio di 999 caratteri"),
+        ),
+    ] {
+        let name = format!("generated: a {n}-character body line");
+        let body = format!("short\r\n{}\r\nend\r\n", "y".repeat(n)).into_bytes();
+        let h = holder_with(&format!("Subject: {name}\r\n"), &body);
+        ax_expect(&name, &h, &["anna@pec.other.test"], want).await;
     }
     // the same deep structure inside a forged (unsigned) envelope
     let (h, b) = deep_multipart(10_000, false);

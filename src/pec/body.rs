@@ -57,3 +57,94 @@ impl Body for [u8] {
         }
     }
 }
+
+/// RFC 5322 §2.1.1: a line of a message is at most this many characters,
+/// without its CRLF. Postfix's SMTP client breaks longer lines on the way
+/// out (`smtp_line_length_limit`, 998 by default, inserting CRLF and a
+/// space): inside a signed busta di trasporto that breaks the signature
+/// at the receiving provider.
+pub const MAX_LINE: u64 = 998;
+
+/// The longest line of a message read in pieces, in characters without
+/// its line end (CRLF or a bare LF; a CR is counted where it is not
+/// followed by LF). Feed the pieces in order, across any borders.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LongestLine {
+    /// Characters of the current line so far, a trailing CR included.
+    run: u64,
+    /// Whether the last byte seen was a CR.
+    cr: bool,
+    longest: u64,
+}
+
+impl LongestLine {
+    pub fn feed(&mut self, piece: &[u8]) {
+        let mut start = 0;
+        while let Some(i) = memchr::memchr(b'\n', &piece[start..]) {
+            let end = start + i;
+            let run = self.run + (end - start) as u64;
+            let cr = if end > start {
+                piece[end - 1] == b'\r'
+            } else {
+                self.cr
+            };
+            self.longest = self.longest.max(run - u64::from(cr && run > 0));
+            self.run = 0;
+            self.cr = false;
+            start = end + 1;
+        }
+        let rest = &piece[start..];
+        if let Some(&last) = rest.last() {
+            self.run += rest.len() as u64;
+            self.cr = last == b'\r';
+        }
+    }
+
+    /// The longest line seen (a last line without its end included).
+    pub fn finish(&self) -> u64 {
+        self.longest.max(self.run)
+    }
+}
+
+#[cfg(test)]
+mod longest_line_tests {
+    use super::*;
+
+    fn longest(pieces: &[&[u8]]) -> u64 {
+        let mut l = LongestLine::default();
+        for p in pieces {
+            l.feed(p);
+        }
+        l.finish()
+    }
+
+    #[test]
+    fn lines_are_counted_without_their_end() {
+        assert_eq!(longest(&[b""]), 0);
+        assert_eq!(longest(&[b"abc\r\nde\r\n"]), 3);
+        assert_eq!(longest(&[b"abc\nabcdef\n"]), 6);
+        assert_eq!(
+            longest(&[b"ab\r\n\r\nabcd"]),
+            4,
+            "a last line without its end"
+        );
+        assert_eq!(longest(&[b"a\rb\r\n"]), 3, "a lone CR is a character");
+    }
+
+    #[test]
+    fn pieces_split_anywhere_give_the_same_answer() {
+        let mut msg = Vec::new();
+        for n in [10usize, 998, 999, 0, 5000, 3] {
+            msg.extend(std::iter::repeat_n(b'x', n));
+            msg.extend_from_slice(b"\r\n");
+        }
+        let whole = longest(&[&msg]);
+        assert_eq!(whole, 5000);
+        for cut in 0..msg.len() {
+            assert_eq!(longest(&[&msg[..cut], &msg[cut..]]), whole, "cut at {cut}");
+        }
+        // a CRLF split between pieces
+        assert_eq!(longest(&[b"x".repeat(999).as_slice(), b"\r", b"\n"]), 999);
+        assert_eq!(longest(&[b"x".repeat(998).as_slice(), b"\r", b"\nab"]), 998);
+    }
+}

@@ -18,6 +18,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use crate::config::{HolderClass, HoldersConfig};
 use crate::crypto::{DigestAlg, SigningKey};
 use crate::log::{Event, EventLog, Evento, event_for};
+use crate::pec::body::{LongestLine, MAX_LINE};
 use crate::pec::build::{
     BuildError, Emission, Provider, Ricevuta, Signer, Transaction, build_ricevuta,
     write_busta_trasporto,
@@ -187,9 +188,9 @@ impl AccessPoint {
         // One transaction, one identity: an MTA retry of the same
         // submission finds the claim and reuses its PEC id and time.
         let small = is_small(sub);
-        let key = {
+        let SubmissionRead { key, longest_line } = {
             let sub = sub.clone();
-            off_worker_unless(small, move || submission_key(&sub))
+            off_worker_unless(small, move || read_submission(&sub))
                 .await
                 .map_err(|e| TempFail::Spool(format!("digest task failed: {e}")))?
                 .map_err(|e| TempFail::Spool(format!("reading the spooled message: {e}")))?
@@ -216,7 +217,7 @@ impl AccessPoint {
 
         // Formal checks and sender policy (PEC-RULES §7.4, §11).
         if let Some(reason) = self
-            .formal_problem(sub, &facts)
+            .formal_problem(sub, &facts, longest_line)
             .or_else(|| self.policy_problem(sub))
         {
             self.notify(
@@ -425,7 +426,7 @@ impl AccessPoint {
 
     /// PEC-RULES §7.4: From, To, reverse path = From, every forward path
     /// in To/Cc, no Bcc, recipients x size within the limit.
-    fn formal_problem(&self, sub: &Submission, f: &Facts) -> Option<String> {
+    fn formal_problem(&self, sub: &Submission, f: &Facts, longest_line: u64) -> Option<String> {
         let Some(from) = &f.from else {
             return Some("manca il campo From: con un indirizzo valido".into());
         };
@@ -460,6 +461,18 @@ impl AccessPoint {
             return Some(format!(
                 "dimensione per numero di destinatari ({product} byte) oltre il limite di {} byte",
                 self.max_product
+            ));
+        }
+        // RFC 5322 §2.1.1 (the rules are silent): a longer line is broken by
+        // the MTAs on the way (Postfix's smtp_line_length_limit), which
+        // breaks the envelope's signature at the recipient's provider. An
+        // accettazione would certify a transmission that cannot arrive
+        // intact; the holder's client must encode such a part (QP, base64).
+        if longest_line > MAX_LINE {
+            return Some(format!(
+                "una riga del messaggio di {longest_line} caratteri supera il limite di {MAX_LINE} \
+                 (RFC 5322): il messaggio non arriverebbe integro; usare una codifica \
+                 (quoted-printable o base64) per quella parte"
             ));
         }
         None
@@ -516,6 +529,20 @@ fn is_small(sub: &Submission) -> bool {
 /// The idempotency key of a submission: who, to whom, and the exact bytes
 /// (read in pieces: blocking I/O for a body on disk).
 pub fn submission_key(sub: &Submission) -> std::io::Result<String> {
+    read_submission(sub).map(|r| r.key)
+}
+
+/// What one pass over a submission's bytes gives: its key
+/// ([`submission_key`]) and its longest line (the formal check of RFC
+/// 5322's 998 characters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmissionRead {
+    pub key: String,
+    pub longest_line: u64,
+}
+
+/// [`submission_key`] and the longest line of the message, in one pass.
+pub fn read_submission(sub: &Submission) -> std::io::Result<SubmissionRead> {
     let mut rcpts: Vec<String> = sub.rcpts.iter().map(|r| r.to_ascii_lowercase()).collect();
     rcpts.sort();
     let mut h = openssl::sha::Sha256::new();
@@ -527,11 +554,16 @@ pub fn submission_key(sub: &Submission) -> std::io::Result<String> {
         h.update(r.as_bytes());
         h.update(&[0]);
     }
+    let mut lines = LongestLine::default();
     sub.message.for_each_chunk::<std::io::Error>(|c| {
         h.update(c);
+        lines.feed(c);
         Ok(())
     })?;
-    Ok(hex::encode(h.finish()))
+    Ok(SubmissionRead {
+        key: hex::encode(h.finish()),
+        longest_line: lines.finish(),
+    })
 }
 
 /// A new PEC msgid: `pec.<UTC time>.<64 random bits>@<provider domain>`.
