@@ -191,6 +191,14 @@ ok "the snippet's STARTTLS files and AuthOptions A p are in sendmail.cf (files u
   sh -c 'grep -qx "O CACertPath=/etc/ssl/certs" "$1" && grep -qx "O CACertFile=$2/pec-ca.crt" "$1" &&
          grep -qx "O ServerCertFile=$2/pec-server.crt" "$1" && grep -qx "O ServerKeyFile=$2/pec-server.key" "$1" &&
          grep -qx "O AuthOptions=A p" "$1"' _ "$SD/sendmail.cf" "$SM_TLS"
+# the snippet's SMTP_MAILER_LL: every SMTP mailer carries lines of 998 characters (Sendmail's
+# default 990 would split the lines of 991-998 characters the access point accepts, and the
+# envelope's signature with them); the relay mailer keeps its own larger limit
+ok "the snippet's line length: L=998 on the smtp, esmtp, smtp8 and dsmtp mailers, relay >= 998" \
+  awk '/^M[a-z0-9]+,/ { m = $1 } m != "" && match($0, /L=[0-9]+/) { l[m] = substr($0, RSTART + 2, RLENGTH - 2) + 0 }
+       /^[^\t]/ && !/^M/ { m = "" }
+       END { ok = l["Msmtp,"] == 998 && l["Mesmtp,"] == 998 && l["Msmtp8,"] == 998 && l["Mdsmtp,"] == 998 && l["Mrelay,"] >= 998
+             if (!ok) for (k in l) print k, l[k]; exit !ok }' "$SD/sendmail.cf"
 ok "a throwaway self-signed certificate for mx.pec.test as the snippet's pec-server.crt/.key, pec-ca.crt" sm_tls || exit 1
 ok "Cyrus SASL for Sendmail: the shipped Sendmail.conf, sasldb with mario, cittadino, anna" sasl_setup || exit 1
 

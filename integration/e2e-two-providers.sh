@@ -21,7 +21,9 @@
 # Scenarios:
 #   (1) mario (AUTH on A) -> anna@B: mario gets accettazione then avvenuta-consegna (completa,
 #       postacert present); A's mailReceipt box gets B's presa-in-carico; anna's Maildir at B has
-#       the envelope; every message verifies with openssl cms -verify -purpose any -CAfile <signer CA>
+#       the envelope; every message verifies with openssl cms -verify -purpose any -CAfile <signer CA>;
+#       the body has a 998-character line (RFC 5322's most; one more is a non-accettazione,
+#       e2e-access (Hb)), which reaches B whole through A's Postfix (smtp_line_length_limit 998)
 #   (2) X-TipoRicevuta: breve / sintetica (with an attachment) -> the busta carries the header, the
 #       consegna has daticert <ricevuta tipo=...>, breve without the attachment bytes, sintetica no postacert
 #   (3) unknown recipient at B (no mailbox directory) -> errore-consegna, errore no-dest, and nothing
@@ -344,14 +346,18 @@ _log "up after $(rig_elapsed "$T0") s"
 
 submit() {   # submit OUT SUBJECT TO [SWAKS ARGS...]
   local out=$1 subj=$2 to=$3; shift 3
-  inA swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$to" --header "Subject: $subj" --body "body of $subj" "$@" > "$out" 2>&1
+  inA swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$to" --header "Subject: $subj" --body "${BODY:-body of $subj}" "$@" > "$out" 2>&1
 }
 eod_250() { grep -qE '^<- +250 .*(queued|Ok)' "$1" || { cat "$1"; return 1; }; }
 
 # ------------------------------------------------------------------ (1)
 TS=$EPOCHREALTIME TOK=s1-$RANDOM S1_SUBJ="scenario 1 $TOK"
 mark "$MARIO_MD" "$ARIC_MD" "$ANNA_MD" "$BRIC_MD"
-submit "$O/1.txt" "scenario 1 $TOK" "$ANNA"
+# the body has a line of 998 characters, the most RFC 5322 allows and the access point accepts:
+# A's Postfix relays it to B unbroken (smtp_line_length_limit, 998 by default), so the
+# envelope's signature holds at B
+LONG998=$(printf 'z%.0s' $(seq 998))
+BODY=$(printf 'body of scenario 1 %s\n%s\nend' "$TOK" "$LONG998") submit "$O/1.txt" "scenario 1 $TOK" "$ANNA"
 ok "(1) submission accepted" eod_250 "$O/1.txt"
 ok "(1) mario gets the accettazione" wait_kinds "$MARIO_MD" 1 accettazione 20; ACC=$FOUND
 ok "(1) anna's Maildir at B gets the envelope" wait_kinds "$ANNA_MD" 1 posta-certificata 20; ENV=$FOUND
@@ -366,6 +372,9 @@ if [ -n "$ENV" ]; then
   ok "(1) envelope: openssl cms -verify with A's CA" cms_ok "$ENV" "$CAA"
   ok "(1) envelope: subject carries the token" bash -c "grep -q '$TOK' '$ENV'"
   ok "(1) envelope: X-TipoRicevuta: completa (default)" hdr_is "$ENV" X-TipoRicevuta completa
+  # (one line of its own; Dovecot keeps its Maildir files with bare LF)
+  ok "(1) envelope: the 998-character line arrived whole at B (a line of its own)" \
+    grep -qaE "^${LONG998}"$'\r'"?\$" "$ENV"
 fi
 if [ -n "$CONS" ]; then
   ok "(1) consegna: openssl cms -verify with B's CA" cms_ok "$CONS" "$CAB"
