@@ -25,8 +25,12 @@
 #       and a normal submission still gets its envelope and accettazione:
 #       (Hm) an unclosed multipart boundary: no formal check covers MIME (§7.4) -> accettazione,
 #            the envelope carries the original byte for byte
-#       (Hj) raw 8-bit/0xFF Subject, 8-bit junk and a NUL in header values; (Hn) a NUL inside the
-#            Message-ID -> accettazione, the envelope verifies and keeps the raw Subject bytes
+#       (Hj) raw 8-bit/0xFF Subject and 8-bit junk in header values -> accettazione, the envelope
+#            verifies and keeps the raw bytes; the same with a NUL in a header value, (Hn) a NUL
+#            inside the Message-ID, (H0) a NUL in the body -> refused at the end of DATA by the
+#            shipped submission cleanup (550 5.7.1, message_reject_characters = \0): the milter
+#            protocol would cut a header value at the NUL, so nothing is certified, no receipt,
+#            nothing to anna, pec-milter records nothing for it
 #       (Hl) a 900 KB one-word Subject line (Postfix passes pec-milter only its start, 60 000
 #            bytes on this rig) and (Hb) a 1 200-character body line: a line over 998 characters
 #            (RFC 5322 2.1.1) cannot cross an MTA intact (Postfix's smtp_line_length_limit breaks
@@ -396,15 +400,15 @@ run_backend() {
   fi
   still_serving Hm
 
-  # (Hj) a raw ISO-8859-1 / 0xFF Subject, 8-bit junk and a NUL in header values; (Hn) a NUL
-  # inside the Message-ID. Formally correct: accettazione; the carried original keeps the raw
-  # Subject bytes (the envelope carries the original unmodified, §2.2).
+  # (Hj) a raw ISO-8859-1 / 0xFF Subject and 8-bit junk in header values. Formally correct:
+  # accettazione; the carried original keeps the raw bytes (the envelope carries the original
+  # unmodified, §2.2).
   TOK=Hj-$BACKEND-$RANDOM$RANDOM
   hostile_eml holder-non-utf8-subject.eml "$O/Hj.eml" "$TOK"
-  hdr_add "$O/Hj.eml" 'X-Junk: \x80\x81\x82\x9f\xc0\xc1\xf5\xff' 'X-Nul: a\x00b'
+  hdr_add "$O/Hj.eml" 'X-Junk: \x80\x81\x82\x9f\xc0\xc1\xf5\xff'
   mark "$MARIO_MD" "$ANNA_MD"
   swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/Hj.eml" > "$O/Hj.txt" 2>&1
-  ok "[$BACKEND] (Hj) 8-bit/NUL header values, non-UTF-8 Subject: 250 at end of DATA" eod_is "$O/Hj.txt" '^<- +250 '
+  ok "[$BACKEND] (Hj) 8-bit header values, non-UTF-8 Subject: 250 at end of DATA" eod_is "$O/Hj.txt" '^<- +250 '
   ok "[$BACKEND] (Hj) mario gets exactly one message" expect_new "$MARIO_MD" 1
   ok "[$BACKEND] (Hj) anna gets exactly one message" expect_new "$ANNA_MD" 1
   ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$MARIO_MD" | head -1)
@@ -424,17 +428,27 @@ run_backend() {
   else
     fail "[$BACKEND] (Hj) receipt checks (no receipt)"
   fi
-  TOK=Hn-$BACKEND-$RANDOM$RANDOM
-  hostile_eml holder-nul-in-message-id.eml "$O/Hn.eml" "$TOK"
-  mark "$MARIO_MD" "$ANNA_MD"
-  swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/Hn.eml" > "$O/Hn.txt" 2>&1
-  ok "[$BACKEND] (Hn) NUL inside the Message-ID: 250 at end of DATA" eod_is "$O/Hn.txt" '^<- +250 '
-  ok "[$BACKEND] (Hn) mario gets exactly one message" expect_new "$MARIO_MD" 1
-  ok "[$BACKEND] (Hn) anna gets exactly one message" expect_new "$ANNA_MD" 1
-  ENV=$(new_files "$ANNA_MD" | head -1) RCPT=$(new_files "$MARIO_MD" | head -1)
-  [ -n "$ENV" ] && ok "[$BACKEND] (Hn) anna's: a posta-certificata that verifies" signed_envelope_with "$ENV" Buongiorno
-  [ -n "$RCPT" ] && ok "[$BACKEND] (Hn) mario's: an accettazione" kind_is "$RCPT" accettazione
-  [ -n "$RCPT" ] && ok "[$BACKEND] (Hn) mario's: signature valid" verify_ok "$RCPT"
+  # (Hj NUL) the same with a NUL in a header value, (Hn) a NUL inside the Message-ID, (H0) a NUL
+  # in the body: the submission's cleanup refuses the content (550 5.7.1) and skips the milter's
+  # end of message: no receipt of any kind, nothing to anna, no record in pec-milter's log
+  local hn nacc nnon fx
+  for hn in Hj0:holder-non-utf8-subject Hn:holder-nul-in-message-id H0:holder-nul-and-8bit-body; do
+    IFS=: read -r hn fx <<<"$hn"
+    TOK=$hn-$BACKEND-$RANDOM$RANDOM
+    hostile_eml "$fx.eml" "$O/$hn.eml" "$TOK"
+    [ "$hn" = Hj0 ] && hdr_add "$O/$hn.eml" 'X-Nul: a\x00b'
+    ok "[$BACKEND] ($hn) the message holds a NUL byte" bash -c "tr -d '\\000' < '$O/$hn.eml' | cmp -s - '$O/$hn.eml'; [ \$? = 1 ]"
+    nacc=$(pec_milter_log_count "$DIR" 'accettazione: envelope signed') nnon=$(pec_milter_log_count "$DIR" 'non-accettazione')
+    mark "$MARIO_MD" "$ANNA_MD"
+    swaks_submit "$MARIO" "$MARIO_PW" "$MARIO" "$ANNA" --data "@$O/$hn.eml" > "$O/$hn.txt" 2>&1
+    ok "[$BACKEND] ($hn) a NUL in the message: 550 5.7.1 at end of DATA (the submission's cleanup)" \
+      eod_is "$O/$hn.txt" '^<\*\* +550 5\.7\.1 '
+    sleep 1
+    ok "[$BACKEND] ($hn) no receipt to mario" expect_new "$MARIO_MD" 0
+    ok "[$BACKEND] ($hn) nothing reaches anna" expect_new "$ANNA_MD" 0
+    ok "[$BACKEND] ($hn) pec-milter issued nothing for it (no accettazione, no non-accettazione logged)" \
+      test "$(pec_milter_log_count "$DIR" 'accettazione: envelope signed'):$(pec_milter_log_count "$DIR" 'non-accettazione')" = "$nacc:$nnon"
+  done
   still_serving Hj
 
   # (Hl) a 900 KB Subject line, (Hb) a 1 200-character body line: over RFC 5322's 998

@@ -278,13 +278,13 @@ ok "(3) postconf: every setting of main.cf.snippet has its shipped value (but th
 master_cf_as_shipped() {
   local ref=$W/ref-master s
   mkdir -p "$ref"; : > "$ref/main.cf"; cp "$SHIP/master.cf.snippet" "$ref/master.cf"
-  for s in smtp/inet submission/inet 127.0.0.1:10025/inet; do
+  for s in smtp/inet submission/inet 127.0.0.1:10025/inet pec-cleanup/unix; do
     diff <(postconf -c "$ref" -M "$s") <(postconf -c "$E" -M "$s") || { echo "$s differs"; return 1; }
     diff <(postconf -c "$ref" -P "$s/*") <(postconf -c "$E" -P "$s/*") || { echo "$s -o differ"; return 1; }
   done
   [ "$(postconf -c "$E" -M | awk '$1 == "smtp" && $2 == "inet"' | wc -l)" = 1 ] || { echo "more than one smtp inet"; return 1; }
 }
-ok "(3) master.cf: the snippet's smtp, submission, 127.0.0.1:10025 services as shipped (postconf -M, -P), one smtp inet" master_cf_as_shipped
+ok "(3) master.cf: the snippet's smtp, submission, 127.0.0.1:10025, pec-cleanup services as shipped (postconf -M, -P), one smtp inet" master_cf_as_shipped
 debian_services_kept() {
   local ref=$W/ref-debian l
   mkdir -p "$ref"; : > "$ref/main.cf"; cp /usr/share/postfix/master.cf.dist "$ref/master.cf"
