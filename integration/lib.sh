@@ -400,7 +400,8 @@ RIG_PF_MASTER_OVERRIDES="smtpd_milters"
 #       master.cf.snippet, and pec-sender-login-ldap.cf gets server_host = URL and search_base
 #       = BASE (pf_holders_ldap). selftest.sh builds no such instance.
 # _pf_services INBOUND SUBMIT REINJECT: "shipped-service/type test-listen-address", one a line.
-_pf_services() { printf '%s\n' "smtp/inet $1" "submission/inet $2" "127.0.0.1:10025/inet $3"; }
+# pec-cleanup/unix (the submission port's cleanup(8)) is no listener: it stays as shipped.
+_pf_services() { printf '%s\n' "smtp/inet $1" "submission/inet $2" "pec-cleanup/unix pec-cleanup" "127.0.0.1:10025/inet $3"; }
 #
 # (b) main.cf lines the snippet does not set, standing in for the admin's own main.cf
 #     (pf_common_main_cf, and pf_instance's _pf_site_main_cf for its keys). Never a setting of

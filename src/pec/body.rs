@@ -147,4 +147,45 @@ mod longest_line_tests {
         assert_eq!(longest(&[b"x".repeat(999).as_slice(), b"\r", b"\n"]), 999);
         assert_eq!(longest(&[b"x".repeat(998).as_slice(), b"\r", b"\nab"]), 998);
     }
+
+    /// The definition, on the whole message at once: lines split at LF,
+    /// one CR before each LF not counted.
+    fn naive(msg: &[u8]) -> u64 {
+        let mut lines: Vec<&[u8]> = msg.split(|&b| b == b'\n').collect();
+        let last = lines.pop().unwrap_or_default();
+        lines
+            .iter()
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l).len() as u64)
+            .chain(std::iter::once(last.len() as u64))
+            .max()
+            .unwrap_or(0)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256, failure_persistence: None, ..Default::default()
+        })]
+        /// Any bytes (CR, LF and a filler, so lines of every length and
+        /// every CR/LF arrangement), cut into any pieces: the definition's
+        /// answer.
+        #[test]
+        fn any_message_in_any_pieces(
+            msg in proptest::collection::vec(
+                proptest::prop_oneof![3 => proptest::prelude::Just(b'x'), 1 => proptest::prelude::Just(b'\r'), 1 => proptest::prelude::Just(b'\n')],
+                0..3000,
+            ),
+            cuts in proptest::collection::vec(0usize..3000, 0..8),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(msg.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                pieces.push(&msg[at..c]);
+                at = c;
+            }
+            pieces.push(&msg[at..]);
+            proptest::prop_assert_eq!(longest(&pieces), naive(&msg));
+        }
+    }
 }
