@@ -164,6 +164,19 @@ last_kinds_are() {
 }
 # list_eq FILE PYEXPR WORDS: the list PYEXPR, joined by spaces, is WORDS.
 list_eq() { local v; v=$(inspect_get "$1" "' '.join($2)"); echo "$2 = $v"; [ "$v" = "$3" ]; }
+# got_anomaly LABEL [WHAT MAILDIR]...: the verdict "anomaly" on what was just sent to mario:
+# mario gets exactly one message, each MAILDIR nothing ("LABEL WHAT"), and that message (E) is a
+# busta di anomalia (kind errore). Returns 1, the failure counted, when nothing was delivered:
+# `if got_anomaly ...; then` the case's own checks on E; fi.
+got_anomaly() {
+  local label=$1; shift
+  ok "$label mario gets exactly one message" expect_new "$MARIO_MD" 1
+  while [ $# -ge 2 ]; do ok "$label $1" expect_new "$2" 0; shift 2; done
+  E=$(new_files "$MARIO_MD" | head -1)
+  [ -n "$E" ] || { fail "$label anomaly checks (nothing delivered)"; return 1; }
+  ok "$label kind errore (busta di anomalia)" kind_is "$E" errore
+  return 0
+}
 
 # identity DIR NAME DOMAIN: a provider identity (key, cert, ca.pem in DIR) made by init-demo.
 identity() {
@@ -346,15 +359,9 @@ crl_verdicts() {
   mark "$MARIO_MD" "$EPS_MD"
   send "$O/$tag-eps.env" posta-certificata@pec.eps.test "$O/$tag-eps.txt"
   ok "$P (CRL:$tag) Epsilon (revoked): accepted (250 at end of DATA)" eod_is "$O/$tag-eps.txt" '^<- +250 '
-  ok "$P (CRL:$tag) Epsilon: mario gets exactly one message" expect_new "$MARIO_MD" 1
-  ok "$P (CRL:$tag) Epsilon: no presa-in-carico at eps-ricevute@" expect_new "$EPS_MD" 0
-  E=$(new_files "$MARIO_MD" | head -1)
-  if [ -n "$E" ]; then
-    ok "$P (CRL:$tag) Epsilon: a busta di anomalia (kind errore)" kind_is "$E" errore
+  if got_anomaly "$P (CRL:$tag) Epsilon:" "no presa-in-carico at eps-ricevute@" "$EPS_MD"; then
     ok "$P (CRL:$tag) Epsilon: X-VerificaSicurezza: errore" hdr_is "$E" X-VerificaSicurezza errore
     ok "$P (CRL:$tag) Epsilon: the text names the revocation" text_has "$E" "certificate revoked"
-  else
-    fail "$P (CRL:$tag) Epsilon: anomaly checks (nothing delivered)"
   fi
   TOK=crl-$tag-$RANDOM$RANDOM
   original "$O/$tag-zeta.orig" "zoe@pec.zeta.test" "$MARIO" "scenario CRL $tag $TOK" "body-$TOK"
@@ -449,30 +456,25 @@ pec_verdict() {
   mark "$MARIO_MD" "$md"
   send "$O/$tag.env" "posta-certificata@$domain" "$O/$tag.txt"
   ok "$P ($tag) $name: accepted (250 at end of DATA)" eod_is "$O/$tag.txt" '^<- +250 '
+  if [ "$want" = anomaly ]; then
+    got_anomaly "$P ($tag) $name:" "no presa-in-carico at its mailReceipt" "$md"
+    return 0
+  fi
   ok "$P ($tag) $name: mario gets exactly one message" expect_new "$MARIO_MD" 1
   E=$(new_files "$MARIO_MD" | head -1)
-  if [ "$want" = taken ]; then
-    ok "$P ($tag) $name: presa-in-carico at its mailReceipt" expect_new "$md" 1
-    R=$(new_files "$md" | head -1)
-    if [ -n "$R" ]; then
-      ok "$P ($tag) $name: it is a presa-in-carico for $ID" \
-        field_is "$R" 'd["kind"] + " " + d["daticert"]["identificativo"]' "presa-in-carico $ID"
-    else
-      fail "$P ($tag) $name: presa-in-carico checks (nothing at its mailReceipt)"
-    fi
-    if [ -n "$E" ]; then
-      ok "$P ($tag) $name: delivered as PEC (kind posta-certificata)" kind_is "$E" posta-certificata
-      ok "$P ($tag) $name: delivered as is ($name's signature verifies)" verify_with "$idd/ca.pem" "$E"
-    else
-      fail "$P ($tag) $name: delivery checks (nothing delivered)"
-    fi
+  ok "$P ($tag) $name: presa-in-carico at its mailReceipt" expect_new "$md" 1
+  R=$(new_files "$md" | head -1)
+  if [ -n "$R" ]; then
+    ok "$P ($tag) $name: it is a presa-in-carico for $ID" \
+      field_is "$R" 'd["kind"] + " " + d["daticert"]["identificativo"]' "presa-in-carico $ID"
   else
-    ok "$P ($tag) $name: no presa-in-carico at its mailReceipt" expect_new "$md" 0
-    if [ -n "$E" ]; then
-      ok "$P ($tag) $name: a busta di anomalia (kind errore)" kind_is "$E" errore
-    else
-      fail "$P ($tag) $name: anomaly checks (nothing delivered)"
-    fi
+    fail "$P ($tag) $name: presa-in-carico checks (nothing at its mailReceipt)"
+  fi
+  if [ -n "$E" ]; then
+    ok "$P ($tag) $name: delivered as PEC (kind posta-certificata)" kind_is "$E" posta-certificata
+    ok "$P ($tag) $name: delivered as is ($name's signature verifies)" verify_with "$idd/ca.pem" "$E"
+  else
+    fail "$P ($tag) $name: delivery checks (nothing delivered)"
   fi
 }
 # reload_signals CONFIG PIDFILE: `pec-milter reload --config CONFIG` says it signalled the pid
@@ -657,12 +659,8 @@ run_source() {
     mark "$MARIO_MD" "$RIC_MD" "$GAMMA_MD"
     send "$O/3-$what.env" "$F" "$O/3-$what.txt"
     ok "$P (3:$what) accepted (250 at end of DATA)" eod_is "$O/3-$what.txt" '^<- +250 '
-    ok "$P (3:$what) mario gets exactly one message" expect_new "$MARIO_MD" 1
-    ok "$P (3:$what) no presa-in-carico at ricevute@" expect_new "$RIC_MD" 0
-    ok "$P (3:$what) nothing at gamma-ricevute@" expect_new "$GAMMA_MD" 0
-    E=$(new_files "$MARIO_MD" | head -1)
-    if [ -n "$E" ]; then
-      ok "$P (3:$what) kind errore (busta di anomalia)" kind_is "$E" errore
+    if got_anomaly "$P (3:$what)" "no presa-in-carico at ricevute@" "$RIC_MD" \
+      "nothing at gamma-ricevute@" "$GAMMA_MD"; then
       ok "$P (3:$what) X-Trasporto: errore" hdr_is "$E" X-Trasporto errore
       ok "$P (3:$what) X-VerificaSicurezza: errore" hdr_is "$E" X-VerificaSicurezza errore
       ok "$P (3:$what) our signature valid (verify --trust demo/ca.pem)" verify_with "$CA" "$E"
@@ -670,8 +668,6 @@ run_source() {
       ok "$P (3:$what) carries the received message whole" carries_whole "$E" "$O/3-$what.env"
       ok "$P (3:$what) postacert.eml is the received envelope" field_is "$E" 'd["postacert"]["subject"]' "POSTA CERTIFICATA: scenario 3 $TOK"
       ok "$P (3:$what) the text says why: $reason" text_has "$E" "$reason"
-    else
-      fail "$P (3:$what) anomaly checks (nothing delivered)"
     fi
   done
 
@@ -688,11 +684,7 @@ run_source() {
       mark "$MARIO_MD" "$RIC_MD"
       send "$RIG_ROOT/tests/fixtures/hostile/$h.eml" "$SOMEONE" "$O/H-$h.txt"
       ok "$P (H:$h) accepted (250 at end of DATA)" eod_is "$O/H-$h.txt" '^<- +250 '
-      ok "$P (H:$h) mario gets exactly one message" expect_new "$MARIO_MD" 1
-      ok "$P (H:$h) no presa-in-carico at ricevute@" expect_new "$RIC_MD" 0
-      E=$(new_files "$MARIO_MD" | head -1)
-      if [ -n "$E" ]; then
-        ok "$P (H:$h) kind errore (busta di anomalia)" kind_is "$E" errore
+      if got_anomaly "$P (H:$h)" "no presa-in-carico at ricevute@" "$RIC_MD"; then
         ok "$P (H:$h) X-Trasporto: errore" hdr_is "$E" X-Trasporto errore
         if [ -n "$sec" ]; then
           ok "$P (H:$h) X-VerificaSicurezza: errore" hdr_is "$E" X-VerificaSicurezza errore
@@ -700,8 +692,6 @@ run_source() {
           ok "$P (H:$h) no X-VerificaSicurezza (ordinary mail)" hdr_absent "$E" X-VerificaSicurezza
         fi
         ok "$P (H:$h) our signature valid" verify_with "$CA" "$E"
-      else
-        fail "$P (H:$h) anomaly checks (nothing delivered)"
       fi
     done
   fi
@@ -712,18 +702,12 @@ run_source() {
   swaks_plain "$RIG_SMTP_PORT" "$SOMEONE" "$MARIO" --header "Subject: scenario 4 $TOK" \
     --header "Message-Id: <$TOK@pec.other.test>" --body "plain body-$TOK" > "$O/4a.txt" 2>&1
   ok "$P (4a) plain mail: accepted (250)" eod_is "$O/4a.txt" '^<- +250 '
-  ok "$P (4a) mario gets exactly one message" expect_new "$MARIO_MD" 1
-  ok "$P (4a) nothing at ricevute@" expect_new "$RIC_MD" 0
-  E=$(new_files "$MARIO_MD" | head -1)
-  if [ -n "$E" ]; then
-    ok "$P (4a) kind errore (busta di anomalia)" kind_is "$E" errore
+  if got_anomaly "$P (4a)" "nothing at ricevute@" "$RIC_MD"; then
     ok "$P (4a) no X-VerificaSicurezza" hdr_absent "$E" X-VerificaSicurezza
     ok "$P (4a) our signature valid" verify_with "$CA" "$E"
     ok "$P (4a) From: Per conto di: $SOMEONE" bash -c "grep -qF 'From: \"Per conto di: $SOMEONE\" <posta-certificata@pec.demo.test>' '$E'"
     ok "$P (4a) Message-ID kept" hdr_is "$E" Message-ID "<$TOK@pec.other.test>"
     ok "$P (4a) carries the plain message (its body)" postacert_body_has "$E" "plain body-$TOK"
-  else
-    fail "$P (4a) anomaly checks (nothing delivered)"
   fi
 
   # ---- (4s) the same through sendmail(1) (pickup; non_smtpd_milters as shipped): local
@@ -734,15 +718,9 @@ run_source() {
     "$SOMEONE" "$MARIO" "$TOK" "$TOK" "$TOK" > "$O/4s.eml"
   ok "$P (4s) sendmail(1) takes a plain message for mario" \
     ns_exec /usr/sbin/sendmail -C "$PF/etc" -f "$SOMEONE" "$MARIO" < "$O/4s.eml"
-  ok "$P (4s) mario gets exactly one message" expect_new "$MARIO_MD" 1
-  ok "$P (4s) nothing at ricevute@" expect_new "$RIC_MD" 0
-  E=$(new_files "$MARIO_MD" | head -1)
-  if [ -n "$E" ]; then
-    ok "$P (4s) kind errore (busta di anomalia)" kind_is "$E" errore
+  if got_anomaly "$P (4s)" "nothing at ricevute@" "$RIC_MD"; then
     ok "$P (4s) our signature valid" verify_with "$CA" "$E"
     ok "$P (4s) carries the local message (its body)" postacert_body_has "$E" "local body-$TOK"
-  else
-    fail "$P (4s) anomaly checks (nothing delivered)"
   fi
 
   # ---- (4f) sendmail(1) to a recipient that is not ours (anna, pec.other.test): not for the
@@ -951,16 +929,10 @@ run_source() {
   mark "$MARIO_MD" "$ARUBA_MD"
   send "$ARUBA1" posta-certificata@pec.aruba.it "$O/6b.txt"
   ok "$P (6b) accepted (250)" eod_is "$O/6b.txt" '^<- +250 '
-  ok "$P (6b) mario gets exactly one message" expect_new "$MARIO_MD" 1
-  ok "$P (6b) no presa-in-carico at aruba-ricevute@" expect_new "$ARUBA_MD" 0
-  E=$(new_files "$MARIO_MD" | head -1)
-  if [ -n "$E" ]; then
-    ok "$P (6b) kind errore (busta di anomalia)" kind_is "$E" errore
+  if got_anomaly "$P (6b)" "no presa-in-carico at aruba-ricevute@" "$ARUBA_MD"; then
     ok "$P (6b) X-VerificaSicurezza: errore" hdr_is "$E" X-VerificaSicurezza errore
     ok "$P (6b) our signature valid" verify_with "$CA" "$E"
     ok "$P (6b) the text says the signature failed" text_has "$E" "firma non valida"
-  else
-    fail "$P (6b) anomaly checks (nothing delivered)"
   fi
 
   # ---- (4b) ordinary_mail = reject

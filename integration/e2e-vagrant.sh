@@ -518,37 +518,37 @@ submit() {
     --from "$5" --to "$6" --header "Subject: $7" --body "body of $7" --timeout 60 > "$8" 2>&1
 }
 
+# exchange TAG X Y SUBJECT X_MD X_RIC_MD Y_MD VIA [ACC] [PIC]: X's holder (Maildir X_MD), on X's VIA,
+# sends SUBJECT to Y's (Y_MD): 250; X's accettazione and the busta (signed by X) come, then Y's presa
+# in carico at X's posta-certificata (X_RIC_MD) and Y's avvenuta consegna (signed by Y). ACC, PIC:
+# the route of the accettazione, the presa in carico (for the names). F: the avvenuta consegna.
+exchange() {
+  local tag=$1 x=$2 y=$3 subj=$4 xmd=$5 xric=$6 ymd=$7 via=$8 acc=${9:-} pic=${10:-}
+  local xh=${x}_HOLDERS yh=${y}_HOLDERS ns=NS$x xca=${x}_CA yca=${y}_CA
+  local from=${!xh%%:*} pw=${!xh#*:} to=${!yh%%:*}
+  mark "$xmd" "$xric" "$ymd"
+  ok "($tag) ${from%%.*} on $x's $via -> ${to%%.*}: 250" \
+    submit "${!ns}" 127.0.0.1:587 "$from" "$pw" "$from" "$to" "$subj" "$W/$tag.txt"
+  ok "($tag) ... the end of DATA: 250" eod_250 "$W/$tag.txt"
+  ok "($tag) ${from%%.*} gets the accettazione$acc" wait_kind "$xmd" accettazione; F=$FOUND
+  [ -n "$F" ] && ok "($tag) accettazione: signed by $x (openssl cms -verify with $x's CA)" cms_ok "$F" "${!xca}"
+  ok "($tag) ${to%%.*}'s Maildir at $y gets the busta di trasporto" wait_kind "$ymd" posta-certificata; F=$FOUND
+  [ -n "$F" ] && ok "($tag) busta: signed by $x" cms_ok "$F" "${!xca}"
+  ok "($tag) $x's posta-certificata gets $y's presa in carico$pic" wait_kind "$xric" presa-in-carico; F=$FOUND
+  [ -n "$F" ] && ok "($tag) presa in carico: signed by $y" cms_ok "$F" "${!yca}"
+  ok "($tag) ${from%%.*} gets $y's avvenuta consegna" wait_kind "$xmd" avvenuta-consegna; F=$FOUND
+  [ -n "$F" ] && ok "($tag) avvenuta consegna: signed by $y" cms_ok "$F" "${!yca}"
+}
+
 TS_DAY=$(TZ=Europe/Rome date +%F) SUBJ_A="vagrant rig A to B $RANDOM"
-mark "$MARIO_MD" "$ARIC_MD" "$ANNA_MD"
-ok "(5a) mario on A's submission port (STARTTLS, AUTH PLAIN) -> anna: 250" \
-  submit "$NSA" 127.0.0.1:587 "$MARIO_V" "${A_HOLDERS#*:}" "$MARIO_V" "$ANNA_V" "$SUBJ_A" "$W/5a.txt"
-ok "(5a) ... the end of DATA: 250" eod_250 "$W/5a.txt"
-ok "(5a) mario gets the accettazione" wait_kind "$MARIO_MD" accettazione; F=$FOUND
-[ -n "$F" ] && ok "(5a) accettazione: signed by A (openssl cms -verify with A's CA)" cms_ok "$F" "$A_CA"
-ok "(5a) anna's Maildir at B gets the busta di trasporto" wait_kind "$ANNA_MD" posta-certificata; F=$FOUND
-[ -n "$F" ] && ok "(5a) busta: signed by A" cms_ok "$F" "$A_CA"
-ok "(5a) A's posta-certificata gets B's presa in carico" wait_kind "$ARIC_MD" presa-in-carico; F=$FOUND
-[ -n "$F" ] && ok "(5a) presa in carico: signed by B" cms_ok "$F" "$B_CA"
-ok "(5a) mario gets B's avvenuta consegna" wait_kind "$MARIO_MD" avvenuta-consegna; F=$FOUND
-if [ -n "$F" ]; then
-  ok "(5a) avvenuta consegna: signed by B" cms_ok "$F" "$B_CA"
-  ok "(5a) avvenuta consegna: gestore-emittente $B_NAME" field_is "$F" 'd["daticert"]["gestore_emittente"]' "$B_NAME"
-fi
+exchange 5a A B "$SUBJ_A" "$MARIO_MD" "$ARIC_MD" "$ANNA_MD" "submission port (STARTTLS, AUTH PLAIN)"
+[ -n "$F" ] && ok "(5a) avvenuta consegna: gestore-emittente $B_NAME" field_is "$F" 'd["daticert"]["gestore_emittente"]' "$B_NAME"
 ok "(5a) nothing else for mario (accettazione, avvenuta consegna)" new_is "$MARIO_MD" 2
 
 SUBJ_B="vagrant rig B to A $RANDOM"
-mark "$MARIO_MD" "$ANNA_MD" "$BRIC_MD"
-ok "(5b) anna on B's Sendmail submission port (STARTTLS, AUTH PLAIN, Cyrus SASL as shipped) -> mario: 250" \
-  submit "$NSB" 127.0.0.1:587 "$ANNA_V" "${B_HOLDERS#*:}" "$ANNA_V" "$MARIO_V" "$SUBJ_B" "$W/5b.txt"
-ok "(5b) ... the end of DATA: 250" eod_250 "$W/5b.txt"
-ok "(5b) anna gets the accettazione (B's reinjection, mailertable peclmtp)" wait_kind "$ANNA_MD" accettazione; F=$FOUND
-[ -n "$F" ] && ok "(5b) accettazione: signed by B" cms_ok "$F" "$B_CA"
-ok "(5b) mario's Maildir at A gets the busta di trasporto" wait_kind "$MARIO_MD" posta-certificata; F=$FOUND
-[ -n "$F" ] && ok "(5b) busta: signed by B" cms_ok "$F" "$B_CA"
-ok "(5b) B's posta-certificata gets A's presa in carico (B's mailertable: esmtp:[$A_IP])" wait_kind "$BRIC_MD" presa-in-carico; F=$FOUND
-[ -n "$F" ] && ok "(5b) presa in carico: signed by A" cms_ok "$F" "$A_CA"
-ok "(5b) anna gets A's avvenuta consegna" wait_kind "$ANNA_MD" avvenuta-consegna; F=$FOUND
-[ -n "$F" ] && ok "(5b) avvenuta consegna: signed by A" cms_ok "$F" "$A_CA"
+exchange 5b B A "$SUBJ_B" "$ANNA_MD" "$BRIC_MD" "$MARIO_MD" \
+  "Sendmail submission port (STARTTLS, AUTH PLAIN, Cyrus SASL as shipped)" \
+  " (B's reinjection, mailertable peclmtp)" " (B's mailertable: esmtp:[$A_IP])"
 
 R3=$W/rogue
 mkdir -p "$R3"
