@@ -47,13 +47,7 @@ fn hsm() -> Option<(MutexGuard<'static, ()>, &'static Hsm)> {
     }
     let guard = TURN.lock().unwrap_or_else(|p| p.into_inner());
     // The backend's log lines, shown with a failing test's output.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PEC_MILTER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_test_writer()
-        .try_init();
+    common::test_log();
     let hsm = HSM.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::create_dir_all(dir.path().join("tokens")).expect("tokens dir");

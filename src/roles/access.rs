@@ -526,22 +526,17 @@ fn is_small(sub: &Submission) -> bool {
     !sub.message.body.is_on_disk() && sub.message.len() <= INLINE_LIMIT
 }
 
-/// The idempotency key of a submission: who, to whom, and the exact bytes
-/// (read in pieces: blocking I/O for a body on disk).
-pub fn submission_key(sub: &Submission) -> std::io::Result<String> {
-    read_submission(sub).map(|r| r.key)
-}
-
-/// What one pass over a submission's bytes gives: its key
-/// ([`submission_key`]) and its longest line (the formal check of RFC
-/// 5322's 998 characters).
+/// What one pass over a submission's bytes gives: its idempotency key
+/// (who, to whom, and the exact bytes) and its longest line (the formal
+/// check of RFC 5322's 998 characters).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmissionRead {
     pub key: String,
     pub longest_line: u64,
 }
 
-/// [`submission_key`] and the longest line of the message, in one pass.
+/// The key and the longest line of a submission, in one pass (read in
+/// pieces: blocking I/O for a body on disk).
 pub fn read_submission(sub: &Submission) -> std::io::Result<SubmissionRead> {
     let mut rcpts: Vec<String> = sub.rcpts.iter().map(|r| r.to_ascii_lowercase()).collect();
     rcpts.sort();
@@ -601,7 +596,7 @@ mod tests {
             rcpts: r.into_iter().map(String::from).collect(),
             message: Original::from_bytes(b"Subject: m\r\n\r\nbody\r\n"),
         };
-        let key = |r: Vec<&str>| submission_key(&s(r)).expect("key");
+        let key = |r: Vec<&str>| read_submission(&s(r)).expect("key").key;
         assert_eq!(key(vec!["B@y", "c@y"]), key(vec!["c@y", "b@y"]));
         assert_ne!(key(vec!["b@y"]), key(vec!["c@y"]));
         // The key covers the exact bytes, whether the body is in memory or
@@ -616,7 +611,10 @@ mod tests {
         let mut on_disk = s(vec!["b@y"]);
         on_disk.message.body = w.finish().expect("finish");
         assert!(on_disk.message.body.is_on_disk());
-        assert_eq!(submission_key(&on_disk).expect("key"), key(vec!["b@y"]));
+        assert_eq!(
+            read_submission(&on_disk).expect("key").key,
+            key(vec!["b@y"])
+        );
         let mut whole = openssl::sha::Sha256::new();
         whole.update(b"u\0a@x\0b@y\0Subject: m\r\n\r\nbody\r\n");
         assert_eq!(key(vec!["b@y"]), hex::encode(whole.finish()));

@@ -840,13 +840,7 @@ pub struct InProcessDaemon {
 
 impl InProcessDaemon {
     pub async fn start(config: &Path) -> Result<InProcessDaemon, pec_milter::daemon::DaemonError> {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("PEC_MILTER_LOG")
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-            )
-            .with_test_writer()
-            .try_init();
+        test_log();
         let cfg = pec_milter::config::Config::load(config).expect("config");
         let daemon = pec_milter::daemon::Daemon::start(config, cfg).await?;
         let addr = daemon
@@ -871,4 +865,17 @@ impl InProcessDaemon {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(20), self.served).await;
     }
+}
+
+/// The daemon's log lines, shown with a failing test's output
+/// (`PEC_MILTER_LOG` filters them; `info` by default). Once per test
+/// binary; later calls do nothing.
+pub fn test_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PEC_MILTER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
 }
